@@ -1,0 +1,140 @@
+//! `traceo-agent check`: what this kernel offers and what the agent will use.
+
+use std::path::Path;
+
+use crate::loader::{self, LoadOptions, programs::PROGRAMS, tracefs};
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn line(&mut self, ok: Option<bool>, what: &str, detail: impl AsRef<str>) {
+        let tag = match ok {
+            Some(true) => "ok  ",
+            Some(false) => "FAIL",
+            None => "info",
+        };
+        if ok == Some(false) {
+            self.failed = true;
+        }
+        println!("{tag}  {what:<28} {}", detail.as_ref());
+    }
+}
+
+fn exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+/// Prints the report; an error when capture cannot work here.
+pub fn run() -> anyhow::Result<()> {
+    let mut r = Report { failed: false };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    r.line(None, "kernel", release.trim());
+    let privileged = loader::require_privileges();
+    r.line(
+        Some(privileged.is_ok()),
+        "privileges",
+        privileged
+            .as_ref()
+            .map_or_else(|e| e.to_string(), |_| "can load eBPF programs".into()),
+    );
+
+    let tracefs_root = if privileged.is_ok() {
+        tracefs::ensure_mounted().ok()
+    } else {
+        tracefs::find()
+    };
+    match &tracefs_root {
+        Some(root) => r.line(Some(true), "tracefs", root.display().to_string()),
+        None => r.line(
+            Some(false),
+            "tracefs",
+            "not mounted (the agent mounts it when run as root)",
+        ),
+    }
+    if let Some(root) = &tracefs_root {
+        let missing: Vec<String> = PROGRAMS
+            .iter()
+            .filter(|(cat, name)| !root.join("events").join(cat).join(name).is_dir())
+            .map(|(cat, name)| format!("{cat}:{name}"))
+            .collect();
+        let syscalls = PROGRAMS.iter().filter(|(c, _)| *c == "syscalls").count();
+        let sched = PROGRAMS.len() - syscalls;
+        r.line(
+            Some(missing.is_empty()),
+            "syscall + sched tracepoints",
+            if missing.is_empty() {
+                format!("all {syscalls} syscall and {sched} sched tracepoints present")
+            } else {
+                format!("missing: {}", missing.join(", "))
+            },
+        );
+    }
+    let btf = loader::btf::Btf::from_sys_fs().and_then(|b| loader::btf::kernel_offsets(&b));
+    r.line(
+        Some(btf.is_ok()),
+        "BTF (/sys/kernel/btf/vmlinux)",
+        btf.as_ref().map_or_else(
+            |e| format!("{e:#}"),
+            |_| "socket struct offsets resolved".into(),
+        ),
+    );
+    r.line(
+        None,
+        "uprobes",
+        if exists("/sys/bus/event_source/devices/uprobe/type") {
+            "available (TLS capture, later)"
+        } else {
+            "not available"
+        },
+    );
+    r.line(
+        None,
+        "kprobes",
+        if exists("/sys/bus/event_source/devices/kprobe/type") {
+            "available, not needed"
+        } else {
+            "not available (not needed: tracepoints only)"
+        },
+    );
+    r.line(None, "fentry/fexit", "not needed (tracepoints only)");
+    let object = loader::object();
+    r.line(
+        Some(object.is_ok()),
+        "kernel object",
+        object.as_ref().map_or_else(
+            |e| e.to_string(),
+            |o| format!("embedded, {} KiB", o.len() / 1024),
+        ),
+    );
+
+    if privileged.is_ok() && object.is_ok() && btf.is_ok() && tracefs_root.is_some() {
+        // Loading runs the verifier on every program and creates the ring buffer map.
+        match loader::load(&LoadOptions {
+            capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32,
+            trace_all: false,
+        }) {
+            Ok(_) => r.line(
+                Some(true),
+                "verifier + ring buffer",
+                format!("all {} programs load", PROGRAMS.len()),
+            ),
+            Err(e) => r.line(Some(false), "verifier + ring buffer", format!("{e:#}")),
+        }
+    }
+    println!();
+    println!(
+        "probes the agent uses: {}",
+        PROGRAMS
+            .iter()
+            .map(|(c, n)| format!("{c}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if r.failed {
+        anyhow::bail!("capture cannot work on this host: see the FAIL lines above");
+    }
+    println!("capture can work on this host");
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Command line (clap) and the `--config` TOML file; the file fills what the command line
+//! leaves unset.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use traceo_ebpf_common::MAX_CAPTURE;
+
+use crate::selector::ServiceSpec;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "traceo-agent",
+    version,
+    about = "Zero-code HTTP tracing of a host's services with eBPF",
+    long_about = "Zero-code HTTP tracing of a host's services with eBPF.\n\n\
+        traceo attaches kernel programs to the socket syscalls of the processes you select and \
+        rebuilds what crosses them. It needs root (or CAP_BPF + CAP_PERFMON) for `run`, `record` \
+        and `check`; `replay` works on a record file without privileges.\n\n\
+        Start with `traceo-agent check`, then e.g.\n  \
+        sudo traceo-agent run --service engine=port:8000 --service mcp=comm:mcp-server"
+)]
+pub struct Cli {
+    /// Log level of the agent's own messages (stderr): error, warn, info, debug, trace.
+    #[arg(long, global = true, env = "TRACEO_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace the selected processes live and print what crosses their sockets.
+    Run(RunArgs),
+    /// Capture the selected processes' socket events into a record file for `replay`.
+    Record(RecordArgs),
+    /// Replay a record file through the pipeline (no root needed).
+    Replay(ReplayArgs),
+    /// Report what this kernel supports and which probes the agent would use.
+    Check,
+}
+
+/// Which processes to trace and how much to capture.
+#[derive(Args, Debug, Default, Clone)]
+pub struct SelectionArgs {
+    /// A service and how to find its processes: NAME=SELECTOR, where SELECTOR is pid:N,
+    /// comm:NAME, port:N (processes listening on N) or exe:GLOB. Children and processes started
+    /// later that match are followed. Repeatable. Without any, every process but the agent is
+    /// traced.
+    #[arg(long = "service", value_name = "NAME=SELECTOR")]
+    pub services: Vec<ServiceSpec>,
+    /// Payload bytes captured per syscall [default: 16384, the maximum].
+    #[arg(long, value_name = "N")]
+    pub capture_bytes: Option<u32>,
+    /// A TOML file with any of these options (keys as the long option names, `service` as a
+    /// list); the command line wins where both set one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
+    #[arg(long, value_name = "PATH|-|off")]
+    pub log: Option<String>,
+    /// Print raw kernel events, one JSON object each.
+    #[arg(long)]
+    pub events: bool,
+    /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// The record file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Print the raw kernel events, one JSON object each.
+    #[arg(long)]
+    pub events: bool,
+    /// The record file (from `traceo-agent record`).
+    pub file: PathBuf,
+    /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
+    #[arg(long, value_name = "PATH|-|off")]
+    pub log: Option<String>,
+}
+
+/// The `--config` file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub service: Vec<String>,
+    pub capture_bytes: Option<u32>,
+    pub log: Option<String>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "--config {} is not valid traceo configuration",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Selection with the config file merged in and defaults applied.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub services: Vec<ServiceSpec>,
+    pub capture_bytes: u32,
+    /// `log` from the config file, for commands that have one.
+    pub log: Option<String>,
+}
+
+impl SelectionArgs {
+    pub fn resolve(&self) -> anyhow::Result<Selection> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let services = if self.services.is_empty() {
+            file.service
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .with_context(|| format!("in --config: service `{s}`"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            self.services.clone()
+        };
+        let capture_bytes = self
+            .capture_bytes
+            .or(file.capture_bytes)
+            .unwrap_or(MAX_CAPTURE as u32);
+        if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
+            anyhow::bail!(
+                "--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}"
+            );
+        }
+        Ok(Selection {
+            services,
+            capture_bytes,
+            log: file.log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_fills_unset_options_and_cli_wins() {
+        let dir = std::env::temp_dir().join(format!("traceo-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(
+            &path,
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\n",
+        )
+        .unwrap();
+        let args = SelectionArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let sel = args.resolve().expect("valid config");
+        assert_eq!(sel.services[0].name, "engine");
+        assert_eq!((sel.capture_bytes, sel.log.as_deref()), (4096, Some("off")));
+
+        let args = SelectionArgs {
+            config: Some(path.clone()),
+            capture_bytes: Some(100),
+            services: vec!["mcp=pid:1".parse().unwrap()],
+        };
+        let sel = args.resolve().expect("valid config");
+        assert_eq!(
+            (sel.services[0].name.as_str(), sel.capture_bytes),
+            ("mcp", 100)
+        );
+
+        std::fs::write(&path, "servic = []\n").unwrap();
+        let err = format!(
+            "{:#}",
+            SelectionArgs {
+                config: Some(path),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err()
+        );
+        assert!(err.contains("unknown field `servic`"), "{err}");
+    }
+
+    #[test]
+    fn capture_bytes_is_bounded() {
+        let args = SelectionArgs {
+            capture_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", args.resolve().unwrap_err()).contains("between 1 and 16384"));
+        assert_eq!(
+            SelectionArgs::default().resolve().unwrap().capture_bytes,
+            16384
+        );
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "traceo-agent",
+            "record",
+            "--out",
+            "x.trec",
+            "--service",
+            "a=port:80",
+            "--duration",
+            "2",
+        ])
+        .unwrap();
+        let Command::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        assert_eq!(r.selection.services.len(), 1);
+        assert!(Cli::try_parse_from(["traceo-agent", "run", "--service", "a=nope:1"]).is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The agent's own event types: what every stage after the ring buffer works with.
+//!
+//! Decoded from the kernel's wire types in `decode`, written to and read from record files
+//! in `record`. Nothing here depends on the kernel layout.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// What every event shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Index of the `--service` selection that traced the process; `None` when everything is
+    /// traced.
+    pub service: Option<u32>,
+    /// CLOCK_MONOTONIC nanoseconds when the kernel emitted the event.
+    pub ts_ns: u64,
+}
+
+/// Seen from the traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process sent the bytes.
+    Egress,
+    /// The process received the bytes.
+    Ingress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        }
+    }
+}
+
+/// The syscall behind a data event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read,
+    Write,
+    Readv,
+    Writev,
+    Sendto,
+    Recvfrom,
+    Sendmsg,
+    Recvmsg,
+    Sendfile,
+}
+
+impl Syscall {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Syscall::Read => "read",
+            Syscall::Write => "write",
+            Syscall::Readv => "readv",
+            Syscall::Writev => "writev",
+            Syscall::Sendto => "sendto",
+            Syscall::Recvfrom => "recvfrom",
+            Syscall::Sendmsg => "sendmsg",
+            Syscall::Recvmsg => "recvmsg",
+            Syscall::Sendfile => "sendfile",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Syscall> {
+        ALL_SYSCALLS.iter().copied().find(|s| s.as_str() == name)
+    }
+}
+
+pub const ALL_SYSCALLS: [Syscall; 9] = [
+    Syscall::Read,
+    Syscall::Write,
+    Syscall::Readv,
+    Syscall::Writev,
+    Syscall::Sendto,
+    Syscall::Recvfrom,
+    Syscall::Sendmsg,
+    Syscall::Recvmsg,
+    Syscall::Sendfile,
+];
+
+/// Bytes that crossed one socket syscall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data {
+    pub meta: Meta,
+    /// Stable for the life of the connection (the socket's inode number).
+    pub conn_id: u64,
+    pub fd: i32,
+    pub syscall: Syscall,
+    pub direction: Direction,
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    /// The syscall's return value.
+    pub ret: i64,
+    /// Bytes the syscall moved; `payload` may hold fewer (capture limit, sendfile).
+    /// A zero on `Ingress` is the peer's end of stream.
+    pub total_len: u64,
+    /// Fewer bytes captured than moved.
+    pub truncated: bool,
+    /// Copying from the process failed part way.
+    pub read_failed: bool,
+    /// The bytes never passed through a user buffer (sendfile).
+    pub no_payload: bool,
+    pub payload: Bytes,
+}
+
+/// How a connection became known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenHow {
+    Accepted,
+    Connected,
+    /// Opened before the agent saw it.
+    Existing,
+}
+
+impl OpenHow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenHow::Accepted => "accepted",
+            OpenHow::Connected => "connected",
+            OpenHow::Existing => "existing",
+        }
+    }
+}
+
+/// Socket address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Inet,
+    Inet6,
+    Unix,
+    Other(u16),
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Inet6 => "inet6",
+            Family::Unix => "unix",
+            Family::Other(_) => "other",
+        }
+    }
+}
+
+/// A connection opened or closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub meta: Meta,
+    pub conn_id: u64,
+    pub fd: i32,
+    /// `None` on close.
+    pub how: Option<OpenHow>,
+    pub family: Family,
+    /// `SOCK_STREAM` = 1, `SOCK_DGRAM` = 2.
+    pub sock_type: u16,
+    /// `None` for unix sockets, on close, or when the kernel could not read them.
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub comm: String,
+    pub ret: i64,
+}
+
+/// A process event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub meta: Meta,
+    /// For forks.
+    pub parent_pid: Option<u32>,
+    pub comm: String,
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Data(Data),
+    ConnOpen(Conn),
+    ConnClose(Conn),
+    Exec(Proc),
+    Fork(Proc),
+    Exit(Proc),
+}
+
+impl Event {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Event::Data(d) => &d.meta,
+            Event::ConnOpen(c) | Event::ConnClose(c) => &c.meta,
+            Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => &p.meta,
+        }
+    }
+
+    /// The name used in JSON output and record files.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Event::Data(_) => "data",
+            Event::ConnOpen(_) => "conn_open",
+            Event::ConnClose(_) => "conn_close",
+            Event::Exec(_) => "exec",
+            Event::Fork(_) => "fork",
+            Event::Exit(_) => "exit",
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! traceo's userspace agent, as a library so tests can drive each stage.
+//!
+//! Stages, in data-flow order (see DESIGN.md):
+//! - `loader`: load the kernel object, set its globals, attach (`loader::tracefs`, `loader::btf`)
+//! - `source`: ring buffer or record file -> `events` (decoded by `decode`; wire types stop there)
+//! - `tracking`: which processes are traced (`selector`, `procfs`)
+//! - `record`: the record file format
+//! - `event_json`, `output`: what is printed
+//! - `live`, `check`, `commands`: the subcommands
+
+pub mod check;
+pub mod cli;
+pub mod commands;
+pub mod decode;
+pub mod event_json;
+pub mod events;
+pub mod live;
+pub mod loader;
+pub mod output;
+pub mod procfs;
+pub mod record;
+pub mod selector;
+pub mod source;
+pub mod tracking;

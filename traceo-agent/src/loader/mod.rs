@@ -1,0 +1,245 @@
+//! Loading the kernel object: privileges, tracefs, BTF offsets, globals, verifier, attach.
+//! `Probes` owns the links; `detach` (or drop) removes every program.
+
+pub mod btf;
+pub mod programs;
+pub mod tracefs;
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, trace_point::TracePointLinkId},
+};
+use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, ProbeSettings, TracedProcess, stat};
+
+/// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEO_EBPF_OBJECT"));
+
+/// What the programs are told at load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub capture_bytes: u32,
+    /// Trace every process but the agent (no `--service` given).
+    pub trace_all: bool,
+}
+
+/// The embedded object, or an error that says how to build it.
+pub fn object() -> anyhow::Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        bail!(
+            "this traceo-agent was built without its kernel programs: run `cargo xtask build-ebpf` \
+             (or `cargo xtask build`), then rebuild the agent"
+        );
+    }
+    Ok(OBJECT)
+}
+
+/// Refuse early, with the fix, when the process cannot load BPF programs.
+pub fn require_privileges() -> anyhow::Result<()> {
+    // SAFETY: plain syscall without arguments.
+    if unsafe { libc::geteuid() } != 0 && !has_bpf_capabilities() {
+        bail!("loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON): run with sudo");
+    }
+    Ok(())
+}
+
+/// CAP_BPF (39) and CAP_PERFMON (38) in the effective set, read from /proc/self/status.
+fn has_bpf_capabilities() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 39) != 0 && caps & (1 << 38) != 0)
+}
+
+/// The memlock limit only matters on kernels before 5.11 (BPF memory is charged to the
+/// cgroup since); failing to raise it is expected without CAP_SYS_RESOURCE.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Loaded (and, after `attach`, attached) programs with their maps.
+pub struct Probes {
+    ebpf: Ebpf,
+    links: Vec<(&'static str, TracePointLinkId)>,
+    logger: Option<KernelLogger>,
+}
+
+/// Messages of the kernel programs (rare paths only), forwarded to the agent's log.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Load the object and let the verifier check every program; nothing is attached yet.
+pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
+    let object = object()?;
+    require_privileges()?;
+    raise_memlock();
+    let tracefs = tracefs::ensure_mounted()?;
+    let btf = btf::Btf::from_sys_fs()?;
+    let offsets: KernelOffsets = btf::kernel_offsets(&btf)?;
+    if opts.capture_bytes as usize > MAX_CAPTURE {
+        bail!(
+            "--capture-bytes {} is above the maximum of {MAX_CAPTURE}",
+            opts.capture_bytes
+        );
+    }
+    let settings = ProbeSettings {
+        agent_pid: std::process::id(),
+        trace_all: opts.trace_all as u32,
+        capture_bytes: opts.capture_bytes,
+        fork_child_pid_offset: tracefs::field_offset(
+            &tracefs,
+            "sched",
+            "sched_process_fork",
+            "child_pid",
+        )?,
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let mut ebpf = EbpfLoader::new()
+        .set_max_entries("DATA_SCRATCH", cpus as u32)
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("SETTINGS", &settings, true)
+        .load(object)
+        .context("loading the kernel object failed")?;
+    // The logger owns the log map: it must outlive program loading.
+    let logger = aya_log::EbpfLogger::init(&mut ebpf)
+        .map_err(|e| log::debug!("kernel-side logging unavailable: {e}"))
+        .ok();
+    for (_, name) in programs::PROGRAMS {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+    }
+    Ok(Probes {
+        ebpf,
+        links: Vec::new(),
+        logger,
+    })
+}
+
+impl Probes {
+    /// Attach every program to its tracepoint.
+    pub fn attach(&mut self) -> anyhow::Result<()> {
+        for (category, name) in programs::PROGRAMS {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded above")
+                .try_into()?;
+            let link = program
+                .attach(category, name)
+                .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
+            self.links.push((name, link));
+        }
+        log::info!("attached {} programs", self.links.len());
+        Ok(())
+    }
+
+    /// Detach every program (also happens on drop; this makes it explicit and logged).
+    pub fn detach(&mut self) {
+        let count = self.links.len();
+        for (name, link) in self.links.drain(..) {
+            if let Ok(program) =
+                <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded"))
+            {
+                if let Err(e) = program.detach(link) {
+                    log::warn!("detaching {name}: {e}");
+                }
+            }
+        }
+        log::info!("detached {count} programs");
+    }
+
+    /// Forward kernel-side log messages until the runtime stops.
+    pub fn spawn_logger(&mut self) -> anyhow::Result<()> {
+        let Some(logger) = self.logger.take() else {
+            return Ok(());
+        };
+        // SAFETY: the logger owns its map fd for as long as the AsyncFd owns the logger.
+        let mut logger = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)?
+        };
+        tokio::spawn(async move {
+            while let Ok(mut guard) = logger.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+        Ok(())
+    }
+
+    pub fn take_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(
+            self.ebpf.take_map("EVENTS").context("EVENTS map missing")?,
+        )?)
+    }
+
+    pub fn take_traced_pids(&mut self) -> anyhow::Result<BpfHashMap<MapData, u32, TracedProcess>> {
+        Ok(BpfHashMap::try_from(
+            self.ebpf
+                .take_map("TRACED_PIDS")
+                .context("TRACED_PIDS map missing")?,
+        )?)
+    }
+
+    pub fn take_stats(&mut self) -> anyhow::Result<KernelStats> {
+        let map = self.ebpf.take_map("STATS").context("STATS map missing")?;
+        Ok(KernelStats {
+            map: PerCpuArray::try_from(map)?,
+        })
+    }
+}
+
+/// The kernel's per-CPU counters (`traceo_ebpf_common::stat`), summed over CPUs.
+pub struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+/// Counter values by name, in `stat` order.
+pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
+    "ring_full_data",
+    "ring_full_conn",
+    "ring_full_proc",
+    "read_user_failed",
+    "socket_walk_failed",
+    "args_map_full",
+    "pids_map_full",
+    "data_events",
+    "data_truncated",
+];
+
+impl KernelStats {
+    pub fn read(&self) -> [u64; stat::COUNT as usize] {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.map.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Events the kernel had to drop because the ring buffer was full.
+    pub fn lost(values: &[u64; stat::COUNT as usize]) -> u64 {
+        values[stat::RING_FULL_DATA as usize]
+            + values[stat::RING_FULL_CONN as usize]
+            + values[stat::RING_FULL_PROC as usize]
+    }
+}

@@ -1,0 +1,147 @@
+//! What the agent reads from /proc: process names, executables, parents, listening ports.
+
+use std::{collections::HashMap, fs, path::Path};
+
+/// All process ids, skipping threads.
+pub fn pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+pub fn comm(pid: u32) -> Option<String> {
+    Some(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end_matches('\n')
+            .to_owned(),
+    )
+}
+
+pub fn exe(pid: u32) -> Option<String> {
+    Some(
+        fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()?
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Parent pid from /proc/PID/stat (the comm field may contain spaces and parentheses).
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The thread-group id of `id`: differs from `id` when `id` is a thread, not a process.
+pub fn tgid(id: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Listening TCP sockets: inode -> port, from /proc/net/tcp and tcp6.
+pub fn listening_sockets() -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = fs::read_to_string(table) {
+            parse_listening(&text, &mut out);
+        }
+    }
+    out
+}
+
+/// Rows: `sl local_address rem_address st ... inode`; LISTEN is state 0A.
+fn parse_listening(text: &str, out: &mut HashMap<u64, u16>) {
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 || cols[3] != "0A" {
+            continue;
+        }
+        let port = cols[1]
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if let (Some(port), Ok(inode)) = (port, cols[9].parse()) {
+            out.insert(inode, port);
+        }
+    }
+}
+
+/// Ports `pid` listens on, given the listening sockets.
+pub fn listening_ports(pid: u32, listening: &HashMap<u64, u16>) -> Vec<u16> {
+    if listening.is_empty() {
+        return vec![];
+    }
+    let Ok(fds) = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")) else {
+        return vec![];
+    };
+    let mut ports: Vec<u16> = fds
+        .filter_map(|fd| {
+            let target = fs::read_link(fd.ok()?.path()).ok()?;
+            let inode: u64 = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            listening.get(&inode).copied()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// CLOCK_REALTIME - CLOCK_MONOTONIC in ns: converts kernel timestamps to wall-clock time.
+pub fn clock_offset_ns() -> i64 {
+    fn now(clock: libc::clockid_t) -> i64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a local timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    }
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_rows_only() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0\n\
+           1: 0100007F:1F40 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 12399 1 0\n";
+        let mut out = HashMap::new();
+        parse_listening(text, &mut out);
+        assert_eq!(out, HashMap::from([(12345, 8000)]));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert_eq!(tgid(me), Some(me));
+        assert!(parent(me).is_some());
+        assert!(comm(me).is_some_and(|c| !c.is_empty()));
+    }
+}

@@ -1,0 +1,245 @@
+//! Keeps the kernel's traced-process map in step with the `--service` selectors: an initial
+//! /proc scan (matches and their descendants), execs of new matching programs, new
+//! listeners on selected ports, and thread ids the fork probe added by mistake.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use traceo_ebpf_common::TracedProcess;
+
+use crate::{
+    events::Event,
+    procfs,
+    selector::{ProcessFacts, Selector, ServiceSpec},
+};
+
+/// Where traced pids go: the kernel map, or a plain set in tests.
+pub trait PidMap {
+    fn insert(&mut self, pid: u32, service: u32);
+    fn remove(&mut self, pid: u32);
+}
+
+impl PidMap for BpfHashMap<MapData, u32, TracedProcess> {
+    fn insert(&mut self, pid: u32, service: u32) {
+        if let Err(e) = BpfHashMap::insert(self, pid, TracedProcess { service, _pad: 0 }, 0) {
+            log::warn!("cannot trace pid {pid}: {e}");
+        }
+    }
+    fn remove(&mut self, pid: u32) {
+        let _ = BpfHashMap::remove(self, &pid);
+    }
+}
+
+pub struct ProcessTracker<M: PidMap> {
+    services: Vec<ServiceSpec>,
+    map: M,
+    /// pid -> service index, as last written to the map.
+    traced: HashMap<u32, u32>,
+    agent_pid: u32,
+    /// Listening socket inodes seen at the last port scan.
+    listeners: HashSet<u64>,
+}
+
+impl<M: PidMap> ProcessTracker<M> {
+    pub fn new(services: Vec<ServiceSpec>, map: M) -> Self {
+        ProcessTracker {
+            services,
+            map,
+            traced: HashMap::new(),
+            agent_pid: std::process::id(),
+            listeners: HashSet::new(),
+        }
+    }
+
+    pub fn traced(&self) -> &HashMap<u32, u32> {
+        &self.traced
+    }
+
+    fn trace(&mut self, pid: u32, service: u32) {
+        if pid == self.agent_pid || self.traced.get(&pid) == Some(&service) {
+            return;
+        }
+        log::info!(
+            "tracing pid {pid} as service {}",
+            self.services[service as usize].name
+        );
+        self.map.insert(pid, service);
+        self.traced.insert(pid, service);
+    }
+
+    fn untrace(&mut self, pid: u32) {
+        if self.traced.remove(&pid).is_some() {
+            self.map.remove(pid);
+        }
+    }
+
+    /// First service whose selector matches the process (port facts only when needed).
+    fn match_process(&self, pid: u32, comm: &str, listening: &HashMap<u64, u16>) -> Option<u32> {
+        let exe = procfs::exe(pid);
+        let needs_ports = self
+            .services
+            .iter()
+            .any(|s| matches!(s.selector, Selector::Port(_)));
+        let ports = if needs_ports {
+            procfs::listening_ports(pid, listening)
+        } else {
+            vec![]
+        };
+        let facts = ProcessFacts {
+            pid,
+            comm,
+            exe: exe.as_deref(),
+            listening_ports: &ports,
+        };
+        self.services
+            .iter()
+            .position(|s| s.selector.matches(&facts))
+            .map(|i| i as u32)
+    }
+
+    /// Trace every running process that matches, and the descendants of each.
+    pub fn scan(&mut self) {
+        let listening = procfs::listening_sockets();
+        self.listeners = listening.keys().copied().collect();
+        let pids = procfs::pids();
+        let mut matched: HashMap<u32, u32> = HashMap::new();
+        for &pid in &pids {
+            if pid == self.agent_pid {
+                continue;
+            }
+            let comm = procfs::comm(pid).unwrap_or_default();
+            if let Some(service) = self.match_process(pid, &comm, &listening) {
+                matched.insert(pid, service);
+            }
+        }
+        let parents: HashMap<u32, u32> = pids
+            .iter()
+            .filter_map(|&p| Some((p, procfs::parent(p)?)))
+            .collect();
+        for &pid in &pids {
+            let mut cur = pid;
+            for _ in 0..64 {
+                if let Some(&service) = matched.get(&cur) {
+                    self.trace(pid, service);
+                    break;
+                }
+                match parents.get(&cur) {
+                    Some(&parent) if parent > 1 => cur = parent,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Rescan for `port:` selectors when the set of listening sockets changed.
+    pub fn rescan_ports(&mut self) {
+        if !self
+            .services
+            .iter()
+            .any(|s| matches!(s.selector, Selector::Port(_)))
+        {
+            return;
+        }
+        let now: HashSet<u64> = procfs::listening_sockets().keys().copied().collect();
+        if now != self.listeners {
+            self.scan();
+        }
+    }
+
+    pub fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::Exec(p) if !self.traced.contains_key(&p.meta.pid) => {
+                let no_listeners = HashMap::new();
+                if let Some(service) = self.match_process(p.meta.pid, &p.comm, &no_listeners) {
+                    self.trace(p.meta.pid, service);
+                }
+            }
+            Event::Fork(p) => {
+                // The fork tracepoint also fires for new threads; only processes stay.
+                let id = p.meta.pid;
+                match procfs::tgid(id) {
+                    Some(tgid) if tgid != id => self.map.remove(id),
+                    _ => {
+                        if let Some(service) = p.meta.service {
+                            self.traced.insert(id, service);
+                        }
+                    }
+                }
+            }
+            Event::Exit(p) => self.untrace(p.meta.pid),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Meta, Proc};
+
+    #[derive(Default)]
+    struct Set(HashMap<u32, u32>);
+    impl PidMap for Set {
+        fn insert(&mut self, pid: u32, service: u32) {
+            self.0.insert(pid, service);
+        }
+        fn remove(&mut self, pid: u32) {
+            self.0.remove(&pid);
+        }
+    }
+
+    fn spec(s: &str) -> ServiceSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn scan_finds_a_child_process_by_pid_and_skips_the_agent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let me = std::process::id();
+        let mut t = ProcessTracker::new(
+            vec![
+                spec(&format!("self=pid:{me}")),
+                spec(&format!("kid=pid:{}", child.id())),
+            ],
+            Set::default(),
+        );
+        t.scan();
+        child.kill().ok();
+        child.wait().ok();
+        // The agent never traces itself; its child matched service 1.
+        assert!(!t.map.0.contains_key(&me));
+        assert_eq!(t.map.0.get(&child.id()), Some(&1));
+    }
+
+    #[test]
+    fn exec_of_a_matching_program_is_traced_and_exit_untraced() {
+        let mut t = ProcessTracker::new(vec![spec("web=comm:uvicorn")], Set::default());
+        let meta = Meta {
+            pid: 4242,
+            tid: 4242,
+            service: None,
+            ts_ns: 0,
+        };
+        t.on_event(&Event::Exec(Proc {
+            meta: meta.clone(),
+            parent_pid: None,
+            comm: "bash".into(),
+        }));
+        assert!(t.map.0.is_empty());
+        t.on_event(&Event::Exec(Proc {
+            meta: meta.clone(),
+            parent_pid: None,
+            comm: "uvicorn".into(),
+        }));
+        assert_eq!(t.map.0.get(&4242), Some(&0));
+        t.on_event(&Event::Exit(Proc {
+            meta,
+            parent_pid: None,
+            comm: "uvicorn".into(),
+        }));
+        assert!(t.map.0.is_empty());
+    }
+}

@@ -1,0 +1,309 @@
+//! Wire types shared by the kernel programs (`traceo-ebpf`) and the agent.
+//!
+//! Rules for everything here:
+//! - `#[repr(C)]`, no implicit padding (explicit `_pad` fields), no `bool`;
+//! - every event starts with [`EventHeader`] so the agent can dispatch on `kind`;
+//! - event kinds, syscall ids and stat indices are numbered explicitly and only ever appended.
+//!
+//! The agent decodes these into its own owned types right after the ring buffer: nothing
+//! past `traceo_agent::events` depends on this layout.
+#![no_std]
+
+/// Largest payload one data event can carry. `--capture-bytes` may lower it, never raise it.
+pub const MAX_CAPTURE: usize = 16 * 1024;
+/// Vectored calls (`readv`, `writev`, `sendmsg`, `recvmsg`): how many iovecs are copied.
+pub const MAX_IOVECS: usize = 8;
+/// Length of a kernel `comm` (task name), NUL padded.
+pub const COMM_LEN: usize = 16;
+
+/// What an event is. Numbered explicitly; append only.
+pub mod kind {
+    /// Bytes crossed a socket syscall: [`super::DataEvent`].
+    pub const DATA: u32 = 1;
+    /// A connection was accepted, connected or first seen: [`super::ConnEvent`].
+    pub const CONN_OPEN: u32 = 2;
+    /// A traced process closed a socket: [`super::ConnEvent`].
+    pub const CONN_CLOSE: u32 = 3;
+    /// A process called exec: [`super::ProcEvent`].
+    pub const PROC_EXEC: u32 = 4;
+    /// A traced process forked a child that is now traced too: [`super::ProcEvent`].
+    pub const PROC_FORK: u32 = 5;
+    /// A traced process exited: [`super::ProcEvent`].
+    pub const PROC_EXIT: u32 = 6;
+}
+
+/// Which syscall produced a data event. Numbered explicitly; append only.
+pub mod syscall {
+    pub const READ: u16 = 1;
+    pub const WRITE: u16 = 2;
+    pub const READV: u16 = 3;
+    pub const WRITEV: u16 = 4;
+    pub const SENDTO: u16 = 5;
+    pub const RECVFROM: u16 = 6;
+    pub const SENDMSG: u16 = 7;
+    pub const RECVMSG: u16 = 8;
+    pub const SENDFILE: u16 = 9;
+}
+
+/// Direction of a data event, seen from the traced process.
+pub mod direction {
+    /// The process sent these bytes (write, send*, sendfile).
+    pub const EGRESS: u8 = 1;
+    /// The process received these bytes (read, recv*).
+    pub const INGRESS: u8 = 2;
+}
+
+/// `DataEvent::flags` bits.
+pub mod data_flags {
+    /// Fewer bytes were captured than the syscall moved (capture limit, iovec limit).
+    pub const TRUNCATED: u8 = 1;
+    /// Copying from user memory failed; `captured` is what was copied before the fault.
+    pub const READ_FAILED: u8 = 2;
+    /// The payload never passes through a user buffer (sendfile): only the length is known.
+    pub const NO_PAYLOAD: u8 = 4;
+}
+
+/// How a connection came to be known. Numbered explicitly; append only.
+pub mod open_how {
+    pub const ACCEPTED: u8 = 1;
+    pub const CONNECTED: u8 = 2;
+    /// The socket existed before the agent saw it (opened before the agent started,
+    /// or by a process before it became traced).
+    pub const EXISTING: u8 = 3;
+}
+
+/// Address families as the kernel numbers them.
+pub mod family {
+    pub const UNIX: u16 = 1;
+    pub const INET: u16 = 2;
+    pub const INET6: u16 = 10;
+}
+
+/// Indices of the per-CPU `STATS` counters. Numbered explicitly; append only.
+pub mod stat {
+    /// Data events dropped because the ring buffer was full.
+    pub const RING_FULL_DATA: u32 = 0;
+    /// Connection events dropped because the ring buffer was full.
+    pub const RING_FULL_CONN: u32 = 1;
+    /// Process events dropped because the ring buffer was full.
+    pub const RING_FULL_PROC: u32 = 2;
+    /// `bpf_probe_read_user` of a payload or iovec failed.
+    pub const READ_USER_FAILED: u32 = 3;
+    /// Walking task -> file -> socket failed (kernel read fault, racing close).
+    pub const SOCKET_WALK_FAILED: u32 = 4;
+    /// The per-thread syscall argument map was full: the call was not traced.
+    pub const ARGS_MAP_FULL: u32 = 5;
+    /// A traced process forked but the traced-process map was full.
+    pub const PIDS_MAP_FULL: u32 = 6;
+    /// Data events emitted.
+    pub const DATA_EVENTS: u32 = 7;
+    /// Data events whose payload was cut at the capture limit.
+    pub const DATA_TRUNCATED: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Common prefix of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Process id (kernel tgid).
+    pub pid: u32,
+    /// Thread id (kernel pid).
+    pub tid: u32,
+    /// Index of the `--service` selection that made the process traced; [`NO_SERVICE`] when
+    /// everything is traced.
+    pub service: u32,
+    /// `bpf_ktime_get_ns()` when the event was emitted (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+/// `EventHeader::service` when no `--service` selection applies.
+pub const NO_SERVICE: u32 = u32::MAX;
+
+/// Bytes that crossed one socket syscall. Sent with only `captured` bytes of `data`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Connection identity: the socket's inode number (`socket:[N]` in /proc/PID/fd).
+    pub conn_id: u64,
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    /// The syscall's return value.
+    pub ret: i64,
+    /// Bytes the syscall moved (`max(ret, 0)`), whether or not they were captured.
+    pub total_len: u64,
+    pub fd: i32,
+    /// How many bytes of `data` are valid.
+    pub captured: u32,
+    /// One of [`syscall`].
+    pub syscall: u16,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// Bits of [`data_flags`].
+    pub flags: u8,
+    pub _pad: u32,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+/// Size of a [`DataEvent`] without its payload: what precedes `data`.
+pub const DATA_EVENT_HEADER_LEN: usize = core::mem::offset_of!(DataEvent, data);
+
+/// A connection opened (accepted, connected, first seen) or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    /// `connect`'s or `accept`'s return value; 0 for first-seen and close.
+    pub ret: i64,
+    pub fd: i32,
+    /// One of [`family`].
+    pub family: u16,
+    /// `SOCK_STREAM` = 1, `SOCK_DGRAM` = 2, ...
+    pub sock_type: u16,
+    /// Local and peer address: IPv4 in the first 4 bytes, IPv6 in all 16 (network order).
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    pub peer_port: u16,
+    /// One of [`open_how`] for `CONN_OPEN`; 0 for `CONN_CLOSE`.
+    pub how: u8,
+    pub _pad: [u8; 3],
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A process event: exec, fork (of a traced process) or exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub header: EventHeader,
+    /// Fork: the parent's pid (the header names the child). Exec/exit: 0.
+    pub parent_pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Kernel struct member offsets, read by the agent from /sys/kernel/btf/vmlinux and handed
+/// to the programs as a frozen global (the verifier then sees constants).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.files` (struct files_struct *)
+    pub task_files: u64,
+    /// `files_struct.fdt` (struct fdtable *)
+    pub files_fdt: u64,
+    /// `fdtable.max_fds` (unsigned int)
+    pub fdt_max_fds: u64,
+    /// `fdtable.fd` (struct file **)
+    pub fdt_fd: u64,
+    /// `file.private_data` (struct socket * for sockets)
+    pub file_private_data: u64,
+    /// `file.f_inode` (struct inode *)
+    pub file_inode: u64,
+    /// `inode.i_mode` (umode_t)
+    pub inode_mode: u64,
+    /// `inode.i_ino` (unsigned long)
+    pub inode_ino: u64,
+    /// `socket.sk` (struct sock *)
+    pub socket_sk: u64,
+    /// `sock.__sk_common.skc_family` (u16)
+    pub sk_family: u64,
+    /// `sock.__sk_common.skc_daddr` (be32)
+    pub sk_daddr: u64,
+    /// `sock.__sk_common.skc_rcv_saddr` (be32)
+    pub sk_rcv_saddr: u64,
+    /// `sock.__sk_common.skc_dport` (be16)
+    pub sk_dport: u64,
+    /// `sock.__sk_common.skc_num` (u16, host order)
+    pub sk_num: u64,
+    /// `sock.__sk_common.skc_v6_daddr` (in6_addr)
+    pub sk_v6_daddr: u64,
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (in6_addr)
+    pub sk_v6_rcv_saddr: u64,
+    /// `sock.sk_type` (u16)
+    pub sk_type: u64,
+}
+
+/// Run-time settings of the programs, set once at load as a frozen global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// The agent's own pid: never traced.
+    pub agent_pid: u32,
+    /// 1: trace every process but the agent; 0: only those in `TRACED_PIDS`.
+    pub trace_all: u32,
+    /// Payload bytes copied per syscall, at most [`MAX_CAPTURE`].
+    pub capture_bytes: u32,
+    /// Offset of `child_pid` in the `sched:sched_process_fork` record (it moved between
+    /// kernel versions; the agent reads it from the tracepoint's format file).
+    pub fork_child_pid_offset: u32,
+}
+
+/// Value of the `TRACED_PIDS` map (key: pid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracedProcess {
+    /// Index of the `--service` selection.
+    pub service: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C) plain data with no padding holes and no pointers;
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProbeSettings {}
+    unsafe impl aya::Pod for super::TracedProcess {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn header_layout_is_fixed() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(offset_of!(EventHeader, kind), 0);
+        assert_eq!(offset_of!(EventHeader, ts_ns), 16);
+    }
+
+    #[test]
+    fn data_event_has_no_padding_holes() {
+        // header 24 + 5 * 8 + fd 4 + captured 4 + syscall 2 + direction 1 + flags 1 + pad 4
+        assert_eq!(DATA_EVENT_HEADER_LEN, 24 + 40 + 16);
+        assert_eq!(size_of::<DataEvent>(), DATA_EVENT_HEADER_LEN + MAX_CAPTURE);
+        assert_eq!(DATA_EVENT_HEADER_LEN % align_of::<DataEvent>(), 0);
+    }
+
+    #[test]
+    fn conn_and_proc_events_have_no_padding_holes() {
+        assert_eq!(
+            size_of::<ConnEvent>(),
+            24 + 8 + 8 + 4 + 2 + 2 + 32 + 4 + 4 + COMM_LEN
+        );
+        assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
+        assert_eq!(size_of::<KernelOffsets>(), 17 * 8);
+        assert_eq!(size_of::<ProbeSettings>(), 16);
+        assert_eq!(size_of::<TracedProcess>(), 8);
+    }
+
+    #[test]
+    fn every_event_starts_with_the_header() {
+        assert_eq!(offset_of!(DataEvent, header), 0);
+        assert_eq!(offset_of!(ConnEvent, header), 0);
+        assert_eq!(offset_of!(ProcEvent, header), 0);
+    }
+
+    #[test]
+    fn capture_limits_are_powers_of_two() {
+        // The kernel side bounds offsets with masks.
+        assert!(MAX_CAPTURE.is_power_of_two());
+        assert!(MAX_CAPTURE >= 8 * 1024);
+    }
+}

@@ -1,0 +1,76 @@
+//! Every map the programs share, with its bound.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, TracedProcess, stat};
+
+/// All events, to the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU counters indexed by `traceo_ebpf_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Traced processes (key: pid), filled by the agent from its selectors and by the fork
+/// probe for children.
+#[map]
+pub static TRACED_PIDS: HashMap<u32, TracedProcess> = HashMap::with_max_entries(16384, 0);
+
+/// Sockets already announced with a CONN_OPEN event (key: inode number).
+#[map]
+pub static KNOWN_CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Arguments of a syscall in flight, from its enter probe to its exit probe (key: tid).
+#[map]
+pub static SYSCALL_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Where a data event is built: too big for the 512-byte stack. The slack after the payload
+/// lets the verifier accept copies whose bounds it only knows loosely: offsets and lengths
+/// are each masked below 2 * MAX_CAPTURE (LLVM may drop a tighter mask it proves redundant
+/// from facts the verifier does not track), so payload + slack spans 4 * MAX_CAPTURE.
+/// One slot per possible CPU (the agent sets the size at load), indexed by the current CPU:
+/// a per-CPU map would be simpler, but its values are capped at 32 KiB. Tracepoint programs
+/// cannot migrate while they run, so a CPU's slot has one user at a time.
+#[map]
+pub static DATA_SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct DataScratch {
+    pub event: DataEvent,
+    pub _slack: [u8; 3 * MAX_CAPTURE],
+}
+
+/// What an enter probe leaves for its exit probe.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    pub conn_id: u64,
+    /// The user buffer, or the iovec array of a vectored call.
+    pub buf: u64,
+    /// The buffer length, or the iovec count of a vectored call.
+    pub count: u64,
+    pub enter_ns: u64,
+    pub fd: i32,
+    /// Service index of the traced process (copied into the events).
+    pub service: u32,
+    /// `traceo_ebpf_common::syscall` id, or `CONNECT` for connect.
+    pub syscall: u16,
+    /// 1 when `buf` points at an iovec array.
+    pub vectored: u8,
+    pub _pad: [u8; 5],
+}
+
+/// `SyscallArgs::syscall` of a connect in flight (not a data syscall).
+pub const CONNECT: u16 = 0x100;
+
+/// Add one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}

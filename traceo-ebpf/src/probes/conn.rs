@@ -1,0 +1,150 @@
+//! Connection lifecycle: accept, connect, close, and first sight of an older socket.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use traceo_ebpf_common::{ConnEvent, kind, open_how, stat};
+
+use super::{syscall_arg, syscall_ret};
+use crate::{
+    filter::{Current, traced},
+    maps::{CONNECT, EVENTS, KNOWN_CONNS, SYSCALL_ARGS, SyscallArgs, count},
+    socket::{SocketFile, WalkError, fill_addresses, socket_of_fd},
+};
+
+const EINPROGRESS: i64 = 115;
+
+/// Emit a CONN_OPEN (with addresses) or CONN_CLOSE event for `sock`, built in place in the
+/// ring buffer (a ConnEvent copy on the stack would not fit beside the callers' frames).
+#[inline(always)]
+fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8, ret: i64) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(stat::RING_FULL_CONN);
+        return;
+    };
+    // SAFETY: the reservation is sized and aligned for a ConnEvent; zeroing makes it valid.
+    let ev = unsafe {
+        let p = entry.as_mut_ptr();
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    ev.header = cur.header(event_kind);
+    ev.conn_id = sock.ino;
+    ev.ret = ret;
+    ev.fd = fd as i32;
+    ev.how = how;
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    if event_kind == kind::CONN_OPEN && fill_addresses(sock, ev).is_err() {
+        // Still announce the connection: its identity is known, its addresses are not.
+        count(stat::SOCKET_WALK_FAILED);
+    }
+    entry.submit(0);
+}
+
+/// Announce `sock` once: accepted/connected sockets here, older ones on first data.
+#[inline(always)]
+pub fn announce(cur: &Current, sock: &SocketFile, fd: i64, how: u8, ret: i64) {
+    let _ = KNOWN_CONNS.insert(&sock.ino, &cur.service, 0);
+    emit_conn(cur, kind::CONN_OPEN, sock, fd, how, ret);
+}
+
+/// Announce `sock` as EXISTING unless it was announced before.
+#[inline(always)]
+pub fn announce_if_new(cur: &Current, sock: &SocketFile, fd: i64) {
+    // SAFETY: only tests for presence.
+    if unsafe { KNOWN_CONNS.get(&sock.ino) }.is_none() {
+        announce(cur, sock, fd, open_how::EXISTING, 0);
+    }
+}
+
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) {
+    let fd = syscall_ret(ctx);
+    if fd < 0 {
+        return;
+    }
+    let Some(cur) = traced() else { return };
+    match socket_of_fd(fd) {
+        Ok(sock) => announce(&cur, &sock, fd, open_how::ACCEPTED, fd),
+        Err(WalkError::Failed) => count(stat::SOCKET_WALK_FAILED),
+        Err(WalkError::NotSocket) => {}
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+/// connect: remember the fd; the tuple is filled only by the time connect returns.
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let Some(cur) = traced() else { return 0 };
+    let args = SyscallArgs {
+        conn_id: 0,
+        buf: 0,
+        count: 0,
+        // SAFETY: helper call without arguments.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: syscall_arg(&ctx, 0) as i32,
+        service: cur.service,
+        syscall: CONNECT,
+        vectored: 0,
+        _pad: [0; 5],
+    };
+    if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
+        count(stat::ARGS_MAP_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: copied out at once.
+    let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = SYSCALL_ARGS.remove(&tid);
+    let ret = syscall_ret(&ctx);
+    // A non-blocking connect returns EINPROGRESS with the tuple already set.
+    if args.syscall != CONNECT || (ret != 0 && ret != -EINPROGRESS) {
+        return 0;
+    }
+    let cur = Current {
+        pid: (pid_tgid >> 32) as u32,
+        tid,
+        service: args.service,
+    };
+    let fd = args.fd as i64;
+    match socket_of_fd(fd) {
+        Ok(sock) => announce(&cur, &sock, fd, open_how::CONNECTED, ret),
+        Err(WalkError::Failed) => count(stat::SOCKET_WALK_FAILED),
+        Err(WalkError::NotSocket) => {}
+    }
+    0
+}
+
+/// close: at enter the fd still points at the socket.
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let Some(cur) = traced() else { return 0 };
+    let fd = syscall_arg(&ctx, 0) as i32 as i64;
+    let Ok(sock) = socket_of_fd(fd) else { return 0 };
+    // SAFETY: only tests for presence.
+    if unsafe { KNOWN_CONNS.get(&sock.ino) }.is_some() {
+        let _ = KNOWN_CONNS.remove(&sock.ino);
+        emit_conn(&cur, kind::CONN_CLOSE, &sock, fd, 0, 0);
+    }
+    0
+}

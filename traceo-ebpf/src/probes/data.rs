@@ -1,0 +1,305 @@
+//! Data syscalls: the bytes that cross a socket, captured at syscall exit.
+//!
+//! Enter probes filter (traced process, socket fd), announce sockets not seen before and
+//! park the arguments per thread; exit probes copy up to `capture_bytes` of what the call
+//! actually moved and emit one `DataEvent` of just that size.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{self, bpf_ktime_get_ns},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use traceo_ebpf_common::{
+    DATA_EVENT_HEADER_LEN, EventHeader, MAX_CAPTURE, MAX_IOVECS, data_flags, direction, kind, stat,
+    syscall,
+};
+
+use super::{conn::announce_if_new, syscall_arg, syscall_ret};
+use crate::{
+    filter::traced,
+    globals::setting,
+    maps::{CONNECT, DATA_SCRATCH, EVENTS, SYSCALL_ARGS, SyscallArgs, count},
+    socket::{WalkError, socket_of_fd},
+};
+
+/// Offsets and lengths are masked with this for the verifier: both are really at most
+/// MAX_CAPTURE, and the scratch slack covers offset + length under the mask.
+const MASK: u32 = 2 * MAX_CAPTURE as u32 - 1;
+
+/// Common enter path: filter, announce, park the arguments.
+#[inline(always)]
+fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
+    let Some(cur) = traced() else { return };
+    let fd = fd as i32 as i64;
+    let sock = match socket_of_fd(fd) {
+        Ok(sock) => sock,
+        Err(WalkError::NotSocket) => return,
+        Err(WalkError::Failed) => {
+            count(stat::SOCKET_WALK_FAILED);
+            return;
+        }
+    };
+    announce_if_new(&cur, &sock, fd);
+    let args = SyscallArgs {
+        conn_id: sock.ino,
+        buf,
+        count: count_or_iovcnt,
+        // SAFETY: helper call without arguments.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: fd as i32,
+        service: cur.service,
+        syscall,
+        vectored,
+        _pad: [0; 5],
+    };
+    if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
+        count(stat::ARGS_MAP_FULL);
+    }
+}
+
+/// sendmsg/recvmsg: the iovec array and its length sit in the user's `struct user_msghdr`
+/// (msg_iov at byte 16, msg_iovlen at byte 24).
+#[inline(always)]
+fn enter_msg(ctx: &TracePointContext, syscall: u16) {
+    let msg = syscall_arg(ctx, 1);
+    // SAFETY: probe reads of user memory fail cleanly on a bad pointer.
+    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
+    let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
+    match (iov, iovlen) {
+        (Ok(iov), Ok(iovlen)) => enter(syscall_arg(ctx, 0), iov, iovlen, syscall, 1),
+        _ => count(stat::READ_USER_FAILED),
+    }
+}
+
+/// Copy `len` user bytes into the payload at `offset`; false when the read failed.
+#[inline(always)]
+fn read_user_into(data: *mut u8, offset: u32, len: u32, src: u64) -> bool {
+    // black_box: LLVM proves these bounds from the callers' checks and would drop the masks,
+    // but the verifier cannot follow that proof across loop iterations.
+    let (offset, len) = (core::hint::black_box(offset), core::hint::black_box(len));
+    // SAFETY: `offset` is below MAX_CAPTURE and `len` at most MAX_CAPTURE; masked, their
+    // sum stays within payload + slack, which is what the verifier checks.
+    unsafe {
+        generated::bpf_probe_read_user(
+            data.add((offset & MASK) as usize).cast(),
+            len & MASK,
+            src as *const _,
+        ) == 0
+    }
+}
+
+/// Copy up to `limit` bytes of what the call moved; returns (bytes copied, read failed).
+#[inline(always)]
+fn copy_payload(data: *mut u8, args: &SyscallArgs, limit: u32) -> (u32, bool) {
+    if args.vectored == 0 {
+        return if read_user_into(data, 0, limit, args.buf) {
+            (limit, false)
+        } else {
+            (0, true)
+        };
+    }
+    let mut copied: u32 = 0;
+    for i in 0..MAX_IOVECS {
+        if i as u64 >= args.count || copied >= limit {
+            break;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; }
+        // SAFETY: probe reads of user memory fail cleanly on a bad pointer.
+        let Ok(iov) =
+            (unsafe { bpf_probe_read_user((args.buf + 16 * i as u64) as *const [u64; 2]) })
+        else {
+            return (copied, true);
+        };
+        let room = limit - copied;
+        let n = if iov[1] < room as u64 {
+            iov[1] as u32
+        } else {
+            room
+        };
+        if n > 0 && !read_user_into(data, copied, n, iov[0]) {
+            return (copied, true);
+        }
+        copied += n;
+    }
+    (copied, false)
+}
+
+/// Common exit path: build the event in the per-CPU scratch and send `header + captured`.
+#[inline(always)]
+fn exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: copied out at once.
+    let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = SYSCALL_ARGS.remove(&tid);
+    if args.syscall == CONNECT {
+        return;
+    }
+    let ret = syscall_ret(ctx);
+    let dir = match args.syscall {
+        syscall::READ | syscall::READV | syscall::RECVFROM | syscall::RECVMSG => direction::INGRESS,
+        _ => direction::EGRESS,
+    };
+    // Errors move no bytes; a zero-byte receive is the peer's EOF and worth reporting.
+    if ret < 0 || (ret == 0 && dir == direction::EGRESS) {
+        return;
+    }
+    // SAFETY: helper call without arguments.
+    let cpu = unsafe { generated::bpf_get_smp_processor_id() };
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    let mut limit = setting!(capture_bytes);
+    if limit > MAX_CAPTURE as u32 {
+        limit = MAX_CAPTURE as u32;
+    }
+    if (ret as u64) < limit as u64 {
+        limit = ret as u32;
+    }
+    let mut flags = 0u8;
+    // SAFETY: the slot belongs to this CPU for the duration of the program.
+    let ev = unsafe { &mut (*scratch).event };
+    let captured = if args.syscall == syscall::SENDFILE {
+        flags |= data_flags::NO_PAYLOAD;
+        0
+    } else {
+        let (copied, failed) = copy_payload(ev.data.as_mut_ptr(), &args, limit);
+        if failed {
+            flags |= data_flags::READ_FAILED;
+            count(stat::READ_USER_FAILED);
+        }
+        copied
+    };
+    if (captured as u64) < ret as u64 && flags & data_flags::NO_PAYLOAD == 0 {
+        flags |= data_flags::TRUNCATED;
+        count(stat::DATA_TRUNCATED);
+    }
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    ev.header = EventHeader {
+        kind: kind::DATA,
+        pid: (pid_tgid >> 32) as u32,
+        tid,
+        service: args.service,
+        ts_ns: now,
+    };
+    ev.conn_id = args.conn_id;
+    ev.enter_ns = args.enter_ns;
+    ev.exit_ns = now;
+    ev.ret = ret;
+    ev.total_len = ret as u64;
+    ev.fd = args.fd;
+    ev.captured = captured;
+    ev.syscall = args.syscall;
+    ev.direction = dir;
+    ev.flags = flags;
+    ev._pad = 0;
+    let size = DATA_EVENT_HEADER_LEN as u32 + (captured & MASK);
+    // SAFETY: `size` is within the scratch value (header + payload + slack).
+    let sent = unsafe {
+        generated::bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS).cast_mut().cast(),
+            (ev as *mut traceo_ebpf_common::DataEvent).cast(),
+            size as u64,
+            0,
+        )
+    };
+    if sent == 0 {
+        count(stat::DATA_EVENTS);
+    } else {
+        count(stat::RING_FULL_DATA);
+    }
+}
+
+/// `fn(fd, buf, count)` syscalls: read, write, sendto, recvfrom (args 0, 1, 2).
+macro_rules! plain {
+    ($enter:ident, $id:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter(
+                syscall_arg(&ctx, 0),
+                syscall_arg(&ctx, 1),
+                syscall_arg(&ctx, 2),
+                $id,
+                0,
+            );
+            0
+        }
+    };
+}
+
+/// `fn(fd, iov, iovcnt)` syscalls: readv, writev.
+macro_rules! vectored {
+    ($enter:ident, $id:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter(
+                syscall_arg(&ctx, 0),
+                syscall_arg(&ctx, 1),
+                syscall_arg(&ctx, 2),
+                $id,
+                1,
+            );
+            0
+        }
+    };
+}
+
+macro_rules! exits {
+    ($($exit:ident),*) => {$(
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit(&ctx);
+            0
+        }
+    )*};
+}
+
+plain!(sys_enter_read, syscall::READ);
+plain!(sys_enter_write, syscall::WRITE);
+plain!(sys_enter_sendto, syscall::SENDTO);
+plain!(sys_enter_recvfrom, syscall::RECVFROM);
+vectored!(sys_enter_readv, syscall::READV);
+vectored!(sys_enter_writev, syscall::WRITEV);
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    enter_msg(&ctx, syscall::SENDMSG);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    enter_msg(&ctx, syscall::RECVMSG);
+    0
+}
+
+/// sendfile64(out_fd, in_fd, offset, count): only the length is ever known.
+#[tracepoint]
+pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    enter(
+        syscall_arg(&ctx, 0),
+        0,
+        syscall_arg(&ctx, 3),
+        syscall::SENDFILE,
+        0,
+    );
+    0
+}
+
+exits!(
+    sys_exit_read,
+    sys_exit_write,
+    sys_exit_sendto,
+    sys_exit_recvfrom,
+    sys_exit_readv,
+    sys_exit_writev,
+    sys_exit_sendmsg,
+    sys_exit_recvmsg,
+    sys_exit_sendfile64
+);

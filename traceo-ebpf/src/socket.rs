@@ -1,0 +1,91 @@
+//! From an fd of the current task to its socket: identity (inode number) and addresses.
+//!
+//! Walk: task_struct.files -> files_struct.fdt -> fdtable.fd[fd] (struct file *)
+//!   -> file.f_inode (identity, S_IFSOCK test) and file.private_data (struct socket *)
+//!   -> socket.sk (struct sock *) -> sock.__sk_common (family, addresses, ports).
+//! Offsets come from the agent (BTF). Probe reads never fault, but nothing is pinned: a racing
+//! close can give stale values, which the agent tolerates.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use traceo_ebpf_common::{ConnEvent, family};
+
+use crate::globals::offset;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+pub enum WalkError {
+    /// The fd is not open or is not a socket: nothing to trace.
+    NotSocket,
+    /// A kernel read failed (counted).
+    Failed,
+}
+
+/// An open socket of the current task.
+pub struct SocketFile {
+    /// `struct file *`
+    pub file: u64,
+    /// The inode number: the connection identity.
+    pub ino: u64,
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Result<T, WalkError> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| WalkError::Failed)
+}
+
+/// The socket behind `fd`, or `NotSocket` for anything else.
+#[inline(always)]
+pub fn socket_of_fd(fd: i64) -> Result<SocketFile, WalkError> {
+    if fd < 0 {
+        return Err(WalkError::NotSocket);
+    }
+    // SAFETY: a helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task + offset!(task_files))?;
+    if files == 0 {
+        return Err(WalkError::NotSocket);
+    }
+    let fdt: u64 = read(files + offset!(files_fdt))?;
+    let max_fds: u32 = read(fdt + offset!(fdt_max_fds))?;
+    if fd as u64 >= max_fds as u64 {
+        return Err(WalkError::NotSocket);
+    }
+    let fd_array: u64 = read(fdt + offset!(fdt_fd))?;
+    let file: u64 = read(fd_array + (fd as u64) * 8)?;
+    if file == 0 {
+        return Err(WalkError::NotSocket);
+    }
+    let inode: u64 = read(file + offset!(file_inode))?;
+    let mode: u16 = read(inode + offset!(inode_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Err(WalkError::NotSocket);
+    }
+    let ino: u64 = read(inode + offset!(inode_ino))?;
+    Ok(SocketFile { file, ino })
+}
+
+/// Fill family, socket type, and local and peer addresses of `sock_file` into `ev`.
+#[inline(always)]
+pub fn fill_addresses(sock_file: &SocketFile, ev: &mut ConnEvent) -> Result<(), WalkError> {
+    let socket: u64 = read(sock_file.file + offset!(file_private_data))?;
+    let sk: u64 = read(socket + offset!(socket_sk))?;
+    if sk == 0 {
+        return Err(WalkError::NotSocket);
+    }
+    ev.family = read(sk + offset!(sk_family))?;
+    ev.sock_type = read(sk + offset!(sk_type))?;
+    ev.local_port = read(sk + offset!(sk_num))?;
+    ev.peer_port = u16::from_be(read(sk + offset!(sk_dport))?);
+    if ev.family == family::INET {
+        let local: [u8; 4] = read(sk + offset!(sk_rcv_saddr))?;
+        let peer: [u8; 4] = read(sk + offset!(sk_daddr))?;
+        ev.local_addr[..4].copy_from_slice(&local);
+        ev.peer_addr[..4].copy_from_slice(&peer);
+    } else if ev.family == family::INET6 {
+        ev.local_addr = read(sk + offset!(sk_v6_rcv_saddr))?;
+        ev.peer_addr = read(sk + offset!(sk_v6_daddr))?;
+    }
+    Ok(())
+}

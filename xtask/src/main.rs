@@ -1,0 +1,171 @@
+//! `cargo xtask`: everything that is not a plain `cargo build` of the agent.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "traceo's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel programs (installs the BPF toolchain first when root on Debian/Ubuntu).
+    BuildEbpf,
+    /// Build the kernel programs, then the agent (release).
+    Build,
+    /// Build everything, then run the agent as root with these arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what the tests need, build everything, run every test (unit and live, as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings on the whole workspace.
+    Lint,
+    /// Install the toolchain and test dependencies only.
+    Setup,
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// Run a command, failing with its description.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The eBPF build needs a compiler whose rust-src matches it (for build-std) and a
+/// bpf-linker on the same LLVM: Debian's rustc-web by default, overridable.
+fn build_ebpf() -> anyhow::Result<()> {
+    let tools = setup::bpf_toolchain()?;
+    let mut cmd = Command::new(&tools.cargo);
+    cmd.current_dir(root().join("traceo-ebpf"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "traceo-ebpf",
+            "--bins",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTC", &tools.rustc)
+        .env("PATH", setup::path_with_cargo_bin());
+    // An outer rustup cargo leaks these; the inner build would pick the wrong compiler.
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTDOC",
+        "CARGO",
+    ] {
+        cmd.env_remove(var);
+    }
+    if let Some(linker) = &tools.linker_override {
+        cmd.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", linker);
+    }
+    run(&mut cmd)?;
+    eprintln!("xtask: kernel object at {}", object_path().display());
+    Ok(())
+}
+
+pub fn object_path() -> PathBuf {
+    root().join("target/bpfel-unknown-none/release/traceo")
+}
+
+fn agent_binary(profile: &str) -> PathBuf {
+    root().join("target").join(profile).join("traceo-agent")
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf(),
+        Task::Build => {
+            build_ebpf()?;
+            run(cargo()
+                .current_dir(root())
+                .args(["build", "--release", "-p", "traceo-agent"]))
+        }
+        Task::Run { args } => {
+            build_ebpf()?;
+            run(cargo()
+                .current_dir(root())
+                .args(["build", "--release", "-p", "traceo-agent"]))?;
+            let mut cmd = Command::new(agent_binary("release"));
+            cmd.args(&args);
+            setup::as_root(&mut cmd);
+            run(&mut cmd)
+        }
+        Task::Setup => {
+            setup::bpf_toolchain()?;
+            setup::test_dependencies().map(|_| ())
+        }
+        Task::Test { args } => {
+            let python = setup::test_dependencies()?;
+            build_ebpf()?;
+            run(cargo()
+                .current_dir(root())
+                .args(["test", "--workspace"])
+                .args(&args)
+                .env("TRACEO_PYTHON", python)
+                .env("RUST_BACKTRACE", "1"))
+        }
+        Task::Lint => {
+            run(cargo()
+                .current_dir(root())
+                .args(["fmt", "--all", "--check"]))?;
+            run(cargo().current_dir(root()).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+    }
+}

@@ -73,9 +73,10 @@ pub async fn trace(
         tokio::select! {
             event = source.next_event() => {
                 let Some(event) = event? else { break };
-                tracker.on_event(&event);
-                summary.events += 1;
-                sink(&event)?;
+                if tracker.on_event(&event) || trace_all {
+                    summary.events += 1;
+                    sink(&event)?;
+                }
             }
             _ = tick.tick() => {
                 tracker.rescan_ports();

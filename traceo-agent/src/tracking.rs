@@ -146,28 +146,41 @@ impl<M: PidMap> ProcessTracker<M> {
         }
     }
 
-    pub fn on_event(&mut self, event: &Event) {
+    /// Update the traced set from a process event. Returns whether the event is about a
+    /// traced process, and so worth passing on (execs arrive for every process, forks for
+    /// threads too).
+    pub fn on_event(&mut self, event: &Event) -> bool {
         match event {
-            Event::Exec(p) if !self.traced.contains_key(&p.meta.pid) => {
-                let no_listeners = HashMap::new();
-                if let Some(service) = self.match_process(p.meta.pid, &p.comm, &no_listeners) {
-                    self.trace(p.meta.pid, service);
+            Event::Exec(p) => {
+                if !self.traced.contains_key(&p.meta.pid) {
+                    let no_listeners = HashMap::new();
+                    if let Some(service) = self.match_process(p.meta.pid, &p.comm, &no_listeners) {
+                        self.trace(p.meta.pid, service);
+                    }
                 }
+                self.traced.contains_key(&p.meta.pid)
             }
             Event::Fork(p) => {
                 // The fork tracepoint also fires for new threads; only processes stay.
                 let id = p.meta.pid;
                 match procfs::tgid(id) {
-                    Some(tgid) if tgid != id => self.map.remove(id),
+                    Some(tgid) if tgid != id => {
+                        self.map.remove(id);
+                        false
+                    }
                     _ => {
                         if let Some(service) = p.meta.service {
                             self.traced.insert(id, service);
                         }
+                        true
                     }
                 }
             }
-            Event::Exit(p) => self.untrace(p.meta.pid),
-            _ => {}
+            Event::Exit(p) => {
+                self.untrace(p.meta.pid);
+                true
+            }
+            _ => true,
         }
     }
 }

@@ -109,7 +109,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     };
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut ebpf = EbpfLoader::new()
-        .set_max_entries("DATA_SCRATCH", cpus as u32)
+        .map_max_entries("DATA_SCRATCH", cpus as u32)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .load(object)

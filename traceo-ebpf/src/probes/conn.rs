@@ -16,7 +16,7 @@ use crate::{
 
 const EINPROGRESS: i64 = 115;
 
-/// Emit a CONN_OPEN (with addresses) or CONN_CLOSE event for `sock`, built in place in the
+/// Emit a CONN_OPEN or CONN_CLOSE event with `sock`'s addresses, built in place in the
 /// ring buffer (a ConnEvent copy on the stack would not fit beside the callers' frames).
 #[inline(always)]
 fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8, ret: i64) {
@@ -36,7 +36,7 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
     ev.fd = fd as i32;
     ev.how = how;
     ev.comm = bpf_get_current_comm().unwrap_or_default();
-    if event_kind == kind::CONN_OPEN && fill_addresses(sock, ev).is_err() {
+    if fill_addresses(sock, ev).is_err() {
         // Still announce the connection: its identity is known, its addresses are not.
         count(stat::SOCKET_WALK_FAILED);
     }

@@ -1,0 +1,292 @@
+//! Shared pieces of the live tests: privilege checks, real servers and clients, and the agent
+//! driven through its command line exactly as a user runs it.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_traceo-agent");
+
+/// Live tests need root. In CI that is a failure with the reason; elsewhere a visible skip.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let why = format!("{test} loads eBPF programs and needs root: run `sudo cargo xtask test`");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// The Python with the test dependencies (set up by `cargo xtask test`).
+pub fn python() -> PathBuf {
+    std::env::var_os("TRACEO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/pyenv/bin/python"))
+}
+
+pub fn require_python(test: &str) -> bool {
+    let ok = Command::new(python())
+        .args(["-c", "import uvicorn, httpx"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let why = format!(
+            "{test} needs uvicorn and httpx in {}: run `cargo xtask setup`",
+            python().display()
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED: {why}");
+    }
+    ok
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("traceo-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A child process killed (whole process group) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc { child }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn stdin(&mut self) -> &mut ChildStdin {
+        self.child.stdin.as_mut().expect("piped stdin")
+    }
+    pub fn send_line(&mut self, line: &str) {
+        writeln!(self.stdin(), "{line}").expect("write to child");
+    }
+    /// Read one stdout line (the child must have piped stdout).
+    pub fn read_line(&mut self, out: &mut Option<BufReader<ChildStdout>>) -> String {
+        let reader = out
+            .get_or_insert_with(|| BufReader::new(self.child.stdout.take().expect("piped stdout")));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read child stdout");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on port {port} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `python -m http.server` serving `dir`.
+pub fn http_server(dir: &Path, port: u16) -> Proc {
+    let p = Proc::spawn(
+        Command::new(python())
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    p
+}
+
+/// uvicorn serving tests/apps/echo_app.py.
+pub fn uvicorn(port: u16, workers: u32) -> Proc {
+    let p = Proc::spawn(
+        Command::new(python())
+            .args([
+                "-m",
+                "uvicorn",
+                "echo_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--workers", &workers.to_string(), "--no-access-log"])
+            .current_dir(repo().join("tests/apps"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    p
+}
+
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The agent recording to a file, as `traceo-agent record --out FILE ARGS...`.
+pub struct Recording {
+    proc: Proc,
+    pub file: PathBuf,
+    stderr: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Recording {
+    pub fn start(dir: &Path, args: &[&str]) -> Recording {
+        let file = dir.join("capture.trec");
+        let mut proc = Proc::spawn(
+            Command::new(AGENT)
+                .arg("record")
+                .arg("--out")
+                .arg(&file)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let stderr = proc.child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut rec = Recording {
+            proc,
+            file,
+            stderr: rx,
+            log: vec![],
+        };
+        rec.wait_log("ready", Duration::from_secs(30));
+        rec
+    }
+
+    /// Wait until the agent logs a line containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "the agent did not log {needle:?} within {timeout:?}; its log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGINT, wait for a clean exit, then replay the file: one JSON value per event.
+    pub fn stop(mut self) -> Vec<Value> {
+        // Let the last syscalls' events reach the ring buffer reader.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
+        let status = self.proc.child.wait().expect("wait for the agent");
+        self.log.extend(self.stderr.try_iter());
+        assert!(
+            status.success(),
+            "the agent exited with {status}; its log:\n{}",
+            self.log.join("\n")
+        );
+        assert!(
+            self.log.iter().any(|l| l.contains("detached")),
+            "no clean detach:\n{}",
+            self.log.join("\n")
+        );
+        replay_events(&self.file)
+    }
+}
+
+pub fn replay_events(file: &Path) -> Vec<Value> {
+    let out = Command::new(AGENT)
+        .args(["replay", "--events"])
+        .arg(file)
+        .output()
+        .expect("run replay");
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Data events of one connection and direction, concatenated in order.
+pub fn stream(events: &[Value], conn_id: &Value, direction: &str) -> Vec<u8> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "data" && &e["conn_id"] == conn_id && e["direction"] == direction)
+        .flat_map(|e| e["data"].as_str().expect("data text").as_bytes().to_vec())
+        .collect()
+}
+
+pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}

@@ -21,95 +21,46 @@ fn http_server_exchanges_appear_in_order_with_direction_pid_and_addresses() {
     }
     let dir = temp_dir("http-server");
     for i in 0..3 {
-        std::fs::write(
-            dir.join(format!("file{i}.txt")),
-            format!("body of file {i}\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.join(format!("file{i}.txt")), format!("body of file {i}\n")).unwrap();
     }
     let port = free_port();
     let server = http_server(&dir, port);
     let rec = Recording::start(&dir, &["--service", &format!("web=port:{port}")]);
     for i in 0..3 {
-        assert_eq!(
-            curl(&[&format!("http://127.0.0.1:{port}/file{i}.txt")]),
-            format!("body of file {i}\n")
-        );
+        assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/file{i}.txt")]), format!("body of file {i}\n"));
     }
     let events = rec.stop();
 
     let local = format!("127.0.0.1:{port}");
-    let opens: Vec<&Value> = of_kind(&events, "conn_open")
-        .into_iter()
-        .filter(|e| e["local"] == local.as_str())
-        .collect();
-    assert_eq!(
-        opens.len(),
-        3,
-        "one accepted connection per curl: {opens:#?}"
-    );
+    let opens: Vec<&Value> =
+        of_kind(&events, "conn_open").into_iter().filter(|e| e["local"] == local.as_str()).collect();
+    assert_eq!(opens.len(), 3, "one accepted connection per curl: {opens:#?}");
     for (i, open) in opens.iter().enumerate() {
         assert_eq!(open["how"], "accepted");
         assert_eq!(open["pid"], server.pid());
         assert_eq!(open["service"], "web");
         let peer = open["peer"].as_str().expect("peer address");
-        assert!(
-            peer.starts_with("127.0.0.1:") && !peer.ends_with(":0"),
-            "peer {peer}"
-        );
+        assert!(peer.starts_with("127.0.0.1:") && !peer.ends_with(":0"), "peer {peer}");
         let conn = &open["conn_id"];
-        let data: Vec<&Value> = events
-            .iter()
-            .filter(|e| e["kind"] == "data" && &e["conn_id"] == conn)
-            .collect();
+        let data: Vec<&Value> = events.iter().filter(|e| e["kind"] == "data" && &e["conn_id"] == conn).collect();
         for d in &data {
             assert_eq!(
                 (d["pid"].clone(), d["local"].clone(), d["peer"].clone()),
-                (
-                    json_u32(server.pid()),
-                    open["local"].clone(),
-                    open["peer"].clone()
-                )
+                (json_u32(server.pid()), open["local"].clone(), open["peer"].clone())
             );
         }
         let request = String::from_utf8(stream(&events, conn, "ingress")).unwrap();
         let response = String::from_utf8(stream(&events, conn, "egress")).unwrap();
-        assert!(
-            request.starts_with(&format!("GET /file{i}.txt HTTP/1.1\r\n")),
-            "request {i}: {request:?}"
-        );
-        assert!(
-            response.starts_with("HTTP/1.0 200 OK\r\n"),
-            "response {i}: {response:?}"
-        );
-        assert!(
-            response.ends_with(&format!("body of file {i}\n")),
-            "response {i}: {response:?}"
-        );
+        assert!(request.starts_with(&format!("GET /file{i}.txt HTTP/1.1\r\n")), "request {i}: {request:?}");
+        assert!(response.starts_with("HTTP/1.0 200 OK\r\n"), "response {i}: {response:?}");
+        assert!(response.ends_with(&format!("body of file {i}\n")), "response {i}: {response:?}");
         // The response was written after the request was read.
-        let last_in = data
-            .iter()
-            .filter(|d| d["direction"] == "ingress")
-            .map(|d| d["exit_ns"].as_u64().unwrap())
-            .max()
-            .unwrap();
-        let first_out = data
-            .iter()
-            .filter(|d| d["direction"] == "egress")
-            .map(|d| d["enter_ns"].as_u64().unwrap())
-            .min()
-            .unwrap();
-        assert!(
-            first_out >= last_in,
-            "egress before ingress on connection {i}"
-        );
-        assert_eq!(
-            of_kind(&events, "conn_close")
-                .iter()
-                .filter(|c| &c["conn_id"] == conn)
-                .count(),
-            1
-        );
+        let last_in =
+            data.iter().filter(|d| d["direction"] == "ingress").map(|d| d["exit_ns"].as_u64().unwrap()).max().unwrap();
+        let first_out =
+            data.iter().filter(|d| d["direction"] == "egress").map(|d| d["enter_ns"].as_u64().unwrap()).min().unwrap();
+        assert!(first_out >= last_in, "egress before ingress on connection {i}");
+        assert_eq!(of_kind(&events, "conn_close").iter().filter(|c| &c["conn_id"] == conn).count(), 1);
     }
 }
 
@@ -128,11 +79,7 @@ fn a_1_mib_upload_is_seen_with_its_total_length() {
     let port = free_port();
     let _server = uvicorn(port, 1);
     let rec = Recording::start(&dir, &["--service", &format!("api=port:{port}")]);
-    let reply = curl(&[
-        "--data-binary",
-        &format!("@{}", body.display()),
-        &format!("http://127.0.0.1:{port}/upload"),
-    ]);
+    let reply = curl(&["--data-binary", &format!("@{}", body.display()), &format!("http://127.0.0.1:{port}/upload")]);
     assert_eq!(reply, r#"{"received": 1048576}"#);
     let events = rec.stop();
 
@@ -142,29 +89,17 @@ fn a_1_mib_upload_is_seen_with_its_total_length() {
         .expect("accepted");
     let ingress: Vec<&Value> = events
         .iter()
-        .filter(|e| {
-            e["kind"] == "data" && e["conn_id"] == open["conn_id"] && e["direction"] == "ingress"
-        })
+        .filter(|e| e["kind"] == "data" && e["conn_id"] == open["conn_id"] && e["direction"] == "ingress")
         .collect();
     let total: u64 = ingress.iter().map(|e| e["len"].as_u64().unwrap()).sum();
     let first = ingress[0]["data"].as_str().unwrap();
     assert!(first.starts_with("POST /upload HTTP/1.1\r\n"), "{first:?}");
     let headers = first.find("\r\n\r\n").expect("headers in the first read") + 4;
-    assert_eq!(
-        total,
-        headers as u64 + (1 << 20),
-        "ingress bytes = request headers + 1 MiB body"
-    );
+    assert_eq!(total, headers as u64 + (1 << 20), "ingress bytes = request headers + 1 MiB body");
     // Reads larger than the capture size are marked, and capture stays bounded.
+    assert!(ingress.iter().all(|e| e["captured"].as_u64().unwrap() <= 16384));
     assert!(
-        ingress
-            .iter()
-            .all(|e| e["captured"].as_u64().unwrap() <= 16384)
-    );
-    assert!(
-        ingress
-            .iter()
-            .any(|e| e["flags"].as_array().unwrap().contains(&"truncated".into()))
+        ingress.iter().any(|e| e["flags"].as_array().unwrap().contains(&"truncated".into()))
             || ingress.iter().all(|e| e["len"].as_u64().unwrap() <= 16384)
     );
 }
@@ -199,14 +134,8 @@ fn a_keep_alive_connection_opened_before_the_agent_is_still_seen() {
     assert!(open["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
     let request = String::from_utf8(stream(&events, &open["conn_id"], "ingress")).unwrap();
     let response = String::from_utf8(stream(&events, &open["conn_id"], "egress")).unwrap();
-    assert!(
-        request.starts_with("GET /status/201 HTTP/1.1\r\n"),
-        "{request:?}"
-    );
-    assert!(
-        !request.contains("/hello"),
-        "the request before the agent started cannot be seen"
-    );
+    assert!(request.starts_with("GET /status/201 HTTP/1.1\r\n"), "{request:?}");
+    assert!(!request.contains("/hello"), "the request before the agent started cannot be seen");
     assert!(response.starts_with("HTTP/1.1 201 "), "{response:?}");
 }
 
@@ -225,10 +154,7 @@ fn two_connections_reusing_one_fd_get_different_connection_ids() {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
     );
-    let rec = Recording::start(
-        &dir,
-        &["--service", &format!("client=pid:{}", client.pid())],
-    );
+    let rec = Recording::start(&dir, &["--service", &format!("client=pid:{}", client.pid())]);
     client.send_line("go");
     let mut out = None;
     let (a, b) = (client.read_line(&mut out), client.read_line(&mut out));
@@ -236,14 +162,13 @@ fn two_connections_reusing_one_fd_get_different_connection_ids() {
     let fd: i64 = a.strip_prefix("fd ").unwrap().parse().unwrap();
     let events = rec.stop();
 
-    let opens: Vec<&Value> = of_kind(&events, "conn_open")
-        .into_iter()
-        .filter(|e| e["how"] == "connected")
-        .collect();
+    let opens: Vec<&Value> = of_kind(&events, "conn_open").into_iter().filter(|e| e["how"] == "connected").collect();
     assert_eq!(opens.len(), 2, "{opens:#?}");
-    assert!(opens.iter().all(|o| o["fd"] == fd
-        && o["peer"] == format!("127.0.0.1:{port}").as_str()
-        && o["pid"] == client.pid()));
+    assert!(
+        opens
+            .iter()
+            .all(|o| o["fd"] == fd && o["peer"] == format!("127.0.0.1:{port}").as_str() && o["pid"] == client.pid())
+    );
     assert_ne!(opens[0]["conn_id"], opens[1]["conn_id"]);
     for open in &opens {
         let sent = String::from_utf8(stream(&events, &open["conn_id"], "egress")).unwrap();
@@ -269,13 +194,7 @@ fn a_process_started_after_the_agent_that_matches_a_selector_is_traced() {
     let late_curl = dir.join(&name);
     std::fs::copy(which("curl"), &late_curl).expect("copy curl");
     let mut rec = Recording::start(&dir, &["--service", &format!("late=comm:{name}")]);
-    assert!(
-        rec.log
-            .iter()
-            .any(|l| l.contains("no running process matches")),
-        "{:?}",
-        rec.log
-    );
+    assert!(rec.log.iter().any(|l| l.contains("no running process matches")), "{:?}", rec.log);
     let child = Command::new(&late_curl)
         .args(["-sS", &format!("http://127.0.0.1:{port}/hello.txt")])
         .output()
@@ -300,10 +219,7 @@ fn a_process_started_after_the_agent_that_matches_a_selector_is_traced() {
 }
 
 fn which(tool: &str) -> std::path::PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .expect("sh");
+    let out = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().expect("sh");
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -331,33 +247,18 @@ fn children_of_a_traced_process_are_followed() {
     }
     let events = rec.stop();
 
-    let followed: HashSet<u64> = of_kind(&events, "fork")
-        .iter()
-        .map(|f| f["pid"].as_u64().unwrap())
-        .collect();
+    let followed: HashSet<u64> = of_kind(&events, "fork").iter().map(|f| f["pid"].as_u64().unwrap()).collect();
     let serving: HashSet<u64> = events
         .iter()
         .filter(|e| {
-            e["kind"] == "data"
-                && e["direction"] == "ingress"
-                && e["data"].as_str().unwrap().starts_with("GET /hello")
+            e["kind"] == "data" && e["direction"] == "ingress" && e["data"].as_str().unwrap().starts_with("GET /hello")
         })
         .map(|e| e["pid"].as_u64().unwrap())
         .collect();
     assert!(!serving.is_empty(), "no request seen");
-    assert!(
-        !serving.contains(&(shell.pid() as u64)),
-        "the workers, not the master, serve"
-    );
-    assert!(
-        serving.is_subset(&followed),
-        "serving pids {serving:?} were not all followed from forks {followed:?}"
-    );
-    assert!(
-        of_kind(&events, "fork")
-            .iter()
-            .all(|f| f["service"] == "api")
-    );
+    assert!(!serving.contains(&(shell.pid() as u64)), "the workers, not the master, serve");
+    assert!(serving.is_subset(&followed), "serving pids {serving:?} were not all followed from forks {followed:?}");
+    assert!(of_kind(&events, "fork").iter().all(|f| f["service"] == "api"));
 }
 
 #[test]
@@ -386,41 +287,23 @@ fn the_agent_never_traces_itself() {
             break;
         }
     }
-    assert!(
-        log.iter().any(|l| l.contains("tracing every process")),
-        "{log:?}"
-    );
+    assert!(log.iter().any(|l| l.contains("tracing every process")), "{log:?}");
     let reader = std::thread::spawn(move || {
-        BufReader::new(ours)
-            .lines()
-            .map_while(Result::ok)
-            .take(20_000)
-            .collect::<Vec<String>>()
+        BufReader::new(ours).lines().map_while(Result::ok).take(20_000).collect::<Vec<String>>()
     });
-    let curl_child = Command::new("curl")
-        .args(["-sS", &format!("http://127.0.0.1:{port}/x.txt")])
-        .output()
-        .expect("curl");
+    let curl_child =
+        Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}/x.txt")]).output().expect("curl");
     assert!(curl_child.status.success());
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGINT) };
     assert!(agent.child.wait().expect("wait").success());
     let lines = reader.join().expect("reader");
-    let events: Vec<Value> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(
-        events.iter().any(|e| e["kind"] == "data"
-            && e["data"]
-                .as_str()
-                .is_some_and(|d| d.starts_with("GET /x.txt"))),
+        events.iter().any(|e| e["kind"] == "data" && e["data"].as_str().is_some_and(|d| d.starts_with("GET /x.txt"))),
         "trace-all saw curl's request"
     );
     let me = agent.pid() as u64;
-    assert!(
-        events.iter().all(|e| e["pid"].as_u64() != Some(me)),
-        "the agent traced itself"
-    );
+    assert!(events.iter().all(|e| e["pid"].as_u64() != Some(me)), "the agent traced itself");
 }

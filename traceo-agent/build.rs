@@ -13,8 +13,7 @@ fn main() {
     let embedded = if object.is_file() {
         object.canonicalize().expect("object path resolves")
     } else {
-        let out =
-            PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("traceo-ebpf.missing");
+        let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("traceo-ebpf.missing");
         fs::write(&out, b"").expect("write placeholder");
         out
     };

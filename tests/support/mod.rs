@@ -30,29 +30,18 @@ pub fn require_root(test: &str) -> bool {
 }
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
 }
 
 /// The Python with the test dependencies (set up by `cargo xtask test`).
 pub fn python() -> PathBuf {
-    std::env::var_os("TRACEO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/pyenv/bin/python"))
+    std::env::var_os("TRACEO_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join("target/pyenv/bin/python"))
 }
 
 pub fn require_python(test: &str) -> bool {
-    let ok = Command::new(python())
-        .args(["-c", "import uvicorn, httpx"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new(python()).args(["-c", "import uvicorn, httpx"]).output().is_ok_and(|o| o.status.success());
     if !ok {
-        let why = format!(
-            "{test} needs uvicorn and httpx in {}: run `cargo xtask setup`",
-            python().display()
-        );
+        let why = format!("{test} needs uvicorn and httpx in {}: run `cargo xtask setup`", python().display());
         if std::env::var_os("CI").is_some() {
             panic!("{why}");
         }
@@ -62,11 +51,7 @@ pub fn require_python(test: &str) -> bool {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -84,10 +69,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
         use std::os::unix::process::CommandExt;
-        let child = cmd
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let child = cmd.process_group(0).spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         Proc { child }
     }
     pub fn pid(&self) -> u32 {
@@ -101,8 +83,7 @@ impl Proc {
     }
     /// Read one stdout line (the child must have piped stdout).
     pub fn read_line(&mut self, out: &mut Option<BufReader<ChildStdout>>) -> String {
-        let reader = out
-            .get_or_insert_with(|| BufReader::new(self.child.stdout.take().expect("piped stdout")));
+        let reader = out.get_or_insert_with(|| BufReader::new(self.child.stdout.take().expect("piped stdout")));
         let mut line = String::new();
         reader.read_line(&mut line).expect("read child stdout");
         line.trim().to_owned()
@@ -120,10 +101,7 @@ impl Drop for Proc {
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on port {port} after 20 s"
-        );
+        assert!(Instant::now() < deadline, "nothing listens on port {port} after 20 s");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -132,13 +110,7 @@ pub fn wait_for_port(port: u16) {
 pub fn http_server(dir: &Path, port: u16) -> Proc {
     let p = Proc::spawn(
         Command::new(python())
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -151,15 +123,7 @@ pub fn http_server(dir: &Path, port: u16) -> Proc {
 pub fn uvicorn(port: u16, workers: u32) -> Proc {
     let p = Proc::spawn(
         Command::new(python())
-            .args([
-                "-m",
-                "uvicorn",
-                "echo_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
+            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--workers", &workers.to_string(), "--no-access-log"])
             .current_dir(repo().join("tests/apps"))
             .stdout(Stdio::null())
@@ -170,16 +134,8 @@ pub fn uvicorn(port: u16, workers: u32) -> Proc {
 }
 
 pub fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("run curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -210,12 +166,7 @@ impl Recording {
                 let _ = tx.send(line);
             }
         });
-        let mut rec = Recording {
-            proc,
-            file,
-            stderr: rx,
-            log: vec![],
-        };
+        let mut rec = Recording { proc, file, stderr: rx, log: vec![] };
         rec.wait_log("ready", Duration::from_secs(30));
         rec
     }
@@ -227,10 +178,9 @@ impl Recording {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
                 Ok(line) => self.log.push(line),
-                Err(_) => panic!(
-                    "the agent did not log {needle:?} within {timeout:?}; its log:\n{}",
-                    self.log.join("\n")
-                ),
+                Err(_) => {
+                    panic!("the agent did not log {needle:?} within {timeout:?}; its log:\n{}", self.log.join("\n"))
+                }
             }
         }
     }
@@ -247,31 +197,15 @@ impl Recording {
         unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
         let status = self.proc.child.wait().expect("wait for the agent");
         self.log.extend(self.stderr.try_iter());
-        assert!(
-            status.success(),
-            "the agent exited with {status}; its log:\n{}",
-            self.log.join("\n")
-        );
-        assert!(
-            self.log.iter().any(|l| l.contains("detached")),
-            "no clean detach:\n{}",
-            self.log.join("\n")
-        );
+        assert!(status.success(), "the agent exited with {status}; its log:\n{}", self.log.join("\n"));
+        assert!(self.log.iter().any(|l| l.contains("detached")), "no clean detach:\n{}", self.log.join("\n"));
         replay_events(&self.file)
     }
 }
 
 pub fn replay_events(file: &Path) -> Vec<Value> {
-    let out = Command::new(AGENT)
-        .args(["replay", "--events"])
-        .arg(file)
-        .output()
-        .expect("run replay");
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(AGENT).args(["replay", "--events"]).arg(file).output().expect("run replay");
+    assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))

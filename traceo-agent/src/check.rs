@@ -35,23 +35,13 @@ pub fn run() -> anyhow::Result<()> {
     r.line(
         Some(privileged.is_ok()),
         "privileges",
-        privileged
-            .as_ref()
-            .map_or_else(|e| e.to_string(), |_| "can load eBPF programs".into()),
+        privileged.as_ref().map_or_else(|e| e.to_string(), |_| "can load eBPF programs".into()),
     );
 
-    let tracefs_root = if privileged.is_ok() {
-        tracefs::ensure_mounted().ok()
-    } else {
-        tracefs::find()
-    };
+    let tracefs_root = if privileged.is_ok() { tracefs::ensure_mounted().ok() } else { tracefs::find() };
     match &tracefs_root {
         Some(root) => r.line(Some(true), "tracefs", root.display().to_string()),
-        None => r.line(
-            Some(false),
-            "tracefs",
-            "not mounted (the agent mounts it when run as root)",
-        ),
+        None => r.line(Some(false), "tracefs", "not mounted (the agent mounts it when run as root)"),
     }
     if let Some(root) = &tracefs_root {
         let missing: Vec<String> = PROGRAMS
@@ -75,10 +65,7 @@ pub fn run() -> anyhow::Result<()> {
     r.line(
         Some(btf.is_ok()),
         "BTF (/sys/kernel/btf/vmlinux)",
-        btf.as_ref().map_or_else(
-            |e| format!("{e:#}"),
-            |_| "socket struct offsets resolved".into(),
-        ),
+        btf.as_ref().map_or_else(|e| format!("{e:#}"), |_| "socket struct offsets resolved".into()),
     );
     r.line(
         None,
@@ -103,34 +90,20 @@ pub fn run() -> anyhow::Result<()> {
     r.line(
         Some(object.is_ok()),
         "kernel object",
-        object.as_ref().map_or_else(
-            |e| e.to_string(),
-            |o| format!("embedded, {} KiB", o.len() / 1024),
-        ),
+        object.as_ref().map_or_else(|e| e.to_string(), |o| format!("embedded, {} KiB", o.len() / 1024)),
     );
 
     if privileged.is_ok() && object.is_ok() && btf.is_ok() && tracefs_root.is_some() {
         // Loading runs the verifier on every program and creates the ring buffer map.
-        match loader::load(&LoadOptions {
-            capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32,
-            trace_all: false,
-        }) {
-            Ok(_) => r.line(
-                Some(true),
-                "verifier + ring buffer",
-                format!("all {} programs load", PROGRAMS.len()),
-            ),
+        match loader::load(&LoadOptions { capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32, trace_all: false }) {
+            Ok(_) => r.line(Some(true), "verifier + ring buffer", format!("all {} programs load", PROGRAMS.len())),
             Err(e) => r.line(Some(false), "verifier + ring buffer", format!("{e:#}")),
         }
     }
     println!();
     println!(
         "probes the agent uses: {}",
-        PROGRAMS
-            .iter()
-            .map(|(c, n)| format!("{c}:{n}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        PROGRAMS.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join(" ")
     );
     if r.failed {
         anyhow::bail!("capture cannot work on this host: see the FAIL lines above");

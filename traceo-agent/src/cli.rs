@@ -111,14 +111,8 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> anyhow::Result<ConfigFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| {
-            format!(
-                "--config {} is not valid traceo configuration",
-                path.display()
-            )
-        })
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("--config {} is not valid traceo configuration", path.display()))
     }
 }
 
@@ -140,28 +134,16 @@ impl SelectionArgs {
         let services = if self.services.is_empty() {
             file.service
                 .iter()
-                .map(|s| {
-                    s.parse()
-                        .with_context(|| format!("in --config: service `{s}`"))
-                })
+                .map(|s| s.parse().with_context(|| format!("in --config: service `{s}`")))
                 .collect::<anyhow::Result<_>>()?
         } else {
             self.services.clone()
         };
-        let capture_bytes = self
-            .capture_bytes
-            .or(file.capture_bytes)
-            .unwrap_or(MAX_CAPTURE as u32);
+        let capture_bytes = self.capture_bytes.or(file.capture_bytes).unwrap_or(MAX_CAPTURE as u32);
         if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
-            anyhow::bail!(
-                "--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}"
-            );
+            anyhow::bail!("--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}");
         }
-        Ok(Selection {
-            services,
-            capture_bytes,
-            log: file.log,
-        })
+        Ok(Selection { services, capture_bytes, log: file.log })
     }
 }
 
@@ -174,15 +156,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("traceo-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
-        std::fs::write(
-            &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\n",
-        )
-        .unwrap();
-        let args = SelectionArgs {
-            config: Some(path.clone()),
-            ..Default::default()
-        };
+        std::fs::write(&path, "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\n").unwrap();
+        let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
         let sel = args.resolve().expect("valid config");
         assert_eq!(sel.services[0].name, "engine");
         assert_eq!((sel.capture_bytes, sel.log.as_deref()), (4096, Some("off")));
@@ -193,35 +168,18 @@ mod tests {
             services: vec!["mcp=pid:1".parse().unwrap()],
         };
         let sel = args.resolve().expect("valid config");
-        assert_eq!(
-            (sel.services[0].name.as_str(), sel.capture_bytes),
-            ("mcp", 100)
-        );
+        assert_eq!((sel.services[0].name.as_str(), sel.capture_bytes), ("mcp", 100));
 
         std::fs::write(&path, "servic = []\n").unwrap();
-        let err = format!(
-            "{:#}",
-            SelectionArgs {
-                config: Some(path),
-                ..Default::default()
-            }
-            .resolve()
-            .unwrap_err()
-        );
+        let err = format!("{:#}", SelectionArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());
         assert!(err.contains("unknown field `servic`"), "{err}");
     }
 
     #[test]
     fn capture_bytes_is_bounded() {
-        let args = SelectionArgs {
-            capture_bytes: Some(1 << 20),
-            ..Default::default()
-        };
+        let args = SelectionArgs { capture_bytes: Some(1 << 20), ..Default::default() };
         assert!(format!("{:#}", args.resolve().unwrap_err()).contains("between 1 and 16384"));
-        assert_eq!(
-            SelectionArgs::default().resolve().unwrap().capture_bytes,
-            16384
-        );
+        assert_eq!(SelectionArgs::default().resolve().unwrap().capture_bytes, 16384);
     }
 
     #[test]
@@ -237,9 +195,7 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Record(r) = cli.command else {
-            panic!("not record")
-        };
+        let Command::Record(r) = cli.command else { panic!("not record") };
         assert_eq!(r.selection.services.len(), 1);
         assert!(Cli::try_parse_from(["traceo-agent", "run", "--service", "a=nope:1"]).is_err());
     }

@@ -14,10 +14,7 @@ use crate::{
 };
 
 fn seconds(d: Option<f64>) -> anyhow::Result<Option<Duration>> {
-    d.map(|s| {
-        Duration::try_from_secs_f64(s).context("--duration must be a positive number of seconds")
-    })
-    .transpose()
+    d.map(|s| Duration::try_from_secs_f64(s).context("--duration must be a positive number of seconds")).transpose()
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -51,13 +48,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
             }
             Ok(())
         },
-        |s| {
-            log::info!(
-                "recording: {} events, {} lost in the kernel",
-                s.events,
-                s.lost
-            )
-        },
+        |s| log::info!("recording: {} events, {} lost in the kernel", s.events, s.lost),
     )
     .await?;
     let (events, bytes) = (writer.events, writer.bytes);

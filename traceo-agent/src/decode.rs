@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use traceo_ebpf_common::{
-    self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, data_flags,
-    direction, family, kind, open_how, syscall,
+    self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, data_flags, direction, family,
+    kind, open_how, syscall,
 };
 
 use crate::events::{Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, Syscall};
@@ -40,9 +40,7 @@ const ARENA_CHUNK: usize = 1 << 20;
 
 impl Default for Decoder {
     fn default() -> Self {
-        Decoder {
-            arena: BytesMut::with_capacity(ARENA_CHUNK),
-        }
+        Decoder { arena: BytesMut::with_capacity(ARENA_CHUNK) }
     }
 }
 
@@ -61,12 +59,7 @@ fn comm(raw: &[u8; wire::COMM_LEN]) -> String {
 }
 
 fn meta(h: &EventHeader) -> Meta {
-    Meta {
-        pid: h.pid,
-        tid: h.tid,
-        service: (h.service != NO_SERVICE).then_some(h.service),
-        ts_ns: h.ts_ns,
-    }
+    Meta { pid: h.pid, tid: h.tid, service: (h.service != NO_SERVICE).then_some(h.service), ts_ns: h.ts_ns }
 }
 
 fn address(fam: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -102,11 +95,7 @@ impl Decoder {
             kind::CONN_OPEN | kind::CONN_CLOSE => {
                 let ev: ConnEvent = read(raw)?;
                 let conn = conn(&ev)?;
-                Ok(if header.kind == kind::CONN_OPEN {
-                    Event::ConnOpen(conn)
-                } else {
-                    Event::ConnClose(conn)
-                })
+                Ok(if header.kind == kind::CONN_OPEN { Event::ConnOpen(conn) } else { Event::ConnClose(conn) })
             }
             kind::PROC_EXEC | kind::PROC_FORK | kind::PROC_EXIT => {
                 let ev: ProcEvent = read(raw)?;
@@ -138,9 +127,7 @@ impl Decoder {
             };
         }
         let captured = field!(captured, u32) as usize;
-        let payload = raw
-            .get(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured)
-            .ok_or(DecodeError::Short)?;
+        let payload = raw.get(DATA_EVENT_HEADER_LEN..DATA_EVENT_HEADER_LEN + captured).ok_or(DecodeError::Short)?;
         let flags = field!(flags, u8);
         let dir = match field!(direction, u8) {
             direction::EGRESS => Direction::Egress,
@@ -212,13 +199,7 @@ pub(crate) mod tests {
     /// The bytes the kernel would send for a DataEvent with `payload`.
     pub(crate) fn raw_data(payload: &[u8], dir: u8, sc: u16, flags: u8) -> Vec<u8> {
         let mut ev: wire::DataEvent = unsafe { std::mem::zeroed() };
-        ev.header = EventHeader {
-            kind: kind::DATA,
-            pid: 42,
-            tid: 43,
-            service: 0,
-            ts_ns: 1_000,
-        };
+        ev.header = EventHeader { kind: kind::DATA, pid: 42, tid: 43, service: 0, ts_ns: 1_000 };
         ev.conn_id = 777;
         ev.enter_ns = 900;
         ev.exit_ns = 1_000;
@@ -232,10 +213,7 @@ pub(crate) mod tests {
         ev.data[..payload.len()].copy_from_slice(payload);
         // SAFETY: reading the plain-data struct as bytes.
         let all = unsafe {
-            std::slice::from_raw_parts(
-                (&ev as *const wire::DataEvent).cast::<u8>(),
-                size_of::<wire::DataEvent>(),
-            )
+            std::slice::from_raw_parts((&ev as *const wire::DataEvent).cast::<u8>(), size_of::<wire::DataEvent>())
         };
         all[..DATA_EVENT_HEADER_LEN + payload.len()].to_vec()
     }
@@ -247,28 +225,10 @@ pub(crate) mod tests {
 
     #[test]
     fn data_event_round_trip() {
-        let raw = raw_data(
-            b"GET / HTTP/1.1\r\n\r\n",
-            direction::INGRESS,
-            syscall::RECVFROM,
-            data_flags::TRUNCATED,
-        );
-        let Event::Data(d) = Decoder::default().decode(&raw).expect("decodes") else {
-            panic!("not data")
-        };
-        assert_eq!(
-            d.meta,
-            Meta {
-                pid: 42,
-                tid: 43,
-                service: Some(0),
-                ts_ns: 1_000
-            }
-        );
-        assert_eq!(
-            (d.conn_id, d.fd, d.enter_ns, d.exit_ns),
-            (777, 5, 900, 1_000)
-        );
+        let raw = raw_data(b"GET / HTTP/1.1\r\n\r\n", direction::INGRESS, syscall::RECVFROM, data_flags::TRUNCATED);
+        let Event::Data(d) = Decoder::default().decode(&raw).expect("decodes") else { panic!("not data") };
+        assert_eq!(d.meta, Meta { pid: 42, tid: 43, service: Some(0), ts_ns: 1_000 });
+        assert_eq!((d.conn_id, d.fd, d.enter_ns, d.exit_ns), (777, 5, 900, 1_000));
         assert_eq!(d.syscall, Syscall::Recvfrom);
         assert_eq!(d.direction, Direction::Ingress);
         assert!(d.truncated && !d.no_payload && !d.read_failed);
@@ -278,13 +238,7 @@ pub(crate) mod tests {
     #[test]
     fn conn_event_round_trip_ipv4_and_ipv6() {
         let mut ev = ConnEvent {
-            header: EventHeader {
-                kind: kind::CONN_OPEN,
-                pid: 1,
-                tid: 2,
-                service: NO_SERVICE,
-                ts_ns: 3,
-            },
+            header: EventHeader { kind: kind::CONN_OPEN, pid: 1, tid: 2, service: NO_SERVICE, ts_ns: 3 },
             conn_id: 99,
             family: family::INET,
             sock_type: 1,
@@ -296,9 +250,7 @@ pub(crate) mod tests {
         ev.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         ev.peer_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
         ev.comm[..7].copy_from_slice(b"uvicorn");
-        let Event::ConnOpen(c) = Decoder::default().decode(&raw_of(&ev)).expect("decodes") else {
-            panic!()
-        };
+        let Event::ConnOpen(c) = Decoder::default().decode(&raw_of(&ev)).expect("decodes") else { panic!() };
         assert_eq!(c.meta.service, None);
         assert_eq!(c.how, Some(OpenHow::Accepted));
         assert_eq!(c.local, Some("127.0.0.1:8000".parse().unwrap()));
@@ -309,9 +261,7 @@ pub(crate) mod tests {
         ev.how = 0;
         ev.family = family::INET6;
         ev.local_addr = Ipv6Addr::LOCALHOST.octets();
-        let Event::ConnClose(c) = Decoder::default().decode(&raw_of(&ev)).expect("decodes") else {
-            panic!()
-        };
+        let Event::ConnClose(c) = Decoder::default().decode(&raw_of(&ev)).expect("decodes") else { panic!() };
         assert_eq!(c.how, None);
         assert_eq!(c.local, Some("[::1]:8000".parse().unwrap()));
     }
@@ -319,24 +269,13 @@ pub(crate) mod tests {
     #[test]
     fn proc_events_round_trip() {
         let ev = ProcEvent {
-            header: EventHeader {
-                kind: kind::PROC_FORK,
-                pid: 10,
-                tid: 10,
-                service: 1,
-                ts_ns: 5,
-            },
+            header: EventHeader { kind: kind::PROC_FORK, pid: 10, tid: 10, service: 1, ts_ns: 5 },
             parent_pid: 9,
             _pad: 0,
             comm: *b"python3\0\0\0\0\0\0\0\0\0",
         };
-        let Event::Fork(p) = Decoder::default().decode(&raw_of(&ev)).expect("decodes") else {
-            panic!()
-        };
-        assert_eq!(
-            (p.meta.pid, p.parent_pid, p.comm.as_str()),
-            (10, Some(9), "python3")
-        );
+        let Event::Fork(p) = Decoder::default().decode(&raw_of(&ev)).expect("decodes") else { panic!() };
+        assert_eq!((p.meta.pid, p.parent_pid, p.comm.as_str()), (10, Some(9), "python3"));
     }
 
     #[test]
@@ -344,10 +283,7 @@ pub(crate) mod tests {
         let raw = raw_data(b"hello", direction::EGRESS, syscall::WRITE, 0);
         let mut dec = Decoder::default();
         for cut in 0..raw.len() {
-            assert!(
-                dec.decode(&raw[..cut]).is_err(),
-                "prefix of {cut} bytes decoded"
-            );
+            assert!(dec.decode(&raw[..cut]).is_err(), "prefix of {cut} bytes decoded");
         }
         let mut bad = raw.clone();
         bad[0] = 200;
@@ -362,9 +298,6 @@ pub(crate) mod tests {
         let a = dec.copy(b"first");
         let b = dec.copy(b"second");
         let big = dec.copy(&vec![7u8; ARENA_CHUNK + 10]);
-        assert_eq!(
-            (&a[..], &b[..], big.len()),
-            (&b"first"[..], &b"second"[..], ARENA_CHUNK + 10)
-        );
+        assert_eq!((&a[..], &b[..], big.len()), (&b"first"[..], &b"second"[..], ARENA_CHUNK + 10));
     }
 }

@@ -34,10 +34,7 @@ fn addr(a: Option<SocketAddr>) -> Value {
 
 impl EventPrinter {
     pub fn new(services: Vec<String>) -> Self {
-        EventPrinter {
-            services,
-            ..Default::default()
-        }
+        EventPrinter { services, ..Default::default() }
     }
 
     fn remember(&mut self, conn_id: u64, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
@@ -51,9 +48,7 @@ impl EventPrinter {
 
     pub fn to_json(&mut self, event: &Event) -> Value {
         let meta = event.meta();
-        let service = meta
-            .service
-            .and_then(|i| self.services.get(i as usize).cloned());
+        let service = meta.service.and_then(|i| self.services.get(i as usize).cloned());
         let mut v = json!({
             "kind": event.kind_name(),
             "ts_ns": meta.ts_ns,
@@ -64,16 +59,11 @@ impl EventPrinter {
         let obj = v.as_object_mut().expect("object");
         match event {
             Event::Data(d) => {
-                let (local, peer) = self
-                    .conns
-                    .get(&d.conn_id)
-                    .map_or((None, None), |c| (c.0, c.1));
+                let (local, peer) = self.conns.get(&d.conn_id).map_or((None, None), |c| (c.0, c.1));
                 let mut flags = vec![];
-                for (set, name) in [
-                    (d.truncated, "truncated"),
-                    (d.read_failed, "read_failed"),
-                    (d.no_payload, "no_payload"),
-                ] {
+                for (set, name) in
+                    [(d.truncated, "truncated"), (d.read_failed, "read_failed"), (d.no_payload, "no_payload")]
+                {
                     if set {
                         flags.push(name);
                     }
@@ -99,9 +89,7 @@ impl EventPrinter {
                     self.remember(c.conn_id, c.local, c.peer);
                     (c.local, c.peer)
                 } else {
-                    self.conns
-                        .remove(&c.conn_id)
-                        .map_or((None, None), |c| (c.0, c.1))
+                    self.conns.remove(&c.conn_id).map_or((None, None), |c| (c.0, c.1))
                 };
                 obj.extend([
                     ("conn_id".into(), json!(c.conn_id)),
@@ -140,10 +128,7 @@ mod tests {
 
     #[test]
     fn escapes_only_invalid_bytes() {
-        assert_eq!(
-            escape_payload(b"GET / \xff\x00ok \xc3\xa9"),
-            "GET / \\xff\u{0}ok \u{e9}"
-        );
+        assert_eq!(escape_payload(b"GET / \xff\x00ok \xc3\xa9"), "GET / \\xff\u{0}ok \u{e9}");
     }
 
     #[test]
@@ -159,10 +144,7 @@ mod tests {
         assert_eq!(lines[1]["direction"], "ingress");
         assert_eq!(lines[1]["data"], "GET / HTTP/1.1\r\n\r\n");
         assert_eq!(lines[1]["len"], 18);
-        assert_eq!(
-            lines[2]["flags"],
-            json!(["truncated", "read_failed", "no_payload"])
-        );
+        assert_eq!(lines[2]["flags"], json!(["truncated", "read_failed", "no_payload"]));
         assert_eq!(lines[3]["kind"], "conn_close");
         assert_eq!(lines[3]["local"], "[::1]:8000");
         assert_eq!(lines[4]["parent_pid"], 7);

@@ -32,6 +32,20 @@ pub fn record_meta(sel: &Selection) -> RecordMeta {
     }
 }
 
+/// Let the tracker see every event; pass on those about traced processes.
+fn deliver<M: crate::tracking::PidMap>(
+    event: &Event,
+    tracker: &mut ProcessTracker<M>,
+    summary: &mut Summary,
+    sink: &mut impl FnMut(&Event) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if tracker.on_event(event) {
+        summary.events += 1;
+        sink(event)?;
+    }
+    Ok(())
+}
+
 /// Trace until a signal or `duration`, passing every event to `sink`; `progress` is called
 /// every few seconds with the running counts.
 pub async fn trace(
@@ -41,10 +55,7 @@ pub async fn trace(
     mut progress: impl FnMut(&Summary),
 ) -> anyhow::Result<Summary> {
     let trace_all = sel.services.is_empty();
-    let mut probes = loader::load(&LoadOptions {
-        capture_bytes: sel.capture_bytes,
-        trace_all,
-    })?;
+    let mut probes = loader::load(&LoadOptions { capture_bytes: sel.capture_bytes, trace_all })?;
     probes.spawn_logger()?;
     let mut source = RingSource::new(probes.take_ring()?)?;
     let stats = probes.take_stats()?;
@@ -55,9 +66,7 @@ pub async fn trace(
     } else {
         tracker.scan();
         if tracker.traced().is_empty() {
-            log::warn!(
-                "no running process matches the --service selectors yet; waiting for one to start"
-            );
+            log::warn!("no running process matches the --service selectors yet; waiting for one to start");
         }
     }
     log::info!("ready");
@@ -73,10 +82,7 @@ pub async fn trace(
         tokio::select! {
             event = source.next_event() => {
                 let Some(event) = event? else { break };
-                if tracker.on_event(&event) || trace_all {
-                    summary.events += 1;
-                    sink(&event)?;
-                }
+                deliver(&event, &mut tracker, &mut summary, &mut sink)?;
             }
             _ = tick.tick() => {
                 tracker.rescan_ports();
@@ -93,32 +99,15 @@ pub async fn trace(
     }
     probes.detach();
     // What the kernel wrote before the detach is still in the ring buffer.
-    source.drain(|event| {
-        summary.events += 1;
-        sink(&event)
-    })?;
+    source.drain(|event| deliver(&event, &mut tracker, &mut summary, &mut sink))?;
     let kernel = stats.read();
     summary.lost = KernelStats::lost(&kernel);
     summary.decode_errors = source.decode_errors;
-    let counters: Vec<String> = STAT_NAMES
-        .iter()
-        .zip(kernel)
-        .filter(|(_, v)| *v > 0)
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
-    log::info!(
-        "kernel counters: {}",
-        if counters.is_empty() {
-            "all zero".to_owned()
-        } else {
-            counters.join(" ")
-        }
-    );
+    let counters: Vec<String> =
+        STAT_NAMES.iter().zip(kernel).filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
+    log::info!("kernel counters: {}", if counters.is_empty() { "all zero".to_owned() } else { counters.join(" ") });
     if summary.lost > 0 {
-        log::warn!(
-            "{} events were lost in the kernel (ring buffer full)",
-            summary.lost
-        );
+        log::warn!("{} events were lost in the kernel (ring buffer full)", summary.lost);
     }
     Ok(summary)
 }

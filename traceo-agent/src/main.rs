@@ -7,12 +7,8 @@ use traceo_agent::{
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log_level))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log_level)).init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

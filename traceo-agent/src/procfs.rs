@@ -7,47 +7,27 @@ pub fn pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return vec![];
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 pub fn comm(pid: u32) -> Option<String> {
-    Some(
-        fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()?
-            .trim_end_matches('\n')
-            .to_owned(),
-    )
+    Some(fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim_end_matches('\n').to_owned())
 }
 
 pub fn exe(pid: u32) -> Option<String> {
-    Some(
-        fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()?
-            .to_string_lossy()
-            .into_owned(),
-    )
+    Some(fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_string_lossy().into_owned())
 }
 
 /// Parent pid from /proc/PID/stat (the comm field may contain spaces and parentheses).
 pub fn parent(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The thread-group id of `id`: differs from `id` when `id` is a thread, not a process.
 pub fn tgid(id: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
+    status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
 /// Listening TCP sockets: inode -> port, from /proc/net/tcp and tcp6.
@@ -68,10 +48,7 @@ fn parse_listening(text: &str, out: &mut HashMap<u64, u16>) {
         if cols.len() < 10 || cols[3] != "0A" {
             continue;
         }
-        let port = cols[1]
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        let port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
         if let (Some(port), Ok(inode)) = (port, cols[9].parse()) {
             out.insert(inode, port);
         }
@@ -89,12 +66,7 @@ pub fn listening_ports(pid: u32, listening: &HashMap<u64, u16>) -> Vec<u16> {
     let mut ports: Vec<u16> = fds
         .filter_map(|fd| {
             let target = fs::read_link(fd.ok()?.path()).ok()?;
-            let inode: u64 = target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
+            let inode: u64 = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
             listening.get(&inode).copied()
         })
         .collect();
@@ -106,10 +78,7 @@ pub fn listening_ports(pid: u32, listening: &HashMap<u64, u16>) -> Vec<u16> {
 /// CLOCK_REALTIME - CLOCK_MONOTONIC in ns: converts kernel timestamps to wall-clock time.
 pub fn clock_offset_ns() -> i64 {
     fn now(clock: libc::clockid_t) -> i64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: valid pointer to a local timespec.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -118,9 +87,7 @@ pub fn clock_offset_ns() -> i64 {
 }
 
 pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -57,8 +57,7 @@ pub struct RecordWriter<W: Write> {
 
 impl RecordWriter<BufWriter<File>> {
     pub fn create(path: &Path, meta: &RecordMeta) -> anyhow::Result<Self> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot create record file {}", path.display()))?;
+        let file = File::create(path).with_context(|| format!("cannot create record file {}", path.display()))?;
         RecordWriter::new(BufWriter::with_capacity(1 << 20, file), meta)
     }
 }
@@ -70,12 +69,7 @@ impl<W: Write> RecordWriter<W> {
         out.write_all(&FORMAT_VERSION.to_le_bytes())?;
         out.write_all(&(json.len() as u32).to_le_bytes())?;
         out.write_all(&json)?;
-        Ok(RecordWriter {
-            out,
-            buf: Vec::with_capacity(32 * 1024),
-            events: 0,
-            bytes: 0,
-        })
+        Ok(RecordWriter { out, buf: Vec::with_capacity(32 * 1024), events: 0, bytes: 0 })
     }
 
     pub fn write(&mut self, event: &Event) -> anyhow::Result<()> {
@@ -84,9 +78,7 @@ impl<W: Write> RecordWriter<W> {
         encode(event, &mut self.buf);
         let len = (self.buf.len() - 4) as u32;
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
-        self.out
-            .write_all(&self.buf)
-            .context("writing record file")?;
+        self.out.write_all(&self.buf).context("writing record file")?;
         self.events += 1;
         self.bytes += self.buf.len() as u64;
         Ok(())
@@ -150,17 +142,9 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             put_meta(&d.meta, b);
             b.extend_from_slice(&d.conn_id.to_le_bytes());
             b.extend_from_slice(&d.fd.to_le_bytes());
-            let sc = ALL_SYSCALLS
-                .iter()
-                .position(|s| *s == d.syscall)
-                .unwrap_or(0) as u8
-                + 1;
+            let sc = ALL_SYSCALLS.iter().position(|s| *s == d.syscall).unwrap_or(0) as u8 + 1;
             b.push(sc);
-            b.push(if d.direction == Direction::Egress {
-                1
-            } else {
-                2
-            });
+            b.push(if d.direction == Direction::Egress { 1 } else { 2 });
             b.push(d.truncated as u8 | (d.read_failed as u8) << 1 | (d.no_payload as u8) << 2);
             for v in [d.enter_ns, d.exit_ns, d.ret as u64, d.total_len] {
                 b.extend_from_slice(&v.to_le_bytes());
@@ -169,11 +153,7 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             b.extend_from_slice(&d.payload);
         }
         Event::ConnOpen(c) | Event::ConnClose(c) => {
-            b.push(if matches!(event, Event::ConnOpen(_)) {
-                TAG_CONN_OPEN
-            } else {
-                TAG_CONN_CLOSE
-            });
+            b.push(if matches!(event, Event::ConnOpen(_)) { TAG_CONN_OPEN } else { TAG_CONN_CLOSE });
             put_meta(&c.meta, b);
             b.extend_from_slice(&c.conn_id.to_le_bytes());
             b.extend_from_slice(&c.fd.to_le_bytes());
@@ -232,12 +212,7 @@ impl<'a> Cursor<'a> {
     }
     fn meta(&mut self) -> anyhow::Result<Meta> {
         let (pid, tid, service) = (self.u32()?, self.u32()?, self.u32()?);
-        Ok(Meta {
-            pid,
-            tid,
-            service: (service != u32::MAX).then_some(service),
-            ts_ns: self.u64()?,
-        })
+        Ok(Meta { pid, tid, service: (service != u32::MAX).then_some(service), ts_ns: self.u64()? })
     }
     fn string(&mut self) -> anyhow::Result<String> {
         let n = self.u8()? as usize;
@@ -262,17 +237,14 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
             let conn_id = c.u64()?;
             let fd = c.u32()? as i32;
             let sc = c.u8()? as usize;
-            let syscall = *ALL_SYSCALLS
-                .get(sc.wrapping_sub(1))
-                .context("bad syscall code")?;
+            let syscall = *ALL_SYSCALLS.get(sc.wrapping_sub(1)).context("bad syscall code")?;
             let direction = match c.u8()? {
                 1 => Direction::Egress,
                 2 => Direction::Ingress,
                 other => bail!("bad direction {other}"),
             };
             let flags = c.u8()?;
-            let (enter_ns, exit_ns, ret, total_len) =
-                (c.u64()?, c.u64()?, c.u64()? as i64, c.u64()?);
+            let (enter_ns, exit_ns, ret, total_len) = (c.u64()?, c.u64()?, c.u64()? as i64, c.u64()?);
             let n = c.u32()? as usize;
             let payload = Bytes::copy_from_slice(c.take(n)?);
             Event::Data(Data {
@@ -319,19 +291,11 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 comm: c.string()?,
                 ret: c.u64()? as i64,
             };
-            if tag == TAG_CONN_OPEN {
-                Event::ConnOpen(conn)
-            } else {
-                Event::ConnClose(conn)
-            }
+            if tag == TAG_CONN_OPEN { Event::ConnOpen(conn) } else { Event::ConnClose(conn) }
         }
         TAG_EXEC | TAG_FORK | TAG_EXIT => {
             let parent = c.u32()?;
-            let proc = Proc {
-                meta,
-                parent_pid: (parent != 0).then_some(parent),
-                comm: c.string()?,
-            };
+            let proc = Proc { meta, parent_pid: (parent != 0).then_some(parent), comm: c.string()? };
             match tag {
                 TAG_EXEC => Event::Exec(proc),
                 TAG_FORK => Event::Fork(proc),
@@ -354,8 +318,7 @@ pub struct RecordReader<R: Read> {
 
 impl RecordReader<BufReader<File>> {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let file = File::open(path)
-            .with_context(|| format!("cannot open record file {}", path.display()))?;
+        let file = File::open(path).with_context(|| format!("cannot open record file {}", path.display()))?;
         RecordReader::new(BufReader::with_capacity(1 << 20, file))
             .with_context(|| format!("{} is not a readable traceo record file", path.display()))
     }
@@ -380,9 +343,7 @@ impl<R: Read> RecordReader<R> {
     pub fn new(mut input: R) -> anyhow::Result<Self> {
         let mut head = [0u8; 14];
         if !read_full(&mut input, &mut head).context("reading the header")? || &head[..8] != MAGIC {
-            bail!(
-                "missing the TRACEORC magic: not a record file (make one with `traceo-agent record --out FILE`)"
-            );
+            bail!("missing the TRACEORC magic: not a record file (make one with `traceo-agent record --out FILE`)");
         }
         let version = u16::from_le_bytes([head[8], head[9]]);
         if version == 0 || version > FORMAT_VERSION {
@@ -398,14 +359,7 @@ impl<R: Read> RecordReader<R> {
         let mut meta = vec![0u8; meta_len];
         read_full(&mut input, &mut meta).context("reading the metadata")?;
         let meta: RecordMeta = serde_json::from_slice(&meta).context("corrupt metadata")?;
-        Ok(RecordReader {
-            input,
-            meta,
-            version,
-            offset: 14 + meta_len as u64,
-            body: Vec::new(),
-            truncated_tail: false,
-        })
+        Ok(RecordReader { input, meta, version, offset: 14 + meta_len as u64, body: Vec::new(), truncated_tail: false })
     }
 
     /// The next event, `None` at the end of the file.
@@ -442,12 +396,7 @@ pub(crate) mod tests_support {
     use crate::events::Syscall;
 
     fn meta(pid: u32) -> Meta {
-        Meta {
-            pid,
-            tid: pid + 1,
-            service: Some(0),
-            ts_ns: 123,
-        }
+        Meta { pid, tid: pid + 1, service: Some(0), ts_ns: 123 }
     }
 
     pub(crate) fn sample_events() -> Vec<Event> {
@@ -481,10 +430,7 @@ pub(crate) mod tests_support {
                 payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
             }),
             Event::Data(Data {
-                meta: Meta {
-                    service: None,
-                    ..meta(7)
-                },
+                meta: Meta { service: None, ..meta(7) },
                 conn_id: 99,
                 fd: 4,
                 syscall: Syscall::Sendfile,
@@ -498,27 +444,10 @@ pub(crate) mod tests_support {
                 no_payload: true,
                 payload: Bytes::new(),
             }),
-            Event::ConnClose(Conn {
-                how: None,
-                local: None,
-                peer: None,
-                ..conn
-            }),
-            Event::Fork(Proc {
-                meta: meta(8),
-                parent_pid: Some(7),
-                comm: "python3".into(),
-            }),
-            Event::Exec(Proc {
-                meta: meta(8),
-                parent_pid: None,
-                comm: "uvicorn".into(),
-            }),
-            Event::Exit(Proc {
-                meta: meta(8),
-                parent_pid: None,
-                comm: "uvicorn".into(),
-            }),
+            Event::ConnClose(Conn { how: None, local: None, peer: None, ..conn }),
+            Event::Fork(Proc { meta: meta(8), parent_pid: Some(7), comm: "python3".into() }),
+            Event::Exec(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),
+            Event::Exit(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),
         ]
     }
 }
@@ -529,11 +458,7 @@ mod tests {
     use super::*;
 
     fn write_all(events: &[Event]) -> Vec<u8> {
-        let meta = RecordMeta {
-            agent_version: "t".into(),
-            capture_bytes: 16384,
-            ..RecordMeta::default()
-        };
+        let meta = RecordMeta { agent_version: "t".into(), capture_bytes: 16384, ..RecordMeta::default() };
         let mut w = RecordWriter::new(Vec::new(), &meta).expect("header");
         for e in events {
             w.write(e).expect("write");
@@ -561,8 +486,7 @@ mod tests {
     #[test]
     fn truncated_tail_is_reported_not_fatal() {
         let bytes = write_all(&sample_events());
-        let (back, truncated) =
-            read_all(&bytes[..bytes.len() - 3]).expect("reads the complete records");
+        let (back, truncated) = read_all(&bytes[..bytes.len() - 3]).expect("reads the complete records");
         assert_eq!(back.len(), sample_events().len() - 1);
         assert!(truncated);
     }
@@ -590,9 +514,6 @@ mod tests {
         let first_record = 14 + u32::from_le_bytes(b[10..14].try_into().unwrap()) as usize;
         b[first_record + 4] = 77; // tag
         let err = format!("{:#}", read_all(&b).unwrap_err());
-        assert!(
-            err.contains(&format!("byte {first_record}")) && err.contains("tag 77"),
-            "{err}"
-        );
+        assert!(err.contains(&format!("byte {first_record}")) && err.contains("tag 77"), "{err}");
     }
 }

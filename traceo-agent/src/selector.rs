@@ -41,35 +41,23 @@ impl std::str::FromStr for Selector {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Selector> {
-        let (kind, value) = s
-            .split_once(':')
-            .with_context(|| format!("selector `{s}` has no kind: expected {FORMS}"))?;
+        let (kind, value) =
+            s.split_once(':').with_context(|| format!("selector `{s}` has no kind: expected {FORMS}"))?;
         if value.is_empty() {
             bail!("selector `{s}` has an empty value: expected {FORMS}");
         }
         Ok(match kind {
-            "pid" => Selector::Pid(
-                value
-                    .parse()
-                    .with_context(|| format!("`{value}` is not a process id"))?,
-            ),
+            "pid" => Selector::Pid(value.parse().with_context(|| format!("`{value}` is not a process id"))?),
             "comm" => {
                 if value.len() > 15 {
-                    bail!(
-                        "comm:{value} can never match: the kernel keeps at most 15 bytes of a process name"
-                    );
+                    bail!("comm:{value} can never match: the kernel keeps at most 15 bytes of a process name");
                 }
                 Selector::Comm(value.to_owned())
             }
-            "port" => Selector::Port(
-                value
-                    .parse()
-                    .with_context(|| format!("`{value}` is not a TCP port"))?,
-            ),
-            "exe" => Selector::Exe(
-                glob::Pattern::new(value)
-                    .with_context(|| format!("`{value}` is not a valid glob"))?,
-            ),
+            "port" => Selector::Port(value.parse().with_context(|| format!("`{value}` is not a TCP port"))?),
+            "exe" => {
+                Selector::Exe(glob::Pattern::new(value).with_context(|| format!("`{value}` is not a valid glob"))?)
+            }
             other => bail!("unknown selector kind `{other}` in `{s}`: expected {FORMS}"),
         })
     }
@@ -79,18 +67,15 @@ impl std::str::FromStr for ServiceSpec {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<ServiceSpec> {
-        let (name, selector) = s.split_once('=').with_context(|| {
-            format!("--service `{s}` should be NAME=SELECTOR, e.g. engine=port:8000")
-        })?;
+        let (name, selector) = s
+            .split_once('=')
+            .with_context(|| format!("--service `{s}` should be NAME=SELECTOR, e.g. engine=port:8000"))?;
         if name.is_empty() {
             bail!("--service `{s}` has an empty NAME");
         }
-        Ok(ServiceSpec {
-            name: name.to_owned(),
-            selector: selector
-                .parse()
-                .with_context(|| format!("in --service `{s}`"))?,
-        })
+        // One flat message: clap prints only the top of an error chain.
+        let selector = selector.parse().map_err(|e: anyhow::Error| anyhow::anyhow!("in --service `{s}`: {e:#}"))?;
+        Ok(ServiceSpec { name: name.to_owned(), selector })
     }
 }
 
@@ -120,25 +105,10 @@ mod tests {
     #[test]
     fn parses_every_form() {
         let s: ServiceSpec = "engine=port:8000".parse().unwrap();
-        assert_eq!(
-            (s.name.as_str(), s.selector.to_string()),
-            ("engine", "port:8000".to_string())
-        );
-        assert_eq!(
-            "a=pid:12".parse::<ServiceSpec>().unwrap().selector,
-            Selector::Pid(12)
-        );
-        assert_eq!(
-            "a=comm:uvicorn".parse::<ServiceSpec>().unwrap().selector,
-            Selector::Comm("uvicorn".into())
-        );
-        assert!(matches!(
-            "a=exe:/usr/bin/python3*"
-                .parse::<ServiceSpec>()
-                .unwrap()
-                .selector,
-            Selector::Exe(_)
-        ));
+        assert_eq!((s.name.as_str(), s.selector.to_string()), ("engine", "port:8000".to_string()));
+        assert_eq!("a=pid:12".parse::<ServiceSpec>().unwrap().selector, Selector::Pid(12));
+        assert_eq!("a=comm:uvicorn".parse::<ServiceSpec>().unwrap().selector, Selector::Comm("uvicorn".into()));
+        assert!(matches!("a=exe:/usr/bin/python3*".parse::<ServiceSpec>().unwrap().selector, Selector::Exe(_)));
     }
 
     #[test]
@@ -160,23 +130,14 @@ mod tests {
 
     #[test]
     fn matching() {
-        let facts = ProcessFacts {
-            pid: 5,
-            comm: "uvicorn",
-            exe: Some("/usr/bin/python3.11"),
-            listening_ports: &[8000],
-        };
+        let facts =
+            ProcessFacts { pid: 5, comm: "uvicorn", exe: Some("/usr/bin/python3.11"), listening_ports: &[8000] };
         assert!(Selector::Pid(5).matches(&facts));
         assert!(!Selector::Pid(6).matches(&facts));
         assert!(Selector::Comm("uvicorn".into()).matches(&facts));
         assert!(Selector::Port(8000).matches(&facts));
         assert!(!Selector::Port(8001).matches(&facts));
-        assert!(
-            "exe:*/python3*"
-                .parse::<Selector>()
-                .unwrap()
-                .matches(&facts)
-        );
+        assert!("exe:*/python3*".parse::<Selector>().unwrap().matches(&facts));
         assert!(!"exe:*/nginx".parse::<Selector>().unwrap().matches(&facts));
     }
 }

@@ -44,10 +44,7 @@ impl RingSource {
 
 impl RingSource {
     /// Hand over everything already in the ring buffer, without waiting.
-    pub fn drain(
-        &mut self,
-        mut sink: impl FnMut(Event) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
+    pub fn drain(&mut self, mut sink: impl FnMut(Event) -> anyhow::Result<()>) -> anyhow::Result<()> {
         for event in self.pending.drain(..) {
             sink(event)?;
         }
@@ -101,9 +98,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        Ok(FileSource {
-            reader: RecordReader::open(path)?,
-        })
+        Ok(FileSource { reader: RecordReader::open(path)? })
     }
 }
 
@@ -111,9 +106,7 @@ impl EventSource for FileSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
         let event = self.reader.next_event()?;
         if event.is_none() && self.reader.truncated_tail {
-            log::warn!(
-                "the record file ends inside a record (was the recorder killed?); the rest was replayed"
-            );
+            log::warn!("the record file ends inside a record (was the recorder killed?); the rest was replayed");
         }
         Ok(event)
     }

@@ -59,10 +59,7 @@ impl<M: PidMap> ProcessTracker<M> {
         if pid == self.agent_pid || self.traced.get(&pid) == Some(&service) {
             return;
         }
-        log::info!(
-            "tracing pid {pid} as service {}",
-            self.services[service as usize].name
-        );
+        log::info!("tracing pid {pid} as service {}", self.services[service as usize].name);
         self.map.insert(pid, service);
         self.traced.insert(pid, service);
     }
@@ -76,25 +73,10 @@ impl<M: PidMap> ProcessTracker<M> {
     /// First service whose selector matches the process (port facts only when needed).
     fn match_process(&self, pid: u32, comm: &str, listening: &HashMap<u64, u16>) -> Option<u32> {
         let exe = procfs::exe(pid);
-        let needs_ports = self
-            .services
-            .iter()
-            .any(|s| matches!(s.selector, Selector::Port(_)));
-        let ports = if needs_ports {
-            procfs::listening_ports(pid, listening)
-        } else {
-            vec![]
-        };
-        let facts = ProcessFacts {
-            pid,
-            comm,
-            exe: exe.as_deref(),
-            listening_ports: &ports,
-        };
-        self.services
-            .iter()
-            .position(|s| s.selector.matches(&facts))
-            .map(|i| i as u32)
+        let needs_ports = self.services.iter().any(|s| matches!(s.selector, Selector::Port(_)));
+        let ports = if needs_ports { procfs::listening_ports(pid, listening) } else { vec![] };
+        let facts = ProcessFacts { pid, comm, exe: exe.as_deref(), listening_ports: &ports };
+        self.services.iter().position(|s| s.selector.matches(&facts)).map(|i| i as u32)
     }
 
     /// Trace every running process that matches, and the descendants of each.
@@ -112,10 +94,7 @@ impl<M: PidMap> ProcessTracker<M> {
                 matched.insert(pid, service);
             }
         }
-        let parents: HashMap<u32, u32> = pids
-            .iter()
-            .filter_map(|&p| Some((p, procfs::parent(p)?)))
-            .collect();
+        let parents: HashMap<u32, u32> = pids.iter().filter_map(|&p| Some((p, procfs::parent(p)?))).collect();
         for &pid in &pids {
             let mut cur = pid;
             for _ in 0..64 {
@@ -133,11 +112,7 @@ impl<M: PidMap> ProcessTracker<M> {
 
     /// Rescan for `port:` selectors when the set of listening sockets changed.
     pub fn rescan_ports(&mut self) {
-        if !self
-            .services
-            .iter()
-            .any(|s| matches!(s.selector, Selector::Port(_)))
-        {
+        if !self.services.iter().any(|s| matches!(s.selector, Selector::Port(_))) {
             return;
         }
         let now: HashSet<u64> = procfs::listening_sockets().keys().copied().collect();
@@ -207,16 +182,10 @@ mod tests {
 
     #[test]
     fn scan_finds_a_child_process_by_pid_and_skips_the_agent() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("spawn sleep");
         let me = std::process::id();
         let mut t = ProcessTracker::new(
-            vec![
-                spec(&format!("self=pid:{me}")),
-                spec(&format!("kid=pid:{}", child.id())),
-            ],
+            vec![spec(&format!("self=pid:{me}")), spec(&format!("kid=pid:{}", child.id()))],
             Set::default(),
         );
         t.scan();
@@ -230,29 +199,12 @@ mod tests {
     #[test]
     fn exec_of_a_matching_program_is_traced_and_exit_untraced() {
         let mut t = ProcessTracker::new(vec![spec("web=comm:uvicorn")], Set::default());
-        let meta = Meta {
-            pid: 4242,
-            tid: 4242,
-            service: None,
-            ts_ns: 0,
-        };
-        t.on_event(&Event::Exec(Proc {
-            meta: meta.clone(),
-            parent_pid: None,
-            comm: "bash".into(),
-        }));
+        let meta = Meta { pid: 4242, tid: 4242, service: None, ts_ns: 0 };
+        t.on_event(&Event::Exec(Proc { meta: meta.clone(), parent_pid: None, comm: "bash".into() }));
         assert!(t.map.0.is_empty());
-        t.on_event(&Event::Exec(Proc {
-            meta: meta.clone(),
-            parent_pid: None,
-            comm: "uvicorn".into(),
-        }));
+        t.on_event(&Event::Exec(Proc { meta: meta.clone(), parent_pid: None, comm: "uvicorn".into() }));
         assert_eq!(t.map.0.get(&4242), Some(&0));
-        t.on_event(&Event::Exit(Proc {
-            meta,
-            parent_pid: None,
-            comm: "uvicorn".into(),
-        }));
+        t.on_event(&Event::Exit(Proc { meta, parent_pid: None, comm: "uvicorn".into() }));
         assert!(t.map.0.is_empty());
     }
 }

@@ -36,11 +36,7 @@ pub fn traced() -> Option<Current> {
         return None;
     }
     if setting!(trace_all) != 0 {
-        return Some(Current {
-            pid,
-            tid,
-            service: NO_SERVICE,
-        });
+        return Some(Current { pid, tid, service: NO_SERVICE });
     }
     // SAFETY: the value is copied out at once.
     let service = unsafe { TRACED_PIDS.get(&pid) }?.service;

@@ -42,18 +42,13 @@ enum Task {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 /// Run a command, failing with its description.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: {}", describe(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", describe(cmd));
     }
@@ -61,11 +56,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|s| s.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 fn cargo() -> Command {
@@ -121,20 +112,26 @@ fn agent_binary(profile: &str) -> PathBuf {
     root().join("target").join(profile).join("traceo-agent")
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+fn main() -> std::process::ExitCode {
+    match task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn task(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::BuildEbpf => build_ebpf(),
         Task::Build => {
             build_ebpf()?;
-            run(cargo()
-                .current_dir(root())
-                .args(["build", "--release", "-p", "traceo-agent"]))
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))
         }
         Task::Run { args } => {
             build_ebpf()?;
-            run(cargo()
-                .current_dir(root())
-                .args(["build", "--release", "-p", "traceo-agent"]))?;
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             let mut cmd = Command::new(agent_binary("release"));
             cmd.args(&args);
             setup::as_root(&mut cmd);
@@ -155,17 +152,8 @@ fn main() -> anyhow::Result<()> {
                 .env("RUST_BACKTRACE", "1"))
         }
         Task::Lint => {
-            run(cargo()
-                .current_dir(root())
-                .args(["fmt", "--all", "--check"]))?;
-            run(cargo().current_dir(root()).args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]))
+            run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
+            run(cargo().current_dir(root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
         }
     }
 }

@@ -11,21 +11,10 @@ use anyhow::bail;
 
 use crate::{root, run};
 
-const APT_BPF: &[&str] = &[
-    "build-essential",
-    "rustc-web",
-    "cargo-web",
-    "rust-web-src",
-    "llvm-22-dev",
-];
+const APT_BPF: &[&str] = &["build-essential", "rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// Real servers and clients the live tests drive.
 const APT_TEST: &[&str] = &["curl", "python3", "python3-venv", "python3-pip"];
-const PIP_TEST: &[&str] = &[
-    "uvicorn==0.32.*",
-    "fastapi==0.115.*",
-    "httpx==0.27.*",
-    "requests==2.*",
-];
+const PIP_TEST: &[&str] = &["uvicorn==0.32.*", "fastapi==0.115.*", "httpx==0.27.*", "requests==2.*"];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";
 
@@ -36,10 +25,7 @@ pub struct BpfToolchain {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn has_apt() -> bool {
@@ -49,9 +35,7 @@ fn has_apt() -> bool {
 fn cargo_bin() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
-        })
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
         .join("bin")
 }
 
@@ -70,12 +54,7 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| {
-            !Command::new("dpkg")
-                .args(["-s", p])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
+        .filter(|p| !Command::new("dpkg").args(["-s", p]).output().is_ok_and(|o| o.status.success()))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -97,11 +76,7 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 pub fn bpf_toolchain() -> anyhow::Result<BpfToolchain> {
     let linker_override = env::var_os("BPF_LINKER").map(PathBuf::from);
     if let (Some(cargo), Some(rustc)) = (env::var_os("EBPF_CARGO"), env::var_os("EBPF_RUSTC")) {
-        return Ok(BpfToolchain {
-            cargo: cargo.into(),
-            rustc: rustc.into(),
-            linker_override,
-        });
+        return Ok(BpfToolchain { cargo: cargo.into(), rustc: rustc.into(), linker_override });
     }
     apt_install(APT_BPF)?;
     if linker_override.is_none() && !on_path("bpf-linker") {
@@ -109,22 +84,11 @@ pub fn bpf_toolchain() -> anyhow::Result<BpfToolchain> {
             bail!("bpf-linker is missing; install it with:\n  {BPF_LINKER_INSTALL}");
         }
         run(Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker@0.13.0",
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
+            .args(["install", "bpf-linker@0.13.0", "--locked", "--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
     }
-    Ok(BpfToolchain {
-        cargo: "/usr/bin/cargo".into(),
-        rustc: "/usr/bin/rustc".into(),
-        linker_override,
-    })
+    Ok(BpfToolchain { cargo: "/usr/bin/cargo".into(), rustc: "/usr/bin/rustc".into(), linker_override })
 }
 
 /// Debian packages and a Python virtualenv for the live tests; returns its python.
@@ -140,9 +104,7 @@ pub fn test_dependencies() -> anyhow::Result<PathBuf> {
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-        .args(PIP_TEST))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(PIP_TEST))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }

@@ -58,11 +58,7 @@ impl Btf {
 
     /// Parses a raw little-endian BTF blob; every length is checked, so bad input errors.
     pub fn parse(bytes: &[u8]) -> Result<Btf> {
-        let mut btf = Btf {
-            blob: bytes.to_vec(),
-            strs: 0..0,
-            types: vec![Type::default()],
-        };
+        let mut btf = Btf { blob: bytes.to_vec(), strs: 0..0, types: vec![Type::default()] };
         let [magic, hdr_len, type_off, type_len, str_off, str_len] = btf.words(0)?;
         ensure!(magic & 0xffff == 0xeb9f, "not a little-endian BTF blob");
         ensure!(magic >> 16 & 0xff == 1, "unsupported BTF version");
@@ -85,20 +81,13 @@ impl Btf {
                 ARRAY => 12,
                 STRUCT | UNION | 15 | 19 => 12 * vlen as usize, // + DATASEC, ENUM64
                 6 | 13 => 8 * vlen as usize,                    // ENUM, FUNC_PROTO
-                PTR | 7..=12 | 16 | 18 => 0, // FWD, modifiers, FUNC, FLOAT, TYPE_TAG
+                PTR | 7..=12 | 16 | 18 => 0,                    // FWD, modifiers, FUNC, FLOAT, TYPE_TAG
                 _ => bail!("BTF type {id}: unknown kind {kind}"),
             };
             let data = pos + 12;
             pos = data + extra;
             ensure!(pos <= types.end, "BTF type {id} (kind {kind}) truncated");
-            btf.types.push(Type {
-                kind,
-                kind_flag: info >> 31 == 1,
-                vlen,
-                name_off,
-                size_or_type,
-                data,
-            });
+            btf.types.push(Type { kind, kind_flag: info >> 31 == 1, vlen, name_off, size_or_type, data });
         }
         Ok(btf)
     }
@@ -200,7 +189,7 @@ impl Btf {
         let t = self.strip(id)?;
         match t.kind {
             INT | STRUCT | UNION | 6 | 16 | 19 => Ok(t.size_or_type), // + ENUM, FLOAT, ENUM64
-            PTR => Ok(8), // traceo only runs on 64-bit kernels
+            PTR => Ok(8),                                             // traceo only runs on 64-bit kernels
             ARRAY => {
                 let [elem, _, n] = self.words(t.data)?;
                 let size = self.size_of(elem, depth + 1)?.checked_mul(n);

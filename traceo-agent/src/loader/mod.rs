@@ -59,16 +59,10 @@ fn has_bpf_capabilities() -> bool {
 /// The memlock limit only matters on kernels before 5.11 (BPF memory is charged to the
 /// cgroup since); failing to raise it is expected without CAP_SYS_RESOURCE.
 fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!(
-            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
-            std::io::Error::last_os_error()
-        );
+        log::debug!("could not raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11", std::io::Error::last_os_error());
     }
 }
 
@@ -91,21 +85,13 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     let btf = btf::Btf::from_sys_fs()?;
     let offsets: KernelOffsets = btf::kernel_offsets(&btf)?;
     if opts.capture_bytes as usize > MAX_CAPTURE {
-        bail!(
-            "--capture-bytes {} is above the maximum of {MAX_CAPTURE}",
-            opts.capture_bytes
-        );
+        bail!("--capture-bytes {} is above the maximum of {MAX_CAPTURE}", opts.capture_bytes);
     }
     let settings = ProbeSettings {
         agent_pid: std::process::id(),
         trace_all: opts.trace_all as u32,
         capture_bytes: opts.capture_bytes,
-        fork_child_pid_offset: tracefs::field_offset(
-            &tracefs,
-            "sched",
-            "sched_process_fork",
-            "child_pid",
-        )?,
+        fork_child_pid_offset: tracefs::field_offset(&tracefs, "sched", "sched_process_fork", "child_pid")?,
     };
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut ebpf = EbpfLoader::new()
@@ -115,34 +101,25 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         .load(object)
         .context("loading the kernel object failed")?;
     // The logger owns the log map: it must outlive program loading.
-    let logger = aya_log::EbpfLogger::init(&mut ebpf)
-        .map_err(|e| log::debug!("kernel-side logging unavailable: {e}"))
-        .ok();
+    let logger =
+        aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("kernel-side logging unavailable: {e}")).ok();
     for (_, name) in programs::PROGRAMS {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
-            .with_context(|| format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`"))?
+            .with_context(|| {
+                format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`")
+            })?
             .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("the kernel's verifier rejected {name}"))?;
+        program.load().with_context(|| format!("the kernel's verifier rejected {name}"))?;
     }
-    Ok(Probes {
-        ebpf,
-        links: Vec::new(),
-        logger,
-    })
+    Ok(Probes { ebpf, links: Vec::new(), logger })
 }
 
 impl Probes {
     /// Attach every program to its tracepoint.
     pub fn attach(&mut self) -> anyhow::Result<()> {
         for (category, name) in programs::PROGRAMS {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .expect("loaded above")
-                .try_into()?;
+            let program: &mut TracePoint = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
             let link = program
                 .attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
@@ -156,9 +133,7 @@ impl Probes {
     pub fn detach(&mut self) {
         let count = self.links.len();
         for (name, link) in self.links.drain(..) {
-            if let Ok(program) =
-                <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded"))
-            {
+            if let Ok(program) = <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
                 if let Err(e) = program.detach(link) {
                     log::warn!("detaching {name}: {e}");
                 }
@@ -173,9 +148,8 @@ impl Probes {
             return Ok(());
         };
         // SAFETY: the logger owns its map fd for as long as the AsyncFd owns the logger.
-        let mut logger = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)?
-        };
+        let mut logger =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)? };
         tokio::spawn(async move {
             while let Ok(mut guard) = logger.readable_mut().await {
                 guard.get_inner_mut().flush();
@@ -186,24 +160,16 @@ impl Probes {
     }
 
     pub fn take_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(
-            self.ebpf.take_map("EVENTS").context("EVENTS map missing")?,
-        )?)
+        Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map missing")?)?)
     }
 
     pub fn take_traced_pids(&mut self) -> anyhow::Result<BpfHashMap<MapData, u32, TracedProcess>> {
-        Ok(BpfHashMap::try_from(
-            self.ebpf
-                .take_map("TRACED_PIDS")
-                .context("TRACED_PIDS map missing")?,
-        )?)
+        Ok(BpfHashMap::try_from(self.ebpf.take_map("TRACED_PIDS").context("TRACED_PIDS map missing")?)?)
     }
 
     pub fn take_stats(&mut self) -> anyhow::Result<KernelStats> {
         let map = self.ebpf.take_map("STATS").context("STATS map missing")?;
-        Ok(KernelStats {
-            map: PerCpuArray::try_from(map)?,
-        })
+        Ok(KernelStats { map: PerCpuArray::try_from(map)? })
     }
 }
 

@@ -9,10 +9,7 @@ const LEGACY: &str = "/sys/kernel/debug/tracing";
 
 /// The tracefs root if it is mounted.
 pub fn find() -> Option<PathBuf> {
-    [MOUNT_POINT, LEGACY]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
+    [MOUNT_POINT, LEGACY].iter().map(PathBuf::from).find(|p| p.join("events").is_dir())
 }
 
 /// The tracefs root, mounting it at /sys/kernel/tracing when absent.
@@ -23,15 +20,7 @@ pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
     let target = std::ffi::CString::new(MOUNT_POINT).expect("no NUL");
     let fstype = std::ffi::CString::new("tracefs").expect("no NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         bail!(
@@ -45,10 +34,8 @@ pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
 /// Byte offset of `field` in the record of tracepoint `category/name`, from its format file.
 pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> anyhow::Result<u32> {
     let path = root.join("events").join(category).join(name).join("format");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_field_offset(&text, field)
-        .with_context(|| format!("no field `{field}` in {}", path.display()))
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_field_offset(&text, field).with_context(|| format!("no field `{field}` in {}", path.display()))
 }
 
 /// Finds `field:<type> <field>;\toffset:N;` in a tracepoint format description.
@@ -61,12 +48,7 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
         if name != field {
             return None;
         }
-        rest.trim()
-            .strip_prefix("offset:")?
-            .split(';')
-            .next()?
-            .parse()
-            .ok()
+        rest.trim().strip_prefix("offset:")?.split(';').next()?.parse().ok()
     })
 }
 

@@ -121,11 +121,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if args.syscall != CONNECT || (ret != 0 && ret != -EINPROGRESS) {
         return 0;
     }
-    let cur = Current {
-        pid: (pid_tgid >> 32) as u32,
-        tid,
-        service: args.service,
-    };
+    let cur = Current { pid: (pid_tgid >> 32) as u32, tid, service: args.service };
     let fd = args.fd as i64;
     match socket_of_fd(fd) {
         Ok(sock) => announce(&cur, &sock, fd, open_how::CONNECTED, ret),

@@ -13,8 +13,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use traceo_ebpf_common::{
-    DATA_EVENT_HEADER_LEN, EventHeader, MAX_CAPTURE, MAX_IOVECS, data_flags, direction, kind, stat,
-    syscall,
+    DATA_EVENT_HEADER_LEN, EventHeader, MAX_CAPTURE, MAX_IOVECS, data_flags, direction, kind, stat, syscall,
 };
 
 use super::{conn::announce_if_new, syscall_arg, syscall_ret};
@@ -83,11 +82,7 @@ fn read_user_into(data: *mut u8, offset: u32, len: u32, src: u64) -> bool {
     // SAFETY: `offset` is below MAX_CAPTURE and `len` at most MAX_CAPTURE; masked, their
     // sum stays within payload + slack, which is what the verifier checks.
     unsafe {
-        generated::bpf_probe_read_user(
-            data.add((offset & MASK) as usize).cast(),
-            len & MASK,
-            src as *const _,
-        ) == 0
+        generated::bpf_probe_read_user(data.add((offset & MASK) as usize).cast(), len & MASK, src as *const _) == 0
     }
 }
 
@@ -95,11 +90,7 @@ fn read_user_into(data: *mut u8, offset: u32, len: u32, src: u64) -> bool {
 #[inline(always)]
 fn copy_payload(data: *mut u8, args: &SyscallArgs, limit: u32) -> (u32, bool) {
     if args.vectored == 0 {
-        return if read_user_into(data, 0, limit, args.buf) {
-            (limit, false)
-        } else {
-            (0, true)
-        };
+        return if read_user_into(data, 0, limit, args.buf) { (limit, false) } else { (0, true) };
     }
     let mut copied: u32 = 0;
     for i in 0..MAX_IOVECS {
@@ -108,17 +99,11 @@ fn copy_payload(data: *mut u8, args: &SyscallArgs, limit: u32) -> (u32, bool) {
         }
         // struct iovec { void *iov_base; size_t iov_len; }
         // SAFETY: probe reads of user memory fail cleanly on a bad pointer.
-        let Ok(iov) =
-            (unsafe { bpf_probe_read_user((args.buf + 16 * i as u64) as *const [u64; 2]) })
-        else {
+        let Ok(iov) = (unsafe { bpf_probe_read_user((args.buf + 16 * i as u64) as *const [u64; 2]) }) else {
             return (copied, true);
         };
         let room = limit - copied;
-        let n = if iov[1] < room as u64 {
-            iov[1] as u32
-        } else {
-            room
-        };
+        let n = if iov[1] < room as u64 { iov[1] as u32 } else { room };
         if n > 0 && !read_user_into(data, copied, n, iov[0]) {
             return (copied, true);
         }
@@ -181,13 +166,7 @@ fn exit(ctx: &TracePointContext) {
     }
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    ev.header = EventHeader {
-        kind: kind::DATA,
-        pid: (pid_tgid >> 32) as u32,
-        tid,
-        service: args.service,
-        ts_ns: now,
-    };
+    ev.header = EventHeader { kind: kind::DATA, pid: (pid_tgid >> 32) as u32, tid, service: args.service, ts_ns: now };
     ev.conn_id = args.conn_id;
     ev.enter_ns = args.enter_ns;
     ev.exit_ns = now;
@@ -221,13 +200,7 @@ macro_rules! plain {
     ($enter:ident, $id:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(
-                syscall_arg(&ctx, 0),
-                syscall_arg(&ctx, 1),
-                syscall_arg(&ctx, 2),
-                $id,
-                0,
-            );
+            enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), $id, 0);
             0
         }
     };
@@ -238,13 +211,7 @@ macro_rules! vectored {
     ($enter:ident, $id:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(
-                syscall_arg(&ctx, 0),
-                syscall_arg(&ctx, 1),
-                syscall_arg(&ctx, 2),
-                $id,
-                1,
-            );
+            enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), $id, 1);
             0
         }
     };
@@ -282,13 +249,7 @@ pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
 /// sendfile64(out_fd, in_fd, offset, count): only the length is ever known.
 #[tracepoint]
 pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter(
-        syscall_arg(&ctx, 0),
-        0,
-        syscall_arg(&ctx, 3),
-        syscall::SENDFILE,
-        0,
-    );
+    enter(syscall_arg(&ctx, 0), 0, syscall_arg(&ctx, 3), syscall::SENDFILE, 0);
     0
 }
 

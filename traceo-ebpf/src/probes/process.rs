@@ -39,25 +39,17 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     let Some(parent) = traced() else { return 0 };
     // SAFETY: the offset comes from this kernel's format file for this tracepoint.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(setting!(fork_child_pid_offset) as usize) })
-    else {
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(setting!(fork_child_pid_offset) as usize) }) else {
         return 0;
     };
     let child = child as u32;
-    let value = TracedProcess {
-        service: parent.service,
-        _pad: 0,
-    };
+    let value = TracedProcess { service: parent.service, _pad: 0 };
     if TRACED_PIDS.insert(&child, &value, 0).is_err() {
         count(stat::PIDS_MAP_FULL);
         return 0;
     }
     debug!(&ctx, "following child {} of traced {}", child, parent.pid);
-    let child_cur = Current {
-        pid: child,
-        tid: child,
-        service: parent.service,
-    };
+    let child_cur = Current { pid: child, tid: child, service: parent.service };
     emit(&child_cur, kind::PROC_FORK, parent.pid);
     0
 }
@@ -74,17 +66,8 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: copied out at once.
-    let service =
-        unsafe { TRACED_PIDS.get(&pid) }.map_or(traceo_ebpf_common::NO_SERVICE, |t| t.service);
-    emit(
-        &Current {
-            pid,
-            tid: pid_tgid as u32,
-            service,
-        },
-        kind::PROC_EXEC,
-        0,
-    );
+    let service = unsafe { TRACED_PIDS.get(&pid) }.map_or(traceo_ebpf_common::NO_SERVICE, |t| t.service);
+    emit(&Current { pid, tid: pid_tgid as u32, service }, kind::PROC_EXEC, 0);
     0
 }
 

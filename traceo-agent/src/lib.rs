@@ -16,6 +16,7 @@ pub mod event_json;
 pub mod events;
 pub mod live;
 pub mod loader;
+pub mod metrics;
 pub mod output;
 pub mod procfs;
 pub mod record;

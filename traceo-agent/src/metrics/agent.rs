@@ -1,0 +1,203 @@
+//! `traceo_agent_*`: what the agent itself read, lost, failed to parse, and costs.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// Running totals the pipeline keeps; the metrics follow them by deltas.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PipelineCounts {
+    /// Kernel drop counters by reason (monotonic).
+    pub kernel_drops: Vec<(&'static str, u64)>,
+    /// HTTP parse errors by reason (monotonic).
+    pub parse_errors: Vec<(&'static str, u64)>,
+    pub unpaired_requests: u64,
+    pub unpaired_responses: u64,
+    pub non_http_connections: u64,
+    pub active_connections: u64,
+    pub decode_errors: u64,
+}
+
+pub struct AgentMetrics {
+    pub events_read: Family<KindLabel, Counter>,
+    kernel_drops: Family<ReasonLabel, Counter>,
+    parse_errors: Family<ReasonLabel, Counter>,
+    unpaired: Family<KindLabel, Counter>,
+    non_http: Counter,
+    decode_errors: Counter,
+    active_connections: Gauge,
+    pub series_overflow: Counter,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    resident_bytes: Gauge,
+    last: std::sync::Mutex<(PipelineCounts, f64)>,
+}
+
+fn follow<S: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug>(
+    family: &Family<S, Counter>,
+    labels: S,
+    now: u64,
+    before: u64,
+) {
+    family.get_or_create(&labels).inc_by(now.saturating_sub(before));
+}
+
+impl AgentMetrics {
+    pub fn register(r: &mut Registry) -> AgentMetrics {
+        let m = AgentMetrics {
+            events_read: Family::default(),
+            kernel_drops: Family::default(),
+            parse_errors: Family::default(),
+            unpaired: Family::default(),
+            non_http: Counter::default(),
+            decode_errors: Counter::default(),
+            active_connections: Gauge::default(),
+            series_overflow: Counter::default(),
+            cpu_seconds: Counter::default(),
+            resident_bytes: Gauge::default(),
+            last: Default::default(),
+        };
+        r.register(
+            "traceo_agent_events_read",
+            "Kernel events read from the ring buffer, by kind",
+            m.events_read.clone(),
+        );
+        r.register(
+            "traceo_agent_kernel_drops",
+            "What the kernel programs dropped or could not read, by reason (ring_full_* are lost events)",
+            m.kernel_drops.clone(),
+        );
+        r.register("traceo_agent_parse_errors", "HTTP parse errors, by reason", m.parse_errors.clone());
+        r.register(
+            "traceo_agent_unpaired_messages",
+            "Requests without response and responses without request",
+            m.unpaired.clone(),
+        );
+        r.register(
+            "traceo_agent_non_http_connections",
+            "Connections recognised as not HTTP and ignored",
+            m.non_http.clone(),
+        );
+        r.register("traceo_agent_decode_errors", "Kernel events the agent could not decode", m.decode_errors.clone());
+        r.register(
+            "traceo_agent_active_connections",
+            "Connections the agent is following",
+            m.active_connections.clone(),
+        );
+        r.register(
+            "traceo_agent_metric_series_overflow",
+            "HTTP label sets folded into http_route=\"__overflow__\" by the series cap",
+            m.series_overflow.clone(),
+        );
+        r.register_with_unit("traceo_agent_cpu", "CPU time used by the agent", Unit::Seconds, m.cpu_seconds.clone());
+        r.register_with_unit(
+            "traceo_agent_resident_memory",
+            "Resident memory of the agent",
+            Unit::Bytes,
+            m.resident_bytes.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        r.register("traceo_agent_build_info", "The agent's version", build);
+        m
+    }
+
+    /// Bring the counters up to the pipeline's running totals, and sample CPU and memory.
+    pub fn update(&self, now: &PipelineCounts) {
+        let mut last = self.last.lock().expect("metrics lock");
+        let (before, cpu_before) = &mut *last;
+        let prior =
+            |list: &Vec<(&'static str, u64)>, name: &str| list.iter().find(|(n, _)| *n == name).map_or(0, |v| v.1);
+        for (name, value) in &now.kernel_drops {
+            follow(
+                &self.kernel_drops,
+                ReasonLabel { reason: (*name).into() },
+                *value,
+                prior(&before.kernel_drops, name),
+            );
+        }
+        for (name, value) in &now.parse_errors {
+            follow(
+                &self.parse_errors,
+                ReasonLabel { reason: (*name).into() },
+                *value,
+                prior(&before.parse_errors, name),
+            );
+        }
+        follow(&self.unpaired, KindLabel { kind: "request".into() }, now.unpaired_requests, before.unpaired_requests);
+        follow(
+            &self.unpaired,
+            KindLabel { kind: "response".into() },
+            now.unpaired_responses,
+            before.unpaired_responses,
+        );
+        self.non_http.inc_by(now.non_http_connections.saturating_sub(before.non_http_connections));
+        self.decode_errors.inc_by(now.decode_errors.saturating_sub(before.decode_errors));
+        self.active_connections.set(now.active_connections as i64);
+        *before = now.clone();
+        if let Some((cpu, rss)) = own_usage() {
+            self.cpu_seconds.inc_by((cpu - *cpu_before).max(0.0));
+            *cpu_before = cpu;
+            self.resident_bytes.set(rss as i64);
+        }
+    }
+}
+
+/// (CPU seconds, resident bytes) of this process, from /proc/self.
+fn own_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    // After the comm: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some((ticks as f64 / hz, pages * page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_follow_running_totals_by_deltas() {
+        let mut r = Registry::default();
+        let m = AgentMetrics::register(&mut r);
+        let mut counts =
+            PipelineCounts { kernel_drops: vec![("ring_full_data", 3)], unpaired_requests: 2, ..Default::default() };
+        m.update(&counts);
+        counts.kernel_drops[0].1 = 5;
+        counts.unpaired_requests = 2;
+        counts.active_connections = 7;
+        m.update(&counts);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(text.contains("traceo_agent_kernel_drops_total{reason=\"ring_full_data\"} 5"), "{text}");
+        assert!(text.contains("traceo_agent_unpaired_messages_total{kind=\"request\"} 2"), "{text}");
+        assert!(text.contains("traceo_agent_active_connections 7"), "{text}");
+        assert!(text.contains("traceo_agent_build_info{version=\"0.1.0\"} 1"), "{text}");
+        let rss_line = text.lines().find(|l| l.starts_with("traceo_agent_resident_memory_bytes ")).expect("rss");
+        assert!(rss_line.split(' ').nth(1).unwrap().parse::<f64>().unwrap() > 1e6, "{rss_line}");
+    }
+}

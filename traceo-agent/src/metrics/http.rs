@@ -1,0 +1,286 @@
+//! HTTP request metrics from exchanges: counts, durations and body sizes with OTel HTTP
+//! semantic-convention labels, duration exemplars carrying the trace id, and a cap on label
+//! sets (new ones past it fold into `http_route="__overflow__"`) with idle-series expiry.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use super::MetricsConfig;
+
+pub const OVERFLOW_ROUTE: &str = "__overflow__";
+
+/// OTel's default buckets for http.*.request.duration (seconds).
+const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+
+/// One completed exchange, as the metrics see it.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub service: &'a str,
+    /// Server side (the traced process answered) or client side (it asked).
+    pub server: bool,
+    pub method: &'a str,
+    pub route: &'a str,
+    /// `None` when no response was seen.
+    pub status: Option<u16>,
+    /// Client side: the `host[:port]` it called.
+    pub server_address: Option<&'a str>,
+    pub duration_s: f64,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    pub trace_id: Option<&'a str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    service: String,
+    direction: String,
+    http_request_method: String,
+    http_route: String,
+    http_response_status_code: String,
+    server_address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HistogramLabels {
+    service: String,
+    http_request_method: String,
+    http_route: String,
+    http_response_status_code: String,
+    server_address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    trace_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+type DurationHistogram = HistogramWithExemplars<TraceExemplar>;
+type DurationFamily = Family<HistogramLabels, DurationHistogram, fn() -> DurationHistogram>;
+type SizeFamily = Family<HistogramLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> DurationHistogram {
+    HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
+}
+
+fn size_histogram() -> Histogram {
+    // 64 B .. 16 MiB, x4 per bucket.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(64.0, 4.0, 10))
+}
+
+/// One side's histograms (server or client).
+struct SideFamilies {
+    duration: DurationFamily,
+    request_size: SizeFamily,
+    response_size: SizeFamily,
+}
+
+impl SideFamilies {
+    fn register(r: &mut Registry, side: &str) -> SideFamilies {
+        let f = SideFamilies {
+            duration: Family::new_with_constructor(duration_histogram),
+            request_size: Family::new_with_constructor(size_histogram),
+            response_size: Family::new_with_constructor(size_histogram),
+        };
+        r.register_with_unit(
+            format!("traceo_http_{side}_request_duration"),
+            format!("Duration of HTTP {side} requests, first request byte to last response byte"),
+            Unit::Seconds,
+            f.duration.clone(),
+        );
+        r.register_with_unit(
+            format!("traceo_http_{side}_request_body_size"),
+            format!("Body size of HTTP {side} requests"),
+            Unit::Bytes,
+            f.request_size.clone(),
+        );
+        r.register_with_unit(
+            format!("traceo_http_{side}_response_body_size"),
+            format!("Body size of HTTP {side} responses"),
+            Unit::Bytes,
+            f.response_size.clone(),
+        );
+        f
+    }
+
+    fn remove(&self, labels: &HistogramLabels) {
+        self.duration.remove(labels);
+        self.request_size.remove(labels);
+        self.response_size.remove(labels);
+    }
+}
+
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    server: SideFamilies,
+    client: SideFamilies,
+    in_flight: Family<ServiceLabel, Gauge>,
+    overflow: Counter,
+    config: MetricsConfig,
+    /// Label sets in use and when each was last updated.
+    series: Mutex<HashMap<RequestLabels, Instant>>,
+}
+
+impl HttpMetrics {
+    pub fn register(r: &mut Registry, config: MetricsConfig, overflow: Counter) -> HttpMetrics {
+        let requests = Family::default();
+        r.register("traceo_http_requests", "HTTP requests seen, server and client side", requests.clone());
+        let server = SideFamilies::register(r, "server");
+        let client = SideFamilies::register(r, "client");
+        let in_flight = Family::default();
+        r.register("traceo_http_server_active_requests", "HTTP server requests in flight", in_flight.clone());
+        HttpMetrics { requests, server, client, in_flight, overflow, config, series: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn observe(&self, o: &Observation<'_>) {
+        let mut labels = RequestLabels {
+            service: o.service.to_owned(),
+            direction: if o.server { "server" } else { "client" }.to_owned(),
+            http_request_method: o.method.to_owned(),
+            http_route: o.route.to_owned(),
+            http_response_status_code: o.status.map(|s| s.to_string()).unwrap_or_default(),
+            server_address: if o.server { String::new() } else { o.server_address.unwrap_or_default().to_owned() },
+        };
+        {
+            let mut series = self.series.lock().expect("metrics lock");
+            if !series.contains_key(&labels) && series.len() >= self.config.max_series {
+                labels.http_route = OVERFLOW_ROUTE.to_owned();
+                if !series.contains_key(&labels) {
+                    // Worst case the overflow set itself is one past the cap.
+                    series.insert(labels.clone(), Instant::now());
+                }
+                self.overflow.inc();
+            }
+            series.insert(labels.clone(), Instant::now());
+        }
+        self.requests.get_or_create(&labels).inc();
+        let side = if o.server { &self.server } else { &self.client };
+        let h = histogram_labels(&labels);
+        let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_owned() });
+        side.duration.get_or_create(&h).observe(o.duration_s, exemplar, None);
+        side.request_size.get_or_create(&h).observe(o.request_body_bytes as f64);
+        side.response_size.get_or_create(&h).observe(o.response_body_bytes as f64);
+    }
+
+    /// Server requests in flight per service (set from the HTTP layer's pending requests).
+    pub fn set_in_flight(&self, service: &str, n: u64) {
+        self.in_flight.get_or_create(&ServiceLabel { service: service.to_owned() }).set(n as i64);
+    }
+
+    /// Drop label sets idle for longer than the configured TTL; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let ttl = self.config.series_ttl;
+        let mut series = self.series.lock().expect("metrics lock");
+        let stale: Vec<RequestLabels> =
+            series.iter().filter(|(_, seen)| now.duration_since(**seen) > ttl).map(|(l, _)| l.clone()).collect();
+        for labels in &stale {
+            series.remove(labels);
+            self.requests.remove(labels);
+            let h = histogram_labels(labels);
+            if labels.direction == "server" { &self.server } else { &self.client }.remove(&h);
+        }
+        stale.len()
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.lock().expect("metrics lock").len()
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.config.series_ttl
+    }
+}
+
+fn histogram_labels(l: &RequestLabels) -> HistogramLabels {
+    HistogramLabels {
+        service: l.service.clone(),
+        http_request_method: l.http_request_method.clone(),
+        http_route: l.http_route.clone(),
+        http_response_status_code: l.http_response_status_code.clone(),
+        server_address: l.server_address.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Metrics, MetricsConfig};
+    use super::*;
+
+    fn obs<'a>(route: &'a str, status: u16, server: bool) -> Observation<'a> {
+        Observation {
+            service: "engine",
+            server,
+            method: "GET",
+            route,
+            status: Some(status),
+            server_address: (!server).then_some("127.0.0.1:8000"),
+            duration_s: 0.02,
+            request_body_bytes: 0,
+            response_body_bytes: 300,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        }
+    }
+
+    #[test]
+    fn exposition_has_the_documented_families_and_labels() {
+        let m = Metrics::new(MetricsConfig::default());
+        m.http.observe(&obs("/api/v1/jobs/{id}", 200, true));
+        m.http.observe(&obs("/api/v1/jobs/{id}", 200, true));
+        m.http.observe(&obs("/webhooks/job-complete", 500, false));
+        let text = m.encode();
+        let line = "traceo_http_requests_total{service=\"engine\",direction=\"server\",http_request_method=\"GET\",\
+                    http_route=\"/api/v1/jobs/{id}\",http_response_status_code=\"200\",server_address=\"\"} 2";
+        assert!(text.contains(line), "{text}");
+        assert!(text.contains("traceo_http_server_request_duration_seconds_count{service=\"engine\",http_request_method=\"GET\",http_route=\"/api/v1/jobs/{id}\",http_response_status_code=\"200\",server_address=\"\"} 2"), "{text}");
+        assert!(text.contains("traceo_http_client_request_duration_seconds_bucket{"), "{text}");
+        assert!(text.contains("server_address=\"127.0.0.1:8000\""), "{text}");
+        // The 0.02 s observation lands in le=0.025 with the trace id as exemplar.
+        let bucket = text
+            .lines()
+            .find(|l| l.starts_with("traceo_http_server_request_duration_seconds_bucket{le=\"0.025\""))
+            .expect("the 0.025 bucket");
+        assert!(bucket.ends_with("} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.02"), "{bucket}");
+        assert!(text.contains("traceo_http_server_response_body_size_bytes_sum{"), "{text}");
+    }
+
+    #[test]
+    fn the_series_cap_folds_new_routes_into_overflow_and_counts_them() {
+        let m = Metrics::new(MetricsConfig { max_series: 3, ..Default::default() });
+        for i in 0..10 {
+            m.http.observe(&obs(&format!("/r{i}"), 200, true));
+        }
+        let text = m.encode();
+        assert!(text.contains("http_route=\"/r2\""), "{text}");
+        assert!(!text.contains("http_route=\"/r3\""), "{text}");
+        assert!(
+            text.contains("http_route=\"__overflow__\",http_response_status_code=\"200\",server_address=\"\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("traceo_agent_metric_series_overflow_total 7"), "{text}");
+        assert_eq!(m.http.series_count(), 4);
+    }
+
+    #[test]
+    fn idle_series_expire() {
+        let m = Metrics::new(MetricsConfig { series_ttl: Duration::from_millis(1), ..Default::default() });
+        m.http.observe(&obs("/old", 200, true));
+        m.http.observe(&obs("/old", 200, false));
+        assert_eq!(m.http.expire(Instant::now() + Duration::from_secs(1)), 2);
+        let text = m.encode();
+        assert!(!text.contains("/old"), "{text}");
+        assert_eq!(m.http.series_count(), 0);
+    }
+}

@@ -1,0 +1,50 @@
+//! Prometheus metrics (through `prometheus-client`: OpenMetrics with exemplars): HTTP request
+//! metrics from exchanges, and the agent's own health. Served by `server`.
+
+mod agent;
+mod http;
+pub mod server;
+
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+pub use agent::{AgentMetrics, PipelineCounts};
+pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
+
+/// Limits of the HTTP families.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Distinct label sets per family before new ones fold into `http_route="__overflow__"`.
+    pub max_series: usize,
+    /// A label set not updated for this long is dropped.
+    pub series_ttl: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { max_series: 10_000, series_ttl: Duration::from_secs(3600) }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http: HttpMetrics,
+    pub agent: AgentMetrics,
+}
+
+impl Metrics {
+    pub fn new(config: MetricsConfig) -> Metrics {
+        let mut registry = Registry::default();
+        let agent = AgentMetrics::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry, config, agent.series_overflow.clone());
+        Metrics { registry, http, agent }
+    }
+
+    /// The OpenMetrics exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,147 @@
+//! The agent's HTTP endpoint: `/metrics` (OpenMetrics), `/health`, `/ready`.
+//!
+//! A deliberately small HTTP/1.1 responder: one request per connection, GET only, bounded
+//! request size. Bound to loopback by default (`--metrics-addr`).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::Metrics;
+
+/// What `/ready` reports: probes attached and the pipeline running.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// `--metrics-addr`: an address, or `off`.
+pub fn parse_addr(spec: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if spec == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = spec
+        .parse()
+        .with_context(|| format!("--metrics-addr `{spec}` is not IP:PORT (e.g. 127.0.0.1:9464) or `off`"))?;
+    if !addr.ip().is_loopback() {
+        log::warn!("metrics endpoint bound to {addr}, reachable from other hosts");
+    }
+    Ok(Some(addr))
+}
+
+/// Bind now (so a taken port is an error at start), serve in the background.
+pub async fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, ready: Readiness) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr} (in use? choose another port or `off`)"))?;
+    let bound = listener.local_addr()?;
+    log::info!("metrics on http://{bound}/metrics (also /health, /ready)");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (metrics, ready) = (metrics.clone(), ready.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics, &ready)).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn respond(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == buf.len() {
+            return write(&mut stream, "431 Request Header Fields Too Large", "text/plain", "headers too large\n")
+                .await;
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return write(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
+    }
+    match path.split('?').next().unwrap_or("") {
+        "/metrics" => {
+            let body = metrics.encode();
+            write(&mut stream, "200 OK", OPENMETRICS, &body).await
+        }
+        "/health" => write(&mut stream, "200 OK", "text/plain", "ok\n").await,
+        "/ready" if ready.is_ready() => write(&mut stream, "200 OK", "text/plain", "ready\n").await,
+        "/ready" => write(&mut stream, "503 Service Unavailable", "text/plain", "probes not attached yet\n").await,
+        _ => write(&mut stream, "404 Not Found", "text/plain", "try /metrics, /health or /ready\n").await,
+    }
+}
+
+async fn write(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_addr_parsing() {
+        assert_eq!(parse_addr("off").unwrap(), None);
+        assert_eq!(parse_addr("127.0.0.1:9464").unwrap(), Some("127.0.0.1:9464".parse().unwrap()));
+        let err = format!("{:#}", parse_addr("localhost").unwrap_err());
+        assert!(err.contains("IP:PORT"), "{err}");
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let metrics = Arc::new(Metrics::new(super::super::MetricsConfig::default()));
+        let ready = Readiness::default();
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), metrics, ready.clone()).await.unwrap();
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200 OK"));
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 503"));
+        ready.set_ready();
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200 OK"));
+        let m = get(addr, "/metrics").await;
+        assert!(m.contains("application/openmetrics-text") && m.contains("traceo_agent_build_info"), "{m}");
+        assert!(m.trim_end().ends_with("# EOF"));
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+}

@@ -73,6 +73,9 @@ pub struct RunArgs {
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Serve /metrics, /health and /ready here, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +110,7 @@ pub struct ConfigFile {
     pub service: Vec<String>,
     pub capture_bytes: Option<u32>,
     pub log: Option<String>,
+    pub metrics_addr: Option<String>,
 }
 
 impl ConfigFile {
@@ -121,8 +125,9 @@ impl ConfigFile {
 pub struct Selection {
     pub services: Vec<ServiceSpec>,
     pub capture_bytes: u32,
-    /// `log` from the config file, for commands that have one.
+    /// `log` and `metrics-addr` from the config file, for commands that have them.
     pub log: Option<String>,
+    pub metrics_addr: Option<String>,
 }
 
 impl SelectionArgs {
@@ -143,7 +148,7 @@ impl SelectionArgs {
         if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
             anyhow::bail!("--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}");
         }
-        Ok(Selection { services, capture_bytes, log: file.log })
+        Ok(Selection { services, capture_bytes, log: file.log, metrics_addr: file.metrics_addr })
     }
 }
 

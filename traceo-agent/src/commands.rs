@@ -1,17 +1,24 @@
 //! The subcommands, wiring stages together.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
 use crate::{
     cli::{RecordArgs, ReplayArgs, RunArgs},
     event_json::EventPrinter,
-    live,
+    live::{self, LiveOptions},
+    metrics::{
+        Metrics, MetricsConfig,
+        server::{self, Readiness},
+    },
     output::LineSink,
     record::RecordWriter,
     source::{EventSource, FileSource},
 };
+
+/// Loopback by default: the metrics reveal what the host's services do.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 fn seconds(d: Option<f64>) -> anyhow::Result<Option<Duration>> {
     d.map(|s| Duration::try_from_secs_f64(s).context("--duration must be a positive number of seconds")).transpose()
@@ -21,9 +28,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
     let mut sink = LineSink::open(args.log.as_deref().or(sel.log.as_deref()))?;
     let mut printer = EventPrinter::new(sel.services.iter().map(|s| s.name.clone()).collect());
+    let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
+    let ready = Readiness::default();
+    if let Some(addr) = server::parse_addr(
+        args.metrics_addr.as_deref().or(sel.metrics_addr.as_deref()).unwrap_or(DEFAULT_METRICS_ADDR),
+    )? {
+        server::spawn(addr, metrics.clone(), ready.clone()).await?;
+    }
+    let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready };
     let summary = live::trace(
         &sel,
-        seconds(args.duration)?,
+        opts,
         |event| sink.line(&printer.to_json(event).to_string()),
         |s| log::debug!("{} events, {} lost", s.events, s.lost),
     )
@@ -39,7 +54,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let mut failed = None;
     let summary = live::trace(
         &sel,
-        seconds(args.duration)?,
+        LiveOptions { duration: seconds(args.duration)?, ..LiveOptions::default() },
         |event| {
             if failed.is_none() {
                 if let Err(e) = writer.write(event) {

@@ -38,7 +38,7 @@ pub struct PipelineCounts {
 }
 
 pub struct AgentMetrics {
-    pub events_read: Family<KindLabel, Counter>,
+    events_read: Family<KindLabel, Counter>,
     kernel_drops: Family<ReasonLabel, Counter>,
     parse_errors: Family<ReasonLabel, Counter>,
     unpaired: Family<KindLabel, Counter>,
@@ -118,6 +118,12 @@ impl AgentMetrics {
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         r.register("traceo_agent_build_info", "The agent's version", build);
         m
+    }
+
+    /// The counter of events read for `kind`: resolve once, then `inc()` per event without
+    /// allocating.
+    pub fn events_read(&self, kind: &str) -> Counter {
+        self.events_read.get_or_create(&KindLabel { kind: kind.to_owned() }).clone()
     }
 
     /// Bring the counters up to the pipeline's running totals, and sample CPU and memory.

@@ -4,6 +4,7 @@
 mod agent;
 mod http;
 pub mod server;
+mod text_format;
 
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ impl Metrics {
         let agent = AgentMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry, config, agent.series_overflow.clone());
         Metrics { registry, http, agent }
+    }
+
+    /// The Prometheus text format (0.0.4) exposition, without exemplars.
+    pub fn encode_prometheus_text(&self) -> String {
+        text_format::openmetrics_to_prometheus(&self.encode())
     }
 
     /// The OpenMetrics exposition.

@@ -66,7 +66,9 @@ pub async fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, ready: Readiness) ->
     Ok(bound)
 }
 
+/// Served when the scraper accepts it (Prometheus does): the only format with exemplars.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn respond(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
@@ -89,10 +91,10 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) ->
         return write(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
     }
     match path.split('?').next().unwrap_or("") {
-        "/metrics" => {
-            let body = metrics.encode();
-            write(&mut stream, "200 OK", OPENMETRICS, &body).await
+        "/metrics" if head.to_ascii_lowercase().contains("application/openmetrics-text") => {
+            write(&mut stream, "200 OK", OPENMETRICS, &metrics.encode()).await
         }
+        "/metrics" => write(&mut stream, "200 OK", PROMETHEUS_TEXT, &metrics.encode_prometheus_text()).await,
         "/health" => write(&mut stream, "200 OK", "text/plain", "ok\n").await,
         "/ready" if ready.is_ready() => write(&mut stream, "200 OK", "text/plain", "ready\n").await,
         "/ready" => write(&mut stream, "503 Service Unavailable", "text/plain", "probes not attached yet\n").await,
@@ -123,8 +125,12 @@ mod tests {
     }
 
     async fn get(addr: SocketAddr, path: &str) -> String {
+        get_accepting(addr, path, "*/*").await
+    }
+
+    async fn get_accepting(addr: SocketAddr, path: &str, accept: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n").as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -139,9 +145,13 @@ mod tests {
         assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 503"));
         ready.set_ready();
         assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200 OK"));
-        let m = get(addr, "/metrics").await;
+        let prometheus_accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        let m = get_accepting(addr, "/metrics", prometheus_accept).await;
         assert!(m.contains("application/openmetrics-text") && m.contains("traceo_agent_build_info"), "{m}");
         assert!(m.trim_end().ends_with("# EOF"));
+        let m = get(addr, "/metrics").await;
+        assert!(m.contains("text/plain; version=0.0.4") && !m.contains("# EOF"), "{m}");
+        assert!(m.contains("# TYPE traceo_agent_decode_errors_total counter"), "{m}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 }

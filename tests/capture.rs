@@ -271,17 +271,19 @@ fn the_agent_never_traces_itself() {
     let port = free_port();
     let _server = http_server(&dir, port);
     // The agent's stdout is a socket: were it traced, every line it writes would be captured.
+    // Its metrics endpoint is scraped below: its own TCP traffic must not appear either.
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let metrics_port = free_port();
     let mut agent = Proc::spawn(
         Command::new(AGENT)
-            .args(["run", "--events"])
+            .args(["run", "--events", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stderr(Stdio::piped()),
     );
     let stderr = BufReader::new(agent.child.stderr.take().unwrap());
     let mut log = vec![];
     for line in stderr.lines().map_while(Result::ok) {
-        let ready = line.contains("ready");
+        let ready = line.contains(READY);
         log.push(line);
         if ready {
             break;
@@ -294,6 +296,7 @@ fn the_agent_never_traces_itself() {
     let curl_child =
         Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}/x.txt")]).output().expect("curl");
     assert!(curl_child.status.success());
+    assert!(curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]).contains("traceo_agent_events_read_total"));
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGINT) };
@@ -306,4 +309,11 @@ fn the_agent_never_traces_itself() {
     );
     let me = agent.pid() as u64;
     assert!(events.iter().all(|e| e["pid"].as_u64() != Some(me)), "the agent traced itself");
+    // curl's side of the scrape is traced (it is another process); the agent's side is not.
+    let scrape = format!("127.0.0.1:{metrics_port}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "data" && e["peer"] == scrape.as_str()),
+        "curl's scrape of /metrics was traced"
+    );
+    assert!(!events.iter().any(|e| e["local"] == scrape.as_str()), "the agent's end of the scrape was traced");
 }

@@ -1,9 +1,11 @@
 """A small ASGI app for traceo's live tests (run with uvicorn).
 
 GET  /hello          -> 200 "hello"
+GET  /slow           -> 200 after 30 ms (a latency the histogram tests can place in a bucket)
 GET  /status/{code}  -> that status, short body
 POST /upload         -> 200 {"received": <body bytes>}
 """
+import asyncio
 import json
 
 
@@ -26,6 +28,9 @@ async def app(scope, receive, send):
     status, body, ctype = 404, b"not found", b"text/plain"
     if path == "/hello":
         status, body = 200, b"hello"
+    elif path == "/slow":
+        await asyncio.sleep(0.03)
+        status, body = 200, b"slow"
     elif path.startswith("/status/"):
         status, body = int(path.rsplit("/", 1)[1]), b"status"
     elif path == "/upload":

@@ -13,7 +13,11 @@ use std::{
 
 use serde_json::Value;
 
+pub mod prometheus;
+
 pub const AGENT: &str = env!("CARGO_BIN_EXE_traceo-agent");
+/// What the agent logs once its probes are attached.
+pub const READY: &str = "ready: probes attached";
 
 /// Live tests need root. In CI that is a failure with the reason; elsewhere a visible skip.
 pub fn require_root(test: &str) -> bool {
@@ -167,7 +171,7 @@ impl Recording {
             }
         });
         let mut rec = Recording { proc, file, stderr: rx, log: vec![] };
-        rec.wait_log("ready", Duration::from_secs(30));
+        rec.wait_log(READY, Duration::from_secs(30));
         rec
     }
 
@@ -200,6 +204,50 @@ impl Recording {
         assert!(status.success(), "the agent exited with {status}; its log:\n{}", self.log.join("\n"));
         assert!(self.log.iter().any(|l| l.contains("detached")), "no clean detach:\n{}", self.log.join("\n"));
         replay_events(&self.file)
+    }
+}
+
+/// The agent as `traceo-agent run ARGS...`, started and ready.
+pub struct Agent {
+    proc: Proc,
+    stderr: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Agent {
+    pub fn run(args: &[&str]) -> Agent {
+        let mut proc =
+            Proc::spawn(Command::new(AGENT).arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped()));
+        let stderr = proc.child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut agent = Agent { proc, stderr: rx, log: vec![] };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !agent.log.iter().any(|l| l.contains(READY)) {
+            match agent.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => agent.log.push(line),
+                Err(_) => panic!("the agent did not get ready; its log:\n{}", agent.log.join("\n")),
+            }
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGINT and a clean exit; returns the agent's log.
+    pub fn stop(&mut self) -> Vec<String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
+        let status = self.proc.child.wait().expect("wait for the agent");
+        self.log.extend(self.stderr.try_iter());
+        assert!(status.success(), "the agent exited with {status}; its log:\n{}", self.log.join("\n"));
+        self.log.clone()
     }
 }
 

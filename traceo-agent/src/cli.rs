@@ -32,7 +32,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Trace the selected processes live and print what crosses their sockets.
+    /// Trace the selected processes live: one JSON line per HTTP exchange, and Prometheus metrics.
     Run(RunArgs),
     /// Capture the selected processes' socket events into a record file for `replay`.
     Record(RecordArgs),
@@ -60,14 +60,30 @@ pub struct SelectionArgs {
     pub config: Option<PathBuf>,
 }
 
+/// How exchanges are described.
+#[derive(Args, Debug, Default, Clone)]
+pub struct HttpArgs {
+    /// A route template such as /api/v1/jobs/{job_id}: paths matching its literal segments get
+    /// it as their route. Repeatable. Other paths have ids (numbers, UUIDs, hex, long tokens)
+    /// replaced by {id}.
+    #[arg(long = "route", value_name = "TEMPLATE")]
+    pub routes: Vec<String>,
+    /// Another request/response header to keep in exchanges (secrets such as Authorization,
+    /// Cookie or API keys are never kept). Repeatable.
+    #[arg(long = "header", value_name = "NAME")]
+    pub headers: Vec<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     pub selection: SelectionArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
     #[arg(long, value_name = "PATH|-|off")]
     pub log: Option<String>,
-    /// Print raw kernel events, one JSON object each.
+    /// Print raw kernel events, one JSON object each, instead of HTTP exchanges.
     #[arg(long)]
     pub events: bool,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
@@ -92,9 +108,11 @@ pub struct RecordArgs {
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// Print the raw kernel events, one JSON object each.
+    /// Print the raw kernel events, one JSON object each, instead of HTTP exchanges.
     #[arg(long)]
     pub events: bool,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// The record file (from `traceo-agent record`).
     pub file: PathBuf,
     /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].

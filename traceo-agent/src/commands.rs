@@ -1,12 +1,16 @@
-//! The subcommands, wiring stages together.
+//! The subcommands, wiring a source to a sink.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 
 use crate::{
-    cli::{RecordArgs, ReplayArgs, RunArgs},
+    cli::{HttpArgs, RecordArgs, ReplayArgs, RunArgs},
     event_json::EventPrinter,
+    http::TrackerConfig,
     live::{self, LiveOptions},
     metrics::{
         Metrics, MetricsConfig,
@@ -14,6 +18,7 @@ use crate::{
     },
     output::LineSink,
     record::RecordWriter,
+    sink::{EventLines, EventSink, HttpPipeline, Recorder},
     source::{EventSource, FileSource},
 };
 
@@ -24,72 +29,85 @@ fn seconds(d: Option<f64>) -> anyhow::Result<Option<Duration>> {
     d.map(|s| Duration::try_from_secs_f64(s).context("--duration must be a positive number of seconds")).transpose()
 }
 
+fn tracker_config(services: Vec<String>, http: &HttpArgs) -> TrackerConfig {
+    TrackerConfig {
+        service_names: services,
+        routes: http.routes.clone(),
+        extra_headers: http.headers.clone(),
+        ..TrackerConfig::default()
+    }
+}
+
+/// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges.
+fn output_sink(
+    events: bool,
+    services: Vec<String>,
+    http: &HttpArgs,
+    clock_offset_ns: i64,
+    metrics: Option<Arc<Metrics>>,
+    out: LineSink,
+) -> Box<dyn EventSink> {
+    if events {
+        Box::new(EventLines { printer: EventPrinter::new(services), out })
+    } else {
+        Box::new(HttpPipeline::new(tracker_config(services, http), clock_offset_ns, metrics, out))
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
-    let mut sink = LineSink::open(args.log.as_deref().or(sel.log.as_deref()))?;
-    let mut printer = EventPrinter::new(sel.services.iter().map(|s| s.name.clone()).collect());
+    let out = LineSink::open(args.log.as_deref().or(sel.log.as_deref()))?;
     let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
     let ready = Readiness::default();
-    if let Some(addr) = server::parse_addr(
-        args.metrics_addr.as_deref().or(sel.metrics_addr.as_deref()).unwrap_or(DEFAULT_METRICS_ADDR),
-    )? {
+    let addr = args.metrics_addr.as_deref().or(sel.metrics_addr.as_deref()).unwrap_or(DEFAULT_METRICS_ADDR);
+    if let Some(addr) = server::parse_addr(addr)? {
         server::spawn(addr, metrics.clone(), ready.clone()).await?;
     }
+    let services = sel.services.iter().map(|s| s.name.clone()).collect();
+    let mut sink =
+        output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), Some(metrics.clone()), out);
     let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready };
-    let summary = live::trace(
-        &sel,
-        opts,
-        |event| sink.line(&printer.to_json(event).to_string()),
-        |s| log::debug!("{} events, {} lost", s.events, s.lost),
-    )
-    .await?;
-    sink.flush()?;
+    let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
     Ok(())
 }
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
-    let mut writer = RecordWriter::create(&args.out, &live::record_meta(&sel))?;
-    let mut failed = None;
-    let summary = live::trace(
-        &sel,
-        LiveOptions { duration: seconds(args.duration)?, ..LiveOptions::default() },
-        |event| {
-            if failed.is_none() {
-                if let Err(e) = writer.write(event) {
-                    failed = Some(e);
-                }
-            }
-            Ok(())
-        },
-        |s| log::info!("recording: {} events, {} lost in the kernel", s.events, s.lost),
-    )
-    .await?;
-    let (events, bytes) = (writer.events, writer.bytes);
-    writer.finish()?;
-    if let Some(e) = failed {
-        return Err(e.context(format!("recording to {} stopped", args.out.display())));
-    }
-    log::info!(
-        "recorded {events} events ({:.1} MiB) to {}; {} lost in the kernel",
-        bytes as f64 / (1 << 20) as f64,
-        args.out.display(),
-        summary.lost
-    );
+    let writer = RecordWriter::create(&args.out, &live::record_meta(&sel))?;
+    let mut sink = Recorder { writer: Some(writer), last_progress: Instant::now() };
+    let opts = LiveOptions { duration: seconds(args.duration)?, ..LiveOptions::default() };
+    let summary = live::trace(&sel, opts, &mut sink).await?;
+    log::info!("wrote {}; {} events lost in the kernel", args.out.display(), summary.lost);
     Ok(())
 }
 
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut source = FileSource::open(&args.file)?;
-    let mut sink = LineSink::open(args.log.as_deref())?;
-    let mut printer = EventPrinter::new(source.reader.meta.services.clone());
-    let mut count = 0u64;
-    while let Some(event) = source.next_event().await? {
-        count += 1;
-        sink.line(&printer.to_json(&event).to_string())?;
-    }
-    sink.flush()?;
+    let meta = source.reader.meta.clone();
+    let out = LineSink::open(args.log.as_deref())?;
+    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, None, out);
+    let count = replay_into(&mut source, sink.as_mut()).await?;
     log::info!("replayed {count} events from {}", args.file.display());
     Ok(())
+}
+
+/// Feed a file's events to a sink, ticking by event time so idle connections expire as
+/// they did live.
+async fn replay_into(source: &mut FileSource, sink: &mut dyn EventSink) -> anyhow::Result<u64> {
+    let mut count = 0u64;
+    let mut last_tick = 0u64;
+    while let Some(event) = source.next_event().await? {
+        count += 1;
+        let now = event.meta().ts_ns;
+        if now >= last_tick + 1_000_000_000 {
+            if last_tick != 0 {
+                sink.tick(now)?;
+            }
+            last_tick = now;
+        }
+        sink.event(&event)?;
+    }
+    sink.finish()?;
+    Ok(count)
 }

@@ -5,6 +5,7 @@
 //! - `source`: ring buffer or record file -> `events` (decoded by `decode`; wire types stop there)
 //! - `tracking`: which processes are traced (`selector`, `procfs`)
 //! - `record`: the record file format
+//! - `http`: byte streams -> HTTP exchanges; `metrics`: Prometheus; `sink`: what consumes events
 //! - `event_json`, `output`: what is printed
 //! - `live`, `check`, `commands`: the subcommands
 
@@ -14,6 +15,7 @@ pub mod commands;
 pub mod decode;
 pub mod event_json;
 pub mod events;
+pub mod http;
 pub mod live;
 pub mod loader;
 pub mod metrics;
@@ -21,5 +23,6 @@ pub mod output;
 pub mod procfs;
 pub mod record;
 pub mod selector;
+pub mod sink;
 pub mod source;
 pub mod tracking;

@@ -1,5 +1,5 @@
-//! The live loop shared by `run` and `record`: load, attach, follow processes, hand every
-//! event to a sink, stop on a signal or after `--duration`, detach, report.
+//! The live loop shared by `run` and `record`: load, attach, follow processes, feed an
+//! `EventSink`, stop on a signal or after `--duration`, detach, report.
 
 use std::{
     sync::Arc,
@@ -7,7 +7,6 @@ use std::{
 };
 
 use prometheus_client::metrics::counter::Counter;
-
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -16,8 +15,9 @@ use crate::{
     loader::{self, KernelStats, LoadOptions, STAT_NAMES},
     metrics::{Metrics, PipelineCounts, server::Readiness},
     record::RecordMeta,
+    sink::EventSink,
     source::{EventSource, RingSource},
-    tracking::ProcessTracker,
+    tracking::{PidMap, ProcessTracker},
 };
 
 /// What the live loop reports at its end.
@@ -28,6 +28,16 @@ pub struct Summary {
     pub decode_errors: u64,
 }
 
+/// Options of the live loop besides the selection.
+#[derive(Default)]
+pub struct LiveOptions {
+    pub duration: Option<Duration>,
+    /// Where the agent's own counters go.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Set once the probes are attached and the loop runs.
+    pub ready: Readiness,
+}
+
 pub fn record_meta(sel: &Selection) -> RecordMeta {
     RecordMeta {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -36,15 +46,6 @@ pub fn record_meta(sel: &Selection) -> RecordMeta {
         capture_bytes: sel.capture_bytes,
         services: sel.services.iter().map(|s| s.name.clone()).collect(),
     }
-}
-
-/// Options of the live loop besides the selection.
-#[derive(Default)]
-pub struct LiveOptions {
-    pub duration: Option<Duration>,
-    /// Where the agent's own counters go; `ready` is set once probes are attached.
-    pub metrics: Option<Arc<Metrics>>,
-    pub ready: Readiness,
 }
 
 /// Per-kind "events read" counters, resolved once.
@@ -69,86 +70,81 @@ impl EventCounters {
     }
 }
 
-/// Let the tracker see every event; pass on those about traced processes.
-fn deliver<M: crate::tracking::PidMap>(
-    event: &Event,
-    tracker: &mut ProcessTracker<M>,
-    summary: &mut Summary,
-    counters: &EventCounters,
-    sink: &mut impl FnMut(&Event) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    counters.count(event);
-    if tracker.on_event(event) {
-        summary.events += 1;
-        sink(event)?;
-    }
-    Ok(())
+struct Loop<'a, M: PidMap, S: EventSink + ?Sized> {
+    tracker: ProcessTracker<M>,
+    sink: &'a mut S,
+    counters: EventCounters,
+    summary: Summary,
 }
 
-/// The kernel's counters and the source's decode errors, for the agent's metrics.
+impl<M: PidMap, S: EventSink + ?Sized> Loop<'_, M, S> {
+    /// Let the tracker see every event; pass on those about traced processes.
+    fn deliver(&mut self, event: &Event) -> anyhow::Result<()> {
+        self.counters.count(event);
+        if self.tracker.on_event(event) {
+            self.summary.events += 1;
+            self.sink.event(event)?;
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's counters and the source's decode errors, for the agent's metrics (the
+/// sink adds its own).
 fn pipeline_counts(kernel: &[u64; traceo_ebpf_common::stat::COUNT as usize], decode_errors: u64) -> PipelineCounts {
     PipelineCounts {
         kernel_drops: STAT_NAMES
             .iter()
             .zip(kernel)
-            .filter(|(name, _)| !matches!(**name, "data_events"))
-            .map(|(name, v)| (*name, *v))
+            .filter(|(n, _)| **n != "data_events")
+            .map(|(n, v)| (*n, *v))
             .collect(),
         decode_errors,
         ..PipelineCounts::default()
     }
 }
 
-/// Trace until a signal or `duration`, passing every event to `sink`; `progress` is called
-/// every few seconds with the running counts.
-pub async fn trace(
-    sel: &Selection,
-    opts: LiveOptions,
-    mut sink: impl FnMut(&Event) -> anyhow::Result<()>,
-    mut progress: impl FnMut(&Summary),
-) -> anyhow::Result<Summary> {
+/// Trace until a signal or the duration, feeding `sink`.
+pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, sink: &mut S) -> anyhow::Result<Summary> {
     let trace_all = sel.services.is_empty();
     let mut probes = loader::load(&LoadOptions { capture_bytes: sel.capture_bytes, trace_all })?;
     probes.spawn_logger()?;
     let mut source = RingSource::new(probes.take_ring()?)?;
     let stats = probes.take_stats()?;
-    let mut tracker = ProcessTracker::new(sel.services.clone(), probes.take_traced_pids()?);
+    let tracker = ProcessTracker::new(sel.services.clone(), probes.take_traced_pids()?);
+    let counters = EventCounters::new(opts.metrics.as_deref());
+    let mut lp = Loop { tracker, sink, counters, summary: Summary::default() };
     probes.attach()?;
     if trace_all {
         log::info!("no --service given: tracing every process but the agent");
     } else {
-        tracker.scan();
-        if tracker.traced().is_empty() {
+        lp.tracker.scan();
+        if lp.tracker.traced().is_empty() {
             log::warn!("no running process matches the --service selectors yet; waiting for one to start");
         }
     }
     opts.ready.set_ready();
-    log::info!("ready");
-    let counters = EventCounters::new(opts.metrics.as_deref());
+    log::info!("ready: probes attached, events flowing");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut summary = Summary::default();
-    let mut last_progress = Instant::now();
     loop {
         let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         tokio::select! {
             event = source.next_event() => {
                 let Some(event) = event? else { break };
-                deliver(&event, &mut tracker, &mut summary, &counters, &mut sink)?;
+                lp.deliver(&event)?;
             }
             _ = tick.tick() => {
-                tracker.rescan_ports();
+                lp.tracker.rescan_ports();
+                lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {
-                    metrics.agent.update(&pipeline_counts(&stats.read(), source.decode_errors));
+                    let mut counts = pipeline_counts(&stats.read(), source.decode_errors);
+                    lp.sink.counts(&mut counts);
+                    metrics.agent.update(&counts);
                     metrics.http.expire(Instant::now());
-                }
-                if last_progress.elapsed() >= Duration::from_secs(5) {
-                    summary.lost = KernelStats::lost(&stats.read());
-                    progress(&summary);
-                    last_progress = Instant::now();
                 }
             }
             _ = sigint.recv() => { log::info!("interrupted"); break; }
@@ -158,13 +154,15 @@ pub async fn trace(
     }
     probes.detach();
     // What the kernel wrote before the detach is still in the ring buffer.
-    source.drain(|event| deliver(&event, &mut tracker, &mut summary, &counters, &mut sink))?;
+    source.drain(|event| lp.deliver(&event))?;
+    lp.sink.finish()?;
     let kernel = stats.read();
+    let mut summary = lp.summary;
     summary.lost = KernelStats::lost(&kernel);
     summary.decode_errors = source.decode_errors;
-    let counters: Vec<String> =
+    let nonzero: Vec<String> =
         STAT_NAMES.iter().zip(kernel).filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
-    log::info!("kernel counters: {}", if counters.is_empty() { "all zero".to_owned() } else { counters.join(" ") });
+    log::info!("kernel counters: {}", if nonzero.is_empty() { "all zero".to_owned() } else { nonzero.join(" ") });
     if summary.lost > 0 {
         log::warn!("{} events were lost in the kernel (ring buffer full)", summary.lost);
     }

@@ -75,15 +75,21 @@ pub fn listening_ports(pid: u32, listening: &HashMap<u64, u16>) -> Vec<u16> {
     ports
 }
 
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 /// CLOCK_REALTIME - CLOCK_MONOTONIC in ns: converts kernel timestamps to wall-clock time.
 pub fn clock_offset_ns() -> i64 {
-    fn now(clock: libc::clockid_t) -> i64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: valid pointer to a local timespec.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-    }
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel's event timestamps.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
 pub fn hostname() -> String {

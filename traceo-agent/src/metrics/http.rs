@@ -33,7 +33,8 @@ pub struct Observation<'a> {
     pub status: Option<u16>,
     /// Client side: the `host[:port]` it called.
     pub server_address: Option<&'a str>,
-    pub duration_s: f64,
+    /// `None` without a response: counted, but not in the duration histogram.
+    pub duration_s: Option<f64>,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
     pub trace_id: Option<&'a str>,
@@ -170,7 +171,9 @@ impl HttpMetrics {
         let side = if o.server { &self.server } else { &self.client };
         let h = histogram_labels(&labels);
         let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_owned() });
-        side.duration.get_or_create(&h).observe(o.duration_s, exemplar, None);
+        if let Some(duration) = o.duration_s {
+            side.duration.get_or_create(&h).observe(duration, exemplar, None);
+        }
         side.request_size.get_or_create(&h).observe(o.request_body_bytes as f64);
         side.response_size.get_or_create(&h).observe(o.response_body_bytes as f64);
     }
@@ -227,7 +230,7 @@ mod tests {
             route,
             status: Some(status),
             server_address: (!server).then_some("127.0.0.1:8000"),
-            duration_s: 0.02,
+            duration_s: Some(0.02),
             request_body_bytes: 0,
             response_body_bytes: 300,
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),

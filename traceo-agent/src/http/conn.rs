@@ -1,0 +1,149 @@
+//! One tracked connection: protocol detection, its parser, and request/response pairing,
+//! turning parser outputs into exchanges and counters.
+
+use crate::events::{Data, Direction};
+
+use super::detect::{Detector, Verdict};
+use super::exchange::{ConnInfo, Exchange, Role};
+use super::pairing::Pairing;
+use super::parser::{HttpMessage, Output, ProtocolParser, Segment};
+use super::route::RouteNormalizer;
+use super::stats::TrackerStats;
+
+/// What a connection needs from the tracker while it works.
+pub struct Ctx<'a> {
+    pub stats: &'a mut TrackerStats,
+    pub routes: &'a RouteNormalizer,
+    pub out: &'a mut dyn FnMut(Exchange),
+}
+
+enum Proto {
+    Detecting(Detector, Box<dyn ProtocolParser>),
+    Active(Box<dyn ProtocolParser>),
+    /// Not HTTP (counted once), or finished: later bytes are ignored.
+    Ignored,
+}
+
+pub struct Conn {
+    pub info: ConnInfo,
+    /// The process that opened (or first used) the connection; its exit ends it.
+    pub pid: u32,
+    /// Latest event time, for idle expiry.
+    pub last_ns: u64,
+    /// Known from an open event (not just from its data).
+    pub opened: bool,
+    proto: Proto,
+    pairing: Pairing,
+    scratch: Vec<Output>,
+}
+
+impl Conn {
+    pub fn new(info: ConnInfo, pid: u32, now_ns: u64, parser: Box<dyn ProtocolParser>) -> Self {
+        Conn::with(info, pid, now_ns, Proto::Detecting(Detector::default(), parser))
+    }
+
+    /// A connection known not to carry anything we parse (datagram sockets).
+    pub fn ignored(info: ConnInfo, pid: u32, now_ns: u64) -> Self {
+        Conn::with(info, pid, now_ns, Proto::Ignored)
+    }
+
+    fn with(info: ConnInfo, pid: u32, now_ns: u64, proto: Proto) -> Self {
+        Conn { info, pid, last_ns: now_ns, opened: false, proto, pairing: Pairing::default(), scratch: Vec::new() }
+    }
+
+    pub fn on_data(&mut self, d: &Data, ctx: &mut Ctx<'_>) {
+        for seg in Segment::from_data(d).into_iter().flatten() {
+            self.on_segment(d.direction, seg, ctx);
+        }
+        let peer_eof = d.direction == Direction::Ingress && d.total_len == 0 && d.payload.is_empty();
+        let responses_ended = match &self.proto {
+            Proto::Active(p) => p.request_direction() == Some(Direction::Egress),
+            Proto::Detecting(..) | Proto::Ignored => false,
+        };
+        // A client whose peer closed can get no more responses: flush now. A server may
+        // still answer what it read, so it waits for close.
+        if peer_eof && responses_ended {
+            self.finish(ctx);
+        }
+    }
+
+    fn on_segment(&mut self, dir: Direction, seg: Segment, ctx: &mut Ctx<'_>) {
+        match std::mem::replace(&mut self.proto, Proto::Ignored) {
+            Proto::Detecting(mut det, parser) => match det.push(dir, seg, parser.as_ref()) {
+                Verdict::Undecided => self.proto = Proto::Detecting(det, parser),
+                Verdict::NoMatch => ctx.stats.non_http_connections += 1,
+                Verdict::Match(held) => {
+                    self.proto = Proto::Active(parser);
+                    for (d, s) in held {
+                        self.feed(d, s, ctx);
+                    }
+                }
+            },
+            Proto::Active(parser) => {
+                self.proto = Proto::Active(parser);
+                self.feed(dir, seg, ctx);
+            }
+            Proto::Ignored => {}
+        }
+    }
+
+    fn feed(&mut self, dir: Direction, seg: Segment, ctx: &mut Ctx<'_>) {
+        let mut outputs = std::mem::take(&mut self.scratch);
+        if let Proto::Active(p) = &mut self.proto {
+            p.parse(dir, seg, &mut outputs);
+        }
+        self.handle(&mut outputs, ctx);
+        self.scratch = outputs;
+    }
+
+    /// The connection ended (close, exit, expiry, eviction): flush everything.
+    pub fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        if let Proto::Active(p) = &mut self.proto {
+            let mut outputs = std::mem::take(&mut self.scratch);
+            p.finish(&mut outputs);
+            self.handle(&mut outputs, ctx);
+        }
+        let role = self.role();
+        let (unanswered, unpaired) = self.pairing.flush();
+        ctx.stats.unpaired_responses += unpaired as u64;
+        for req in unanswered {
+            self.emit(role, req, None, ctx);
+        }
+        self.proto = Proto::Ignored;
+    }
+
+    fn role(&self) -> Role {
+        match &self.proto {
+            Proto::Active(p) if p.request_direction() == Some(Direction::Egress) => Role::Client,
+            _ => Role::Server,
+        }
+    }
+
+    fn handle(&mut self, outputs: &mut Vec<Output>, ctx: &mut Ctx<'_>) {
+        let role = self.role();
+        for o in outputs.drain(..) {
+            match o {
+                Output::Message(m) => {
+                    if let Some((req, resp)) = self.pairing.push(m) {
+                        self.emit(role, req, resp, ctx);
+                    }
+                }
+                Output::Error(kind) => ctx.stats.record_parse_error(kind, self.info.conn_id),
+                Output::Resynced => ctx.stats.midstream_resyncs += 1,
+                Output::UnpairedResponse => ctx.stats.unpaired_responses += 1,
+                Output::NotThisProtocol => {
+                    ctx.stats.non_http_connections += 1;
+                    self.proto = Proto::Ignored;
+                }
+            }
+        }
+    }
+
+    fn emit(&self, role: Role, req: HttpMessage, resp: Option<HttpMessage>, ctx: &mut Ctx<'_>) {
+        if resp.is_none() {
+            ctx.stats.unpaired_requests += 1;
+        }
+        ctx.stats.exchanges += 1;
+        (ctx.out)(Exchange::build(&self.info, role, req, resp, ctx.routes));
+    }
+}

@@ -1,0 +1,192 @@
+//! The record that crosses the rest of the pipeline: one request and its response.
+
+use std::net::SocketAddr;
+
+use super::headers::KeptHeaders;
+use super::parser::{HttpMessage, Version};
+use super::route::RouteNormalizer;
+
+/// Seen from the traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The process received the request.
+    Server,
+    /// The process sent the request.
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// Things worth knowing about how an exchange was observed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// Some bytes were not captured, or a message was cut off by the end of the stream.
+    pub truncated: bool,
+    /// The connection was joined mid-stream.
+    pub midstream: bool,
+    pub parse_error: bool,
+    /// The connection switched protocols after this exchange (101, CONNECT).
+    pub upgraded: bool,
+    pub no_response: bool,
+}
+
+impl Flags {
+    /// The set flags' names, in a fixed order.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.truncated, "truncated"),
+            (self.midstream, "midstream"),
+            (self.parse_error, "parse_error"),
+            (self.upgraded, "upgraded"),
+            (self.no_response, "no_response"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// Where an exchange happened (from the connection).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub service: String,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub midstream: bool,
+}
+
+/// One HTTP exchange.
+///
+/// Timestamps are CLOCK_MONOTONIC ns, taken from the data events that carried the bytes:
+/// a message's first byte is the carrying syscall's `enter_ns` when the process sent it and
+/// its `exit_ns` when the process received it (a blocking read's entry says when the process
+/// began waiting, not when the bytes came); its last byte is the carrying syscall's `exit_ns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub service: String,
+    pub role: Role,
+    /// Process and thread that read (server) or wrote (client) the request's first bytes.
+    pub pid: u32,
+    pub tid: u32,
+    pub conn_id: u64,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub method: String,
+    /// Redacted.
+    pub target: String,
+    pub route: String,
+    pub version: Option<Version>,
+    /// `None` without a (parseable) response.
+    pub status: Option<u16>,
+    /// Selected, non-secret headers.
+    pub request_headers: KeptHeaders,
+    pub response_headers: KeptHeaders,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: Option<u64>,
+    /// First bytes of each body, for later JSON/MCP parsing; never printed.
+    pub request_body_prefix: Vec<u8>,
+    pub response_body_prefix: Vec<u8>,
+    pub request_first_ns: u64,
+    pub request_last_ns: u64,
+    pub response_first_ns: Option<u64>,
+    pub response_last_ns: Option<u64>,
+    pub flags: Flags,
+    /// Filled by the correlation stage.
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub parent_span_id: Option<String>,
+    pub job_id: Option<String>,
+}
+
+impl Exchange {
+    /// Join a request with its response (if any).
+    pub fn build(
+        conn: &ConnInfo,
+        role: Role,
+        req: HttpMessage,
+        resp: Option<HttpMessage>,
+        routes: &RouteNormalizer,
+    ) -> Exchange {
+        let target = req.target.unwrap_or_default();
+        let flags = Flags {
+            truncated: req.truncated || resp.as_ref().is_some_and(|r| r.truncated),
+            midstream: conn.midstream,
+            parse_error: req.parse_error || resp.as_ref().is_some_and(|r| r.parse_error),
+            upgraded: resp.as_ref().is_some_and(|r| r.upgraded),
+            no_response: resp.is_none(),
+        };
+        let resp = resp.unwrap_or_default();
+        let answered = !flags.no_response;
+        Exchange {
+            service: conn.service.clone(),
+            role,
+            pid: req.pid,
+            tid: req.tid,
+            conn_id: conn.conn_id,
+            local: conn.local,
+            peer: conn.peer,
+            method: req.method.unwrap_or_default(),
+            route: routes.normalize(&target),
+            target,
+            version: req.version,
+            status: resp.status,
+            request_headers: req.headers,
+            response_headers: resp.headers,
+            request_body_bytes: req.body_size,
+            response_body_bytes: answered.then_some(resp.body_size),
+            request_body_prefix: req.body_prefix,
+            response_body_prefix: resp.body_prefix,
+            request_first_ns: req.start_ns,
+            request_last_ns: req.end_ns,
+            response_first_ns: answered.then_some(resp.start_ns),
+            response_last_ns: answered.then_some(resp.end_ns),
+            flags,
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            job_id: None,
+        }
+    }
+
+    /// Request first byte to response last byte.
+    pub fn duration_ns(&self) -> Option<u64> {
+        self.response_last_ns.map(|end| end.saturating_sub(self.request_first_ns))
+    }
+
+    /// Request first byte to response first byte.
+    pub fn ttfb_ns(&self) -> Option<u64> {
+        self.response_first_ns.map(|first| first.saturating_sub(self.request_first_ns))
+    }
+
+    /// X-Correlation-ID, else X-Request-ID (request first, then response).
+    pub fn correlation_id(&self) -> Option<&str> {
+        ["x-correlation-id", "x-request-id"]
+            .iter()
+            .find_map(|name| self.request_headers.get(name).or_else(|| self.response_headers.get(name)))
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.request_headers.get("host")
+    }
+
+    pub fn user_agent(&self) -> Option<&str> {
+        self.request_headers.get("user-agent")
+    }
+
+    /// The response's content type, else the request's.
+    pub fn content_type(&self) -> Option<&str> {
+        self.response_headers.get("content-type").or_else(|| self.request_headers.get("content-type"))
+    }
+
+    pub fn traceparent(&self) -> Option<&str> {
+        self.request_headers.get("traceparent")
+    }
+}

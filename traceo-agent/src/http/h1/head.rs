@@ -1,0 +1,225 @@
+//! Parsing a complete HTTP/1.x head (start line + header fields) into what framing needs
+//! and what the exchange keeps.
+
+use crate::http::headers::{HeaderSelection, KeptHeaders};
+use crate::http::parser::{Kind, ParseErrorKind, Version};
+use crate::http::redact::redact_target;
+
+use super::startline::{Line, request_line, status_line};
+
+/// Stored targets are cut to this many bytes.
+const MAX_STORED_TARGET: usize = 4096;
+
+/// The start line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// `target` is already redacted.
+    Request {
+        method: String,
+        target: String,
+        version: Version,
+    },
+    Response {
+        version: Version,
+        status: u16,
+    },
+}
+
+/// Header facts that decide framing and protocol switches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Framing {
+    pub content_length: Option<u64>,
+    /// Transfer-Encoding present.
+    pub transfer_encoding: bool,
+    /// ... and its last coding is `chunked`.
+    pub chunked: bool,
+    pub upgrade: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub start: Start,
+    pub headers: KeptHeaders,
+    pub framing: Framing,
+}
+
+/// A head that failed; `start` is kept when the start line itself was fine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadError {
+    pub kind: ParseErrorKind,
+    pub start: Option<Start>,
+}
+
+/// Index just past the blank line ending a head or trailer section in `buf`, searching
+/// from `from` (callers back up over bytes that may start a terminator).
+pub fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(rel) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+        let nl = i + rel;
+        match (buf.get(nl + 1), buf.get(nl + 2)) {
+            (Some(b'\n'), _) => return Some(nl + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// The start line alone, for early validation and for heads that fail later.
+pub fn parse_start(buf: &[u8], kind: Kind) -> Line<(Start, usize)> {
+    match kind {
+        Kind::Request => match request_line(buf) {
+            Line::Yes(l) => {
+                let raw = String::from_utf8_lossy(l.target);
+                let mut target = redact_target(&raw);
+                if target.len() > MAX_STORED_TARGET {
+                    let mut cut = MAX_STORED_TARGET;
+                    while !target.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    target.truncate(cut);
+                }
+                let start = Start::Request { method: l.method.to_string(), target, version: l.version };
+                Line::Yes((start, l.len))
+            }
+            Line::No => Line::No,
+            Line::Partial => Line::Partial,
+        },
+        Kind::Response => match status_line(buf) {
+            Line::Yes(l) => Line::Yes((Start::Response { version: l.version, status: l.status }, l.len)),
+            Line::No => Line::No,
+            Line::Partial => Line::Partial,
+        },
+    }
+}
+
+/// The error for a start line that is not one.
+pub fn bad_start(kind: Kind) -> ParseErrorKind {
+    match kind {
+        Kind::Request => ParseErrorKind::BadRequestLine,
+        Kind::Response => ParseErrorKind::BadStatusLine,
+    }
+}
+
+/// Parse a whole head (`buf` ends with its blank line).
+pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head, HeadError> {
+    let (start, line_len) = match parse_start(buf, kind) {
+        Line::Yes(s) => s,
+        Line::No | Line::Partial => {
+            return Err(HeadError { kind: bad_start(kind), start: None });
+        }
+    };
+    let fail = |k| HeadError { kind: k, start: Some(start.clone()) };
+    let mut headers = KeptHeaders::default();
+    let mut framing = Framing::default();
+    let fields = buf.get(line_len..).unwrap_or_default();
+    for raw in fields.split(|&b| b == b'\n') {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() {
+            continue;
+        }
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            // Obsolete line folding: a continuation of a field we don't need whole.
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(fail(ParseErrorKind::BadHeader));
+        };
+        let name_bytes = line.get(..colon).unwrap_or_default();
+        let value = trim(line.get(colon + 1..).unwrap_or_default());
+        let Some(name) = std::str::from_utf8(name_bytes).ok().filter(|n| is_token(n)) else {
+            return Err(fail(ParseErrorKind::BadHeader));
+        };
+        apply_framing(&mut framing, name, value).map_err(fail)?;
+        if sel.wants(name) {
+            headers.push(name, value);
+        }
+    }
+    if kind == Kind::Request && framing.transfer_encoding && !framing.chunked {
+        // A request body without chunked framing has no knowable end.
+        return Err(fail(ParseErrorKind::BadTransferEncoding));
+    }
+    Ok(Head { start, headers, framing })
+}
+
+fn apply_framing(f: &mut Framing, name: &str, value: &[u8]) -> Result<(), ParseErrorKind> {
+    if name.eq_ignore_ascii_case("content-length") {
+        // `5, 5` (merged duplicates) is allowed; differing values are not.
+        for part in value.split(|&b| b == b',') {
+            let n = parse_decimal(trim(part)).ok_or(ParseErrorKind::BadContentLength)?;
+            if f.content_length.is_some_and(|prev| prev != n) {
+                return Err(ParseErrorKind::BadContentLength);
+            }
+            f.content_length = Some(n);
+        }
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        let last = value.split(|&b| b == b',').map(trim).rfind(|c| !c.is_empty());
+        f.transfer_encoding = true;
+        f.chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    } else if name.eq_ignore_ascii_case("upgrade") {
+        f.upgrade = !value.is_empty();
+    }
+    Ok(())
+}
+
+fn parse_decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(head: &str) -> Result<Head, HeadError> {
+        parse_head(head.as_bytes(), Kind::Request, &HeaderSelection::default())
+    }
+
+    #[test]
+    fn framing_headers() {
+        let h = req("POST /x HTTP/1.1\r\nContent-Length: 5, 5\r\nHost: a\r\n\r\n").unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(h.framing.content_length, Some(5));
+        assert_eq!(h.headers.get("host"), Some("a"));
+        let h = req("POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n").unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(h.framing.chunked);
+    }
+
+    #[test]
+    fn bad_heads_are_classified() {
+        let kind = |s: &str| req(s).err().map(|e| (e.kind, e.start.is_some()));
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Some((ParseErrorKind::BadContentLength, true))
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Some((ParseErrorKind::BadContentLength, true))
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Some((ParseErrorKind::BadTransferEncoding, true))
+        );
+        assert_eq!(kind("GET / HTTP/1.1\r\nno colon here\r\n\r\n"), Some((ParseErrorKind::BadHeader, true)));
+        assert_eq!(kind("GETX / HTTP/1.1\r\n\r\n"), Some((ParseErrorKind::BadRequestLine, false)));
+    }
+
+    #[test]
+    fn blank_line_search() {
+        assert_eq!(find_blank_line(b"a\r\n\r\nrest", 0), Some(5));
+        assert_eq!(find_blank_line(b"a\n\nrest", 0), Some(3));
+        assert_eq!(find_blank_line(b"a\r\nb\r\n", 0), None);
+        assert_eq!(find_blank_line(b"\n\r\n", 0), Some(3));
+    }
+}

@@ -1,0 +1,375 @@
+//! One direction of an HTTP/1.x connection: heads, bodies and resynchronisation, one
+//! segment step at a time. Decisions that need the other direction (how a response is
+//! framed, whether a message may start) are the connection's (`h1::Http1Parser`).
+
+use std::sync::Arc;
+
+use crate::http::headers::HeaderSelection;
+use crate::http::parser::{HttpMessage, Kind, ParseErrorKind, SegKind, Segment};
+
+use super::body::{Body, BodyFraming};
+use super::head::{Framing, Start, bad_start, find_blank_line, parse_head, parse_start};
+use super::resync::{Scanner, Want};
+use super::startline::Line;
+
+/// Limits shared by every reader of a tracker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_buffer_bytes: usize,
+    pub body_prefix_bytes: usize,
+    pub headers: Arc<HeaderSelection>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 64 * 1024,
+            max_buffer_bytes: 256 * 1024,
+            body_prefix_bytes: 4096,
+            headers: Arc::default(),
+        }
+    }
+}
+
+/// What a step produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReaderEvent {
+    /// A head is complete; the connection must answer with `set_framing`.
+    Head {
+        start: Start,
+        framing: Framing,
+        start_ns: u64,
+    },
+    Complete(HttpMessage),
+    /// The message (if one had started) is given up; the reader is resynchronising.
+    /// `announced`: its head was reported as `Head` earlier.
+    Failed {
+        kind: ParseErrorKind,
+        msg: Option<HttpMessage>,
+        announced: bool,
+    },
+    /// A start line was found again.
+    Resynced(Kind),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Boundary,
+    /// Accumulating a head; `line_ok` once the start line was validated.
+    Head {
+        buf: Vec<u8>,
+        line_ok: bool,
+    },
+    /// Head reported, framing not set yet.
+    AwaitFraming,
+    Body(Body),
+    Resync(Want),
+    /// Upgraded or given up: consume everything.
+    Stopped,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reader {
+    /// `None` until the connection's role is known.
+    kind: Option<Kind>,
+    state: State,
+    msg: Option<HttpMessage>,
+    scanner: Scanner,
+}
+
+impl Reader {
+    /// A reader at a message boundary.
+    pub fn new(kind: Option<Kind>) -> Self {
+        Reader { kind, state: State::Boundary, msg: None, scanner: Scanner::default() }
+    }
+
+    /// A reader that first looks for a start line (midstream join).
+    pub fn resyncing(kind: Option<Kind>) -> Self {
+        let want = kind.map_or(Want::Either, Want::Only);
+        Reader { state: State::Resync(want), ..Reader::new(kind) }
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        self.kind
+    }
+
+    /// The role became known.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.kind = Some(kind);
+        if let State::Resync(w) = &mut self.state {
+            *w = Want::Only(kind);
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Boundary
+    }
+
+    pub fn stop(&mut self) {
+        self.state = State::Stopped;
+        self.msg = None;
+    }
+
+    /// Lose the place (bytes dropped): look for the next start line.
+    pub fn resync(&mut self) {
+        self.msg = None;
+        self.scanner.clear();
+        self.state = State::Resync(self.kind.map_or(Want::Either, Want::Only));
+    }
+
+    /// Bytes held in a partial head (for buffer accounting).
+    pub fn held_bytes(&self) -> usize {
+        match &self.state {
+            State::Head { buf, .. } => buf.len(),
+            _ => 0,
+        }
+    }
+
+    /// Answer to `Head`: how the body is framed. Returns the message if it is already
+    /// complete (no body).
+    pub fn set_framing(&mut self, framing: BodyFraming, upgraded: bool, lim: &Limits) -> Option<HttpMessage> {
+        if let Some(m) = &mut self.msg {
+            m.upgraded = upgraded;
+        }
+        let body = Body::new(framing, lim.body_prefix_bytes, lim.max_head_bytes);
+        if body.is_done() {
+            return self.complete(body, false);
+        }
+        self.state = State::Body(body);
+        None
+    }
+
+    /// Consume part of `seg` (never nothing unless the state changed).
+    pub fn step(&mut self, seg: &mut Segment, lim: &Limits) -> Option<ReaderEvent> {
+        match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Boundary => self.at_boundary_step(seg),
+            State::Head { buf, line_ok } => self.head_step(seg, buf, line_ok, lim),
+            State::Body(body) => self.body_step(seg, body),
+            State::Resync(want) => self.resync_step(seg, want),
+            State::AwaitFraming => {
+                // The connection always answers a `Head` at once; be safe anyway.
+                self.state = State::AwaitFraming;
+                None
+            }
+            State::Stopped => {
+                seg.consume_all();
+                None
+            }
+        }
+    }
+
+    fn at_boundary_step(&mut self, seg: &mut Segment) -> Option<ReaderEvent> {
+        self.state = State::Boundary;
+        match &seg.kind {
+            SegKind::Eof => {
+                seg.consume_all();
+                None
+            }
+            SegKind::Gap(n) if *n > 0 => {
+                // The next head went uncaptured.
+                self.msg = Some(self.new_message(seg));
+                seg.consume_all();
+                Some(self.fail(ParseErrorKind::LostBytesInHeaders, false))
+            }
+            SegKind::Gap(_) => None,
+            SegKind::Bytes(_) => {
+                self.msg = Some(self.new_message(seg));
+                self.state = State::Head { buf: Vec::new(), line_ok: false };
+                None
+            }
+        }
+    }
+
+    fn head_step(
+        &mut self,
+        seg: &mut Segment,
+        mut buf: Vec<u8>,
+        mut line_ok: bool,
+        lim: &Limits,
+    ) -> Option<ReaderEvent> {
+        let kind = self.kind.unwrap_or_default();
+        let bytes = match &seg.kind {
+            SegKind::Bytes(b) => b.clone(),
+            SegKind::Gap(_) => {
+                seg.consume_all();
+                self.keep_start(&buf, kind);
+                return Some(self.fail(ParseErrorKind::LostBytesInHeaders, false));
+            }
+            SegKind::Eof => {
+                // The stream ended inside a head: nothing worth reporting.
+                seg.consume_all();
+                self.msg = None;
+                self.state = State::Boundary;
+                return None;
+            }
+        };
+        self.touch(seg);
+        let old = buf.len();
+        buf.extend_from_slice(&bytes);
+        if !line_ok {
+            match parse_start(&buf, kind) {
+                Line::Yes(_) => line_ok = true,
+                Line::Partial => {}
+                Line::No => {
+                    seg.consume_all();
+                    self.keep_start(&buf, kind);
+                    return Some(self.fail(bad_start(kind), false));
+                }
+            }
+        }
+        let Some(end) = find_blank_line(&buf, old.saturating_sub(2)) else {
+            seg.consume_all();
+            if buf.len() > lim.max_head_bytes {
+                self.keep_start(&buf, kind);
+                return Some(self.fail(ParseErrorKind::HeaderTooLarge, false));
+            }
+            self.state = State::Head { buf, line_ok };
+            return None;
+        };
+        seg.advance(end.saturating_sub(old));
+        if end > lim.max_head_bytes {
+            self.keep_start(&buf, kind);
+            return Some(self.fail(ParseErrorKind::HeaderTooLarge, false));
+        }
+        match parse_head(buf.get(..end).unwrap_or_default(), kind, &lim.headers) {
+            Ok(head) => {
+                let mut start_ns = seg.start_ns;
+                if let Some(m) = &mut self.msg {
+                    apply_start(m, &head.start);
+                    m.headers = head.headers;
+                    start_ns = m.start_ns;
+                }
+                self.state = State::AwaitFraming;
+                Some(ReaderEvent::Head { start: head.start, framing: head.framing, start_ns })
+            }
+            Err(e) => {
+                if let (Some(m), Some(start)) = (&mut self.msg, &e.start) {
+                    apply_start(m, start);
+                }
+                let known = e.start.is_some();
+                if !known {
+                    self.msg = self.msg.take().filter(|_| kind == Kind::Response);
+                }
+                Some(self.fail(e.kind, false))
+            }
+        }
+    }
+
+    fn body_step(&mut self, seg: &mut Segment, mut body: Body) -> Option<ReaderEvent> {
+        let result = match &seg.kind {
+            SegKind::Bytes(b) => body.feed(b).map(|n| seg.advance(n)),
+            SegKind::Gap(n) => body.feed_gap(*n).map(|used| {
+                seg.advance(usize::try_from(used).unwrap_or(usize::MAX));
+                if let Some(m) = &mut self.msg {
+                    m.truncated = true;
+                }
+            }),
+            SegKind::Eof => {
+                seg.consume_all();
+                let clean = body.eof();
+                return self.complete(body, !clean).map(ReaderEvent::Complete);
+            }
+        };
+        self.touch(seg);
+        match result {
+            Err(kind) => {
+                if let Some(m) = &mut self.msg {
+                    m.body_size = body.size;
+                }
+                Some(self.fail(kind, true))
+            }
+            Ok(()) if body.is_done() => self.complete(body, false).map(ReaderEvent::Complete),
+            Ok(()) => {
+                self.state = State::Body(body);
+                None
+            }
+        }
+    }
+
+    fn resync_step(&mut self, seg: &mut Segment, want: Want) -> Option<ReaderEvent> {
+        self.state = State::Resync(want);
+        let found = match &seg.kind {
+            SegKind::Bytes(b) => self.scanner.scan(b, want),
+            SegKind::Gap(_) | SegKind::Eof => {
+                self.scanner.clear();
+                None
+            }
+        };
+        match found {
+            Some((kind, rest)) => {
+                seg.kind = SegKind::Bytes(rest);
+                self.state = State::Boundary;
+                Some(ReaderEvent::Resynced(kind))
+            }
+            None => {
+                seg.consume_all();
+                None
+            }
+        }
+    }
+
+    fn new_message(&self, seg: &Segment) -> HttpMessage {
+        HttpMessage {
+            kind: self.kind.unwrap_or_default(),
+            pid: seg.pid,
+            tid: seg.tid,
+            start_ns: seg.start_ns,
+            end_ns: seg.end_ns,
+            truncated: matches!(seg.kind, SegKind::Gap(_)),
+            ..HttpMessage::default()
+        }
+    }
+
+    fn touch(&mut self, seg: &Segment) {
+        if let Some(m) = &mut self.msg {
+            m.end_ns = m.end_ns.max(seg.end_ns);
+        }
+    }
+
+    /// A head failed after its start line: keep what the start line says.
+    fn keep_start(&mut self, buf: &[u8], kind: Kind) {
+        match (parse_start(buf, kind), &mut self.msg) {
+            (Line::Yes((start, _)), Some(m)) => apply_start(m, &start),
+            // A request is only worth reporting once its request line is known.
+            _ if kind == Kind::Request => self.msg = None,
+            _ => {}
+        }
+    }
+
+    fn complete(&mut self, body: Body, truncated: bool) -> Option<HttpMessage> {
+        self.state = State::Boundary;
+        let mut m = self.msg.take()?;
+        m.body_size = body.size;
+        m.truncated |= truncated || body.lost;
+        m.body_prefix = body.prefix;
+        if m.upgraded {
+            self.state = State::Stopped;
+        }
+        Some(m)
+    }
+
+    fn fail(&mut self, kind: ParseErrorKind, announced: bool) -> ReaderEvent {
+        let msg = self.msg.take().map(|mut m| {
+            m.parse_error = true;
+            m.truncated = true;
+            m
+        });
+        self.resync();
+        ReaderEvent::Failed { kind, msg, announced }
+    }
+}
+
+fn apply_start(m: &mut HttpMessage, start: &Start) {
+    match start {
+        Start::Request { method, target, version } => {
+            m.method = Some(method.clone());
+            m.target = Some(target.clone());
+            m.version = Some(*version);
+        }
+        Start::Response { version, status } => {
+            m.status = Some(*status);
+            m.version = Some(*version);
+        }
+    }
+}

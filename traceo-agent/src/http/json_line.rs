@@ -1,0 +1,115 @@
+//! The JSON line per exchange (schema in DESIGN.md): the required fields always present and
+//! in a fixed order, null where unknown, then extra fields. Bodies are never printed.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::exchange::Exchange;
+use super::headers::HeaderSelection;
+
+/// Maps CLOCK_MONOTONIC to wall-clock time: `wall_ns = mono_ns + offset_ns`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WallClock {
+    pub offset_ns: i64,
+}
+
+impl WallClock {
+    /// Wall-clock time of a monotonic timestamp; `None` before 1970.
+    pub fn wall(&self, mono_ns: u64) -> Option<SystemTime> {
+        let wall = i128::from(mono_ns) + i128::from(self.offset_ns);
+        let ns = u64::try_from(wall).ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_nanos(ns))
+    }
+
+    /// RFC 3339 with microseconds, UTC.
+    pub fn rfc3339(&self, mono_ns: u64) -> Option<String> {
+        self.wall(mono_ns).map(|t| humantime::format_rfc3339_micros(t).to_string())
+    }
+}
+
+/// Appends `"key":value` pairs to one JSON object.
+struct Obj(String);
+
+impl Obj {
+    fn new() -> Self {
+        Obj(String::from("{"))
+    }
+
+    fn field(&mut self, key: &str, value: Value) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        // Writing JSON values into a String cannot fail.
+        let _ = write!(self.0, "{}:{}", Value::from(key), value);
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+fn opt_str(v: Option<&str>) -> Value {
+    v.map_or(Value::Null, Value::from)
+}
+
+fn addr(a: Option<SocketAddr>) -> Value {
+    // SocketAddr's Display already writes IPv6 as `[::1]:80`.
+    a.map_or(Value::Null, |a| Value::from(a.to_string()))
+}
+
+/// Milliseconds with microsecond precision.
+fn millis(ns: Option<u64>) -> Value {
+    ns.map_or(Value::Null, |ns| {
+        let us = (ns / 1_000) as f64;
+        Value::from(us / 1_000.0)
+    })
+}
+
+impl Exchange {
+    /// One JSON object, no trailing newline.
+    pub fn to_json_line(&self, clock: &WallClock) -> String {
+        let mut o = Obj::new();
+        o.field("ts", opt_str(clock.rfc3339(self.request_first_ns).as_deref()));
+        o.field("service", Value::from(self.service.as_str()));
+        o.field("direction", Value::from(self.role.as_str()));
+        o.field("pid", Value::from(self.pid));
+        o.field("tid", Value::from(self.tid));
+        o.field("method", Value::from(self.method.as_str()));
+        o.field("target", Value::from(self.target.as_str()));
+        o.field("route", Value::from(self.route.as_str()));
+        o.field("status", self.status.map_or(Value::Null, Value::from));
+        o.field("duration_ms", millis(self.duration_ns()));
+        o.field("request_bytes", Value::from(self.request_body_bytes));
+        o.field("response_bytes", self.response_body_bytes.map_or(Value::Null, Value::from));
+        o.field("local", addr(self.local));
+        o.field("peer", addr(self.peer));
+        o.field("trace_id", opt_str(self.trace_id.as_deref()));
+        o.field("span_id", opt_str(self.span_id.as_deref()));
+        o.field("parent_span_id", opt_str(self.parent_span_id.as_deref()));
+        o.field("correlation_id", opt_str(self.correlation_id()));
+        o.field("job_id", opt_str(self.job_id.as_deref()));
+        o.field("version", opt_str(self.version.map(|v| v.as_str())));
+        o.field("host", opt_str(self.host()));
+        o.field("user_agent", opt_str(self.user_agent()));
+        o.field("content_type", opt_str(self.content_type()));
+        o.field("flags", Value::from(self.flags.names()));
+        o.field("ttfb_ms", millis(self.ttfb_ns()));
+        o.field("conn_id", Value::from(self.conn_id));
+        let extras: serde_json::Map<String, Value> = self
+            .response_headers
+            .iter()
+            // Later entries win: the request's value over the response's.
+            .chain(self.request_headers.iter())
+            .filter(|(name, _)| HeaderSelection::is_extra(name))
+            .map(|(n, v)| (n.to_string(), Value::from(v)))
+            .collect();
+        if !extras.is_empty() {
+            o.field("headers", Value::Object(extras));
+        }
+        o.finish()
+    }
+}

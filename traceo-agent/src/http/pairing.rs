@@ -1,0 +1,83 @@
+//! Pairing requests with responses on one HTTP/1.x connection: first in, first out.
+//!
+//! The parser only lets a response start once a request awaits it, so the n-th response
+//! answers the n-th request. They may *complete* in either order (a server can answer before
+//! the request body is in), hence two queues.
+
+use std::collections::VecDeque;
+
+use super::parser::{HttpMessage, Kind};
+
+/// More unmatched messages than this on one connection: the oldest gives up.
+const MAX_QUEUED: usize = 128;
+
+/// A request and its response, or a request given up without one.
+pub type Pair = (HttpMessage, Option<HttpMessage>);
+
+#[derive(Debug, Default)]
+pub struct Pairing {
+    requests: VecDeque<HttpMessage>,
+    responses: VecDeque<HttpMessage>,
+    /// Responses dropped for lack of room.
+    dropped: usize,
+}
+
+impl Pairing {
+    pub fn push(&mut self, msg: HttpMessage) -> Option<Pair> {
+        match msg.kind {
+            Kind::Request => self.requests.push_back(msg),
+            Kind::Response => self.responses.push_back(msg),
+        }
+        if !self.requests.is_empty() && !self.responses.is_empty() {
+            if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front()) {
+                return Some((req, Some(resp)));
+            }
+        }
+        if self.requests.len() > MAX_QUEUED {
+            if let Some(req) = self.requests.pop_front() {
+                return Some((req, None));
+            }
+        }
+        if self.responses.len() > MAX_QUEUED {
+            self.responses.pop_front();
+            self.dropped += 1;
+        }
+        None
+    }
+
+    /// The connection ended: requests left unanswered, and how many responses had no request.
+    pub fn flush(&mut self) -> (Vec<HttpMessage>, usize) {
+        let unpaired = self.responses.len() + std::mem::take(&mut self.dropped);
+        self.responses.clear();
+        (self.requests.drain(..).collect(), unpaired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: Kind, n: u64) -> HttpMessage {
+        HttpMessage { kind, body_size: n, ..HttpMessage::default() }
+    }
+
+    #[test]
+    fn pairs_in_order_whichever_completes_first() {
+        let mut p = Pairing::default();
+        assert_eq!(p.push(msg(Kind::Response, 10)), None);
+        assert_eq!(p.push(msg(Kind::Request, 1)), Some((msg(Kind::Request, 1), Some(msg(Kind::Response, 10)))));
+        assert_eq!(p.push(msg(Kind::Request, 2)), None);
+        assert_eq!(p.push(msg(Kind::Request, 3)), None);
+        assert_eq!(p.push(msg(Kind::Response, 20)), Some((msg(Kind::Request, 2), Some(msg(Kind::Response, 20)))));
+        assert_eq!(p.flush(), (vec![msg(Kind::Request, 3)], 0));
+    }
+
+    #[test]
+    fn bounded() {
+        let mut p = Pairing::default();
+        for i in 0..MAX_QUEUED as u64 {
+            assert_eq!(p.push(msg(Kind::Request, i)), None);
+        }
+        assert_eq!(p.push(msg(Kind::Request, 999)), Some((msg(Kind::Request, 0), None)));
+    }
+}

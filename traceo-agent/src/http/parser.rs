@@ -1,0 +1,236 @@
+//! The protocol-parser contract (DeepFlow style: `check` / `parse` / `reset`) and the
+//! protocol-neutral values parsers produce. HTTP/1.x is the first implementation; an HTTP/2
+//! parser would produce the same [`HttpMessage`]s.
+
+use bytes::{Buf, Bytes};
+
+use crate::events::{Data, Direction};
+
+use super::headers::KeptHeaders;
+
+/// Bytes of a stream's start that `ProtocolParser::check` must decide on.
+pub const CHECK_BYTES: usize = 16;
+
+/// What a parser thinks of the first bytes of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Match,
+    NoMatch,
+    NeedMore,
+}
+
+/// Request or response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    #[default]
+    Request,
+    Response,
+}
+
+/// HTTP protocol version of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "1.0",
+            Version::Http11 => "1.1",
+        }
+    }
+}
+
+/// One piece of a direction's byte stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegKind {
+    /// Captured bytes.
+    Bytes(Bytes),
+    /// Bytes that crossed the socket but were not captured (capture limit, sendfile).
+    Gap(u64),
+    /// The stream ended (peer EOF or close).
+    Eof,
+}
+
+/// A piece of stream plus when and by whom it moved.
+///
+/// Timing choice: `start_ns` is when the first byte of the piece was in the process's hands:
+/// the syscall's `enter_ns` for egress (the process started sending) and its `exit_ns` for
+/// ingress (a blocking read's enter time says when the process began waiting, not when data
+/// came, and on idle keep-alive connections that would add the idle time to durations).
+/// `end_ns` is always `exit_ns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub kind: SegKind,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Segment {
+    /// The captured bytes and the uncaptured rest of one data event, in stream order.
+    /// An ingress event that moved nothing is the peer's EOF.
+    pub fn from_data(d: &Data) -> [Option<Segment>; 2] {
+        let start_ns = match d.direction {
+            Direction::Egress => d.enter_ns,
+            Direction::Ingress => d.exit_ns,
+        };
+        let seg = |kind| Segment { kind, pid: d.meta.pid, tid: d.meta.tid, start_ns, end_ns: d.exit_ns };
+        let captured = d.payload.len() as u64;
+        if d.total_len == 0 && captured == 0 {
+            return match d.direction {
+                Direction::Ingress => [Some(seg(SegKind::Eof)), None],
+                Direction::Egress => [None, None],
+            };
+        }
+        // A payload longer than what moved would be a decoder bug; trust the length.
+        let moved = if d.total_len == 0 { captured } else { d.total_len };
+        let keep = usize::try_from(moved.min(captured)).unwrap_or(usize::MAX);
+        let bytes = d.payload.slice(..keep.min(d.payload.len()));
+        let missing = moved.saturating_sub(bytes.len() as u64);
+        let first = (!bytes.is_empty()).then(|| seg(SegKind::Bytes(bytes)));
+        let second = (missing > 0).then(|| seg(SegKind::Gap(missing)));
+        [first, second]
+    }
+
+    /// Captured bytes held (for buffer accounting).
+    pub fn held_bytes(&self) -> usize {
+        match &self.kind {
+            SegKind::Bytes(b) => b.len(),
+            SegKind::Gap(_) | SegKind::Eof => 0,
+        }
+    }
+
+    /// Nothing left to consume.
+    pub fn is_spent(&self) -> bool {
+        match &self.kind {
+            SegKind::Bytes(b) => b.is_empty(),
+            SegKind::Gap(n) => *n == 0,
+            SegKind::Eof => false,
+        }
+    }
+
+    /// Drop `n` captured bytes (or uncaptured, for a gap) from the front.
+    pub fn advance(&mut self, n: usize) {
+        match &mut self.kind {
+            SegKind::Bytes(b) => b.advance(n.min(b.len())),
+            SegKind::Gap(g) => *g = g.saturating_sub(n as u64),
+            SegKind::Eof => {}
+        }
+    }
+
+    /// Mark the whole segment consumed (an EOF becomes an empty gap).
+    pub fn consume_all(&mut self) {
+        self.kind = SegKind::Gap(0);
+    }
+}
+
+/// Why a stream could not be parsed; each is counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParseErrorKind {
+    BadRequestLine,
+    BadStatusLine,
+    BadHeader,
+    HeaderTooLarge,
+    BadChunkSize,
+    BadContentLength,
+    BadTransferEncoding,
+    /// Uncaptured bytes fell inside a head or chunk-size line: the framing is lost.
+    LostBytesInHeaders,
+    /// A direction held more than `max_buffer_bytes` waiting for the other side.
+    BufferFull,
+}
+
+impl ParseErrorKind {
+    pub const ALL: [ParseErrorKind; 9] = [
+        ParseErrorKind::BadRequestLine,
+        ParseErrorKind::BadStatusLine,
+        ParseErrorKind::BadHeader,
+        ParseErrorKind::HeaderTooLarge,
+        ParseErrorKind::BadChunkSize,
+        ParseErrorKind::BadContentLength,
+        ParseErrorKind::BadTransferEncoding,
+        ParseErrorKind::LostBytesInHeaders,
+        ParseErrorKind::BufferFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParseErrorKind::BadRequestLine => "bad_request_line",
+            ParseErrorKind::BadStatusLine => "bad_status_line",
+            ParseErrorKind::BadHeader => "bad_header",
+            ParseErrorKind::HeaderTooLarge => "header_too_large",
+            ParseErrorKind::BadChunkSize => "bad_chunk_size",
+            ParseErrorKind::BadContentLength => "bad_content_length",
+            ParseErrorKind::BadTransferEncoding => "bad_transfer_encoding",
+            ParseErrorKind::LostBytesInHeaders => "lost_bytes_in_headers",
+            ParseErrorKind::BufferFull => "buffer_full",
+        }
+    }
+
+    /// Position in [`ParseErrorKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One complete (or given-up) request or response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpMessage {
+    pub kind: Kind,
+    /// Requests only.
+    pub method: Option<String>,
+    /// Requests only; already redacted.
+    pub target: Option<String>,
+    /// Responses only; `None` when the status line was lost.
+    pub status: Option<u16>,
+    pub version: Option<Version>,
+    /// Only the selected, non-secret headers.
+    pub headers: KeptHeaders,
+    /// Body bytes (decoded size for chunked bodies), including uncaptured ones.
+    pub body_size: u64,
+    /// The first captured body bytes, up to the configured prefix length.
+    pub body_prefix: Vec<u8>,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Some bytes were not captured, or the stream ended before the message did.
+    pub truncated: bool,
+    pub parse_error: bool,
+    /// The connection switched protocols (101, or 2xx to CONNECT) after this message.
+    pub upgraded: bool,
+}
+
+/// What a parser reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Message(HttpMessage),
+    Error(ParseErrorKind),
+    /// A stream found a start line again after losing its place (or after a midstream join).
+    Resynced,
+    /// A response that no request on the connection can explain.
+    UnpairedResponse,
+    /// The connection turned out not to carry this protocol; stop feeding it.
+    NotThisProtocol,
+}
+
+/// A parser for one connection, both directions.
+pub trait ProtocolParser: Send {
+    /// Short protocol name for logs.
+    fn protocol(&self) -> &'static str;
+    /// Does a direction whose stream starts with `head` carry this protocol? Must answer
+    /// `Match` or `NoMatch` given [`CHECK_BYTES`] bytes.
+    fn check(&self, dir: Direction, head: &[u8]) -> Check;
+    /// Consume the next piece of `dir`'s stream.
+    fn parse(&mut self, dir: Direction, seg: Segment, out: &mut Vec<Output>);
+    /// The connection ended: complete what ends at close, report the rest.
+    fn finish(&mut self, out: &mut Vec<Output>);
+    /// Forget everything, as if the connection were new.
+    fn reset(&mut self);
+    /// Which direction carries requests, once known.
+    fn request_direction(&self) -> Option<Direction>;
+}

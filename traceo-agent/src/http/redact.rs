@@ -1,0 +1,145 @@
+//! Secrets never leave the parser: secret headers are never kept (whatever the user asks
+//! for), and sensitive query-string values are replaced in targets.
+
+/// Replacement for a redacted value.
+pub const REDACTED: &str = "REDACTED";
+
+/// Header names that are secrets exactly.
+const SECRET_HEADERS: [&str; 6] =
+    ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"];
+
+/// A header whose name contains one of these is a secret too.
+const SECRET_HEADER_PARTS: [&str; 7] = ["api-key", "apikey", "api_key", "token", "secret", "password", "auth"];
+
+/// A query key containing one of these has its value redacted.
+const SECRET_QUERY_PARTS: [&str; 9] =
+    ["token", "key", "password", "passwd", "secret", "signature", "auth", "credential", "session"];
+
+/// Is a header with this name (any case) a secret?
+pub fn is_secret_header(name: &str) -> bool {
+    let lower = name.trim().to_ascii_lowercase();
+    SECRET_HEADERS.contains(&lower.as_str()) || SECRET_HEADER_PARTS.iter().any(|p| lower.contains(p))
+}
+
+/// Does a query key (any case, percent-encoded or not) name a secret?
+pub fn is_secret_query_key(key: &str) -> bool {
+    let lower = percent_decode(key).to_ascii_lowercase();
+    SECRET_QUERY_PARTS.iter().any(|p| lower.contains(p))
+}
+
+/// `target` with sensitive query values and URL user-info replaced by [`REDACTED`].
+pub fn redact_target(target: &str) -> String {
+    let (before_query, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = redact_userinfo(before_query);
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((key, _)) if is_secret_query_key(key) => {
+                    out.push_str(key);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    out
+}
+
+/// Absolute-form targets (`http://user:pass@host/...`) may carry credentials.
+fn redact_userinfo(path: &str) -> String {
+    let Some(scheme_end) = path.find("://") else {
+        return path.to_string();
+    };
+    let after = scheme_end + 3;
+    let rest = path.get(after..).unwrap_or_default();
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = rest.get(..authority_end).unwrap_or_default();
+    match authority.rfind('@') {
+        Some(at) => {
+            format!("{}{REDACTED}@{}", path.get(..after).unwrap_or_default(), rest.get(at + 1..).unwrap_or_default())
+        }
+        None => path.to_string(),
+    }
+}
+
+/// Lenient `%XX` decoding, only to compare key names.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_headers_are_recognised_in_any_case() {
+        for name in [
+            "Authorization",
+            "PROXY-AUTHORIZATION",
+            "cookie",
+            "Set-Cookie",
+            "X-Api-Key",
+            "Api-Key",
+            "X-Goog-Api-Key",
+            "X-Auth-Token",
+            "X-Client-Secret",
+            "x-apikey",
+        ] {
+            assert!(is_secret_header(name), "{name} should be secret");
+        }
+        for name in ["Host", "User-Agent", "X-Request-ID", "Content-Type", "traceparent"] {
+            assert!(!is_secret_header(name), "{name} should not be secret");
+        }
+    }
+
+    #[test]
+    fn query_values_of_sensitive_keys_are_redacted() {
+        let cases = [
+            ("/a?token=abc&x=1", "/a?token=REDACTED&x=1"),
+            ("/a?x=1&API_KEY=s3cr3t", "/a?x=1&API_KEY=REDACTED"),
+            ("/a?access%5Ftoken=t", "/a?access%5Ftoken=REDACTED"),
+            ("/a?X-Amz-Signature=ff&page=2", "/a?X-Amz-Signature=REDACTED&page=2"),
+            ("/a?password=hunter2", "/a?password=REDACTED"),
+            ("/a?flag&page=2", "/a?flag&page=2"),
+            ("/plain", "/plain"),
+            ("http://bob:pw@example.com/x?q=1", "http://REDACTED@example.com/x?q=1"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_target(input), want, "input {input}");
+        }
+    }
+
+    #[test]
+    fn broken_percent_escapes_do_not_panic() {
+        assert!(!is_secret_query_key("%"));
+        assert!(!is_secret_query_key("%zz"));
+        assert!(is_secret_query_key("%74oken"));
+    }
+}

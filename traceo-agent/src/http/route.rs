@@ -1,0 +1,174 @@
+//! Route normalisation: a bounded, low-cardinality label from a request target.
+//!
+//! Path only (no query). A path matching a user template's literal segments takes the
+//! template verbatim (`/api/v1/jobs/{job_id}`); otherwise id-like segments become `{id}`.
+
+/// Placeholder for an id-like segment.
+pub const ID: &str = "{id}";
+/// Segments past this many collapse into one placeholder.
+const MAX_SEGMENTS: usize = 16;
+/// Longer segments are opaque whatever they contain.
+const MAX_SEGMENT_BYTES: usize = 128;
+
+/// One `--route` template, split into segments; `None` is a `{name}` wildcard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Template {
+    text: String,
+    segments: Vec<Option<String>>,
+}
+
+/// Turns targets into routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteNormalizer {
+    templates: Vec<Template>,
+}
+
+impl RouteNormalizer {
+    /// `templates` are tried in order; the first match wins.
+    pub fn new(templates: &[String]) -> Self {
+        let templates = templates
+            .iter()
+            .map(|t| Template {
+                text: t.clone(),
+                segments: t
+                    .split('/')
+                    .map(|s| {
+                        let wild = s.len() >= 2 && s.starts_with('{') && s.ends_with('}');
+                        (!wild).then(|| s.to_string())
+                    })
+                    .collect(),
+            })
+            .collect();
+        RouteNormalizer { templates }
+    }
+
+    /// The route of a request target.
+    pub fn normalize(&self, target: &str) -> String {
+        let path = path_of(target);
+        if !path.starts_with('/') {
+            // `*` (OPTIONS) or an authority (CONNECT host:port): not a path.
+            return if path == "*" { "*".into() } else { ID.into() };
+        }
+        if let Some(t) = self.templates.iter().find(|t| matches(t, path)) {
+            return t.text.clone();
+        }
+        let mut out = String::with_capacity(path.len());
+        for (i, seg) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            if i > MAX_SEGMENTS {
+                out.push_str("{rest}");
+                break;
+            }
+            out.push_str(if is_id(seg) { ID } else { seg });
+        }
+        out
+    }
+}
+
+/// The path of an origin-form or absolute-form target, without query or fragment.
+fn path_of(target: &str) -> &str {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let no_query = target.get(..end).unwrap_or(target);
+    match no_query.find("://") {
+        Some(i) => {
+            let rest = no_query.get(i + 3..).unwrap_or_default();
+            rest.find('/').and_then(|p| rest.get(p..)).unwrap_or("/")
+        }
+        None => no_query,
+    }
+}
+
+fn matches(t: &Template, path: &str) -> bool {
+    let mut segs = path.split('/');
+    for want in &t.segments {
+        match (want, segs.next()) {
+            (_, None) => return false,
+            (None, Some("")) => return false,
+            (None, Some(_)) => {}
+            (Some(lit), Some(got)) if lit != got => return false,
+            (Some(_), Some(_)) => {}
+        }
+    }
+    segs.next().is_none()
+}
+
+/// Does a path segment look like an identifier rather than a name?
+pub fn is_id(seg: &str) -> bool {
+    if seg.is_empty() {
+        return false;
+    }
+    if seg.len() > MAX_SEGMENT_BYTES {
+        return true;
+    }
+    let b = seg.as_bytes();
+    let has_digit = b.iter().any(u8::is_ascii_digit);
+    let has_alpha = b.iter().any(u8::is_ascii_alphabetic);
+    let all_digits = b.iter().all(u8::is_ascii_digit);
+    let all_hex = b.iter().all(u8::is_ascii_hexdigit);
+    let tokenish = b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=' | b'.' | b'~'));
+    all_digits
+        || is_uuid(b)
+        || (all_hex && b.len() >= 8 && has_digit)
+        || (tokenish && b.len() >= 16 && has_digit && has_alpha)
+}
+
+/// 8-4-4-4-12 hex digits.
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_table() {
+        let n = RouteNormalizer::new(&[]);
+        let cases = [
+            ("/", "/"),
+            ("/health", "/health"),
+            ("/users/42", "/users/{id}"),
+            ("/users/42/orders/7?x=1", "/users/{id}/orders/{id}"),
+            ("/jobs/550e8400-e29b-41d4-a716-446655440000/status", "/jobs/{id}/status"),
+            ("/blobs/deadbeef01", "/blobs/{id}"),
+            ("/blobs/deadbeef", "/blobs/deadbeef"),
+            ("/t/aB3dE5fG7hJ9kL1mN", "/t/{id}"),
+            ("/static/app-bundle.js", "/static/app-bundle.js"),
+            ("/api/v1/things", "/api/v1/things"),
+            ("http://example.com/users/9?q", "/users/{id}"),
+            ("http://example.com", "/"),
+            ("*", "*"),
+            ("example.com:443", "{id}"),
+            ("/a//b", "/a//b"),
+        ];
+        for (target, want) in cases {
+            assert_eq!(n.normalize(target), want, "target {target}");
+        }
+    }
+
+    #[test]
+    fn templates_match_literal_segments_verbatim() {
+        let n = RouteNormalizer::new(&["/api/v1/jobs/{job_id}".to_string(), "/api/v1/jobs/{job_id}/logs".to_string()]);
+        assert_eq!(n.normalize("/api/v1/jobs/abc"), "/api/v1/jobs/{job_id}");
+        assert_eq!(n.normalize("/api/v1/jobs/7/logs?tail=5"), "/api/v1/jobs/{job_id}/logs");
+        // Wrong literal, wrong length, empty wildcard: fall back to heuristics.
+        assert_eq!(n.normalize("/api/v2/jobs/7"), "/api/v2/jobs/{id}");
+        assert_eq!(n.normalize("/api/v1/jobs/7/x"), "/api/v1/jobs/{id}/x");
+        assert_eq!(n.normalize("/api/v1/jobs/"), "/api/v1/jobs/");
+    }
+
+    #[test]
+    fn deep_paths_are_bounded() {
+        let n = RouteNormalizer::new(&[]);
+        let deep = "/a".repeat(100);
+        let route = n.normalize(&deep);
+        assert!(route.ends_with("{rest}"), "{route}");
+        assert!(route.len() < 64, "{route}");
+    }
+}

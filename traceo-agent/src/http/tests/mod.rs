@@ -1,0 +1,8 @@
+//! Whole-tracker tests: events in, exchanges and counters out.
+
+mod framing;
+mod json;
+mod props;
+mod robustness;
+mod roles;
+mod script;

@@ -1,0 +1,183 @@
+//! The pipeline stage that consumes events in order and emits exchanges: owns the bounded
+//! set of connections and decides when each one starts, ends and is flushed.
+
+use std::sync::Arc;
+
+use crate::events::{Conn as ConnEvent, Event, Meta, OpenHow};
+
+use super::conn::{Conn, Ctx};
+use super::exchange::{ConnInfo, Exchange};
+use super::h1::{Http1Parser, Limits};
+use super::headers::HeaderSelection;
+use super::lru::Lru;
+use super::route::RouteNormalizer;
+use super::stats::TrackerStats;
+
+/// `SOCK_STREAM`.
+const SOCK_STREAM: u16 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Service names by `Meta::service` index (the `--service` selections).
+    pub service_names: Vec<String>,
+    /// Connections tracked at most; the least recently used is flushed past it.
+    pub max_connections: usize,
+    /// Bytes one direction of a connection may hold while waiting for the other.
+    pub max_buffer_bytes: usize,
+    /// A connection without events for this long is flushed.
+    pub idle_timeout_ns: u64,
+    /// Header names kept besides the defaults (secrets are refused).
+    pub extra_headers: Vec<String>,
+    /// Route templates such as `/api/v1/jobs/{job_id}`.
+    pub routes: Vec<String>,
+    /// Body bytes kept per message for later stages.
+    pub body_prefix_bytes: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            service_names: Vec::new(),
+            max_connections: 10_000,
+            max_buffer_bytes: 256 * 1024,
+            idle_timeout_ns: 120_000_000_000,
+            extra_headers: Vec::new(),
+            routes: Vec::new(),
+            body_prefix_bytes: 4096,
+        }
+    }
+}
+
+pub struct ConnTracker {
+    service_names: Vec<String>,
+    idle_timeout_ns: u64,
+    limits: Limits,
+    routes: RouteNormalizer,
+    conns: Lru<Conn>,
+    stats: TrackerStats,
+}
+
+impl ConnTracker {
+    pub fn new(cfg: TrackerConfig) -> Self {
+        let limits = Limits {
+            max_head_bytes: Limits::default().max_head_bytes.min(cfg.max_buffer_bytes),
+            max_buffer_bytes: cfg.max_buffer_bytes,
+            body_prefix_bytes: cfg.body_prefix_bytes,
+            headers: Arc::new(HeaderSelection::new(&cfg.extra_headers)),
+        };
+        ConnTracker {
+            service_names: cfg.service_names,
+            idle_timeout_ns: cfg.idle_timeout_ns,
+            limits,
+            routes: RouteNormalizer::new(&cfg.routes),
+            conns: Lru::new(cfg.max_connections),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &TrackerStats {
+        &self.stats
+    }
+
+    /// Consume one event, in order.
+    pub fn handle(&mut self, ev: &Event, out: &mut impl FnMut(Exchange)) {
+        match ev {
+            Event::ConnOpen(c) => self.open(c, out),
+            Event::ConnClose(c) => {
+                if let Some(conn) = self.conns.remove(c.conn_id) {
+                    self.end(conn, out);
+                }
+            }
+            Event::Data(d) => {
+                if self.conns.get_mut(d.conn_id).is_none() {
+                    // Never saw it open: it was open before we looked.
+                    let info = self.info(d.conn_id, &d.meta, None, true);
+                    let conn = Conn::new(info, d.meta.pid, d.meta.ts_ns, self.parser(true));
+                    self.insert(d.conn_id, conn, out);
+                }
+                let Self { conns, stats, routes, .. } = self;
+                if let Some(conn) = conns.get_mut(d.conn_id) {
+                    conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
+                    let mut ctx = Ctx { stats, routes, out };
+                    conn.on_data(d, &mut ctx);
+                }
+            }
+            Event::Exit(p) => {
+                let pid = p.meta.pid;
+                for (_, conn) in self.conns.drain_where(|c| c.pid == pid) {
+                    self.end(conn, out);
+                }
+            }
+            Event::Exec(_) | Event::Fork(_) => {}
+        }
+        self.stats.active_connections = self.conns.len() as u64;
+    }
+
+    /// Flush connections idle since before `now_ns - idle_timeout`.
+    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange)) {
+        let cutoff = now_ns.saturating_sub(self.idle_timeout_ns);
+        for (_, conn) in self.conns.drain_where(|c| c.last_ns < cutoff) {
+            self.end(conn, out);
+        }
+        self.stats.active_connections = self.conns.len() as u64;
+    }
+
+    /// Flush everything (end of a replay, shutdown).
+    pub fn finish(&mut self, out: &mut impl FnMut(Exchange)) {
+        while let Some((_, conn)) = self.conns.pop_oldest() {
+            self.end(conn, out);
+        }
+        self.stats.active_connections = 0;
+    }
+
+    fn open(&mut self, c: &ConnEvent, out: &mut impl FnMut(Exchange)) {
+        let midstream = c.how == Some(OpenHow::Existing);
+        let info = self.info(c.conn_id, &c.meta, Some(c), midstream);
+        if let Some(conn) = self.conns.get_mut(c.conn_id) {
+            if !conn.opened {
+                // Its first data overtook the open event (another CPU): keep the stream.
+                conn.info = info;
+                conn.opened = true;
+                return;
+            }
+        }
+        let mut conn = if c.sock_type == SOCK_STREAM {
+            Conn::new(info, c.meta.pid, c.meta.ts_ns, self.parser(midstream))
+        } else {
+            self.stats.non_http_connections += 1;
+            Conn::ignored(info, c.meta.pid, c.meta.ts_ns)
+        };
+        conn.opened = true;
+        self.insert(c.conn_id, conn, out);
+    }
+
+    fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Exchange)) {
+        let (replaced, evicted) = self.conns.insert(conn_id, conn);
+        if let Some(old) = replaced {
+            self.end(old, out);
+        }
+        if let Some((_, old)) = evicted {
+            self.stats.evicted_connections += 1;
+            self.end(old, out);
+        }
+    }
+
+    fn end(&mut self, mut conn: Conn, out: &mut impl FnMut(Exchange)) {
+        let mut ctx = Ctx { stats: &mut self.stats, routes: &self.routes, out };
+        conn.finish(&mut ctx);
+    }
+
+    fn parser(&self, midstream: bool) -> Box<Http1Parser> {
+        Box::new(Http1Parser::new(self.limits.clone(), midstream))
+    }
+
+    fn info(&self, conn_id: u64, meta: &Meta, open: Option<&ConnEvent>, midstream: bool) -> ConnInfo {
+        let configured = meta.service.and_then(|i| usize::try_from(i).ok()).and_then(|i| self.service_names.get(i));
+        let service = match (configured, open) {
+            (Some(name), _) => name.clone(),
+            (None, Some(c)) if !c.comm.is_empty() => c.comm.clone(),
+            _ => "unknown".to_string(),
+        };
+        ConnInfo { conn_id, service, local: open.and_then(|c| c.local), peer: open.and_then(|c| c.peer), midstream }
+    }
+}

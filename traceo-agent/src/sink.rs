@@ -2,6 +2,7 @@
 //! live loop and replay drive any of them the same way.
 
 use std::{
+    collections::HashSet,
     io::BufWriter,
     sync::Arc,
     time::{Duration, Instant},
@@ -77,6 +78,8 @@ pub struct HttpPipeline {
     clock: WallClock,
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
+    /// Services with an in-flight gauge, so one whose connections all ended reads 0.
+    in_flight_services: HashSet<String>,
 }
 
 impl HttpPipeline {
@@ -86,6 +89,7 @@ impl HttpPipeline {
             clock: WallClock { offset_ns: clock_offset_ns },
             metrics,
             out,
+            in_flight_services: HashSet::new(),
         }
     }
 }
@@ -126,16 +130,26 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out } = self;
+        let HttpPipeline { tracker, clock, metrics, out, .. } = self;
         let mut failed = None;
         tracker.handle(event, &mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
         failed.map_or(Ok(()), Err)
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out } = self;
+        let HttpPipeline { tracker, clock, metrics, out, in_flight_services } = self;
         let mut failed = None;
         tracker.expire(now_ns, &mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
+        if let Some(m) = metrics {
+            let now = tracker.in_flight_by_service();
+            for gone in in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
+                m.http.set_in_flight(gone, 0);
+            }
+            for (service, n) in &now {
+                m.http.set_in_flight(service, *n);
+            }
+            *in_flight_services = now.into_keys().map(str::to_owned).collect();
+        }
         out.flush()?;
         failed.map_or(Ok(()), Err)
     }
@@ -150,7 +164,7 @@ impl EventSink for HttpPipeline {
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out } = self;
+        let HttpPipeline { tracker, clock, metrics, out, .. } = self;
         let mut failed = None;
         tracker.finish(&mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
         out.flush()?;

@@ -112,6 +112,11 @@ impl Conn {
         self.proto = Proto::Ignored;
     }
 
+    /// Requests this server connection has read in full and not answered yet.
+    pub fn in_flight_server_requests(&self) -> usize {
+        if self.role() == Role::Server { self.pairing.pending_requests() } else { 0 }
+    }
+
     fn role(&self) -> Role {
         match &self.proto {
             Proto::Active(p) if p.request_direction() == Some(Direction::Egress) => Role::Client,

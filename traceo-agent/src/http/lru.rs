@@ -19,6 +19,11 @@ impl<V> Lru<V> {
         self.map.len()
     }
 
+    /// Every value, in no particular order (does not touch recency).
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values().map(|(v, _)| v)
+    }
+
     /// The value for `key`, marked as just used.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
         let next = self.next_tick();

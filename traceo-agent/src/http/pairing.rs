@@ -45,6 +45,11 @@ impl Pairing {
         None
     }
 
+    /// Complete requests still waiting for their response.
+    pub fn pending_requests(&self) -> usize {
+        self.requests.len()
+    }
+
     /// The connection ended: requests left unanswered, and how many responses had no request.
     pub fn flush(&mut self) -> (Vec<HttpMessage>, usize) {
         let unpaired = self.responses.len() + std::mem::take(&mut self.dropped);

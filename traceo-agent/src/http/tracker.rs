@@ -75,6 +75,16 @@ impl ConnTracker {
         }
     }
 
+    /// Server requests in flight (read, not answered yet) per service.
+    pub fn in_flight_by_service(&self) -> std::collections::HashMap<&str, u64> {
+        let mut out = std::collections::HashMap::new();
+        for conn in self.conns.values() {
+            let n = conn.in_flight_server_requests() as u64;
+            *out.entry(conn.info.service.as_str()).or_insert(0) += n;
+        }
+        out
+    }
+
     pub fn stats(&self) -> &TrackerStats {
         &self.stats
     }

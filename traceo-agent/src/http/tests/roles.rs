@@ -201,3 +201,24 @@ fn open_event_overtaken_by_data_keeps_the_stream() {
     assert!(!x.flags.midstream, "{:?}", x.flags);
     assert_eq!(stats.total_parse_errors(), 0);
 }
+
+#[test]
+fn in_flight_counts_read_but_unanswered_server_requests() {
+    let mut tracker = ConnTracker::new(TrackerConfig::default());
+    let mut out = vec![];
+    let mut srv = Script::accepted(1);
+    srv.recv(&get("/a"));
+    let mut cli = Script::connected(2);
+    cli.send(&get("/b"));
+    for ev in srv.take().iter().chain(cli.take().iter()) {
+        tracker.handle(ev, &mut |x| out.push(x));
+    }
+    // The client's request is in flight too, but it is not a server request.
+    assert_eq!(tracker.in_flight_by_service().get("engine"), Some(&1));
+    srv.send(&ok("done"));
+    for ev in srv.take().iter() {
+        tracker.handle(ev, &mut |x| out.push(x));
+    }
+    assert_eq!(tracker.in_flight_by_service().get("engine"), Some(&0));
+    assert_eq!(out.len(), 1);
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything that is not a plain `cargo build` of the agent.
 
+mod demo;
 mod setup;
 
 use std::{
@@ -29,6 +30,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build everything, start a small bundled service, trace it, and show what the agent sees.
+    Demo,
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -136,6 +139,12 @@ fn task(task: Task) -> anyhow::Result<()> {
             cmd.args(&args);
             setup::as_root(&mut cmd);
             run(&mut cmd)
+        }
+        Task::Demo => {
+            let python = setup::test_dependencies()?;
+            build_ebpf()?;
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+            demo::run(&agent_binary("release"), &python)
         }
         Task::Setup => {
             setup::bpf_toolchain()?;

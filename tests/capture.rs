@@ -317,3 +317,60 @@ fn the_agent_never_traces_itself() {
     );
     assert!(!events.iter().any(|e| e["local"] == scrape.as_str()), "the agent's end of the scrape was traced");
 }
+
+#[test]
+fn every_data_syscall_is_captured_in_order() {
+    if !require_root("every_data_syscall") || !require_python("every_data_syscall") {
+        return;
+    }
+    let dir = temp_dir("syscalls");
+    let port = free_port();
+    let _server = uvicorn(port, 1);
+    let mut client = Proc::spawn(
+        Command::new(python())
+            .arg(repo().join("tests/apps/clients.py"))
+            .args(["syscalls", "127.0.0.1", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let rec = Recording::start(&dir, &["--service", &format!("client=pid:{}", client.pid())]);
+    client.send_line("go");
+    let mut out = None;
+    assert_eq!(client.read_line(&mut out), "done");
+    let events = rec.stop();
+
+    let open = of_kind(&events, "conn_open").into_iter().find(|e| e["how"] == "connected").expect("the connection");
+    let data: Vec<&Value> = events.iter().filter(|e| e["kind"] == "data" && e["conn_id"] == open["conn_id"]).collect();
+    let used: HashSet<&str> = data.iter().map(|e| e["syscall"].as_str().unwrap()).collect();
+    for syscall in ["sendmsg", "recvmsg", "writev", "readv", "write", "read"] {
+        assert!(used.contains(syscall), "{syscall} not captured; saw {used:?}");
+    }
+    let sent = String::from_utf8(stream(&events, &open["conn_id"], "egress")).unwrap();
+    let expected: String =
+        ["sendmsg", "writev", "write"].iter().map(|h| format!("GET /hello HTTP/1.1\r\nHost: {h}\r\n\r\n")).collect();
+    assert_eq!(sent, expected, "every iovec of the vectored sends, in order");
+    let received = String::from_utf8(stream(&events, &open["conn_id"], "ingress")).unwrap();
+    assert_eq!(received.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{received:?}");
+    assert!(data.iter().all(|e| e["len"] == e["captured"]), "small messages are captured whole");
+}
+
+#[test]
+fn ipv6_connections_have_their_addresses() {
+    if !require_root("ipv6_addresses") || !require_python("ipv6_addresses") {
+        return;
+    }
+    let dir = temp_dir("ipv6");
+    let port = free_port();
+    let _server = uvicorn_on("::1", port, 1);
+    let rec = Recording::start(&dir, &["--service", &format!("api=port:{port}")]);
+    assert_eq!(curl(&["-g", &format!("http://[::1]:{port}/hello")]), "hello");
+    let events = rec.stop();
+
+    let open = of_kind(&events, "conn_open").into_iter().find(|e| e["how"] == "accepted").expect("accepted");
+    assert_eq!(open["family"], "inet6");
+    assert_eq!(open["local"], format!("[::1]:{port}").as_str());
+    let peer = open["peer"].as_str().unwrap();
+    assert!(peer.starts_with("[::1]:") && !peer.ends_with(":0"), "{peer}");
+    let request = String::from_utf8(stream(&events, &open["conn_id"], "ingress")).unwrap();
+    assert!(request.starts_with("GET /hello HTTP/1.1\r\n"), "{request:?}");
+}

@@ -103,8 +103,12 @@ impl Drop for Proc {
 }
 
 pub fn wait_for_port(port: u16) {
+    wait_for_addr("127.0.0.1", port);
+}
+
+pub fn wait_for_addr(host: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on port {port} after 20 s");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -125,15 +129,20 @@ pub fn http_server(dir: &Path, port: u16) -> Proc {
 
 /// uvicorn serving tests/apps/echo_app.py.
 pub fn uvicorn(port: u16, workers: u32) -> Proc {
+    uvicorn_on("127.0.0.1", port, workers)
+}
+
+/// uvicorn serving tests/apps/echo_app.py on `host` (e.g. `::1`).
+pub fn uvicorn_on(host: &str, port: u16, workers: u32) -> Proc {
     let p = Proc::spawn(
         Command::new(python())
-            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-m", "uvicorn", "echo_app:app", "--host", host, "--port", &port.to_string()])
             .args(["--workers", &workers.to_string(), "--no-access-log"])
             .current_dir(repo().join("tests/apps"))
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    wait_for_port(port);
+    wait_for_addr(host, port);
     p
 }
 

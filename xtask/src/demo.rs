@@ -127,7 +127,10 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
     agent_proc.interrupt();
 
     println!("\n== HTTP exchanges the agent rebuilt from the socket syscalls ({})", exchanges.display());
-    println!("{:<8} {:<8} {:<7} {:<14} {:>6} {:>10} {:>9}  peer", "service", "side", "method", "route", "status", "ms", "resp B");
+    println!(
+        "{:<8} {:<8} {:<7} {:<14} {:>6} {:>10} {:>9}  peer",
+        "service", "side", "method", "route", "status", "ms", "resp B"
+    );
     let text = std::fs::read_to_string(&exchanges).unwrap_or_default();
     for line in text.lines() {
         let Ok(x) = serde_json::from_str::<serde_json::Value>(line) else { continue };

@@ -111,3 +111,17 @@ pub fn run() -> anyhow::Result<()> {
     println!("capture can work on this host");
     Ok(())
 }
+
+/// `bench-floor`: the empty program on every tracepoint, until a signal.
+pub async fn bench_floor() -> anyhow::Result<()> {
+    let mut probes = loader::load(&LoadOptions { capture_bytes: 1, trace_all: false })?;
+    probes.attach_floor()?;
+    log::info!("ready: probes attached (floor only)");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    probes.detach();
+    Ok(())
+}

@@ -40,6 +40,10 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Report what this kernel supports and which probes the agent would use.
     Check,
+    /// Benchmark baseline: attach only an empty program to the same tracepoints, until
+    /// Ctrl-C or SIGTERM (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 /// Which processes to trace and how much to capture.

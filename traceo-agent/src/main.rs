@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
             Command::Record(args) => commands::record(args).await,
             Command::Replay(args) => commands::replay(args).await,
             Command::Check => check::run(),
+            Command::BenchFloor => check::bench_floor().await,
         }
     });
     match result {

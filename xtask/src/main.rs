@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything that is not a plain `cargo build` of the agent.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -32,6 +33,20 @@ enum Task {
     },
     /// Build everything, start a small bundled service, trace it, and show what the agent sees.
     Demo,
+    /// Measure the cost of tracing side by side (as root); writes target/bench/bench.json.
+    Bench {
+        /// Fewer rounds and shorter runs (a smoke check, about a minute).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The benchmark's syscall loop (run by `bench` as its own process).
+    #[command(hide = true)]
+    BenchLoop {
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        iterations: u64,
+    },
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -146,6 +161,14 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             demo::run(&agent_binary("release"), &python)
         }
+        Task::Bench { quick } => {
+            let python = setup::test_dependencies()?;
+            setup::bench_dependencies()?;
+            build_ebpf()?;
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+            bench::run(&agent_binary("release"), &python, &bench::Settings { quick })
+        }
+        Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {
             setup::bpf_toolchain()?;
             setup::test_dependencies().map(|_| ())

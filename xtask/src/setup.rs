@@ -109,6 +109,11 @@ pub fn test_dependencies() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// Load generators and servers for `cargo xtask bench`.
+pub fn bench_dependencies() -> anyhow::Result<()> {
+    apt_install(&["nginx-light", "wrk", "curl"])
+}
+
 /// Prefix with sudo unless already root (only for `cargo xtask run`).
 pub fn as_root(cmd: &mut Command) {
     if !is_root() {

@@ -103,7 +103,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // The logger owns the log map: it must outlive program loading.
     let logger =
         aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("kernel-side logging unavailable: {e}")).ok();
-    for (_, name) in programs::PROGRAMS {
+    for name in programs::PROGRAMS.iter().map(|(_, name)| *name).chain([programs::FLOOR]) {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .with_context(|| {
@@ -126,6 +126,18 @@ impl Probes {
             self.links.push((name, link));
         }
         log::info!("attached {} programs", self.links.len());
+        Ok(())
+    }
+
+    /// Attach only the empty `floor` program to every tracepoint (benchmark baseline).
+    pub fn attach_floor(&mut self) -> anyhow::Result<()> {
+        let program: &mut TracePoint =
+            self.ebpf.program_mut(programs::FLOOR).context("no floor program")?.try_into()?;
+        for (category, name) in programs::PROGRAMS {
+            let link =
+                program.attach(category, name).with_context(|| format!("attaching floor to {category}:{name}"))?;
+            self.links.push((programs::FLOOR, link));
+        }
         Ok(())
     }
 

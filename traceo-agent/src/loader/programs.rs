@@ -1,6 +1,9 @@
 //! The programs in the kernel object and where each attaches. Program names equal
 //! tracepoint names, so this table is the whole attach plan.
 
+/// The empty program the benchmark attaches everywhere instead (its cost floor).
+pub const FLOOR: &str = "floor";
+
 /// (tracepoint category, program and tracepoint name)
 pub const PROGRAMS: &[(&str, &str)] = &[
     ("syscalls", "sys_exit_accept"),

@@ -3,6 +3,7 @@
 
 mod conn;
 mod data;
+mod floor;
 mod process;
 
 use aya_ebpf::programs::TracePointContext;

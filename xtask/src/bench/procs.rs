@@ -1,0 +1,193 @@
+//! Starting and measuring the processes a benchmark needs: the agent, nginx, uvicorn, wrk.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// A child in its own process group, killed with it on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
+        use std::os::unix::process::CommandExt;
+        Ok(Proc(cmd.process_group(0).spawn().with_context(|| format!("cannot start {cmd:?}"))?))
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    /// SIGINT and wait (the agent detaches and exits cleanly on it).
+    pub fn interrupt(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {port} after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The agent, started with `args` and waited for until its probes are attached.
+pub fn agent(binary: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+    let mut p = Proc::spawn(Command::new(binary).args(args).stdout(Stdio::null()).stderr(Stdio::piped()))?;
+    let stderr = p.0.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready: probes attached") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).context("the agent did not get ready")?;
+    Ok(p)
+}
+
+/// CPU seconds (user + system) of a process.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A `VmRSS` / `VmHWM`-style field of /proc/PID/status, in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim().trim_end_matches(" kB").to_owned()))
+        })
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Sum of the samples of `metric` (with optional label filter text) in a Prometheus exposition.
+pub fn metric_sum(exposition: &str, metric: &str, filter: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(metric) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn scrape(port: u16) -> String {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// nginx serving `dir/www` on `port` with one worker (sendfile on, as deployments run it).
+pub fn nginx(dir: &Path, port: u16) -> anyhow::Result<Proc> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("hello.txt"), "hello from nginx\n")?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nworker_rlimit_nofile 40000;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 30000; }}\n\
+             http {{ access_log off; sendfile on; keepalive_requests 1000000; keepalive_timeout 300s;\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ root {w}; }} }} }}\n",
+            d = dir.display(),
+            w = www.display()
+        ),
+    )?;
+    let p = Proc::spawn(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    wait_for_port(port)?;
+    Ok(p)
+}
+
+pub fn uvicorn(python: &Path, apps: &Path, port: u16) -> anyhow::Result<Proc> {
+    let p = Proc::spawn(
+        Command::new(python)
+            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--no-access-log")
+            .current_dir(apps)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    wait_for_port(port)?;
+    Ok(p)
+}
+
+/// What wrk reported.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WrkResult {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub fn wrk(url: &str, connections: u32, seconds: u32) -> anyhow::Result<WrkResult> {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
+        .output()
+        .context("run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms = |label: &str| {
+        text.lines().find_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix(label)?.trim();
+            let (num, unit) = rest.split_at(rest.find(|c: char| c.is_alphabetic())?);
+            let v: f64 = num.parse().ok()?;
+            Some(match unit {
+                "us" => v / 1000.0,
+                "ms" => v,
+                "s" => v * 1000.0,
+                _ => return None,
+            })
+        })
+    };
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .context("wrk printed no request count")?;
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
+        .context("wrk printed no rate")?;
+    Ok(WrkResult { requests, rps, p50_ms: ms("50%").unwrap_or(f64::NAN), p99_ms: ms("99%").unwrap_or(f64::NAN) })
+}

@@ -1,0 +1,51 @@
+//! The per-syscall cost probe: a tight send/recv loop over a loopback TCP pair, run as its own
+//! process (`cargo xtask bench-loop`) so the agent can select it, or not, by pid.
+
+use std::{
+    io::{BufRead, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Instant,
+};
+
+/// Prints `ready`, waits for a line on stdin, then runs `iterations` send+recv pairs of `size`
+/// bytes and prints the mean nanoseconds per syscall.
+pub fn run(size: usize, iterations: u64) -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let a = TcpStream::connect(listener.local_addr()?)?;
+    let (b, _) = listener.accept()?;
+    a.set_nodelay(true)?;
+    let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
+    let out = vec![7u8; size];
+    let mut buf = vec![0u8; size.max(1) * 2];
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    // Warm up caches and the agent's first-sight path before timing.
+    for _ in 0..1000 {
+        exchange(fa, fb, &out, &mut buf)?;
+    }
+    let start = Instant::now();
+    for _ in 0..iterations {
+        exchange(fa, fb, &out, &mut buf)?;
+    }
+    let ns = start.elapsed().as_nanos() as f64 / (2 * iterations) as f64;
+    println!("{ns:.1}");
+    Ok(())
+}
+
+/// One send on `a` and the matching receives on `b` (libc directly: exactly one syscall each).
+fn exchange(a: i32, b: i32, out: &[u8], buf: &mut [u8]) -> anyhow::Result<()> {
+    // SAFETY: valid fds and buffers for the lengths given.
+    let sent = unsafe { libc::send(a, out.as_ptr().cast(), out.len(), 0) };
+    anyhow::ensure!(sent == out.len() as isize, "send returned {sent}");
+    let mut got = 0;
+    while got < out.len() {
+        // SAFETY: as above.
+        let n = unsafe { libc::recv(b, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        anyhow::ensure!(n > 0, "recv returned {n}");
+        got += n as usize;
+    }
+    Ok(())
+}

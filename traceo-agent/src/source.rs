@@ -40,25 +40,43 @@ impl RingSource {
             decode_errors: 0,
         })
     }
-}
 
-impl RingSource {
     /// Hand over everything already in the ring buffer, without waiting.
     pub fn drain(&mut self, mut sink: impl FnMut(Event) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        for event in self.pending.drain(..) {
+        loop {
+            if self.pending.is_empty() {
+                self.fill();
+            }
+            let Some(event) = self.pending.pop_front() else { return Ok(()) };
             sink(event)?;
         }
+    }
+
+    /// Move up to a batch of records from the ring buffer into `pending`.
+    fn fill(&mut self) {
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        while self.pending.len() < BATCH {
+            let Some(item) = ring.next() else { break };
             self.read += 1;
             match self.decoder.decode(&item) {
-                Ok(event) => sink(event)?,
-                Err(_) => self.decode_errors += 1,
+                Ok(event) => self.pending.push_back(event),
+                Err(e) => {
+                    if self.decode_errors == 0 {
+                        log::warn!(
+                            "undecodable kernel event ({}): is the kernel object newer than the agent?",
+                            e.as_str()
+                        );
+                    }
+                    self.decode_errors += 1;
+                }
             }
         }
-        Ok(())
     }
 }
+
+/// How often the ring buffer is read without a wake-up: the kernel submits events silently
+/// until a backlog builds up, so this bounds the delay of a quiet stream.
+const POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl EventSource for RingSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
@@ -66,26 +84,13 @@ impl EventSource for RingSource {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(Some(event));
             }
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            while self.pending.len() < BATCH {
-                let Some(item) = ring.next() else { break };
-                self.read += 1;
-                match self.decoder.decode(&item) {
-                    Ok(event) => self.pending.push_back(event),
-                    Err(e) => {
-                        if self.decode_errors == 0 {
-                            log::warn!(
-                                "undecodable kernel event ({}): is the kernel object newer than the agent?",
-                                e.as_str()
-                            );
-                        }
-                        self.decode_errors += 1;
-                    }
-                }
+            self.fill();
+            if !self.pending.is_empty() {
+                continue;
             }
-            if self.pending.len() < BATCH {
-                guard.clear_ready();
+            tokio::select! {
+                guard = self.ring.readable_mut() => guard?.clear_ready(),
+                _ = tokio::time::sleep(POLL) => {}
             }
         }
     }

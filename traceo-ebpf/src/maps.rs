@@ -10,6 +10,22 @@ use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, TracedProcess, stat};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// Waking the agent for every event costs more than the event (an IPI and a wake-up, a VM
+/// exit on virtual machines): events are submitted silently, the agent polls every few
+/// milliseconds, and a wake-up is forced only once this much is waiting.
+const WAKEUP_BYTES: u64 = 512 * 1024;
+
+/// Flags for submitting an event: wake the agent only past `WAKEUP_BYTES` of backlog.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    let waiting = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    if waiting >= WAKEUP_BYTES {
+        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Per-CPU counters indexed by `traceo_ebpf_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -24,8 +40,10 @@ pub static TRACED_PIDS: HashMap<u32, TracedProcess> = HashMap::with_max_entries(
 pub static KNOWN_CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Arguments of a syscall in flight, from its enter probe to its exit probe (key: tid).
+/// A plain preallocated hash: cheaper per update than an LRU, and entries are removed by
+/// the exit probe (a full map is counted, not silently evicted).
 #[map]
-pub static SYSCALL_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+pub static SYSCALL_ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
 
 /// Where a data event is built: too big for the 512-byte stack. The slack after the payload
 /// lets the verifier accept copies whose bounds it only knows loosely: offsets and lengths

@@ -10,7 +10,7 @@ use traceo_ebpf_common::{ConnEvent, kind, open_how, stat};
 use super::{syscall_arg, syscall_ret};
 use crate::{
     filter::{Current, traced},
-    maps::{CONNECT, EVENTS, KNOWN_CONNS, SYSCALL_ARGS, SyscallArgs, count},
+    maps::{CONNECT, EVENTS, KNOWN_CONNS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
     socket::{SocketFile, WalkError, fill_addresses, socket_of_fd},
 };
 
@@ -40,7 +40,7 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
         // Still announce the connection: its identity is known, its addresses are not.
         count(stat::SOCKET_WALK_FAILED);
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Announce `sock` once: accepted/connected sockets here, older ones on first data.

@@ -20,7 +20,7 @@ use super::{conn::announce_if_new, syscall_arg, syscall_ret};
 use crate::{
     filter::traced,
     globals::setting,
-    maps::{CONNECT, DATA_SCRATCH, EVENTS, SYSCALL_ARGS, SyscallArgs, count},
+    maps::{CONNECT, DATA_SCRATCH, EVENTS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
     socket::{WalkError, socket_of_fd},
 };
 
@@ -185,7 +185,7 @@ fn exit(ctx: &TracePointContext) {
             core::ptr::addr_of!(EVENTS).cast_mut().cast(),
             (ev as *mut traceo_ebpf_common::DataEvent).cast(),
             size as u64,
-            0,
+            submit_flags(),
         )
     };
     if sent == 0 {

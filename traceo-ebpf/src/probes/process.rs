@@ -12,7 +12,7 @@ use traceo_ebpf_common::{ProcEvent, TracedProcess, kind, stat};
 use crate::{
     filter::{Current, traced},
     globals::setting,
-    maps::{EVENTS, TRACED_PIDS, count},
+    maps::{EVENTS, TRACED_PIDS, count, submit_flags},
 };
 
 #[inline(always)]
@@ -27,7 +27,7 @@ fn emit(header_of: &Current, event_kind: u32, parent_pid: u32) {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// A traced process forked: trace the child under the same service. Thread creation fires

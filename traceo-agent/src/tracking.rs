@@ -4,11 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use traceo_ebpf_common::TracedProcess;
-
 use crate::{
     events::Event,
+    loader::KernelPids,
     procfs,
     selector::{ProcessFacts, Selector, ServiceSpec},
 };
@@ -19,14 +17,14 @@ pub trait PidMap {
     fn remove(&mut self, pid: u32);
 }
 
-impl PidMap for BpfHashMap<MapData, u32, TracedProcess> {
+impl PidMap for KernelPids {
     fn insert(&mut self, pid: u32, service: u32) {
-        if let Err(e) = BpfHashMap::insert(self, pid, TracedProcess { service, _pad: 0 }, 0) {
-            log::warn!("cannot trace pid {pid}: {e}");
+        if let Err(e) = KernelPids::insert(self, pid, service) {
+            log::warn!("cannot trace pid {pid}: {e:#}");
         }
     }
     fn remove(&mut self, pid: u32) {
-        let _ = BpfHashMap::remove(self, &pid);
+        KernelPids::remove(self, pid);
     }
 }
 
@@ -145,6 +143,9 @@ impl<M: PidMap> ProcessTracker<M> {
                     }
                     _ => {
                         if let Some(service) = p.meta.service {
+                            // The probe already traces the child; writing it again heals a
+                            // flag lost to a concurrent block update (see KernelPids).
+                            self.map.insert(id, service);
                             self.traced.insert(id, service);
                         }
                         true

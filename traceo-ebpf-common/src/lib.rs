@@ -16,6 +16,9 @@ const _: () = assert!(MAX_CAPTURE.is_power_of_two() && MAX_CAPTURE >= 8 * 1024);
 
 /// Vectored calls (`readv`, `writev`, `sendmsg`, `recvmsg`): how many iovecs are copied.
 pub const MAX_IOVECS: usize = 8;
+/// Pids per block of the `PID_FLAGS` array map (one byte each: non-zero = traced).
+pub const PID_FLAGS_BLOCK: usize = 4096;
+
 /// Length of a kernel `comm` (task name), NUL padded.
 pub const COMM_LEN: usize = 16;
 

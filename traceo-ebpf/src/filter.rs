@@ -3,7 +3,12 @@
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use traceo_ebpf_common::{EventHeader, NO_SERVICE};
 
-use crate::{globals::setting, maps::TRACED_PIDS};
+use traceo_ebpf_common::PID_FLAGS_BLOCK;
+
+use crate::{
+    globals::setting,
+    maps::{PID_FLAGS, TRACED_PIDS},
+};
 
 /// The current thread, when its process is traced.
 #[derive(Clone, Copy)]
@@ -26,7 +31,26 @@ impl Current {
     }
 }
 
-/// `Some` when the current process is traced: one map lookup for everyone else.
+/// The flag byte of `pid` (see `PID_FLAGS`).
+#[inline(always)]
+pub fn pid_flag(pid: u32) -> Option<*mut u8> {
+    let block = PID_FLAGS.get_ptr_mut(pid / PID_FLAGS_BLOCK as u32)?;
+    // SAFETY: the index is masked into the block.
+    Some(unsafe { (*block).as_mut_ptr().add((pid as usize) & (PID_FLAGS_BLOCK - 1)) })
+}
+
+/// Whether `pid` may be traced: trace-all mode, or its flag is set. Cheap enough for the
+/// exit probes to call before looking anything up.
+#[inline(always)]
+pub fn maybe_traced(pid: u32) -> bool {
+    if setting!(trace_all) != 0 {
+        return true;
+    }
+    // SAFETY: a byte inside the map value.
+    pid_flag(pid).is_some_and(|flag| unsafe { *flag } != 0)
+}
+
+/// `Some` when the current process is traced: an array lookup for everyone else.
 #[inline(always)]
 pub fn traced() -> Option<Current> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -37,6 +61,9 @@ pub fn traced() -> Option<Current> {
     }
     if setting!(trace_all) != 0 {
         return Some(Current { pid, tid, service: NO_SERVICE });
+    }
+    if !maybe_traced(pid) {
+        return None;
     }
     // SAFETY: the value is copied out at once.
     let service = unsafe { TRACED_PIDS.get(&pid) }?.service;

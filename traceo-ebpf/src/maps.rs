@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, TracedProcess, stat};
+use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, TracedProcess, stat};
 
 /// All events, to the agent.
 #[map]
@@ -34,6 +34,14 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// probe for children.
 #[map]
 pub static TRACED_PIDS: HashMap<u32, TracedProcess> = HashMap::with_max_entries(16384, 0);
+
+/// One byte per pid, non-zero when traced: the first check of every probe. An array lookup
+/// is inlined by the verifier, so an untraced process pays a few nanoseconds instead of a
+/// hash lookup on both syscall enter and exit. Sized by the agent from pid_max; written by
+/// the agent and, for forked children and exits, by the process probes (byte stores, so
+/// writers of different pids never clobber each other in the kernel).
+#[map]
+pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, 0);
 
 /// Sockets already announced with a CONN_OPEN event (key: inode number).
 #[map]

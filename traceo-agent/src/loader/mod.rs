@@ -8,10 +8,10 @@ pub mod tracefs;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, trace_point::TracePointLinkId},
 };
-use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, ProbeSettings, TracedProcess, stat};
+use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, PID_FLAGS_BLOCK, ProbeSettings, TracedProcess, stat};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEO_EBPF_OBJECT"));
@@ -66,6 +66,11 @@ fn raise_memlock() {
     }
 }
 
+/// The highest pid plus one (the kernel's default on 64-bit hosts when unreadable).
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4_194_304)
+}
+
 /// Loaded (and, after `attach`, attached) programs with their maps.
 pub struct Probes {
     ebpf: Ebpf,
@@ -96,6 +101,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("DATA_SCRATCH", cpus as u32)
+        .map_max_entries("PID_FLAGS", pid_max().div_ceil(PID_FLAGS_BLOCK as u32))
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .load(object)
@@ -175,13 +181,44 @@ impl Probes {
         Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map missing")?)?)
     }
 
-    pub fn take_traced_pids(&mut self) -> anyhow::Result<BpfHashMap<MapData, u32, TracedProcess>> {
-        Ok(BpfHashMap::try_from(self.ebpf.take_map("TRACED_PIDS").context("TRACED_PIDS map missing")?)?)
+    /// The traced-process maps: pid -> service, and the per-pid flags the probes check first.
+    pub fn take_traced_pids(&mut self) -> anyhow::Result<KernelPids> {
+        let pids = BpfHashMap::try_from(self.ebpf.take_map("TRACED_PIDS").context("TRACED_PIDS map missing")?)?;
+        let flags = Array::try_from(self.ebpf.take_map("PID_FLAGS").context("PID_FLAGS map missing")?)?;
+        Ok(KernelPids { pids, flags })
     }
 
     pub fn take_stats(&mut self) -> anyhow::Result<KernelStats> {
         let map = self.ebpf.take_map("STATS").context("STATS map missing")?;
         Ok(KernelStats { map: PerCpuArray::try_from(map)? })
+    }
+}
+
+/// The kernel's record of traced processes. The probes write flags too (forked children,
+/// exits); the agent rewrites a whole block, so a probe's concurrent write to the same block
+/// can be lost: the agent re-asserts a child's flag when it handles the fork event.
+pub struct KernelPids {
+    pids: BpfHashMap<MapData, u32, TracedProcess>,
+    flags: Array<MapData, [u8; PID_FLAGS_BLOCK]>,
+}
+
+impl KernelPids {
+    fn set_flag(&mut self, pid: u32, on: bool) -> anyhow::Result<()> {
+        let index = pid / PID_FLAGS_BLOCK as u32;
+        let mut block = self.flags.get(&index, 0)?;
+        block[pid as usize % PID_FLAGS_BLOCK] = on as u8;
+        self.flags.set(index, block, 0)?;
+        Ok(())
+    }
+
+    pub fn insert(&mut self, pid: u32, service: u32) -> anyhow::Result<()> {
+        self.pids.insert(pid, TracedProcess { service, _pad: 0 }, 0)?;
+        self.set_flag(pid, true)
+    }
+
+    pub fn remove(&mut self, pid: u32) {
+        let _ = self.pids.remove(&pid);
+        let _ = self.set_flag(pid, false);
     }
 }
 

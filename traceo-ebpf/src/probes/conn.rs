@@ -9,7 +9,7 @@ use traceo_ebpf_common::{ConnEvent, kind, open_how, stat};
 
 use super::{syscall_arg, syscall_ret};
 use crate::{
-    filter::{Current, traced},
+    filter::{Current, maybe_traced, traced},
     maps::{CONNECT, EVENTS, KNOWN_CONNS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
     socket::{SocketFile, WalkError, fill_addresses, socket_of_fd},
 };
@@ -111,6 +111,10 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    // Untraced processes stop here, before any hash lookup.
+    if !maybe_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     // SAFETY: copied out at once.
     let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
         return 0;

@@ -18,7 +18,7 @@ use traceo_ebpf_common::{
 
 use super::{conn::announce_if_new, syscall_arg, syscall_ret};
 use crate::{
-    filter::traced,
+    filter::{maybe_traced, traced},
     globals::setting,
     maps::{CONNECT, DATA_SCRATCH, EVENTS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
     socket::{WalkError, socket_of_fd},
@@ -117,6 +117,10 @@ fn copy_payload(data: *mut u8, args: &SyscallArgs, limit: u32) -> (u32, bool) {
 fn exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    // Untraced processes stop here, before any hash lookup.
+    if !maybe_traced((pid_tgid >> 32) as u32) {
+        return;
+    }
     // SAFETY: copied out at once.
     let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
         return;

@@ -10,9 +10,9 @@ use aya_log_ebpf::debug;
 use traceo_ebpf_common::{ProcEvent, TracedProcess, kind, stat};
 
 use crate::{
-    filter::{Current, traced},
+    filter::{Current, pid_flag, traced},
     globals::setting,
-    maps::{EVENTS, TRACED_PIDS, count, submit_flags},
+    maps::{EVENTS, SYSCALL_ARGS, TRACED_PIDS, count, submit_flags},
 };
 
 #[inline(always)]
@@ -48,6 +48,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         count(stat::PIDS_MAP_FULL);
         return 0;
     }
+    if let Some(flag) = pid_flag(child) {
+        // SAFETY: a byte inside the map value.
+        unsafe { *flag = 1 };
+    }
     debug!(&ctx, "following child {} of traced {}", child, parent.pid);
     let child_cur = Current { pid: child, tid: child, service: parent.service };
     emit(&child_cur, kind::PROC_FORK, parent.pid);
@@ -79,6 +83,12 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = TRACED_PIDS.remove(&cur.tid);
+    // A syscall cut short by the exit leaves its arguments behind.
+    let _ = SYSCALL_ARGS.remove(&cur.tid);
+    if let Some(flag) = pid_flag(cur.tid) {
+        // SAFETY: a byte inside the map value. Thread ids get flags from the fork probe too.
+        unsafe { *flag = 0 };
+    }
     if cur.tid == cur.pid {
         emit(&cur, kind::PROC_EXIT, 0);
     }

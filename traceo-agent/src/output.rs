@@ -1,4 +1,6 @@
-//! Where output lines go: `--log PATH|-|off`.
+//! Where output lines go: `--log PATH|-|off`. Buffered, and flushed by the pipeline's tick
+//! (about once a second) and at the end: one write per line would cost a syscall per
+//! exchange.
 
 use std::{
     fs::OpenOptions,
@@ -8,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 pub enum LineSink {
-    Stdout(std::io::Stdout),
+    Stdout(BufWriter<std::io::Stdout>),
     File(BufWriter<std::fs::File>),
     Off,
 }
@@ -16,9 +18,10 @@ pub enum LineSink {
 impl LineSink {
     pub fn open(spec: Option<&str>) -> anyhow::Result<LineSink> {
         Ok(match spec.unwrap_or("-") {
-            "-" => LineSink::Stdout(std::io::stdout()),
+            "-" => LineSink::Stdout(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
             "off" => LineSink::Off,
-            path => LineSink::File(BufWriter::new(
+            path => LineSink::File(BufWriter::with_capacity(
+                64 * 1024,
                 OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -28,26 +31,27 @@ impl LineSink {
         })
     }
 
+    /// Whether lines are discarded (so callers can skip formatting them).
+    pub fn is_off(&self) -> bool {
+        matches!(self, LineSink::Off)
+    }
+
     pub fn line(&mut self, line: &str) -> anyhow::Result<()> {
-        match self {
-            LineSink::Stdout(out) => {
-                let mut out = out.lock();
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
-                out.flush()?;
-            }
-            LineSink::File(f) => {
-                f.write_all(line.as_bytes())?;
-                f.write_all(b"\n")?;
-            }
-            LineSink::Off => {}
-        }
+        let out: &mut dyn Write = match self {
+            LineSink::Stdout(w) => w,
+            LineSink::File(w) => w,
+            LineSink::Off => return Ok(()),
+        };
+        out.write_all(line.as_bytes()).context("writing an output line")?;
+        out.write_all(b"\n").context("writing an output line")?;
         Ok(())
     }
 
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        if let LineSink::File(f) = self {
-            f.flush()?;
+        match self {
+            LineSink::Stdout(w) => w.flush()?,
+            LineSink::File(w) => w.flush()?,
+            LineSink::Off => {}
         }
         Ok(())
     }

@@ -39,6 +39,9 @@ impl EventSink for EventLines {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
         self.out.line(&self.printer.to_json(event).to_string())
     }
+    fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {
+        self.out.flush()
+    }
     fn finish(&mut self) -> anyhow::Result<()> {
         self.out.flush()
     }
@@ -105,7 +108,7 @@ fn emit(
     if let Some(m) = metrics {
         m.http.observe(&observation(&ex));
     }
-    if failed.is_none() {
+    if failed.is_none() && !out.is_off() {
         *failed = out.line(&ex.to_json_line(clock)).err();
     }
 }

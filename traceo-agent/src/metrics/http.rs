@@ -124,6 +124,47 @@ impl SideFamilies {
     }
 }
 
+/// One label set's metrics, resolved once: later observations touch no family map and
+/// allocate nothing.
+struct Series {
+    labels: RequestLabels,
+    /// `labels.http_response_status_code` as a number, compared without formatting.
+    status: Option<u16>,
+    requests: Counter,
+    duration: DurationHistogram,
+    request_size: Histogram,
+    response_size: Histogram,
+    last_seen: Instant,
+}
+
+impl Series {
+    fn matches(&self, o: &Observation<'_>, route: &str) -> bool {
+        let l = &self.labels;
+        l.service == o.service
+            && (l.direction == "server") == o.server
+            && l.http_request_method == o.method
+            && l.http_route == route
+            && self.status == o.status
+            && l.server_address == server_address(o)
+    }
+}
+
+fn status_text(status: Option<u16>) -> String {
+    status.map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn server_address<'a>(o: &Observation<'a>) -> &'a str {
+    if o.server { "" } else { o.server_address.unwrap_or_default() }
+}
+
+/// Hash of an observation's label values (with `route` standing for its route).
+fn series_hash(o: &Observation<'_>, route: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (o.service, o.server, o.method, route, o.status, server_address(o)).hash(&mut h);
+    h.finish()
+}
+
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     server: SideFamilies,
@@ -131,8 +172,8 @@ pub struct HttpMetrics {
     in_flight: Family<ServiceLabel, Gauge>,
     overflow: Counter,
     config: MetricsConfig,
-    /// Label sets in use and when each was last updated.
-    series: Mutex<HashMap<RequestLabels, Instant>>,
+    /// Label sets in use by hash (a collision shares the bucket), and how many in all.
+    series: Mutex<(HashMap<u64, Vec<Series>>, usize)>,
 }
 
 impl HttpMetrics {
@@ -143,39 +184,63 @@ impl HttpMetrics {
         let client = SideFamilies::register(r, "client");
         let in_flight = Family::default();
         r.register("traceo_http_server_active_requests", "HTTP server requests in flight", in_flight.clone());
-        HttpMetrics { requests, server, client, in_flight, overflow, config, series: Mutex::new(HashMap::new()) }
+        HttpMetrics { requests, server, client, in_flight, overflow, config, series: Mutex::new((HashMap::new(), 0)) }
     }
 
-    pub fn observe(&self, o: &Observation<'_>) {
-        let mut labels = RequestLabels {
+    /// Create the metrics of a new label set.
+    fn new_series(&self, o: &Observation<'_>, route: &str) -> Series {
+        let labels = RequestLabels {
             service: o.service.to_owned(),
             direction: if o.server { "server" } else { "client" }.to_owned(),
             http_request_method: o.method.to_owned(),
-            http_route: o.route.to_owned(),
-            http_response_status_code: o.status.map(|s| s.to_string()).unwrap_or_default(),
-            server_address: if o.server { String::new() } else { o.server_address.unwrap_or_default().to_owned() },
+            http_route: route.to_owned(),
+            http_response_status_code: status_text(o.status),
+            server_address: server_address(o).to_owned(),
         };
-        {
-            let mut series = self.series.lock().expect("metrics lock");
-            if !series.contains_key(&labels) && series.len() >= self.config.max_series {
-                labels.http_route = OVERFLOW_ROUTE.to_owned();
-                if !series.contains_key(&labels) {
-                    // Worst case the overflow set itself is one past the cap.
-                    series.insert(labels.clone(), Instant::now());
-                }
-                self.overflow.inc();
-            }
-            series.insert(labels.clone(), Instant::now());
-        }
-        self.requests.get_or_create(&labels).inc();
         let side = if o.server { &self.server } else { &self.client };
         let h = histogram_labels(&labels);
-        let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_owned() });
-        if let Some(duration) = o.duration_s {
-            side.duration.get_or_create(&h).observe(duration, exemplar, None);
+        Series {
+            requests: self.requests.get_or_create_owned(&labels),
+            duration: side.duration.get_or_create_owned(&h),
+            request_size: side.request_size.get_or_create_owned(&h),
+            response_size: side.response_size.get_or_create_owned(&h),
+            labels,
+            status: o.status,
+            last_seen: Instant::now(),
         }
-        side.request_size.get_or_create(&h).observe(o.request_body_bytes as f64);
-        side.response_size.get_or_create(&h).observe(o.response_body_bytes as f64);
+    }
+
+    pub fn observe(&self, o: &Observation<'_>) {
+        let mut guard = self.series.lock().expect("metrics lock");
+        let (series, count) = &mut *guard;
+        let mut route = o.route;
+        let mut hash = series_hash(o, route);
+        let known = series.get(&hash).is_some_and(|b| b.iter().any(|s| s.matches(o, route)));
+        if !known && *count >= self.config.max_series {
+            // Past the cap, new label sets fold into one overflow route (itself at most one
+            // set past the cap per remaining label combination).
+            route = OVERFLOW_ROUTE;
+            hash = series_hash(o, route);
+            self.overflow.inc();
+        }
+        let bucket = series.entry(hash).or_default();
+        let index = match bucket.iter().position(|s| s.matches(o, route)) {
+            Some(i) => i,
+            None => {
+                bucket.push(self.new_series(o, route));
+                *count += 1;
+                bucket.len() - 1
+            }
+        };
+        let s = &mut bucket[index];
+        s.last_seen = Instant::now();
+        s.requests.inc();
+        if let Some(duration) = o.duration_s {
+            let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_owned() });
+            s.duration.observe(duration, exemplar, None);
+        }
+        s.request_size.observe(o.request_body_bytes as f64);
+        s.response_size.observe(o.response_body_bytes as f64);
     }
 
     /// Server requests in flight per service (set from the HTTP layer's pending requests).
@@ -186,20 +251,28 @@ impl HttpMetrics {
     /// Drop label sets idle for longer than the configured TTL; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let ttl = self.config.series_ttl;
-        let mut series = self.series.lock().expect("metrics lock");
-        let stale: Vec<RequestLabels> =
-            series.iter().filter(|(_, seen)| now.duration_since(**seen) > ttl).map(|(l, _)| l.clone()).collect();
-        for labels in &stale {
-            series.remove(labels);
-            self.requests.remove(labels);
-            let h = histogram_labels(labels);
-            if labels.direction == "server" { &self.server } else { &self.client }.remove(&h);
-        }
-        stale.len()
+        let mut guard = self.series.lock().expect("metrics lock");
+        let (series, count) = &mut *guard;
+        let mut dropped = 0;
+        series.retain(|_, bucket| {
+            bucket.retain(|s| {
+                let stale = now.duration_since(s.last_seen) > ttl;
+                if stale {
+                    self.requests.remove(&s.labels);
+                    let h = histogram_labels(&s.labels);
+                    if s.labels.direction == "server" { &self.server } else { &self.client }.remove(&h);
+                    dropped += 1;
+                }
+                !stale
+            });
+            !bucket.is_empty()
+        });
+        *count -= dropped;
+        dropped
     }
 
     pub fn series_count(&self) -> usize {
-        self.series.lock().expect("metrics lock").len()
+        self.series.lock().expect("metrics lock").1
     }
 
     pub fn ttl(&self) -> Duration {

@@ -96,6 +96,13 @@ pub struct RunArgs {
     /// Serve /metrics, /health and /ready here, or `off` [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR|off")]
     pub metrics_addr: Option<String>,
+    /// Distinct HTTP label sets per metric family; past it, new ones fold into
+    /// http_route="__overflow__" (counted) [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_series: Option<usize>,
+    /// Drop an HTTP label set not updated for this many seconds [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub series_ttl: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +140,8 @@ pub struct ConfigFile {
     pub capture_bytes: Option<u32>,
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
+    pub max_series: Option<usize>,
+    pub series_ttl: Option<u64>,
 }
 
 impl ConfigFile {
@@ -147,9 +156,11 @@ impl ConfigFile {
 pub struct Selection {
     pub services: Vec<ServiceSpec>,
     pub capture_bytes: u32,
-    /// `log` and `metrics-addr` from the config file, for commands that have them.
+    /// Options of `run` from the config file (the command line wins).
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
+    pub max_series: Option<usize>,
+    pub series_ttl: Option<u64>,
 }
 
 impl SelectionArgs {
@@ -170,7 +181,14 @@ impl SelectionArgs {
         if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
             anyhow::bail!("--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}");
         }
-        Ok(Selection { services, capture_bytes, log: file.log, metrics_addr: file.metrics_addr })
+        Ok(Selection {
+            services,
+            capture_bytes,
+            log: file.log,
+            metrics_addr: file.metrics_addr,
+            max_series: file.max_series,
+            series_ttl: file.series_ttl,
+        })
     }
 }
 
@@ -183,11 +201,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("traceo-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
-        std::fs::write(&path, "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\n",
+        )
+        .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
         let sel = args.resolve().expect("valid config");
         assert_eq!(sel.services[0].name, "engine");
         assert_eq!((sel.capture_bytes, sel.log.as_deref()), (4096, Some("off")));
+        assert_eq!((sel.max_series, sel.series_ttl), (Some(5), Some(60)));
 
         let args = SelectionArgs {
             config: Some(path.clone()),

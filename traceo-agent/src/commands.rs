@@ -57,7 +57,13 @@ fn output_sink(
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
     let out = LineSink::open(args.log.as_deref().or(sel.log.as_deref()))?;
-    let metrics = Arc::new(Metrics::new(MetricsConfig::default()));
+    let defaults = MetricsConfig::default();
+    let max_series = args.max_series.or(sel.max_series).unwrap_or(defaults.max_series);
+    if max_series == 0 {
+        anyhow::bail!("--max-series must be at least 1");
+    }
+    let series_ttl = args.series_ttl.or(sel.series_ttl).map_or(defaults.series_ttl, Duration::from_secs);
+    let metrics = Arc::new(Metrics::new(MetricsConfig { max_series, series_ttl }));
     let ready = Readiness::default();
     let addr = args.metrics_addr.as_deref().or(sel.metrics_addr.as_deref()).unwrap_or(DEFAULT_METRICS_ADDR);
     if let Some(addr) = server::parse_addr(addr)? {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
-use traceo_ebpf_common::MAX_CAPTURE;
+use traceo_ebpf_common::{MAX_CAPTURE, MAX_SERVICES};
 
 use crate::selector::ServiceSpec;
 
@@ -177,6 +177,9 @@ impl SelectionArgs {
         } else {
             self.services.clone()
         };
+        if services.len() > MAX_SERVICES {
+            anyhow::bail!("at most {MAX_SERVICES} --service selections, not {}", services.len());
+        }
         let capture_bytes = self.capture_bytes.or(file.capture_bytes).unwrap_or(MAX_CAPTURE as u32);
         if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
             anyhow::bail!("--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}");

@@ -96,7 +96,7 @@ fn pipeline_counts(kernel: &[u64; traceo_ebpf_common::stat::COUNT as usize], dec
         kernel_drops: STAT_NAMES
             .iter()
             .zip(kernel)
-            .filter(|(n, _)| **n != "data_events")
+            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6"))
             .map(|(n, v)| (*n, *v))
             .collect(),
         decode_errors,

@@ -16,8 +16,11 @@ const _: () = assert!(MAX_CAPTURE.is_power_of_two() && MAX_CAPTURE >= 8 * 1024);
 
 /// Vectored calls (`readv`, `writev`, `sendmsg`, `recvmsg`): how many iovecs are copied.
 pub const MAX_IOVECS: usize = 8;
-/// Pids per block of the `PID_FLAGS` array map (one byte each: non-zero = traced).
+/// Pids per block of the `PID_FLAGS` array map: one byte each, 0 = not traced, otherwise the
+/// `--service` index + 1 ([`TRACE_ALL_FLAG`] for processes traced without a selection).
 pub const PID_FLAGS_BLOCK: usize = 4096;
+/// Most `--service` selections a flag byte can name.
+pub const MAX_SERVICES: usize = 254;
 
 /// Length of a kernel `comm` (task name), NUL padded.
 pub const COMM_LEN: usize = 16;
@@ -99,8 +102,8 @@ pub mod stat {
     pub const SOCKET_WALK_FAILED: u32 = 4;
     /// The per-thread syscall argument map was full: the call was not traced.
     pub const ARGS_MAP_FULL: u32 = 5;
-    /// A traced process forked but the traced-process map was full.
-    pub const PIDS_MAP_FULL: u32 = 6;
+    /// Unused since traced processes live in the flag array (kept: indices are never reused).
+    pub const RESERVED_6: u32 = 6;
     /// Data events emitted.
     pub const DATA_EVENTS: u32 = 7;
     /// Data events whose payload was cut at the capture limit.
@@ -240,7 +243,7 @@ pub struct KernelOffsets {
 pub struct ProbeSettings {
     /// The agent's own pid: never traced.
     pub agent_pid: u32,
-    /// 1: trace every process but the agent; 0: only those in `TRACED_PIDS`.
+    /// 1: trace every process but the agent; 0: only those flagged in `PID_FLAGS`.
     pub trace_all: u32,
     /// Payload bytes copied per syscall, at most [`MAX_CAPTURE`].
     pub capture_bytes: u32,
@@ -249,22 +252,12 @@ pub struct ProbeSettings {
     pub fork_child_pid_offset: u32,
 }
 
-/// Value of the `TRACED_PIDS` map (key: pid).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TracedProcess {
-    /// Index of the `--service` selection.
-    pub service: u32,
-    pub _pad: u32,
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C) plain data with no padding holes and no pointers;
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProbeSettings {}
-    unsafe impl aya::Pod for super::TracedProcess {}
 }
 
 #[cfg(test)]
@@ -293,7 +286,6 @@ mod tests {
         assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
         assert_eq!(size_of::<KernelOffsets>(), 17 * 8);
         assert_eq!(size_of::<ProbeSettings>(), 16);
-        assert_eq!(size_of::<TracedProcess>(), 8);
     }
 
     #[test]

@@ -5,10 +5,7 @@ use traceo_ebpf_common::{EventHeader, NO_SERVICE};
 
 use traceo_ebpf_common::PID_FLAGS_BLOCK;
 
-use crate::{
-    globals::setting,
-    maps::{PID_FLAGS, TRACED_PIDS},
-};
+use crate::{globals::setting, maps::PID_FLAGS};
 
 /// The current thread, when its process is traced.
 #[derive(Clone, Copy)]
@@ -39,18 +36,22 @@ pub fn pid_flag(pid: u32) -> Option<*mut u8> {
     Some(unsafe { (*block).as_mut_ptr().add((pid as usize) & (PID_FLAGS_BLOCK - 1)) })
 }
 
-/// Whether `pid` may be traced: trace-all mode, or its flag is set. Cheap enough for the
-/// exit probes to call before looking anything up.
+/// The service of a flagged `pid` (its flag byte - 1).
 #[inline(always)]
-pub fn maybe_traced(pid: u32) -> bool {
-    if setting!(trace_all) != 0 {
-        return true;
-    }
+fn flagged_service(pid: u32) -> Option<u32> {
     // SAFETY: a byte inside the map value.
-    pid_flag(pid).is_some_and(|flag| unsafe { *flag } != 0)
+    let flag = unsafe { *pid_flag(pid)? };
+    (flag != 0).then(|| flag as u32 - 1)
 }
 
-/// `Some` when the current process is traced: an array lookup for everyone else.
+/// Whether `pid` is traced: trace-all mode, or its flag is set. Cheap enough for the exit
+/// probes to call before looking anything up.
+#[inline(always)]
+pub fn maybe_traced(pid: u32) -> bool {
+    setting!(trace_all) != 0 || flagged_service(pid).is_some()
+}
+
+/// `Some` when the current process is traced: one inlined array lookup either way.
 #[inline(always)]
 pub fn traced() -> Option<Current> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -62,10 +63,6 @@ pub fn traced() -> Option<Current> {
     if setting!(trace_all) != 0 {
         return Some(Current { pid, tid, service: NO_SERVICE });
     }
-    if !maybe_traced(pid) {
-        return None;
-    }
-    // SAFETY: the value is copied out at once.
-    let service = unsafe { TRACED_PIDS.get(&pid) }?.service;
+    let service = flagged_service(pid)?;
     Some(Current { pid, tid, service })
 }

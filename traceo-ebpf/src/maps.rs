@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, TracedProcess, stat};
+use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, stat};
 
 /// All events, to the agent.
 #[map]
@@ -30,16 +30,11 @@ pub fn submit_flags() -> u64 {
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Traced processes (key: pid), filled by the agent from its selectors and by the fork
-/// probe for children.
-#[map]
-pub static TRACED_PIDS: HashMap<u32, TracedProcess> = HashMap::with_max_entries(16384, 0);
-
-/// One byte per pid, non-zero when traced: the first check of every probe. An array lookup
-/// is inlined by the verifier, so an untraced process pays a few nanoseconds instead of a
-/// hash lookup on both syscall enter and exit. Sized by the agent from pid_max; written by
-/// the agent and, for forked children and exits, by the process probes (byte stores, so
-/// writers of different pids never clobber each other in the kernel).
+/// Traced processes: one byte per pid, 0 when untraced, else the service index + 1. The
+/// first check of every probe: an array lookup is inlined by the verifier, so an untraced
+/// process pays a few nanoseconds, and a traced one needs no hash lookup either. Sized by
+/// the agent from pid_max; written by the agent from its selectors and, for forked children
+/// and exits, by the process probes (byte stores: kernel writers never clobber each other).
 #[map]
 pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, 0);
 

@@ -8,10 +8,10 @@ pub mod tracefs;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, trace_point::TracePointLinkId},
 };
-use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, PID_FLAGS_BLOCK, ProbeSettings, TracedProcess, stat};
+use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, stat};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEO_EBPF_OBJECT"));
@@ -181,11 +181,10 @@ impl Probes {
         Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map missing")?)?)
     }
 
-    /// The traced-process maps: pid -> service, and the per-pid flags the probes check first.
+    /// The traced processes as the probes see them: a flag byte per pid.
     pub fn take_traced_pids(&mut self) -> anyhow::Result<KernelPids> {
-        let pids = BpfHashMap::try_from(self.ebpf.take_map("TRACED_PIDS").context("TRACED_PIDS map missing")?)?;
         let flags = Array::try_from(self.ebpf.take_map("PID_FLAGS").context("PID_FLAGS map missing")?)?;
-        Ok(KernelPids { pids, flags })
+        Ok(KernelPids { flags })
     }
 
     pub fn take_stats(&mut self) -> anyhow::Result<KernelStats> {
@@ -198,27 +197,26 @@ impl Probes {
 /// exits); the agent rewrites a whole block, so a probe's concurrent write to the same block
 /// can be lost: the agent re-asserts a child's flag when it handles the fork event.
 pub struct KernelPids {
-    pids: BpfHashMap<MapData, u32, TracedProcess>,
     flags: Array<MapData, [u8; PID_FLAGS_BLOCK]>,
 }
 
 impl KernelPids {
-    fn set_flag(&mut self, pid: u32, on: bool) -> anyhow::Result<()> {
+    /// Set `pid`'s flag byte: 0 = untraced, else the service index + 1.
+    fn set_flag(&mut self, pid: u32, flag: u8) -> anyhow::Result<()> {
         let index = pid / PID_FLAGS_BLOCK as u32;
-        let mut block = self.flags.get(&index, 0)?;
-        block[pid as usize % PID_FLAGS_BLOCK] = on as u8;
+        let mut block = self.flags.get(&index, 0).with_context(|| format!("pid {pid} is above pid_max"))?;
+        block[pid as usize % PID_FLAGS_BLOCK] = flag;
         self.flags.set(index, block, 0)?;
         Ok(())
     }
 
     pub fn insert(&mut self, pid: u32, service: u32) -> anyhow::Result<()> {
-        self.pids.insert(pid, TracedProcess { service, _pad: 0 }, 0)?;
-        self.set_flag(pid, true)
+        anyhow::ensure!((service as usize) < MAX_SERVICES, "at most {MAX_SERVICES} services");
+        self.set_flag(pid, service as u8 + 1)
     }
 
     pub fn remove(&mut self, pid: u32) {
-        let _ = self.pids.remove(&pid);
-        let _ = self.set_flag(pid, false);
+        let _ = self.set_flag(pid, 0);
     }
 }
 
@@ -235,7 +233,7 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "read_user_failed",
     "socket_walk_failed",
     "args_map_full",
-    "pids_map_full",
+    "reserved_6",
     "data_events",
     "data_truncated",
 ];

@@ -7,12 +7,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use traceo_ebpf_common::{ProcEvent, TracedProcess, kind, stat};
+use traceo_ebpf_common::{ProcEvent, kind, stat};
 
 use crate::{
     filter::{Current, pid_flag, traced},
     globals::setting,
-    maps::{EVENTS, SYSCALL_ARGS, TRACED_PIDS, count, submit_flags},
+    maps::{EVENTS, SYSCALL_ARGS, count, submit_flags},
 };
 
 #[inline(always)]
@@ -43,15 +43,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    let value = TracedProcess { service: parent.service, _pad: 0 };
-    if TRACED_PIDS.insert(&child, &value, 0).is_err() {
-        count(stat::PIDS_MAP_FULL);
-        return 0;
-    }
-    if let Some(flag) = pid_flag(child) {
-        // SAFETY: a byte inside the map value.
-        unsafe { *flag = 1 };
-    }
+    let Some(flag) = pid_flag(child) else { return 0 };
+    // SAFETY: a byte inside the map value; services are at most MAX_SERVICES.
+    unsafe { *flag = (parent.service + 1) as u8 };
     debug!(&ctx, "following child {} of traced {}", child, parent.pid);
     let child_cur = Current { pid: child, tid: child, service: parent.service };
     emit(&child_cur, kind::PROC_FORK, parent.pid);
@@ -69,8 +63,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if pid == setting!(agent_pid) {
         return 0;
     }
-    // SAFETY: copied out at once.
-    let service = unsafe { TRACED_PIDS.get(&pid) }.map_or(traceo_ebpf_common::NO_SERVICE, |t| t.service);
+    let service = traced().map_or(traceo_ebpf_common::NO_SERVICE, |t| t.service);
     emit(&Current { pid, tid: pid_tgid as u32, service }, kind::PROC_EXEC, 0);
     0
 }
@@ -82,7 +75,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if setting!(trace_all) != 0 {
         return 0;
     }
-    let _ = TRACED_PIDS.remove(&cur.tid);
     // A syscall cut short by the exit leaves its arguments behind.
     let _ = SYSCALL_ARGS.remove(&cur.tid);
     if let Some(flag) = pid_flag(cur.tid) {

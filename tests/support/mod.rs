@@ -209,7 +209,7 @@ impl Recording {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
         let status = self.proc.child.wait().expect("wait for the agent");
-        self.log.extend(self.stderr.try_iter());
+        drain_log(&self.stderr, &mut self.log);
         assert!(status.success(), "the agent exited with {status}; its log:\n{}", self.log.join("\n"));
         assert!(self.log.iter().any(|l| l.contains("detached")), "no clean detach:\n{}", self.log.join("\n"));
         replay_events(&self.file)
@@ -254,9 +254,16 @@ impl Agent {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
         let status = self.proc.child.wait().expect("wait for the agent");
-        self.log.extend(self.stderr.try_iter());
+        drain_log(&self.stderr, &mut self.log);
         assert!(status.success(), "the agent exited with {status}; its log:\n{}", self.log.join("\n"));
         self.log.clone()
+    }
+}
+
+/// The rest of a finished process's stderr: up to the reader thread's end (EOF).
+fn drain_log(rx: &mpsc::Receiver<String>, log: &mut Vec<String>) {
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        log.push(line);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod events;
 pub mod http;
 pub mod live;
 pub mod loader;
+pub mod mcp;
 pub mod metrics;
 pub mod output;
 pub mod procfs;

@@ -97,16 +97,21 @@ impl HttpPipeline {
     }
 }
 
-/// Deliver one exchange: a JSON line, and an observation for the metrics.
+/// Deliver one exchange: MCP content read from its bodies, a JSON line, and observations
+/// for the metrics.
 fn emit(
-    ex: Exchange,
+    mut ex: Exchange,
     clock: &WallClock,
     metrics: Option<&Metrics>,
     out: &mut LineSink,
     failed: &mut Option<anyhow::Error>,
 ) {
+    ex.mcp = crate::mcp::parse(&ex);
     if let Some(m) = metrics {
         m.http.observe(&observation(&ex));
+        if let (Some(info), Role::Server) = (&ex.mcp, ex.role) {
+            m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
+        }
     }
     if failed.is_none() && !out.is_off() {
         *failed = out.line(&ex.to_json_line(clock)).err();

@@ -104,6 +104,8 @@ pub struct Exchange {
     pub span_id: Option<String>,
     pub parent_span_id: Option<String>,
     pub job_id: Option<String>,
+    /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
+    pub mcp: Option<crate::mcp::McpInfo>,
 }
 
 impl Exchange {
@@ -153,6 +155,7 @@ impl Exchange {
             span_id: None,
             parent_span_id: None,
             job_id: None,
+            mcp: None,
         }
     }
 

@@ -4,8 +4,16 @@
 use super::redact::is_secret_header;
 
 /// Kept by default (lower case).
-pub const DEFAULT_HEADERS: [&str; 7] =
-    ["host", "user-agent", "content-type", "traceparent", "tracestate", "x-correlation-id", "x-request-id"];
+pub const DEFAULT_HEADERS: [&str; 8] = [
+    "host",
+    "user-agent",
+    "content-type",
+    "traceparent",
+    "tracestate",
+    "x-correlation-id",
+    "x-request-id",
+    "mcp-session-id",
+];
 
 /// A kept value longer than this is cut (at a character boundary).
 const MAX_VALUE_BYTES: usize = 1024;

@@ -110,6 +110,9 @@ impl Exchange {
         if !extras.is_empty() {
             o.field("headers", Value::Object(extras));
         }
+        if let Some(mcp) = &self.mcp {
+            o.field("mcp", serde_json::to_value(mcp).unwrap_or(Value::Null));
+        }
         o.finish()
     }
 }

@@ -24,7 +24,7 @@ mod stats;
 mod tracker;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use exchange::{ConnInfo, Exchange, Flags, Role};
 pub use h1::{Http1Parser, Limits};

@@ -19,7 +19,8 @@ use super::MetricsConfig;
 pub const OVERFLOW_ROUTE: &str = "__overflow__";
 
 /// OTel's default buckets for http.*.request.duration (seconds).
-const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+pub(super) const DURATION_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 /// One completed exchange, as the metrics see it.
 #[derive(Clone, Debug)]

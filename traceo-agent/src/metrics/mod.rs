@@ -3,6 +3,7 @@
 
 mod agent;
 mod http;
+mod mcp;
 pub mod server;
 mod text_format;
 
@@ -12,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 pub use agent::{AgentMetrics, PipelineCounts};
 pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
+pub use mcp::McpMetrics;
 
 /// Limits of the HTTP families.
 #[derive(Clone, Debug)]
@@ -31,6 +33,7 @@ impl Default for MetricsConfig {
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
+    pub mcp: McpMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -39,7 +42,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let agent = AgentMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry, config, agent.series_overflow.clone());
-        Metrics { registry, http, agent }
+        let mcp = McpMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

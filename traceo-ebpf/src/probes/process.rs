@@ -27,7 +27,11 @@ fn emit(header_of: &Current, event_kind: u32, parent_pid: u32) {
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     });
-    entry.submit(submit_flags());
+    // The agent must see an exec at once: a new process matching a selector is traced only
+    // once the agent flags it, and it may open connections within milliseconds.
+    let flags =
+        if event_kind == kind::PROC_EXEC { aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64 } else { submit_flags() };
+    entry.submit(flags);
 }
 
 /// A traced process forked: trace the child under the same service. Thread creation fires

@@ -1,0 +1,38 @@
+"""Drive the Traceo stack as a user's agent would: over MCP, upload one good and one malformed
+CSV with the upload_csv tool, then poll job_status until both webhooks came back.
+
+Run: python mcp_client.py MCP_URL  -> prints one JSON line per job: {"job_id", "status", ...}
+"""
+import asyncio
+import json
+import sys
+
+from mcp.client import Client
+
+GOOD = "id,name,amount\n1,alpha,10\n2,beta,20\n3,gamma,30\n"
+MALFORMED = "id,name,amount\n1,alpha\n2,beta,20,extra\n"
+
+
+def structured(result):
+    if result.structured_content:
+        return result.structured_content.get("result", result.structured_content)
+    return json.loads(result.content[0].text)
+
+
+async def main(url: str) -> None:
+    async with Client(url) as client:
+        jobs = []
+        for name, content in (("good.csv", GOOD), ("malformed.csv", MALFORMED)):
+            result = await client.call_tool("upload_csv", {"filename": name, "content": content})
+            jobs.append(structured(result)["job_id"])
+        for job_id in jobs:
+            for _ in range(100):
+                status = structured(await client.call_tool("job_status", {"job_id": job_id}))
+                if status.get("source") == "webhook":
+                    break
+                await asyncio.sleep(0.1)
+            print(json.dumps(status), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))

@@ -288,3 +288,59 @@ pub fn stream(events: &[Value], conn_id: &Value, direction: &str) -> Vec<u8> {
 pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
+
+/// The Traceo stack of tests/apps/traceo_stack: engine and MCP server on loopback ports.
+pub struct Stack {
+    _engine: Proc,
+    _mcp: Proc,
+    pub engine_port: u16,
+    pub mcp_port: u16,
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        let (engine_port, mcp_port) = (free_port(), free_port());
+        let dir = repo().join("tests/apps/traceo_stack");
+        let engine = Proc::spawn(
+            Command::new(python())
+                .args(["-m", "uvicorn", "engine:app", "--host", "127.0.0.1", "--port", &engine_port.to_string()])
+                .args(["--log-level", "warning"])
+                .env("TRACEO_WEBHOOK_URL", format!("http://127.0.0.1:{mcp_port}/webhooks/job-complete"))
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let mcp = Proc::spawn(
+            Command::new(python())
+                .arg("mcp_server.py")
+                .arg(mcp_port.to_string())
+                .env("TRACEO_ENGINE_URL", format!("http://127.0.0.1:{engine_port}"))
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_for_port(engine_port);
+        wait_for_port(mcp_port);
+        Stack { _engine: engine, _mcp: mcp, engine_port, mcp_port }
+    }
+
+    /// Run the MCP client driver; its JSON lines.
+    pub fn drive(&self) -> Vec<Value> {
+        let out = Command::new(python())
+            .arg(repo().join("tests/apps/traceo_stack/mcp_client.py"))
+            .arg(format!("http://127.0.0.1:{}/mcp", self.mcp_port))
+            .output()
+            .expect("run the MCP client");
+        assert!(out.status.success(), "MCP client failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("client JSON")).collect()
+    }
+}
+
+/// JSON lines of a file the agent wrote with `--log`.
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}

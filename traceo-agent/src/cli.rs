@@ -76,6 +76,22 @@ pub struct HttpArgs {
     /// Cookie or API keys are never kept). Repeatable.
     #[arg(long = "header", value_name = "NAME")]
     pub headers: Vec<String>,
+    /// A business key joining exchanges across services: when a server's response carries
+    /// it (JSON field or header), later requests carrying the value join that exchange's
+    /// trace and get its `job_id`. Repeatable [default: job_id].
+    #[arg(long = "join-key", value_name = "NAME")]
+    pub join_key: Vec<String>,
+    /// How long an issued key value waits for its webhook, in seconds.
+    #[arg(long = "join-ttl", value_name = "SECS", default_value_t = 3600)]
+    pub join_ttl_secs: u64,
+}
+
+impl HttpArgs {
+    /// The configured join keys, or `job_id`.
+    pub fn join_keys(&self) -> impl Iterator<Item = &str> {
+        let default: &[&str] = if self.join_key.is_empty() { &["job_id"] } else { &[] };
+        self.join_key.iter().map(String::as_str).chain(default.iter().copied())
+    }
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,7 @@ use crate::{
     cli::{HttpArgs, RecordArgs, ReplayArgs, RunArgs},
     event_json::EventPrinter,
     http::TrackerConfig,
+    joins::Joins,
     live::{self, LiveOptions},
     metrics::{
         Metrics, MetricsConfig,
@@ -30,12 +31,21 @@ fn seconds(d: Option<f64>) -> anyhow::Result<Option<Duration>> {
 }
 
 fn tracker_config(services: Vec<String>, http: &HttpArgs) -> TrackerConfig {
+    // Business keys can travel in headers (job_id, job-id, x-job-id): keep those too.
+    let key_headers = http.join_keys().flat_map(|k| {
+        let dashed = k.replace('_', "-");
+        [k.to_owned(), dashed.clone(), format!("x-{dashed}")]
+    });
     TrackerConfig {
         service_names: services,
         routes: http.routes.clone(),
-        extra_headers: http.headers.clone(),
+        extra_headers: http.headers.iter().cloned().chain(key_headers).collect(),
         ..TrackerConfig::default()
     }
+}
+
+fn joins(http: &HttpArgs) -> Joins {
+    Joins::new(http.join_keys().map(str::to_owned).collect(), http.join_ttl_secs * 1_000_000_000, 100_000)
 }
 
 /// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges.
@@ -50,7 +60,7 @@ fn output_sink(
     if events {
         Box::new(EventLines { printer: EventPrinter::new(services), out })
     } else {
-        Box::new(HttpPipeline::new(tracker_config(services, http), clock_offset_ns, metrics, out))
+        Box::new(HttpPipeline::new(tracker_config(services, http), joins(http), clock_offset_ns, metrics, out))
     }
 }
 

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod event_json;
 pub mod events;
 pub mod http;
+pub mod joins;
 pub mod live;
 pub mod loader;
 pub mod mcp;

@@ -12,6 +12,7 @@ use crate::{
     event_json::EventPrinter,
     events::Event,
     http::{ConnTracker, Exchange, ParseErrorKind, Role, TrackerConfig, WallClock},
+    joins::{JoinEvent, Joins},
     metrics::{Metrics, Observation, PipelineCounts},
     output::LineSink,
     record::RecordWriter,
@@ -75,46 +76,60 @@ impl EventSink for Recorder {
     }
 }
 
-/// The HTTP pipeline: events -> exchanges -> JSON lines and metrics.
+/// The HTTP pipeline: events -> exchanges (tracker) -> MCP content and job joins ->
+/// JSON lines and metrics (emitter).
 pub struct HttpPipeline {
     tracker: ConnTracker,
-    clock: WallClock,
-    metrics: Option<Arc<Metrics>>,
-    out: LineSink,
+    emitter: Emitter,
     /// Services with an in-flight gauge, so one whose connections all ended reads 0.
     in_flight_services: HashSet<String>,
 }
 
+/// Everything downstream of the tracker, for one exchange at a time.
+struct Emitter {
+    clock: WallClock,
+    metrics: Option<Arc<Metrics>>,
+    out: LineSink,
+    joins: Joins,
+    /// The first output error; later exchanges are still counted.
+    failed: Option<anyhow::Error>,
+}
+
 impl HttpPipeline {
-    pub fn new(config: TrackerConfig, clock_offset_ns: i64, metrics: Option<Arc<Metrics>>, out: LineSink) -> Self {
-        HttpPipeline {
-            tracker: ConnTracker::new(config),
-            clock: WallClock { offset_ns: clock_offset_ns },
-            metrics,
-            out,
-            in_flight_services: HashSet::new(),
-        }
+    pub fn new(
+        config: TrackerConfig,
+        joins: Joins,
+        clock_offset_ns: i64,
+        metrics: Option<Arc<Metrics>>,
+        out: LineSink,
+    ) -> Self {
+        let emitter = Emitter { clock: WallClock { offset_ns: clock_offset_ns }, metrics, out, joins, failed: None };
+        HttpPipeline { tracker: ConnTracker::new(config), emitter, in_flight_services: HashSet::new() }
     }
 }
 
-/// Deliver one exchange: MCP content read from its bodies, a JSON line, and observations
-/// for the metrics.
-fn emit(
-    mut ex: Exchange,
-    clock: &WallClock,
-    metrics: Option<&Metrics>,
-    out: &mut LineSink,
-    failed: &mut Option<anyhow::Error>,
-) {
-    ex.mcp = crate::mcp::parse(&ex);
-    if let Some(m) = metrics {
-        m.http.observe(&observation(&ex));
-        if let (Some(info), Role::Server) = (&ex.mcp, ex.role) {
-            m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
+impl Emitter {
+    /// MCP content read from the bodies, the job key joined, then a JSON line and
+    /// observations for the metrics.
+    fn emit(&mut self, mut ex: Exchange) {
+        ex.mcp = crate::mcp::parse(&ex);
+        let joined = self.joins.observe(&mut ex);
+        if let Some(m) = &self.metrics {
+            m.http.observe(&observation(&ex));
+            if let (Some(info), Role::Server) = (&ex.mcp, ex.role) {
+                m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
+            }
+            if let Some(JoinEvent::Joined { callback_after_ns: Some(after) }) = joined {
+                m.jobs.observe_callback(after);
+            }
+        }
+        if self.failed.is_none() && !self.out.is_off() {
+            self.failed = self.out.line(&ex.to_json_line(&self.clock)).err();
         }
     }
-    if failed.is_none() && !out.is_off() {
-        *failed = out.line(&ex.to_json_line(clock)).err();
+
+    fn result(&mut self) -> anyhow::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
     }
 }
 
@@ -138,28 +153,28 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out, .. } = self;
-        let mut failed = None;
-        tracker.handle(event, &mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
-        failed.map_or(Ok(()), Err)
+        let emitter = &mut self.emitter;
+        self.tracker.handle(event, &mut |ex| emitter.emit(ex));
+        emitter.result()
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out, in_flight_services } = self;
-        let mut failed = None;
-        tracker.expire(now_ns, &mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
-        if let Some(m) = metrics {
-            let now = tracker.in_flight_by_service();
-            for gone in in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
+        let emitter = &mut self.emitter;
+        self.tracker.expire(now_ns, &mut |ex| emitter.emit(ex));
+        emitter.joins.expire(now_ns);
+        if let Some(m) = &emitter.metrics {
+            let now = self.tracker.in_flight_by_service();
+            for gone in self.in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
                 m.http.set_in_flight(gone, 0);
             }
             for (service, n) in &now {
                 m.http.set_in_flight(service, *n);
             }
-            *in_flight_services = now.into_keys().map(str::to_owned).collect();
+            self.in_flight_services = now.into_keys().map(str::to_owned).collect();
+            m.jobs.update(&emitter.joins.stats);
         }
-        out.flush()?;
-        failed.map_or(Ok(()), Err)
+        emitter.out.flush()?;
+        emitter.result()
     }
 
     fn counts(&self, counts: &mut PipelineCounts) {
@@ -172,10 +187,12 @@ impl EventSink for HttpPipeline {
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out, .. } = self;
-        let mut failed = None;
-        tracker.finish(&mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
-        out.flush()?;
-        failed.map_or(Ok(()), Err)
+        let emitter = &mut self.emitter;
+        self.tracker.finish(&mut |ex| emitter.emit(ex));
+        if let Some(m) = &emitter.metrics {
+            m.jobs.update(&emitter.joins.stats);
+        }
+        emitter.out.flush()?;
+        emitter.result()
     }
 }

@@ -1,7 +1,8 @@
 """Drive the Traceo stack as a user's agent would: over MCP, upload one good and one malformed
 CSV with the upload_csv tool, then poll job_status until both webhooks came back.
 
-Run: python mcp_client.py MCP_URL  -> prints one JSON line per job: {"job_id", "status", ...}
+Run: python mcp_client.py MCP_URL  -> prints one JSON line per job: {"job_id", "status", ...},
+then asks for a job that does not exist (a tool error) and prints {"missing_job_is_error": ...}.
 """
 import asyncio
 import json
@@ -32,6 +33,9 @@ async def main(url: str) -> None:
                     break
                 await asyncio.sleep(0.1)
             print(json.dumps(status), flush=True)
+        # A tool failure inside a 200 answer: the engine has no such job.
+        missing = await client.call_tool("job_status", {"job_id": "no-such-job"})
+        print(json.dumps({"missing_job_is_error": missing.is_error}), flush=True)
 
 
 if __name__ == "__main__":

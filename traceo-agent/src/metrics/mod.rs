@@ -3,6 +3,7 @@
 
 mod agent;
 mod http;
+mod jobs;
 mod mcp;
 pub mod server;
 mod text_format;
@@ -13,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 pub use agent::{AgentMetrics, PipelineCounts};
 pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
+pub use jobs::JobMetrics;
 pub use mcp::McpMetrics;
 
 /// Limits of the HTTP families.
@@ -34,6 +36,7 @@ pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
     pub mcp: McpMetrics,
+    pub jobs: JobMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -43,7 +46,8 @@ impl Metrics {
         let agent = AgentMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry, config, agent.series_overflow.clone());
         let mcp = McpMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, agent }
+        let jobs = JobMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

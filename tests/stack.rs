@@ -1,0 +1,104 @@
+//! The Traceo stack end to end (root): a FastAPI engine and an MCP server on the official SDK,
+//! driven by an MCP client that uploads a good and a malformed CSV and waits for both webhooks;
+//! the agent traces both services with no change to them.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use support::*;
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[test]
+fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
+    if !require_root("traceo_stack") || !require_python("traceo_stack") {
+        return;
+    }
+    let dir = temp_dir("stack");
+    let stack = Stack::start();
+    let metrics_port = free_port();
+    let log = dir.join("exchanges.jsonl");
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("engine=port:{}", stack.engine_port),
+        "--service",
+        &format!("mcp=port:{}", stack.mcp_port),
+        "--log",
+        log.to_str().unwrap(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let results = stack.drive();
+    let jobs: Vec<(&str, &str)> =
+        results.iter().filter_map(|r| Some((r["job_id"].as_str()?, r["status"].as_str()?))).collect();
+    assert_eq!(jobs.len(), 2, "{results:?}");
+    assert_eq!((jobs[0].1, jobs[1].1), ("completed", "failed"), "the malformed CSV fails its job");
+    assert_eq!(results[2]["missing_job_is_error"], true);
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics =
+        Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    agent.stop();
+    let xs = json_lines(&log);
+
+    let find = |service: &str, direction: &str, method: &str, route: &str| -> Vec<&Value> {
+        xs.iter()
+            .filter(|x| {
+                x["service"] == service && x["direction"] == direction && x["method"] == method && x["route"] == route
+            })
+            .collect()
+    };
+    for (job_id, _) in &jobs {
+        let with_job = |v: &Vec<&Value>| v.iter().filter(|x| x["job_id"] == *job_id).count();
+        // The upload, seen by the engine (server) and by the MCP server (client), issues the key...
+        assert_eq!(with_job(&find("engine", "server", "POST", "/api/v1/jobs")), 1, "engine upload of {job_id}");
+        assert_eq!(with_job(&find("mcp", "client", "POST", "/api/v1/jobs")), 1, "MCP's upload call for {job_id}");
+        // ...and the webhook back, from both ends, carries it.
+        assert_eq!(
+            with_job(&find("engine", "client", "POST", "/webhooks/job-complete")),
+            1,
+            "webhook out of the engine"
+        );
+        assert_eq!(
+            with_job(&find("mcp", "server", "POST", "/webhooks/job-complete")),
+            1,
+            "webhook into the MCP server"
+        );
+    }
+    let uploads: Vec<&Value> = find("engine", "server", "POST", "/api/v1/jobs");
+    assert!(uploads.iter().all(|x| x["status"] == 202));
+
+    // MCP awareness: tool names and outcomes from the JSON-RPC bodies.
+    let tool_calls: Vec<(&str, &str)> = xs
+        .iter()
+        .filter(|x| x["service"] == "mcp" && x["direction"] == "server")
+        .flat_map(|x| x["mcp"]["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["method"] == "tools/call")
+        .map(|m| (m["tool"].as_str().unwrap_or("?").to_owned(), m["outcome"].as_str().unwrap_or("?").to_owned()))
+        .map(|(t, o)| {
+            (if t == "upload_csv" { "upload_csv" } else { "job_status" }, if o == "ok" { "ok" } else { "not ok" })
+        })
+        .collect();
+    assert_eq!(tool_calls.iter().filter(|c| **c == ("upload_csv", "ok")).count(), 2, "{tool_calls:?}");
+    assert_eq!(
+        tool_calls.iter().filter(|c| **c == ("job_status", "not ok")).count(),
+        1,
+        "the missing job is a tool error"
+    );
+
+    assert_eq!(
+        metric(&metrics, "traceo_mcp_tool_calls_total{service=\"mcp\",tool=\"upload_csv\",outcome=\"ok\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&metrics, "traceo_mcp_tool_calls_total{service=\"mcp\",tool=\"job_status\",outcome=\"tool_error\"}"),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "traceo_job_upload_to_webhook_seconds_count"), 2.0);
+    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
+}

@@ -1,0 +1,318 @@
+//! Business-key joins: tie the exchanges of one job together across services and time.
+//!
+//! A key (default `job_id`) is *issued* when a server's JSON response body or a response
+//! header carries it (the engine answering an upload with `{"job_id": ...}`). Later
+//! exchanges whose request carries the value (JSON body field, path segment, query parameter
+//! or header) are *joined* to that origin: they get `job_id` and, once spans exist, the
+//! origin's trace. The *callback* is the first joined request that the issuing service itself
+//! sends (the engine's webhook); polls sent to it do not count. State is bounded and expires.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde_json::Value;
+
+use crate::http::{Exchange, Role};
+
+/// What a join decided for one exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinEvent {
+    /// The exchange issued a key value.
+    Issued,
+    /// The exchange carried a known value; `callback_after_ns` is set on the issuing
+    /// service's first outgoing request with it (upload start to webhook start).
+    Joined { callback_after_ns: Option<u64> },
+    /// A request named the key field with a value nobody issued (or one that expired).
+    Unknown,
+}
+
+/// Where a key value came from.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The service whose response issued it.
+    pub service: String,
+    /// Start of the issuing exchange (monotonic ns).
+    pub start_ns: u64,
+    /// The issuing exchange's trace and span, when spans are on.
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    callback_seen: bool,
+}
+
+/// Counters for `traceo_job_joins_total{outcome}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinStats {
+    pub joined: u64,
+    pub upload_without_webhook: u64,
+    pub webhook_without_upload: u64,
+}
+
+pub struct Joins {
+    keys: Vec<String>,
+    ttl_ns: u64,
+    max_values: usize,
+    values: HashMap<String, Origin>,
+    /// Values in issue order, for expiry and the cap.
+    order: VecDeque<(u64, String)>,
+    pub stats: JoinStats,
+}
+
+/// Values longer than this are not keys (and are never stored).
+const MAX_VALUE_LEN: usize = 128;
+
+impl Joins {
+    pub fn new(keys: Vec<String>, ttl_ns: u64, max_values: usize) -> Joins {
+        Joins { keys, ttl_ns, max_values, values: HashMap::new(), order: VecDeque::new(), stats: JoinStats::default() }
+    }
+
+    /// Look at one completed exchange: issue, join, or neither; sets `ex.job_id`.
+    pub fn observe(&mut self, ex: &mut Exchange) -> Option<JoinEvent> {
+        if let Some((value, origin)) = self.carried(ex) {
+            ex.job_id = Some(value.clone());
+            let Some(origin) = origin else {
+                self.stats.webhook_without_upload += 1;
+                return Some(JoinEvent::Unknown);
+            };
+            let callback = ex.role == Role::Client && ex.service == origin.service && !origin.callback_seen;
+            let after = callback.then(|| ex.request_first_ns.saturating_sub(origin.start_ns));
+            if callback {
+                self.stats.joined += 1;
+                if let Some(o) = self.values.get_mut(&value) {
+                    o.callback_seen = true;
+                }
+            }
+            if ex.trace_id.is_none() {
+                ex.trace_id = origin.trace_id.clone();
+            }
+            return Some(JoinEvent::Joined { callback_after_ns: after });
+        }
+        if ex.role == Role::Server {
+            if let Some(value) = self.issued(ex) {
+                ex.job_id = Some(value.clone());
+                self.issue(value, ex);
+                return Some(JoinEvent::Issued);
+            }
+        }
+        // The client view of an issuing exchange (the uploader's side) names the value too.
+        if ex.role == Role::Client {
+            if let Some(value) = self.issued(ex) {
+                ex.job_id = Some(value);
+            }
+        }
+        None
+    }
+
+    fn issue(&mut self, value: String, ex: &Exchange) {
+        if self.values.contains_key(&value) {
+            return;
+        }
+        while self.values.len() >= self.max_values {
+            let Some((_, old)) = self.order.pop_front() else { break };
+            self.forget(&old);
+        }
+        let origin = Origin {
+            service: ex.service.clone(),
+            start_ns: ex.request_first_ns,
+            trace_id: ex.trace_id.clone(),
+            span_id: ex.span_id.clone(),
+            callback_seen: false,
+        };
+        self.values.insert(value.clone(), origin);
+        self.order.push_back((ex.request_first_ns, value));
+    }
+
+    fn forget(&mut self, value: &str) {
+        if let Some(o) = self.values.remove(value) {
+            if !o.callback_seen {
+                self.stats.upload_without_webhook += 1;
+            }
+        }
+    }
+
+    /// Values issued more than the TTL before `now_ns` expire.
+    pub fn expire(&mut self, now_ns: u64) {
+        while let Some((at, _)) = self.order.front() {
+            if now_ns.saturating_sub(*at) <= self.ttl_ns {
+                break;
+            }
+            let (_, value) = self.order.pop_front().expect("front exists");
+            self.forget(&value);
+        }
+    }
+
+    /// A key value in the response (JSON body field or header).
+    fn issued(&self, ex: &Exchange) -> Option<String> {
+        let body = json_body(&ex.response_body_prefix).and_then(|b| find_key(&b, &self.keys, 4));
+        body.or_else(|| self.keys.iter().find_map(|k| header(ex, k, false)))
+    }
+
+    /// The first known value the request carries, with its origin; or a value under a key
+    /// name that nobody issued (origin `None`). Only a top-level JSON field, a query
+    /// parameter or a header *names* a key (a webhook payload does); a nested field (JSON-RPC
+    /// tool arguments) or a path segment joins only when its value is known.
+    fn carried(&self, ex: &Exchange) -> Option<(String, Option<Origin>)> {
+        let body = json_body(&ex.request_body_prefix);
+        let named = body
+            .as_ref()
+            .and_then(|b| find_key(b, &self.keys, 0))
+            .or_else(|| self.keys.iter().find_map(|k| query_param(&ex.target, k)))
+            .or_else(|| self.keys.iter().find_map(|k| header(ex, k, true)));
+        if let Some(v) = named {
+            let origin = self.values.get(&v).cloned();
+            return Some((v, origin));
+        }
+        let known = |v: String| Some((v.clone(), Some(self.values.get(&v)?.clone())));
+        if let Some(found) = body.as_ref().and_then(|b| find_key(b, &self.keys, 4)).and_then(known) {
+            return Some(found);
+        }
+        let path = ex.target.split('?').next().unwrap_or("");
+        path.split('/').filter(|s| !s.is_empty()).find_map(|seg| known(seg.to_owned()))
+    }
+}
+
+fn valid(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_VALUE_LEN && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A JSON object or array body (a whole one: a prefix cut short does not parse).
+fn json_body(body: &[u8]) -> Option<Value> {
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..])?;
+    if !trimmed.starts_with(b"{") && !trimmed.starts_with(b"[") {
+        return None;
+    }
+    serde_json::from_slice(trimmed).ok()
+}
+
+/// `"key": value` (string or number) in `v` or, up to `depth` levels down, inside it.
+fn find_key(v: &Value, keys: &[String], depth: u32) -> Option<String> {
+    match v {
+        Value::Object(map) => {
+            let direct = keys.iter().find_map(|k| match map.get(k)? {
+                Value::String(s) if valid(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            direct.or_else(|| (depth > 0).then(|| map.values().find_map(|c| find_key(c, keys, depth - 1))).flatten())
+        }
+        Value::Array(items) if depth > 0 => items.iter().find_map(|c| find_key(c, keys, depth - 1)),
+        _ => None,
+    }
+}
+
+fn query_param(target: &str, key: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key && valid(v)).then(|| v.to_owned())
+    })
+}
+
+/// The key as a header: `job_id`, `job-id` or `x-job-id` (any case).
+fn header(ex: &Exchange, key: &str, request: bool) -> Option<String> {
+    let headers = if request { &ex.request_headers } else { &ex.response_headers };
+    let dashed = key.replace('_', "-");
+    [key.to_owned(), dashed.clone(), format!("x-{dashed}")]
+        .iter()
+        .find_map(|name| headers.get(name))
+        .filter(|v| valid(v))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::tests::script::*;
+
+    /// One exchange of `service`: the process received (server) or sent (client) `request`
+    /// and the other direction carried `response`.
+    fn exchange(service_idx: u32, server: bool, request: &[u8], response: &[u8]) -> Exchange {
+        let mut s = if server { Script::accepted(1) } else { Script::connected(1) };
+        s.service = Some(service_idx);
+        if let Some(crate::events::Event::ConnOpen(open)) = s.events.first_mut() {
+            open.meta.service = Some(service_idx);
+        }
+        if server {
+            s.recv(request).send(response);
+        } else {
+            s.send(request).recv(response);
+        }
+        let cfg =
+            crate::http::TrackerConfig { service_names: vec!["engine".into(), "mcp".into()], ..Default::default() };
+        let (xs, _) = run_with(cfg, &s.take());
+        one(&xs).clone()
+    }
+
+    fn json_response(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    const ENGINE: u32 = 0;
+    const MCP: u32 = 1;
+
+    #[test]
+    fn an_upload_issues_and_the_issuers_webhook_joins_once() {
+        let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
+        let mut upload =
+            exchange(ENGINE, true, &post("/api/v1/jobs", "a,b\n1,2\n"), &json_response(r#"{"job_id":"j1"}"#));
+        upload.trace_id = Some("t-upload".into());
+        assert_eq!(joins.observe(&mut upload), Some(JoinEvent::Issued));
+        assert_eq!(upload.job_id.as_deref(), Some("j1"));
+
+        // A poll sent to the engine joins the trace but is not the callback.
+        let mut poll = exchange(MCP, false, &get("/api/v1/jobs/j1"), &ok("{}"));
+        assert_eq!(joins.observe(&mut poll), Some(JoinEvent::Joined { callback_after_ns: None }));
+        assert_eq!((poll.job_id.as_deref(), poll.trace_id.as_deref()), (Some("j1"), Some("t-upload")));
+
+        // The engine's own webhook is.
+        let mut webhook = exchange(
+            ENGINE,
+            false,
+            &post("/webhooks/job-complete", r#"{"job_id":"j1","status":"completed"}"#),
+            &ok("{}"),
+        );
+        let Some(JoinEvent::Joined { callback_after_ns: Some(_) }) = joins.observe(&mut webhook) else {
+            panic!("the engine's webhook is the callback")
+        };
+        let mut again = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
+        assert_eq!(joins.observe(&mut again), Some(JoinEvent::Joined { callback_after_ns: None }), "counted once");
+        assert_eq!(joins.stats, JoinStats { joined: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn unknown_values_expiry_and_the_cap_are_counted() {
+        let mut joins = Joins::new(vec!["job_id".into()], 1_000, 2);
+        let mut stray = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"nobody"}"#), &ok("{}"));
+        assert_eq!(joins.observe(&mut stray), Some(JoinEvent::Unknown));
+        for id in ["a", "b", "c"] {
+            let mut up =
+                exchange(ENGINE, true, &post("/api/v1/jobs", "x"), &json_response(&format!(r#"{{"job_id":"{id}"}}"#)));
+            joins.observe(&mut up);
+        }
+        // The cap of 2 pushed "a" out unanswered; expiry takes the rest.
+        assert_eq!(joins.stats.upload_without_webhook, 1);
+        joins.expire(u64::MAX);
+        assert_eq!(joins.stats, JoinStats { joined: 0, upload_without_webhook: 3, webhook_without_upload: 1 });
+    }
+
+    #[test]
+    fn keys_nested_in_json_rpc_arguments_and_query_parameters_join() {
+        let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
+        let mut up = exchange(ENGINE, true, &post("/api/v1/jobs", "x"), &json_response(r#"{"job_id":"j9"}"#));
+        joins.observe(&mut up);
+        let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"job_status","arguments":{"job_id":"j9"}}}"#;
+        let mut tool = exchange(MCP, true, &post("/mcp", call), &ok("{}"));
+        assert!(matches!(joins.observe(&mut tool), Some(JoinEvent::Joined { .. })));
+        let mut q = exchange(MCP, false, &get("/status?job_id=j9"), &ok("{}"));
+        assert!(matches!(joins.observe(&mut q), Some(JoinEvent::Joined { .. })));
+        let mut other = exchange(MCP, false, &get("/status?id=j9x"), &ok("{}"));
+        assert_eq!(joins.observe(&mut other), None);
+        // A nested value nobody issued is a lookup, not a webhook without upload.
+        let unknown = call.replace("j9", "zzz");
+        let mut lookup = exchange(MCP, true, &post("/mcp", &unknown), &ok("{}"));
+        assert_eq!(joins.observe(&mut lookup), None);
+        assert_eq!(joins.stats.webhook_without_upload, 0);
+    }
+}

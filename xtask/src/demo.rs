@@ -1,7 +1,8 @@
-//! `cargo xtask demo`: the agent's main job on a bundled default. Starts the test app (a small
-//! uvicorn service), traces it with the agent, sends a mix of requests, then shows the HTTP
-//! exchanges the agent rebuilt and the metric lines Prometheus would scrape. Everything it
-//! starts is stopped at the end or on Ctrl-C.
+//! `cargo xtask demo`: the agent's main job on a bundled default, the Traceo stack. Starts the
+//! engine and the MCP server of tests/apps/traceo_stack, traces both with the agent, has an
+//! MCP client upload a good and a malformed CSV and wait for the webhooks, then shows each
+//! job's path as the agent saw it (a tree by span once spans are on) and the key metric
+//! lines. Everything it starts is stopped at the end or on Ctrl-C.
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -16,7 +17,7 @@ use anyhow::{Context as _, bail};
 use crate::root;
 
 /// Process groups to kill on Ctrl-C.
-static GROUPS: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
+static GROUPS: [AtomicI32; 3] = [AtomicI32::new(0), AtomicI32::new(0), AtomicI32::new(0)];
 
 /// A child in its own process group, killed with it on drop.
 struct Started(Child);
@@ -79,31 +80,113 @@ fn curl(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// One exchange as the demo prints it.
+struct Row {
+    x: serde_json::Value,
+}
+
+impl Row {
+    fn s(&self, k: &str) -> String {
+        self.x[k].as_str().map(str::to_owned).unwrap_or_else(|| self.x[k].to_string())
+    }
+    fn start_ms(&self) -> f64 {
+        // ts is RFC 3339 with microseconds: compare within one run by its seconds part.
+        let ts = self.s("ts");
+        let secs = ts.rsplit(':').next().and_then(|s| s.trim_end_matches('Z').parse::<f64>().ok()).unwrap_or(0.0);
+        let minutes = ts.split(':').nth(1).and_then(|m| m.parse::<f64>().ok()).unwrap_or(0.0);
+        (minutes * 60.0 + secs) * 1000.0
+    }
+    fn name(&self) -> String {
+        let mcp = &self.x["mcp"]["messages"][0];
+        match (mcp["method"].as_str(), mcp["tool"].as_str()) {
+            (Some(m), Some(t)) => format!("{m} {t}"),
+            (Some(m), None) => m.to_owned(),
+            _ => format!("{} {}", self.s("method"), self.s("route")),
+        }
+    }
+    fn line(&self, indent: usize, t0: f64) -> String {
+        format!(
+            "{:>9}  {}{:<7} {:<7} {:<34} {:>4} {:>8.1} ms",
+            format!("+{:.1}ms", self.start_ms() - t0),
+            "  ".repeat(indent),
+            self.s("service"),
+            self.s("direction"),
+            self.name(),
+            self.s("status"),
+            self.x["duration_ms"].as_f64().unwrap_or(f64::NAN),
+        )
+    }
+}
+
+/// Print the exchanges of one trace as a tree (parent_span_id), or as a timeline.
+fn print_group(rows: &[&Row]) {
+    let t0 = rows.iter().map(|r| r.start_ms()).fold(f64::INFINITY, f64::min);
+    if rows.iter().all(|r| r.x["span_id"].is_null()) {
+        let mut timeline = rows.to_vec();
+        timeline.sort_by(|a, b| a.start_ms().total_cmp(&b.start_ms()));
+        for row in timeline {
+            println!("{}", row.line(0, t0));
+        }
+        return;
+    }
+    let spans: std::collections::HashSet<String> = rows.iter().map(|r| r.s("span_id")).collect();
+    let roots: Vec<&&Row> = rows.iter().filter(|r| !spans.contains(&r.s("parent_span_id"))).collect();
+    fn walk(row: &Row, rows: &[&Row], depth: usize, t0: f64) {
+        println!("{}", row.line(depth, t0));
+        let id = row.s("span_id");
+        let mut children: Vec<&&Row> = rows.iter().filter(|r| r.s("parent_span_id") == id && id != "null").collect();
+        children.sort_by(|a, b| a.start_ms().total_cmp(&b.start_ms()));
+        for child in children {
+            walk(child, rows, depth + 1, t0);
+        }
+    }
+    let mut roots = roots;
+    roots.sort_by(|a, b| a.start_ms().total_cmp(&b.start_ms()));
+    for root in roots {
+        walk(root, rows, 0, t0);
+    }
+}
+
 pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
     // SAFETY: installing a handler that only makes async-signal-safe calls.
     unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
     let dir = std::env::temp_dir().join(format!("traceo-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (app_port, metrics_port) = (free_port()?, free_port()?);
+    let (engine_port, mcp_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
     let exchanges = dir.join("exchanges.jsonl");
+    let stack = root().join("tests/apps/traceo_stack");
 
-    println!("== starting the demo service (uvicorn, tests/apps/echo_app.py) on 127.0.0.1:{app_port}");
-    let _app = Started::spawn(
-        Command::new(python)
-            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &app_port.to_string()])
-            .arg("--no-access-log")
-            .current_dir(root().join("tests/apps"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-        0,
-    )?;
-    wait_for("the demo service", || TcpStream::connect(("127.0.0.1", app_port)).is_ok())?;
+    println!(
+        "== the Traceo stack: engine (FastAPI) on 127.0.0.1:{engine_port}, MCP server (official MCP SDK) on 127.0.0.1:{mcp_port}"
+    );
+    let quiet = |c: &mut Command| {
+        c.current_dir(&stack).stdout(Stdio::null()).stderr(Stdio::null());
+    };
+    let mut engine_cmd = Command::new(python);
+    engine_cmd
+        .args(["-m", "uvicorn", "engine:app", "--host", "127.0.0.1", "--port", &engine_port.to_string()])
+        .env("TRACEO_WEBHOOK_URL", format!("http://127.0.0.1:{mcp_port}/webhooks/job-complete"));
+    quiet(&mut engine_cmd);
+    let _engine = Started::spawn(&mut engine_cmd, 0)?;
+    let mut mcp_cmd = Command::new(python);
+    mcp_cmd
+        .arg("mcp_server.py")
+        .arg(mcp_port.to_string())
+        .env("TRACEO_ENGINE_URL", format!("http://127.0.0.1:{engine_port}"));
+    quiet(&mut mcp_cmd);
+    let _mcp = Started::spawn(&mut mcp_cmd, 2)?;
+    for port in [engine_port, mcp_port] {
+        wait_for("the stack", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+    }
 
-    println!("== starting traceo-agent run --service demo=port:{app_port} (metrics on 127.0.0.1:{metrics_port})");
+    println!(
+        "== traceo-agent run --service engine=port:{engine_port} --service mcp=port:{mcp_port} --route '/api/v1/jobs/{{job_id}}' (metrics on 127.0.0.1:{metrics_port})"
+    );
     let mut agent_cmd = Command::new(agent);
     agent_cmd
-        .args(["run", "--service", &format!("demo=port:{app_port}")])
+        .args(["run", "--service", &format!("engine=port:{engine_port}"), "--service", &format!("mcp=port:{mcp_port}")])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--route", "/api/v1/jobs/{job_id}"])
         .arg("--log")
         .arg(&exchanges)
         .stdout(Stdio::null());
@@ -111,57 +194,55 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
     let mut agent_proc = Started::spawn(&mut agent_cmd, 1)?;
     wait_for("the agent", || curl(&[&format!("http://127.0.0.1:{metrics_port}/ready")]).starts_with("ready"))?;
 
-    println!("== sending requests: 5 x GET /hello, 3 x GET /slow, GET /status/404, GET /status/500, POST /upload");
-    let base = format!("http://127.0.0.1:{app_port}");
-    for _ in 0..5 {
-        curl(&[&format!("{base}/hello")]);
+    println!("== an MCP client calls upload_csv with a good and a malformed CSV and waits for both webhooks");
+    let out = Command::new(python)
+        .arg(stack.join("mcp_client.py"))
+        .arg(format!("http://127.0.0.1:{mcp_port}/mcp"))
+        .output()
+        .context("run the MCP client")?;
+    if !out.status.success() {
+        bail!("the MCP client failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    for _ in 0..3 {
-        curl(&[&format!("{base}/slow")]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("   {line}");
     }
-    curl(&[&format!("{base}/status/404")]);
-    curl(&[&format!("{base}/status/500")]);
-    curl(&["--data-binary", "a,b,c\n1,2,3\n", &format!("{base}/upload")]);
     std::thread::sleep(Duration::from_millis(1500));
     let metrics = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
     agent_proc.interrupt();
 
-    println!("\n== HTTP exchanges the agent rebuilt from the socket syscalls ({})", exchanges.display());
-    println!(
-        "{:<8} {:<8} {:<7} {:<14} {:>6} {:>10} {:>9}  peer",
-        "service", "side", "method", "route", "status", "ms", "resp B"
-    );
     let text = std::fs::read_to_string(&exchanges).unwrap_or_default();
-    for line in text.lines() {
-        let Ok(x) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let s = |k: &str| x[k].as_str().map(str::to_owned).unwrap_or_else(|| x[k].to_string());
-        println!(
-            "{:<8} {:<8} {:<7} {:<14} {:>6} {:>10.3} {:>9}  {}",
-            s("service"),
-            s("direction"),
-            s("method"),
-            s("route"),
-            s("status"),
-            x["duration_ms"].as_f64().unwrap_or(f64::NAN),
-            s("response_bytes"),
-            s("peer")
-        );
+    let rows: Vec<Row> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).map(|x| Row { x }).collect();
+    if rows.is_empty() {
+        bail!("the agent printed no exchange: see its log above");
     }
-    if let Some(first) = text.lines().next() {
-        println!("\none exchange as JSON:\n{first}");
+    let mut jobs: Vec<String> = rows.iter().map(|r| r.s("job_id")).filter(|j| j != "null").collect();
+    jobs.dedup();
+    jobs.sort();
+    jobs.dedup();
+    println!(
+        "\n== what the agent saw, with no change to either service ({} exchanges in {})",
+        rows.len(),
+        exchanges.display()
+    );
+    for job in &jobs {
+        // One trace per job once spans are on; until then, the exchanges that carry the job id.
+        let trace = rows.iter().find(|r| r.s("job_id") == *job).map(|r| r.s("trace_id")).filter(|t| t != "null");
+        let group: Vec<&Row> = match &trace {
+            Some(t) => rows.iter().filter(|r| r.s("trace_id") == *t).collect(),
+            None => rows.iter().filter(|r| r.s("job_id") == *job).collect(),
+        };
+        println!("\njob {job}{}", trace.map(|t| format!("  trace {t}")).unwrap_or_default());
+        print_group(&group);
     }
     println!("\n== key metric lines (Prometheus scrapes these from /metrics)");
     for line in metrics.lines().filter(|l| {
-        l.starts_with("traceo_http_requests_total")
-            || (l.starts_with("traceo_http_server_request_duration_seconds_count"))
-            || l.starts_with("traceo_agent_events_read_total")
-            || l.starts_with("traceo_agent_kernel_drops_total{reason=\"ring_full_data\"}")
+        ["traceo_mcp_tool_calls_total", "traceo_job_joins_total", "traceo_job_upload_to_webhook_seconds_count"]
+            .iter()
+            .any(|p| l.starts_with(p))
+            || (l.starts_with("traceo_http_requests_total") && l.contains("direction=\"server\""))
     }) {
         println!("{line}");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    if text.lines().count() == 0 {
-        bail!("the agent printed no exchange: see its log above");
-    }
     Ok(())
 }

@@ -110,13 +110,7 @@ fn a_keep_alive_connection_opened_before_the_agent_is_still_seen() {
     let dir = temp_dir("keepalive");
     let port = free_port();
     let _server = uvicorn(port, 1);
-    let mut client = Proc::spawn(
-        Command::new(python())
-            .arg(repo().join("tests/apps/clients.py"))
-            .args(["keepalive", "127.0.0.1", &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut client = python_client("keepalive", port);
     let mut out = None;
     assert_eq!(client.read_line(&mut out), "first");
     let rec = Recording::start(&dir, &["--service", &format!("api=port:{port}")]);
@@ -145,13 +139,7 @@ fn two_connections_reusing_one_fd_get_different_connection_ids() {
     let dir = temp_dir("fdreuse");
     let port = free_port();
     let _server = uvicorn(port, 1);
-    let mut client = Proc::spawn(
-        Command::new(python())
-            .arg(repo().join("tests/apps/clients.py"))
-            .args(["fdreuse", "127.0.0.1", &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut client = python_client("fdreuse", port);
     let rec = Recording::start(&dir, &["--service", &format!("client=pid:{}", client.pid())]);
     client.send_line("go");
     let mut out = None;
@@ -316,13 +304,7 @@ fn every_data_syscall_is_captured_in_order() {
     let dir = temp_dir("syscalls");
     let port = free_port();
     let _server = uvicorn(port, 1);
-    let mut client = Proc::spawn(
-        Command::new(python())
-            .arg(repo().join("tests/apps/clients.py"))
-            .args(["syscalls", "127.0.0.1", &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut client = python_client("syscalls", port);
     let rec = Recording::start(&dir, &["--service", &format!("client=pid:{}", client.pid())]);
     client.send_line("go");
     let mut out = None;

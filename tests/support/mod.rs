@@ -146,6 +146,17 @@ pub fn uvicorn_on(host: &str, port: u16, workers: u32) -> Proc {
     p
 }
 
+/// A mode of tests/apps/clients.py against 127.0.0.1:`port`, with piped stdin and stdout.
+pub fn python_client(mode: &str, port: u16) -> Proc {
+    Proc::spawn(
+        Command::new(python())
+            .arg(repo().join("tests/apps/clients.py"))
+            .args([mode, "127.0.0.1", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    )
+}
+
 pub fn curl(args: &[&str]) -> String {
     let out = Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("run curl");
     assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));

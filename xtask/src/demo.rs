@@ -5,60 +5,18 @@
 //! lines. Everything it starts is stopped at the end or on Ctrl-C.
 
 use std::{
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicI32, Ordering},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::root;
-
-/// Process groups to kill on Ctrl-C.
-static GROUPS: [AtomicI32; 3] = [AtomicI32::new(0), AtomicI32::new(0), AtomicI32::new(0)];
-
-/// A child in its own process group, killed with it on drop.
-struct Started(Child);
-
-impl Started {
-    fn spawn(cmd: &mut Command, slot: usize) -> anyhow::Result<Started> {
-        use std::os::unix::process::CommandExt;
-        let child = cmd.process_group(0).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
-        GROUPS[slot].store(child.id() as i32, Ordering::SeqCst);
-        Ok(Started(child))
-    }
-    fn interrupt(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    for g in &GROUPS {
-        let pgid = g.load(Ordering::SeqCst);
-        if pgid > 0 {
-            // SAFETY: async-signal-safe calls only.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-    }
-    // SAFETY: async-signal-safe.
-    unsafe { libc::_exit(130) };
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use crate::{
+    procs::{self, Proc, free_port},
+    root,
+};
 
 fn wait_for(what: &str, ok: impl Fn() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -148,8 +106,7 @@ fn print_group(rows: &[&Row]) {
 }
 
 pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
-    // SAFETY: installing a handler that only makes async-signal-safe calls.
-    unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
+    procs::kill_children_on_interrupt();
     let dir = std::env::temp_dir().join(format!("traceo-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (engine_port, mcp_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
@@ -167,14 +124,14 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
         .args(["-m", "uvicorn", "engine:app", "--host", "127.0.0.1", "--port", &engine_port.to_string()])
         .env("TRACEO_WEBHOOK_URL", format!("http://127.0.0.1:{mcp_port}/webhooks/job-complete"));
     quiet(&mut engine_cmd);
-    let _engine = Started::spawn(&mut engine_cmd, 0)?;
+    let _engine = Proc::spawn(&mut engine_cmd)?;
     let mut mcp_cmd = Command::new(python);
     mcp_cmd
         .arg("mcp_server.py")
         .arg(mcp_port.to_string())
         .env("TRACEO_ENGINE_URL", format!("http://127.0.0.1:{engine_port}"));
     quiet(&mut mcp_cmd);
-    let _mcp = Started::spawn(&mut mcp_cmd, 2)?;
+    let _mcp = Proc::spawn(&mut mcp_cmd)?;
     for port in [engine_port, mcp_port] {
         wait_for("the stack", || TcpStream::connect(("127.0.0.1", port)).is_ok())?;
     }
@@ -191,7 +148,7 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
         .arg(&exchanges)
         .stdout(Stdio::null());
     crate::setup::as_root(&mut agent_cmd);
-    let mut agent_proc = Started::spawn(&mut agent_cmd, 1)?;
+    let mut agent_proc = Proc::spawn(&mut agent_cmd)?;
     wait_for("the agent", || curl(&[&format!("http://127.0.0.1:{metrics_port}/ready")]).starts_with("ready"))?;
 
     println!("== an MCP client calls upload_csv with a good and a malformed CSV and waits for both webhooks");

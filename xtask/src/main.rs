@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod procs;
 mod setup;
 
 use std::{

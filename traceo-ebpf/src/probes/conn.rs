@@ -66,8 +66,14 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     let Some(cur) = traced() else { return };
+    announce_fd(&cur, fd, open_how::ACCEPTED, fd);
+}
+
+/// Announce the socket behind `fd` (a new connection); count a failed walk.
+#[inline(always)]
+fn announce_fd(cur: &Current, fd: i64, how: u8, ret: i64) {
     match socket_of_fd(fd) {
-        Ok(sock) => announce(&cur, &sock, fd, open_how::ACCEPTED, fd),
+        Ok(sock) => announce(cur, &sock, fd, how, ret),
         Err(WalkError::Failed) => count(stat::SOCKET_WALK_FAILED),
         Err(WalkError::NotSocket) => {}
     }
@@ -126,12 +132,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let cur = Current { pid: (pid_tgid >> 32) as u32, tid, service: args.service };
-    let fd = args.fd as i64;
-    match socket_of_fd(fd) {
-        Ok(sock) => announce(&cur, &sock, fd, open_how::CONNECTED, ret),
-        Err(WalkError::Failed) => count(stat::SOCKET_WALK_FAILED),
-        Err(WalkError::NotSocket) => {}
-    }
+    announce_fd(&cur, args.fd as i64, open_how::CONNECTED, ret);
     0
 }
 

@@ -9,7 +9,6 @@
 //!
 //! Prints a table and writes `target/bench/bench.json`.
 
-mod procs;
 pub mod syscall_loop;
 
 use std::{
@@ -19,8 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::procs::{self, Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wrk};
 use anyhow::{Context as _, bail};
-use procs::{Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wrk};
 use serde_json::{Value, json};
 
 pub struct Settings {
@@ -93,6 +92,21 @@ fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
     }))
 }
 
+/// The agent tracing the server on `port` as `service`, with its metrics on a free port.
+fn traced_agent(agent_bin: &Path, service: &str, port: u16) -> anyhow::Result<(Proc, u16)> {
+    let metrics_port = free_port()?;
+    let args = [
+        "run",
+        "--service",
+        &format!("{service}=port:{port}"),
+        "--log",
+        "off",
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ];
+    Ok((agent(agent_bin, &args)?, metrics_port))
+}
+
 /// Untraced and traced wrk runs alternated; agent cost from the traced ones.
 fn server_overhead(agent_bin: &Path, name: &str, url: &str, port: u16, s: &Settings) -> anyhow::Result<Value> {
     let (rounds, secs, conns) = if s.quick { (1, 2, 16) } else { (3, 5, 32) };
@@ -100,19 +114,7 @@ fn server_overhead(agent_bin: &Path, name: &str, url: &str, port: u16, s: &Setti
     let (mut cpu, mut exchanges, mut lost, mut missed, mut peak_rss) = (0.0, 0.0, 0.0, 0.0, 0u64);
     for round in 0..rounds {
         plain.push(wrk(url, conns, secs)?);
-        let metrics_port = free_port()?;
-        let mut a = agent(
-            agent_bin,
-            &[
-                "run",
-                "--service",
-                &format!("{name}=port:{port}"),
-                "--log",
-                "off",
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ],
-        )?;
+        let (mut a, metrics_port) = traced_agent(agent_bin, name, port)?;
         let cpu0 = cpu_seconds(a.pid());
         let before = metric_sum(&scrape(metrics_port), "traceo_http_requests_total", &format!("service=\"{name}\""));
         let r = wrk(url, conns, secs)?;
@@ -153,19 +155,7 @@ fn capacity(agent_bin: &Path, url: &str, port: u16, s: &Settings) -> anyhow::Res
     let mut steps = vec![];
     let mut best = 0.0f64;
     for &conns in loads {
-        let metrics_port = free_port()?;
-        let mut a = agent(
-            agent_bin,
-            &[
-                "run",
-                "--service",
-                &format!("cap=port:{port}"),
-                "--log",
-                "off",
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ],
-        )?;
+        let (mut a, metrics_port) = traced_agent(agent_bin, "cap", port)?;
         let r = wrk(url, conns, secs)?;
         std::thread::sleep(Duration::from_millis(1500));
         let text = scrape(metrics_port);
@@ -188,19 +178,7 @@ fn capacity(agent_bin: &Path, url: &str, port: u16, s: &Settings) -> anyhow::Res
 /// Agent RSS with many idle keep-alive connections open to a traced nginx.
 fn memory_at_scale(agent_bin: &Path, python: &Path, port: u16, s: &Settings) -> anyhow::Result<Value> {
     let n = if s.quick { 1000 } else { 10_000 };
-    let metrics_port = free_port()?;
-    let a = agent(
-        agent_bin,
-        &[
-            "run",
-            "--service",
-            &format!("scale=port:{port}"),
-            "--log",
-            "off",
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-        ],
-    )?;
+    let (a, metrics_port) = traced_agent(agent_bin, "scale", port)?;
     let rss_before = status_bytes(a.pid(), "VmRSS:");
     let mut clients = Proc::spawn(
         Command::new(python)
@@ -234,6 +212,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root (sudo cargo xtask bench)");
     }
+    procs::kill_children_on_interrupt();
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("traceo-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

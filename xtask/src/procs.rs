@@ -1,15 +1,41 @@
-//! Starting and measuring the processes a benchmark needs: the agent, nginx, uvicorn, wrk.
+//! Starting, measuring and stopping the processes the demo and the benchmark need: the
+//! agent, nginx, uvicorn, wrk. Every child runs in its own process group, killed with it
+//! when dropped or on Ctrl-C.
 
 use std::{
     io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+
+/// Process groups still running, for the Ctrl-C handler (0 = free slot).
+static GROUPS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    for g in &GROUPS {
+        let pgid = g.load(Ordering::SeqCst);
+        if pgid > 0 {
+            // SAFETY: async-signal-safe calls only.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+    // SAFETY: async-signal-safe.
+    unsafe { libc::_exit(130) };
+}
+
+/// On Ctrl-C, kill every child process group still running, then exit.
+pub fn kill_children_on_interrupt() {
+    // SAFETY: the handler only makes async-signal-safe calls.
+    unsafe { libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t) };
+}
 
 /// A child in its own process group, killed with it on drop.
 pub struct Proc(pub Child);
@@ -17,7 +43,15 @@ pub struct Proc(pub Child);
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
         use std::os::unix::process::CommandExt;
-        Ok(Proc(cmd.process_group(0).spawn().with_context(|| format!("cannot start {cmd:?}"))?))
+        let child = cmd.process_group(0).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+        let pgid = child.id() as i32;
+        // Remember it for the Ctrl-C handler (past 16 children, drop still cleans up).
+        for g in &GROUPS {
+            if g.compare_exchange(0, pgid, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                break;
+            }
+        }
+        Ok(Proc(child))
     }
     pub fn pid(&self) -> u32 {
         self.0.id()
@@ -32,9 +66,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let pgid = self.0.id() as i32;
         // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.0.wait();
+        for g in &GROUPS {
+            let _ = g.compare_exchange(pgid, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 }
 

@@ -1,0 +1,302 @@
+//! Live HTTP exchanges: real servers and clients traced by `traceo-agent run`, its JSON lines
+//! (`--log FILE`) and its own metrics (`--metrics-addr`) checked against what the clients know
+//! they did. They need root; see support::require_root.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{Shutdown, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+/// The agent's JSON lines, one exchange each.
+fn exchanges(log: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("cannot read {}: {e}", log.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
+}
+
+fn start_agent(dir: &Path, services: &[String]) -> (Agent, std::path::PathBuf, u16) {
+    let log = dir.join("exchanges.jsonl");
+    let metrics_port = free_port();
+    let mut args: Vec<String> = services.iter().flat_map(|s| ["--service".to_owned(), s.clone()]).collect();
+    args.extend(["--log".into(), log.to_str().expect("UTF-8 path").into()]);
+    args.extend(["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Agent::run(&args), log, metrics_port)
+}
+
+#[test]
+fn known_requests_give_exactly_those_exchanges_within_the_client_time() {
+    if !require_root("known_requests") || !require_python("known_requests") {
+        return;
+    }
+    let dir = temp_dir("known-requests");
+    let port = free_port();
+    let _server = uvicorn(port, 1);
+    let (mut agent, log, _) = start_agent(&dir, &[format!("api=port:{port}")]);
+
+    // (method, path, body, status, response body bytes), as tests/apps/echo_app.py answers.
+    let item = r#"{"title": "x"}"#;
+    let kinds: [(&str, &str, Option<&str>, u64, u64); 8] = [
+        ("GET", "/hello", None, 200, 5),
+        ("GET", "/missing", None, 404, 9),
+        ("POST", "/items", Some(item), 201, format!(r#"{{"id": 1, "received": {}}}"#, item.len()).len() as u64),
+        ("PUT", "/items/9", Some(item), 200, format!(r#"{{"id": "9", "received": {}}}"#, item.len()).len() as u64),
+        ("DELETE", "/items/9", None, 204, 0),
+        ("GET", "/status/500", None, 500, 6),
+        ("POST", "/upload", Some("0123456789"), 200, r#"{"received": 10}"#.len() as u64),
+        ("GET", "/slow", None, 200, 4),
+    ];
+    // Each request's path is unique (?n=i), so exchanges match requests one to one.
+    let requests: Vec<(&str, String, Option<&str>, u64, u64)> = (0..3)
+        .flat_map(|round| kinds.iter().enumerate().map(move |(i, k)| (round * kinds.len() + i, k)))
+        .map(|(n, (m, p, b, s, r))| (*m, format!("{p}?n={n}"), *b, *s, *r))
+        .collect();
+    let spec = Value::from(
+        requests
+            .iter()
+            .map(|(m, p, b, ..)| Value::from(vec![Value::from(*m), p.as_str().into(), (*b).into()]))
+            .collect::<Vec<_>>(),
+    );
+    let mut client = Proc::spawn(
+        Command::new(python())
+            .arg(repo().join("tests/apps/clients.py"))
+            .args(["timed", "127.0.0.1", &port.to_string(), &spec.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    client.send_line("go");
+    let mut out = None;
+    let measured: HashMap<String, Value> = (0..requests.len())
+        .map(|_| {
+            let line = client.read_line(&mut out);
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("client said {line:?}: {e}"));
+            (v["path"].as_str().expect("path").to_owned(), v)
+        })
+        .collect();
+    assert!(client.child.wait().expect("client").success());
+    // Let the last events reach the agent; a clean stop flushes the rest.
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+
+    let seen = exchanges(&log);
+    let server: Vec<&Value> = seen.iter().filter(|x| x["service"] == "api" && x["direction"] == "server").collect();
+    assert_eq!(server.len(), requests.len(), "one server exchange per request: {seen:#?}");
+    assert_eq!(seen.len(), server.len(), "nothing else was traced");
+    for (method, path, body, status, response_bytes) in &requests {
+        let client_view = &measured[path];
+        assert_eq!(client_view["status"], *status, "the app's answer to {method} {path}");
+        let matching: Vec<&&Value> = server.iter().filter(|x| x["target"] == path.as_str()).collect();
+        assert_eq!(matching.len(), 1, "exchanges for {path}: {matching:#?}");
+        let x = matching[0];
+        assert_eq!(x["method"], *method, "{path}");
+        assert_eq!(x["status"], *status, "{path}");
+        assert_eq!(x["request_bytes"], body.map_or(0, str::len), "{path}");
+        assert_eq!(x["response_bytes"], *response_bytes, "{path}");
+        assert_eq!(x["flags"], Value::from(Vec::<Value>::new()), "{path}: {x}");
+        assert_eq!(x["local"], format!("127.0.0.1:{port}").as_str());
+        // The server's time is inside the client's: request first byte read to response last
+        // byte written, against the client's perf_counter around the whole call.
+        let server_ms = x["duration_ms"].as_f64().expect("duration");
+        let client_ms = client_view["ms"].as_f64().expect("client time");
+        assert!(
+            server_ms > 0.0 && server_ms <= client_ms,
+            "{method} {path}: server {server_ms} ms > client {client_ms} ms"
+        );
+        if path.starts_with("/slow") {
+            assert!(server_ms >= 29.0, "/slow sleeps 30 ms, the exchange took {server_ms} ms");
+        }
+    }
+    // One keep-alive connection.
+    let conns: std::collections::BTreeSet<String> = server.iter().map(|x| x["conn_id"].to_string()).collect();
+    assert_eq!(conns.len(), 1, "{conns:?}");
+}
+
+/// A fixed pseudo-random byte sequence (xorshift), not starting like any text protocol.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut v: Vec<u8> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    v[0] = 0xff;
+    v
+}
+
+/// The start of a TLS 1.2/1.3 ClientHello record.
+const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x5b\x1a\x2c\x3d\x4e\x5f\x60\x71\x82\x93\xa4\xb5\xc6\xd7\xe8\xf9\x0a\x1b\x2c\x3d\x4e\x5f\x60\x71\x82\x93\xa4\xb5\xc6\xd7\xe8\xf9\x00\x00\x20\xcc\xa8\xcc\xa9\xc0\x2f\xc0\x30\xc0\x2b\xc0\x2c\xc0\x13\xc0\x09\xc0\x14\xc0\x0a\x00\x9c\x00\x9d\x00\x2f\x00\x35\xc0\x12\x00\x0a\x01\x00\x00\x58\x00\x00\x00\x18\x00\x16\x00\x00\x13example.ulfheim.net";
+
+/// Send `bytes` on a new connection, half-close, and read what comes back until the server
+/// closes (or a short timeout): the server has seen it all by then.
+fn send_raw(port: u16, bytes: &[u8]) -> Vec<u8> {
+    send_in_pieces(port, bytes, bytes.len())
+}
+
+/// As `send_raw`, `piece` bytes per write, 2 ms apart.
+fn send_in_pieces(port: u16, bytes: &[u8], piece: usize) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    for (i, part) in bytes.chunks(piece.max(1)).enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // A server may answer and close before reading everything: that is its right.
+        if s.write_all(part).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    reply
+}
+
+/// `NAME{LABELS} VALUE` from a Prometheus text page (0 when absent).
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn bad_input_is_counted_and_never_disturbs_good_traffic() {
+    if !require_root("bad_input") || !require_python("bad_input") {
+        return;
+    }
+    let dir = temp_dir("bad-input");
+    // uvicorn that accepts big heads (h11 stops at 16 KiB by default), so the one over 64 KiB
+    // is read whole and answered.
+    let port = free_port();
+    let _api = Proc::spawn(
+        Command::new(python())
+            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--no-access-log", "--h11-max-incomplete-event-size", "1048576"])
+            .current_dir(repo().join("tests/apps"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    // A binary protocol on a traced port: a TCP echo server.
+    let echo_port = free_port();
+    let echo = "import socketserver, sys\n\
+        class H(socketserver.BaseRequestHandler):\n\
+        \x20   def handle(self):\n\
+        \x20       while (d := self.request.recv(65536)):\n\
+        \x20           self.request.sendall(d)\n\
+        socketserver.ThreadingTCPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n";
+    let _echo = Proc::spawn(
+        Command::new(python()).args(["-c", echo, &echo_port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    wait_for_port(echo_port);
+    let (mut agent, log, metrics_port) =
+        start_agent(&dir, &[format!("api=port:{port}"), format!("echo=port:{echo_port}")]);
+
+    // Good requests, each on its own connection, while the bad input goes in.
+    const GOOD: usize = 40;
+    let good = std::thread::spawn(move || {
+        (0..GOOD)
+            .map(|i| {
+                curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?good={i}")])
+            })
+            .collect::<Vec<String>>()
+    });
+
+    // 1. Garbage to the HTTP server: not HTTP.
+    let reply = send_raw(port, b"\x00\x01\x02\xfe\xffgarbage\r\n\r\nmore garbage\r\n");
+    assert!(reply.is_empty() || reply.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&reply));
+    // 2. Random bytes and 3. a TLS ClientHello to the echo server: not HTTP, echoed back.
+    let random = random_bytes(4096);
+    assert_eq!(send_raw(echo_port, &random), random, "the echo server echoes");
+    assert_eq!(send_raw(echo_port, CLIENT_HELLO), CLIENT_HELLO);
+    // 4. A request whose head is over 64 KiB (the agent's head limit): 10 headers of 8000 bytes,
+    // sent 2 KiB at a time so the server's reads stay under the capture size (a read inside a
+    // head that is bigger than --capture-bytes loses bytes: that is lost_bytes_in_headers).
+    let mut big = b"GET /big-head HTTP/1.1\r\nHost: test\r\nConnection: close\r\n".to_vec();
+    for i in 0..10 {
+        big.extend_from_slice(format!("X-Fill-{i}: {}\r\n", "a".repeat(8000)).as_bytes());
+    }
+    big.extend_from_slice(b"\r\n");
+    assert!(big.len() > 64 * 1024);
+    let reply = send_in_pieces(port, &big, 2048);
+    assert!(reply.starts_with(b"HTTP/1.1 404 "), "uvicorn read the big head: {:?}", String::from_utf8_lossy(&reply));
+    // 5. A chunked request with an invalid chunk size.
+    let bad_chunk =
+        b"POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    let reply = send_raw(port, bad_chunk);
+    assert!(reply.starts_with(b"HTTP/1.1 400 "), "uvicorn refuses it: {:?}", String::from_utf8_lossy(&reply));
+
+    let statuses = good.join().expect("good traffic");
+    assert!(statuses.iter().all(|s| s == "200"), "{statuses:?}");
+
+    // The agent's own metrics (plain curl gets Prometheus text), updated every second.
+    let want = [
+        ("traceo_agent_parse_errors_total{reason=\"header_too_large\"}", 1.0),
+        ("traceo_agent_parse_errors_total{reason=\"bad_chunk_size\"}", 1.0),
+        ("traceo_agent_non_http_connections_total", 3.0),
+    ];
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut page = curl(&[&url]);
+    while want.iter().any(|(s, v)| metric(&page, s) < *v) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        page = curl(&[&url]);
+    }
+    // One more update: nothing is counted twice.
+    std::thread::sleep(Duration::from_millis(1200));
+    page = curl(&[&url]);
+    for (series, value) in want {
+        assert_eq!(metric(&page, series), value, "{series}; the page:\n{page}");
+    }
+    let other_errors: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("traceo_agent_parse_errors_total{"))
+        .filter(|l| !want.iter().any(|(s, _)| l.starts_with(s)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(other_errors, 0.0, "parse errors of other kinds:\n{page}");
+
+    // Still alive, and it stops cleanly.
+    assert_eq!(
+        curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{metrics_port}/health")]),
+        "200"
+    );
+    let log_lines = agent.stop();
+    assert!(log_lines.iter().any(|l| l.contains("detached")), "no clean detach:\n{}", log_lines.join("\n"));
+    assert!(!log_lines.iter().any(|l| l.contains("panicked")), "{}", log_lines.join("\n"));
+
+    let seen = exchanges(&log);
+    for i in 0..GOOD {
+        let target = format!("/hello?good={i}");
+        let x: Vec<&Value> = seen.iter().filter(|x| x["target"] == target.as_str()).collect();
+        assert_eq!(x.len(), 1, "{target}: {x:#?}");
+        assert_eq!(
+            (&x[0]["method"], &x[0]["status"], &x[0]["response_bytes"]),
+            (&"GET".into(), &200.into(), &5.into())
+        );
+        assert_eq!(x[0]["flags"], Value::from(Vec::<Value>::new()), "{}", x[0]);
+    }
+    assert!(seen.iter().all(|x| x["service"] == "api"), "nothing from the echo server is HTTP: {seen:#?}");
+    // Both broken requests were answered (404, 400: what the client read above); each is
+    // reported with that answer and marked.
+    for (target, status) in [("/big-head", 404), ("/upload", 400)] {
+        let x: Vec<&Value> = seen.iter().filter(|x| x["target"] == target).collect();
+        assert_eq!(x.len(), 1, "{target}: {seen:#?}");
+        assert_eq!(x[0]["status"], status, "{}", x[0]);
+        let flags = x[0]["flags"].as_array().expect("flags");
+        assert!(flags.contains(&"parse_error".into()), "{}", x[0]);
+    }
+    assert_eq!(seen.len(), GOOD + 2, "the good requests and the two broken ones: {seen:#?}");
+}

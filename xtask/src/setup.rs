@@ -13,7 +13,7 @@ use crate::{root, run};
 
 const APT_BPF: &[&str] = &["build-essential", "rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// Real servers and clients the live tests drive.
-const APT_TEST: &[&str] = &["curl", "python3", "python3-venv", "python3-pip", "prometheus"];
+const APT_TEST: &[&str] = &["curl", "python3", "python3-venv", "python3-pip", "prometheus", "nginx-light"];
 const PIP_TEST: &[&str] =
     &["uvicorn==0.54.*", "fastapi==0.165.*", "httpx==0.28.*", "requests==2.*", "mcp==2.3.*", "python-multipart==0.0.*"];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \

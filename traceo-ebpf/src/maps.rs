@@ -42,6 +42,12 @@ pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, 
 #[map]
 pub static KNOWN_CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// The socket this CPU last announced or found announced: consecutive syscalls on one
+/// connection skip the `KNOWN_CONNS` lookup. Inode numbers are not reused soon, so a stale
+/// entry (its socket closed) can only cost a lookup, never hide a new socket.
+#[map]
+pub static LAST_KNOWN_CONN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Arguments of a syscall in flight, from its enter probe to its exit probe (key: tid).
 /// A plain preallocated hash: cheaper per update than an LRU, and entries are removed by
 /// the exit probe (a full map is counted, not silently evicted).

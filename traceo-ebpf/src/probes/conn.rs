@@ -10,7 +10,7 @@ use traceo_ebpf_common::{ConnEvent, kind, open_how, stat};
 use super::{syscall_arg, syscall_ret};
 use crate::{
     filter::{Current, maybe_traced, traced},
-    maps::{CONNECT, EVENTS, KNOWN_CONNS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
+    maps::{CONNECT, EVENTS, KNOWN_CONNS, LAST_KNOWN_CONN, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
     socket::{SocketFile, WalkError, fill_addresses, socket_of_fd},
 };
 
@@ -53,9 +53,18 @@ pub fn announce(cur: &Current, sock: &SocketFile, fd: i64, how: u8, ret: i64) {
 /// Announce `sock` as EXISTING unless it was announced before.
 #[inline(always)]
 pub fn announce_if_new(cur: &Current, sock: &SocketFile, fd: i64) {
+    let last = LAST_KNOWN_CONN.get_ptr_mut(0);
+    // SAFETY: this CPU's slot, for the duration of the program.
+    if last.is_some_and(|p| unsafe { *p } == sock.ino) {
+        return;
+    }
     // SAFETY: only tests for presence.
     if unsafe { KNOWN_CONNS.get(&sock.ino) }.is_none() {
         announce(cur, sock, fd, open_how::EXISTING, 0);
+    }
+    if let Some(p) = last {
+        // SAFETY: as above.
+        unsafe { *p = sock.ino };
     }
 }
 

@@ -95,7 +95,11 @@ pub fn run() -> anyhow::Result<()> {
 
     if privileged.is_ok() && object.is_ok() && btf.is_ok() && tracefs_root.is_some() {
         // Loading runs the verifier on every program and creates the ring buffer map.
-        match loader::load(&LoadOptions { capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32, trace_all: false }) {
+        match loader::load(&LoadOptions {
+            capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32,
+            ring_buffer_mib: 4,
+            trace_all: false,
+        }) {
             Ok(_) => r.line(Some(true), "verifier + ring buffer", format!("all {} programs load", PROGRAMS.len())),
             Err(e) => r.line(Some(false), "verifier + ring buffer", format!("{e:#}")),
         }
@@ -114,7 +118,7 @@ pub fn run() -> anyhow::Result<()> {
 
 /// `bench-floor`: the empty program on every tracepoint, until a signal.
 pub async fn bench_floor() -> anyhow::Result<()> {
-    let mut probes = loader::load(&LoadOptions { capture_bytes: 1, trace_all: false })?;
+    let mut probes = loader::load(&LoadOptions { capture_bytes: 1, ring_buffer_mib: 1, trace_all: false })?;
     probes.attach_floor()?;
     log::info!("ready: probes attached (floor only)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -58,6 +58,10 @@ pub struct SelectionArgs {
     /// Payload bytes captured per syscall [default: 16384, the maximum].
     #[arg(long, value_name = "N")]
     pub capture_bytes: Option<u32>,
+    /// Size of the kernel's event ring buffer in MiB, a power of two: what absorbs bursts
+    /// between the agent's reads; resident memory twice over [default: 4].
+    #[arg(long, value_name = "MIB")]
+    pub ring_buffer_mib: Option<u32>,
     /// A TOML file with any of these options (keys as the long option names, `service` as a
     /// list); the command line wins where both set one.
     #[arg(long, value_name = "FILE")]
@@ -154,6 +158,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub service: Vec<String>,
     pub capture_bytes: Option<u32>,
+    pub ring_buffer_mib: Option<u32>,
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
@@ -172,6 +177,7 @@ impl ConfigFile {
 pub struct Selection {
     pub services: Vec<ServiceSpec>,
     pub capture_bytes: u32,
+    pub ring_buffer_mib: u32,
     /// Options of `run` from the config file (the command line wins).
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
@@ -203,6 +209,7 @@ impl SelectionArgs {
         Ok(Selection {
             services,
             capture_bytes,
+            ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(4),
             log: file.log,
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
@@ -231,13 +238,16 @@ mod tests {
         assert_eq!((sel.capture_bytes, sel.log.as_deref()), (4096, Some("off")));
         assert_eq!((sel.max_series, sel.series_ttl), (Some(5), Some(60)));
 
+        assert_eq!(sel.ring_buffer_mib, 4, "the default");
+
         let args = SelectionArgs {
             config: Some(path.clone()),
             capture_bytes: Some(100),
+            ring_buffer_mib: Some(16),
             services: vec!["mcp=pid:1".parse().unwrap()],
         };
         let sel = args.resolve().expect("valid config");
-        assert_eq!((sel.services[0].name.as_str(), sel.capture_bytes), ("mcp", 100));
+        assert_eq!((sel.services[0].name.as_str(), sel.capture_bytes, sel.ring_buffer_mib), ("mcp", 100, 16));
 
         std::fs::write(&path, "servic = []\n").unwrap();
         let err = format!("{:#}", SelectionArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());

@@ -107,7 +107,8 @@ fn pipeline_counts(kernel: &[u64; traceo_ebpf_common::stat::COUNT as usize], dec
 /// Trace until a signal or the duration, feeding `sink`.
 pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, sink: &mut S) -> anyhow::Result<Summary> {
     let trace_all = sel.services.is_empty();
-    let mut probes = loader::load(&LoadOptions { capture_bytes: sel.capture_bytes, trace_all })?;
+    let opts_load = LoadOptions { capture_bytes: sel.capture_bytes, ring_buffer_mib: sel.ring_buffer_mib, trace_all };
+    let mut probes = loader::load(&opts_load)?;
     probes.spawn_logger()?;
     let mut source = RingSource::new(probes.take_ring()?)?;
     let stats = probes.take_stats()?;

@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, stat};
 
-/// All events, to the agent.
+/// All events, to the agent. The agent sets its size at load (`--ring-buffer-mib`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Waking the agent for every event costs more than the event (an IPI and a wake-up, a VM
 /// exit on virtual machines): events are submitted silently, the agent polls every few

@@ -20,6 +20,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEO_EBPF_OBJECT"));
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub capture_bytes: u32,
+    /// Size of the event ring buffer: a power of two, in MiB. It is resident memory twice
+    /// over (the kernel maps its pages twice), and what absorbs bursts between reads.
+    pub ring_buffer_mib: u32,
     /// Trace every process but the agent (no `--service` given).
     pub trace_all: bool,
 }
@@ -87,8 +90,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     require_privileges()?;
     raise_memlock();
     let tracefs = tracefs::ensure_mounted()?;
-    let btf = btf::Btf::from_sys_fs()?;
-    let offsets: KernelOffsets = btf::kernel_offsets(&btf)?;
+    // The parsed BTF is large and only needed for these offsets.
+    let offsets: KernelOffsets = btf::kernel_offsets(&btf::Btf::from_sys_fs()?)?;
     if opts.capture_bytes as usize > MAX_CAPTURE {
         bail!("--capture-bytes {} is above the maximum of {MAX_CAPTURE}", opts.capture_bytes);
     }
@@ -102,6 +105,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("DATA_SCRATCH", cpus as u32)
         .map_max_entries("PID_FLAGS", pid_max().div_ceil(PID_FLAGS_BLOCK as u32))
+        .map_max_entries("EVENTS", opts.ring_buffer_mib << 20)
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .load(object)
@@ -109,6 +113,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // The logger owns the log map: it must outlive program loading.
     let logger =
         aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("kernel-side logging unavailable: {e}")).ok();
+    if !opts.ring_buffer_mib.is_power_of_two() || opts.ring_buffer_mib > 1024 {
+        bail!("--ring-buffer-mib must be a power of two up to 1024, not {}", opts.ring_buffer_mib);
+    }
     for name in programs::PROGRAMS.iter().map(|(_, name)| *name).chain([programs::FLOOR]) {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
@@ -118,6 +125,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
             .try_into()?;
         program.load().with_context(|| format!("the kernel's verifier rejected {name}"))?;
     }
+    // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
     Ok(Probes { ebpf, links: Vec::new(), logger })
 }
 

@@ -1,0 +1,321 @@
+//! The scenarios of tests/fixtures/README.md: what each fixture's exchanges must mean,
+//! checked independently of the golden files (see golden.rs).
+
+use serde_json::Value;
+
+use super::*;
+
+#[test]
+fn httpx_keepalive_fixture() {
+    scenario("httpx_keepalive");
+}
+
+pub(super) fn httpx_keepalive(x: &[Value], _raw: &[Value]) {
+    // httpx 0.27 encodes json= with json.dumps defaults.
+    let echo = r#"{"name": "traceo", "values": [1, 2, 3]}"#.len() as u64;
+    let first = r#"{"title": "first"}"#.len() as u64;
+    let second = r#"{"title": "second"}"#.len() as u64;
+    let created = format!(r#"{{"id": 1, "received": {first}}}"#).len() as u64;
+    let got = r#"{"id": "7"}"#.len() as u64;
+    let put = format!(r#"{{"id": "7", "received": {second}}}"#).len() as u64;
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "GET /hello", "/hello", 200, 0, HELLO),
+            want("api server", "POST /echo", "/echo", 200, echo, echo),
+            want("api server", "POST /items", "/items", 201, first, created),
+            want("api server", "GET /items/7", "/items/{id}", 200, 0, got),
+            want("api server", "PUT /items/7", "/items/{id}", 200, second, put),
+            want("api server", "DELETE /items/7", "/items/{id}", 204, 0, 0),
+            want("api server", "GET /missing", "/missing", 404, 0, NOT_FOUND),
+        ]),
+    );
+    one_connection(x, "api", "server");
+    one_connection(x, "client", "client");
+    for c in of(x, "client", "client") {
+        assert!(c["user_agent"].as_str().is_some_and(|u| u.starts_with("python-httpx/")), "{c}");
+    }
+    let echo = of(x, "api", "server").into_iter().find(|e| e["target"] == "/echo").expect("echo");
+    assert_eq!(echo["content_type"], "application/json");
+}
+
+#[test]
+fn http_server_fixture() {
+    scenario("http_server");
+}
+
+pub(super) fn http_server(x: &[Value], raw: &[Value]) {
+    let hello = "hello from http.server\n".len() as u64;
+    let not_found = raw_response_length(raw, "web", "HTTP/1.0 404 ");
+    let unsupported = raw_response_length(raw, "web", "HTTP/1.0 501 ");
+    let mut wants = vec![
+        want("web server", "GET /hello.txt", "/hello.txt", 200, 0, hello),
+        want("web server", "GET /missing.txt", "/missing.txt", 404, 0, not_found),
+        want("web server", "POST /form", "/form", 501, "a=1".len() as u64, unsupported),
+    ];
+    wants.extend(wants.clone().into_iter().map(|w| w.at("client client")));
+    expect(x, &wants);
+    // HTTP/1.0 responses end the connection: one per request.
+    let conns: BTreeSet<String> = of(x, "web", "server").iter().map(|e| e["conn_id"].to_string()).collect();
+    assert_eq!(conns.len(), 3);
+}
+
+#[test]
+fn http_server_curl_fixture() {
+    scenario("http_server_curl");
+}
+
+/// The older fixture (see tests/replay.rs): `python -m http.server` traced by pid, curl
+/// fetching /hello.txt ("fixture body\n") and /missing.
+pub(super) fn http_server_curl(x: &[Value], raw: &[Value]) {
+    let not_found = raw_response_length(raw, "web", "HTTP/1.0 404 ");
+    expect(
+        x,
+        &[
+            want("web server", "GET /hello.txt", "/hello.txt", 200, 0, "fixture body\n".len() as u64),
+            want("web server", "GET /missing", "/missing", 404, 0, not_found),
+        ],
+    );
+}
+
+#[test]
+fn nginx_proxy_fixture() {
+    scenario("nginx_proxy");
+}
+
+pub(super) fn nginx_proxy(x: &[Value], _raw: &[Value]) {
+    let body = 100;
+    let requests = |who: &str| {
+        vec![
+            want(who, "GET /hello", "/hello", 200, 0, HELLO),
+            want(who, "POST /upload", "/upload", 200, body, upload_reply(body)),
+            want(who, "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want(who, "GET /stream", "/stream", 200, 0, stream_body()),
+        ]
+    };
+    let wants: Vec<Want> = ["nginx server", "nginx client", "api server"].into_iter().flat_map(requests).collect();
+    expect(x, &wants);
+    // curl -> nginx on one connection; nginx -> uvicorn on one kept-alive upstream connection.
+    one_connection(x, "nginx", "server");
+    one_connection(x, "nginx", "client");
+    // Each upstream call is the api's exchange seen from the other end of the same connection,
+    // and happens within the nginx exchange that caused it.
+    let (server, upstream, api) = (of(x, "nginx", "server"), of(x, "nginx", "client"), of(x, "api", "server"));
+    for ((s, u), a) in server.iter().zip(&upstream).zip(&api) {
+        assert_eq!((&u["local"], &u["peer"]), (&a["peer"], &a["local"]), "upstream connection ends: {u} {a}");
+        assert!(s["ts"].as_str() <= u["ts"].as_str() && u["ts"].as_str() <= a["ts"].as_str(), "{s}\n{u}\n{a}");
+        let ms = |v: &Value| v["duration_ms"].as_f64().expect("duration");
+        assert!(
+            ms(a) <= ms(u) && ms(u) <= ms(s),
+            "durations nest: nginx {} > upstream {} > api {}",
+            ms(s),
+            ms(u),
+            ms(a)
+        );
+    }
+}
+
+#[test]
+fn curl_next_fixture() {
+    scenario("curl_next");
+}
+
+pub(super) fn curl_next(x: &[Value], _raw: &[Value]) {
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "GET /hello", "/hello", 200, 0, HELLO),
+            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want("api server", "POST /upload", "/upload", 200, 3, upload_reply(3)),
+            want("api server", "GET /items/3", "/items/{id}", 200, 0, r#"{"id": "3"}"#.len() as u64),
+        ]),
+    );
+    one_connection(x, "api", "server");
+    one_connection(x, "client", "client");
+}
+
+#[test]
+fn pipelining_fixture() {
+    scenario("pipelining");
+}
+
+pub(super) fn pipelining(x: &[Value], raw: &[Value]) {
+    // The three requests crossed in one send and one read.
+    for (service, dir) in [("client", "egress"), ("api", "ingress")] {
+        let first = data(raw, service, dir).into_iter().next().expect("a request");
+        assert_eq!(text(first).matches(" HTTP/1.1\r\n").count(), 3, "{service} {dir} did not pipeline: {first}");
+    }
+    let echo = r#"{"pipelined": true}"#.len() as u64;
+    // Distinct statuses and sizes: a pairing off by one would show.
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "GET /status/201", "/status/{id}", 201, 0, STATUS),
+            want("api server", "POST /echo", "/echo", 200, echo, echo),
+            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS),
+        ]),
+    );
+    one_connection(x, "api", "server");
+    // Each response ends after the previous one: completion times in request order.
+    let end = |v: &&Value| {
+        let ts = v["ts"].as_str().expect("ts");
+        (ts.to_owned(), v["duration_ms"].as_f64().expect("duration"))
+    };
+    let server: Vec<(String, f64)> = of(x, "api", "server").iter().map(end).collect();
+    for pair in server.windows(2) {
+        assert_eq!(pair[0].0, pair[1].0, "the server read all three requests at once: same start");
+        assert!(pair[0].1 <= pair[1].1, "responses came in order: {server:?}");
+    }
+}
+
+#[test]
+fn streaming_fixture() {
+    scenario("streaming");
+}
+
+pub(super) fn streaming(x: &[Value], raw: &[Value]) {
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "GET /stream", "/stream", 200, 0, stream_body()),
+            want("api server", "GET /events", "/events", 200, 0, events_body()),
+        ]),
+    );
+    let server = of(x, "api", "server");
+    assert_eq!(server[1]["content_type"], "text/event-stream");
+    // The app sleeps 10 ms after each part (5, then 3): the last byte leaves that much later.
+    for (x, parts) in server.iter().zip([5.0, 3.0]) {
+        let ms = x["duration_ms"].as_f64().expect("duration");
+        assert!(ms >= parts * 10.0 - 1.0, "{}: {ms} ms for {parts} parts 10 ms apart", x["target"]);
+    }
+    // It really streamed: the chunks left in separate writes, the head first.
+    let writes = data(raw, "api", "egress");
+    assert!(writes.len() >= 5 + 3, "{} writes", writes.len());
+    assert!(writes.iter().any(|w| text(w).contains("Transfer-Encoding: chunked")), "not chunked on the wire");
+    one_connection(x, "api", "server");
+}
+
+#[test]
+fn upload_5mib_fixture() {
+    scenario("upload_5mib");
+}
+
+pub(super) fn upload_5mib(x: &[Value], raw: &[Value]) {
+    const FILE: u64 = 5 * 1024 * 1024;
+    // The multipart body curl -F builds around the file, from the boundary in its head.
+    let head = text(data(raw, "client", "egress")[0]);
+    let ctype = raw_header(head, "content-type").expect("content type");
+    let boundary = ctype.split_once("boundary=").expect("multipart boundary").1;
+    let body = format!("--{boundary}\r\n").len()
+        + "Content-Disposition: form-data; name=\"file\"; filename=\"upload.bin\"\r\n".len()
+        + "Content-Type: application/octet-stream\r\n\r\n".len()
+        + FILE as usize
+        + format!("\r\n--{boundary}--\r\n").len();
+    let body = body as u64;
+    assert_eq!(raw_header(head, "content-length"), Some(body.to_string()), "curl's Content-Length");
+    // Every byte the server read on the connection, captured or not: head + body.
+    let read: u64 = data(raw, "api", "ingress").iter().filter_map(|e| e["len"].as_u64()).sum();
+    let server_head = text(data(raw, "api", "ingress")[0]);
+    let head_len = server_head.find("\r\n\r\n").expect("head in the first read") as u64 + 4;
+    assert_eq!(read, head_len + body, "bytes the server read");
+    // --capture-bytes 1024: most of the body was not captured.
+    let flags = ["truncated"];
+    expect(
+        x,
+        &both_ends(vec![want("api server", "POST /upload", "/upload", 200, body, upload_reply(body)).flagged(&flags)]),
+    );
+}
+
+#[test]
+fn expect_100_fixture() {
+    scenario("expect_100");
+}
+
+pub(super) fn expect_100(x: &[Value], raw: &[Value]) {
+    const BODY: u64 = 1024 * 1024;
+    // On the wire: the head asks, the server says 100 Continue, then the final 200.
+    let head = text(data(raw, "client", "egress")[0]);
+    assert_eq!(raw_header(head, "expect").as_deref(), Some("100-continue"));
+    let replies: Vec<&str> = data(raw, "api", "egress").iter().map(|e| text(e)).collect();
+    assert!(replies[0].starts_with("HTTP/1.1 100 Continue\r\n"), "{replies:?}");
+    assert!(replies[1].starts_with("HTTP/1.1 200 OK\r\n"), "{replies:?}");
+    // The exchange is the request and its final response; 16 KiB capture per syscall.
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "POST /upload", "/upload", 200, BODY, upload_reply(BODY)).flagged(&["truncated"]),
+        ]),
+    );
+}
+
+#[test]
+fn head_fixture() {
+    scenario("head");
+}
+
+pub(super) fn head(x: &[Value], raw: &[Value]) {
+    // The HEAD responses announce bodies they do not carry.
+    let replies: Vec<&str> = data(raw, "api", "egress").iter().map(|e| text(e)).collect();
+    assert_eq!(raw_header(replies[0], "content-length").as_deref(), Some("5"), "{replies:?}");
+    assert_eq!(raw_header(replies[1], "transfer-encoding").as_deref(), Some("chunked"), "{replies:?}");
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "HEAD /hello", "/hello", 200, 0, 0),
+            want("api server", "HEAD /stream", "/stream", 200, 0, 0),
+            // Framed right after them on the same connection.
+            want("api server", "GET /hello", "/hello", 200, 0, HELLO),
+        ]),
+    );
+    one_connection(x, "api", "server");
+    one_connection(x, "client", "client");
+}
+
+#[test]
+fn no_content_204_fixture() {
+    scenario("no_content_204");
+}
+
+pub(super) fn no_content_204(x: &[Value], _raw: &[Value]) {
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "DELETE /items/5", "/items/{id}", 204, 0, 0),
+            want("api server", "GET /status/204", "/status/{id}", 204, 0, 0),
+            want("api server", "GET /hello", "/hello", 200, 0, HELLO),
+        ]),
+    );
+    one_connection(x, "api", "server");
+}
+
+#[test]
+fn not_modified_304_fixture() {
+    scenario("not_modified_304");
+}
+
+pub(super) fn not_modified_304(x: &[Value], raw: &[Value]) {
+    // record.sh writes "<html>" + "static page " * 100 + "</html>\n".
+    let page = ("<html>".len() + "static page ".len() * 100 + "</html>\n".len()) as u64;
+    let requests: Vec<&str> = data(raw, "client", "egress").iter().map(|e| text(e)).collect();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert!(raw_header(requests[1], "if-none-match").is_some(), "{}", requests[1]);
+    assert!(raw_header(requests[2], "if-modified-since").is_some(), "{}", requests[2]);
+    // nginx sends the file with sendfile: the kernel sees its length, not its bytes.
+    let sendfiles = data(raw, "nginx", "egress").iter().filter(|e| e["syscall"] == "sendfile").count();
+    assert_eq!(sendfiles, 2, "the two 200s use sendfile");
+    let get = |who, status, size| want(who, "GET /page.html", "/page.html", status, 0, size);
+    expect(
+        x,
+        &[
+            get("nginx server", 200, page).flagged(&["truncated"]),
+            get("nginx server", 304, 0),
+            get("nginx server", 304, 0),
+            get("nginx server", 200, page).flagged(&["truncated"]),
+            get("client client", 200, page),
+            get("client client", 304, 0),
+            get("client client", 304, 0),
+            get("client client", 200, page),
+        ],
+    );
+    one_connection(x, "nginx", "server");
+}

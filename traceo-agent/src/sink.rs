@@ -132,14 +132,22 @@ impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
         let HttpPipeline { tracker, clock, metrics, out, .. } = self;
         let mut failed = None;
-        tracker.handle(event, &mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
+        tracker.handle(event, &mut |t| {
+            if let Some(ex) = t.into_exchange() {
+                emit(ex, clock, metrics.as_deref(), out, &mut failed)
+            }
+        });
         failed.map_or(Ok(()), Err)
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
         let HttpPipeline { tracker, clock, metrics, out, in_flight_services } = self;
         let mut failed = None;
-        tracker.expire(now_ns, &mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
+        tracker.expire(now_ns, &mut |t| {
+            if let Some(ex) = t.into_exchange() {
+                emit(ex, clock, metrics.as_deref(), out, &mut failed)
+            }
+        });
         if let Some(m) = metrics {
             let now = tracker.in_flight_by_service();
             for gone in in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
@@ -166,7 +174,11 @@ impl EventSink for HttpPipeline {
     fn finish(&mut self) -> anyhow::Result<()> {
         let HttpPipeline { tracker, clock, metrics, out, .. } = self;
         let mut failed = None;
-        tracker.finish(&mut |ex| emit(ex, clock, metrics.as_deref(), out, &mut failed));
+        tracker.finish(&mut |t| {
+            if let Some(ex) = t.into_exchange() {
+                emit(ex, clock, metrics.as_deref(), out, &mut failed)
+            }
+        });
         out.flush()?;
         failed.map_or(Ok(()), Err)
     }

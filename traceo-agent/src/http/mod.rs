@@ -24,9 +24,9 @@ mod stats;
 mod tracker;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-pub use exchange::{ConnInfo, Exchange, Flags, Role};
+pub use exchange::{ConnInfo, Exchange, Flags, Link, RequestSeen, Role, Tracked};
 pub use h1::{Http1Parser, Limits};
 pub use headers::{DEFAULT_HEADERS, HeaderSelection, KeptHeaders};
 pub use json_line::WallClock;

@@ -5,4 +5,4 @@ mod json;
 mod props;
 mod robustness;
 mod roles;
-mod script;
+pub(crate) mod script;

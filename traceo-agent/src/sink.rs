@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    correlate::{CorrelateConfig, Correlator},
     event_json::EventPrinter,
     events::Event,
     http::{ConnTracker, Exchange, ParseErrorKind, Role, TrackerConfig, WallClock},
@@ -72,41 +73,50 @@ impl EventSink for Recorder {
     }
 }
 
-/// The HTTP pipeline: events -> exchanges -> JSON lines and metrics.
+/// The HTTP pipeline: events -> exchanges (tracker) -> trace ids (correlator) -> JSON lines
+/// and metrics.
 pub struct HttpPipeline {
     tracker: ConnTracker,
+    correlator: Correlator,
+    outputs: Outputs,
+    /// Services with an in-flight gauge, so one whose connections all ended reads 0.
+    in_flight_services: HashSet<String>,
+}
+
+/// Where a resolved exchange goes.
+struct Outputs {
     clock: WallClock,
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
-    /// Services with an in-flight gauge, so one whose connections all ended reads 0.
-    in_flight_services: HashSet<String>,
+    /// The first failure to write a line (reported by the next call into the pipeline).
+    failed: Option<anyhow::Error>,
+}
+
+impl Outputs {
+    /// Metrics first (the trace id is already set, so duration exemplars carry it), then the
+    /// JSON line.
+    fn emit(&mut self, ex: Exchange) {
+        if let Some(m) = &self.metrics {
+            m.http.observe(&observation(&ex));
+        }
+        if self.failed.is_none() {
+            self.failed = self.out.line(&ex.to_json_line(&self.clock)).err();
+        }
+    }
+
+    fn result(&mut self) -> anyhow::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
 }
 
 impl HttpPipeline {
     pub fn new(config: TrackerConfig, clock_offset_ns: i64, metrics: Option<Arc<Metrics>>, out: LineSink) -> Self {
         HttpPipeline {
             tracker: ConnTracker::new(config),
-            clock: WallClock { offset_ns: clock_offset_ns },
-            metrics,
-            out,
+            correlator: Correlator::new(CorrelateConfig::default()),
+            outputs: Outputs { clock: WallClock { offset_ns: clock_offset_ns }, metrics, out, failed: None },
             in_flight_services: HashSet::new(),
         }
-    }
-}
-
-/// Deliver one exchange: a JSON line, and an observation for the metrics.
-fn emit(
-    ex: Exchange,
-    clock: &WallClock,
-    metrics: Option<&Metrics>,
-    out: &mut LineSink,
-    failed: &mut Option<anyhow::Error>,
-) {
-    if let Some(m) = metrics {
-        m.http.observe(&observation(&ex));
-    }
-    if failed.is_none() {
-        *failed = out.line(&ex.to_json_line(clock)).err();
     }
 }
 
@@ -125,30 +135,23 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
         request_body_bytes: ex.request_body_bytes,
         response_body_bytes: ex.response_body_bytes.unwrap_or(0),
         trace_id: ex.trace_id.as_deref(),
+        propagated: ex.propagated,
     }
 }
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out, .. } = self;
-        let mut failed = None;
-        tracker.handle(event, &mut |t| {
-            if let Some(ex) = t.into_exchange() {
-                emit(ex, clock, metrics.as_deref(), out, &mut failed)
-            }
-        });
-        failed.map_or(Ok(()), Err)
+        let HttpPipeline { tracker, correlator, outputs, .. } = self;
+        correlator.observe(event);
+        tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| outputs.emit(ex)));
+        outputs.result()
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out, in_flight_services } = self;
-        let mut failed = None;
-        tracker.expire(now_ns, &mut |t| {
-            if let Some(ex) = t.into_exchange() {
-                emit(ex, clock, metrics.as_deref(), out, &mut failed)
-            }
-        });
-        if let Some(m) = metrics {
+        let HttpPipeline { tracker, correlator, outputs, in_flight_services } = self;
+        tracker.expire(now_ns, &mut |t| correlator.push(t, &mut |ex| outputs.emit(ex)));
+        correlator.tick(now_ns, &mut |ex| outputs.emit(ex));
+        if let Some(m) = &outputs.metrics {
             let now = tracker.in_flight_by_service();
             for gone in in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
                 m.http.set_in_flight(gone, 0);
@@ -158,8 +161,8 @@ impl EventSink for HttpPipeline {
             }
             *in_flight_services = now.into_keys().map(str::to_owned).collect();
         }
-        out.flush()?;
-        failed.map_or(Ok(()), Err)
+        outputs.out.flush()?;
+        outputs.result()
     }
 
     fn counts(&self, counts: &mut PipelineCounts) {
@@ -172,14 +175,10 @@ impl EventSink for HttpPipeline {
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, clock, metrics, out, .. } = self;
-        let mut failed = None;
-        tracker.finish(&mut |t| {
-            if let Some(ex) = t.into_exchange() {
-                emit(ex, clock, metrics.as_deref(), out, &mut failed)
-            }
-        });
-        out.flush()?;
-        failed.map_or(Ok(()), Err)
+        let HttpPipeline { tracker, correlator, outputs, .. } = self;
+        tracker.finish(&mut |t| correlator.push(t, &mut |ex| outputs.emit(ex)));
+        correlator.finish(&mut |ex| outputs.emit(ex));
+        outputs.out.flush()?;
+        outputs.result()
     }
 }

@@ -92,6 +92,18 @@ pub struct RunArgs {
     /// Serve /metrics, /health and /ready here, or `off` [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR|off")]
     pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// Span export.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OtlpArgs {
+    /// Export spans over OTLP/gRPC to this collector (http://HOST:PORT), or `off`. Default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; unset, no
+    /// spans leave the host (the JSON lines still carry the trace ids).
+    #[arg(long = "otlp-endpoint", value_name = "URL|off")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +130,8 @@ pub struct ReplayArgs {
     /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
     #[arg(long, value_name = "PATH|-|off")]
     pub log: Option<String>,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 /// The `--config` file.
@@ -129,6 +143,7 @@ pub struct ConfigFile {
     pub capture_bytes: Option<u32>,
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ConfigFile {
@@ -143,9 +158,11 @@ impl ConfigFile {
 pub struct Selection {
     pub services: Vec<ServiceSpec>,
     pub capture_bytes: u32,
-    /// `log` and `metrics-addr` from the config file, for commands that have them.
+    /// `log`, `metrics-addr` and `otlp-endpoint` from the config file, for commands that
+    /// have them.
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl SelectionArgs {
@@ -166,7 +183,13 @@ impl SelectionArgs {
         if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
             anyhow::bail!("--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}");
         }
-        Ok(Selection { services, capture_bytes, log: file.log, metrics_addr: file.metrics_addr })
+        Ok(Selection {
+            services,
+            capture_bytes,
+            log: file.log,
+            metrics_addr: file.metrics_addr,
+            otlp_endpoint: file.otlp_endpoint,
+        })
     }
 }
 
@@ -179,11 +202,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("traceo-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
-        std::fs::write(&path, "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\notlp-endpoint = \"http://c:4317\"\n",
+        )
+        .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
         let sel = args.resolve().expect("valid config");
         assert_eq!(sel.services[0].name, "engine");
         assert_eq!((sel.capture_bytes, sel.log.as_deref()), (4096, Some("off")));
+        assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
 
         let args = SelectionArgs {
             config: Some(path.clone()),

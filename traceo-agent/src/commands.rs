@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use crate::{
     cli::{HttpArgs, RecordArgs, ReplayArgs, RunArgs},
     event_json::EventPrinter,
-    http::TrackerConfig,
+    http::{TrackerConfig, WallClock},
     live::{self, LiveOptions},
     metrics::{
         Metrics, MetricsConfig,
@@ -20,6 +20,7 @@ use crate::{
     record::RecordWriter,
     sink::{EventLines, EventSink, HttpPipeline, Recorder},
     source::{EventSource, FileSource},
+    spans::{self, HostFacts, SpanOutput},
 };
 
 /// Loopback by default: the metrics reveal what the host's services do.
@@ -38,20 +39,31 @@ fn tracker_config(services: Vec<String>, http: &HttpArgs) -> TrackerConfig {
     }
 }
 
-/// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges.
+/// Where the HTTP pipeline's results go besides the JSON lines.
+struct Exports {
+    metrics: Option<Arc<Metrics>>,
+    /// The OTLP endpoint, if any.
+    otlp: Option<String>,
+    host: HostFacts,
+}
+
+/// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges (and
+/// exports spans when an OTLP endpoint is set).
 fn output_sink(
     events: bool,
     services: Vec<String>,
     http: &HttpArgs,
     clock_offset_ns: i64,
-    metrics: Option<Arc<Metrics>>,
+    exports: Exports,
     out: LineSink,
-) -> Box<dyn EventSink> {
+) -> anyhow::Result<Box<dyn EventSink>> {
     if events {
-        Box::new(EventLines { printer: EventPrinter::new(services), out })
-    } else {
-        Box::new(HttpPipeline::new(tracker_config(services, http), clock_offset_ns, metrics, out))
+        return Ok(Box::new(EventLines { printer: EventPrinter::new(services), out }));
     }
+    let clock = WallClock { offset_ns: clock_offset_ns };
+    let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
+    let config = tracker_config(services, http);
+    Ok(Box::new(HttpPipeline::new(config, clock_offset_ns, exports.metrics, out, spans)))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -64,8 +76,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         server::spawn(addr, metrics.clone(), ready.clone()).await?;
     }
     let services = sel.services.iter().map(|s| s.name.clone()).collect();
-    let mut sink =
-        output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), Some(metrics.clone()), out);
+    let exports = Exports {
+        metrics: Some(metrics.clone()),
+        otlp: spans::endpoint(args.otlp.endpoint.as_deref(), sel.otlp_endpoint.as_deref()),
+        host: HostFacts { host_name: Some(crate::procfs::hostname()), live: true },
+    };
+    let mut sink = output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), exports, out)?;
     let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
@@ -86,7 +102,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut source = FileSource::open(&args.file)?;
     let meta = source.reader.meta.clone();
     let out = LineSink::open(args.log.as_deref())?;
-    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, None, out);
+    let exports = Exports {
+        metrics: None,
+        otlp: spans::endpoint(args.otlp.endpoint.as_deref(), None),
+        host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
+    };
+    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out)?;
     let count = replay_into(&mut source, sink.as_mut()).await?;
     log::info!("replayed {count} events from {}", args.file.display());
     Ok(())

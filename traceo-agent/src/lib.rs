@@ -26,4 +26,5 @@ pub mod record;
 pub mod selector;
 pub mod sink;
 pub mod source;
+pub mod spans;
 pub mod tracking;

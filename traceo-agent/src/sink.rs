@@ -16,6 +16,7 @@ use crate::{
     metrics::{Metrics, Observation, PipelineCounts},
     output::LineSink,
     record::RecordWriter,
+    spans::SpanOutput,
 };
 
 pub trait EventSink {
@@ -73,8 +74,8 @@ impl EventSink for Recorder {
     }
 }
 
-/// The HTTP pipeline: events -> exchanges (tracker) -> trace ids (correlator) -> JSON lines
-/// and metrics.
+/// The HTTP pipeline: events -> exchanges (tracker) -> trace ids (correlator) -> JSON lines,
+/// metrics and spans.
 pub struct HttpPipeline {
     tracker: ConnTracker,
     correlator: Correlator,
@@ -88,19 +89,23 @@ struct Outputs {
     clock: WallClock,
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
+    spans: Option<SpanOutput>,
     /// The first failure to write a line (reported by the next call into the pipeline).
     failed: Option<anyhow::Error>,
 }
 
 impl Outputs {
     /// Metrics first (the trace id is already set, so duration exemplars carry it), then the
-    /// JSON line.
+    /// JSON line, then the span.
     fn emit(&mut self, ex: Exchange) {
         if let Some(m) = &self.metrics {
             m.http.observe(&observation(&ex));
         }
         if self.failed.is_none() {
             self.failed = self.out.line(&ex.to_json_line(&self.clock)).err();
+        }
+        if let Some(spans) = &mut self.spans {
+            spans.send(&ex);
         }
     }
 
@@ -110,11 +115,17 @@ impl Outputs {
 }
 
 impl HttpPipeline {
-    pub fn new(config: TrackerConfig, clock_offset_ns: i64, metrics: Option<Arc<Metrics>>, out: LineSink) -> Self {
+    pub fn new(
+        config: TrackerConfig,
+        clock_offset_ns: i64,
+        metrics: Option<Arc<Metrics>>,
+        out: LineSink,
+        spans: Option<SpanOutput>,
+    ) -> Self {
         HttpPipeline {
             tracker: ConnTracker::new(config),
             correlator: Correlator::new(CorrelateConfig::default()),
-            outputs: Outputs { clock: WallClock { offset_ns: clock_offset_ns }, metrics, out, failed: None },
+            outputs: Outputs { clock: WallClock { offset_ns: clock_offset_ns }, metrics, out, spans, failed: None },
             in_flight_services: HashSet::new(),
         }
     }
@@ -172,12 +183,21 @@ impl EventSink for HttpPipeline {
         counts.unpaired_responses = s.unpaired_responses;
         counts.non_http_connections = s.non_http_connections;
         counts.active_connections = s.active_connections;
+        counts.correlation = Some(self.correlator.stats());
+        if let Some(spans) = &self.outputs.spans {
+            let c = spans.counts();
+            counts.spans_exported = c.exported.load(std::sync::atomic::Ordering::Relaxed);
+            counts.spans_dropped = c.dropped().to_vec();
+        }
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
         let HttpPipeline { tracker, correlator, outputs, .. } = self;
         tracker.finish(&mut |t| correlator.push(t, &mut |ex| outputs.emit(ex)));
         correlator.finish(&mut |ex| outputs.emit(ex));
+        if let Some(spans) = &mut outputs.spans {
+            spans.finish();
+        }
         outputs.out.flush()?;
         outputs.result()
     }

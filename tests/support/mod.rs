@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod otlp;
 pub mod prometheus;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_traceo-agent");
@@ -129,15 +130,25 @@ pub fn http_server(dir: &Path, port: u16) -> Proc {
 
 /// uvicorn serving tests/apps/echo_app.py.
 pub fn uvicorn(port: u16, workers: u32) -> Proc {
-    uvicorn_on("127.0.0.1", port, workers)
+    uvicorn_app("echo_app:app", port, workers, &[])
 }
 
 /// uvicorn serving tests/apps/echo_app.py on `host` (e.g. `::1`).
 pub fn uvicorn_on(host: &str, port: u16, workers: u32) -> Proc {
+    uvicorn_at("echo_app:app", host, port, workers, &[])
+}
+
+/// uvicorn serving `app` (`module:attribute` from tests/apps) with extra environment.
+pub fn uvicorn_app(app: &str, port: u16, workers: u32, env: &[(&str, &str)]) -> Proc {
+    uvicorn_at(app, "127.0.0.1", port, workers, env)
+}
+
+fn uvicorn_at(app: &str, host: &str, port: u16, workers: u32, env: &[(&str, &str)]) -> Proc {
     let p = Proc::spawn(
         Command::new(python())
-            .args(["-m", "uvicorn", "echo_app:app", "--host", host, "--port", &port.to_string()])
+            .args(["-m", "uvicorn", app, "--host", host, "--port", &port.to_string()])
             .args(["--workers", &workers.to_string(), "--no-access-log"])
+            .envs(env.iter().copied())
             .current_dir(repo().join("tests/apps"))
             .stdout(Stdio::null())
             .stderr(Stdio::null()),

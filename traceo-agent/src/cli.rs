@@ -123,6 +123,18 @@ pub struct RunArgs {
     /// Drop an HTTP label set not updated for this many seconds [default: 3600].
     #[arg(long, value_name = "SECS")]
     pub series_ttl: Option<u64>,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// Span export.
+#[derive(Args, Debug, Default, Clone)]
+pub struct OtlpArgs {
+    /// Export spans over OTLP/gRPC to this collector (http://HOST:PORT), or `off`. Default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; unset, no
+    /// spans leave the host (the JSON lines still carry the trace ids).
+    #[arg(long = "otlp-endpoint", value_name = "URL|off")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +161,8 @@ pub struct ReplayArgs {
     /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
     #[arg(long, value_name = "PATH|-|off")]
     pub log: Option<String>,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 /// The `--config` file.
@@ -163,6 +177,7 @@ pub struct ConfigFile {
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ConfigFile {
@@ -178,11 +193,12 @@ pub struct Selection {
     pub services: Vec<ServiceSpec>,
     pub capture_bytes: u32,
     pub ring_buffer_mib: u32,
-    /// Options of `run` from the config file (the command line wins).
+    /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl SelectionArgs {
@@ -214,6 +230,7 @@ impl SelectionArgs {
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
             series_ttl: file.series_ttl,
+            otlp_endpoint: file.otlp_endpoint,
         })
     }
 }
@@ -229,7 +246,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -239,6 +256,7 @@ mod tests {
         assert_eq!((sel.max_series, sel.series_ttl), (Some(5), Some(60)));
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
+        assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
 
         let args = SelectionArgs {
             config: Some(path.clone()),

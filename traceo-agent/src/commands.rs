@@ -9,8 +9,9 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{HttpArgs, RecordArgs, ReplayArgs, RunArgs},
+    correlate::IdGen,
     event_json::EventPrinter,
-    http::TrackerConfig,
+    http::{TrackerConfig, WallClock},
     joins::Joins,
     live::{self, LiveOptions},
     metrics::{
@@ -21,10 +22,19 @@ use crate::{
     record::RecordWriter,
     sink::{EventLines, EventSink, HttpPipeline, Recorder},
     source::{EventSource, FileSource},
+    spans::{self, HostFacts, SpanOutput},
 };
 
 /// Loopback by default: the metrics reveal what the host's services do.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// A seed that names one recording: where and when it was made.
+fn recording_seed(meta: &crate::record::RecordMeta) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&meta.hostname, meta.clock_offset_ns, &meta.services).hash(&mut h);
+    h.finish()
+}
 
 fn seconds(d: Option<f64>) -> anyhow::Result<Option<Duration>> {
     d.map(|s| Duration::try_from_secs_f64(s).context("--duration must be a positive number of seconds")).transpose()
@@ -48,20 +58,34 @@ fn joins(http: &HttpArgs) -> Joins {
     Joins::new(http.join_keys().map(str::to_owned).collect(), http.join_ttl_secs * 1_000_000_000, 100_000)
 }
 
-/// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges.
+/// Where the HTTP pipeline's results go besides the JSON lines.
+struct Exports {
+    metrics: Option<Arc<Metrics>>,
+    /// Trace and span ids: random live; in replay derived from the recording, so replaying
+    /// one file gives the same ids every time (and a backend deduplicates a re-export).
+    ids: IdGen,
+    /// The OTLP endpoint, if any.
+    otlp: Option<String>,
+    host: HostFacts,
+}
+
+/// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges (and
+/// exports spans when an OTLP endpoint is set).
 fn output_sink(
     events: bool,
     services: Vec<String>,
     http: &HttpArgs,
     clock_offset_ns: i64,
-    metrics: Option<Arc<Metrics>>,
+    exports: Exports,
     out: LineSink,
-) -> Box<dyn EventSink> {
+) -> anyhow::Result<Box<dyn EventSink>> {
     if events {
-        Box::new(EventLines { printer: EventPrinter::new(services), out })
-    } else {
-        Box::new(HttpPipeline::new(tracker_config(services, http), joins(http), clock_offset_ns, metrics, out))
+        return Ok(Box::new(EventLines { printer: EventPrinter::new(services), out }));
     }
+    let clock = WallClock { offset_ns: clock_offset_ns };
+    let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
+    let config = tracker_config(services, http);
+    Ok(Box::new(HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids)))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -80,8 +104,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         server::spawn(addr, metrics.clone(), ready.clone()).await?;
     }
     let services = sel.services.iter().map(|s| s.name.clone()).collect();
-    let mut sink =
-        output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), Some(metrics.clone()), out);
+    let exports = Exports {
+        metrics: Some(metrics.clone()),
+        ids: IdGen::from_entropy(),
+        otlp: spans::endpoint(args.otlp.endpoint.as_deref(), sel.otlp_endpoint.as_deref()),
+        host: HostFacts { host_name: Some(crate::procfs::hostname()), live: true },
+    };
+    let mut sink = output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), exports, out)?;
     let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
@@ -102,7 +131,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut source = FileSource::open(&args.file)?;
     let meta = source.reader.meta.clone();
     let out = LineSink::open(args.log.as_deref())?;
-    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, None, out);
+    let exports = Exports {
+        metrics: None,
+        ids: IdGen::seeded(recording_seed(&meta)),
+        otlp: spans::endpoint(args.otlp.endpoint.as_deref(), None),
+        host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
+    };
+    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out)?;
     let count = replay_into(&mut source, sink.as_mut()).await?;
     log::info!("replayed {count} events from {}", args.file.display());
     Ok(())

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::Value;
 
-use crate::http::{Exchange, Role};
+use crate::http::{Exchange, Link, Role, SpanRef};
 
 /// What a join decided for one exchange.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,9 +80,7 @@ impl Joins {
                     o.callback_seen = true;
                 }
             }
-            if ex.trace_id.is_none() {
-                ex.trace_id = origin.trace_id.clone();
-            }
+            self.move_into_job_trace(ex, &origin);
             return Some(JoinEvent::Joined { callback_after_ns: after });
         }
         if ex.role == Role::Server {
@@ -99,6 +97,22 @@ impl Joins {
             }
         }
         None
+    }
+
+    /// A joined exchange joins its job's trace: it takes the issuing span's trace id, a link
+    /// to that span, and, when it started a trace of its own (the engine's webhook, sent from
+    /// a background task), that span as its parent.
+    fn move_into_job_trace(&self, ex: &mut Exchange, origin: &Origin) {
+        let (Some(trace), Some(span)) = (&origin.trace_id, &origin.span_id) else { return };
+        if ex.span_id.as_ref() == Some(span) {
+            return;
+        }
+        if ex.parent_span_id.is_none() {
+            ex.parent_span_id = Some(span.clone());
+            ex.link = Some(Link::Job);
+        }
+        ex.trace_id = Some(trace.clone());
+        ex.job_origin = Some(SpanRef { trace_id: trace.clone(), span_id: span.clone() });
     }
 
     fn issue(&mut self, value: String, ex: &Exchange) {
@@ -258,6 +272,7 @@ mod tests {
         let mut upload =
             exchange(ENGINE, true, &post("/api/v1/jobs", "a,b\n1,2\n"), &json_response(r#"{"job_id":"j1"}"#));
         upload.trace_id = Some("t-upload".into());
+        upload.span_id = Some("s-upload".into());
         assert_eq!(joins.observe(&mut upload), Some(JoinEvent::Issued));
         assert_eq!(upload.job_id.as_deref(), Some("j1"));
 
@@ -265,6 +280,9 @@ mod tests {
         let mut poll = exchange(MCP, false, &get("/api/v1/jobs/j1"), &ok("{}"));
         assert_eq!(joins.observe(&mut poll), Some(JoinEvent::Joined { callback_after_ns: None }));
         assert_eq!((poll.job_id.as_deref(), poll.trace_id.as_deref()), (Some("j1"), Some("t-upload")));
+        // It started no trace of its own here (no parent): the upload becomes its parent.
+        assert_eq!((poll.parent_span_id.as_deref(), poll.link), (Some("s-upload"), Some(Link::Job)));
+        assert_eq!(poll.job_origin.as_ref().map(|o| o.span_id.as_str()), Some("s-upload"));
 
         // The engine's own webhook is.
         let mut webhook = exchange(
@@ -276,6 +294,13 @@ mod tests {
         let Some(JoinEvent::Joined { callback_after_ns: Some(_) }) = joins.observe(&mut webhook) else {
             panic!("the engine's webhook is the callback")
         };
+        // One with a parent of its own keeps it, in the job's trace.
+        let mut child = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
+        child.parent_span_id = Some("s-caller".into());
+        child.link = Some(Link::Connection);
+        joins.observe(&mut child);
+        assert_eq!(child.trace_id.as_deref(), Some("t-upload"));
+        assert_eq!((child.parent_span_id.as_deref(), child.link), (Some("s-caller"), Some(Link::Connection)));
         let mut again = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
         assert_eq!(joins.observe(&mut again), Some(JoinEvent::Joined { callback_after_ns: None }), "counted once");
         assert_eq!(joins.stats, JoinStats { joined: 1, ..Default::default() });

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod correlate;
 pub mod decode;
 pub mod event_json;
 pub mod events;
@@ -27,4 +28,5 @@ pub mod record;
 pub mod selector;
 pub mod sink;
 pub mod source;
+pub mod spans;
 pub mod tracking;

@@ -9,6 +9,7 @@ use std::{
 };
 
 use crate::{
+    correlate::{CorrelateConfig, Correlator, IdGen},
     event_json::EventPrinter,
     events::Event,
     http::{ConnTracker, Exchange, ParseErrorKind, Role, TrackerConfig, WallClock},
@@ -16,6 +17,7 @@ use crate::{
     metrics::{Metrics, Observation, PipelineCounts},
     output::LineSink,
     record::RecordWriter,
+    spans::SpanOutput,
 };
 
 pub trait EventSink {
@@ -76,22 +78,24 @@ impl EventSink for Recorder {
     }
 }
 
-/// The HTTP pipeline: events -> exchanges (tracker) -> MCP content and job joins ->
-/// JSON lines and metrics (emitter).
+/// The HTTP pipeline: events -> exchanges (tracker) -> trace ids (correlator) -> MCP content
+/// and job joins -> metrics, JSON lines and spans (emitter).
 pub struct HttpPipeline {
     tracker: ConnTracker,
+    correlator: Correlator,
     emitter: Emitter,
     /// Services with an in-flight gauge, so one whose connections all ended reads 0.
     in_flight_services: HashSet<String>,
 }
 
-/// Everything downstream of the tracker, for one exchange at a time.
+/// Everything downstream of the correlator, for one resolved exchange at a time.
 struct Emitter {
     clock: WallClock,
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
     joins: Joins,
-    /// The first output error; later exchanges are still counted.
+    spans: Option<SpanOutput>,
+    /// The first failure to write a line (reported by the next call into the pipeline).
     failed: Option<anyhow::Error>,
 }
 
@@ -102,15 +106,23 @@ impl HttpPipeline {
         clock_offset_ns: i64,
         metrics: Option<Arc<Metrics>>,
         out: LineSink,
+        spans: Option<SpanOutput>,
+        ids: IdGen,
     ) -> Self {
-        let emitter = Emitter { clock: WallClock { offset_ns: clock_offset_ns }, metrics, out, joins, failed: None };
-        HttpPipeline { tracker: ConnTracker::new(config), emitter, in_flight_services: HashSet::new() }
+        let clock = WallClock { offset_ns: clock_offset_ns };
+        HttpPipeline {
+            tracker: ConnTracker::new(config),
+            correlator: Correlator::with_ids(CorrelateConfig::default(), ids),
+            emitter: Emitter { clock, metrics, out, joins, spans, failed: None },
+            in_flight_services: HashSet::new(),
+        }
     }
 }
 
 impl Emitter {
-    /// MCP content read from the bodies, the job key joined, then a JSON line and
-    /// observations for the metrics.
+    /// MCP content read from the bodies; the job key joined (a joined exchange moves into
+    /// its job's trace); then metrics (the trace id is set, so duration exemplars carry it),
+    /// the JSON line and the span.
     fn emit(&mut self, mut ex: Exchange) {
         ex.mcp = crate::mcp::parse(&ex);
         let joined = self.joins.observe(&mut ex);
@@ -125,6 +137,9 @@ impl Emitter {
         }
         if self.failed.is_none() && !self.out.is_off() {
             self.failed = self.out.line(&ex.to_json_line(&self.clock)).err();
+        }
+        if let Some(spans) = &mut self.spans {
+            spans.send(&ex);
         }
     }
 
@@ -148,29 +163,32 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
         request_body_bytes: ex.request_body_bytes,
         response_body_bytes: ex.response_body_bytes.unwrap_or(0),
         trace_id: ex.trace_id.as_deref(),
+        propagated: ex.propagated,
     }
 }
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        let emitter = &mut self.emitter;
-        self.tracker.handle(event, &mut |ex| emitter.emit(ex));
+        let HttpPipeline { tracker, correlator, emitter, .. } = self;
+        correlator.observe(event);
+        tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         emitter.result()
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let emitter = &mut self.emitter;
-        self.tracker.expire(now_ns, &mut |ex| emitter.emit(ex));
+        let HttpPipeline { tracker, correlator, emitter, in_flight_services } = self;
+        tracker.expire(now_ns, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
+        correlator.tick(now_ns, &mut |ex| emitter.emit(ex));
         emitter.joins.expire(now_ns);
         if let Some(m) = &emitter.metrics {
-            let now = self.tracker.in_flight_by_service();
-            for gone in self.in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
+            let now = tracker.in_flight_by_service();
+            for gone in in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
                 m.http.set_in_flight(gone, 0);
             }
             for (service, n) in &now {
                 m.http.set_in_flight(service, *n);
             }
-            self.in_flight_services = now.into_keys().map(str::to_owned).collect();
+            *in_flight_services = now.into_keys().map(str::to_owned).collect();
             m.jobs.update(&emitter.joins.stats);
         }
         emitter.out.flush()?;
@@ -184,13 +202,23 @@ impl EventSink for HttpPipeline {
         counts.unpaired_responses = s.unpaired_responses;
         counts.non_http_connections = s.non_http_connections;
         counts.active_connections = s.active_connections;
+        counts.correlation = Some(self.correlator.stats());
+        if let Some(spans) = &self.emitter.spans {
+            let c = spans.counts();
+            counts.spans_exported = c.exported.load(std::sync::atomic::Ordering::Relaxed);
+            counts.spans_dropped = c.dropped().to_vec();
+        }
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        let emitter = &mut self.emitter;
-        self.tracker.finish(&mut |ex| emitter.emit(ex));
+        let HttpPipeline { tracker, correlator, emitter, .. } = self;
+        tracker.finish(&mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
+        correlator.finish(&mut |ex| emitter.emit(ex));
         if let Some(m) = &emitter.metrics {
             m.jobs.update(&emitter.joins.stats);
+        }
+        if let Some(spans) = &mut emitter.spans {
+            spans.finish();
         }
         emitter.out.flush()?;
         emitter.result()

@@ -14,8 +14,16 @@ use crate::{root, run};
 const APT_BPF: &[&str] = &["build-essential", "rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// Real servers and clients the live tests drive.
 const APT_TEST: &[&str] = &["curl", "python3", "python3-venv", "python3-pip", "prometheus", "nginx-light"];
-const PIP_TEST: &[&str] =
-    &["uvicorn==0.54.*", "fastapi==0.165.*", "httpx==0.28.*", "requests==2.*", "mcp==2.3.*", "python-multipart==0.0.*"];
+/// rotel ships a Rust OTLP collector binary: the third-party collector of the span tests.
+const PIP_TEST: &[&str] = &[
+    "uvicorn==0.54.*",
+    "fastapi==0.165.*",
+    "httpx==0.28.*",
+    "requests==2.*",
+    "mcp==2.3.*",
+    "python-multipart==0.0.*",
+    "rotel==0.0.1a15",
+];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";
 

@@ -4,9 +4,9 @@
 use crate::events::{Data, Direction};
 
 use super::detect::{Detector, Verdict};
-use super::exchange::{ConnInfo, Exchange, Role};
+use super::exchange::{ConnInfo, Exchange, RequestSeen, Role, Tracked};
 use super::pairing::Pairing;
-use super::parser::{HttpMessage, Output, ProtocolParser, Segment};
+use super::parser::{HttpMessage, Kind, Output, ProtocolParser, Segment};
 use super::route::RouteNormalizer;
 use super::stats::TrackerStats;
 
@@ -14,7 +14,7 @@ use super::stats::TrackerStats;
 pub struct Ctx<'a> {
     pub stats: &'a mut TrackerStats,
     pub routes: &'a RouteNormalizer,
-    pub out: &'a mut dyn FnMut(Exchange),
+    pub out: &'a mut dyn FnMut(Tracked),
 }
 
 enum Proto {
@@ -35,6 +35,10 @@ pub struct Conn {
     proto: Proto,
     pairing: Pairing,
     scratch: Vec<Output>,
+    /// Requests announced and exchanges emitted: pairing is first in, first out, so the n-th
+    /// exchange answers the n-th announced request.
+    requests_seen: u64,
+    exchanges_out: u64,
 }
 
 impl Conn {
@@ -48,7 +52,17 @@ impl Conn {
     }
 
     fn with(info: ConnInfo, pid: u32, now_ns: u64, proto: Proto) -> Self {
-        Conn { info, pid, last_ns: now_ns, opened: false, proto, pairing: Pairing::default(), scratch: Vec::new() }
+        Conn {
+            info,
+            pid,
+            last_ns: now_ns,
+            opened: false,
+            proto,
+            pairing: Pairing::default(),
+            scratch: Vec::new(),
+            requests_seen: 0,
+            exchanges_out: 0,
+        }
     }
 
     pub fn on_data(&mut self, d: &Data, ctx: &mut Ctx<'_>) {
@@ -129,6 +143,9 @@ impl Conn {
         for o in outputs.drain(..) {
             match o {
                 Output::Message(m) => {
+                    if m.kind == Kind::Request {
+                        self.announce(role, &m, ctx);
+                    }
                     if let Some((req, resp)) = self.pairing.push(m) {
                         self.emit(role, req, resp, ctx);
                     }
@@ -144,11 +161,29 @@ impl Conn {
         }
     }
 
-    fn emit(&self, role: Role, req: HttpMessage, resp: Option<HttpMessage>, ctx: &mut Ctx<'_>) {
+    fn announce(&mut self, role: Role, req: &HttpMessage, ctx: &mut Ctx<'_>) {
+        let seen = RequestSeen {
+            conn_id: self.info.conn_id,
+            seq: self.requests_seen,
+            role,
+            pid: req.pid,
+            tid: req.tid,
+            local: self.info.local,
+            peer: self.info.peer,
+            start_ns: req.start_ns,
+            headers: req.headers.clone(),
+        };
+        self.requests_seen += 1;
+        (ctx.out)(Tracked::Request(seen));
+    }
+
+    fn emit(&mut self, role: Role, req: HttpMessage, resp: Option<HttpMessage>, ctx: &mut Ctx<'_>) {
         if resp.is_none() {
             ctx.stats.unpaired_requests += 1;
         }
         ctx.stats.exchanges += 1;
-        (ctx.out)(Exchange::build(&self.info, role, req, resp, ctx.routes));
+        let seq = self.exchanges_out;
+        self.exchanges_out += 1;
+        (ctx.out)(Tracked::Exchange(Exchange::build(&self.info, role, seq, req, resp, ctx.routes)));
     }
 }

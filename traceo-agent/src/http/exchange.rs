@@ -24,6 +24,44 @@ impl Role {
     }
 }
 
+/// Why a span has the parent it has (the `traceo.link` attribute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// A trace context or correlation value carried by the request ties them.
+    Propagated,
+    /// The two ends of one TCP connection on this host.
+    Connection,
+    /// The only inbound request in flight on the thread (or in the process) that made the call.
+    Thread,
+    /// The narrowest inbound window enclosing the call, among several in flight: a guess.
+    Inferred,
+    /// A span that started its own trace but carried a job key: its parent is the span that
+    /// issued the key (the upload, for a webhook). Set by the join stage, not the correlator.
+    Job,
+}
+
+impl Link {
+    /// The links the correlation stage finds (job links are the join stage's).
+    pub const ALL: [Link; 4] = [Link::Propagated, Link::Connection, Link::Thread, Link::Inferred];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Propagated => "propagated",
+            Link::Connection => "connection",
+            Link::Thread => "thread",
+            Link::Inferred => "inferred",
+            Link::Job => "job",
+        }
+    }
+}
+
+/// Another span, by its ids (hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanRef {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
 /// Things worth knowing about how an exchange was observed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flags {
@@ -73,6 +111,9 @@ pub struct ConnInfo {
 pub struct Exchange {
     pub service: String,
     pub role: Role,
+    /// Position of the request on its connection (0 for the first one the agent saw); with
+    /// `conn_id` it names the request the tracker announced as [`RequestSeen`].
+    pub request_seq: u64,
     /// Process and thread that read (server) or wrote (client) the request's first bytes.
     pub pid: u32,
     pub tid: u32,
@@ -103,9 +144,72 @@ pub struct Exchange {
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
     pub parent_span_id: Option<String>,
+    /// How the parent was found; `None` for a trace's first span.
+    pub link: Option<Link>,
+    /// W3C `tracestate` of the trace the exchange continues.
+    pub trace_state: Option<String>,
+    /// An outbound request made while serving an inbound one: did it carry the inbound trace
+    /// context or correlation id? `None` for other exchanges.
+    pub propagated: Option<bool>,
     pub job_id: Option<String>,
+    /// The span that issued `job_id` (exported as an OTLP span link).
+    pub job_origin: Option<SpanRef>,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
     pub mcp: Option<crate::mcp::McpInfo>,
+}
+
+/// A request read (server) or sent (client) in full, announced before its exchange completes
+/// so the correlation stage can give it ids while its children are still to come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestSeen {
+    pub conn_id: u64,
+    /// As [`Exchange::request_seq`].
+    pub seq: u64,
+    pub role: Role,
+    pub pid: u32,
+    pub tid: u32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// The request's first byte, as [`Exchange::request_first_ns`].
+    pub start_ns: u64,
+    pub headers: KeptHeaders,
+}
+
+impl RequestSeen {
+    /// The announcement an exchange's request would have made (for exchanges whose
+    /// announcement the correlation stage no longer holds).
+    pub fn of(ex: &Exchange) -> RequestSeen {
+        RequestSeen {
+            conn_id: ex.conn_id,
+            seq: ex.request_seq,
+            role: ex.role,
+            pid: ex.pid,
+            tid: ex.tid,
+            local: ex.local,
+            peer: ex.peer,
+            start_ns: ex.request_first_ns,
+            headers: ex.request_headers.clone(),
+        }
+    }
+}
+
+/// What the tracker reports, in event order: every exchange is announced by a
+/// `Request` with the same `conn_id` and sequence number before it is reported.
+// Each value is handed on once, by move: boxing would only add an allocation per exchange.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tracked {
+    Request(RequestSeen),
+    Exchange(Exchange),
+}
+
+impl Tracked {
+    pub fn into_exchange(self) -> Option<Exchange> {
+        match self {
+            Tracked::Exchange(ex) => Some(ex),
+            Tracked::Request(_) => None,
+        }
+    }
 }
 
 impl Exchange {
@@ -113,6 +217,7 @@ impl Exchange {
     pub fn build(
         conn: &ConnInfo,
         role: Role,
+        request_seq: u64,
         req: HttpMessage,
         resp: Option<HttpMessage>,
         routes: &RouteNormalizer,
@@ -130,6 +235,7 @@ impl Exchange {
         Exchange {
             service: conn.service.clone(),
             role,
+            request_seq,
             pid: req.pid,
             tid: req.tid,
             conn_id: conn.conn_id,
@@ -154,7 +260,11 @@ impl Exchange {
             trace_id: None,
             span_id: None,
             parent_span_id: None,
+            link: None,
+            trace_state: None,
+            propagated: None,
             job_id: None,
+            job_origin: None,
             mcp: None,
         }
     }

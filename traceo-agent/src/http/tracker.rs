@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::events::{Conn as ConnEvent, Event, Meta, OpenHow};
 
 use super::conn::{Conn, Ctx};
-use super::exchange::{ConnInfo, Exchange};
+use super::exchange::{ConnInfo, Tracked};
 use super::h1::{Http1Parser, Limits};
 use super::headers::HeaderSelection;
 use super::lru::Lru;
@@ -89,8 +89,8 @@ impl ConnTracker {
         &self.stats
     }
 
-    /// Consume one event, in order.
-    pub fn handle(&mut self, ev: &Event, out: &mut impl FnMut(Exchange)) {
+    /// Consume one event, in order, reporting requests as they complete and exchanges.
+    pub fn handle(&mut self, ev: &Event, out: &mut impl FnMut(Tracked)) {
         match ev {
             Event::ConnOpen(c) => self.open(c, out),
             Event::ConnClose(c) => {
@@ -124,7 +124,7 @@ impl ConnTracker {
     }
 
     /// Flush connections idle since before `now_ns - idle_timeout`.
-    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange)) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(Tracked)) {
         let cutoff = now_ns.saturating_sub(self.idle_timeout_ns);
         for (_, conn) in self.conns.drain_where(|c| c.last_ns < cutoff) {
             self.end(conn, out);
@@ -133,14 +133,14 @@ impl ConnTracker {
     }
 
     /// Flush everything (end of a replay, shutdown).
-    pub fn finish(&mut self, out: &mut impl FnMut(Exchange)) {
+    pub fn finish(&mut self, out: &mut impl FnMut(Tracked)) {
         while let Some((_, conn)) = self.conns.pop_oldest() {
             self.end(conn, out);
         }
         self.stats.active_connections = 0;
     }
 
-    fn open(&mut self, c: &ConnEvent, out: &mut impl FnMut(Exchange)) {
+    fn open(&mut self, c: &ConnEvent, out: &mut impl FnMut(Tracked)) {
         let midstream = c.how == Some(OpenHow::Existing);
         let info = self.info(c.conn_id, &c.meta, Some(c), midstream);
         if let Some(conn) = self.conns.get_mut(c.conn_id) {
@@ -161,7 +161,7 @@ impl ConnTracker {
         self.insert(c.conn_id, conn, out);
     }
 
-    fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Exchange)) {
+    fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Tracked)) {
         let (replaced, evicted) = self.conns.insert(conn_id, conn);
         if let Some(old) = replaced {
             self.end(old, out);
@@ -172,7 +172,7 @@ impl ConnTracker {
         }
     }
 
-    fn end(&mut self, mut conn: Conn, out: &mut impl FnMut(Exchange)) {
+    fn end(&mut self, mut conn: Conn, out: &mut impl FnMut(Tracked)) {
         let mut ctx = Ctx { stats: &mut self.stats, routes: &self.routes, out };
         conn.finish(&mut ctx);
     }

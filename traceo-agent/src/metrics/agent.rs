@@ -2,6 +2,9 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::correlate::CorrelateStats;
+use crate::http::Link;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -16,6 +19,11 @@ pub struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabel {
+    pub link: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +43,11 @@ pub struct PipelineCounts {
     pub non_http_connections: u64,
     pub active_connections: u64,
     pub decode_errors: u64,
+    /// The correlation stage's totals (links by kind, what it dropped).
+    pub correlation: Option<CorrelateStats>,
+    pub spans_exported: u64,
+    /// Spans dropped by reason (monotonic).
+    pub spans_dropped: Vec<(&'static str, u64)>,
 }
 
 pub struct AgentMetrics {
@@ -46,6 +59,10 @@ pub struct AgentMetrics {
     decode_errors: Counter,
     active_connections: Gauge,
     pub series_overflow: Counter,
+    span_links: Family<LinkLabel, Counter>,
+    correlation_dropped: Family<ReasonLabel, Counter>,
+    spans_exported: Counter,
+    spans_dropped: Family<ReasonLabel, Counter>,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
     last: std::sync::Mutex<(PipelineCounts, f64)>,
@@ -71,6 +88,10 @@ impl AgentMetrics {
             decode_errors: Counter::default(),
             active_connections: Gauge::default(),
             series_overflow: Counter::default(),
+            span_links: Family::default(),
+            correlation_dropped: Family::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Family::default(),
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
             last: Default::default(),
@@ -106,6 +127,23 @@ impl AgentMetrics {
             "traceo_agent_metric_series_overflow",
             "HTTP label sets folded into http_route=\"__overflow__\" by the series cap",
             m.series_overflow.clone(),
+        );
+        r.register(
+            "traceo_agent_span_links",
+            "Spans given a parent, by how it was found (none: the span starts a trace)",
+            m.span_links.clone(),
+        );
+        r.register(
+            "traceo_agent_correlation_dropped",
+            "Correlation state given up: evicted (request cap), connection_evicted (connection index cap), \
+             hold_expired (best answer taken when the hold ran out), orphaned (parent forgotten), unannounced",
+            m.correlation_dropped.clone(),
+        );
+        r.register("traceo_agent_spans_exported", "Spans the OTLP endpoint accepted", m.spans_exported.clone());
+        r.register(
+            "traceo_agent_spans_dropped",
+            "Spans not exported, by reason (queue_full, export_failed, rejected)",
+            m.spans_dropped.clone(),
         );
         r.register_with_unit("traceo_agent_cpu", "CPU time used by the agent", Unit::Seconds, m.cpu_seconds.clone());
         r.register_with_unit(
@@ -158,6 +196,32 @@ impl AgentMetrics {
         self.non_http.inc_by(now.non_http_connections.saturating_sub(before.non_http_connections));
         self.decode_errors.inc_by(now.decode_errors.saturating_sub(before.decode_errors));
         self.active_connections.set(now.active_connections as i64);
+        if let Some(c) = &now.correlation {
+            let was = before.correlation.clone().unwrap_or_default();
+            for link in Link::ALL {
+                let label = LinkLabel { link: link.as_str().into() };
+                follow(&self.span_links, label, c.link(link), was.link(link));
+            }
+            follow(&self.span_links, LinkLabel { link: "none".into() }, c.roots, was.roots);
+            for (reason, value, prior) in [
+                ("evicted", c.evicted, was.evicted),
+                ("connection_evicted", c.connections_evicted, was.connections_evicted),
+                ("hold_expired", c.expired, was.expired),
+                ("orphaned", c.orphaned, was.orphaned),
+                ("unannounced", c.unannounced, was.unannounced),
+            ] {
+                follow(&self.correlation_dropped, ReasonLabel { reason: reason.into() }, value, prior);
+            }
+        }
+        self.spans_exported.inc_by(now.spans_exported.saturating_sub(before.spans_exported));
+        for (name, value) in &now.spans_dropped {
+            follow(
+                &self.spans_dropped,
+                ReasonLabel { reason: (*name).into() },
+                *value,
+                prior(&before.spans_dropped, name),
+            );
+        }
         *before = now.clone();
         if let Some((cpu, rss)) = own_usage() {
             self.cpu_seconds.inc_by((cpu - *cpu_before).max(0.0));

@@ -39,6 +39,9 @@ pub struct Observation<'a> {
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
     pub trace_id: Option<&'a str>,
+    /// An outbound call made while serving an inbound request: did it carry the inbound
+    /// trace context or correlation id?
+    pub propagated: Option<bool>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +66,12 @@ pub struct HistogramLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceExemplar {
     trace_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PropagationLabels {
+    service: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +180,7 @@ pub struct HttpMetrics {
     server: SideFamilies,
     client: SideFamilies,
     in_flight: Family<ServiceLabel, Gauge>,
+    propagation: Family<PropagationLabels, Counter>,
     overflow: Counter,
     config: MetricsConfig,
     /// Label sets in use by hash (a collision shares the bucket), and how many in all.
@@ -185,7 +195,22 @@ impl HttpMetrics {
         let client = SideFamilies::register(r, "client");
         let in_flight = Family::default();
         r.register("traceo_http_server_active_requests", "HTTP server requests in flight", in_flight.clone());
-        HttpMetrics { requests, server, client, in_flight, overflow, config, series: Mutex::new((HashMap::new(), 0)) }
+        let propagation = Family::default();
+        r.register(
+            "traceo_propagation",
+            "Outbound requests made while serving an inbound one, by whether they carried its trace context or correlation id",
+            propagation.clone(),
+        );
+        HttpMetrics {
+            requests,
+            server,
+            client,
+            in_flight,
+            propagation,
+            overflow,
+            config,
+            series: Mutex::new((HashMap::new(), 0)),
+        }
     }
 
     /// Create the metrics of a new label set.
@@ -242,6 +267,10 @@ impl HttpMetrics {
         }
         s.request_size.observe(o.request_body_bytes as f64);
         s.response_size.observe(o.response_body_bytes as f64);
+        if let Some(propagated) = o.propagated {
+            let outcome = if propagated { "propagated" } else { "absent" };
+            self.propagation.get_or_create(&PropagationLabels { service: o.service.to_owned(), outcome }).inc();
+        }
     }
 
     /// Server requests in flight per service (set from the HTTP layer's pending requests).
@@ -308,6 +337,7 @@ mod tests {
             request_body_bytes: 0,
             response_body_bytes: 300,
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            propagated: None,
         }
     }
 
@@ -331,6 +361,13 @@ mod tests {
             .expect("the 0.025 bucket");
         assert!(bucket.ends_with("} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.02"), "{bucket}");
         assert!(text.contains("traceo_http_server_response_body_size_bytes_sum{"), "{text}");
+        assert!(!text.contains("traceo_propagation_total{"), "only outbound calls inside inbound ones count");
+        m.http.observe(&Observation { propagated: Some(false), ..obs("/down", 200, false) });
+        m.http.observe(&Observation { propagated: Some(true), ..obs("/down", 200, false) });
+        m.http.observe(&Observation { propagated: Some(true), ..obs("/down", 200, false) });
+        let text = m.encode();
+        assert!(text.contains("traceo_propagation_total{service=\"engine\",outcome=\"absent\"} 1"), "{text}");
+        assert!(text.contains("traceo_propagation_total{service=\"engine\",outcome=\"propagated\"} 2"), "{text}");
     }
 
     #[test]

@@ -156,12 +156,12 @@ fn idle_connections_expire_and_exit_flushes() {
     dying.recv(&get("/dying"));
     dying.exit();
     for ev in idle.take().iter().chain(dying.take().iter()) {
-        tracker.handle(ev, &mut |x| xs.push(x));
+        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange()));
     }
     assert_eq!(xs.iter().map(|x| x.target.as_str()).collect::<Vec<_>>(), vec!["/dying"]);
-    tracker.expire(idle.now_ns + 500_000_000, &mut |x| xs.push(x));
+    tracker.expire(idle.now_ns + 500_000_000, &mut |x| xs.extend(x.into_exchange()));
     assert_eq!(xs.len(), 1, "not idle long enough yet");
-    tracker.expire(idle.now_ns + 2_000_000_000, &mut |x| xs.push(x));
+    tracker.expire(idle.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange()));
     assert_eq!(xs.len(), 2);
     assert!(xs[1].flags.no_response && xs[1].target == "/idle");
     assert_eq!(tracker.stats().active_connections, 0);
@@ -179,7 +179,7 @@ fn lru_cap_evicts_and_flushes_the_oldest_connection() {
     let mut tracker = ConnTracker::new(cfg);
     let mut xs = Vec::new();
     for ev in &events {
-        tracker.handle(ev, &mut |x| xs.push(x));
+        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange()));
     }
     assert_eq!(tracker.stats().evicted_connections, 1);
     assert_eq!(tracker.stats().active_connections, 2);
@@ -211,14 +211,38 @@ fn in_flight_counts_read_but_unanswered_server_requests() {
     let mut cli = Script::connected(2);
     cli.send(&get("/b"));
     for ev in srv.take().iter().chain(cli.take().iter()) {
-        tracker.handle(ev, &mut |x| out.push(x));
+        tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
     }
     // The client's request is in flight too, but it is not a server request.
     assert_eq!(tracker.in_flight_by_service().get("engine"), Some(&1));
     srv.send(&ok("done"));
     for ev in srv.take().iter() {
-        tracker.handle(ev, &mut |x| out.push(x));
+        tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
     }
     assert_eq!(tracker.in_flight_by_service().get("engine"), Some(&0));
     assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn requests_are_announced_before_their_exchanges_with_matching_numbers() {
+    let mut s = Script::accepted(1);
+    // Two pipelined requests in one read, answered one after the other.
+    let mut both = get("/one");
+    both.extend(get("/two"));
+    s.recv(&both);
+    s.send(&ok("1"));
+    s.send(&ok("2"));
+    let mut tracker = ConnTracker::new(TrackerConfig::default());
+    let mut seen = Vec::new();
+    for ev in s.take().iter() {
+        tracker.handle(ev, &mut |t| {
+            seen.push(match t {
+                crate::http::Tracked::Request(r) => {
+                    format!("request {} {}", r.seq, r.headers.get("host").unwrap_or(""))
+                }
+                crate::http::Tracked::Exchange(x) => format!("exchange {} {}", x.request_seq, x.target),
+            })
+        });
+    }
+    assert_eq!(seen, ["request 0 svc", "request 1 svc", "exchange 0 /one", "exchange 1 /two"]);
 }

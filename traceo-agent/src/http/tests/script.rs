@@ -163,9 +163,9 @@ pub fn run_with(cfg: TrackerConfig, events: &[Event]) -> (Vec<Exchange>, Tracker
     let mut tracker = ConnTracker::new(cfg);
     let mut out = Vec::new();
     for ev in events {
-        tracker.handle(ev, &mut |x| out.push(x));
+        tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
     }
-    tracker.finish(&mut |x| out.push(x));
+    tracker.finish(&mut |x| out.extend(x.into_exchange()));
     (out, tracker.stats().clone())
 }
 

@@ -1,0 +1,660 @@
+//! The correlation stage: gives every exchange its trace id, span id and parent, so that
+//! parents and children agree although they complete in the "wrong" order.
+//!
+//! Ordering: a server exchange completes after the outbound calls it made, and the server
+//! at the far end of a connection may be seen before or after its client. So ids are
+//! assigned when a request is *seen* (the tracker announces each request as soon as it is
+//! read or sent in full), not when its exchange completes:
+//! - the span id at once;
+//! - the parent when it can be known: an inbound request's parent is the client request at
+//!   the other end of its connection (already seen, or awaited if that end is traced), else
+//!   its `traceparent`; an outbound call's parent is chosen among the process's inbound
+//!   requests in flight (`parent`), at once when that is certain, else when the call ends
+//!   (which windows enclose it is known then; the parents are still in flight);
+//! - the trace id once the parent's is known (it cascades down the waiting children).
+//!
+//! A completed exchange whose trace is known is emitted at once; otherwise it is held until
+//! it is. Nothing waits longer than `hold_ns` after its request was seen: then the best
+//! answer known is taken (and counted as `expired`). State is bounded: at most
+//! `max_requests` requests (the oldest is resolved and forgotten past it, counted as
+//! `evicted` when it was still in flight), completed ones are kept `hold_ns` for late
+//! children, and the connection index is capped (`pairs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::events::Event;
+use crate::http::{Exchange, Link, RequestSeen, Role, Tracked};
+
+use super::context::{Carried, TraceParent};
+use super::ids::{IdGen, SpanId, TraceId};
+use super::pairs::{ConnPairs, PairKey, client_key, server_key};
+use super::parent::{Call, Inbound, Pick, Settle, pick_at_start, preferred, settle};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrelateConfig {
+    /// The longest a request waits for its parent's answer, from when it was seen.
+    pub hold_ns: u64,
+    /// Requests tracked at most (in flight, waiting, or recently completed).
+    pub max_requests: usize,
+    /// Traced connections indexed by address at most.
+    pub max_connections: usize,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        CorrelateConfig { hold_ns: 2_000_000_000, max_requests: 65_536, max_connections: 65_536 }
+    }
+}
+
+/// Running totals (gauges where noted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CorrelateStats {
+    /// Spans with a parent, by [`Link`] (in `Link::ALL` order).
+    pub links: [u64; 4],
+    /// Spans that start a new trace (no parent).
+    pub roots: u64,
+    /// Requests dropped in flight or unresolved because `max_requests` was reached.
+    pub evicted: u64,
+    /// Requests resolved because their hold expired before the awaited answer came.
+    pub expired: u64,
+    /// Parents forgotten before a waiting child could read their trace.
+    pub orphaned: u64,
+    /// Exchanges whose request announcement was no longer held (treated as just seen).
+    pub unannounced: u64,
+    /// Connections forgotten by the connection index's cap.
+    pub connections_evicted: u64,
+    /// Gauge: requests tracked now.
+    pub tracked: u64,
+    /// Gauge: completed exchanges held for their parent's answer.
+    pub held: u64,
+}
+
+impl CorrelateStats {
+    pub fn link(&self, link: Link) -> u64 {
+        self.links[link_index(link)]
+    }
+}
+
+fn link_index(link: Link) -> usize {
+    Link::ALL.iter().position(|l| *l == link).unwrap_or(0)
+}
+
+type Id = u64;
+
+#[derive(Clone, Copy, Debug)]
+enum Parent {
+    /// A new trace starts here.
+    Root,
+    /// A caller we did not see, named by the request's `traceparent`.
+    Remote(TraceParent),
+    Local(Id),
+}
+
+#[derive(Clone, Debug)]
+enum Wait {
+    /// A server request waiting for the client end of its connection.
+    Partner,
+    /// An outbound call with several possible inbound parents.
+    Windows(Vec<Id>),
+    /// The parent is chosen; the trace follows once the parent's is known.
+    Decided(Parent, Option<Link>),
+}
+
+#[derive(Clone, Debug)]
+struct Resolved {
+    trace_id: TraceId,
+    parent: Option<SpanId>,
+    link: Option<Link>,
+    trace_state: Option<String>,
+}
+
+struct Node {
+    request: (u64, u64),
+    role: Role,
+    pid: u32,
+    tid: u32,
+    pair: Option<PairKey>,
+    start_ns: u64,
+    end_ns: Option<u64>,
+    span_id: SpanId,
+    carried: Carried,
+    wait: Wait,
+    trace: Option<Resolved>,
+    /// Decided nodes waiting for this one's trace.
+    dependents: Vec<Id>,
+    /// Undecided calls that have this (inbound) request among their candidates.
+    watchers: Vec<Id>,
+    /// Outbound calls attributed to this (inbound) request: certain, or guessed and decided.
+    calls: u32,
+    held: Option<Exchange>,
+    emitted: bool,
+    propagated: Option<bool>,
+}
+
+pub struct Correlator {
+    cfg: CorrelateConfig,
+    ids: IdGen,
+    nodes: BTreeMap<Id, Node>,
+    next_id: Id,
+    by_request: HashMap<(u64, u64), Id>,
+    /// Inbound requests in flight, by process.
+    inbound: HashMap<u32, Vec<Id>>,
+    /// Outbound requests in flight that carry a correlation value, by value.
+    outbound_by_value: HashMap<String, Vec<Id>>,
+    pairs: ConnPairs<Id>,
+    /// Calls waiting for windows to close (re-checked as time passes).
+    ambiguous: BTreeSet<Id>,
+    /// (resolve-by time, request), in the order requests were seen.
+    deadlines: VecDeque<(u64, Id)>,
+    /// (forget-after time, request), in completion order.
+    linger: VecDeque<(u64, Id)>,
+    ready: Vec<Exchange>,
+    now_ns: u64,
+    stats: CorrelateStats,
+}
+
+impl Correlator {
+    pub fn new(cfg: CorrelateConfig) -> Correlator {
+        Correlator::with_ids(cfg, IdGen::from_entropy())
+    }
+
+    pub fn with_ids(cfg: CorrelateConfig, ids: IdGen) -> Correlator {
+        Correlator {
+            pairs: ConnPairs::new(cfg.max_connections),
+            cfg,
+            ids,
+            nodes: BTreeMap::new(),
+            next_id: 0,
+            by_request: HashMap::new(),
+            inbound: HashMap::new(),
+            outbound_by_value: HashMap::new(),
+            ambiguous: BTreeSet::new(),
+            deadlines: VecDeque::new(),
+            linger: VecDeque::new(),
+            ready: Vec::new(),
+            now_ns: 0,
+            stats: CorrelateStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> CorrelateStats {
+        let mut s = self.stats.clone();
+        s.connections_evicted = self.pairs.evicted;
+        s.tracked = self.nodes.len() as u64;
+        s.held = self.nodes.values().filter(|n| n.held.is_some()).count() as u64;
+        s
+    }
+
+    /// Follow connections and time from the raw events (before the tracker sees them).
+    pub fn observe(&mut self, event: &Event) {
+        self.now_ns = self.now_ns.max(event.meta().ts_ns);
+        self.pairs.observe(event);
+    }
+
+    /// Take what the tracker reports; exchanges come out through `out` once resolved.
+    pub fn push(&mut self, tracked: Tracked, out: &mut impl FnMut(Exchange)) {
+        match tracked {
+            Tracked::Request(seen) => {
+                self.seen(&seen);
+            }
+            Tracked::Exchange(ex) => self.completed(ex),
+        }
+        self.ready.drain(..).for_each(&mut *out);
+    }
+
+    /// Time passes: settle what can be, resolve what waited too long, forget old requests.
+    pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange)) {
+        self.now_ns = self.now_ns.max(now_ns);
+        let waiting: Vec<Id> = self.ambiguous.iter().copied().collect();
+        waiting.into_iter().for_each(|id| self.settle(id, false));
+        while let Some(&(at, id)) = self.deadlines.front() {
+            if at > self.now_ns {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.force(id);
+        }
+        while let Some(&(at, id)) = self.linger.front() {
+            if at > self.now_ns {
+                break;
+            }
+            self.linger.pop_front();
+            if self.nodes.get(&id).is_some_and(|n| n.emitted) {
+                self.remove(id);
+            }
+        }
+        self.ready.drain(..).for_each(&mut *out);
+    }
+
+    /// The end of the events: resolve everything with what is known, emit what is held.
+    pub fn finish(&mut self, out: &mut impl FnMut(Exchange)) {
+        let ids: Vec<Id> = self.nodes.keys().copied().collect();
+        ids.into_iter().for_each(|id| self.force(id));
+        self.ready.drain(..).for_each(&mut *out);
+    }
+
+    fn seen(&mut self, seen: &RequestSeen) -> Id {
+        self.now_ns = self.now_ns.max(seen.start_ns);
+        let request = (seen.conn_id, seen.seq);
+        if let Some(&id) = self.by_request.get(&request) {
+            return id;
+        }
+        while self.nodes.len() >= self.cfg.max_requests.max(1) {
+            let Some(oldest) = self.nodes.keys().next().copied() else { break };
+            self.evict(oldest);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (pair, server) = match seen.role {
+            Role::Server => (server_key(seen.local, seen.peer), true),
+            Role::Client => (client_key(seen.local, seen.peer), false),
+        };
+        let node = Node {
+            request,
+            role: seen.role,
+            pid: seen.pid,
+            tid: seen.tid,
+            pair,
+            start_ns: seen.start_ns,
+            end_ns: None,
+            span_id: self.ids.span_id(),
+            carried: Carried::from_headers(&seen.headers),
+            wait: Wait::Decided(Parent::Root, None),
+            trace: None,
+            dependents: Vec::new(),
+            watchers: Vec::new(),
+            calls: 0,
+            held: None,
+            emitted: false,
+            propagated: None,
+        };
+        self.nodes.insert(id, node);
+        self.by_request.insert(request, id);
+        self.deadlines.push_back((self.now_ns.saturating_add(self.cfg.hold_ns), id));
+        if server {
+            self.server_seen(id)
+        } else {
+            self.client_seen(id)
+        }
+        id
+    }
+
+    fn server_seen(&mut self, id: Id) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let (pid, pair, start) = (n.pid, n.pair, n.start_ns);
+        self.inbound.entry(pid).or_default().push(id);
+        if let Some(key) = pair {
+            if let Some(client) = self.pairs.server_started(key, start) {
+                return self.decide(id, Parent::Local(client), Some(Link::Connection));
+            }
+            if self.pairs.client_traced(&key) {
+                self.pairs.server_waits(key, start, id);
+                return self.set_wait(id, Wait::Partner);
+            }
+        }
+        let (parent, link) = self.server_fallback(id);
+        self.decide(id, parent, link);
+    }
+
+    /// An inbound request without a traced client end: its `traceparent`, else a client
+    /// request of another process in flight with the same correlation value, else a new trace.
+    fn server_fallback(&self, id: Id) -> (Parent, Option<Link>) {
+        let Some(n) = self.nodes.get(&id) else { return (Parent::Root, None) };
+        if let Some(tp) = n.carried.parent {
+            return (Parent::Remote(tp), Some(Link::Propagated));
+        }
+        let caller = n.carried.correlation_id.as_ref().and_then(|value| {
+            self.outbound_by_value
+                .get(value)?
+                .iter()
+                .filter_map(|c| Some((*c, self.nodes.get(c)?)))
+                .filter(|(_, c)| c.pid != n.pid && c.start_ns <= n.start_ns)
+                .max_by_key(|(_, c)| c.start_ns)
+                .map(|(c, _)| c)
+        });
+        match caller {
+            Some(c) => (Parent::Local(c), Some(Link::Propagated)),
+            None => (Parent::Root, None),
+        }
+    }
+
+    fn client_seen(&mut self, id: Id) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let (pid, tid, start, pair) = (n.pid, n.tid, n.start_ns, n.pair);
+        let value = n.carried.correlation_id.clone();
+        let cands = self.inbound_views(self.inbound.get(&pid).map(Vec::as_slice).unwrap_or_default());
+        match pick_at_start(tid, start, &n.carried, &cands) {
+            Pick::Certain(parent, link) => {
+                self.count_call(parent);
+                self.decide(id, Parent::Local(parent), Some(link));
+            }
+            Pick::None => {
+                let (parent, link) = self.client_fallback(id);
+                self.decide(id, parent, link);
+            }
+            Pick::Ambiguous(list) => {
+                for c in &list {
+                    if let Some(cn) = self.nodes.get_mut(c) {
+                        cn.watchers.push(id);
+                    }
+                }
+                self.set_wait(id, Wait::Windows(list));
+                self.ambiguous.insert(id);
+            }
+        }
+        if let Some(value) = value {
+            self.outbound_by_value.entry(value).or_default().push(id);
+        }
+        if let Some(key) = pair {
+            if let Some(server) = self.pairs.client_started(key, start, id) {
+                self.decide(server, Parent::Local(id), Some(Link::Connection));
+            }
+        }
+    }
+
+    fn count_call(&mut self, inbound: Id) {
+        if let Some(n) = self.nodes.get_mut(&inbound) {
+            n.calls += 1;
+        }
+    }
+
+    /// An outbound call outside any inbound request: its own `traceparent` (an instrumented
+    /// caller), else a new trace.
+    fn client_fallback(&self, id: Id) -> (Parent, Option<Link>) {
+        match self.nodes.get(&id).and_then(|n| n.carried.parent) {
+            Some(tp) => (Parent::Remote(tp), Some(Link::Propagated)),
+            None => (Parent::Root, None),
+        }
+    }
+
+    fn inbound_views(&self, ids: &[Id]) -> Vec<Inbound<Id>> {
+        ids.iter()
+            .filter_map(|id| {
+                let n = self.nodes.get(id)?;
+                Some(Inbound {
+                    key: *id,
+                    tid: n.tid,
+                    start_ns: n.start_ns,
+                    end_ns: n.end_ns,
+                    trace_id: n.trace.as_ref().map(|t| t.trace_id).or(n.carried.parent.map(|p| p.trace_id)),
+                    correlation_id: n.carried.correlation_id.clone(),
+                    calls: n.calls,
+                })
+            })
+            .collect()
+    }
+
+    fn completed(&mut self, mut ex: Exchange) {
+        let end = ex.response_last_ns.unwrap_or(0).max(ex.request_last_ns);
+        self.now_ns = self.now_ns.max(end);
+        let id = match self.by_request.remove(&(ex.conn_id, ex.request_seq)) {
+            Some(id) if self.nodes.contains_key(&id) => id,
+            _ => {
+                self.stats.unannounced += 1;
+                let id = self.seen(&RequestSeen::of(&ex));
+                self.by_request.remove(&(ex.conn_id, ex.request_seq));
+                id
+            }
+        };
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        n.end_ns = Some(end);
+        let (role, pid, pair, value) = (n.role, n.pid, n.pair, n.carried.correlation_id.clone());
+        let watchers = std::mem::take(&mut n.watchers);
+        let awaited_partner = matches!(n.wait, Wait::Partner);
+        self.unindex(id, role, pid, pair, value.as_deref());
+        if awaited_partner {
+            // It answered, so its client's request was sent long ago: it is not coming.
+            let (parent, link) = self.server_fallback(id);
+            self.decide(id, parent, link);
+        }
+        match self.nodes.get_mut(&id) {
+            Some(n) if n.trace.is_some() => {
+                Self::fill(n, &mut ex);
+                self.ready.push(ex);
+            }
+            Some(n) => n.held = Some(ex),
+            None => {}
+        }
+        // A closed window may decide the calls that watched it (and this call itself).
+        watchers.into_iter().chain([id]).for_each(|w| self.settle(w, false));
+        self.linger.push_back((self.now_ns.saturating_add(self.cfg.hold_ns), id));
+    }
+
+    /// Drop a request from the in-flight indexes (it completed or is being forgotten).
+    fn unindex(&mut self, id: Id, role: Role, pid: u32, pair: Option<PairKey>, value: Option<&str>) {
+        if role == Role::Server {
+            if let Some(list) = self.inbound.get_mut(&pid) {
+                list.retain(|x| *x != id);
+                if list.is_empty() {
+                    self.inbound.remove(&pid);
+                }
+            }
+        }
+        if let Some(key) = pair {
+            self.pairs.forget(&key, id);
+        }
+        if let Some(value) = value {
+            if let Some(list) = self.outbound_by_value.get_mut(value) {
+                list.retain(|x| *x != id);
+                if list.is_empty() {
+                    self.outbound_by_value.remove(value);
+                }
+            }
+        }
+    }
+
+    fn set_wait(&mut self, id: Id, wait: Wait) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.wait = wait;
+        }
+    }
+
+    /// An undecided call: decide it if its windows allow (or `force`).
+    fn settle(&mut self, id: Id, force: bool) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let Wait::Windows(cands) = &n.wait else { return };
+        if n.end_ns.is_none() && !force {
+            return;
+        }
+        let calls = self.undecided_calls_until(id);
+        let mut every: Vec<Id> = calls.iter().flat_map(|c| c.cands.iter().copied()).collect();
+        every.sort_unstable();
+        every.dedup();
+        let all = self.inbound_views(&every);
+        let guess = preferred(&calls, &all);
+        let own: HashSet<&Id> = cands.iter().collect();
+        let views: Vec<Inbound<Id>> = all.into_iter().filter(|v| own.contains(&v.key)).collect();
+        match settle(n.start_ns, n.end_ns, &views, guess.as_ref(), self.now_ns, force) {
+            Settle::Wait => {}
+            Settle::Parent(Some(parent)) => {
+                self.count_call(parent);
+                self.decide(id, Parent::Local(parent), Some(Link::Inferred));
+            }
+            Settle::Parent(None) => {
+                let (parent, link) = self.client_fallback(id);
+                self.decide(id, parent, link);
+            }
+        }
+    }
+
+    /// The undecided calls of `id`'s process that started before it (the most recent ones),
+    /// then `id`, for the arrival-order guess.
+    fn undecided_calls_until(&self, id: Id) -> Vec<Call<Id>> {
+        /// Enough for an event loop's burst; bounds the guess's cost.
+        const MAX_EARLIER: usize = 64;
+        let Some(pid) = self.nodes.get(&id).map(|n| n.pid) else { return Vec::new() };
+        let mut calls: Vec<Call<Id>> = self
+            .ambiguous
+            .range(..=id)
+            .rev()
+            .filter_map(|c| self.nodes.get(c))
+            .filter(|n| n.pid == pid)
+            .take(MAX_EARLIER + 1)
+            .filter_map(|n| match &n.wait {
+                Wait::Windows(cands) => Some(Call { start_ns: n.start_ns, end_ns: n.end_ns, cands: cands.clone() }),
+                _ => None,
+            })
+            .collect();
+        calls.reverse();
+        calls
+    }
+
+    /// The hold expired: take the best answer known now. A parent may have been seen after its
+    /// child (the client end of a connection can be reported after the server end), so the
+    /// chain of waiting parents above is resolved first, from the top.
+    fn force(&mut self, id: Id) {
+        let mut chain = vec![id];
+        while let Some(n) = chain.last().and_then(|top| self.nodes.get(top)) {
+            let next = match n.wait {
+                Wait::Decided(Parent::Local(p), _) if n.trace.is_none() => p,
+                _ => break,
+            };
+            if chain.len() >= 64 || chain.contains(&next) || self.nodes.get(&next).is_none_or(|p| p.trace.is_some()) {
+                break;
+            }
+            chain.push(next);
+        }
+        chain.into_iter().rev().for_each(|n| self.force_one(n));
+    }
+
+    fn force_one(&mut self, id: Id) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        if n.trace.is_some() {
+            return;
+        }
+        match n.wait.clone() {
+            Wait::Partner => {
+                self.stats.expired += 1;
+                if let Some(key) = n.pair {
+                    self.pairs.forget(&key, id);
+                }
+                let (parent, link) = self.server_fallback(id);
+                self.decide(id, parent, link);
+            }
+            Wait::Windows(..) => {
+                self.stats.expired += 1;
+                self.settle(id, true);
+            }
+            Wait::Decided(..) => {}
+        }
+        if self.nodes.get(&id).is_some_and(|n| n.trace.is_none()) {
+            // Its parent could not be resolved (forgotten, or a cycle no real traffic makes).
+            self.stats.orphaned += 1;
+            self.decide(id, Parent::Root, None);
+        }
+    }
+
+    fn decide(&mut self, id: Id, parent: Parent, link: Option<Link>) {
+        self.ambiguous.remove(&id);
+        self.set_wait(id, Wait::Decided(parent, link));
+        self.resolve(id);
+    }
+
+    /// Give `id` its trace if its parent has one, then everything that waited on it.
+    fn resolve(&mut self, id: Id) {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            let Some(n) = self.nodes.get(&id) else { continue };
+            let Wait::Decided(parent, link) = n.wait.clone() else { continue };
+            if n.trace.is_some() {
+                continue;
+            }
+            let (resolved, parent_node) = match parent {
+                Parent::Root => {
+                    let trace_id = self.ids.trace_id();
+                    (Resolved { trace_id, parent: None, link: None, trace_state: None }, None)
+                }
+                Parent::Remote(tp) => {
+                    let trace_state = n.carried.trace_state.clone();
+                    (Resolved { trace_id: tp.trace_id, parent: Some(tp.parent_id), link, trace_state }, None)
+                }
+                Parent::Local(p) => match self.nodes.get_mut(&p) {
+                    Some(pn) => match &pn.trace {
+                        Some(t) => {
+                            let r = Resolved {
+                                trace_id: t.trace_id,
+                                parent: Some(pn.span_id),
+                                link,
+                                trace_state: t.trace_state.clone(),
+                            };
+                            (r, Some(p))
+                        }
+                        None => {
+                            if !pn.dependents.contains(&id) {
+                                pn.dependents.push(id);
+                            }
+                            continue;
+                        }
+                    },
+                    None => {
+                        self.stats.orphaned += 1;
+                        let trace_id = self.ids.trace_id();
+                        (Resolved { trace_id, parent: None, link: None, trace_state: None }, None)
+                    }
+                },
+            };
+            let propagated = parent_node.and_then(|p| self.carried_inbound_context(id, p, resolved.trace_id));
+            match resolved.link {
+                Some(l) => self.stats.links[link_index(l)] += 1,
+                None => self.stats.roots += 1,
+            }
+            let Some(n) = self.nodes.get_mut(&id) else { continue };
+            n.trace = Some(resolved);
+            n.propagated = propagated;
+            stack.append(&mut n.dependents);
+            if let Some(mut ex) = n.held.take() {
+                Self::fill(n, &mut ex);
+                self.ready.push(ex);
+            }
+        }
+    }
+
+    /// For an outbound call whose parent is an inbound request of the same process: did the
+    /// call carry that request's trace (id) or correlation value?
+    fn carried_inbound_context(&self, id: Id, parent: Id, trace_id: TraceId) -> Option<bool> {
+        let (n, p) = (self.nodes.get(&id)?, self.nodes.get(&parent)?);
+        if n.role != Role::Client || p.role != Role::Server || n.pid != p.pid {
+            return None;
+        }
+        let same_trace = n.carried.parent.is_some_and(|tp| tp.trace_id == trace_id);
+        let same_value = n.carried.correlation_id.is_some() && n.carried.correlation_id == p.carried.correlation_id;
+        Some(same_trace || same_value)
+    }
+
+    fn fill(n: &mut Node, ex: &mut Exchange) {
+        n.emitted = true;
+        if let Some(t) = &n.trace {
+            ex.trace_id = Some(t.trace_id.to_string());
+            ex.span_id = Some(n.span_id.to_string());
+            ex.parent_span_id = t.parent.map(|p| p.to_string());
+            ex.link = t.link;
+            ex.trace_state = t.trace_state.clone();
+            ex.propagated = n.propagated;
+        }
+    }
+
+    /// Make room: resolve the request with what is known, then forget it.
+    fn evict(&mut self, id: Id) {
+        let in_flight = self.nodes.get(&id).is_some_and(|n| n.end_ns.is_none() || n.trace.is_none());
+        if in_flight {
+            self.stats.evicted += 1;
+        }
+        self.force(id);
+        self.remove(id);
+    }
+
+    fn remove(&mut self, id: Id) {
+        let Some(n) = self.nodes.remove(&id) else { return };
+        if self.by_request.get(&n.request) == Some(&id) {
+            self.by_request.remove(&n.request);
+        }
+        self.ambiguous.remove(&id);
+        self.unindex(id, n.role, n.pid, n.pair, n.carried.correlation_id.as_deref());
+        if let Some(mut ex) = n.held {
+            // Unreachable after `force`, but never lose an exchange.
+            let mut n = Node { held: None, ..n };
+            Self::fill(&mut n, &mut ex);
+            self.ready.push(ex);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! One span per exchange (SERVER for inbound, CLIENT for outbound), and one resource per
+//! traced process of a service.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    common::v1::any_value::Value,
+    resource::v1::Resource,
+    trace::v1::{
+        Span, Status,
+        span::{Link as SpanLink, SpanKind},
+        status::StatusCode,
+    },
+};
+
+use crate::correlate::{SpanId, TraceId};
+use crate::http::{Exchange, Role, WallClock};
+
+use super::attributes::{error_type, kv, span_attributes};
+
+/// W3C "sampled": every exchange is recorded.
+const SAMPLED: u32 = 0x01;
+/// Resources cached at most (one per traced process); past it the cache starts over.
+const MAX_RESOURCES: usize = 4096;
+
+/// The resource a span belongs to; spans sharing one are sent together.
+#[derive(Debug, PartialEq)]
+pub struct ResourceEntry {
+    pub service: String,
+    pub pid: u32,
+    pub resource: Resource,
+}
+
+/// Where process facts come from: the live host, or nothing beyond the record file
+/// (a replayed pid may belong to another process by now).
+#[derive(Clone, Debug)]
+pub struct HostFacts {
+    pub host_name: Option<String>,
+    pub live: bool,
+}
+
+pub struct SpanBuilder {
+    clock: WallClock,
+    host: HostFacts,
+    resources: HashMap<(String, u32), Arc<ResourceEntry>>,
+}
+
+impl SpanBuilder {
+    pub fn new(clock: WallClock, host: HostFacts) -> SpanBuilder {
+        SpanBuilder { clock, host, resources: HashMap::new() }
+    }
+
+    /// The span of an exchange the correlation stage gave ids to (`None` otherwise).
+    pub fn build(&mut self, ex: &Exchange) -> Option<(Arc<ResourceEntry>, Span)> {
+        let span = span(ex, &self.clock)?;
+        Some((self.resource(&ex.service, ex.pid), span))
+    }
+
+    fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
+        let key = (service.to_owned(), pid);
+        if let Some(r) = self.resources.get(&key) {
+            return r.clone();
+        }
+        if self.resources.len() >= MAX_RESOURCES {
+            self.resources.clear();
+        }
+        let exe = if self.host.live { process_executable_name(pid) } else { None };
+        let entry = Arc::new(ResourceEntry {
+            service: service.to_owned(),
+            pid,
+            resource: resource(service, pid, exe.as_deref(), self.host.host_name.as_deref()),
+        });
+        self.resources.insert(key, entry.clone());
+        entry
+    }
+}
+
+/// The base name of /proc/PID/exe (what the conventions ask for), else the kernel's comm.
+fn process_executable_name(pid: u32) -> Option<String> {
+    let exe = crate::procfs::exe(pid)?;
+    let name = exe.rsplit('/').next().unwrap_or(&exe).trim_end_matches(" (deleted)").to_owned();
+    Some(name).filter(|n| !n.is_empty()).or_else(|| crate::procfs::comm(pid))
+}
+
+pub fn resource(service: &str, pid: u32, exe: Option<&str>, host: Option<&str>) -> Resource {
+    let mut attributes = vec![
+        kv("service.name", Value::StringValue(service.to_owned())),
+        kv("process.pid", Value::IntValue(i64::from(pid))),
+    ];
+    if let Some(exe) = exe {
+        attributes.push(kv("process.executable.name", Value::StringValue(exe.to_owned())));
+    }
+    if let Some(host) = host {
+        attributes.push(kv("host.name", Value::StringValue(host.to_owned())));
+    }
+    Resource { attributes, ..Resource::default() }
+}
+
+fn nanos(clock: &WallClock, mono_ns: u64) -> u64 {
+    clock
+        .wall(mono_ns)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `METHOD route`, per the conventions' `{method} {target}` with the low-cardinality route.
+pub fn span_name(ex: &Exchange) -> String {
+    let method = if ex.method.is_empty() { "HTTP" } else { ex.method.as_str() };
+    if ex.route.is_empty() { method.to_owned() } else { format!("{method} {}", ex.route) }
+}
+
+/// A joined exchange links to the span that issued its job key (the upload).
+fn job_link(ex: &Exchange) -> Option<SpanLink> {
+    let origin = ex.job_origin.as_ref()?;
+    Some(SpanLink {
+        trace_id: TraceId::parse(&origin.trace_id)?.0.to_vec(),
+        span_id: SpanId::parse(&origin.span_id)?.0.to_vec(),
+        flags: SAMPLED,
+        ..SpanLink::default()
+    })
+}
+
+pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
+    let trace_id = TraceId::parse(ex.trace_id.as_deref()?)?;
+    let span_id = SpanId::parse(ex.span_id.as_deref()?)?;
+    let parent = ex.parent_span_id.as_deref().and_then(SpanId::parse);
+    let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
+    let kind = match ex.role {
+        Role::Server => SpanKind::Server,
+        Role::Client => SpanKind::Client,
+    };
+    let status = match error_type(ex) {
+        Some(e) => Status { code: StatusCode::Error as i32, message: e },
+        None => Status::default(),
+    };
+    Some(Span {
+        trace_id: trace_id.0.to_vec(),
+        span_id: span_id.0.to_vec(),
+        trace_state: ex.trace_state.clone().unwrap_or_default(),
+        parent_span_id: parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags: SAMPLED,
+        name: span_name(ex),
+        kind: kind as i32,
+        start_time_unix_nano: nanos(clock, ex.request_first_ns),
+        end_time_unix_nano: nanos(clock, end_ns),
+        attributes: span_attributes(ex),
+        links: job_link(ex).into_iter().collect(),
+        status: Some(status),
+        ..Span::default()
+    })
+}

@@ -1,0 +1,270 @@
+//! OTLP/gRPC export: a bounded queue the pipeline fills without waiting, drained by a thread
+//! of the agent's own that sends batches with tonic.
+//!
+//! Why OTLP messages built here rather than the OpenTelemetry SDK (`opentelemetry_sdk` +
+//! `opentelemetry-otlp` 0.33 build here too): the SDK ties one resource to a tracer
+//! provider, and we need one per traced process of each service; its spans take their ids
+//! from an id generator and their parents from a context, where ours come decided by the
+//! correlation stage with the kernel's timestamps; and its batch processor drops spans
+//! without telling us how many. `ExportTraceServiceRequest`s from `opentelemetry-proto`
+//! sent by its tonic client are the same OTLP/gRPC on the wire, with our own bounds.
+//!
+//! The export traffic is never traced: the exporter is a thread of the agent's process,
+//! which the kernel programs skip.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    common::v1::InstrumentationScope,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
+};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use super::build::ResourceEntry;
+
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// `http://host:port` (a bare `host:port` gets `http://`).
+    pub endpoint: String,
+    /// Spans waiting for export at most; more are dropped and counted.
+    pub max_queue: usize,
+    /// Spans per export request at most.
+    pub max_batch: usize,
+    /// A partial batch is sent after this long.
+    pub interval: Duration,
+    /// One export request's deadline.
+    pub timeout: Duration,
+}
+
+impl ExportConfig {
+    pub fn new(endpoint: &str) -> ExportConfig {
+        ExportConfig {
+            endpoint: endpoint.to_owned(),
+            max_queue: 4096,
+            max_batch: 512,
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Running totals, shared with the exporter thread.
+#[derive(Debug, Default)]
+pub struct ExportCounts {
+    pub exported: AtomicU64,
+    /// The queue was full (the endpoint is slower than the traffic, or down).
+    pub dropped_queue_full: AtomicU64,
+    /// The export request failed (endpoint down, timeout, refused).
+    pub dropped_export_failed: AtomicU64,
+    /// The endpoint accepted the request but rejected these spans (partial success).
+    pub dropped_rejected: AtomicU64,
+}
+
+impl ExportCounts {
+    pub fn dropped(&self) -> [(&'static str, u64); 3] {
+        [
+            ("queue_full", self.dropped_queue_full.load(Ordering::Relaxed)),
+            ("export_failed", self.dropped_export_failed.load(Ordering::Relaxed)),
+            ("rejected", self.dropped_rejected.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+type Item = (Arc<ResourceEntry>, Span);
+
+pub struct Exporter {
+    tx: Option<mpsc::Sender<Item>>,
+    counts: Arc<ExportCounts>,
+    thread: Option<JoinHandle<()>>,
+    finished: std::sync::mpsc::Receiver<()>,
+    endpoint: String,
+}
+
+/// The endpoint as tonic takes it; refuses what this build cannot reach.
+pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    let url = url.trim();
+    let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+    if url.starts_with("https://") {
+        anyhow::bail!(
+            "OTLP endpoint {url}: TLS is not supported yet; use an http:// endpoint (e.g. a local collector)"
+        );
+    }
+    if !url.starts_with("http://") {
+        anyhow::bail!("OTLP endpoint {url}: expected http://HOST:PORT");
+    }
+    Endpoint::from_shared(url.clone()).with_context(|| format!("invalid OTLP endpoint {url}"))
+}
+
+impl Exporter {
+    pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter> {
+        let endpoint = parse_endpoint(&cfg.endpoint)?.connect_timeout(Duration::from_secs(2)).timeout(cfg.timeout);
+        let (tx, rx) = mpsc::channel(cfg.max_queue.max(1));
+        let counts = Arc::new(ExportCounts::default());
+        let (done_tx, finished) = std::sync::mpsc::channel();
+        let worker = Worker { cfg: cfg.clone(), counts: counts.clone(), failing: false };
+        let thread = std::thread::Builder::new()
+            .name("traceo-otlp".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(worker.run(endpoint, rx)),
+                    Err(e) => log::error!("OTLP export disabled: cannot start its runtime: {e}"),
+                }
+                let _ = done_tx.send(());
+            })
+            .context("cannot start the OTLP export thread")?;
+        log::info!("exporting spans over OTLP/gRPC to {}", cfg.endpoint);
+        Ok(Exporter { tx: Some(tx), counts, thread: Some(thread), finished, endpoint: cfg.endpoint })
+    }
+
+    pub fn counts(&self) -> &Arc<ExportCounts> {
+        &self.counts
+    }
+
+    /// Queue a span; never waits (a full queue drops it, counted).
+    pub fn send(&self, resource: Arc<ResourceEntry>, span: Span) {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send((resource, span)).is_err() {
+            self.counts.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Send what is queued, waiting at most `timeout`; what is left then is lost.
+    pub fn shutdown(&mut self, timeout: Duration) {
+        let Some(tx) = self.tx.take() else { return };
+        let pending = tx.max_capacity() - tx.capacity();
+        drop(tx);
+        match self.finished.recv_timeout(timeout) {
+            Ok(()) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Err(_) => log::warn!(
+                "OTLP export to {} did not finish within {timeout:?}; up to {pending} spans were not sent",
+                self.endpoint
+            ),
+        }
+        let c = &self.counts;
+        let dropped: u64 = c.dropped().iter().map(|(_, n)| n).sum();
+        log::info!("spans: {} exported, {dropped} dropped", c.exported.load(Ordering::Relaxed));
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5));
+    }
+}
+
+struct Worker {
+    cfg: ExportConfig,
+    counts: Arc<ExportCounts>,
+    /// The last export failed (log once per outage, and its end).
+    failing: bool,
+}
+
+impl Worker {
+    async fn run(mut self, endpoint: Endpoint, mut rx: mpsc::Receiver<Item>) {
+        // Lazy: the endpoint may be down now and come up later; tonic reconnects.
+        let mut client = TraceServiceClient::new(endpoint.connect_lazy());
+        let mut batch: Vec<Item> = Vec::with_capacity(self.cfg.max_batch);
+        let mut timer = tokio::time::interval(self.cfg.interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => {
+                        batch.push(item);
+                        if batch.len() >= self.cfg.max_batch {
+                            self.export(&mut client, &mut batch).await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = timer.tick() => {
+                    if !batch.is_empty() {
+                        self.export(&mut client, &mut batch).await;
+                    }
+                }
+            }
+        }
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.cfg.max_batch));
+            self.export(&mut client, &mut batch).await;
+            batch = rest;
+        }
+    }
+
+    async fn export(&mut self, client: &mut TraceServiceClient<Channel>, batch: &mut Vec<Item>) {
+        let n = batch.len() as u64;
+        let request = request(std::mem::take(batch));
+        match client.export(request).await {
+            Ok(resp) => {
+                let rejected = resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
+                self.counts.dropped_rejected.fetch_add(rejected, Ordering::Relaxed);
+                self.counts.exported.fetch_add(n.saturating_sub(rejected), Ordering::Relaxed);
+                if self.failing {
+                    log::info!("OTLP export to {} works again", self.cfg.endpoint);
+                    self.failing = false;
+                }
+            }
+            Err(status) => {
+                self.counts.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+                if !self.failing {
+                    log::warn!(
+                        "OTLP export to {} failed ({}: {}); spans are dropped until it recovers",
+                        self.cfg.endpoint,
+                        status.code(),
+                        status.message()
+                    );
+                    self.failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// One request, spans grouped under their resources.
+pub fn request(items: Vec<Item>) -> ExportTraceServiceRequest {
+    let scope =
+        InstrumentationScope { name: "traceo".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+    let mut groups: Vec<(Arc<ResourceEntry>, Vec<Span>)> = Vec::new();
+    let mut index: HashMap<(String, u32), usize> = HashMap::new();
+    for (resource, span) in items {
+        let i = *index.entry((resource.service.clone(), resource.pid)).or_insert_with(|| {
+            groups.push((resource.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(span);
+    }
+    let resource_spans = groups
+        .into_iter()
+        .map(|(r, spans)| ResourceSpans {
+            resource: Some(r.resource.clone()),
+            scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans, ..Default::default() }],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_plain_http() {
+        assert!(parse_endpoint("127.0.0.1:4317").is_ok());
+        assert!(parse_endpoint("http://collector:4317").is_ok());
+        let err = format!("{:#}", parse_endpoint("https://collector:4317").unwrap_err());
+        assert!(err.contains("TLS is not supported"), "{err}");
+        assert!(parse_endpoint("ftp://x").is_err());
+    }
+}

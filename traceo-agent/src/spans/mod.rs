@@ -1,0 +1,86 @@
+//! OpenTelemetry spans from exchanges: `attributes` (HTTP semantic conventions), `build`
+//! (span, kind, ids, timestamps, resource), `export` (bounded queue, batches, OTLP/gRPC).
+
+mod attributes;
+mod build;
+mod export;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use attributes::{error_type, path_and_query, span_attributes};
+pub use build::{HostFacts, ResourceEntry, SpanBuilder, resource, span, span_name};
+pub use export::{ExportConfig, ExportCounts, Exporter, parse_endpoint, request};
+
+use crate::http::{Exchange, WallClock};
+
+/// The standard variables, the traces-specific one first.
+const ENDPOINT_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+
+/// Where spans go: `--otlp-endpoint`, else the config file's `otlp-endpoint`, else the
+/// standard environment variables. `off` (or empty) anywhere in that order means nowhere.
+pub fn endpoint(flag: Option<&str>, config: Option<&str>) -> Option<String> {
+    let env: Vec<String> = ENDPOINT_VARS.iter().filter_map(|v| std::env::var(v).ok()).collect();
+    endpoint_from(flag, config, env.iter().map(String::as_str))
+}
+
+fn endpoint_from<'a>(
+    flag: Option<&'a str>,
+    config: Option<&'a str>,
+    mut env: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    let chosen = flag.or(config).or_else(|| env.next())?.trim();
+    (!chosen.is_empty() && chosen != "off").then(|| chosen.to_owned())
+}
+
+/// Spans built from exchanges and handed to the exporter.
+pub struct SpanOutput {
+    builder: SpanBuilder,
+    exporter: Exporter,
+}
+
+impl SpanOutput {
+    pub fn start(endpoint: &str, clock: WallClock, host: HostFacts) -> anyhow::Result<SpanOutput> {
+        Ok(SpanOutput {
+            builder: SpanBuilder::new(clock, host),
+            exporter: Exporter::start(ExportConfig::new(endpoint))?,
+        })
+    }
+
+    pub fn send(&mut self, ex: &Exchange) {
+        if let Some((resource, span)) = self.builder.build(ex) {
+            self.exporter.send(resource, span);
+        }
+    }
+
+    pub fn counts(&self) -> &Arc<ExportCounts> {
+        self.exporter.counts()
+    }
+
+    /// Send what is queued (bounded wait).
+    pub fn finish(&mut self) {
+        self.exporter.shutdown(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint_from;
+
+    #[test]
+    fn flag_then_config_then_environment_and_off_disables() {
+        let env = ["http://env:4317"];
+        assert_eq!(
+            endpoint_from(Some("http://flag:1"), Some("http://cfg:2"), env.into_iter()).as_deref(),
+            Some("http://flag:1")
+        );
+        assert_eq!(endpoint_from(None, Some("http://cfg:2"), env.into_iter()).as_deref(), Some("http://cfg:2"));
+        assert_eq!(endpoint_from(None, None, env.into_iter()).as_deref(), Some("http://env:4317"));
+        assert_eq!(endpoint_from(Some("off"), None, env.into_iter()), None);
+        assert_eq!(endpoint_from(None, None, std::iter::empty()), None);
+        assert_eq!(endpoint_from(None, None, [""].into_iter()), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! Spans from exchanges the real tracker and correlation stage produced.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    common::v1::{KeyValue, any_value::Value},
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
+};
+
+use crate::correlate::{CorrelateConfig, Correlator, IdGen};
+use crate::events::Event;
+use crate::http::tests::script::{Script, get, ok};
+use crate::http::{ConnTracker, Exchange, TrackerConfig, WallClock};
+
+use super::{ResourceEntry, request, resource, span};
+
+const CLOCK: WallClock = WallClock { offset_ns: 1_700_000_000_000_000_000 };
+
+fn exchanges(cfg: TrackerConfig, events: &[Event]) -> Vec<Exchange> {
+    let mut tracker = ConnTracker::new(cfg);
+    let mut correlator = Correlator::with_ids(CorrelateConfig::default(), IdGen::seeded(1));
+    let mut out = Vec::new();
+    for ev in events {
+        correlator.observe(ev);
+        tracker.handle(ev, &mut |t| correlator.push(t, &mut |x| out.push(x)));
+    }
+    tracker.finish(&mut |t| correlator.push(t, &mut |x| out.push(x)));
+    correlator.finish(&mut |x| out.push(x));
+    out
+}
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn text(span: &Span, key: &str) -> Option<String> {
+    match attr(span, key)? {
+        Value::StringValue(s) => Some(s.clone()),
+        other => panic!("{key} is not a string: {other:?}"),
+    }
+}
+
+fn int(span: &Span, key: &str) -> Option<i64> {
+    match attr(span, key)? {
+        Value::IntValue(i) => Some(*i),
+        other => panic!("{key} is not an int: {other:?}"),
+    }
+}
+
+/// Every key and string value, flattened (arrays too), for "never exported" checks.
+fn everything(attrs: &[KeyValue]) -> String {
+    fn value(v: &Value) -> String {
+        match v {
+            Value::StringValue(s) => s.clone(),
+            Value::ArrayValue(a) => a.values.iter().filter_map(|v| v.value.as_ref()).map(value).collect(),
+            other => format!("{other:?}"),
+        }
+    }
+    attrs
+        .iter()
+        .map(|kv| {
+            format!("{}={} ", kv.key, kv.value.as_ref().and_then(|v| v.value.as_ref()).map(value).unwrap_or_default())
+        })
+        .collect()
+}
+
+const SECRET_REQUEST: &str = "POST /api/v1/jobs/123?token=abc&page=2 HTTP/1.1\r\nHost: engine:8000\r\n\
+    User-Agent: curl/8.1\r\nAuthorization: Bearer s3cr3t\r\nCookie: sid=c00kie\r\nX-Api-Key: k3y\r\n\
+    X-Tenant: acme\r\nX-Request-ID: r-1\r\nContent-Length: 14\r\n\r\npassword=hunt2";
+
+#[test]
+fn a_server_span_carries_the_http_conventions_and_never_a_secret() {
+    let mut s = Script::accepted(1);
+    s.recv(SECRET_REQUEST.as_bytes());
+    s.send(b"HTTP/1.1 503 Unavailable\r\nSet-Cookie: sid=n3w\r\nContent-Length: 4\r\n\r\ndown");
+    s.close();
+    // The user asks for secrets too: they are still never kept, let alone exported.
+    let headers = ["X-Tenant", "Authorization", "Cookie", "X-Api-Key"].map(String::from).to_vec();
+    let xs = exchanges(TrackerConfig { extra_headers: headers, ..Default::default() }, &s.take());
+    let ex = &xs[0];
+    let sp = span(ex, &CLOCK).expect("ids were assigned");
+    assert_eq!(sp.kind, SpanKind::Server as i32);
+    assert_eq!(sp.name, "POST /api/v1/jobs/{id}");
+    assert_eq!((sp.trace_id.len(), sp.span_id.len(), sp.parent_span_id.len()), (16, 8, 0));
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(Some(hex(&sp.trace_id)), ex.trace_id);
+    assert_eq!(Some(hex(&sp.span_id)), ex.span_id);
+    assert_eq!(sp.start_time_unix_nano, (CLOCK.offset_ns as u64) + ex.request_first_ns);
+    assert_eq!(sp.end_time_unix_nano, (CLOCK.offset_ns as u64) + ex.response_last_ns.unwrap());
+    assert_eq!(text(&sp, "http.request.method").as_deref(), Some("POST"));
+    assert_eq!(text(&sp, "url.path").as_deref(), Some("/api/v1/jobs/123"));
+    assert_eq!(text(&sp, "url.query").as_deref(), Some("token=REDACTED&page=2"));
+    assert_eq!(text(&sp, "http.route").as_deref(), Some("/api/v1/jobs/{id}"));
+    assert_eq!(int(&sp, "http.response.status_code"), Some(503));
+    assert_eq!((text(&sp, "server.address").as_deref(), int(&sp, "server.port")), (Some("engine"), Some(8000)));
+    assert_eq!((text(&sp, "client.address").as_deref(), int(&sp, "client.port")), (Some("10.0.0.2"), Some(51000)));
+    assert_eq!(text(&sp, "network.peer.address").as_deref(), Some("10.0.0.2"));
+    assert_eq!(int(&sp, "network.peer.port"), Some(51000));
+    assert_eq!(text(&sp, "user_agent.original").as_deref(), Some("curl/8.1"));
+    assert_eq!((int(&sp, "http.request.body.size"), int(&sp, "http.response.body.size")), (Some(14), Some(4)));
+    assert_eq!(text(&sp, "error.type").as_deref(), Some("503"));
+    assert_eq!(sp.status.as_ref().map(|s| s.code), Some(StatusCode::Error as i32));
+    assert_eq!(text(&sp, "traceo.correlation_id").as_deref(), Some("r-1"));
+    assert!(attr(&sp, "traceo.link").is_none(), "a trace's first span has no link");
+    assert!(attr(&sp, "http.request.header.x-tenant").is_some());
+    let all = everything(&sp.attributes).to_ascii_lowercase();
+    for secret in ["authorization", "cookie", "api-key", "s3cr3t", "c00kie", "k3y", "n3w", "hunt2", "abc"] {
+        assert!(!all.contains(secret), "{secret} exported: {all}");
+    }
+}
+
+#[test]
+fn a_client_span_names_the_server_it_called() {
+    let mut s = Script::connected(2);
+    s.send(&get("/down?page=1"));
+    s.recv(&ok("fine"));
+    s.close();
+    let xs = exchanges(TrackerConfig::default(), &s.take());
+    let sp = span(&xs[0], &CLOCK).expect("ids");
+    assert_eq!((sp.kind, sp.name.as_str()), (SpanKind::Client as i32, "GET /down"));
+    assert_eq!(text(&sp, "url.full").as_deref(), Some("http://svc/down?page=1"));
+    assert_eq!(text(&sp, "server.address").as_deref(), Some("svc"));
+    assert_eq!(int(&sp, "server.port"), Some(51000), "no port in Host: the peer's");
+    assert!(attr(&sp, "http.route").is_none() && attr(&sp, "client.address").is_none());
+    assert!(attr(&sp, "error.type").is_none());
+    assert_eq!(sp.status.as_ref().map(|s| s.code), Some(StatusCode::Unset as i32));
+}
+
+#[test]
+fn an_exchange_without_response_is_a_failed_span() {
+    let mut s = Script::accepted(3);
+    s.recv(&get("/hang"));
+    s.close();
+    let xs = exchanges(TrackerConfig::default(), &s.take());
+    let sp = span(&xs[0], &CLOCK).expect("ids");
+    assert_eq!(text(&sp, "error.type").as_deref(), Some("no_response"));
+    assert!(attr(&sp, "http.response.status_code").is_none());
+    assert_eq!(sp.end_time_unix_nano, (CLOCK.offset_ns as u64) + xs[0].request_last_ns);
+}
+
+#[test]
+fn without_ids_there_is_no_span() {
+    let mut s = Script::accepted(4);
+    s.recv(&get("/x"));
+    s.send(&ok("x"));
+    let mut tracker = ConnTracker::new(TrackerConfig::default());
+    let mut xs = Vec::new();
+    for ev in &s.take() {
+        tracker.handle(ev, &mut |t| xs.extend(t.into_exchange()));
+    }
+    assert!(span(&xs[0], &CLOCK).is_none());
+}
+
+#[test]
+fn one_resource_per_traced_process_and_spans_grouped_under_it() {
+    let r = resource("engine", 42, Some("python3.11"), Some("host-1"));
+    let keys: Vec<&str> = r.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["service.name", "process.pid", "process.executable.name", "host.name"]);
+    let entry = |service: &str, pid| {
+        Arc::new(ResourceEntry { service: service.into(), pid, resource: resource(service, pid, None, None) })
+    };
+    let (a, b) = (entry("engine", 1), entry("mcp", 2));
+    let named = |n: &str| Span { name: n.into(), ..Span::default() };
+    let req = request(vec![(a.clone(), named("1")), (b, named("2")), (a, named("3"))]);
+    let groups: Vec<Vec<&str>> =
+        req.resource_spans.iter().map(|rs| rs.scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect()).collect();
+    assert_eq!(groups, [vec!["1", "3"], vec!["2"]]);
+    assert_eq!(req.resource_spans[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("traceo"));
+}

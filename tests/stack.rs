@@ -69,6 +69,38 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
             "webhook into the MCP server"
         );
     }
+    // One trace per job, from the MCP tool call to the webhook, parents by how they were found.
+    for (job_id, _) in &jobs {
+        let one = |v: Vec<&Value>| -> Value {
+            let with: Vec<&&Value> = v.iter().filter(|x| x["job_id"] == *job_id).collect();
+            assert_eq!(with.len(), 1, "{job_id}: {with:?}");
+            (*with[0]).clone()
+        };
+        let upload = one(find("engine", "server", "POST", "/api/v1/jobs"));
+        let call = one(find("mcp", "client", "POST", "/api/v1/jobs"));
+        let webhook_out = one(find("engine", "client", "POST", "/webhooks/job-complete"));
+        let webhook_in = one(find("mcp", "server", "POST", "/webhooks/job-complete"));
+        let trace = upload["trace_id"].clone();
+        assert!(trace.is_string(), "{upload}");
+        let tool = xs
+            .iter()
+            .find(|x| x["span_id"] == call["parent_span_id"])
+            .unwrap_or_else(|| panic!("the MCP client call's parent: {call}"));
+        assert_eq!(tool["mcp"]["messages"][0]["tool"], "upload_csv", "the call is made inside the tool call");
+        assert!(tool["parent_span_id"].is_null(), "the tool call starts the trace");
+        // The only inbound request in flight on the MCP server's event loop: `thread` (were
+        // another in flight, the same parent would be found as `inferred`).
+        assert!(call["link"] == "thread" || call["link"] == "inferred", "{call}");
+        assert_eq!(call["trace_id"], trace, "{call}");
+        for (child, parent, link) in
+            [(&upload, &call, "connection"), (&webhook_out, &upload, "job"), (&webhook_in, &webhook_out, "connection")]
+        {
+            assert_eq!(child["trace_id"], trace, "{child}");
+            assert_eq!(child["parent_span_id"], parent["span_id"], "{child}");
+            assert_eq!(child["link"], link, "{child}");
+        }
+    }
+
     let uploads: Vec<&Value> = find("engine", "server", "POST", "/api/v1/jobs");
     assert!(uploads.iter().all(|x| x["status"] == 202));
 

@@ -131,6 +131,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
     let mut sigint = signal(SignalKind::interrupt())?;
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     loop {
         let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         tokio::select! {
@@ -139,6 +140,13 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 lp.deliver(&event)?;
             }
             _ = tick.tick() => {
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    // Bursts (thousands of exchanges held for their traces at once) leave
+                    // freed heap behind; give it back so RSS follows what is live.
+                    // SAFETY: no preconditions.
+                    unsafe { libc::malloc_trim(0) };
+                }
                 lp.tracker.rescan_ports();
                 lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {

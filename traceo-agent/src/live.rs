@@ -141,7 +141,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     // Bursts (thousands of exchanges held for their traces at once) leave
                     // freed heap behind; give it back so RSS follows what is live.
                     // SAFETY: no preconditions.

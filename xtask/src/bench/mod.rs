@@ -190,7 +190,8 @@ fn memory_at_scale(agent_bin: &Path, python: &Path, port: u16, s: &Settings) -> 
     let mut line = String::new();
     BufReader::new(clients.0.stdout.take().expect("piped")).read_line(&mut line)?;
     anyhow::ensure!(line.starts_with("held"), "idle clients said {line:?}");
-    std::thread::sleep(Duration::from_secs(2));
+    // Idle means settled: past the correlation holds (2 s) and the agent's heap trim (10 s).
+    std::thread::sleep(Duration::from_secs(if s.quick { 2 } else { 12 }));
     let text = scrape(metrics_port);
     let rss = status_bytes(a.pid(), "VmRSS:");
     let hwm = status_bytes(a.pid(), "VmHWM:");

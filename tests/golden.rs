@@ -180,27 +180,7 @@ fn scenario(name: &str) {
 }
 
 /// The fields DESIGN.md says every exchange line has.
-const SCHEMA: [&str; 19] = [
-    "ts",
-    "service",
-    "direction",
-    "pid",
-    "tid",
-    "method",
-    "target",
-    "route",
-    "status",
-    "duration_ms",
-    "request_bytes",
-    "response_bytes",
-    "local",
-    "peer",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "correlation_id",
-    "job_id",
-];
+use traceo_agent::http::EXCHANGE_FIELDS as SCHEMA;
 
 /// What holds for every exchange of every fixture: the schema; sane timings; and the
 /// direction, process and addresses agreeing with what the kernel said about the connection.

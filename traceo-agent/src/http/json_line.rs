@@ -69,6 +69,30 @@ fn millis(ns: Option<u64>) -> Value {
     })
 }
 
+/// The fields every exchange line has, in order (null where unknown): the contract of
+/// DESIGN.md; more may follow.
+pub const EXCHANGE_FIELDS: [&str; 19] = [
+    "ts",
+    "service",
+    "direction",
+    "pid",
+    "tid",
+    "method",
+    "target",
+    "route",
+    "status",
+    "duration_ms",
+    "request_bytes",
+    "response_bytes",
+    "local",
+    "peer",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "correlation_id",
+    "job_id",
+];
+
 impl Exchange {
     /// One JSON object, no trailing newline.
     pub fn to_json_line(&self, clock: &WallClock) -> String {

@@ -29,7 +29,7 @@ pub(crate) mod tests;
 pub use exchange::{ConnInfo, Exchange, Flags, Link, RequestSeen, Role, SpanRef, Tracked};
 pub use h1::{Http1Parser, Limits};
 pub use headers::{DEFAULT_HEADERS, HeaderSelection, KeptHeaders};
-pub use json_line::WallClock;
+pub use json_line::{EXCHANGE_FIELDS, WallClock};
 pub use parser::{Check, HttpMessage, Kind, Output, ParseErrorKind, ProtocolParser, SegKind, Segment, Version};
 pub use redact::{REDACTED, is_secret_header, redact_target};
 pub use route::RouteNormalizer;

@@ -6,27 +6,7 @@ use crate::http::{TrackerConfig, WallClock};
 
 use super::script::*;
 
-const REQUIRED: [&str; 19] = [
-    "ts",
-    "service",
-    "direction",
-    "pid",
-    "tid",
-    "method",
-    "target",
-    "route",
-    "status",
-    "duration_ms",
-    "request_bytes",
-    "response_bytes",
-    "local",
-    "peer",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "correlation_id",
-    "job_id",
-];
+use crate::http::EXCHANGE_FIELDS as REQUIRED;
 
 fn parse(line: &str) -> serde_json::Map<String, Value> {
     match serde_json::from_str::<Value>(line) {

@@ -56,7 +56,13 @@ fn host_port(host: &str) -> (&str, Option<u16>) {
 pub fn error_type(ex: &Exchange) -> Option<String> {
     match ex.status {
         Some(s) if s >= 500 => Some(s.to_string()),
-        Some(_) => None,
+        // An MCP call that failed inside a 2xx answer (isError, or a JSON-RPC error object).
+        Some(_) => ex.mcp.as_ref().and_then(|m| {
+            m.messages
+                .iter()
+                .find(|msg| matches!(msg.outcome, crate::mcp::Outcome::ToolError | crate::mcp::Outcome::RpcError))
+                .map(|msg| msg.outcome.as_str().to_owned())
+        }),
         None if ex.flags.parse_error => Some("parse_error".to_owned()),
         None => Some("no_response".to_owned()),
     }
@@ -145,12 +151,37 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
     if let Some(job) = &ex.job_id {
         out.push(string("traceo.job_id", job.as_str()));
     }
+    if let Some(mcp) = &ex.mcp {
+        mcp_attributes(&mut out, mcp);
+    }
     if let Some(p) = ex.propagated {
         out.push(kv("traceo.propagated", Value::BoolValue(p)));
     }
     header_attributes(&mut out, "http.request.header", ex.request_headers.iter());
     header_attributes(&mut out, "http.response.header", ex.response_headers.iter());
     out
+}
+
+/// MCP JSON-RPC facts (the first message of a batch; `mcp.batch.size` says there were more).
+fn mcp_attributes(out: &mut Vec<KeyValue>, mcp: &crate::mcp::McpInfo) {
+    let Some(first) = mcp.messages.first() else { return };
+    out.push(string("mcp.method.name", first.method.as_str()));
+    if let Some(tool) = &first.tool {
+        out.push(string("mcp.tool.name", tool.as_str()));
+    }
+    if let Some(id) = &first.id {
+        out.push(string("jsonrpc.request.id", id.as_str()));
+    }
+    if let Some(code) = first.error_code {
+        out.push(int("rpc.jsonrpc.error_code", code));
+    }
+    out.push(string("mcp.outcome", first.outcome.as_str()));
+    if let Some(session) = &mcp.session_id {
+        out.push(string("mcp.session.id", session.as_str()));
+    }
+    if mcp.messages.len() > 1 {
+        out.push(int("mcp.batch.size", mcp.messages.len() as i64));
+    }
 }
 
 /// Headers the user asked to keep (`--header`), as `http.request.header.<name>` arrays.

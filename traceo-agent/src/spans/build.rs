@@ -106,6 +106,10 @@ fn nanos(clock: &WallClock, mono_ns: u64) -> u64 {
 
 /// `METHOD route`, per the conventions' `{method} {target}` with the low-cardinality route.
 pub fn span_name(ex: &Exchange) -> String {
+    // An MCP exchange is named for what it did: `tools/call upload_csv`, `initialize`.
+    if let Some(mcp) = &ex.mcp {
+        return mcp.name();
+    }
     let method = if ex.method.is_empty() { "HTTP" } else { ex.method.as_str() };
     if ex.route.is_empty() { method.to_owned() } else { format!("{method} {}", ex.route) }
 }

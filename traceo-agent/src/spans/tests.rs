@@ -167,3 +167,28 @@ fn one_resource_per_traced_process_and_spans_grouped_under_it() {
     assert_eq!(groups, [vec!["1", "3"], vec!["2"]]);
     assert_eq!(req.resource_spans[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("traceo"));
 }
+
+#[test]
+fn mcp_spans_are_named_for_the_tool_and_a_failed_call_is_an_error() {
+    let call = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"job_status","arguments":{}}}"#;
+    let answer = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{\"isError\":true}}\r\n\r\n";
+    let mut s = Script::accepted(1);
+    s.recv(format!("POST /mcp HTTP/1.1\r\nHost: mcp\r\nContent-Length: {}\r\n\r\n{call}", call.len()).as_bytes());
+    s.send(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )
+        .as_bytes(),
+    );
+    let mut x = exchanges(TrackerConfig::default(), &s.take()).remove(0);
+    x.mcp = crate::mcp::parse(&x);
+    let span = span(&x, &CLOCK).expect("a span");
+    assert_eq!(span.name, "tools/call job_status");
+    assert_eq!(text(&span, "mcp.method.name").as_deref(), Some("tools/call"));
+    assert_eq!(text(&span, "mcp.tool.name").as_deref(), Some("job_status"));
+    assert_eq!(text(&span, "jsonrpc.request.id").as_deref(), Some("4"));
+    assert_eq!(text(&span, "mcp.outcome").as_deref(), Some("tool_error"));
+    assert_eq!(text(&span, "error.type").as_deref(), Some("tool_error"), "a failure inside a 200 is an error");
+    assert_eq!(span.status.as_ref().map(|s| s.code), Some(StatusCode::Error as i32));
+}

@@ -132,5 +132,15 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
     );
     assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 2.0, "{metrics}");
     assert_eq!(metric(&metrics, "traceo_job_upload_to_webhook_seconds_count"), 2.0);
+    // The malformed CSV's job failed: visible in the metrics and on both ends of its webhook.
+    assert_eq!(metric(&metrics, "traceo_jobs_finished_total{status=\"completed\"}"), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "traceo_jobs_finished_total{status=\"failed\"}"), 1.0, "{metrics}");
+    for (job_id, status) in &jobs {
+        for (service, direction) in [("engine", "client"), ("mcp", "server")] {
+            let webhook = find(service, direction, "POST", "/webhooks/job-complete");
+            let hook = webhook.iter().find(|x| x["job_id"] == *job_id).expect("its webhook");
+            assert_eq!(hook["job_status"], *status, "{hook}");
+        }
+    }
     assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
 }

@@ -81,6 +81,8 @@ impl Joins {
                 }
             }
             self.move_into_job_trace(ex, &origin);
+            // A callback says how the job ended (`{"job_id": ..., "status": "failed"}`).
+            ex.job_status = json_body(&ex.request_body_prefix).and_then(|b| top_level_status(&b));
             return Some(JoinEvent::Joined { callback_after_ns: after });
         }
         if ex.role == Role::Server {
@@ -196,6 +198,13 @@ fn json_body(body: &[u8]) -> Option<Value> {
     serde_json::from_slice(trimmed).ok()
 }
 
+/// A short `"status"` string at the top level of a JSON object.
+fn top_level_status(body: &Value) -> Option<String> {
+    let status = body.get("status")?.as_str()?;
+    let short = status.len() <= 32 && status.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    short.then(|| status.to_owned())
+}
+
 /// `"key": value` (string or number) in `v` or, up to `depth` levels down, inside it.
 fn find_key(v: &Value, keys: &[String], depth: u32) -> Option<String> {
     match v {
@@ -294,6 +303,7 @@ mod tests {
         let Some(JoinEvent::Joined { callback_after_ns: Some(_) }) = joins.observe(&mut webhook) else {
             panic!("the engine's webhook is the callback")
         };
+        assert_eq!(webhook.job_status.as_deref(), Some("completed"), "the callback says how the job ended");
         // One with a parent of its own keeps it, in the job's trace.
         let mut child = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
         child.parent_span_id = Some("s-caller".into());

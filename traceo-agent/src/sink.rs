@@ -132,7 +132,7 @@ impl Emitter {
                 m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
             }
             if let Some(JoinEvent::Joined { callback_after_ns: Some(after) }) = joined {
-                m.jobs.observe_callback(after);
+                m.jobs.observe_callback(after, ex.job_status.as_deref());
             }
         }
         if self.failed.is_none() && !self.out.is_off() {

@@ -188,14 +188,25 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
             Some(t) => rows.iter().filter(|r| r.s("trace_id") == *t).collect(),
             None => rows.iter().filter(|r| r.s("job_id") == *job).collect(),
         };
-        println!("\njob {job}{}", trace.map(|t| format!("  trace {t}")).unwrap_or_default());
+        let status =
+            rows.iter().find(|r| r.s("job_id") == *job && r.x["job_status"].is_string()).map(|r| r.s("job_status"));
+        println!(
+            "\njob {job}{}{}",
+            status.map(|s| format!(" ({s})")).unwrap_or_default(),
+            trace.map(|t| format!("  trace {t}")).unwrap_or_default()
+        );
         print_group(&group);
     }
     println!("\n== key metric lines (Prometheus scrapes these from /metrics)");
     for line in metrics.lines().filter(|l| {
-        ["traceo_mcp_tool_calls_total", "traceo_job_joins_total", "traceo_job_upload_to_webhook_seconds_count"]
-            .iter()
-            .any(|p| l.starts_with(p))
+        [
+            "traceo_mcp_tool_calls_total",
+            "traceo_job_joins_total",
+            "traceo_jobs_finished_total",
+            "traceo_job_upload_to_webhook_seconds_count",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
             || (l.starts_with("traceo_http_requests_total") && l.contains("direction=\"server\""))
     }) {
         println!("{line}");

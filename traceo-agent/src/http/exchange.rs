@@ -152,6 +152,8 @@ pub struct Exchange {
     /// context or correlation id? `None` for other exchanges.
     pub propagated: Option<bool>,
     pub job_id: Option<String>,
+    /// How the job ended, as a joined request carrying the key said (`"status"` of its JSON).
+    pub job_status: Option<String>,
     /// The span that issued `job_id` (exported as an OTLP span link).
     pub job_origin: Option<SpanRef>,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
@@ -265,6 +267,7 @@ impl Exchange {
             propagated: None,
             job_id: None,
             job_origin: None,
+            job_status: None,
             mcp: None,
         }
     }

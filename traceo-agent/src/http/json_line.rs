@@ -136,6 +136,9 @@ impl Exchange {
         if !extras.is_empty() {
             o.field("headers", Value::Object(extras));
         }
+        if let Some(status) = &self.job_status {
+            o.field("job_status", Value::from(status.as_str()));
+        }
         if let Some(mcp) = &self.mcp {
             o.field("mcp", serde_json::to_value(mcp).unwrap_or(Value::Null));
         }

@@ -13,8 +13,18 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// Distinct job statuses counted before new ones fold into `__overflow__`.
+const MAX_STATUSES: usize = 32;
+
 pub struct JobMetrics {
     upload_to_webhook: Histogram,
+    finished: Family<StatusLabel, Counter>,
+    statuses: std::sync::Mutex<std::collections::HashSet<String>>,
     joins: Family<OutcomeLabel, Counter>,
     last: std::sync::Mutex<JoinStats>,
 }
@@ -36,11 +46,27 @@ impl JobMetrics {
             "Job keys: joined (webhook seen), upload_without_webhook (expired), webhook_without_upload",
             joins.clone(),
         );
-        JobMetrics { upload_to_webhook, joins, last: Default::default() }
+        let finished = Family::default();
+        r.register(
+            "traceo_jobs_finished",
+            "Jobs whose webhook came, by the status it reported (e.g. completed, failed)",
+            finished.clone(),
+        );
+        JobMetrics { upload_to_webhook, finished, statuses: Default::default(), joins, last: Default::default() }
     }
 
-    pub fn observe_callback(&self, after_ns: u64) {
+    /// A job's webhook: how long after the upload, and the status it reported.
+    pub fn observe_callback(&self, after_ns: u64, status: Option<&str>) {
         self.upload_to_webhook.observe(after_ns as f64 / 1e9);
+        let mut known = self.statuses.lock().expect("metrics lock");
+        let status = status.unwrap_or("unknown");
+        let label = if known.contains(status) || known.len() < MAX_STATUSES {
+            known.insert(status.to_owned());
+            status
+        } else {
+            super::OVERFLOW_ROUTE
+        };
+        self.finished.get_or_create(&StatusLabel { status: label.to_owned() }).inc();
     }
 
     /// Follow the join stage's running totals.

@@ -151,6 +151,9 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
     if let Some(job) = &ex.job_id {
         out.push(string("traceo.job_id", job.as_str()));
     }
+    if let Some(status) = &ex.job_status {
+        out.push(string("traceo.job.status", status.as_str()));
+    }
     if let Some(mcp) = &ex.mcp {
         mcp_attributes(&mut out, mcp);
     }

@@ -32,7 +32,7 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
         "--metrics-addr",
         &format!("127.0.0.1:{metrics_port}"),
     ]);
-    let results = stack.drive();
+    let results = stack.drive(&[]);
     let jobs: Vec<(&str, &str)> =
         results.iter().filter_map(|r| Some((r["job_id"].as_str()?, r["status"].as_str()?))).collect();
     assert_eq!(jobs.len(), 2, "{results:?}");
@@ -143,4 +143,56 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
         }
     }
     assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
+}
+
+#[test]
+fn twenty_concurrent_uploads_each_join_their_own_webhook() {
+    if !require_root("traceo_stack_concurrent") || !require_python("traceo_stack_concurrent") {
+        return;
+    }
+    let dir = temp_dir("stack-concurrent");
+    let stack = Stack::start();
+    let metrics_port = free_port();
+    let log = dir.join("exchanges.jsonl");
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("engine=port:{}", stack.engine_port),
+        "--service",
+        &format!("mcp=port:{}", stack.mcp_port),
+        "--log",
+        log.to_str().unwrap(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let results = stack.drive(&["20"]);
+    let jobs: Vec<&str> = results.iter().filter_map(|r| r["job_id"].as_str()).collect();
+    assert_eq!(jobs.len(), 20, "{results:?}");
+    assert!(results.iter().all(|r| r["source"] == "webhook"), "every webhook came back: {results:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics =
+        Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    agent.stop();
+    let xs = json_lines(&log);
+
+    for job in &jobs {
+        let of = |service: &str, direction: &str, route: &str| -> Vec<&Value> {
+            xs.iter()
+                .filter(|x| x["service"] == service && x["direction"] == direction && x["route"] == route)
+                .filter(|x| x["job_id"] == *job)
+                .collect()
+        };
+        let uploads = of("engine", "server", "/api/v1/jobs");
+        let out = of("engine", "client", "/webhooks/job-complete");
+        let into = of("mcp", "server", "/webhooks/job-complete");
+        assert_eq!((uploads.len(), out.len(), into.len()), (1, 1, 1), "job {job}: no miss, no double");
+        let trace = &uploads[0]["trace_id"];
+        // No cross-join: the webhook joined the trace of its own upload, not another's.
+        assert_eq!(&out[0]["trace_id"], trace, "{}", out[0]);
+        assert_eq!(out[0]["parent_span_id"], uploads[0]["span_id"], "{}", out[0]);
+        assert_eq!(&into[0]["trace_id"], trace, "{}", into[0]);
+    }
+    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 20.0, "{metrics}");
+    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
+    assert_eq!(metric(&metrics, "traceo_jobs_finished_total{status=\"failed\"}"), 10.0);
 }

@@ -346,11 +346,13 @@ impl Stack {
         Stack { _engine: engine, _mcp: mcp, engine_port, mcp_port }
     }
 
-    /// Run the MCP client driver; its JSON lines.
-    pub fn drive(&self) -> Vec<Value> {
+    /// Run the MCP client driver (with `args`, e.g. a number of concurrent uploads); its
+    /// JSON lines.
+    pub fn drive(&self, args: &[&str]) -> Vec<Value> {
         let out = Command::new(python())
             .arg(repo().join("tests/apps/traceo_stack/mcp_client.py"))
             .arg(format!("http://127.0.0.1:{}/mcp", self.mcp_port))
+            .args(args)
             .output()
             .expect("run the MCP client");
         assert!(out.status.success(), "MCP client failed: {}", String::from_utf8_lossy(&out.stderr));

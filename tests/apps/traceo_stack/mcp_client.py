@@ -3,6 +3,8 @@ CSV with the upload_csv tool, then poll job_status until both webhooks came back
 
 Run: python mcp_client.py MCP_URL  -> prints one JSON line per job: {"job_id", "status", ...},
 then asks for a job that does not exist (a tool error) and prints {"missing_job_is_error": ...}.
+     python mcp_client.py MCP_URL N -> N uploads at once (good and malformed alternating), then
+one JSON line per job once its webhook came.
 """
 import asyncio
 import json
@@ -38,5 +40,29 @@ async def main(url: str) -> None:
         print(json.dumps({"missing_job_is_error": missing.is_error}), flush=True)
 
 
+async def wait_for_webhook(client, job_id):
+    for _ in range(200):
+        status = structured(await client.call_tool("job_status", {"job_id": job_id}))
+        if status.get("source") == "webhook":
+            return status
+        await asyncio.sleep(0.1)
+    return status
+
+
+async def concurrent(url: str, n: int) -> None:
+    async with Client(url) as client:
+        async def upload(i):
+            name, content = (f"good-{i}.csv", GOOD) if i % 2 == 0 else (f"malformed-{i}.csv", MALFORMED)
+            result = await client.call_tool("upload_csv", {"filename": name, "content": content})
+            return structured(result)["job_id"]
+
+        jobs = await asyncio.gather(*(upload(i) for i in range(n)))
+        for status in await asyncio.gather(*(wait_for_webhook(client, j) for j in jobs)):
+            print(json.dumps(status), flush=True)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    if len(sys.argv) > 2:
+        asyncio.run(concurrent(sys.argv[1], int(sys.argv[2])))
+    else:
+        asyncio.run(main(sys.argv[1]))

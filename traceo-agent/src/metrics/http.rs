@@ -2,11 +2,7 @@
 //! semantic-convention labels, duration exemplars carrying the trace id, and a cap on label
 //! sets (new ones past it fold into `http_route="__overflow__"`) with idle-series expiry.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -304,10 +300,6 @@ impl HttpMetrics {
     pub fn series_count(&self) -> usize {
         self.series.lock().expect("metrics lock").1
     }
-
-    pub fn ttl(&self) -> Duration {
-        self.config.series_ttl
-    }
 }
 
 fn histogram_labels(l: &RequestLabels) -> HistogramLabels {
@@ -324,6 +316,7 @@ fn histogram_labels(l: &RequestLabels) -> HistogramLabels {
 mod tests {
     use super::super::{Metrics, MetricsConfig};
     use super::*;
+    use std::time::Duration;
 
     fn obs<'a>(route: &'a str, status: u16, server: bool) -> Observation<'a> {
         Observation {

@@ -9,6 +9,32 @@ use std::{process::Command, time::Duration};
 use serde_json::Value;
 use support::*;
 
+/// The stack, and the agent tracing both of its services.
+struct Traced {
+    stack: Stack,
+    agent: Agent,
+    metrics_port: u16,
+    /// The agent's exchange lines.
+    log: std::path::PathBuf,
+}
+
+fn traced_stack(dir: &std::path::Path) -> Traced {
+    let stack = Stack::start();
+    let metrics_port = free_port();
+    let log = dir.join("exchanges.jsonl");
+    let agent = Agent::run(&[
+        "--service",
+        &format!("engine=port:{}", stack.engine_port),
+        "--service",
+        &format!("mcp=port:{}", stack.mcp_port),
+        "--log",
+        log.to_str().unwrap(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    Traced { stack, agent, metrics_port, log }
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
@@ -19,19 +45,7 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
         return;
     }
     let dir = temp_dir("stack");
-    let stack = Stack::start();
-    let metrics_port = free_port();
-    let log = dir.join("exchanges.jsonl");
-    let mut agent = Agent::run(&[
-        "--service",
-        &format!("engine=port:{}", stack.engine_port),
-        "--service",
-        &format!("mcp=port:{}", stack.mcp_port),
-        "--log",
-        log.to_str().unwrap(),
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
+    let Traced { stack, mut agent, metrics_port, log } = traced_stack(&dir);
     let results = stack.drive(&[]);
     let jobs: Vec<(&str, &str)> =
         results.iter().filter_map(|r| Some((r["job_id"].as_str()?, r["status"].as_str()?))).collect();
@@ -151,19 +165,7 @@ fn twenty_concurrent_uploads_each_join_their_own_webhook() {
         return;
     }
     let dir = temp_dir("stack-concurrent");
-    let stack = Stack::start();
-    let metrics_port = free_port();
-    let log = dir.join("exchanges.jsonl");
-    let mut agent = Agent::run(&[
-        "--service",
-        &format!("engine=port:{}", stack.engine_port),
-        "--service",
-        &format!("mcp=port:{}", stack.mcp_port),
-        "--log",
-        log.to_str().unwrap(),
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
+    let Traced { stack, mut agent, metrics_port, log } = traced_stack(&dir);
     let results = stack.drive(&["20"]);
     let jobs: Vec<&str> = results.iter().filter_map(|r| r["job_id"].as_str()).collect();
     assert_eq!(jobs.len(), 20, "{results:?}");

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -53,9 +53,7 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
     assert_eq!((jobs[0].1, jobs[1].1), ("completed", "failed"), "the malformed CSV fails its job");
     assert_eq!(results[2]["missing_job_is_error"], true);
     std::thread::sleep(Duration::from_millis(1500));
-    let metrics =
-        Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let metrics = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
     agent.stop();
     let xs = json_lines(&log);
 
@@ -171,9 +169,7 @@ fn twenty_concurrent_uploads_each_join_their_own_webhook() {
     assert_eq!(jobs.len(), 20, "{results:?}");
     assert!(results.iter().all(|r| r["source"] == "webhook"), "every webhook came back: {results:?}");
     std::thread::sleep(Duration::from_millis(1500));
-    let metrics =
-        Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let metrics = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
     agent.stop();
     let xs = json_lines(&log);
 

@@ -62,6 +62,10 @@ pub struct SelectionArgs {
     /// between the agent's reads; resident memory twice over [default: 4].
     #[arg(long, value_name = "MIB")]
     pub ring_buffer_mib: Option<u32>,
+    /// Do not attach the OpenSSL uprobes: HTTPS is then not traced (its connections are
+    /// still recognised as TLS and kept from the HTTP parser).
+    #[arg(long)]
+    pub no_tls: bool,
     /// A TOML file with any of these options (keys as the long option names, `service` as a
     /// list); the command line wins where both set one.
     #[arg(long, value_name = "FILE")]
@@ -173,6 +177,8 @@ pub struct ConfigFile {
     pub service: Vec<String>,
     pub capture_bytes: Option<u32>,
     pub ring_buffer_mib: Option<u32>,
+    #[serde(default)]
+    pub no_tls: bool,
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
@@ -193,6 +199,8 @@ pub struct Selection {
     pub services: Vec<ServiceSpec>,
     pub capture_bytes: u32,
     pub ring_buffer_mib: u32,
+    /// Attach the OpenSSL probes.
+    pub tls: bool,
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
@@ -226,6 +234,7 @@ impl SelectionArgs {
             services,
             capture_bytes,
             ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(4),
+            tls: !(self.no_tls || file.no_tls),
             log: file.log,
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
@@ -262,6 +271,7 @@ mod tests {
             config: Some(path.clone()),
             capture_bytes: Some(100),
             ring_buffer_mib: Some(16),
+            no_tls: false,
             services: vec!["mcp=pid:1".parse().unwrap()],
         };
         let sel = args.resolve().expect("valid config");

@@ -82,6 +82,8 @@ fn syscall_of(id: u16) -> Result<Syscall, DecodeError> {
         syscall::SENDMSG => Syscall::Sendmsg,
         syscall::RECVMSG => Syscall::Recvmsg,
         syscall::SENDFILE => Syscall::Sendfile,
+        syscall::SSL_READ => Syscall::SslRead,
+        syscall::SSL_WRITE => Syscall::SslWrite,
         _ => return Err(DecodeError::Unknown),
     })
 }

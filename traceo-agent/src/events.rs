@@ -51,6 +51,10 @@ pub enum Syscall {
     Sendmsg,
     Recvmsg,
     Sendfile,
+    /// Plaintext returned by OpenSSL's `SSL_read`/`SSL_read_ex` (a uprobe, not a syscall).
+    SslRead,
+    /// Plaintext passed to OpenSSL's `SSL_write`/`SSL_write_ex`.
+    SslWrite,
 }
 
 impl Syscall {
@@ -65,15 +69,23 @@ impl Syscall {
             Syscall::Sendmsg => "sendmsg",
             Syscall::Recvmsg => "recvmsg",
             Syscall::Sendfile => "sendfile",
+            Syscall::SslRead => "ssl_read",
+            Syscall::SslWrite => "ssl_write",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Syscall> {
         ALL_SYSCALLS.iter().copied().find(|s| s.as_str() == name)
     }
+
+    /// TLS plaintext from the OpenSSL probes rather than socket bytes.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Syscall::SslRead | Syscall::SslWrite)
+    }
 }
 
-pub const ALL_SYSCALLS: [Syscall; 9] = [
+/// Append only: record files store the index.
+pub const ALL_SYSCALLS: [Syscall; 11] = [
     Syscall::Read,
     Syscall::Write,
     Syscall::Readv,
@@ -83,13 +95,17 @@ pub const ALL_SYSCALLS: [Syscall; 9] = [
     Syscall::Sendmsg,
     Syscall::Recvmsg,
     Syscall::Sendfile,
+    Syscall::SslRead,
+    Syscall::SslWrite,
 ];
 
 /// Bytes that crossed one socket syscall.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Data {
     pub meta: Meta,
-    /// Stable for the life of the connection (the socket's inode number).
+    /// Stable for the life of the connection (the socket's inode number). For TLS plaintext
+    /// (`syscall.is_tls()`) the kernel reports the `SSL *` address here; the TLS stage
+    /// replaces it with the connection's id once it knows the socket.
     pub conn_id: u64,
     pub fd: i32,
     pub syscall: Syscall,

@@ -29,4 +29,5 @@ pub mod selector;
 pub mod sink;
 pub mod source;
 pub mod spans;
+pub mod tls;
 pub mod tracking;

@@ -17,6 +17,7 @@ use crate::{
     record::RecordMeta,
     sink::EventSink,
     source::{EventSource, RingSource},
+    tls::TlsProbes,
     tracking::{PidMap, ProcessTracker},
 };
 
@@ -96,12 +97,16 @@ fn pipeline_counts(kernel: &[u64; traceo_ebpf_common::stat::COUNT as usize], dec
         kernel_drops: STAT_NAMES
             .iter()
             .zip(kernel)
-            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6"))
+            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6" | "tls_events"))
             .map(|(n, v)| (*n, *v))
             .collect(),
         decode_errors,
         ..PipelineCounts::default()
     }
+}
+
+fn traced_pids<M: PidMap>(tracker: &ProcessTracker<M>) -> std::collections::HashSet<u32> {
+    tracker.traced().keys().copied().collect()
 }
 
 /// Trace until a signal or the duration, feeding `sink`.
@@ -123,6 +128,13 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         if lp.tracker.traced().is_empty() {
             log::warn!("no running process matches the --service selectors yet; waiting for one to start");
         }
+    }
+    let mut tls = sel.tls.then(|| TlsProbes::start(&mut probes));
+    if let Some(tls) = &mut tls {
+        // Everything when everything is traced: once, at start (later processes are covered
+        // by the system's libssl, probed above).
+        let all = if trace_all { crate::procfs::pids().into_iter().collect() } else { traced_pids(&lp.tracker) };
+        tls.refresh(&mut probes, &all);
     }
     opts.ready.set_ready();
     log::info!("ready: probes attached, events flowing");
@@ -148,11 +160,16 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     unsafe { libc::malloc_trim(0) };
                 }
                 lp.tracker.rescan_ports();
+                if let (Some(tls), false) = (&mut tls, trace_all) {
+                    tls.refresh(&mut probes, &traced_pids(&lp.tracker));
+                }
                 lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {
                     let mut counts = pipeline_counts(&stats.read(), source.decode_errors);
                     lp.sink.counts(&mut counts);
+                    counts.tls_probes = tls.as_ref().map(|t| t.stats).unwrap_or_default();
                     metrics.agent.update(&counts);
+                    metrics.tls.update(&counts.tls, &counts.tls_probes);
                     metrics.http.expire(Instant::now());
                 }
             }

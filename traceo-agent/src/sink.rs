@@ -18,6 +18,7 @@ use crate::{
     output::LineSink,
     record::RecordWriter,
     spans::SpanOutput,
+    tls::TlsBinder,
 };
 
 pub trait EventSink {
@@ -78,9 +79,11 @@ impl EventSink for Recorder {
     }
 }
 
-/// The HTTP pipeline: events -> exchanges (tracker) -> trace ids (correlator) -> MCP content
-/// and job joins -> metrics, JSON lines and spans (emitter).
+/// The HTTP pipeline: events -> TLS plaintext tied to its connection, ciphertext dropped
+/// (tls) -> exchanges (tracker) -> trace ids (correlator) -> MCP content and job joins ->
+/// metrics, JSON lines and spans (emitter).
 pub struct HttpPipeline {
+    tls: TlsBinder,
     tracker: ConnTracker,
     correlator: Correlator,
     emitter: Emitter,
@@ -111,6 +114,7 @@ impl HttpPipeline {
     ) -> Self {
         let clock = WallClock { offset_ns: clock_offset_ns };
         HttpPipeline {
+            tls: TlsBinder::default(),
             tracker: ConnTracker::new(config),
             correlator: Correlator::with_ids(CorrelateConfig::default(), ids),
             emitter: Emitter { clock, metrics, out, joins, spans, failed: None },
@@ -159,6 +163,7 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
         route: &ex.route,
         status: ex.status,
         server_address: if server { None } else { ex.host() },
+        tls: ex.tls,
         duration_s: ex.duration_ns().map(|ns| ns as f64 / 1e9),
         request_body_bytes: ex.request_body_bytes,
         response_body_bytes: ex.response_body_bytes.unwrap_or(0),
@@ -169,14 +174,17 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, correlator, emitter, .. } = self;
-        correlator.observe(event);
-        tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
+        let HttpPipeline { tls, tracker, correlator, emitter, .. } = self;
+        tls.process(event, &mut |event| {
+            correlator.observe(event);
+            tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
+        });
         emitter.result()
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, correlator, emitter, in_flight_services } = self;
+        let HttpPipeline { tls, tracker, correlator, emitter, in_flight_services } = self;
+        tls.expire(now_ns);
         tracker.expire(now_ns, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         correlator.tick(now_ns, &mut |ex| emitter.emit(ex));
         emitter.joins.expire(now_ns);
@@ -203,6 +211,7 @@ impl EventSink for HttpPipeline {
         counts.non_http_connections = s.non_http_connections;
         counts.active_connections = s.active_connections;
         counts.correlation = Some(self.correlator.stats());
+        counts.tls = self.tls.stats;
         if let Some(spans) = &self.emitter.spans {
             let c = spans.counts();
             counts.spans_exported = c.exported.load(std::sync::atomic::Ordering::Relaxed);
@@ -211,7 +220,8 @@ impl EventSink for HttpPipeline {
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
-        let HttpPipeline { tracker, correlator, emitter, .. } = self;
+        let HttpPipeline { tls, tracker, correlator, emitter, .. } = self;
+        tls.finish();
         tracker.finish(&mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         correlator.finish(&mut |ex| emitter.emit(ex));
         if let Some(m) = &emitter.metrics {

@@ -52,6 +52,11 @@ pub mod syscall {
     pub const SENDMSG: u16 = 7;
     pub const RECVMSG: u16 = 8;
     pub const SENDFILE: u16 = 9;
+    /// OpenSSL `SSL_read`/`SSL_read_ex` returned plaintext (a uretprobe, not a syscall):
+    /// the event's `conn_id` is the `SSL *` address, which the agent binds to its socket.
+    pub const SSL_READ: u16 = 10;
+    /// OpenSSL `SSL_write`/`SSL_write_ex` accepted plaintext; `conn_id` as for [`SSL_READ`].
+    pub const SSL_WRITE: u16 = 11;
 }
 
 /// Direction of a data event, seen from the traced process.
@@ -108,7 +113,9 @@ pub mod stat {
     pub const DATA_EVENTS: u32 = 7;
     /// Data events whose payload was cut at the capture limit.
     pub const DATA_TRUNCATED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Plaintext events emitted by the OpenSSL probes (also counted in `DATA_EVENTS`).
+    pub const TLS_EVENTS: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Common prefix of every event.
@@ -136,7 +143,8 @@ pub const NO_SERVICE: u32 = u32::MAX;
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// Connection identity: the socket's inode number (`socket:[N]` in /proc/PID/fd).
+    /// Connection identity: the socket's inode number (`socket:[N]` in /proc/PID/fd); for
+    /// [`syscall::SSL_READ`] / [`syscall::SSL_WRITE`] the `SSL *` address instead.
     pub conn_id: u64,
     pub enter_ns: u64,
     pub exit_ns: u64,

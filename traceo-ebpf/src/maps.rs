@@ -54,6 +54,13 @@ pub static LAST_KNOWN_CONN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 
 #[map]
 pub static SYSCALL_ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
 
+/// Arguments of an OpenSSL read/write in flight, from its uprobe to its uretprobe (key: tid).
+/// Apart from `SYSCALL_ARGS`: the socket syscall made inside the SSL call uses that one. An
+/// LRU: a thread that dies inside an SSL call leaves its entry behind, and the uprobe trap
+/// costs far more than the LRU's bookkeeping.
+#[map]
+pub static TLS_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
 /// Where a data event is built: too big for the 512-byte stack. The slack after the payload
 /// lets the verifier accept copies whose bounds it only knows loosely: offsets and lengths
 /// are each masked below 2 * MAX_CAPTURE (LLVM may drop a tighter mask it proves redundant

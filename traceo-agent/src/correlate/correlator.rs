@@ -401,9 +401,12 @@ impl Correlator {
         let (role, pid, pair, value) = (n.role, n.pid, n.pair, n.carried.correlation_id.clone());
         let watchers = std::mem::take(&mut n.watchers);
         let awaited_partner = matches!(n.wait, Wait::Partner);
-        self.unindex(id, role, pid, pair, value.as_deref());
-        if awaited_partner {
-            // It answered, so its client's request was sent long ago: it is not coming.
+        // It answered, so its client's request was sent long ago: it is not coming. Unless
+        // over TLS: the client's plaintext is reported when its SSL_write returns, which can
+        // be after the answer came; it keeps waiting (indexed), at most the hold.
+        let still_awaited = awaited_partner && ex.tls;
+        self.unindex(id, role, pid, pair.filter(|_| !still_awaited), value.as_deref());
+        if awaited_partner && !still_awaited {
             let (parent, link) = self.server_fallback(id);
             self.decide(id, parent, link);
         }

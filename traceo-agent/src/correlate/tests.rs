@@ -76,6 +76,7 @@ impl Req {
             local: self.local,
             peer: self.peer,
             midstream: false,
+            tls: false,
         };
         let request = HttpMessage {
             kind: Kind::Request,

@@ -65,6 +65,12 @@ impl Conn {
         }
     }
 
+    /// Start over with `parser`: the bytes seen so far were not this connection's HTTP.
+    pub fn restart(&mut self, parser: Box<dyn ProtocolParser>) {
+        self.proto = Proto::Detecting(Detector::default(), parser);
+        self.pairing = Pairing::default();
+    }
+
     pub fn on_data(&mut self, d: &Data, ctx: &mut Ctx<'_>) {
         for seg in Segment::from_data(d).into_iter().flatten() {
             self.on_segment(d.direction, seg, ctx);

@@ -99,6 +99,8 @@ pub struct ConnInfo {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub midstream: bool,
+    /// Its bytes are TLS plaintext from the OpenSSL probes (the socket carried ciphertext).
+    pub tls: bool,
 }
 
 /// One HTTP exchange.
@@ -120,6 +122,8 @@ pub struct Exchange {
     pub conn_id: u64,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// Seen as TLS plaintext (HTTPS).
+    pub tls: bool,
     pub method: String,
     /// Redacted.
     pub target: String,
@@ -243,6 +247,7 @@ impl Exchange {
             conn_id: conn.conn_id,
             local: conn.local,
             peer: conn.peer,
+            tls: conn.tls,
             method: req.method.unwrap_or_default(),
             route: routes.normalize(&target),
             target,

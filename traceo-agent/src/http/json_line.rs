@@ -123,6 +123,7 @@ impl Exchange {
         o.field("flags", Value::from(self.flags.names()));
         o.field("ttfb_ms", millis(self.ttfb_ns()));
         o.field("conn_id", Value::from(self.conn_id));
+        o.field("tls", Value::from(self.tls));
         o.field("link", opt_str(self.link.map(|l| l.as_str())));
         o.field("propagated", self.propagated.map_or(Value::Null, Value::from));
         let extras: serde_json::Map<String, Value> = self

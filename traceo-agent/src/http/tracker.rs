@@ -105,6 +105,9 @@ impl ConnTracker {
                     let conn = Conn::new(info, d.meta.pid, d.meta.ts_ns, self.parser(true));
                     self.insert(d.conn_id, conn, out);
                 }
+                if d.syscall.is_tls() {
+                    self.plaintext_from_now_on(d.conn_id);
+                }
                 let Self { conns, stats, routes, .. } = self;
                 if let Some(conn) = conns.get_mut(d.conn_id) {
                     conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
@@ -146,7 +149,7 @@ impl ConnTracker {
         if let Some(conn) = self.conns.get_mut(c.conn_id) {
             if !conn.opened {
                 // Its first data overtook the open event (another CPU): keep the stream.
-                conn.info = info;
+                conn.info = ConnInfo { tls: conn.info.tls, ..info };
                 conn.opened = true;
                 return;
             }
@@ -159,6 +162,19 @@ impl ConnTracker {
         };
         conn.opened = true;
         self.insert(c.conn_id, conn, out);
+    }
+
+    /// TLS plaintext arrives for this connection: it is HTTPS, and whatever was parsed of it
+    /// before (ciphertext, when the handshake went unseen) is discarded.
+    fn plaintext_from_now_on(&mut self, conn_id: u64) {
+        let Some(midstream) = self.conns.get_mut(conn_id).filter(|c| !c.info.tls).map(|c| c.info.midstream) else {
+            return;
+        };
+        let parser = self.parser(midstream);
+        if let Some(conn) = self.conns.get_mut(conn_id) {
+            conn.info.tls = true;
+            conn.restart(parser);
+        }
     }
 
     fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Tracked)) {
@@ -188,6 +204,7 @@ impl ConnTracker {
             (None, Some(c)) if !c.comm.is_empty() => c.comm.clone(),
             _ => "unknown".to_string(),
         };
-        ConnInfo { conn_id, service, local: open.and_then(|c| c.local), peer: open.and_then(|c| c.peer), midstream }
+        let (local, peer) = (open.and_then(|c| c.local), open.and_then(|c| c.peer));
+        ConnInfo { conn_id, service, local, peer, midstream, tls: false }
     }
 }

@@ -9,7 +9,11 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{
+        TracePoint, UProbe,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, stat};
 
@@ -78,6 +82,7 @@ fn pid_max() -> u32 {
 pub struct Probes {
     ebpf: Ebpf,
     links: Vec<(&'static str, TracePointLinkId)>,
+    uprobe_links: Vec<(&'static str, UProbeLinkId)>,
     logger: Option<KernelLogger>,
 }
 
@@ -125,10 +130,19 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
             .try_into()?;
         program.load().with_context(|| format!("the kernel's verifier rejected {name}"))?;
     }
+    for name in programs::uprobe_programs() {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .with_context(|| {
+                format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`")
+            })?
+            .try_into()?;
+        program.load().with_context(|| format!("the kernel's verifier rejected {name}"))?;
+    }
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes { ebpf, links: Vec::new(), logger })
+    Ok(Probes { ebpf, links: Vec::new(), uprobe_links: Vec::new(), logger })
 }
 
 impl Probes {
@@ -157,9 +171,55 @@ impl Probes {
         Ok(())
     }
 
+    /// Attach the OpenSSL probes to one libssl file, for every process that maps it (the
+    /// programs themselves skip untraced processes). Returns the functions probed; an error
+    /// when the file lacks `SSL_write` or `SSL_read` or the kernel refuses.
+    pub fn attach_ssl(&mut self, library: &std::path::Path) -> anyhow::Result<Vec<&'static str>> {
+        let mut probed = Vec::new();
+        for (i, (symbol, entry)) in programs::SSL_FUNCTIONS.iter().enumerate() {
+            // The return probe first: a return without its entry is ignored, an entry
+            // without its return would leave parked arguments behind.
+            let attached = match self.attach_uprobe(programs::SSL_RETURN, symbol, library) {
+                Ok(()) => self.attach_uprobe(entry, symbol, library).inspect_err(|_| self.detach_last_uprobe()),
+                Err(e) => Err(e),
+            };
+            match attached {
+                Ok(()) => probed.push(*symbol),
+                Err(e) if i < 2 => {
+                    return Err(e).with_context(|| format!("probing {symbol} in {}", library.display()));
+                }
+                // The _ex forms appeared in OpenSSL 1.1.1.
+                Err(e) => log::debug!("{symbol} not probed in {}: {e:#}", library.display()),
+            }
+        }
+        Ok(probed)
+    }
+
+    fn attach_uprobe(&mut self, program: &'static str, symbol: &str, library: &std::path::Path) -> anyhow::Result<()> {
+        let p: &mut UProbe = self.ebpf.program_mut(program).expect("loaded above").try_into()?;
+        let link = p.attach(symbol, library, UProbeScope::AllProcesses)?;
+        self.uprobe_links.push((program, link));
+        Ok(())
+    }
+
+    fn detach_last_uprobe(&mut self) {
+        if let Some((name, link)) = self.uprobe_links.pop() {
+            if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
+                let _ = program.detach(link);
+            }
+        }
+    }
+
     /// Detach every program (also happens on drop; this makes it explicit and logged).
     pub fn detach(&mut self) {
-        let count = self.links.len();
+        let count = self.links.len() + self.uprobe_links.len();
+        for (name, link) in self.uprobe_links.drain(..) {
+            if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
+                if let Err(e) = program.detach(link) {
+                    log::warn!("detaching {name}: {e}");
+                }
+            }
+        }
         for (name, link) in self.links.drain(..) {
             if let Ok(program) = <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
                 if let Err(e) = program.detach(link) {
@@ -246,6 +306,7 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "reserved_6",
     "data_events",
     "data_truncated",
+    "tls_events",
 ];
 
 impl KernelStats {

@@ -1,5 +1,5 @@
-//! The programs in the kernel object and where each attaches. Program names equal
-//! tracepoint names, so this table is the whole attach plan.
+//! The programs in the kernel object and where each attaches. Tracepoint program names equal
+//! tracepoint names, so these tables are the whole attach plan.
 
 /// The empty program the benchmark attaches everywhere instead (its cost floor).
 pub const FLOOR: &str = "floor";
@@ -33,3 +33,21 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
 ];
+
+/// OpenSSL functions probed in each libssl file: (symbol, entry program). `SSL_RETURN` is
+/// attached to every one of them as a uretprobe. The first two are required: a library
+/// without them is not OpenSSL's libssl.
+pub const SSL_FUNCTIONS: &[(&str, &str)] = &[
+    ("SSL_write", "ssl_write"),
+    ("SSL_read", "ssl_read"),
+    ("SSL_write_ex", "ssl_write_ex"),
+    ("SSL_read_ex", "ssl_read_ex"),
+];
+
+/// The uretprobe program shared by every `SSL_FUNCTIONS` entry.
+pub const SSL_RETURN: &str = "ssl_return";
+
+/// Every uprobe program, for loading.
+pub fn uprobe_programs() -> impl Iterator<Item = &'static str> {
+    SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN])
+}

@@ -48,6 +48,10 @@ pub struct PipelineCounts {
     pub spans_exported: u64,
     /// Spans dropped by reason (monotonic).
     pub spans_dropped: Vec<(&'static str, u64)>,
+    /// The TLS stage's totals (plaintext bound, ciphertext kept out, opaque connections).
+    pub tls: crate::tls::TlsStats,
+    /// Where the OpenSSL probes are attached (set by the live loop).
+    pub tls_probes: crate::tls::probes::TlsProbeStats,
 }
 
 pub struct AgentMetrics {

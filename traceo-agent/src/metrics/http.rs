@@ -30,6 +30,8 @@ pub struct Observation<'a> {
     pub status: Option<u16>,
     /// Client side: the `host[:port]` it called.
     pub server_address: Option<&'a str>,
+    /// Seen as TLS plaintext: `url_scheme="https"`.
+    pub tls: bool,
     /// `None` without a response: counted, but not in the duration histogram.
     pub duration_s: Option<f64>,
     pub request_body_bytes: u64,
@@ -48,6 +50,7 @@ pub struct RequestLabels {
     http_route: String,
     http_response_status_code: String,
     server_address: String,
+    url_scheme: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +60,7 @@ pub struct HistogramLabels {
     http_route: String,
     http_response_status_code: String,
     server_address: String,
+    url_scheme: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,11 +156,16 @@ impl Series {
             && l.http_route == route
             && self.status == o.status
             && l.server_address == server_address(o)
+            && l.url_scheme == scheme(o)
     }
 }
 
 fn status_text(status: Option<u16>) -> String {
     status.map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn scheme(o: &Observation<'_>) -> &'static str {
+    if o.tls { "https" } else { "http" }
 }
 
 fn server_address<'a>(o: &Observation<'a>) -> &'a str {
@@ -167,7 +176,7 @@ fn server_address<'a>(o: &Observation<'a>) -> &'a str {
 fn series_hash(o: &Observation<'_>, route: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (o.service, o.server, o.method, route, o.status, server_address(o)).hash(&mut h);
+    (o.service, o.server, o.method, route, o.status, server_address(o), o.tls).hash(&mut h);
     h.finish()
 }
 
@@ -218,6 +227,7 @@ impl HttpMetrics {
             http_route: route.to_owned(),
             http_response_status_code: status_text(o.status),
             server_address: server_address(o).to_owned(),
+            url_scheme: scheme(o),
         };
         let side = if o.server { &self.server } else { &self.client };
         let h = histogram_labels(&labels);
@@ -309,6 +319,7 @@ fn histogram_labels(l: &RequestLabels) -> HistogramLabels {
         http_route: l.http_route.clone(),
         http_response_status_code: l.http_response_status_code.clone(),
         server_address: l.server_address.clone(),
+        url_scheme: l.url_scheme,
     }
 }
 
@@ -331,6 +342,7 @@ mod tests {
             response_body_bytes: 300,
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             propagated: None,
+            tls: false,
         }
     }
 
@@ -342,9 +354,9 @@ mod tests {
         m.http.observe(&obs("/webhooks/job-complete", 500, false));
         let text = m.encode();
         let line = "traceo_http_requests_total{service=\"engine\",direction=\"server\",http_request_method=\"GET\",\
-                    http_route=\"/api/v1/jobs/{id}\",http_response_status_code=\"200\",server_address=\"\"} 2";
+                    http_route=\"/api/v1/jobs/{id}\",http_response_status_code=\"200\",server_address=\"\",url_scheme=\"http\"} 2";
         assert!(text.contains(line), "{text}");
-        assert!(text.contains("traceo_http_server_request_duration_seconds_count{service=\"engine\",http_request_method=\"GET\",http_route=\"/api/v1/jobs/{id}\",http_response_status_code=\"200\",server_address=\"\"} 2"), "{text}");
+        assert!(text.contains("traceo_http_server_request_duration_seconds_count{service=\"engine\",http_request_method=\"GET\",http_route=\"/api/v1/jobs/{id}\",http_response_status_code=\"200\",server_address=\"\",url_scheme=\"http\"} 2"), "{text}");
         assert!(text.contains("traceo_http_client_request_duration_seconds_bucket{"), "{text}");
         assert!(text.contains("server_address=\"127.0.0.1:8000\""), "{text}");
         // The 0.02 s observation lands in le=0.025 with the trace id as exemplar.
@@ -373,7 +385,7 @@ mod tests {
         assert!(text.contains("http_route=\"/r2\""), "{text}");
         assert!(!text.contains("http_route=\"/r3\""), "{text}");
         assert!(
-            text.contains("http_route=\"__overflow__\",http_response_status_code=\"200\",server_address=\"\"} 7"),
+            text.contains("http_route=\"__overflow__\",http_response_status_code=\"200\",server_address=\"\",url_scheme=\"http\"} 7"),
             "{text}"
         );
         assert!(text.contains("traceo_agent_metric_series_overflow_total 7"), "{text}");

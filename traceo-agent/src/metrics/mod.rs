@@ -7,6 +7,7 @@ mod jobs;
 mod mcp;
 pub mod server;
 mod text_format;
+mod tls;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ pub use agent::{AgentMetrics, PipelineCounts};
 pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
 pub use jobs::JobMetrics;
 pub use mcp::McpMetrics;
+pub use tls::TlsMetrics;
 
 /// Limits of the HTTP families.
 #[derive(Clone, Debug)]
@@ -37,6 +39,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub mcp: McpMetrics,
     pub jobs: JobMetrics,
+    pub tls: TlsMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -47,7 +50,8 @@ impl Metrics {
         let http = HttpMetrics::register(&mut registry, config, agent.series_overflow.clone());
         let mcp = McpMetrics::register(&mut registry);
         let jobs = JobMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, agent }
+        let tls = TlsMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

@@ -90,7 +90,10 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
         // The target was redacted by the parser (`http::redact_target`).
         out.push(string("url.query", q));
     }
-    out.push(string("url.scheme", "http"));
+    out.push(string("url.scheme", if ex.tls { "https" } else { "http" }));
+    if ex.tls {
+        out.push(kv("tls.established", Value::BoolValue(true)));
+    }
     if let Some(v) = ex.version {
         out.push(string("network.protocol.version", v.as_str()));
     }

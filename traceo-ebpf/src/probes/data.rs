@@ -112,7 +112,7 @@ fn copy_payload(data: *mut u8, args: &SyscallArgs, limit: u32) -> (u32, bool) {
     (copied, false)
 }
 
-/// Common exit path: build the event in the per-CPU scratch and send `header + captured`.
+/// Common exit path: match the enter probe's arguments and emit what the call moved.
 #[inline(always)]
 fn exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -138,10 +138,19 @@ fn exit(ctx: &TracePointContext) {
     if ret < 0 || (ret == 0 && dir == direction::EGRESS) {
         return;
     }
+    emit(pid_tgid, &args, ret, dir);
+}
+
+/// Build the event in the per-CPU scratch and send `header + captured`: `moved` bytes went
+/// through `args.buf` (or its iovecs). Shared by the syscall and the OpenSSL probes; true
+/// when the event was sent.
+#[inline(always)]
+pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool {
+    let tid = pid_tgid as u32;
     // SAFETY: helper call without arguments.
     let cpu = unsafe { generated::bpf_get_smp_processor_id() };
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(cpu) else {
-        return;
+        return false;
     };
     let mut limit = setting!(capture_bytes);
     if limit > MAX_CAPTURE as u32 {
@@ -157,7 +166,7 @@ fn exit(ctx: &TracePointContext) {
         flags |= data_flags::NO_PAYLOAD;
         0
     } else {
-        let (copied, failed) = copy_payload(ev.data.as_mut_ptr(), &args, limit);
+        let (copied, failed) = copy_payload(ev.data.as_mut_ptr(), args, limit);
         if failed {
             flags |= data_flags::READ_FAILED;
             count(stat::READ_USER_FAILED);
@@ -197,6 +206,7 @@ fn exit(ctx: &TracePointContext) {
     } else {
         count(stat::RING_FULL_DATA);
     }
+    sent == 0
 }
 
 /// `fn(fd, buf, count)` syscalls: read, write, sendto, recvfrom (args 0, 1, 2).

@@ -1,10 +1,11 @@
-//! Tracepoint programs, one file per probe family. Each `#[tracepoint]` entry is thin and
-//! named after the tracepoint it attaches to, so the agent can attach by name.
+//! Tracepoint and uprobe programs, one file per probe family. Each `#[tracepoint]` entry is
+//! thin and named after the tracepoint it attaches to, so the agent can attach by name.
 
 mod conn;
 mod data;
 mod floor;
 mod process;
+mod tls;
 
 use aya_ebpf::programs::TracePointContext;
 

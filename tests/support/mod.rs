@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod otlp;
 pub mod prometheus;
+pub mod tls;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_traceo-agent");
 /// What the agent logs once its probes are attached.

@@ -2,7 +2,16 @@
 
 use std::path::Path;
 
-use crate::loader::{self, LoadOptions, programs::PROGRAMS, tracefs};
+use crate::{
+    cli::CheckArgs,
+    loader::{self, LoadOptions, programs::PROGRAMS, tracefs},
+    tls::{
+        Visibility,
+        libraries::{inspect_elf, process_tls, system_libssl},
+        probes::assess,
+    },
+    tracking::ProcessTracker,
+};
 
 struct Report {
     failed: bool,
@@ -27,7 +36,7 @@ fn exists(p: &str) -> bool {
 }
 
 /// Prints the report; an error when capture cannot work here.
-pub fn run() -> anyhow::Result<()> {
+pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let mut r = Report { failed: false };
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     r.line(None, "kernel", release.trim());
@@ -71,11 +80,12 @@ pub fn run() -> anyhow::Result<()> {
         None,
         "uprobes",
         if exists("/sys/bus/event_source/devices/uprobe/type") {
-            "available (TLS capture, later)"
+            "available (TLS plaintext through OpenSSL)"
         } else {
-            "not available"
+            "not available: HTTPS cannot be traced"
         },
     );
+    tls_report(&mut r, args);
     r.line(
         None,
         "kprobes",
@@ -100,20 +110,70 @@ pub fn run() -> anyhow::Result<()> {
             ring_buffer_mib: 4,
             trace_all: false,
         }) {
-            Ok(_) => r.line(Some(true), "verifier + ring buffer", format!("all {} programs load", PROGRAMS.len())),
+            Ok(_) => {
+                let n = PROGRAMS.len() + loader::programs::uprobe_programs().count();
+                r.line(Some(true), "verifier + ring buffer", format!("all {n} programs load"))
+            }
             Err(e) => r.line(Some(false), "verifier + ring buffer", format!("{e:#}")),
         }
     }
     println!();
     println!(
         "probes the agent uses: {}",
-        PROGRAMS.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join(" ")
+        PROGRAMS
+            .iter()
+            .map(|(c, n)| format!("{c}:{n}"))
+            .chain(loader::programs::SSL_FUNCTIONS.iter().map(|(f, _)| format!("uprobe+uretprobe:libssl:{f}")))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if r.failed {
         anyhow::bail!("capture cannot work on this host: see the FAIL lines above");
     }
     println!("capture can work on this host");
     Ok(())
+}
+
+/// The system's libssl, and the TLS of each selected process.
+fn tls_report(r: &mut Report, args: &CheckArgs) {
+    let libs = system_libssl();
+    let probeable: Vec<String> =
+        libs.iter().filter(|l| inspect_elf(l).openssl_symbols).map(|l| l.display().to_string()).collect();
+    r.line(
+        None,
+        "OpenSSL (system libssl)",
+        if probeable.is_empty() {
+            "none found".to_owned()
+        } else {
+            format!("probed at start: {}", probeable.join(", "))
+        },
+    );
+    if args.services.is_empty() {
+        return;
+    }
+    let mut tracker = ProcessTracker::new(args.services.clone(), std::collections::HashMap::new());
+    tracker.scan();
+    let mut pids: Vec<(u32, u32)> = tracker.traced().iter().map(|(p, s)| (*p, *s)).collect();
+    pids.sort();
+    if pids.is_empty() {
+        r.line(None, "TLS of selected processes", "no running process matches the --service selectors");
+    }
+    for (pid, service) in pids {
+        let comm = crate::procfs::comm(pid).unwrap_or_default();
+        let what = format!("TLS of {} pid {pid}", args.services[service as usize].name);
+        let detail = match process_tls(pid).map(|m| assess(&m, inspect_elf)) {
+            Some(Visibility::OpenSsl(files)) => format!(
+                "{comm}: OpenSSL ({}): HTTPS visible",
+                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            Some(Visibility::Opaque(lib)) => {
+                format!("{comm}: {lib}: HTTPS NOT visible (traceo reads TLS plaintext from OpenSSL only)")
+            }
+            Some(Visibility::None) => format!("{comm}: no TLS library loaded (plain HTTP only, or TLS loaded later)"),
+            None => "exited".to_owned(),
+        };
+        r.line(None, &what, detail);
+    }
 }
 
 /// `bench-floor`: the empty program on every tracepoint, until a signal.

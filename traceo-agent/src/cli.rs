@@ -38,12 +38,21 @@ pub enum Command {
     Record(RecordArgs),
     /// Replay a record file through the pipeline (no root needed).
     Replay(ReplayArgs),
-    /// Report what this kernel supports and which probes the agent would use.
-    Check,
+    /// Report what this kernel supports and which probes the agent would use, and whether the
+    /// TLS of the selected processes can be seen.
+    Check(CheckArgs),
     /// Benchmark baseline: attach only an empty program to the same tracepoints, until
     /// Ctrl-C or SIGTERM (used by `cargo xtask bench`).
     #[command(hide = true)]
     BenchFloor,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct CheckArgs {
+    /// Also report on these processes (as `run --service`): which TLS library each uses and
+    /// whether its HTTPS is visible to the agent. Repeatable.
+    #[arg(long = "service", value_name = "NAME=SELECTOR")]
+    pub services: Vec<ServiceSpec>,
 }
 
 /// Which processes to trace and how much to capture.

@@ -28,6 +28,16 @@ impl PidMap for KernelPids {
     }
 }
 
+/// Without a kernel: which processes would be traced (`check`).
+impl PidMap for HashMap<u32, u32> {
+    fn insert(&mut self, pid: u32, service: u32) {
+        HashMap::insert(self, pid, service);
+    }
+    fn remove(&mut self, pid: u32) {
+        HashMap::remove(self, &pid);
+    }
+}
+
 pub struct ProcessTracker<M: PidMap> {
     services: Vec<ServiceSpec>,
     map: M,

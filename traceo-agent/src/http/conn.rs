@@ -118,12 +118,13 @@ impl Conn {
 
     /// The connection ended (close, exit, expiry, eviction): flush everything.
     pub fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        // Taken before the parser's finish, which forgets which side sent the requests.
+        let role = self.role();
         if let Proto::Active(p) = &mut self.proto {
             let mut outputs = std::mem::take(&mut self.scratch);
             p.finish(&mut outputs);
-            self.handle(&mut outputs, ctx);
+            self.handle_as(role, &mut outputs, ctx);
         }
-        let role = self.role();
         let (unanswered, unpaired) = self.pairing.flush();
         ctx.stats.unpaired_responses += unpaired as u64;
         for req in unanswered {
@@ -145,7 +146,10 @@ impl Conn {
     }
 
     fn handle(&mut self, outputs: &mut Vec<Output>, ctx: &mut Ctx<'_>) {
-        let role = self.role();
+        self.handle_as(self.role(), outputs, ctx);
+    }
+
+    fn handle_as(&mut self, role: Role, outputs: &mut Vec<Output>, ctx: &mut Ctx<'_>) {
         for o in outputs.drain(..) {
             match o {
                 Output::Message(m) => {

@@ -78,10 +78,13 @@ pub struct TlsBinder {
 }
 
 /// A TLS handshake record opening a connection: content type 22, version 3.x, a length a
-/// record can have, then a ClientHello (1) or ServerHello (2). No HTTP/1 message starts so.
+/// record can have, then (when the read went that far: OpenSSL reads the 5-byte record
+/// header alone) a ClientHello (1) or ServerHello (2). No HTTP/1 message starts so.
 pub fn is_tls_handshake(bytes: &[u8]) -> bool {
     match bytes {
-        [0x16, 3, minor, hi, lo, 1 | 2, ..] => *minor <= 4 && u16::from_be_bytes([*hi, *lo]) <= 16384 + 2048,
+        [0x16, 3, minor, hi, lo, rest @ ..] => {
+            *minor <= 4 && u16::from_be_bytes([*hi, *lo]) <= 16384 + 2048 && matches!(rest.first(), None | Some(1 | 2))
+        }
         _ => false,
     }
 }

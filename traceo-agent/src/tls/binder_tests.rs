@@ -97,7 +97,9 @@ fn handshake_records_are_recognised() {
     assert!(is_tls_handshake(CLIENT_HELLO));
     assert!(is_tls_handshake(&[0x16, 3, 3, 0, 90, 2]));
     assert!(!is_tls_handshake(b"GET / HTTP/1.1\r\n"));
+    assert!(is_tls_handshake(&[0x16, 3, 1, 2, 0]), "a record header read on its own");
     assert!(!is_tls_handshake(&[0x16, 3, 1]));
+    assert!(!is_tls_handshake(&[0x16, 3, 1, 2, 0, 9]), "not a hello");
     assert!(!is_tls_handshake(&[0x17, 3, 3, 0, 20, 1]), "application data does not open a connection");
 }
 

@@ -6,6 +6,19 @@ use crate::http::{ConnTracker, Role, TrackerConfig};
 use super::script::*;
 
 #[test]
+fn a_client_whose_response_ends_at_close_stays_the_client() {
+    // HTTP/1.0 read until close, and the close (not the peer's EOF) ends it: the exchange
+    // completes while the parser is finished, and must keep the connection's role.
+    let mut cli = Script::connected(2);
+    cli.send(&get("/old"));
+    cli.recv(b"HTTP/1.0 200 ok\r\nContent-type: text/html\r\n\r\n<html>");
+    cli.close();
+    let (xs, _) = run(&cli.take());
+    assert_eq!(xs.len(), 1);
+    assert_eq!((xs[0].role, xs[0].status, xs[0].response_body_bytes), (Role::Client, Some(200), Some(6)));
+}
+
+#[test]
 fn server_and_client_roles_and_timestamps() {
     let mut srv = Script::accepted(1);
     srv.recv(&post("/s", "abc"));

@@ -90,7 +90,8 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
         // The target was redacted by the parser (`http::redact_target`).
         out.push(string("url.query", q));
     }
-    out.push(string("url.scheme", if ex.tls { "https" } else { "http" }));
+    let scheme = if ex.tls { "https" } else { "http" };
+    out.push(string("url.scheme", scheme));
     if ex.tls {
         out.push(kv("tls.established", Value::BoolValue(true)));
     }
@@ -126,7 +127,7 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
                 let full = if ex.target.contains("://") {
                     ex.target.clone()
                 } else {
-                    format!("http://{authority}{}", ex.target)
+                    format!("{scheme}://{authority}{}", ex.target)
                 };
                 out.push(string("url.full", full));
             }

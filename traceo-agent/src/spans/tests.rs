@@ -127,6 +127,26 @@ fn a_client_span_names_the_server_it_called() {
 }
 
 #[test]
+fn a_tls_exchange_is_https_in_its_span() {
+    use crate::events::{Direction, Syscall};
+    let mut s = Script::connected(2);
+    let (req, resp) = (get("/down"), ok("fine"));
+    s.data(Direction::Egress, &req, req.len() as u64, Syscall::SslWrite);
+    s.data(Direction::Ingress, &resp, resp.len() as u64, Syscall::SslRead);
+    s.close();
+    let xs = exchanges(TrackerConfig::default(), &s.take());
+    assert!(xs[0].tls);
+    let sp = span(&xs[0], &CLOCK).expect("ids");
+    assert_eq!(text(&sp, "url.scheme").as_deref(), Some("https"));
+    assert_eq!(text(&sp, "url.full").as_deref(), Some("https://svc/down"));
+    assert_eq!(attr(&sp, "tls.established"), Some(&Value::BoolValue(true)));
+    let plain = exchanges(TrackerConfig::default(), &Script::connected(3).send(&req).recv(&resp).take());
+    let sp = span(&plain[0], &CLOCK).expect("ids");
+    assert_eq!(text(&sp, "url.scheme").as_deref(), Some("http"));
+    assert!(attr(&sp, "tls.established").is_none());
+}
+
+#[test]
 fn an_exchange_without_response_is_a_failed_span() {
     let mut s = Script::accepted(3);
     s.recv(&get("/hang"));

@@ -217,7 +217,8 @@ fn bad_input_is_counted_and_never_disturbs_good_traffic() {
     // 1. Garbage to the HTTP server: not HTTP.
     let reply = send_raw(port, b"\x00\x01\x02\xfe\xffgarbage\r\n\r\nmore garbage\r\n");
     assert!(reply.is_empty() || reply.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&reply));
-    // 2. Random bytes and 3. a TLS ClientHello to the echo server: not HTTP, echoed back.
+    // 2. Random bytes to the echo server: not HTTP, echoed back. 3. A TLS ClientHello, echoed
+    // back: a TLS connection, kept from the parser, with no plaintext ever (opaque).
     let random = random_bytes(4096);
     assert_eq!(send_raw(echo_port, &random), random, "the echo server echoes");
     assert_eq!(send_raw(echo_port, CLIENT_HELLO), CLIENT_HELLO);
@@ -245,7 +246,8 @@ fn bad_input_is_counted_and_never_disturbs_good_traffic() {
     let want = [
         ("traceo_agent_parse_errors_total{reason=\"header_too_large\"}", 1.0),
         ("traceo_agent_parse_errors_total{reason=\"bad_chunk_size\"}", 1.0),
-        ("traceo_agent_non_http_connections_total", 3.0),
+        ("traceo_agent_non_http_connections_total", 2.0),
+        ("traceo_tls_opaque_connections_total", 1.0),
     ];
     let url = format!("http://127.0.0.1:{metrics_port}/metrics");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -129,7 +129,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
             log::warn!("no running process matches the --service selectors yet; waiting for one to start");
         }
     }
-    let mut tls = sel.tls.then(|| TlsProbes::start(&mut probes));
+    let mut tls = sel.tls.then(|| TlsProbes::start(&mut probes, trace_all));
     if let Some(tls) = &mut tls {
         // Everything when everything is traced: once, at start (later processes are covered
         // by the system's libssl, probed above).
@@ -150,6 +150,12 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
             event = source.next_event() => {
                 let Some(event) = event? else { break };
                 lp.deliver(&event)?;
+                // A process that just became traced gets its OpenSSL probes before its first call.
+                if let (Some(tls), Event::Exec(p) | Event::Fork(p)) = (&mut tls, &event) {
+                    if lp.tracker.traced().contains_key(&p.meta.pid) {
+                        tls.track(&mut probes, p.meta.pid);
+                    }
+                }
             }
             _ = tick.tick() => {
                 ticks += 1;

@@ -82,7 +82,8 @@ fn pid_max() -> u32 {
 pub struct Probes {
     ebpf: Ebpf,
     links: Vec<(&'static str, TracePointLinkId)>,
-    uprobe_links: Vec<(&'static str, UProbeLinkId)>,
+    /// OpenSSL probe links by the process they watch (`None`: every process).
+    uprobe_links: std::collections::HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<KernelLogger>,
 }
 
@@ -142,7 +143,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes { ebpf, links: Vec::new(), uprobe_links: Vec::new(), logger })
+    Ok(Probes { ebpf, links: Vec::new(), uprobe_links: Default::default(), logger })
 }
 
 impl Probes {
@@ -171,16 +172,18 @@ impl Probes {
         Ok(())
     }
 
-    /// Attach the OpenSSL probes to one libssl file, for every process that maps it (the
-    /// programs themselves skip untraced processes). Returns the functions probed; an error
-    /// when the file lacks `SSL_write` or `SSL_read` or the kernel refuses.
-    pub fn attach_ssl(&mut self, library: &std::path::Path) -> anyhow::Result<Vec<&'static str>> {
+    /// Attach the OpenSSL probes to one libssl file for process `pid` (the kernel plants its
+    /// breakpoints in that process only, now or when it maps the file later), or for every
+    /// process (`None`: the programs skip untraced ones, but every process using the file
+    /// takes the breakpoint). Returns the functions probed; an error when the file lacks
+    /// `SSL_write` or `SSL_read` or the kernel refuses.
+    pub fn attach_ssl(&mut self, library: &std::path::Path, pid: Option<u32>) -> anyhow::Result<Vec<&'static str>> {
         let mut probed = Vec::new();
         for (i, (symbol, entry)) in programs::SSL_FUNCTIONS.iter().enumerate() {
             // The return probe first: a return without its entry is ignored, an entry
             // without its return would leave parked arguments behind.
-            let attached = match self.attach_uprobe(programs::SSL_RETURN, symbol, library) {
-                Ok(()) => self.attach_uprobe(entry, symbol, library).inspect_err(|_| self.detach_last_uprobe()),
+            let attached = match self.attach_uprobe(programs::SSL_RETURN, symbol, library, pid) {
+                Ok(()) => self.attach_uprobe(entry, symbol, library, pid).inspect_err(|_| self.detach_last_uprobe(pid)),
                 Err(e) => Err(e),
             };
             match attached {
@@ -195,30 +198,50 @@ impl Probes {
         Ok(probed)
     }
 
-    fn attach_uprobe(&mut self, program: &'static str, symbol: &str, library: &std::path::Path) -> anyhow::Result<()> {
+    fn attach_uprobe(
+        &mut self,
+        program: &'static str,
+        symbol: &str,
+        library: &std::path::Path,
+        pid: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let scope = match pid.and_then(std::num::NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
         let p: &mut UProbe = self.ebpf.program_mut(program).expect("loaded above").try_into()?;
-        let link = p.attach(symbol, library, UProbeScope::AllProcesses)?;
-        self.uprobe_links.push((program, link));
+        let link = p.attach(symbol, library, scope)?;
+        self.uprobe_links.entry(pid).or_default().push((program, link));
         Ok(())
     }
 
-    fn detach_last_uprobe(&mut self) {
-        if let Some((name, link)) = self.uprobe_links.pop() {
-            if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
-                let _ = program.detach(link);
+    /// Remove the OpenSSL probes attached for `pid` (it exited or is no longer traced).
+    pub fn detach_ssl(&mut self, pid: u32) {
+        for (name, link) in self.uprobe_links.remove(&Some(pid)).unwrap_or_default() {
+            self.detach_one_uprobe(name, link);
+        }
+    }
+
+    fn detach_one_uprobe(&mut self, name: &'static str, link: UProbeLinkId) {
+        if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
+            if let Err(e) = program.detach(link) {
+                log::debug!("detaching {name}: {e}");
             }
+        }
+    }
+
+    fn detach_last_uprobe(&mut self, pid: Option<u32>) {
+        if let Some((name, link)) = self.uprobe_links.get_mut(&pid).and_then(Vec::pop) {
+            self.detach_one_uprobe(name, link);
         }
     }
 
     /// Detach every program (also happens on drop; this makes it explicit and logged).
     pub fn detach(&mut self) {
-        let count = self.links.len() + self.uprobe_links.len();
-        for (name, link) in self.uprobe_links.drain(..) {
-            if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
-                if let Err(e) = program.detach(link) {
-                    log::warn!("detaching {name}: {e}");
-                }
-            }
+        let uprobes: Vec<_> = self.uprobe_links.drain().flat_map(|(_, links)| links).collect();
+        let count = self.links.len() + uprobes.len();
+        for (name, link) in uprobes {
+            self.detach_one_uprobe(name, link);
         }
         for (name, link) in self.links.drain(..) {
             if let Ok(program) = <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {

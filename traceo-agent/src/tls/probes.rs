@@ -1,6 +1,7 @@
-//! Keeping the OpenSSL probes on every libssl a traced process uses: the system's at start,
-//! then whatever the traced processes map (rescanned, since Python loads libssl on first
-//! `import ssl`), each file once. Processes whose TLS cannot be seen are logged once.
+//! Keeping the OpenSSL probes on every libssl a traced process uses: the system's as soon as
+//! a process is traced (before it loads them: Python maps libssl on first `import ssl`), then
+//! whatever else it maps (rescanned every few seconds). Processes whose TLS cannot be seen
+//! are logged once.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -56,9 +57,20 @@ pub struct TlsProbeStats {
 /// Traced processes' memory maps are read again this many refreshes after the last read.
 const RESCAN_EVERY: u64 = 5;
 
+/// Where the OpenSSL probes go. Per traced process when services are selected: the kernel
+/// then plants the breakpoints in those processes only, because a uprobe breakpoint costs
+/// every process that hits it a trap (measured at about 16 us per call on the benchmark's
+/// virtual machine) even when the program returns at once. For every process in trace-all
+/// mode, where every process is traced anyway.
 pub struct TlsProbes {
-    /// Files tried (probed or not), with their ELF facts, so each is read and attached once.
-    files: HashMap<FileId, (ElfTls, bool)>,
+    per_process: bool,
+    /// The system's libssl files, probed for every traced process before it maps them.
+    system: Vec<PathBuf>,
+    /// ELF facts of files read once.
+    elf: HashMap<FileId, ElfTls>,
+    /// (process or every process, file) pairs probed, and files that cannot be.
+    attached: HashSet<(Option<u32>, FileId)>,
+    failed: HashSet<FileId>,
     /// Processes classified: what was found (re-logged only when it changes), and when.
     processes: HashMap<u32, (Visibility, u64)>,
     refreshes: u64,
@@ -66,33 +78,52 @@ pub struct TlsProbes {
 }
 
 impl TlsProbes {
-    /// Probe the system's libssl files.
-    pub fn start(probes: &mut Probes) -> TlsProbes {
+    /// Find the system's libssl files; in trace-all mode, probe them for every process.
+    pub fn start(probes: &mut Probes, trace_all: bool) -> TlsProbes {
         let mut tls = TlsProbes {
-            files: HashMap::new(),
+            per_process: !trace_all,
+            system: system_libssl(),
+            elf: HashMap::new(),
+            attached: HashSet::new(),
+            failed: HashSet::new(),
             processes: HashMap::new(),
             refreshes: 0,
             stats: TlsProbeStats::default(),
         };
-        for lib in system_libssl() {
-            tls.probe(probes, &lib);
-        }
-        if tls.stats.probed_files == 0 {
+        if tls.system.is_empty() {
             log::info!("no system libssl found: TLS plaintext is seen only in processes that map one");
+        }
+        if trace_all {
+            for lib in tls.system.clone() {
+                tls.probe(probes, &lib, None);
+            }
         }
         tls
     }
 
+    /// A process just became traced (started, forked, matched) or ran a new program: probe
+    /// the system's libssl for it at once, before it maps the library and makes its first
+    /// call, and classify it.
+    pub fn track(&mut self, probes: &mut Probes, pid: u32) {
+        if self.per_process {
+            for lib in self.system.clone() {
+                self.probe(probes, &lib, Some(pid));
+            }
+        }
+        self.scan(probes, pid);
+    }
+
     /// Classify `pid` from its memory map and probe the OpenSSL it uses.
-    pub fn scan(&mut self, probes: &mut Probes, pid: u32) {
+    fn scan(&mut self, probes: &mut Probes, pid: u32) {
         let Some(map) = process_tls(pid) else {
-            self.processes.remove(&pid);
+            self.forget(probes, pid);
             return;
         };
         let visibility = assess(&map, |p| self.inspect(p));
         if let Visibility::OpenSsl(files) = &visibility {
+            let scope = self.per_process.then_some(pid);
             for f in files {
-                self.probe(probes, f);
+                self.probe(probes, f, scope);
             }
         }
         if self.processes.get(&pid).map(|(v, _)| v) != Some(&visibility) {
@@ -112,40 +143,54 @@ impl TlsProbes {
         self.processes.insert(pid, (visibility, self.refreshes));
     }
 
-    /// Called about once a second with the traced processes: scan new ones at once, the
-    /// others every few refreshes (libraries get loaded late), forget the rest.
+    /// Called about once a second with the traced processes: track new ones, rescan the
+    /// others every few refreshes (libraries get loaded late), drop the probes of the rest.
     pub fn refresh(&mut self, probes: &mut Probes, traced: &HashSet<u32>) {
         self.refreshes += 1;
-        self.processes.retain(|pid, _| traced.contains(pid));
+        let gone: Vec<u32> = self.processes.keys().filter(|p| !traced.contains(p)).copied().collect();
+        for pid in gone {
+            self.forget(probes, pid);
+        }
         for &pid in traced {
-            let due = self.processes.get(&pid).is_none_or(|(_, at)| self.refreshes - at >= RESCAN_EVERY);
-            if due {
-                self.scan(probes, pid);
+            match self.processes.get(&pid) {
+                None => self.track(probes, pid),
+                Some((_, at)) if self.refreshes - at >= RESCAN_EVERY => self.scan(probes, pid),
+                Some(_) => {}
             }
         }
         let opaque = self.processes.values().filter(|(v, _)| matches!(v, Visibility::Opaque(_)));
         self.stats.opaque_processes = opaque.count() as u64;
+        let files: HashSet<FileId> = self.attached.iter().map(|(_, f)| *f).collect();
+        self.stats.probed_files = files.len() as u64;
+    }
+
+    fn forget(&mut self, probes: &mut Probes, pid: u32) {
+        self.processes.remove(&pid);
+        if self.per_process {
+            probes.detach_ssl(pid);
+            self.attached.retain(|(p, _)| *p != Some(pid));
+        }
     }
 
     fn inspect(&mut self, path: &Path) -> ElfTls {
         let Some(id) = FileId::of(path) else { return ElfTls::default() };
-        self.files.entry(id).or_insert_with(|| (inspect_elf(path), false)).0
+        *self.elf.entry(id).or_insert_with(|| inspect_elf(path))
     }
 
-    /// Attach to `path` unless that file is already probed (or failed).
-    fn probe(&mut self, probes: &mut Probes, path: &Path) {
+    /// Attach to `path` for `pid` (or every process) unless done, or known to fail.
+    fn probe(&mut self, probes: &mut Probes, path: &Path, pid: Option<u32>) {
         let Some(id) = FileId::of(path) else { return };
-        let entry = self.files.entry(id).or_insert_with(|| (inspect_elf(path), false));
-        if entry.1 {
+        if self.failed.contains(&id) || !self.attached.insert((pid, id)) {
             return;
         }
-        entry.1 = true;
-        match probes.attach_ssl(path) {
+        match probes.attach_ssl(path, pid) {
             Ok(functions) => {
-                self.stats.probed_files += 1;
-                log::info!("TLS: probing {} in {}", functions.join(", "), path.display());
+                let whom = pid.map_or("every process".to_owned(), |p| format!("pid {p}"));
+                log::debug!("TLS: probing {} in {} for {whom}", functions.join(", "), path.display());
             }
             Err(e) => {
+                self.attached.remove(&(pid, id));
+                self.failed.insert(id);
                 self.stats.failed_files += 1;
                 log::warn!("TLS: cannot probe {}: {e:#}; its processes' TLS traffic is not visible", path.display());
             }

@@ -122,7 +122,7 @@ pub fn test_dependencies() -> anyhow::Result<PathBuf> {
 
 /// Load generators and servers for `cargo xtask bench`.
 pub fn bench_dependencies() -> anyhow::Result<()> {
-    apt_install(&["nginx-light", "wrk", "curl"])
+    apt_install(&["nginx-light", "wrk", "curl", "openssl"])
 }
 
 /// Prefix with sudo unless already root (only for `cargo xtask run`).

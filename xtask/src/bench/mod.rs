@@ -2,10 +2,12 @@
 //!
 //! 1. Per-syscall cost of a send/recv loop: no agent, agent not selecting it, traced (64 B and
 //!    1 KiB), and only an empty program on the same tracepoints (the floor).
-//! 2. Server overhead: nginx (static file) and uvicorn under wrk, untraced and traced, alternated.
-//! 3. Agent cost at that load: CPU per 1,000 exchanges, peak RSS, kernel losses, missed exchanges.
-//! 4. Capacity: the highest exchange rate (over a few wrk loads) with nothing lost or missed.
-//! 5. Memory at scale: agent RSS with 10,000 idle keep-alive connections to a traced nginx.
+//! 2. OpenSSL probe cost per SSL_write + SSL_read pair (a Python loop over memory BIOs): no
+//!    agent, agent running (probes on every libssl) but not selecting it, traced.
+//! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced and traced, alternated.
+//! 4. Agent cost at that load: CPU per 1,000 exchanges, peak RSS, kernel losses, missed exchanges.
+//! 5. Capacity: the highest exchange rate (over a few wrk loads) with nothing lost or missed.
+//! 6. Memory at scale: agent RSS with 10,000 idle keep-alive connections to a traced nginx.
 //!
 //! Prints a table and writes `target/bench/bench.json`.
 
@@ -13,8 +15,8 @@ pub mod syscall_loop;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::Path,
-    process::{Command, Stdio},
+    path::{Path, PathBuf},
+    process::{ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -31,40 +33,61 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
-/// One timed run of the loop under `mode`; ns per syscall.
-fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<f64> {
-    let me = std::env::current_exe()?;
-    let mut child = Proc::spawn(
-        Command::new(&me)
-            .args(["bench-loop", "--size", &size.to_string(), "--iterations", &iterations.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    )?;
-    let mut out = BufReader::new(child.0.stdout.take().expect("piped"));
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    anyhow::ensure!(line.trim() == "ready", "bench-loop said {line:?}");
-    let pid = child.pid().to_string();
-    let mut running = match mode {
+/// A loop program started and waiting: it has printed `ready` and times its loop, printing ns
+/// per iteration, once it reads a line.
+struct LoopProc {
+    proc: Proc,
+    out: BufReader<ChildStdout>,
+}
+
+impl LoopProc {
+    fn start(cmd: &mut Command) -> anyhow::Result<LoopProc> {
+        let mut proc = Proc::spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()))?;
+        let mut out = BufReader::new(proc.0.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "{cmd:?} said {line:?}");
+        Ok(LoopProc { proc, out })
+    }
+
+    /// Run the timed loop; its ns per iteration.
+    fn go(mut self) -> anyhow::Result<f64> {
+        writeln!(self.proc.0.stdin.as_mut().expect("piped"), "go")?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        line.trim().parse().with_context(|| format!("the loop printed {line:?}"))
+    }
+}
+
+/// The agent a loop measurement runs under: none, running but not selecting `pid`, tracing
+/// `pid`, or only the empty programs (the floor). Metrics served on `metrics` (or `off`).
+fn mode_agent(agent_bin: &Path, mode: &str, pid: u32, metrics: &str) -> anyhow::Result<Option<Proc>> {
+    let run =
+        |service: &str| agent(agent_bin, &["run", "--service", service, "--log", "off", "--metrics-addr", metrics]);
+    Ok(match mode {
         "none" => None,
-        "unselected" => Some(agent(
-            agent_bin,
-            &["run", "--service", "none=comm:traceo-nomatch", "--log", "off", "--metrics-addr", "off"],
-        )?),
-        "traced" => Some(agent(
-            agent_bin,
-            &["run", "--service", &format!("bench=pid:{pid}"), "--log", "off", "--metrics-addr", "off"],
-        )?),
+        "unselected" => Some(run("none=comm:traceo-nomatch")?),
+        "traced" => Some(run(&format!("bench=pid:{pid}"))?),
         "floor" => Some(agent(agent_bin, &["bench-floor"])?),
         other => bail!("unknown mode {other}"),
-    };
-    writeln!(child.0.stdin.as_mut().expect("piped"), "go")?;
-    line.clear();
-    out.read_line(&mut line)?;
+    })
+}
+
+/// One timed run of the syscall loop under `mode`; ns per syscall.
+fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<f64> {
+    let lp = LoopProc::start(Command::new(std::env::current_exe()?).args([
+        "bench-loop",
+        "--size",
+        &size.to_string(),
+        "--iterations",
+        &iterations.to_string(),
+    ]))?;
+    let mut running = mode_agent(agent_bin, mode, lp.proc.pid(), "off")?;
+    let ns = lp.go()?;
     if let Some(a) = running.as_mut() {
         a.interrupt();
     }
-    line.trim().parse().with_context(|| format!("bench-loop printed {line:?}"))
+    Ok(ns)
 }
 
 fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
@@ -89,6 +112,90 @@ fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
             "traced_1kib": m[4] - m[5],
         },
         "rounds": rounds, "iterations": iterations,
+    }))
+}
+
+/// A throwaway self-signed certificate and key for the SSL loop's server side, in `dir`.
+fn self_signed(dir: &Path) -> anyhow::Result<[PathBuf; 2]> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=traceo-bench", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("run openssl")?;
+    anyhow::ensure!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok([cert, key])
+}
+
+/// One timed run of the SSL loop under `mode`: ns per SSL_write + SSL_read pair and, traced,
+/// the plaintext events the agent received and the ones the kernel lost.
+fn ssl_once(
+    agent_bin: &Path,
+    python: &Path,
+    mode: &str,
+    cert_key: &[PathBuf; 2],
+    iterations: u64,
+    batches: u32,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let lp = LoopProc::start(
+        Command::new(python)
+            .arg(crate::root().join("xtask/src/bench/ssl_loop.py"))
+            .args(cert_key)
+            .args([iterations.to_string(), batches.to_string()]),
+    )?;
+    let metrics_port = free_port()?;
+    let mut running = mode_agent(agent_bin, mode, lp.proc.pid(), &format!("127.0.0.1:{metrics_port}"))?;
+    let ns = lp.go()?;
+    let (mut events, mut lost) = (0.0, 0.0);
+    if let Some(a) = running.as_mut() {
+        if mode == "traced" {
+            // Counted on the agent's next tick (1 s). Over memory BIOs with no socket no chunk
+            // can be tied to a connection, so the agent drops them all as unbound: the kernel
+            // side (probe, copy, ring buffer) has still run in full, which is the cost measured.
+            std::thread::sleep(Duration::from_millis(1500));
+            let text = scrape(metrics_port);
+            events = metric_sum(&text, "traceo_tls_unbound_events", "")
+                + metric_sum(&text, "traceo_tls_plaintext_events", "");
+            lost = metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
+        }
+        a.interrupt();
+    }
+    Ok((ns, events, lost))
+}
+
+/// Cost of the OpenSSL uprobes per SSL_write + SSL_read pair (64 B): no agent, the agent
+/// running (probes on every libssl) but not selecting the process, and tracing it.
+fn ssl_costs(agent_bin: &Path, python: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Value> {
+    let (rounds, iterations, batches) = if s.quick { (1, 10_000, 3) } else { (3, 50_000, 5) };
+    let cert_key = self_signed(dir)?;
+    let modes = ["none", "unselected", "traced"];
+    let mut samples: Vec<Vec<f64>> = vec![vec![]; modes.len()];
+    let (mut events, mut lost) = (f64::INFINITY, 0.0f64);
+    for round in 0..rounds {
+        for (i, mode) in modes.iter().enumerate() {
+            let (ns, seen, dropped) = ssl_once(agent_bin, python, mode, &cert_key, iterations, batches)?;
+            eprintln!("bench: SSL loop round {round} {mode}: {ns:.0} ns/pair");
+            samples[i].push(ns);
+            if *mode == "traced" {
+                events = events.min(seen + dropped);
+                lost = lost.max(dropped);
+            }
+        }
+    }
+    // Each timed pair is two probed calls, each an event (received or lost): fewer means the
+    // probes were not hit (e.g. a Python with OpenSSL linked in statically) and the figures
+    // measure nothing.
+    let calls = (2 * iterations * u64::from(batches)) as f64;
+    anyhow::ensure!(events >= calls, "the traced SSL loop made {calls} SSL calls but only {events} events came");
+    let m: Vec<f64> = samples.into_iter().map(median).collect();
+    Ok(json!({
+        "ns_per_pair": {"none": m[0], "unselected": m[1], "traced": m[2]},
+        "added_ns": {"unselected": m[1] - m[0], "traced": m[2] - m[0]},
+        "traced_events_min": events, "traced_events_lost_max": lost,
+        "rounds": rounds, "iterations": iterations, "batches": batches,
     }))
 }
 
@@ -218,6 +325,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let dir = std::env::temp_dir().join(format!("traceo-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let syscalls = syscall_costs(agent_bin, s)?;
+    let ssl = ssl_costs(agent_bin, python, &dir, s)?;
 
     let nginx_port = free_port()?;
     let nginx = procs::nginx(&dir, nginx_port)?;
@@ -238,7 +346,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "seconds": started.elapsed().as_secs_f64(),
-        "syscall": syscalls, "nginx": nginx_result, "uvicorn": uv_result, "capacity": cap, "memory_at_scale": scale,
+        "syscall": syscalls, "ssl": ssl, "nginx": nginx_result, "uvicorn": uv_result, "capacity": cap, "memory_at_scale": scale,
     });
     print_table(&report);
     let out = crate::root().join("target/bench");
@@ -283,6 +391,15 @@ fn print_table(r: &Value) {
         "<= 1000",
         f(&added["traced_1kib"]) <= 1000.0,
     );
+    let ssl = &r["ssl"];
+    let pair = |key: &str| format!("{:.0}", f(&ssl["added_ns"][key]));
+    println!(
+        "{:<58} {:>12}",
+        "SSL_write + SSL_read pair, 64 B, no agent (ns)",
+        format!("{:.0}", f(&ssl["ns_per_pair"]["none"]))
+    );
+    println!("{:<58} {:>12}", "OpenSSL probes, untraced process, added per pair (ns)", pair("unselected"));
+    println!("{:<58} {:>12}", "OpenSSL probes, traced process, added per pair (ns)", pair("traced"));
     for server in ["nginx", "uvicorn"] {
         let s = &r[server];
         let ratio = f(&s["throughput_ratio"]);

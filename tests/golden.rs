@@ -101,7 +101,7 @@ fn blessing() -> bool {
 fn every_fixture_replays_to_its_golden_file() {
     let bless = blessing();
     let names = fixtures();
-    assert!(names.len() >= 12, "fixtures missing from tests/fixtures: only {names:?}");
+    assert!(names.len() >= 14, "fixtures missing from tests/fixtures: only {names:?}");
     let mut failures = Vec::new();
     for name in &names {
         let lines = replay_lines(name);
@@ -157,9 +157,11 @@ type Check = fn(&[Value], &[Value]);
 const SCENARIOS: &[(&str, Check)] = &[
     ("curl_next", scenarios::curl_next),
     ("expect_100", scenarios::expect_100),
+    ("curl_https", scenarios::curl_https),
     ("head", scenarios::head),
     ("http_server", scenarios::http_server),
     ("http_server_curl", scenarios::http_server_curl),
+    ("https_keepalive", scenarios::https_keepalive),
     ("httpx_keepalive", scenarios::httpx_keepalive),
     ("nginx_proxy", scenarios::nginx_proxy),
     ("no_content_204", scenarios::no_content_204),
@@ -218,6 +220,13 @@ fn common(name: &str, exchanges: &[Value], raw: &[Value]) {
             .filter_map(|e| e["pid"].as_u64())
             .collect();
         assert!(pids.contains(&x["pid"].as_u64().unwrap_or(0)), "{at}: pid {} not among {pids:?}", x["pid"]);
+        // TLS or not, as the connection's first socket bytes say: a TLS handshake record
+        // (type 22, version 3.x). Plaintext events (ssl_*) carry the SSL object, not the socket.
+        let first = raw.iter().find(|e| {
+            e["kind"] == "data" && &e["conn_id"] == conn && !e["syscall"].as_str().unwrap_or("").starts_with("ssl_")
+        });
+        let handshake = first.is_some_and(|e| e["data"].as_str().unwrap_or("").starts_with("\u{16}\u{3}"));
+        assert_eq!(x["tls"], handshake, "{at}: tls {} but the connection's first bytes are {first:?}", x["tls"]);
     }
 }
 

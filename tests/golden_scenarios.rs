@@ -319,3 +319,202 @@ pub(super) fn not_modified_304(x: &[Value], raw: &[Value]) {
     );
     one_connection(x, "nginx", "server");
 }
+
+// ---------------------------------------------------------------------------------------
+// HTTPS: uvicorn with --ssl-keyfile/--ssl-certfile (OpenSSL through asyncio's memory BIOs)
+// and clients whose OpenSSL reads and writes the socket itself (socket BIOs).
+
+fn is_plaintext(e: &Value) -> bool {
+    e["syscall"].as_str().is_some_and(|s| s.starts_with("ssl_"))
+}
+
+/// A data event's payload bytes: `--events` writes valid UTF-8 as is, other bytes as `\xNN`.
+fn payload(e: &Value) -> Vec<u8> {
+    let s = text(e);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let hex = s.get(i + 2..i + 4).filter(|_| s[i..].starts_with("\\x"));
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                let c = s[i..].chars().next().expect("a char");
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                i += c.len_utf8();
+            }
+        }
+    }
+    // Ciphertext could hold the text `\xNN` itself; then the lengths would not agree.
+    assert_eq!(Some(out.len() as u64), e["captured"].as_u64(), "undecodable payload {e}");
+    out
+}
+
+/// The socket bytes of connection `conn` in `direction`, cut into TLS records: their content
+/// types. Panics unless the bytes are whole records (type 20..=23, version 3.x, a length).
+fn tls_records(raw: &[Value], conn: &Value, direction: &str) -> Vec<u8> {
+    let events: Vec<&Value> = raw
+        .iter()
+        .filter(|e| e["kind"] == "data" && &e["conn_id"] == conn && e["direction"] == direction && !is_plaintext(e))
+        .collect();
+    assert!(!events.is_empty(), "no {direction} socket bytes on connection {conn}");
+    let mut bytes = Vec::new();
+    for e in events {
+        assert_eq!(e["captured"], e["len"], "connection {conn}: all bytes captured: {e}");
+        assert!(!text(e).contains("HTTP/1.1"), "plain HTTP in the socket bytes of connection {conn}: {e}");
+        bytes.extend(payload(e));
+    }
+    let (mut types, mut at) = (Vec::new(), 0);
+    while at < bytes.len() {
+        let h = &bytes[at..];
+        assert!(
+            h.len() >= 5 && (20..=23).contains(&h[0]) && h[1] == 3 && h[2] <= 4,
+            "connection {conn} {direction}: no TLS record header at byte {at}: {:?}",
+            &h[..h.len().min(5)]
+        );
+        types.push(h[0]);
+        at += 5 + u16::from_be_bytes([h[3], h[4]]) as usize;
+    }
+    assert_eq!(at, bytes.len(), "connection {conn} {direction}: the last TLS record is cut");
+    types
+}
+
+/// Plaintext events of `service` (ssl_read in, ssl_write out), concatenated per direction.
+fn plaintext(raw: &[Value], service: &str, direction: &str) -> Vec<u8> {
+    data(raw, service, direction).into_iter().filter(|e| is_plaintext(e)).flat_map(payload).collect()
+}
+
+/// What every HTTPS fixture shows: the traced server `api` and client `client` on the two
+/// ends of one TLS connection. On the wire only TLS records (a handshake first, then
+/// application data); the HTTP exchanges come from the OpenSSL probes' plaintext, which
+/// crosses unchanged from one end to the other; each end's exchanges are on its socket's
+/// connection, marked tls, and the server's are linked to the client's.
+fn tls_connection(x: &[Value], raw: &[Value]) {
+    for e in x {
+        assert_eq!(e["tls"], true, "not marked tls: {e}");
+    }
+    let server_conn = one_connection(x, "api", "server");
+    let client_conn = one_connection(x, "client", "client");
+    let (server, client) = (of(x, "api", "server"), of(x, "client", "client"));
+    assert_eq!((&server[0]["local"], &server[0]["peer"]), (&client[0]["peer"], &client[0]["local"]), "two ends");
+
+    // The socket bytes: TLS records only, both ends, both ways.
+    for (conn, out, into) in [(&client_conn, "egress", "ingress"), (&server_conn, "egress", "ingress")] {
+        for direction in [out, into] {
+            let types = tls_records(raw, conn, direction);
+            assert_eq!(types[0], 22, "connection {conn} {direction} opens with a handshake record: {types:?}");
+            assert!(types.contains(&23), "connection {conn} {direction}: no application data record: {types:?}");
+        }
+    }
+    // The kernel saw the same ciphertext leave one end and reach the other.
+    let sent: Vec<u8> =
+        data(raw, "client", "egress").iter().filter(|e| !is_plaintext(e)).flat_map(|e| payload(e)).collect();
+    let received: Vec<u8> =
+        data(raw, "api", "ingress").iter().filter(|e| !is_plaintext(e)).flat_map(|e| payload(e)).collect();
+    assert_eq!(sent, received, "client -> api ciphertext");
+
+    // The plaintext: ssl_read in and ssl_write out only, one SSL object per end, from the
+    // process of that end's exchanges.
+    for (service, side) in [("api", &server), ("client", &client)] {
+        let events: Vec<&Value> =
+            raw.iter().filter(|e| e["kind"] == "data" && is_plaintext(e) && e["service"] == service).collect();
+        assert!(!events.is_empty(), "{service}: no plaintext events");
+        for e in &events {
+            let want = if e["direction"] == "ingress" { "ssl_read" } else { "ssl_write" };
+            assert_eq!(e["syscall"], want, "{service}: {e}");
+            assert_eq!(e["pid"], side[0]["pid"], "{service}: plaintext from another process: {e}");
+        }
+        let objects: BTreeSet<String> = events.iter().map(|e| e["conn_id"].to_string()).collect();
+        assert_eq!(objects.len(), 1, "{service}: one SSL object for one connection, got {objects:?}");
+        assert!(!objects.contains(&server_conn.to_string()) && !objects.contains(&client_conn.to_string()));
+    }
+    let requests = plaintext(raw, "client", "egress");
+    let responses = plaintext(raw, "api", "egress");
+    assert_eq!(requests, plaintext(raw, "api", "ingress"), "the requests' plaintext, client -> api");
+    assert_eq!(responses, plaintext(raw, "client", "ingress"), "the responses' plaintext, api -> client");
+    // Each exchange's request line is in the plaintext, in order, and nothing more.
+    let requests = String::from_utf8_lossy(&requests);
+    assert_eq!(requests.matches(" HTTP/1.1\r\n").count(), server.len(), "request lines: {requests}");
+    let mut at = 0;
+    for e in &server {
+        let line =
+            format!("{} {} HTTP/1.1\r\n", e["method"].as_str().unwrap_or("?"), e["target"].as_str().unwrap_or("?"));
+        let found =
+            requests[at..].find(&line).unwrap_or_else(|| panic!("{line:?} not sent after byte {at}: {requests}"));
+        at += found + line.len();
+    }
+    let statuses = String::from_utf8_lossy(&responses).matches("HTTP/1.1 ").count();
+    assert_eq!(statuses, server.len(), "one status line per exchange in the plaintext");
+
+    // Both ends of each exchange: the server span is the client span's child.
+    for (s, c) in server.iter().zip(&client) {
+        assert_eq!((&s["method"], &s["target"]), (&c["method"], &c["target"]));
+        assert_eq!(s["trace_id"], c["trace_id"], "one trace: {s}\n{c}");
+        assert_eq!(s["parent_span_id"], c["span_id"], "server under client: {s}\n{c}");
+        assert_eq!(s["link"], "connection", "{s}");
+    }
+}
+
+#[test]
+fn https_keepalive_fixture() {
+    scenario("https_keepalive");
+}
+
+pub(super) fn https_keepalive(x: &[Value], raw: &[Value]) {
+    // httpx 0.28 (pinned by `cargo xtask setup`) encodes json= compactly; the app answers with
+    // json.dumps defaults.
+    let echo = serde_json::json!({"name": "traceo", "values": [1, 2, 3]}).to_string();
+    let first = serde_json::json!({"title": "first"}).to_string();
+    let second = serde_json::json!({"title": "second"}).to_string();
+    let sent = String::from_utf8_lossy(&plaintext(raw, "client", "egress")).into_owned();
+    for body in [&echo, &first, &second] {
+        assert!(sent.contains(&format!("\r\n\r\n{body}")), "httpx did not send {body}: {sent}");
+    }
+    let (echo, first, second) = (echo.len() as u64, first.len() as u64, second.len() as u64);
+    let created = format!(r#"{{"id": 1, "received": {first}}}"#).len() as u64;
+    let got = r#"{"id": "7"}"#.len() as u64;
+    let put = format!(r#"{{"id": "7", "received": {second}}}"#).len() as u64;
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "GET /hello", "/hello", 200, 0, HELLO),
+            want("api server", "POST /echo", "/echo", 200, echo, echo),
+            want("api server", "POST /items", "/items", 201, first, created),
+            want("api server", "GET /items/7", "/items/{id}", 200, 0, got),
+            want("api server", "PUT /items/7", "/items/{id}", 200, second, put),
+            want("api server", "DELETE /items/7", "/items/{id}", 204, 0, 0),
+            want("api server", "GET /missing", "/missing", 404, 0, NOT_FOUND),
+        ]),
+    );
+    tls_connection(x, raw);
+    for c in of(x, "client", "client") {
+        assert!(c["user_agent"].as_str().is_some_and(|u| u.starts_with("python-httpx/")), "{c}");
+    }
+}
+
+#[test]
+fn curl_https_fixture() {
+    scenario("curl_https");
+}
+
+pub(super) fn curl_https(x: &[Value], raw: &[Value]) {
+    expect(
+        x,
+        &both_ends(vec![
+            want("api server", "GET /hello", "/hello", 200, 0, HELLO),
+            want("api server", "POST /upload", "/upload", 200, 3, upload_reply(3)),
+            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want("api server", "GET /stream", "/stream", 200, 0, stream_body()),
+        ]),
+    );
+    tls_connection(x, raw);
+    for c in of(x, "client", "client") {
+        assert!(c["user_agent"].as_str().is_some_and(|u| u.starts_with("curl/")), "{c}");
+    }
+    // uvicorn wrote each /stream chunk with its own SSL_write (each then sent by a socket
+    // write of its own: the memory BIO path holding writes until their socket write).
+    let chunks = data(raw, "api", "egress").iter().filter(|e| is_plaintext(e) && text(e).contains("chunk ")).count();
+    assert_eq!(chunks, 5, "one SSL_write per /stream chunk");
+}

@@ -10,6 +10,7 @@ syscalls HOST PORT   wait for a line; on one keep-alive connection, three GET /h
 httpx HOST PORT      wait for a line; on one keep-alive httpx connection: GET /hello,
                      POST /echo and POST /items with JSON, GET /items/7, PUT /items/7 with
                      JSON, DELETE /items/7, GET /missing; print "<method> <path> <status>"
+httpx-tls HOST PORT  the same over HTTPS, certificate checks off (verify=False)
 pipeline HOST PORT   wait for a line; send PIPELINE (3 requests) in one send, read the three
                      responses until the server closes, print each status line
 timed HOST PORT JSON wait for a line; for each [method, path, body or null] of the JSON list,
@@ -107,11 +108,12 @@ def syscalls(host, port):
     print("done", flush=True)
 
 
-def httpx_client(host, port):
+def httpx_client(host, port, tls=False):
     import httpx
 
     sys.stdin.readline()
-    with httpx.Client(base_url=f"http://{host}:{port}") as client:
+    scheme = "https" if tls else "http"
+    with httpx.Client(base_url=f"{scheme}://{host}:{port}", verify=not tls) as client:
         for method, path, body in HTTPX_REQUESTS:
             resp = client.request(method, path, json=body)
             print(method, path, resp.status_code, flush=True)
@@ -149,5 +151,12 @@ if __name__ == "__main__":
     if command == "timed":
         timed(host, port, sys.argv[4])
     else:
-        modes = {"keepalive": keepalive, "fdreuse": fdreuse, "syscalls": syscalls, "httpx": httpx_client, "pipeline": pipeline}
+        modes = {
+            "keepalive": keepalive,
+            "fdreuse": fdreuse,
+            "syscalls": syscalls,
+            "httpx": httpx_client,
+            "httpx-tls": lambda host, port: httpx_client(host, port, tls=True),
+            "pipeline": pipeline,
+        }
         modes[command](host, port)

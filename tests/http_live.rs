@@ -22,16 +22,6 @@ fn exchanges(log: &Path) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
 }
 
-fn start_agent(dir: &Path, services: &[String]) -> (Agent, std::path::PathBuf, u16) {
-    let log = dir.join("exchanges.jsonl");
-    let metrics_port = free_port();
-    let mut args: Vec<String> = services.iter().flat_map(|s| ["--service".to_owned(), s.clone()]).collect();
-    args.extend(["--log".into(), log.to_str().expect("UTF-8 path").into()]);
-    args.extend(["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (Agent::run(&args), log, metrics_port)
-}
-
 #[test]
 fn known_requests_give_exactly_those_exchanges_within_the_client_time() {
     if !require_root("known_requests") || !require_python("known_requests") {

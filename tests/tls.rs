@@ -7,24 +7,13 @@ mod support;
 
 use std::{
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use support::{tls::*, *};
-
-/// The agent tracing `services`, writing JSON lines and serving metrics.
-fn start_agent(dir: &Path, services: &[String]) -> (Agent, PathBuf, u16) {
-    let log = dir.join("exchanges.jsonl");
-    let metrics_port = free_port();
-    let mut args: Vec<String> = services.iter().flat_map(|s| ["--service".to_owned(), s.clone()]).collect();
-    args.extend(["--log".into(), log.to_str().expect("UTF-8 path").into()]);
-    args.extend(["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (Agent::run(&args), log, metrics_port)
-}
 
 /// Exchanges of one service and direction.
 fn side<'a>(x: &'a [Value], service: &str, direction: &str) -> Vec<&'a Value> {

@@ -361,6 +361,18 @@ impl Stack {
     }
 }
 
+/// The agent tracing `services`, writing JSON lines to a file and serving metrics on a free
+/// port: (agent, JSON lines file, metrics port).
+pub fn start_agent(dir: &Path, services: &[String]) -> (Agent, PathBuf, u16) {
+    let log = dir.join("exchanges.jsonl");
+    let metrics_port = free_port();
+    let mut args: Vec<String> = services.iter().flat_map(|s| ["--service".to_owned(), s.clone()]).collect();
+    args.extend(["--log".into(), log.to_str().expect("UTF-8 path").into()]);
+    args.extend(["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Agent::run(&args), log, metrics_port)
+}
+
 /// JSON lines of a file the agent wrote with `--log`.
 pub fn json_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -7,11 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use traceo_ebpf_common::{
-    self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, data_flags, direction, family,
+    self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, TaskEvent, data_flags, direction,
+    family,
     kind, open_how, syscall,
 };
 
-use crate::events::{Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, Syscall};
+use crate::events::{Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, Syscall, TaskCreated};
 
 /// Why a ring buffer record could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +113,15 @@ impl Decoder {
                     _ => Event::Exit(proc),
                 })
             }
+            kind::TASK_CREATED => {
+                let ev: TaskEvent = read(raw)?;
+                Ok(Event::Task(TaskCreated {
+                    meta: meta(&ev.header),
+                    parent_ctx: ev.parent_ctx,
+                    child_ctx: ev.child_ctx,
+                    task: ev.task,
+                }))
+            }
             _ => Err(DecodeError::Unknown),
         }
     }
@@ -150,6 +160,7 @@ impl Decoder {
             read_failed: flags & data_flags::READ_FAILED != 0,
             no_payload: flags & data_flags::NO_PAYLOAD != 0,
             payload: self.copy(payload),
+            task_ctx: field!(task_ctx, u64),
         }))
     }
 

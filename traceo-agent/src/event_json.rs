@@ -83,6 +83,9 @@ impl EventPrinter {
                     ("flags".into(), json!(flags)),
                     ("data".into(), json!(escape_payload(&d.payload))),
                 ]);
+                if d.task_ctx != 0 {
+                    obj.insert("task_ctx".into(), json!(format!("{:#x}", d.task_ctx)));
+                }
             }
             Event::ConnOpen(c) | Event::ConnClose(c) => {
                 let (local, peer) = if matches!(event, Event::ConnOpen(_)) {
@@ -115,6 +118,18 @@ impl EventPrinter {
                     ("data".into(), Value::Null),
                     ("parent_pid".into(), json!(p.parent_pid)),
                     ("comm".into(), json!(p.comm)),
+                ]);
+            }
+            Event::Task(t) => {
+                obj.extend([
+                    ("conn_id".into(), Value::Null),
+                    ("direction".into(), Value::Null),
+                    ("local".into(), Value::Null),
+                    ("peer".into(), Value::Null),
+                    ("len".into(), json!(0)),
+                    ("data".into(), Value::Null),
+                    ("parent_ctx".into(), json!(format!("{:#x}", t.parent_ctx))),
+                    ("task_ctx".into(), json!(format!("{:#x}", t.child_ctx))),
                 ]);
             }
         }

@@ -124,6 +124,21 @@ pub struct Data {
     /// The bytes never passed through a user buffer (sendfile).
     pub no_payload: bool,
     pub payload: Bytes,
+    /// The runtime context of the calling thread (CPython: its current
+    /// `contextvars.Context`, one per asyncio task); 0 when unknown.
+    pub task_ctx: u64,
+}
+
+/// A traced CPython process created an asyncio task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskCreated {
+    pub meta: Meta,
+    /// The context the creating code ran in (0 when unknown).
+    pub parent_ctx: u64,
+    /// The context the new task runs its steps in.
+    pub child_ctx: u64,
+    /// The task object's address.
+    pub task: u64,
 }
 
 /// How a connection became known.
@@ -201,6 +216,7 @@ pub enum Event {
     Exec(Proc),
     Fork(Proc),
     Exit(Proc),
+    Task(TaskCreated),
 }
 
 impl Event {
@@ -209,6 +225,7 @@ impl Event {
             Event::Data(d) => &d.meta,
             Event::ConnOpen(c) | Event::ConnClose(c) => &c.meta,
             Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => &p.meta,
+            Event::Task(t) => &t.meta,
         }
     }
 
@@ -221,6 +238,7 @@ impl Event {
             Event::Exec(_) => "exec",
             Event::Fork(_) => "fork",
             Event::Exit(_) => "exit",
+            Event::Task(_) => "task",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod output;
 pub mod procfs;
 pub mod record;
+pub mod runtime;
 pub mod selector;
 pub mod sink;
 pub mod source;

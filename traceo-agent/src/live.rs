@@ -50,11 +50,11 @@ pub fn record_meta(sel: &Selection) -> RecordMeta {
 }
 
 /// Per-kind "events read" counters, resolved once.
-struct EventCounters([Counter; 6]);
+struct EventCounters([Counter; 7]);
 
 impl EventCounters {
     fn new(metrics: Option<&Metrics>) -> EventCounters {
-        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit"];
+        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task"];
         EventCounters(names.map(|kind| metrics.map(|m| m.agent.events_read(kind)).unwrap_or_default()))
     }
 
@@ -66,6 +66,7 @@ impl EventCounters {
             Event::Exec(_) => 3,
             Event::Fork(_) => 4,
             Event::Exit(_) => 5,
+            Event::Task(_) => 6,
         };
         self.0[i].inc();
     }
@@ -136,6 +137,10 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         let all = if trace_all { crate::procfs::pids().into_iter().collect() } else { traced_pids(&lp.tracker) };
         tls.refresh(&mut probes, &all);
     }
+    let mut runtimes = crate::runtime::Runtimes::default();
+    if !trace_all {
+        runtimes.refresh(&mut probes, &traced_pids(&lp.tracker));
+    }
     opts.ready.set_ready();
     log::info!("ready: probes attached, events flowing");
 
@@ -151,9 +156,13 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 let Some(event) = event? else { break };
                 lp.deliver(&event)?;
                 // A process that just became traced gets its OpenSSL probes before its first call.
-                if let (Some(tls), Event::Exec(p) | Event::Fork(p)) = (&mut tls, &event) {
+                if let Event::Exec(p) | Event::Fork(p) = &event {
                     if lp.tracker.traced().contains_key(&p.meta.pid) {
-                        tls.track(&mut probes, p.meta.pid);
+                        if let Some(tls) = &mut tls {
+                            tls.track(&mut probes, p.meta.pid);
+                        }
+                        // Its runtime too, so its first requests already carry task contexts.
+                        runtimes.track(&mut probes, p.meta.pid);
                     }
                 }
             }
@@ -166,8 +175,12 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     unsafe { libc::malloc_trim(0) };
                 }
                 lp.tracker.rescan_ports();
-                if let (Some(tls), false) = (&mut tls, trace_all) {
-                    tls.refresh(&mut probes, &traced_pids(&lp.tracker));
+                if !trace_all {
+                    let traced = traced_pids(&lp.tracker);
+                    if let Some(tls) = &mut tls {
+                        tls.refresh(&mut probes, &traced);
+                    }
+                    runtimes.refresh(&mut probes, &traced);
                 }
                 lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {

@@ -21,10 +21,11 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{ALL_SYSCALLS, Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc};
+use crate::events::{ALL_SYSCALLS, Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, TaskCreated};
 
 pub const MAGIC: &[u8; 8] = b"TRACEORC";
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: data bodies end with the task context; task-creation records.
+pub const FORMAT_VERSION: u16 = 2;
 /// Larger records are corruption, not data (a data event carries at most 16 KiB).
 const MAX_RECORD: usize = 1 << 20;
 
@@ -47,6 +48,7 @@ const TAG_CONN_CLOSE: u8 = 3;
 const TAG_EXEC: u8 = 4;
 const TAG_FORK: u8 = 5;
 const TAG_EXIT: u8 = 6;
+const TAG_TASK: u8 = 7;
 
 pub struct RecordWriter<W: Write> {
     out: W,
@@ -135,6 +137,7 @@ fn family_code(f: Family) -> u16 {
 /// Conn = meta, conn_id u64, fd i32, how u8 (0 close, 1 accepted, 2 connected, 3 existing),
 /// family u16, sock_type u16, local addr, peer addr, comm str, ret i64.
 /// Proc = meta, parent_pid u32 (0 = none), comm str.
+/// Version 2: Data ends with task_ctx u64; Task = meta, parent_ctx u64, child_ctx u64, task u64.
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
         Event::Data(d) => {
@@ -151,6 +154,14 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             }
             b.extend_from_slice(&(d.payload.len() as u32).to_le_bytes());
             b.extend_from_slice(&d.payload);
+            b.extend_from_slice(&d.task_ctx.to_le_bytes());
+        }
+        Event::Task(t) => {
+            b.push(TAG_TASK);
+            put_meta(&t.meta, b);
+            for v in [t.parent_ctx, t.child_ctx, t.task] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
         }
         Event::ConnOpen(c) | Event::ConnClose(c) => {
             b.push(if matches!(event, Event::ConnOpen(_)) { TAG_CONN_OPEN } else { TAG_CONN_CLOSE });
@@ -247,6 +258,8 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
             let (enter_ns, exit_ns, ret, total_len) = (c.u64()?, c.u64()?, c.u64()? as i64, c.u64()?);
             let n = c.u32()? as usize;
             let payload = Bytes::copy_from_slice(c.take(n)?);
+            // Version 1 bodies end at the payload.
+            let task_ctx = if c.0.len() >= 8 { c.u64()? } else { 0 };
             Event::Data(Data {
                 meta,
                 conn_id,
@@ -261,6 +274,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 read_failed: flags & 2 != 0,
                 no_payload: flags & 4 != 0,
                 payload,
+                task_ctx,
             })
         }
         TAG_CONN_OPEN | TAG_CONN_CLOSE => {
@@ -302,6 +316,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 _ => Event::Exit(proc),
             }
         }
+        TAG_TASK => Event::Task(TaskCreated { meta, parent_ctx: c.u64()?, child_ctx: c.u64()?, task: c.u64()? }),
         other => bail!("unknown record tag {other}"),
     })
 }

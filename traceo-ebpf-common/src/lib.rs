@@ -39,6 +39,8 @@ pub mod kind {
     pub const PROC_FORK: u32 = 5;
     /// A traced process exited: [`super::ProcEvent`].
     pub const PROC_EXIT: u32 = 6;
+    /// A traced CPython process created an asyncio task: [`super::TaskEvent`].
+    pub const TASK_CREATED: u32 = 7;
 }
 
 /// Which syscall produced a data event. Numbered explicitly; append only.
@@ -115,7 +117,12 @@ pub mod stat {
     pub const DATA_TRUNCATED: u32 = 8;
     /// Plaintext events emitted by the OpenSSL probes (also counted in `DATA_EVENTS`).
     pub const TLS_EVENTS: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Reading a CPython thread's current context failed or did not validate (the event
+    /// goes out without one: its calls get no runtime parent).
+    pub const RUNTIME_READ_FAILED: u32 = 10;
+    /// Task-creation events dropped because the ring buffer was full.
+    pub const RING_FULL_TASK: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Common prefix of every event.
@@ -162,6 +169,10 @@ pub struct DataEvent {
     /// Bits of [`data_flags`].
     pub flags: u8,
     pub _pad: u32,
+    /// The runtime context the calling thread was running at the syscall (CPython: the
+    /// address of its current `contextvars.Context`, which each asyncio task has its own
+    /// of); 0 when unknown or not a supported runtime.
+    pub task_ctx: u64,
     pub data: [u8; MAX_CAPTURE],
 }
 
@@ -204,6 +215,36 @@ pub struct ProcEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// An asyncio task was created (uprobe on the C `Task.__init__`): which context it was
+/// created in and which context it will run in. The agent builds task lineage from these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub header: EventHeader,
+    /// The creating thread's current context (0 when unknown).
+    pub parent_ctx: u64,
+    /// The new task's own context (`task_context`).
+    pub child_ctx: u64,
+    /// The task object's address (for diagnostics).
+    pub task: u64,
+}
+
+/// Where a CPython build keeps what the programs read, measured by the agent per
+/// executable (byte offsets); one entry per traced CPython process in `PY_PROCS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyLayout {
+    /// From the thread pointer (fs base) to the pthread-specific slot holding the thread's
+    /// `PyThreadState *`.
+    pub tstate_slot: u32,
+    /// `PyThreadState.thread_id` (must equal the thread pointer: the read is checked).
+    pub thread_id: u32,
+    /// `PyThreadState.context`.
+    pub context: u32,
+    /// The C `TaskObj.task_context`.
+    pub task_context: u32,
+}
+
 /// Kernel struct member offsets, read by the agent from /sys/kernel/btf/vmlinux and handed
 /// to the programs as a frozen global (the verifier then sees constants).
 #[repr(C)]
@@ -243,6 +284,8 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u64,
     /// `sock.sk_type` (u16)
     pub sk_type: u64,
+    /// `task_struct.thread.fsbase` (unsigned long): a user thread's thread pointer.
+    pub task_fsbase: u64,
 }
 
 /// Run-time settings of the programs, set once at load as a frozen global.
@@ -266,6 +309,7 @@ mod pod {
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProbeSettings {}
+    unsafe impl aya::Pod for super::PyLayout {}
 }
 
 #[cfg(test)]
@@ -283,7 +327,8 @@ mod tests {
     #[test]
     fn data_event_has_no_padding_holes() {
         // header 24 + 5 * 8 + fd 4 + captured 4 + syscall 2 + direction 1 + flags 1 + pad 4
-        assert_eq!(DATA_EVENT_HEADER_LEN, 24 + 40 + 16);
+        // + task_ctx 8
+        assert_eq!(DATA_EVENT_HEADER_LEN, 24 + 40 + 16 + 8);
         assert_eq!(size_of::<DataEvent>(), DATA_EVENT_HEADER_LEN + MAX_CAPTURE);
         assert_eq!(DATA_EVENT_HEADER_LEN % align_of::<DataEvent>(), 0);
     }
@@ -292,7 +337,9 @@ mod tests {
     fn conn_and_proc_events_have_no_padding_holes() {
         assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 8 + 4 + 2 + 2 + 32 + 4 + 4 + COMM_LEN);
         assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
-        assert_eq!(size_of::<KernelOffsets>(), 17 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
+        assert_eq!(size_of::<TaskEvent>(), 24 + 3 * 8);
+        assert_eq!(size_of::<PyLayout>(), 16);
         assert_eq!(size_of::<ProbeSettings>(), 16);
     }
 
@@ -301,5 +348,6 @@ mod tests {
         assert_eq!(offset_of!(DataEvent, header), 0);
         assert_eq!(offset_of!(ConnEvent, header), 0);
         assert_eq!(offset_of!(ProcEvent, header), 0);
+        assert_eq!(offset_of!(TaskEvent, header), 0);
     }
 }

@@ -13,6 +13,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
 #[cfg(target_arch = "bpf")]
+mod runtime;
+#[cfg(target_arch = "bpf")]
 mod socket;
 
 #[cfg(target_arch = "bpf")]

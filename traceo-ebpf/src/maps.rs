@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, stat};
+use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, PyLayout, stat};
 
 /// All events, to the agent. The agent sets its size at load (`--ring-buffer-mib`).
 #[map]
@@ -95,7 +95,20 @@ pub struct SyscallArgs {
     /// 1 when `buf` points at an iovec array.
     pub vectored: u8,
     pub _pad: [u8; 5],
+    /// The thread's runtime context at enter (see `DataEvent::task_ctx`).
+    pub task_ctx: u64,
 }
+
+/// Traced CPython processes and where their build keeps the thread state (key: tgid).
+/// Written by the agent once it has measured the executable; copied to forked children by
+/// the fork probe so a new worker's first request already has its context.
+#[map]
+pub static PY_PROCS: HashMap<u32, PyLayout> = HashMap::with_max_entries(4096, 0);
+
+/// (task object, creating context) of a `Task.__init__` in flight, for its return probe
+/// (key: tid). An LRU: a thread that dies inside the call leaves its entry behind.
+#[map]
+pub static TASK_INIT: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
 
 /// `SyscallArgs::syscall` of a connect in flight (not a data syscall).
 pub const CONNECT: u16 = 0x100;

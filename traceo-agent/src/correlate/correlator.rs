@@ -9,8 +9,9 @@
 //! - the parent when it can be known: an inbound request's parent is the client request at
 //!   the other end of its connection (already seen, or awaited if that end is traced), else
 //!   its `traceparent`; an outbound call's parent is chosen among the process's inbound
-//!   requests in flight (`parent`), at once when that is certain, else when the call ends
-//!   (which windows enclose it is known then; the parents are still in flight);
+//!   requests in flight (`parent`), at once when that is certain, else (an asyncio process)
+//!   when a candidate's response shows which task answered it (`tasks` gives the lineage);
+//!   a call nothing certain ties to one request gets no parent (`ambiguous`);
 //! - the trace id once the parent's is known (it cascades down the waiting children).
 //!
 //! A completed exchange whose trace is known is emitted at once; otherwise it is held until
@@ -20,15 +21,16 @@
 //! `evicted` when it was still in flight), completed ones are kept `hold_ns` for late
 //! children, and the connection index is capped (`pairs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::events::Event;
-use crate::http::{Exchange, Link, RequestSeen, Role, Tracked};
+use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
 
 use super::context::{Carried, TraceParent};
 use super::ids::{IdGen, SpanId, TraceId};
 use super::pairs::{ConnPairs, PairKey, client_key, server_key};
-use super::parent::{Call, Inbound, Pick, Settle, pick_at_start, preferred, settle};
+use super::parent::{Answered, Inbound, Pick, pick_at_start, task_match};
+use super::tasks::{Incarnation, TaskLineage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorrelateConfig {
@@ -38,11 +40,13 @@ pub struct CorrelateConfig {
     pub max_requests: usize,
     /// Traced connections indexed by address at most.
     pub max_connections: usize,
+    /// asyncio task births remembered at most (lineage).
+    pub max_tasks: usize,
 }
 
 impl Default for CorrelateConfig {
     fn default() -> Self {
-        CorrelateConfig { hold_ns: 2_000_000_000, max_requests: 65_536, max_connections: 65_536 }
+        CorrelateConfig { hold_ns: 2_000_000_000, max_requests: 65_536, max_connections: 65_536, max_tasks: 65_536 }
     }
 }
 
@@ -50,7 +54,7 @@ impl Default for CorrelateConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CorrelateStats {
     /// Spans with a parent, by [`Link`] (in `Link::ALL` order).
-    pub links: [u64; 4],
+    pub links: [u64; Link::ALL.len()],
     /// Spans that start a new trace (no parent).
     pub roots: u64,
     /// Requests dropped in flight or unresolved because `max_requests` was reached.
@@ -63,6 +67,8 @@ pub struct CorrelateStats {
     pub unannounced: u64,
     /// Connections forgotten by the connection index's cap.
     pub connections_evicted: u64,
+    /// Task births forgotten by the lineage's cap.
+    pub tasks_forgotten: u64,
     /// Gauge: requests tracked now.
     pub tracked: u64,
     /// Gauge: completed exchanges held for their parent's answer.
@@ -94,8 +100,9 @@ enum Parent {
 enum Wait {
     /// A server request waiting for the client end of its connection.
     Partner,
-    /// An outbound call with several possible inbound parents.
-    Windows(Vec<Id>),
+    /// An outbound call of a task-tracked process, waiting for a candidate's response to
+    /// show which task answered it; `chain` is the call's task and its ancestors.
+    Task { cands: Vec<Id>, chain: Vec<Incarnation> },
     /// The parent is chosen; the trace follows once the parent's is known.
     Decided(Parent, Option<Link>),
 }
@@ -124,8 +131,12 @@ struct Node {
     dependents: Vec<Id>,
     /// Undecided calls that have this (inbound) request among their candidates.
     watchers: Vec<Id>,
-    /// Outbound calls attributed to this (inbound) request: certain, or guessed and decided.
-    calls: u32,
+    /// The runtime context that wrote the request (`RequestSeen::task_ctx`).
+    task_ctx: u64,
+    /// An inbound request: the incarnation of the context that wrote its response.
+    answered_by: Option<Incarnation>,
+    /// A call left ambiguous: the spans of the requests that could have made it.
+    candidates: Vec<SpanRef>,
     held: Option<Exchange>,
     emitted: bool,
     propagated: Option<bool>,
@@ -142,8 +153,7 @@ pub struct Correlator {
     /// Outbound requests in flight that carry a correlation value, by value.
     outbound_by_value: HashMap<String, Vec<Id>>,
     pairs: ConnPairs<Id>,
-    /// Calls waiting for windows to close (re-checked as time passes).
-    ambiguous: BTreeSet<Id>,
+    lineage: TaskLineage,
     /// (resolve-by time, request), in the order requests were seen.
     deadlines: VecDeque<(u64, Id)>,
     /// (forget-after time, request), in completion order.
@@ -161,6 +171,7 @@ impl Correlator {
     pub fn with_ids(cfg: CorrelateConfig, ids: IdGen) -> Correlator {
         Correlator {
             pairs: ConnPairs::new(cfg.max_connections),
+            lineage: TaskLineage::new(cfg.max_tasks),
             cfg,
             ids,
             nodes: BTreeMap::new(),
@@ -168,7 +179,6 @@ impl Correlator {
             by_request: HashMap::new(),
             inbound: HashMap::new(),
             outbound_by_value: HashMap::new(),
-            ambiguous: BTreeSet::new(),
             deadlines: VecDeque::new(),
             linger: VecDeque::new(),
             ready: Vec::new(),
@@ -180,6 +190,7 @@ impl Correlator {
     pub fn stats(&self) -> CorrelateStats {
         let mut s = self.stats.clone();
         s.connections_evicted = self.pairs.evicted;
+        s.tasks_forgotten = self.lineage.forgotten;
         s.tracked = self.nodes.len() as u64;
         s.held = self.nodes.values().filter(|n| n.held.is_some()).count() as u64;
         s
@@ -188,6 +199,9 @@ impl Correlator {
     /// Follow connections and time from the raw events (before the tracker sees them).
     pub fn observe(&mut self, event: &Event) {
         self.now_ns = self.now_ns.max(event.meta().ts_ns);
+        if let Event::Task(t) = event {
+            self.lineage.created(t.meta.pid, t.child_ctx, t.parent_ctx, t.meta.ts_ns);
+        }
         self.pairs.observe(event);
     }
 
@@ -205,8 +219,6 @@ impl Correlator {
     /// Time passes: settle what can be, resolve what waited too long, forget old requests.
     pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange)) {
         self.now_ns = self.now_ns.max(now_ns);
-        let waiting: Vec<Id> = self.ambiguous.iter().copied().collect();
-        waiting.into_iter().for_each(|id| self.settle(id, false));
         while let Some(&(at, id)) = self.deadlines.front() {
             if at > self.now_ns {
                 break;
@@ -263,7 +275,9 @@ impl Correlator {
             trace: None,
             dependents: Vec::new(),
             watchers: Vec::new(),
-            calls: 0,
+            task_ctx: seen.task_ctx,
+            answered_by: None,
+            candidates: Vec::new(),
             held: None,
             emitted: false,
             propagated: None,
@@ -320,27 +334,25 @@ impl Correlator {
 
     fn client_seen(&mut self, id: Id) {
         let Some(n) = self.nodes.get(&id) else { return };
-        let (pid, tid, start, pair) = (n.pid, n.tid, n.start_ns, n.pair);
+        let (pid, tid, start, pair, ctx) = (n.pid, n.tid, n.start_ns, n.pair, n.task_ctx);
         let value = n.carried.correlation_id.clone();
         let cands = self.inbound_views(self.inbound.get(&pid).map(Vec::as_slice).unwrap_or_default());
-        match pick_at_start(tid, start, &n.carried, &cands) {
-            Pick::Certain(parent, link) => {
-                self.count_call(parent);
-                self.decide(id, Parent::Local(parent), Some(link));
-            }
+        match pick_at_start(tid, start, &n.carried, &cands, ctx != 0) {
+            Pick::Certain(parent, link) => self.decide(id, Parent::Local(parent), Some(link)),
             Pick::None => {
                 let (parent, link) = self.client_fallback(id);
                 self.decide(id, parent, link);
             }
-            Pick::Ambiguous(list) => {
+            Pick::Task(list) => {
                 for c in &list {
                     if let Some(cn) = self.nodes.get_mut(c) {
                         cn.watchers.push(id);
                     }
                 }
-                self.set_wait(id, Wait::Windows(list));
-                self.ambiguous.insert(id);
+                let chain = self.lineage.ancestry(pid, ctx, start);
+                self.set_wait(id, Wait::Task { cands: list, chain });
             }
+            Pick::Ambiguous(list) => self.decide_ambiguous(id, &list),
         }
         if let Some(value) = value {
             self.outbound_by_value.entry(value).or_default().push(id);
@@ -349,12 +361,6 @@ impl Correlator {
             if let Some(server) = self.pairs.client_started(key, start, id) {
                 self.decide(server, Parent::Local(id), Some(Link::Connection));
             }
-        }
-    }
-
-    fn count_call(&mut self, inbound: Id) {
-        if let Some(n) = self.nodes.get_mut(&inbound) {
-            n.calls += 1;
         }
     }
 
@@ -375,10 +381,8 @@ impl Correlator {
                     key: *id,
                     tid: n.tid,
                     start_ns: n.start_ns,
-                    end_ns: n.end_ns,
                     trace_id: n.trace.as_ref().map(|t| t.trace_id).or(n.carried.parent.map(|p| p.trace_id)),
                     correlation_id: n.carried.correlation_id.clone(),
-                    calls: n.calls,
                 })
             })
             .collect()
@@ -396,8 +400,13 @@ impl Correlator {
                 id
             }
         };
+        let answered_by = (ex.role == Role::Server && ex.response_ctx != 0).then(|| {
+            let at = ex.response_first_ns.unwrap_or(end);
+            self.lineage.incarnation(ex.pid, ex.response_ctx, at)
+        });
         let Some(n) = self.nodes.get_mut(&id) else { return };
         n.end_ns = Some(end);
+        n.answered_by = answered_by;
         let (role, pid, pair, value) = (n.role, n.pid, n.pair, n.carried.correlation_id.clone());
         let watchers = std::mem::take(&mut n.watchers);
         let awaited_partner = matches!(n.wait, Wait::Partner);
@@ -418,8 +427,8 @@ impl Correlator {
             Some(n) => n.held = Some(ex),
             None => {}
         }
-        // A closed window may decide the calls that watched it (and this call itself).
-        watchers.into_iter().chain([id]).for_each(|w| self.settle(w, false));
+        // An answer may decide the calls that watched it.
+        watchers.into_iter().for_each(|w| self.settle(w, false));
         self.linger.push_back((self.now_ns.saturating_add(self.cfg.hold_ns), id));
     }
 
@@ -452,54 +461,56 @@ impl Correlator {
         }
     }
 
-    /// An undecided call: decide it if its windows allow (or `force`).
+    /// A call waiting for its task's answer: decided once a candidate's response shows the
+    /// call's task (or an ancestor) answered it; ambiguous once every candidate has answered
+    /// otherwise, or when forced (the hold expired).
     fn settle(&mut self, id: Id, force: bool) {
         let Some(n) = self.nodes.get(&id) else { return };
-        let Wait::Windows(cands) = &n.wait else { return };
-        if n.end_ns.is_none() && !force {
-            return;
+        let Wait::Task { cands, chain } = &n.wait else { return };
+        let mut answered = Vec::new();
+        let mut open = 0;
+        for c in cands {
+            match self.nodes.get(c) {
+                Some(cn) if cn.end_ns.is_none() => open += 1,
+                Some(cn) => {
+                    if let (Some(by), Some(end_ns)) = (cn.answered_by, cn.end_ns) {
+                        answered.push(Answered { key: *c, start_ns: cn.start_ns, end_ns, answered_by: by });
+                    }
+                }
+                None => {}
+            }
         }
-        let calls = self.undecided_calls_until(id);
-        let mut every: Vec<Id> = calls.iter().flat_map(|c| c.cands.iter().copied()).collect();
-        every.sort_unstable();
-        every.dedup();
-        let all = self.inbound_views(&every);
-        let guess = preferred(&calls, &all);
-        let own: HashSet<&Id> = cands.iter().collect();
-        let views: Vec<Inbound<Id>> = all.into_iter().filter(|v| own.contains(&v.key)).collect();
-        match settle(n.start_ns, n.end_ns, &views, guess.as_ref(), self.now_ns, force) {
-            Settle::Wait => {}
-            Settle::Parent(Some(parent)) => {
-                self.count_call(parent);
-                self.decide(id, Parent::Local(parent), Some(Link::Inferred));
-            }
-            Settle::Parent(None) => {
-                let (parent, link) = self.client_fallback(id);
-                self.decide(id, parent, link);
-            }
+        if let Some(parent) = task_match(n.start_ns, chain, &answered) {
+            return self.decide(id, Parent::Local(parent), Some(Link::Task));
+        }
+        if open == 0 || force {
+            let cands = cands.clone();
+            self.decide_ambiguous(id, &cands);
         }
     }
 
-    /// The undecided calls of `id`'s process that started before it (the most recent ones),
-    /// then `id`, for the arrival-order guess.
-    fn undecided_calls_until(&self, id: Id) -> Vec<Call<Id>> {
-        /// Enough for an event loop's burst; bounds the guess's cost.
-        const MAX_EARLIER: usize = 64;
-        let Some(pid) = self.nodes.get(&id).map(|n| n.pid) else { return Vec::new() };
-        let mut calls: Vec<Call<Id>> = self
-            .ambiguous
-            .range(..=id)
-            .rev()
+    /// No certain parent among `cands`: the call starts its own trace (unless it carries a
+    /// context of its own), labelled ambiguous, with span links to the candidates.
+    fn decide_ambiguous(&mut self, id: Id, cands: &[Id]) {
+        let (parent, link) = self.client_fallback(id);
+        if link.is_some() {
+            return self.decide(id, parent, link);
+        }
+        /// Span links kept per call at most.
+        const MAX_CANDIDATES: usize = 8;
+        let refs: Vec<SpanRef> = cands
+            .iter()
             .filter_map(|c| self.nodes.get(c))
-            .filter(|n| n.pid == pid)
-            .take(MAX_EARLIER + 1)
-            .filter_map(|n| match &n.wait {
-                Wait::Windows(cands) => Some(Call { start_ns: n.start_ns, end_ns: n.end_ns, cands: cands.clone() }),
-                _ => None,
+            .filter_map(|cn| {
+                let trace = cn.trace.as_ref()?;
+                Some(SpanRef { trace_id: trace.trace_id.to_string(), span_id: cn.span_id.to_string() })
             })
+            .take(MAX_CANDIDATES)
             .collect();
-        calls.reverse();
-        calls
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.candidates = refs;
+        }
+        self.decide(id, Parent::Root, Some(Link::Ambiguous));
     }
 
     /// The hold expired: take the best answer known now. A parent may have been seen after its
@@ -534,7 +545,7 @@ impl Correlator {
                 let (parent, link) = self.server_fallback(id);
                 self.decide(id, parent, link);
             }
-            Wait::Windows(..) => {
+            Wait::Task { .. } => {
                 self.stats.expired += 1;
                 self.settle(id, true);
             }
@@ -548,7 +559,6 @@ impl Correlator {
     }
 
     fn decide(&mut self, id: Id, parent: Parent, link: Option<Link>) {
-        self.ambiguous.remove(&id);
         self.set_wait(id, Wait::Decided(parent, link));
         self.resolve(id);
     }
@@ -564,8 +574,9 @@ impl Correlator {
             }
             let (resolved, parent_node) = match parent {
                 Parent::Root => {
+                    // No parent; the link says why when there is a reason (ambiguous).
                     let trace_id = self.ids.trace_id();
-                    (Resolved { trace_id, parent: None, link: None, trace_state: None }, None)
+                    (Resolved { trace_id, parent: None, link, trace_state: None }, None)
                 }
                 Parent::Remote(tp) => {
                     let trace_state = n.carried.trace_state.clone();
@@ -633,6 +644,7 @@ impl Correlator {
             ex.link = t.link;
             ex.trace_state = t.trace_state.clone();
             ex.propagated = n.propagated;
+            ex.candidates = std::mem::take(&mut n.candidates);
         }
     }
 
@@ -651,7 +663,6 @@ impl Correlator {
         if self.by_request.get(&n.request) == Some(&id) {
             self.by_request.remove(&n.request);
         }
-        self.ambiguous.remove(&id);
         self.unindex(id, n.role, n.pid, n.pair, n.carried.correlation_id.as_deref());
         if let Some(mut ex) = n.held {
             // Unreachable after `force`, but never lose an exchange.

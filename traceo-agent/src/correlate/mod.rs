@@ -8,6 +8,7 @@ mod correlator;
 mod ids;
 mod pairs;
 mod parent;
+mod tasks;
 
 #[cfg(test)]
 mod tests;

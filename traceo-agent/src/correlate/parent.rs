@@ -1,26 +1,22 @@
 //! Which inbound request an outbound call belongs to, inside one process, without code
 //! changes: pure decisions over the inbound requests in flight, so they are tested alone.
+//! Only certain evidence makes a parent; anything less leaves the call without one.
 //!
 //! - A propagated header ties them: the call carries the inbound trace id, or its
 //!   correlation value (`propagated`).
-//! - One inbound request in flight on the calling thread, or, none there, one in the whole
-//!   process (an event loop serving a single request): certain (`thread`).
-//! - Several (an event loop serving many at once): a guess (`inferred`), made when the call
-//!   ends. An event loop runs handlers in the order their requests arrived, and a handler's
-//!   first await is typically its call; so the process's undecided calls, in the order they
-//!   started, are matched with its inbound requests in the order they arrived, skipping
-//!   requests already claimed by a certain or decided call and windows that do not enclose
-//!   the call (`preferred`). With no such request: the narrowest enclosing window. Measured
-//!   on uvicorn with 50 concurrent requests (tests/spans.rs): the narrowest window alone chose
-//!   right for none of the ambiguous calls, the arrival order for (nearly) all.
-
-use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
+//! - A threaded server: the calling thread serves exactly one inbound request while other
+//!   threads serve the rest (`thread`).
+//! - A runtime that reports its tasks (CPython asyncio): the call waits for an inbound
+//!   request whose response is written by the call's task or one of its ancestors
+//!   (`task`, decided in [`task_match`]).
+//! - No runtime signal: one inbound request in flight in the whole process (`thread`);
+//!   several (an event loop serving many at once) is `Ambiguous`: no parent, never a guess.
 
 use crate::http::Link;
 
 use super::context::Carried;
 use super::ids::TraceId;
+use super::tasks::Incarnation;
 
 /// An inbound (server) request of the calling process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,12 +24,8 @@ pub struct Inbound<K> {
     pub key: K,
     pub tid: u32,
     pub start_ns: u64,
-    /// `None` while it is in flight.
-    pub end_ns: Option<u64>,
     pub trace_id: Option<TraceId>,
     pub correlation_id: Option<String>,
-    /// Outbound calls attributed to it so far (certain or guessed).
-    pub calls: u32,
 }
 
 /// What is known when the outbound request is seen.
@@ -42,12 +34,21 @@ pub enum Pick<K> {
     /// No inbound request encloses it.
     None,
     Certain(K, Link),
-    /// Wait for the call to end, then [`settle`] among these candidates.
+    /// Wait for these candidates' responses: the runtime will tell (see [`task_match`]).
+    Task(Vec<K>),
+    /// Several candidates and no signal that can tell them apart.
     Ambiguous(Vec<K>),
 }
 
 /// Choose among the process's inbound requests in flight when an outbound request is seen.
-pub fn pick_at_start<K: Clone>(tid: u32, start_ns: u64, carried: &Carried, in_flight: &[Inbound<K>]) -> Pick<K> {
+/// `runtime`: the call carries a runtime context (its task is known).
+pub fn pick_at_start<K: Clone>(
+    tid: u32,
+    start_ns: u64,
+    carried: &Carried,
+    in_flight: &[Inbound<K>],
+    runtime: bool,
+) -> Pick<K> {
     // Only a request that started before the call can have made it.
     let cands: Vec<&Inbound<K>> = in_flight.iter().filter(|c| c.start_ns < start_ns).collect();
     let latest = |list: &[&Inbound<K>]| list.iter().max_by_key(|c| c.start_ns).map(|c| c.key.clone());
@@ -63,110 +64,50 @@ pub fn pick_at_start<K: Clone>(tid: u32, start_ns: u64, carried: &Carried, in_fl
     if let Some(key) = latest(&tied) {
         return Pick::Certain(key, Link::Propagated);
     }
+    let keys = |list: &[&Inbound<K>]| list.iter().map(|c| c.key.clone()).collect::<Vec<K>>();
     let on_thread: Vec<&Inbound<K>> = cands.iter().copied().filter(|c| c.tid == tid).collect();
+    let threaded = on_thread.len() < cands.len();
+    if let ([only], true) = (on_thread.as_slice(), threaded) {
+        return Pick::Certain(only.key.clone(), Link::Thread);
+    }
     let pool = if on_thread.is_empty() { cands } else { on_thread };
+    if runtime && !pool.is_empty() {
+        return Pick::Task(keys(&pool));
+    }
     match pool.as_slice() {
         [] => Pick::None,
         [only] => Pick::Certain(only.key.clone(), Link::Thread),
-        many => Pick::Ambiguous(many.iter().map(|c| c.key.clone()).collect()),
+        many => Pick::Ambiguous(keys(many)),
     }
 }
 
-/// An undecided call of the process, for [`preferred`].
+/// A candidate inbound request whose response has been written, for [`task_match`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Call<K> {
+pub struct Answered<K> {
+    pub key: K,
     pub start_ns: u64,
-    /// `None` while it runs.
-    pub end_ns: Option<u64>,
-    pub cands: Vec<K>,
+    pub end_ns: u64,
+    /// The incarnation of the context that wrote the response.
+    pub answered_by: Incarnation,
 }
 
-fn encloses<K>(c: &Inbound<K>, start_ns: u64, end_ns: Option<u64>) -> bool {
-    c.start_ns < start_ns && c.end_ns.is_none_or(|e| e >= end_ns.unwrap_or(start_ns))
-}
-
-/// The arrival-order guess for the last of `calls` (a process's undecided calls, in the order
-/// they started): each call in turn takes the earliest-arrived candidate that encloses it and
-/// that nothing has claimed yet (`calls > 0`, or taken by an earlier call here). `inbound`
-/// holds every call's candidates.
-pub fn preferred<K: Clone + Eq + Hash>(calls: &[Call<K>], inbound: &[Inbound<K>]) -> Option<K> {
-    let by_key: HashMap<&K, &Inbound<K>> = inbound.iter().map(|c| (&c.key, c)).collect();
-    let mut taken: HashSet<&K> = inbound.iter().filter(|c| c.calls > 0).map(|c| &c.key).collect();
-    let mut last = None;
-    for call in calls {
-        last = call
-            .cands
+/// The call (started at `start_ns`, its task's ancestry `chain`, nearest first) belongs to
+/// the answered request whose responding context is the nearest ancestor, if that request
+/// was in flight when the call started. Two requests answered by the same incarnation and
+/// both in flight (pipelining on one connection's task) tell nothing: no match.
+pub fn task_match<K: Clone>(start_ns: u64, chain: &[Incarnation], answered: &[Answered<K>]) -> Option<K> {
+    for inc in chain {
+        let hits: Vec<&Answered<K>> = answered
             .iter()
-            .filter_map(|k| by_key.get(k).copied())
-            .filter(|c| !taken.contains(&c.key) && encloses(c, call.start_ns, call.end_ns))
-            .min_by_key(|c| c.start_ns);
-        if let Some(c) = last {
-            taken.insert(&c.key);
+            .filter(|a| a.answered_by == *inc && a.start_ns < start_ns && a.end_ns >= start_ns)
+            .collect();
+        match hits.as_slice() {
+            [] => continue,
+            [one] => return Some(one.key.clone()),
+            _ => return None,
         }
     }
-    last.map(|c| c.key.clone())
-}
-
-/// The outcome of waiting on windows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Settle<K> {
-    Wait,
-    /// The parent, or none when no window encloses the call.
-    Parent(Option<K>),
-}
-
-/// The parent of the call `[start, end]` among the candidates: the preferred one if its
-/// window encloses the call, else [`narrowest_enclosing`]. Waits for the call to end (unless
-/// forced: the hold expired).
-pub fn settle<K: Clone + PartialEq>(
-    start_ns: u64,
-    end_ns: Option<u64>,
-    cands: &[Inbound<K>],
-    preferred: Option<&K>,
-    now_ns: u64,
-    force: bool,
-) -> Settle<K> {
-    if end_ns.is_none() && !force {
-        return Settle::Wait;
-    }
-    match cands.iter().find(|c| Some(&c.key) == preferred) {
-        Some(p) if encloses(p, start_ns, end_ns) => Settle::Parent(Some(p.key.clone())),
-        _ => narrowest_enclosing(start_ns, end_ns, cands, now_ns, force),
-    }
-}
-
-/// Of the candidates, the narrowest window enclosing the call `[start, end]`.
-///
-/// Not forced, it answers only when no later information can change the answer: the call
-/// has ended, and every candidate still open has already lasted longer than the best closed
-/// one. Forced (the hold expired), open windows count as ending `now_ns`.
-pub fn narrowest_enclosing<K: Clone>(
-    start_ns: u64,
-    end_ns: Option<u64>,
-    cands: &[Inbound<K>],
-    now_ns: u64,
-    force: bool,
-) -> Settle<K> {
-    if end_ns.is_none() && !force {
-        return Settle::Wait;
-    }
-    let end = end_ns.unwrap_or(start_ns);
-    let width = |c: &Inbound<K>| c.end_ns.unwrap_or(now_ns.max(end)).saturating_sub(c.start_ns);
-    let enclosing: Vec<&Inbound<K>> = cands.iter().filter(|c| encloses(c, start_ns, end_ns)).collect();
-    // Narrowest first; on a tie the later start (nearer the call).
-    let best = |list: &[&Inbound<K>]| {
-        list.iter().min_by_key(|c| (width(c), std::cmp::Reverse(c.start_ns))).map(|c| (*c).clone())
-    };
-    if force {
-        return Settle::Parent(best(&enclosing).map(|c| c.key));
-    }
-    let (closed, open): (Vec<&Inbound<K>>, Vec<&Inbound<K>>) = enclosing.iter().partition(|c| c.end_ns.is_some());
-    match best(&closed) {
-        None if open.is_empty() => Settle::Parent(None),
-        None => Settle::Wait,
-        Some(c) if open.iter().all(|o| width(o) > width(&c)) => Settle::Parent(Some(c.key)),
-        Some(_) => Settle::Wait,
-    }
+    None
 }
 
 #[cfg(test)]
@@ -174,93 +115,67 @@ mod tests {
     use super::*;
     use crate::correlate::context::TraceParent;
 
-    fn inbound(key: u32, tid: u32, start_ns: u64, end_ns: Option<u64>) -> Inbound<u32> {
-        Inbound { key, tid, start_ns, end_ns, trace_id: None, correlation_id: None, calls: 0 }
+    fn inbound(key: u32, tid: u32, start_ns: u64) -> Inbound<u32> {
+        Inbound { key, tid, start_ns, trace_id: None, correlation_id: None }
     }
 
     #[test]
-    fn one_request_on_the_thread_is_certain() {
+    fn a_thread_serving_one_request_among_threads_is_certain() {
         let none = Carried::default();
         // A threaded server: two requests in flight, on threads 10 and 11.
-        let flight = [inbound(1, 10, 100, None), inbound(2, 11, 150, None)];
-        assert_eq!(pick_at_start(11, 200, &none, &flight), Pick::Certain(2, Link::Thread));
-        assert_eq!(pick_at_start(10, 200, &none, &flight), Pick::Certain(1, Link::Thread));
-        // A call from a third thread: two candidates in the process.
-        assert_eq!(pick_at_start(12, 200, &none, &flight), Pick::Ambiguous(vec![1, 2]));
-        // An event loop with one request in flight: certain.
-        assert_eq!(pick_at_start(10, 200, &none, &flight[..1]), Pick::Certain(1, Link::Thread));
+        let flight = [inbound(1, 10, 100), inbound(2, 11, 150)];
+        assert_eq!(pick_at_start(11, 200, &none, &flight, false), Pick::Certain(2, Link::Thread));
+        assert_eq!(pick_at_start(10, 200, &none, &flight, true), Pick::Certain(1, Link::Thread));
+        // A call from a third thread: two candidates, no signal.
+        assert_eq!(pick_at_start(12, 200, &none, &flight, false), Pick::Ambiguous(vec![1, 2]));
         // A request that started after the call cannot have made it.
-        assert_eq!(pick_at_start(11, 120, &none, &flight), Pick::Certain(1, Link::Thread));
-        assert_eq!(pick_at_start(10, 50, &none, &flight), Pick::None);
+        assert_eq!(pick_at_start(11, 120, &none, &flight, false), Pick::Certain(1, Link::Thread));
+        assert_eq!(pick_at_start(10, 50, &none, &flight, false), Pick::None);
+    }
+
+    #[test]
+    fn an_event_loop_waits_for_its_runtime_or_stays_ambiguous() {
+        let none = Carried::default();
+        let flight = [inbound(1, 10, 100), inbound(2, 10, 150)];
+        assert_eq!(pick_at_start(10, 200, &none, &flight, false), Pick::Ambiguous(vec![1, 2]));
+        assert_eq!(pick_at_start(10, 200, &none, &flight, true), Pick::Task(vec![1, 2]));
+        // One request in flight: certain without a runtime; with one, the task decides (a
+        // background task's call is not the request's).
+        assert_eq!(pick_at_start(10, 200, &none, &flight[..1], false), Pick::Certain(1, Link::Thread));
+        assert_eq!(pick_at_start(10, 200, &none, &flight[..1], true), Pick::Task(vec![1]));
     }
 
     #[test]
     fn propagated_context_or_correlation_value_wins() {
         let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let mut a = inbound(1, 10, 100, None);
+        let mut a = inbound(1, 10, 100);
         a.trace_id = Some(tp.trace_id);
-        let mut b = inbound(2, 10, 110, None);
+        let mut b = inbound(2, 10, 110);
         b.correlation_id = Some("req-9".into());
-        let flight = [a, b, inbound(3, 10, 120, None)];
+        let flight = [a, b, inbound(3, 10, 120)];
         let with_trace = Carried { parent: Some(tp), ..Carried::default() };
-        assert_eq!(pick_at_start(10, 200, &with_trace, &flight), Pick::Certain(1, Link::Propagated));
+        assert_eq!(pick_at_start(10, 200, &with_trace, &flight, true), Pick::Certain(1, Link::Propagated));
         let with_id = Carried { correlation_id: Some("req-9".into()), ..Carried::default() };
-        assert_eq!(pick_at_start(10, 200, &with_id, &flight), Pick::Certain(2, Link::Propagated));
+        assert_eq!(pick_at_start(10, 200, &with_id, &flight, false), Pick::Certain(2, Link::Propagated));
         let other = Carried { correlation_id: Some("nope".into()), ..Carried::default() };
-        assert_eq!(pick_at_start(10, 200, &other, &flight), Pick::Ambiguous(vec![1, 2, 3]));
+        assert_eq!(pick_at_start(10, 200, &other, &flight, false), Pick::Ambiguous(vec![1, 2, 3]));
     }
 
     #[test]
-    fn undecided_calls_take_inbound_requests_in_arrival_order() {
-        // An event loop: /1 already has a certain call; /2, /3 and /4 have none.
-        let mut c = [
-            inbound(1, 10, 100, None),
-            inbound(2, 10, 110, None),
-            inbound(3, 10, 120, None),
-            inbound(4, 10, 130, None),
-        ];
-        c[0].calls = 1;
-        let call = |start_ns, end_ns| Call { start_ns, end_ns, cands: vec![1, 2, 3, 4] };
-        // The first undecided call takes /2, the next /3.
-        assert_eq!(preferred(&[call(200, Some(300))], &c), Some(2));
-        assert_eq!(preferred(&[call(200, None), call(210, Some(300))], &c), Some(3));
-        // /2 answered before the earlier call ended: that call takes /3, this one /4.
-        c[1].end_ns = Some(250);
-        assert_eq!(preferred(&[call(200, Some(300)), call(210, Some(300))], &c), Some(4));
-        assert_eq!(settle(210, None, &c, Some(&4), 250, false), Settle::Wait, "the call is still running");
-        assert_eq!(settle(210, Some(300), &c, Some(&4), 300, false), Settle::Parent(Some(4)));
-        // A preference that does not enclose the call falls back to the narrowest window.
-        c[3].end_ns = Some(280);
-        c[2].end_ns = Some(400);
-        c[0].end_ns = Some(900);
-        assert_eq!(settle(210, Some(300), &c, Some(&4), 900, false), Settle::Parent(Some(3)));
-    }
-
-    #[test]
-    fn narrowest_enclosing_window_waits_until_it_is_sure() {
-        // Call [200, 300]. Window 1 [100, 900], window 2 [150, 320], window 3 [120, 250] ends
-        // inside the call: it does not enclose it.
-        let mut c = [inbound(1, 10, 100, None), inbound(2, 10, 150, None), inbound(3, 10, 120, Some(250))];
-        assert_eq!(narrowest_enclosing(200, None, &c, 300, false), Settle::Wait, "the call is still running");
-        assert_eq!(narrowest_enclosing(200, Some(300), &c, 300, false), Settle::Wait, "nothing closed encloses yet");
-        c[1].end_ns = Some(320);
-        // Window 1 is open but has lasted 220 ns (at 320) > 170: it cannot become narrower.
-        assert_eq!(narrowest_enclosing(200, Some(300), &c, 320, false), Settle::Parent(Some(2)));
-        // Forced while window 2 is still open: open windows end now.
-        c[1].end_ns = None;
-        assert_eq!(narrowest_enclosing(200, Some(300), &c, 310, true), Settle::Parent(Some(2)));
-        // Nothing encloses a call that outlived every window (a background task).
-        let gone = [inbound(1, 10, 100, Some(250))];
-        assert_eq!(narrowest_enclosing(200, Some(300), &gone, 400, false), Settle::Parent(None));
-    }
-
-    #[test]
-    fn an_open_window_that_could_still_be_narrower_keeps_it_waiting() {
-        // Window 2 started just before the call and is still open at 330: it has lasted 40 ns,
-        // less than window 1's 300, so it could still close as the narrower one.
-        let c = [inbound(1, 10, 0, Some(300)), inbound(2, 10, 290, None)];
-        assert_eq!(narrowest_enclosing(295, Some(299), &c, 330, false), Settle::Wait);
-        assert_eq!(narrowest_enclosing(295, Some(299), &c, 400, false), Settle::Wait, "110 < 300");
-        assert_eq!(narrowest_enclosing(295, Some(299), &c, 600, false), Settle::Parent(Some(1)));
+    fn the_nearest_answering_ancestor_in_flight_is_the_parent() {
+        let answered = |key, start_ns, end_ns, answered_by| Answered { key, start_ns, end_ns, answered_by };
+        // The call runs in task 0xC (a child of request task 0xA); request 1 was answered by
+        // 0xA, request 2 by 0xB.
+        let chain = [(0xC, 30), (0xA, 10), (0x1, 0)];
+        let list = [answered(1, 5, 100, (0xA, 10)), answered(2, 6, 100, (0xB, 12))];
+        assert_eq!(task_match(40, &chain, &list), Some(1));
+        // The same address in another incarnation is another task.
+        assert_eq!(task_match(40, &chain, &[answered(1, 5, 100, (0xA, 50))]), None);
+        // A request that ended before the call, or started after it, did not make it.
+        assert_eq!(task_match(40, &chain, &[answered(1, 5, 39, (0xA, 10))]), None);
+        assert_eq!(task_match(40, &chain, &[answered(1, 41, 100, (0xA, 10))]), None);
+        // Two in flight answered by one task (one connection's task, pipelined): no match.
+        let both = [answered(1, 5, 100, (0xA, 10)), answered(2, 6, 100, (0xA, 10))];
+        assert_eq!(task_match(40, &chain, &both), None);
     }
 }

@@ -33,8 +33,12 @@ pub enum Link {
     Connection,
     /// The only inbound request in flight on the thread (or in the process) that made the call.
     Thread,
-    /// The narrowest inbound window enclosing the call, among several in flight: a guess.
-    Inferred,
+    /// The runtime task that made the call serves the request, or descends from the task
+    /// that does (asyncio: the same context, or task lineage from it).
+    Task,
+    /// Not a parent: several inbound requests could have made the call and nothing certain
+    /// tells which, so the call starts its own trace with span links to them.
+    Ambiguous,
     /// A span that started its own trace but carried a job key: its parent is the span that
     /// issued the key (the upload, for a webhook). Set by the join stage, not the correlator.
     Job,
@@ -42,14 +46,15 @@ pub enum Link {
 
 impl Link {
     /// The links the correlation stage finds (job links are the join stage's).
-    pub const ALL: [Link; 4] = [Link::Propagated, Link::Connection, Link::Thread, Link::Inferred];
+    pub const ALL: [Link; 5] = [Link::Propagated, Link::Connection, Link::Thread, Link::Task, Link::Ambiguous];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Link::Propagated => "propagated",
             Link::Connection => "connection",
             Link::Thread => "thread",
-            Link::Inferred => "inferred",
+            Link::Task => "task",
+            Link::Ambiguous => "ambiguous",
             Link::Job => "job",
         }
     }
@@ -160,6 +165,14 @@ pub struct Exchange {
     pub job_status: Option<String>,
     /// The span that issued `job_id` (exported as an OTLP span link).
     pub job_origin: Option<SpanRef>,
+    /// A call left without a parent because several inbound requests could have made it
+    /// (`link` is `Ambiguous`): those requests' spans, exported as span links, never parents.
+    pub candidates: Vec<SpanRef>,
+    /// The runtime context (`Data::task_ctx`) that wrote the request's first bytes and the
+    /// response's first bytes: for a server, the task that answered; for a client, the
+    /// task that called. 0 when unknown.
+    pub request_ctx: u64,
+    pub response_ctx: u64,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
     pub mcp: Option<crate::mcp::McpInfo>,
 }
@@ -179,6 +192,8 @@ pub struct RequestSeen {
     /// The request's first byte, as [`Exchange::request_first_ns`].
     pub start_ns: u64,
     pub headers: KeptHeaders,
+    /// As [`Exchange::request_ctx`].
+    pub task_ctx: u64,
 }
 
 impl RequestSeen {
@@ -195,6 +210,7 @@ impl RequestSeen {
             peer: ex.peer,
             start_ns: ex.request_first_ns,
             headers: ex.request_headers.clone(),
+            task_ctx: ex.request_ctx,
         }
     }
 }
@@ -274,6 +290,9 @@ impl Exchange {
             job_origin: None,
             job_status: None,
             mcp: None,
+            candidates: Vec::new(),
+            request_ctx: req.task_ctx,
+            response_ctx: if answered { resp.task_ctx } else { 0 },
         }
     }
 

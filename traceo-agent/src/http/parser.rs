@@ -68,6 +68,8 @@ pub struct Segment {
     pub tid: u32,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// The runtime context of the thread that moved these bytes (`Data::task_ctx`).
+    pub task_ctx: u64,
 }
 
 impl Segment {
@@ -78,7 +80,8 @@ impl Segment {
             Direction::Egress => d.enter_ns,
             Direction::Ingress => d.exit_ns,
         };
-        let seg = |kind| Segment { kind, pid: d.meta.pid, tid: d.meta.tid, start_ns, end_ns: d.exit_ns };
+        let seg =
+            |kind| Segment { kind, pid: d.meta.pid, tid: d.meta.tid, start_ns, end_ns: d.exit_ns, task_ctx: d.task_ctx };
         let captured = d.payload.len() as u64;
         if d.total_len == 0 && captured == 0 {
             return match d.direction {
@@ -198,6 +201,8 @@ pub struct HttpMessage {
     pub tid: u32,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// The runtime context that wrote or read its first bytes (`Data::task_ctx`).
+    pub task_ctx: u64,
     /// Some bytes were not captured, or the stream ended before the message did.
     pub truncated: bool,
     pub parse_error: bool,

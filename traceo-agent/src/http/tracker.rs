@@ -121,7 +121,7 @@ impl ConnTracker {
                     self.end(conn, out);
                 }
             }
-            Event::Exec(_) | Event::Fork(_) => {}
+            Event::Exec(_) | Event::Fork(_) | Event::Task(_) => {}
         }
         self.stats.active_connections = self.conns.len() as u64;
     }

@@ -228,6 +228,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<traceo_ebpf_common::KernelOffsets> {
         sk_v6_daddr: f("sk_v6_daddr", "sock.__sk_common.skc_v6_daddr", 16)?,
         sk_v6_rcv_saddr: f("sk_v6_rcv_saddr", "sock.__sk_common.skc_v6_rcv_saddr", 16)?,
         sk_type: f("sk_type", "sock.sk_type", 2)?,
+        task_fsbase: f("task_fsbase", "task_struct.thread.fsbase", 8)?,
     })
 }
 

@@ -15,7 +15,7 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, stat};
+use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, PyLayout, stat};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEO_EBPF_OBJECT"));
@@ -84,6 +84,8 @@ pub struct Probes {
     links: Vec<(&'static str, TracePointLinkId)>,
     /// OpenSSL probe links by the process they watch (`None`: every process).
     uprobe_links: std::collections::HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
+    /// asyncio task probe links by process (kept apart: the TLS stage drops its own).
+    task_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<KernelLogger>,
 }
 
@@ -143,7 +145,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes { ebpf, links: Vec::new(), uprobe_links: Default::default(), logger })
+    Ok(Probes { ebpf, links: Vec::new(), uprobe_links: Default::default(), task_links: Default::default(), logger })
 }
 
 impl Probes {
@@ -215,6 +217,45 @@ impl Probes {
         Ok(())
     }
 
+    /// Tell the programs where `pid`'s CPython keeps its thread state: from now on its
+    /// socket events carry the current context.
+    pub fn set_python(&mut self, pid: u32, layout: PyLayout) -> anyhow::Result<()> {
+        let mut map: aya::maps::HashMap<_, u32, PyLayout> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("PY_PROCS").context("PY_PROCS map missing")?)?;
+        map.insert(pid, layout, 0)?;
+        Ok(())
+    }
+
+    /// Forget `pid`'s runtime: its layout and its task probes.
+    pub fn forget_python(&mut self, pid: u32) {
+        if let Some(Ok(mut map)) =
+            self.ebpf.map_mut("PY_PROCS").map(aya::maps::HashMap::<_, u32, PyLayout>::try_from)
+        {
+            let _ = map.remove(&pid);
+        }
+        for (name, link) in self.task_links.remove(&pid).unwrap_or_default() {
+            self.detach_one_uprobe(name, link);
+        }
+    }
+
+    /// Probe asyncio task creation in `module` (a CPython `_asyncio` extension) for `pid`.
+    pub fn attach_task_probe(&mut self, module: &std::path::Path, pid: u32) -> anyhow::Result<()> {
+        let symbol = crate::runtime::python::TASK_INIT_SYMBOL;
+        let (entry, ret) = programs::TASK_INIT;
+        // The return probe first, as for OpenSSL: an entry without its return would leave
+        // its parked task behind.
+        self.attach_uprobe(ret, symbol, module, Some(pid))
+            .with_context(|| format!("no {symbol} in {}", module.display()))?;
+        if let Err(e) = self.attach_uprobe(entry, symbol, module, Some(pid)) {
+            self.detach_last_uprobe(Some(pid));
+            return Err(e).with_context(|| format!("probing {symbol} in {}", module.display()));
+        }
+        // Move both links to the task table.
+        let links = self.uprobe_links.get_mut(&Some(pid)).map(|l| l.split_off(l.len().saturating_sub(2)));
+        self.task_links.entry(pid).or_default().extend(links.unwrap_or_default());
+        Ok(())
+    }
+
     /// Remove the OpenSSL probes attached for `pid` (it exited or is no longer traced).
     pub fn detach_ssl(&mut self, pid: u32) {
         for (name, link) in self.uprobe_links.remove(&Some(pid)).unwrap_or_default() {
@@ -238,7 +279,8 @@ impl Probes {
 
     /// Detach every program (also happens on drop; this makes it explicit and logged).
     pub fn detach(&mut self) {
-        let uprobes: Vec<_> = self.uprobe_links.drain().flat_map(|(_, links)| links).collect();
+        let tasks = self.task_links.drain().flat_map(|(_, links)| links);
+        let uprobes: Vec<_> = self.uprobe_links.drain().flat_map(|(_, links)| links).chain(tasks).collect();
         let count = self.links.len() + uprobes.len();
         for (name, link) in uprobes {
             self.detach_one_uprobe(name, link);
@@ -330,6 +372,8 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "data_events",
     "data_truncated",
     "tls_events",
+    "runtime_read_failed",
+    "ring_full_task",
 ];
 
 impl KernelStats {
@@ -348,5 +392,6 @@ impl KernelStats {
         values[stat::RING_FULL_DATA as usize]
             + values[stat::RING_FULL_CONN as usize]
             + values[stat::RING_FULL_PROC as usize]
+            + values[stat::RING_FULL_TASK as usize]
     }
 }

@@ -47,7 +47,11 @@ pub const SSL_FUNCTIONS: &[(&str, &str)] = &[
 /// The uretprobe program shared by every `SSL_FUNCTIONS` entry.
 pub const SSL_RETURN: &str = "ssl_return";
 
+/// asyncio task creation in a CPython `_asyncio` module: (entry, return) programs, both on
+/// `runtime::python::TASK_INIT_SYMBOL`.
+pub const TASK_INIT: (&str, &str) = ("py_task_init", "py_task_init_return");
+
 /// Every uprobe program, for loading.
 pub fn uprobe_programs() -> impl Iterator<Item = &'static str> {
-    SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN])
+    SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN, TASK_INIT.0, TASK_INIT.1])
 }

@@ -12,7 +12,7 @@ pub fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..KeyValue::default() }
 }
 
-fn string(key: &str, v: impl Into<String>) -> KeyValue {
+pub fn string(key: &str, v: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(v.into()))
 }
 

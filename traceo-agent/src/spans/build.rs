@@ -114,15 +114,21 @@ pub fn span_name(ex: &Exchange) -> String {
     if ex.route.is_empty() { method.to_owned() } else { format!("{method} {}", ex.route) }
 }
 
-/// A joined exchange links to the span that issued its job key (the upload).
-fn job_link(ex: &Exchange) -> Option<SpanLink> {
-    let origin = ex.job_origin.as_ref()?;
-    Some(SpanLink {
-        trace_id: TraceId::parse(&origin.trace_id)?.0.to_vec(),
-        span_id: SpanId::parse(&origin.span_id)?.0.to_vec(),
-        flags: SAMPLED,
-        ..SpanLink::default()
-    })
+/// A joined exchange links to the span that issued its job key (the upload); a call left
+/// ambiguous links to each request that could have made it (`traceo.link=candidate`).
+fn span_links(ex: &Exchange) -> Vec<SpanLink> {
+    let link = |to: &crate::http::SpanRef, attributes| {
+        Some(SpanLink {
+            trace_id: TraceId::parse(&to.trace_id)?.0.to_vec(),
+            span_id: SpanId::parse(&to.span_id)?.0.to_vec(),
+            flags: SAMPLED,
+            attributes,
+            ..SpanLink::default()
+        })
+    };
+    let candidate = || vec![super::attributes::string("traceo.link", "candidate")];
+    let job = ex.job_origin.iter().filter_map(|o| link(o, Vec::new()));
+    job.chain(ex.candidates.iter().filter_map(|c| link(c, candidate()))).collect()
 }
 
 pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
@@ -149,7 +155,7 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         start_time_unix_nano: nanos(clock, ex.request_first_ns),
         end_time_unix_nano: nanos(clock, end_ns),
         attributes: span_attributes(ex),
-        links: job_link(ex).into_iter().collect(),
+        links: span_links(ex),
         status: Some(status),
         ..Span::default()
     })

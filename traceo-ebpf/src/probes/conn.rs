@@ -115,6 +115,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         syscall: CONNECT,
         vectored: 0,
         _pad: [0; 5],
+        task_ctx: 0,
     };
     if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
         count(stat::ARGS_MAP_FULL);

@@ -53,6 +53,7 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
         syscall,
         vectored,
         _pad: [0; 5],
+        task_ctx: crate::runtime::current_context(cur.pid),
     };
     if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
         count(stat::ARGS_MAP_FULL);
@@ -191,6 +192,7 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     ev.direction = dir;
     ev.flags = flags;
     ev._pad = 0;
+    ev.task_ctx = args.task_ctx;
     let size = DATA_EVENT_HEADER_LEN as u32 + (captured & MASK);
     // SAFETY: `size` is within the scratch value (header + payload + slack).
     let sent = unsafe {

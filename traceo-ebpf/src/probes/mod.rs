@@ -5,6 +5,7 @@ mod conn;
 mod data;
 mod floor;
 mod process;
+mod task;
 mod tls;
 
 use aya_ebpf::programs::TracePointContext;

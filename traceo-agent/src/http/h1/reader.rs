@@ -314,6 +314,7 @@ impl Reader {
             kind: self.kind.unwrap_or_default(),
             pid: seg.pid,
             tid: seg.tid,
+            task_ctx: seg.task_ctx,
             start_ns: seg.start_ns,
             end_ns: seg.end_ns,
             truncated: matches!(seg.kind, SegKind::Gap(_)),

@@ -443,6 +443,7 @@ pub(crate) mod tests_support {
                 read_failed: false,
                 no_payload: false,
                 payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
+                task_ctx: 0x7f00_1234,
             }),
             Event::Data(Data {
                 meta: Meta { service: None, ..meta(7) },
@@ -458,6 +459,7 @@ pub(crate) mod tests_support {
                 read_failed: true,
                 no_payload: true,
                 payload: Bytes::new(),
+                task_ctx: 0,
             }),
             Event::ConnClose(Conn { how: None, local: None, peer: None, ..conn }),
             Event::Fork(Proc { meta: meta(8), parent_pid: Some(7), comm: "python3".into() }),

@@ -1,5 +1,5 @@
-//! Starting, measuring and stopping the processes the demo and the benchmark need: the
-//! agent, nginx, uvicorn, wrk. Every child runs in its own process group, killed with it
+//! Starting, measuring and stopping the processes the demo, the benchmark and the fidelity
+//! harness need: the agent, nginx, uvicorn, wrk. Every child runs in its own process group, killed with it
 //! when dropped or on Ctrl-C.
 
 use std::{
@@ -8,6 +8,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
+        Arc, Mutex,
         atomic::{AtomicI32, Ordering},
         mpsc,
     },
@@ -93,18 +94,28 @@ pub fn wait_for_port(port: u16) -> anyhow::Result<()> {
 
 /// The agent, started with `args` and waited for until its probes are attached.
 pub fn agent(binary: &Path, args: &[&str]) -> anyhow::Result<Proc> {
+    agent_logged(binary, args).map(|(p, _)| p)
+}
+
+/// [`agent`], also keeping every line it logs (stderr) for the caller.
+pub fn agent_logged(binary: &Path, args: &[&str]) -> anyhow::Result<(Proc, Arc<Mutex<Vec<String>>>)> {
     let mut p = Proc::spawn(Command::new(binary).args(args).stdout(Stdio::null()).stderr(Stdio::piped()))?;
     let stderr = p.0.stderr.take().expect("piped");
+    let log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel();
+    let kept = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("ready: probes attached") {
                 let _ = tx.send(());
             }
+            kept.lock().expect("log lock").push(line);
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).context("the agent did not get ready")?;
-    Ok(p)
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        bail!("the agent did not get ready; it logged:\n{}", log.lock().expect("log lock").join("\n"));
+    }
+    Ok((p, log))
 }
 
 /// CPU seconds (user + system) of a process.
@@ -151,16 +162,24 @@ pub fn nginx(dir: &Path, port: u16) -> anyhow::Result<Proc> {
     let www = dir.join("www");
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("hello.txt"), "hello from nginx\n")?;
+    let http = format!(
+        "access_log off; sendfile on; keepalive_requests 1000000; keepalive_timeout 300s;\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ root {w}; }} }}",
+        w = www.display()
+    );
+    nginx_with(dir, port, &http)
+}
+
+/// nginx (a master and one worker, in the foreground) with its files in `dir` and `http` as
+/// its `http { }` block, waited for until `port` answers.
+pub fn nginx_with(dir: &Path, port: u16, http: &str) -> anyhow::Result<Proc> {
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
             "worker_processes 1;\nworker_rlimit_nofile 40000;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 30000; }}\n\
-             http {{ access_log off; sendfile on; keepalive_requests 1000000; keepalive_timeout 300s;\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ root {w}; }} }} }}\n",
-            d = dir.display(),
-            w = www.display()
+             events {{ worker_connections 30000; }}\nhttp {{ {http} }}\n",
+            d = dir.display()
         ),
     )?;
     let p = Proc::spawn(

@@ -25,6 +25,9 @@ const PIP_TEST: &[&str] = &[
     "mcp==2.3.*",
     "python-multipart==0.0.*",
     "rotel==0.0.1a15",
+    // The fidelity harness's fronts: uvicorn on uvloop, aiohttp server and client.
+    "uvloop==0.23.*",
+    "aiohttp==3.14.*",
 ];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";
@@ -123,6 +126,11 @@ pub fn test_dependencies() -> anyhow::Result<PathBuf> {
 /// Load generators and servers for `cargo xtask bench`.
 pub fn bench_dependencies() -> anyhow::Result<()> {
     apt_install(&["nginx-light", "wrk", "curl", "openssl"])
+}
+
+/// The fidelity harness's Node.js front (nginx and the Python fronts come with the tests').
+pub fn fidelity_dependencies() -> anyhow::Result<()> {
+    apt_install(&["nodejs"])
 }
 
 /// Prefix with sudo unless already root (only for `cargo xtask run`).

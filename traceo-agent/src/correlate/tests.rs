@@ -29,13 +29,26 @@ struct Req {
     start: u64,
     end: u64,
     headers: Vec<(&'static str, String)>,
+    /// Runtime contexts (asyncio tasks) that wrote the request and the response.
+    ctx: u64,
+    resp_ctx: u64,
 }
 
 fn req(conn: u64, role: Role, pid: u32, tid: u32, target: &str, start: u64, end: u64) -> Req {
-    Req { conn, role, pid, tid, local: None, peer: None, target: target.into(), start, end, headers: vec![] }
+    let target = target.into();
+    Req { conn, role, pid, tid, local: None, peer: None, target, start, end, headers: vec![], ctx: 0, resp_ctx: 0 }
 }
 
 impl Req {
+    /// Written by the task running in context `ctx` (a server: answered by it).
+    fn task(mut self, ctx: u64) -> Req {
+        match self.role {
+            Role::Client => self.ctx = ctx,
+            Role::Server => self.resp_ctx = ctx,
+        }
+        self
+    }
+
     fn header(mut self, name: &'static str, value: &str) -> Req {
         self.headers.push((name, value.into()));
         self
@@ -66,6 +79,7 @@ impl Req {
             peer: self.peer,
             start_ns: self.start,
             headers: self.kept(),
+            task_ctx: self.ctx,
         })
     }
 
@@ -87,6 +101,7 @@ impl Req {
             tid: self.tid,
             start_ns: self.start,
             end_ns: self.start + 1,
+            task_ctx: self.ctx,
             ..HttpMessage::default()
         };
         let response = HttpMessage {
@@ -96,6 +111,7 @@ impl Req {
             tid: self.tid,
             start_ns: self.end - 1,
             end_ns: self.end,
+            task_ctx: self.resp_ctx,
             ..HttpMessage::default()
         };
         Tracked::Exchange(Exchange::build(&info, self.role, 0, request, Some(response), &RouteNormalizer::new(&[])))
@@ -200,61 +216,87 @@ fn event_loop_with_one_request_in_flight_is_certain() {
     r.assert_child("/call", "/a", Link::Thread);
 }
 
-#[test]
-fn event_loop_calls_go_to_the_earliest_requests_without_a_call() {
-    // One thread, three inbound requests in flight; each handler makes one call, in the order
-    // the requests arrived (how an event loop runs them).
-    let inbound: Vec<Req> =
-        (0..3).map(|i| req(i + 1, Role::Server, 100, 10, &format!("/in{i}"), 1_000 + 100 * i, 9_000)).collect();
-    let calls: Vec<Req> =
-        (0..3).map(|i| req(i + 10, Role::Client, 100, 10, &format!("/call{i}"), 2_000 + 10 * i, 3_000 + i)).collect();
+/// One event loop (one thread): three inbound requests in flight, each handler makes one
+/// call; each request is answered by its own task (contexts 0xA0 + i).
+fn event_loop(runtime: bool) -> (Run, Vec<Req>, Vec<Req>) {
+    let inbound: Vec<Req> = (0..3)
+        .map(|i| req(i + 1, Role::Server, 100, 10, &format!("/in{i}"), 1_000 + 100 * i, 9_000).task(0xA0 + i))
+        .collect();
+    let calls: Vec<Req> = (0..3)
+        .map(|i| {
+            let call = req(i + 10, Role::Client, 100, 10, &format!("/call{i}"), 2_000 + 10 * i, 3_000 + i);
+            // The calls run in the order opposite to the requests' arrival.
+            if runtime { call.task(0xA2 - i) } else { call }
+        })
+        .collect();
     let mut r = Run::new();
     inbound.iter().chain(&calls).for_each(|q| {
         r.push(q.seen());
     });
-    // Each call is decided when it ends: its preferred request is still open, so encloses it.
     for c in &calls {
         r.push(c.done());
     }
-    assert_eq!(r.emitted(), ["/call0", "/call1", "/call2"]);
+    (r, inbound, calls)
+}
+
+#[test]
+fn event_loop_calls_without_a_runtime_signal_get_no_parent() {
+    let (mut r, inbound, _) = event_loop(false);
+    assert_eq!(r.emitted(), ["/call0", "/call1", "/call2"], "nothing to wait for");
+    inbound.iter().for_each(|q| {
+        r.push(q.done());
+    });
+    let x = r.by_target();
+    for i in 0..3 {
+        let call = &x[format!("/call{i}").as_str()];
+        assert_eq!((call.parent_span_id.as_deref(), call.link), (None, Some(Link::Ambiguous)));
+        let linked: Vec<&str> = call.candidates.iter().map(|c| c.span_id.as_str()).collect();
+        let expected: Vec<&str> = (0..3).map(|j| x[format!("/in{j}").as_str()].span_id.as_deref().unwrap()).collect();
+        assert_eq!(linked, expected, "span links to every candidate");
+    }
+    assert_eq!(r.c.stats().link(Link::Ambiguous), 3);
+}
+
+#[test]
+fn event_loop_calls_follow_the_task_that_answers() {
+    let (mut r, inbound, _) = event_loop(true);
+    assert!(r.emitted().is_empty(), "the calls wait for an answer from their task");
     inbound.iter().for_each(|q| {
         r.push(q.done());
     });
     for i in 0..3 {
-        r.assert_child(&format!("/call{i}"), &format!("/in{i}"), Link::Inferred);
+        r.assert_child(&format!("/call{i}"), &format!("/in{}", 2 - i), Link::Task);
     }
-}
-
-/// One event loop: /early [900, 2500] ends while the call runs; /wide [1000, 9000] and
-/// /narrow [1500, 3500] each already made a (propagated) call; then a call [2000, 3000]
-/// without header: a second call of one of them.
-fn second_calls() -> (Run, Req, Req, Req) {
-    let early = req(3, Role::Server, 100, 10, "/early", 900, 2_500);
-    let wide = req(1, Role::Server, 100, 10, "/wide", 1_000, 9_000).header("x-request-id", "w");
-    let narrow = req(2, Role::Server, 100, 10, "/narrow", 1_500, 3_500).header("x-request-id", "n");
-    let first_w = req(5, Role::Client, 100, 10, "/first-w", 1_600, 1_700).header("x-request-id", "w");
-    let first_n = req(6, Role::Client, 100, 10, "/first-n", 1_650, 1_750).header("x-request-id", "n");
-    let call = req(4, Role::Client, 100, 10, "/call", 2_000, 3_000);
-    let mut r = Run::new();
-    for q in [&early, &wide, &narrow, &first_w, &first_n] {
-        r.push(q.seen());
-    }
-    r.push(first_w.done()).push(first_n.done()).push(call.seen());
-    r.push(early.done()).push(call.done());
-    (r, wide, narrow, call)
 }
 
 #[test]
-fn with_every_candidate_claimed_the_narrowest_enclosing_window_wins() {
-    let (mut r, wide, narrow, _) = second_calls();
-    assert_eq!(r.emitted(), ["/first-w", "/first-n", "/early"], "the call waits for the windows");
-    assert_eq!(r.c.stats().held, 1);
-    r.push(narrow.done());
-    // /wide is still open but has lasted longer than /narrow's 2000 ns: decided.
-    assert_eq!(r.emitted(), ["/first-w", "/first-n", "/early", "/narrow", "/call"]);
-    r.push(wide.done());
-    r.assert_child("/call", "/narrow", Link::Inferred);
-    assert_eq!(r.c.stats().held, 0);
+fn a_task_created_while_serving_a_request_belongs_to_it() {
+    // /in is answered by task 0xA (born at 500 in the loop's context 0x1); it creates 0xB at
+    // 1_500, which makes the call. /other, answered by 0xC, is in flight too.
+    let inbound = req(1, Role::Server, 100, 10, "/in", 1_000, 9_000).task(0xA);
+    let other = req(2, Role::Server, 100, 10, "/other", 1_100, 9_500).task(0xC);
+    let call = req(3, Role::Client, 100, 10, "/call", 2_000, 3_000).task(0xB);
+    let mut r = Run::new();
+    let born = |child, parent, ts_ns| {
+        Event::Task(crate::events::TaskCreated {
+            meta: Meta { pid: 100, tid: 10, service: None, ts_ns },
+            parent_ctx: parent,
+            child_ctx: child,
+            task: 0,
+        })
+    };
+    r.observe(born(0xA, 0x1, 500));
+    r.observe(born(0xC, 0x1, 600));
+    r.observe(born(0xB, 0xA, 1_500));
+    r.push(inbound.seen()).push(other.seen()).push(call.seen()).push(call.done());
+    r.push(other.done()).push(inbound.done());
+    r.assert_child("/call", "/in", Link::Task);
+    // 0xA's address reused by a later task: a call in the new one is not /in's.
+    r.observe(born(0xA, 0x1, 10_000));
+    let late = req(4, Role::Server, 100, 10, "/late", 10_100, 19_000).task(0xA);
+    let late_call = req(5, Role::Client, 100, 10, "/late-call", 11_000, 12_000).task(0xA);
+    r.push(late.seen()).push(late_call.seen()).push(late_call.done()).push(late.done());
+    r.assert_child("/late-call", "/late", Link::Task);
 }
 
 #[test]
@@ -346,18 +388,21 @@ fn a_whole_chain_resolves_whatever_the_completion_order() {
 fn an_ambiguous_parent_holds_the_far_end_too() {
     // Two inbound requests on one event loop; the call's far end completes first and waits
     // for the call, which waits for its own end to check its preferred parent's window.
-    let a = req(1, Role::Server, 100, 10, "/a", 1_000, 3_200);
-    let b = req(2, Role::Server, 100, 10, "/b", 1_100, 9_000);
+    let a = req(1, Role::Server, 100, 10, "/a", 1_000, 3_200).task(0xA);
+    let b = req(2, Role::Server, 100, 10, "/b", 1_100, 9_000).task(0xB);
     let (call, served) = connection_ends(2_000);
+    let call = call.task(0xA);
     let mut r = Run::new();
     r.observe(call.opened());
     r.push(a.seen()).push(b.seen()).push(call.seen()).push(served.seen());
     r.push(served.done());
     assert!(r.emitted().is_empty(), "{:?}", r.emitted());
     r.push(call.done());
-    assert_eq!(r.emitted(), ["/call", "/served"]);
-    r.push(a.done()).push(b.done());
-    r.assert_child("/call", "/a", Link::Inferred);
+    assert!(r.emitted().is_empty(), "the call waits for its task's answer");
+    r.push(a.done());
+    assert_eq!(r.emitted(), ["/a", "/call", "/served"]);
+    r.push(b.done());
+    r.assert_child("/call", "/a", Link::Task);
     r.assert_child("/served", "/call", Link::Connection);
 }
 
@@ -392,7 +437,7 @@ fn the_hold_is_bounded_and_expiry_takes_the_best_answer() {
     let a = req(1, Role::Server, 100, 10, "/a", 1_000, 50_000_000);
     let b = req(2, Role::Server, 100, 10, "/b", 1_100, 60_000_000);
     let (call, served) = connection_ends(2_000);
-    let call = Req { end: 40_000_000, ..call };
+    let call = Req { end: 40_000_000, ..call }.task(0xA);
     let mut r = Run::with(CorrelateConfig { hold_ns: hold, ..CorrelateConfig::default() });
     r.observe(call.opened());
     r.push(a.seen()).push(b.seen()).push(call.seen()).push(served.seen()).push(served.done());
@@ -402,7 +447,9 @@ fn the_hold_is_bounded_and_expiry_takes_the_best_answer() {
     assert_eq!(r.emitted(), ["/served"], "resolved at expiry");
     assert_eq!(r.c.stats().expired, 1);
     r.push(call.done()).push(a.done()).push(b.done());
-    r.assert_child("/call", "/a", Link::Inferred);
+    // No answer came in time: no parent (never a guess), and the far end still joins it.
+    let x = r.by_target();
+    assert_eq!((x["/call"].parent_span_id.as_deref(), x["/call"].link), (None, Some(Link::Ambiguous)));
     r.assert_child("/served", "/call", Link::Connection);
 }
 
@@ -445,11 +492,11 @@ fn state_is_bounded_and_forgotten_after_the_hold() {
 
 #[test]
 fn finish_resolves_and_emits_everything_held() {
-    let (mut r, ..) = second_calls();
-    assert_eq!(r.c.stats().held, 1);
+    let (mut r, ..) = event_loop(true);
+    assert_eq!(r.c.stats().held, 3);
     let out = &mut r.out;
     r.c.finish(&mut |ex| out.push(ex));
-    assert_eq!(r.emitted(), ["/first-w", "/first-n", "/early", "/call"]);
-    assert_eq!(r.out[3].link, Some(Link::Inferred));
+    assert_eq!(r.emitted(), ["/call0", "/call1", "/call2"]);
+    assert!(r.out.iter().all(|x| x.link == Some(Link::Ambiguous) && x.parent_span_id.is_none()));
     assert_eq!(r.c.stats().held, 0);
 }

@@ -39,6 +39,7 @@ impl Run {
             read_failed: false,
             no_payload: false,
             payload: Bytes::copy_from_slice(payload),
+            task_ctx: 0,
         }
     }
 

@@ -101,6 +101,7 @@ impl Script {
             read_failed: false,
             no_payload: syscall == Syscall::Sendfile,
             payload: Bytes::copy_from_slice(payload),
+            task_ctx: 0,
         };
         self.events.push(Event::Data(d));
         self

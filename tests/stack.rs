@@ -100,9 +100,8 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
             .unwrap_or_else(|| panic!("the MCP client call's parent: {call}"));
         assert_eq!(tool["mcp"]["messages"][0]["tool"], "upload_csv", "the call is made inside the tool call");
         assert!(tool["parent_span_id"].is_null(), "the tool call starts the trace");
-        // The only inbound request in flight on the MCP server's event loop: `thread` (were
-        // another in flight, the same parent would be found as `inferred`).
-        assert!(call["link"] == "thread" || call["link"] == "inferred", "{call}");
+        // The tool's task descends from the task that answers the tools/call request: `task`.
+        assert_eq!(call["link"], "task", "{call}");
         assert_eq!(call["trace_id"], trace, "{call}");
         for (child, parent, link) in
             [(&upload, &call, "connection"), (&webhook_out, &upload, "job"), (&webhook_in, &webhook_out, "connection")]

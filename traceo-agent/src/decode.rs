@@ -7,9 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use traceo_ebpf_common::{
-    self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, TaskEvent, data_flags, direction,
-    family,
-    kind, open_how, syscall,
+    self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, TaskEvent, data_flags,
+    direction, family, kind, open_how, syscall,
 };
 
 use crate::events::{Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, Syscall, TaskCreated};

@@ -80,8 +80,14 @@ impl Segment {
             Direction::Egress => d.enter_ns,
             Direction::Ingress => d.exit_ns,
         };
-        let seg =
-            |kind| Segment { kind, pid: d.meta.pid, tid: d.meta.tid, start_ns, end_ns: d.exit_ns, task_ctx: d.task_ctx };
+        let seg = |kind| Segment {
+            kind,
+            pid: d.meta.pid,
+            tid: d.meta.tid,
+            start_ns,
+            end_ns: d.exit_ns,
+            task_ctx: d.task_ctx,
+        };
         let captured = d.payload.len() as u64;
         if d.total_len == 0 && captured == 0 {
             return match d.direction {

@@ -228,9 +228,7 @@ impl Probes {
 
     /// Forget `pid`'s runtime: its layout and its task probes.
     pub fn forget_python(&mut self, pid: u32) {
-        if let Some(Ok(mut map)) =
-            self.ebpf.map_mut("PY_PROCS").map(aya::maps::HashMap::<_, u32, PyLayout>::try_from)
-        {
+        if let Some(Ok(mut map)) = self.ebpf.map_mut("PY_PROCS").map(aya::maps::HashMap::<_, u32, PyLayout>::try_from) {
             let _ = map.remove(&pid);
         }
         for (name, link) in self.task_links.remove(&pid).unwrap_or_default() {

@@ -94,8 +94,8 @@ mod tests {
             return eprintln!("SKIPPED: no python3 here");
         };
         let m = measure(python).unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(m.tstate_slot % 8 == 0 && m.tstate_slot < 0x1000, "{m:?}");
-        assert!(m.context % 8 == 0 && m.context < 0x400, "{m:?}");
+        assert!(m.tstate_slot.is_multiple_of(8) && m.tstate_slot < 0x1000, "{m:?}");
+        assert!(m.context.is_multiple_of(8) && m.context < 0x400, "{m:?}");
         assert!(m.task_context.is_some(), "{m:?}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fidelity;
 mod procs;
 mod setup;
 
@@ -39,6 +40,19 @@ enum Task {
         /// Fewer rounds and shorter runs (a smoke check, about a minute).
         #[arg(long)]
         quick: bool,
+    },
+    /// Precision and recall of the agent's parent links at 1, 10 and 50 requests in flight,
+    /// against ground truth in the requests (as root); writes target/fidelity/fidelity.json.
+    Fidelity {
+        /// 10 and 50 in flight with fewer requests (a few minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Report only: do not fail when a precision is under its target.
+        #[arg(long)]
+        report_only: bool,
+        /// Run only this scenario (repeatable; all by default).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
     },
     /// The benchmark's syscall loop (run by `bench` as its own process).
     #[command(hide = true)]
@@ -168,6 +182,13 @@ fn task(task: Task) -> anyhow::Result<()> {
             build_ebpf()?;
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             bench::run(&agent_binary("release"), &python, &bench::Settings { quick })
+        }
+        Task::Fidelity { quick, report_only, scenarios } => {
+            let python = setup::test_dependencies()?;
+            setup::fidelity_dependencies()?;
+            build_ebpf()?;
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+            fidelity::run(&agent_binary("release"), &python, &fidelity::Settings { quick, report_only, scenarios })
         }
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {

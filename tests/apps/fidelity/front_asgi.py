@@ -1,0 +1,57 @@
+"""The fidelity front as a raw ASGI app (run with uvicorn, --loop asyncio or uvloop).
+
+GET /call?req=ID: sleep 0-20 ms, GET FIDELITY_BACKEND/leaf?from=ID&k=0 with one shared
+httpx.AsyncClient (keep-alive), sleep 0-10 ms, answer 200. With FIDELITY_FANOUT=1: a task
+calling k=3 is created first, k=0..2 are called with asyncio.gather, then the task is awaited.
+"""
+import asyncio
+import os
+import random
+from urllib.parse import parse_qs
+
+import httpx
+
+BACKEND = os.environ["FIDELITY_BACKEND"]
+FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
+state = {}
+
+
+async def leaf(req, k):
+    r = await state["client"].get(f"{BACKEND}/leaf", params={"from": req, "k": str(k)})
+    r.raise_for_status()
+    return r.status_code
+
+
+async def handle(req):
+    await asyncio.sleep(random.uniform(0, 0.020))
+    if FANOUT:
+        later = asyncio.create_task(leaf(req, 3))
+        await asyncio.gather(leaf(req, 0), leaf(req, 1), leaf(req, 2))
+        await later
+    else:
+        await leaf(req, 0)
+    await asyncio.sleep(random.uniform(0, 0.010))
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                state["client"] = httpx.AsyncClient(timeout=30)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await state["client"].aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    status, body = 404, b"not found"
+    if scope["path"] == "/call":
+        req = parse_qs(scope["query_string"].decode()).get("req", [""])[0]
+        await handle(req)
+        status, body = 200, f"called {req}".encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,337 @@
+//! `cargo xtask fidelity`: how often the parent links the agent exports are right, measured at
+//! real concurrency against ground truth the load puts in its requests.
+//!
+//! Each scenario (`scenarios.rs`) runs a front on one runtime (asyncio and uvloop uvicorn,
+//! aiohttp, an asyncio fan-out, a threaded control, an MCP server, nginx, Node.js) in front of
+//! a shared backend; the agent traces both (`front=pid:F`, `back=pid:B`). The load
+//! (`load.rs`) sends `GET /call?req=ID`, and the front calls the backend
+//! `GET /leaf?from=ID&k=J`, so the right parent of every call is known (`score.rs`):
+//! precision = right / exported links, recall = right / calls, at each number in flight.
+//!
+//! Prints a table and writes `target/fidelity/fidelity.json` (the agent's JSON lines and the
+//! apps' logs are kept beside it). Fails when a precision is under 0.99, unless `--report-only`.
+
+mod load;
+mod scenarios;
+mod score;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::procs::{self, Proc};
+use load::{Level, Outcome};
+use scenarios::{SCENARIOS, Scenario};
+use score::{BACK, FRONT, Score, Truth};
+
+pub struct Settings {
+    pub quick: bool,
+    pub report_only: bool,
+    /// Scenario names to run (all when empty).
+    pub scenarios: Vec<String>,
+}
+
+/// Never export a wrong parent: the project's rule, checked at every level.
+const PRECISION_TARGET: f64 = 0.99;
+/// Between two levels of one scenario: past the agent's correlation hold (2 s) would isolate
+/// them fully; a second is enough for the last level's requests to have been answered.
+const LEVEL_GAP: Duration = Duration::from_secs(1);
+/// After the load, before stopping the agent: it holds exchanges up to 2 s for their parents.
+const DRAIN: Duration = Duration::from_secs(3);
+
+fn levels(quick: bool) -> Vec<Level> {
+    let level = |in_flight, requests| Level { in_flight, requests };
+    if quick { vec![level(10, 60), level(50, 60)] } else { vec![level(1, 100), level(10, 200), level(50, 200)] }
+}
+
+/// One level of one scenario: what the load did and how the agent's links scored.
+#[derive(Serialize)]
+struct Row {
+    scenario: &'static str,
+    in_flight: u32,
+    requests: u32,
+    failed_requests: usize,
+    load_seconds: f64,
+    #[serde(flatten)]
+    score: Score,
+    precision_target: f64,
+    precision_met: bool,
+    recall_target: Option<f64>,
+    recall_met: Option<bool>,
+}
+
+impl Row {
+    fn new(scenario: &Scenario, level: &Level, outcome: &Outcome, lines: &[Value]) -> Row {
+        let ids = outcome.answered(level);
+        let score = score::score(lines, &Truth { ids: &ids, fanout: scenario.fanout, parent: scenario.parent_key() });
+        Row {
+            scenario: scenario.name,
+            in_flight: level.in_flight,
+            requests: level.requests,
+            failed_requests: outcome.failed.len(),
+            load_seconds: outcome.seconds,
+            precision_target: PRECISION_TARGET,
+            precision_met: score.precision >= PRECISION_TARGET,
+            recall_target: scenario.recall_target,
+            recall_met: scenario.recall_target.map(|t| score.recall >= t),
+            score,
+        }
+    }
+}
+
+/// One scenario's run: its rows, or why it could not be measured.
+#[derive(Serialize)]
+struct ScenarioRun {
+    scenario: &'static str,
+    rows: Vec<Row>,
+    error: Option<String>,
+    /// Exchange lines the agent wrote, over all levels.
+    exchanges_logged: usize,
+    /// What the agent logged at WARN or ERROR.
+    agent_warnings: Vec<String>,
+    seconds: f64,
+}
+
+pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the fidelity harness loads eBPF programs: run it as root (sudo cargo xtask fidelity)");
+    }
+    let chosen: Vec<&Scenario> = if s.scenarios.is_empty() {
+        SCENARIOS.iter().collect()
+    } else {
+        s.scenarios
+            .iter()
+            .map(|name| {
+                SCENARIOS.iter().find(|sc| sc.name == name).with_context(|| {
+                    let known: Vec<&str> = SCENARIOS.iter().map(|sc| sc.name).collect();
+                    format!("no scenario {name:?}; there are {}", known.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    procs::kill_children_on_interrupt();
+    let started = Instant::now();
+    let out = crate::root().join("target/fidelity");
+    std::fs::create_dir_all(&out)?;
+    let (backend, backend_port) = scenarios::start_backend(python, &out)?;
+    let harness = Harness { agent_bin, python, out, backend, backend_port, levels: levels(s.quick) };
+    let runs: Vec<ScenarioRun> = chosen.into_iter().map(|sc| harness.run_scenario(sc)).collect();
+    let out = harness.out.clone();
+    drop(harness);
+
+    let report = json!({
+        "timestamp": timestamp(),
+        "mode": if s.quick { "quick" } else { "full" },
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "seconds": started.elapsed().as_secs_f64(),
+        "precision_target": PRECISION_TARGET,
+        "scenarios": runs,
+    });
+    print_table(&runs, s.quick, started.elapsed());
+    let file = out.join("fidelity.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+    println!("\nwrote {} (the agent's exchanges: {}/SCENARIO.jsonl)", file.display(), out.display());
+
+    let broken: Vec<&str> = runs.iter().filter(|r| r.error.is_some()).map(|r| r.scenario).collect();
+    if !broken.is_empty() {
+        bail!("could not measure {}", broken.join(", "));
+    }
+    let missed: Vec<String> = runs
+        .iter()
+        .flat_map(|r| &r.rows)
+        .filter(|row| !row.precision_met)
+        .map(|row| format!("{} at {} in flight ({:.3})", row.scenario, row.in_flight, row.score.precision))
+        .collect();
+    if !missed.is_empty() && !s.report_only {
+        bail!("precision under {PRECISION_TARGET}: {}", missed.join(", "));
+    }
+    Ok(())
+}
+
+/// What every scenario shares: the agent, the Python, the output folder, the backend.
+struct Harness<'a> {
+    agent_bin: &'a Path,
+    python: &'a Path,
+    out: PathBuf,
+    backend: Proc,
+    backend_port: u16,
+    levels: Vec<Level>,
+}
+
+impl Harness<'_> {
+    /// Run one scenario; a failure is kept in the result (the others still run).
+    fn run_scenario(&self, sc: &Scenario) -> ScenarioRun {
+        let started = Instant::now();
+        let mut agent_log = Arc::new(Mutex::new(Vec::new()));
+        let result = self.measure(sc, &mut agent_log);
+        let warnings = agent_log.lock().expect("log lock").iter().filter(|l| is_warning(l)).cloned().collect();
+        let mut run = ScenarioRun {
+            scenario: sc.name,
+            rows: vec![],
+            error: None,
+            exchanges_logged: 0,
+            agent_warnings: warnings,
+            seconds: 0.0,
+        };
+        match result {
+            Ok((rows, logged)) => (run.rows, run.exchanges_logged) = (rows, logged),
+            Err(e) => {
+                eprintln!("fidelity: {}: {e:#}", sc.name);
+                run.error = Some(format!("{e:#}"));
+            }
+        }
+        run.seconds = started.elapsed().as_secs_f64();
+        run
+    }
+
+    /// Start the front and the agent, run every level, stop the agent, score its JSON lines
+    /// (kept in OUT/SCENARIO.jsonl). `agent_log` gets what the agent logs.
+    fn measure(&self, sc: &Scenario, agent_log: &mut Arc<Mutex<Vec<String>>>) -> anyhow::Result<(Vec<Row>, usize)> {
+        let (front, port) = sc.start(self.python, &self.out, self.backend_port)?;
+        let log = self.out.join(format!("{}.jsonl", sc.name));
+        let _ = std::fs::remove_file(&log);
+        let services = [format!("{FRONT}=pid:{}", front.pid()), format!("{BACK}=pid:{}", self.backend.pid())];
+        let mut args = vec!["run", "--service", &services[0], "--service", &services[1]];
+        args.extend([
+            "--log",
+            log.to_str().context("a UTF-8 path")?,
+            "--metrics-addr",
+            "off",
+            "--otlp-endpoint",
+            "off",
+        ]);
+        args.extend(sc.agent_args());
+        let (mut agent, lines) = procs::agent_logged(self.agent_bin, &args)?;
+        *agent_log = lines;
+        let (mode, target) = sc.load(port);
+        let mut outcomes = vec![];
+        for (i, level) in self.levels.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(LEVEL_GAP);
+            }
+            let outcome = load::run(self.python, mode, &target, level)?;
+            eprintln!(
+                "fidelity: {} at {} in flight: {} requests in {:.1} s, {} failed{}",
+                sc.name,
+                level.in_flight,
+                level.requests,
+                outcome.seconds,
+                outcome.failed.len(),
+                outcome.errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            );
+            outcomes.push(outcome);
+        }
+        std::thread::sleep(DRAIN);
+        agent.interrupt();
+        drop(front);
+        let exchanges = read_lines(&log)?;
+        anyhow::ensure!(!exchanges.is_empty(), "the agent logged no exchange to {}", log.display());
+        let rows = self.levels.iter().zip(&outcomes).map(|(level, o)| Row::new(sc, level, o, &exchanges)).collect();
+        Ok((rows, exchanges.len()))
+    }
+}
+
+/// A line the agent logged at WARN or ERROR (env_logger's `[time LEVEL target] message`).
+fn is_warning(line: &str) -> bool {
+    line.contains(" WARN ") || line.contains(" ERROR ")
+}
+
+fn read_lines(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad JSON line in {}: {l}", path.display())))
+        .collect()
+}
+
+fn timestamp() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `inferred 60 r30 w30, none 5`: calls by link kind, with the right and wrong ones.
+fn kinds(score: &Score) -> String {
+    let mut v: Vec<_> = score.link_kinds.iter().collect();
+    v.sort_by_key(|(_, c)| std::cmp::Reverse(c.calls));
+    v.iter()
+        .map(|(kind, c)| {
+            if c.right + c.wrong > 0 {
+                format!("{kind} {} r{} w{}", c.calls, c.right, c.wrong)
+            } else {
+                format!("{kind} {}", c.calls)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
+    println!(
+        "\ntraceo fidelity: parent links of the front's backend calls ({})",
+        if quick { "--quick" } else { "full" }
+    );
+    println!(
+        "{:<16} {:>4} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6}  link kinds (calls, right, wrong)",
+        "scenario",
+        "c",
+        "calls",
+        "links",
+        "right",
+        "wrong",
+        "no-link",
+        "missing",
+        "precision",
+        "",
+        "recall",
+        "target",
+        "",
+        "stitch"
+    );
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    for run in runs {
+        if let Some(e) = &run.error {
+            println!("{:<16} could not measure: {e}", run.scenario);
+            continue;
+        }
+        for row in &run.rows {
+            let s = &row.score;
+            println!(
+                "{:<16} {:>4} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9.3} {:>7} {:>6.3} {:>6} {:>6} {:>6.3}  {}",
+                row.scenario,
+                row.in_flight,
+                s.calls,
+                s.links,
+                s.right,
+                s.wrong,
+                s.no_link,
+                s.missing,
+                s.precision,
+                verdict(row.precision_met),
+                s.recall,
+                row.recall_target.map_or("-".to_owned(), |t| format!(">={t}")),
+                row.recall_met.map_or("", |m| if m { "met" } else { "missed" }),
+                s.stitch.recall,
+                kinds(s),
+            );
+        }
+        if !run.agent_warnings.is_empty() {
+            println!("{:<16} agent warnings: {}", "", run.agent_warnings.len());
+        }
+    }
+    println!(
+        "c: requests in flight; precision = right / (right + wrong), target >= {PRECISION_TARGET}; recall = right / calls;\n\
+         stitch: share of calls whose backend server span is the child of the front's client span. {:.0} s.",
+        took.as_secs_f64()
+    );
+}

@@ -124,6 +124,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(c, n)| format!("{c}:{n}"))
             .chain(loader::programs::SSL_FUNCTIONS.iter().map(|(f, _)| format!("uprobe+uretprobe:libssl:{f}")))
+            .chain([format!("uprobe+uretprobe:_asyncio:{}", crate::runtime::python::TASK_INIT_SYMBOL)])
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -158,6 +159,7 @@ fn tls_report(r: &mut Report, args: &CheckArgs) {
     if pids.is_empty() {
         r.line(None, "TLS of selected processes", "no running process matches the --service selectors");
     }
+    let mut measured = std::collections::HashMap::new();
     for (pid, service) in pids {
         let comm = crate::procfs::comm(pid).unwrap_or_default();
         let what = format!("TLS of {} pid {pid}", args.services[service as usize].name);
@@ -173,6 +175,8 @@ fn tls_report(r: &mut Report, args: &CheckArgs) {
             None => "exited".to_owned(),
         };
         r.line(None, &what, detail);
+        let runtime = crate::runtime::describe_plan(&crate::runtime::plan(pid, &mut measured));
+        r.line(None, &format!("runtime of {} pid {pid}", args.services[service as usize].name), runtime);
     }
 }
 

@@ -63,32 +63,23 @@ impl Runtimes {
     }
 
     fn assess(&mut self, pid: u32, probes: &mut Probes) -> Runtime {
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let Ok(target) = std::fs::read_link(&exe) else { return Runtime::Other };
-        if !python::is_python(&target) {
-            return Runtime::Other;
-        }
-        let Some(id) = FileId::of(&exe) else { return Runtime::Other };
-        let measured = self.measured.entry(id).or_insert_with(|| python::measure(&exe).map_err(|e| format!("{e:#}")));
-        let m = match measured {
-            Ok(m) => m.clone(),
-            Err(why) => return Runtime::PythonUnsupported(why.clone()),
-        };
-        if let Err(e) = probes.set_python(pid, m.layout()) {
-            return Runtime::PythonUnsupported(format!("kernel map: {e:#}"));
-        }
-        let (tasks, note) = match (&m.asyncio_module, m.task_context) {
-            (_, None) => (false, Some("task layout not found".to_owned())),
-            (None, _) => (false, Some("_asyncio is built into the interpreter".to_owned())),
-            (Some(module), Some(_)) => {
-                let module = Path::new("/proc").join(pid.to_string()).join("root").join(module.trim_start_matches('/'));
-                match probes.attach_task_probe(&module, pid) {
-                    Ok(()) => (true, None),
-                    Err(e) => (false, Some(format!("{e:#}; install the interpreter's debug symbols (python3.x-dbg)"))),
+        match plan(pid, &mut self.measured) {
+            Plan::Other => Runtime::Other,
+            Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
+            Plan::Python { measured, module, note } => {
+                if let Err(e) = probes.set_python(pid, measured.layout()) {
+                    return Runtime::PythonUnsupported(format!("kernel map: {e:#}"));
                 }
+                let (tasks, note) = match module {
+                    None => (false, note),
+                    Some(module) => match probes.attach_task_probe(&module, pid) {
+                        Ok(()) => (true, None),
+                        Err(e) => (false, Some(format!("{e:#}"))),
+                    },
+                };
+                Runtime::Python { version: measured.version, tasks, note }
             }
-        };
-        Runtime::Python { version: m.version, tasks, note }
+        }
     }
 
     /// Called with the traced processes: track new ones, forget the rest.
@@ -121,6 +112,64 @@ impl Runtimes {
             }
         }
         c
+    }
+}
+
+/// What a process's runtime offers, before anything is attached.
+pub enum Plan {
+    Other,
+    /// CPython, measured; `module`: the `_asyncio` file to probe for task creation (with its
+    /// symbol), else `note` says why lineage is off.
+    Python {
+        measured: python::Measured,
+        module: Option<PathBuf>,
+        note: Option<String>,
+    },
+    Unsupported(String),
+}
+
+/// Look at `pid`: measure its interpreter once per executable (`measured` caches).
+pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, String>>) -> Plan {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let Ok(target) = std::fs::read_link(&exe) else { return Plan::Other };
+    if !python::is_python(&target) {
+        return Plan::Other;
+    }
+    let Some(id) = FileId::of(&exe) else { return Plan::Other };
+    let m = match measured.entry(id).or_insert_with(|| python::measure(&exe).map_err(|e| format!("{e:#}"))) {
+        Ok(m) => m.clone(),
+        Err(why) => return Plan::Unsupported(why.clone()),
+    };
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    let (module, note) = match (&m.asyncio_module, m.task_context) {
+        (_, None) => (None, Some("task layout not found".to_owned())),
+        (None, _) => (None, Some("_asyncio is built into the interpreter".to_owned())),
+        (Some(file), Some(_)) => {
+            let module = root.join(file.trim_start_matches('/'));
+            if python::has_symbol(&module, python::TASK_INIT_SYMBOL) {
+                (Some(module), None)
+            } else {
+                let version = &m.version;
+                let hint = format!(
+                    "{file} is stripped: no {} symbol; install python{version}-dbg for task lineage",
+                    python::TASK_INIT_SYMBOL
+                );
+                (None, Some(hint))
+            }
+        }
+    };
+    Plan::Python { measured: m, module, note }
+}
+
+/// One line for `check --service`.
+pub fn describe_plan(plan: &Plan) -> String {
+    match plan {
+        Plan::Other => Runtime::Other.describe(),
+        Plan::Unsupported(why) => Runtime::PythonUnsupported(why.clone()).describe(),
+        Plan::Python { measured, module, note } => {
+            let version = measured.version.clone();
+            Runtime::Python { version, tasks: module.is_some(), note: note.clone() }.describe()
+        }
     }
 }
 

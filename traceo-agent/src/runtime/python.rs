@@ -46,6 +46,15 @@ pub fn is_python(exe: &Path) -> bool {
     name.starts_with("python") && !name.ends_with("-config")
 }
 
+/// Whether the ELF file defines `symbol` (dynamic or static symbol table).
+pub fn has_symbol(path: &Path, symbol: &str) -> bool {
+    use object::{Object as _, ObjectSymbol as _};
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let cache = object::ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else { return false };
+    elf.dynamic_symbols().chain(elf.symbols()).any(|s| s.is_definition() && s.name() == Ok(symbol))
+}
+
 /// Run `exe` (as seen through /proc/PID/root) on the layout script.
 pub fn measure(exe: &Path) -> anyhow::Result<Measured> {
     let mut child = Command::new(exe)

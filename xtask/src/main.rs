@@ -53,6 +53,9 @@ enum Task {
         /// Run only this scenario (repeatable; all by default).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+        /// Measure this agent binary (e.g. another build to compare) instead of building one.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
     },
     /// The benchmark's syscall loop (run by `bench` as its own process).
     #[command(hide = true)]
@@ -183,12 +186,18 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             bench::run(&agent_binary("release"), &python, &bench::Settings { quick })
         }
-        Task::Fidelity { quick, report_only, scenarios } => {
+        Task::Fidelity { quick, report_only, scenarios, agent } => {
             let python = setup::test_dependencies()?;
             setup::fidelity_dependencies()?;
-            build_ebpf()?;
-            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
-            fidelity::run(&agent_binary("release"), &python, &fidelity::Settings { quick, report_only, scenarios })
+            let agent = match agent {
+                Some(path) => path,
+                None => {
+                    build_ebpf()?;
+                    run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+                    agent_binary("release")
+                }
+            };
+            fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios })
         }
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {

@@ -130,6 +130,8 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let report = json!({
         "timestamp": timestamp(),
         "mode": if s.quick { "quick" } else { "full" },
+        "agent": agent_bin.display().to_string(),
+        "commit": git_describe(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "seconds": started.elapsed().as_secs_f64(),
@@ -252,6 +254,16 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<Value>> {
         .collect()
 }
 
+/// The work tree's commit (`-dirty` with local changes): what a built agent came from.
+fn git_describe() -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(crate::root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn timestamp() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -326,7 +338,19 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
             );
         }
         if !run.agent_warnings.is_empty() {
-            println!("{:<16} agent warnings: {}", "", run.agent_warnings.len());
+            println!("{:<16} the agent logged {} warnings (in the JSON report)", "", run.agent_warnings.len());
+        }
+    }
+    for row in runs.iter().flat_map(|r| &r.rows) {
+        let s = &row.score;
+        let notes = [
+            (row.failed_requests as u64, "requests failed (their calls are not expected)"),
+            (s.servers_missing, "requests have no front server exchange"),
+            (s.unjudged, "links point at a missing server exchange (not judged)"),
+            (s.duplicates, "exchanges were logged twice"),
+        ];
+        for (n, what) in notes.iter().filter(|(n, _)| *n > 0) {
+            println!("note: {} at {} in flight: {n} {what}", row.scenario, row.in_flight);
         }
     }
     println!(

@@ -4,7 +4,7 @@
 //! and the backend's server exchange for (X, J) the child of that client exchange.
 
 use std::{
-    collections::{BTreeMap, HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap},
     hash::Hash,
 };
 
@@ -70,7 +70,7 @@ pub struct Score {
     pub unjudged: u64,
     /// Requests with no front server exchange.
     pub servers_missing: u64,
-    /// Exchanges logged more than once for one request or call (only the first is scored).
+    /// Exchanges logged again for a request or call already seen (only the first is scored).
     pub duplicates: u64,
     /// right / (right + wrong), 1 when no link was judged.
     pub precision: f64,
@@ -89,10 +89,6 @@ fn query_param<'a>(target: &'a str, key: &str) -> Option<&'a str> {
 
 fn text<'a>(line: &'a Value, field: &str) -> Option<&'a str> {
     line[field].as_str()
-}
-
-fn is(line: &Value, service: &str, direction: &str) -> bool {
-    text(line, "service") == Some(service) && text(line, "direction") == Some(direction)
 }
 
 /// The request id of a front server exchange, if it is the one that carried a request.
@@ -124,56 +120,55 @@ fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 { f64::NAN } else { num as f64 / den as f64 }
 }
 
+/// Exchanges under one key: the first logged, and how many were.
+type Seen<'a, K> = HashMap<K, (&'a Value, u64)>;
+
 /// The exchanges the scoring looks at, by request id and by call.
 #[derive(Default)]
 struct Index<'a> {
-    servers: HashMap<&'a str, &'a Value>,
-    clients: HashMap<(&'a str, &'a str), &'a Value>,
-    backs: HashMap<(&'a str, &'a str), &'a Value>,
-    duplicates: u64,
+    servers: Seen<'a, &'a str>,
+    clients: Seen<'a, (&'a str, &'a str)>,
+    backs: Seen<'a, (&'a str, &'a str)>,
 }
 
 impl<'a> Index<'a> {
     fn new(lines: &'a [Value], key: ParentKey) -> Index<'a> {
         let mut index = Index::default();
         for line in lines {
-            let kept = if is(line, FRONT, "server") {
-                request_id(line, key).map(|id| keep(&mut index.servers, id, line))
-            } else if is(line, FRONT, "client") {
-                call_id(line).map(|call| keep(&mut index.clients, call, line))
-            } else if is(line, BACK, "server") {
-                call_id(line).map(|call| keep(&mut index.backs, call, line))
-            } else {
-                None
+            match (text(line, "service"), text(line, "direction")) {
+                (Some(FRONT), Some("server")) => request_id(line, key).map(|id| keep(&mut index.servers, id, line)),
+                (Some(FRONT), Some("client")) => call_id(line).map(|call| keep(&mut index.clients, call, line)),
+                (Some(BACK), Some("server")) => call_id(line).map(|call| keep(&mut index.backs, call, line)),
+                _ => None,
             };
-            index.duplicates += u64::from(kept == Some(false));
         }
         index
     }
 }
 
-/// Keep the first line under `key`; false for a duplicate.
-fn keep<'a, K: Eq + Hash>(map: &mut HashMap<K, &'a Value>, key: K, line: &'a Value) -> bool {
-    match map.entry(key) {
-        Entry::Vacant(slot) => {
-            slot.insert(line);
-            true
-        }
-        Entry::Occupied(_) => false,
-    }
+fn keep<'a, K: Eq + Hash>(seen: &mut Seen<'a, K>, key: K, line: &'a Value) {
+    seen.entry(key).or_insert((line, 0)).1 += 1;
+}
+
+/// The first exchange under `key`, counting the ones logged after it in `duplicates`.
+fn first<'a, K: Eq + Hash>(seen: &Seen<'a, K>, key: &K, duplicates: &mut u64) -> Option<&'a Value> {
+    let (line, n) = seen.get(key)?;
+    *duplicates += n - 1;
+    Some(line)
 }
 
 /// Score the agent's JSON lines (all of one run; lines of other requests are ignored).
 pub fn score(lines: &[Value], truth: &Truth) -> Score {
     let index = Index::new(lines, truth.parent);
-    let mut s = Score { duplicates: index.duplicates, ..Score::default() };
+    let mut s = Score::default();
     for id in truth.ids {
-        let server = index.servers.get(id.as_str()).copied();
+        let server = first(&index.servers, &id.as_str(), &mut s.duplicates);
         s.servers_missing += u64::from(server.is_none());
         for k in 0..truth.fanout {
             let k = k.to_string();
             s.calls += 1;
-            let Some(client) = index.clients.get(&(id.as_str(), k.as_str())).copied() else {
+            let call = (id.as_str(), k.as_str());
+            let Some(client) = first(&index.clients, &call, &mut s.duplicates) else {
                 s.missing += 1;
                 s.stitch.missing += 1;
                 continue;
@@ -197,7 +192,7 @@ pub fn score(lines: &[Value], truth: &Truth) -> Score {
                     }
                 }
             }
-            match index.backs.get(&(id.as_str(), k.as_str())) {
+            match first(&index.backs, &call, &mut s.duplicates) {
                 None => s.stitch.missing += 1,
                 Some(back) if child_of(back, client) => s.stitch.right += 1,
                 Some(back) if back["parent_span_id"].is_null() => s.stitch.no_link += 1,

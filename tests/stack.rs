@@ -110,6 +110,18 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
             assert_eq!(child["parent_span_id"], parent["span_id"], "{child}");
             assert_eq!(child["link"], link, "{child}");
         }
+        // A job_status poll only refers to the job: it keeps its own trace (its tool call's)
+        // and links to the upload, never a parent in the job's trace.
+        let polls: Vec<&Value> = xs
+            .iter()
+            .filter(|x| x["service"] == "mcp" && x["direction"] == "server" && x["job_id"] == *job_id)
+            .filter(|x| x["mcp"]["messages"][0]["tool"] == "job_status")
+            .collect();
+        assert!(!polls.is_empty(), "{job_id} was polled");
+        for poll in polls {
+            assert_ne!(poll["trace_id"], trace, "a poll is not part of the job's trace: {poll}");
+            assert_ne!(poll["link"], "job", "{poll}");
+        }
     }
 
     let uploads: Vec<&Value> = find("engine", "server", "POST", "/api/v1/jobs");

@@ -3,9 +3,19 @@
 //! A key (default `job_id`) is *issued* when a server's JSON response body or a response
 //! header carries it (the engine answering an upload with `{"job_id": ...}`). Later
 //! exchanges whose request carries the value (JSON body field, path segment, query parameter
-//! or header) are *joined* to that origin: they get `job_id` and, once spans exist, the
-//! origin's trace. The *callback* is the first joined request that the issuing service itself
-//! sends (the engine's webhook); polls sent to it do not count. State is bounded and expires.
+//! or header) are *joined* to that origin: they get `job_id` and a span link to the issuing
+//! span. The *callback* is the first joined request that the issuing service itself sends
+//! (the engine's webhook); polls sent to it do not count. State is bounded and expires.
+//!
+//! Which trace a joined exchange belongs to: the job's trace holds what the job *caused*, a
+//! request that only *refers* to it keeps its own trace and parent.
+//! - Caused: work the issuing service started on its own (a span with no parent there, such
+//!   as the webhook sent from a background task) becomes the issuing span's child (`job`);
+//!   everything later in that span's former trace follows it (the webhook's far end, what
+//!   the receiver did while handling it).
+//! - Referring: anything else (a `job_status` poll and its calls): only the link.
+//! The far end of a callback can be reported before the callback itself (it answers first),
+//! so a joined exchange whose parent has not been seen yet waits for it, at most `HOLD_NS`.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -53,7 +63,47 @@ pub struct Joins {
     values: HashMap<String, Origin>,
     /// Values in issue order, for expiry and the cap.
     order: VecDeque<(u64, String)>,
+    /// Traces moved into a job's trace: former trace id -> the job's.
+    moved: Recent<String>,
+    /// Spans passed on recently (span id -> final trace id), to tell whether a parent came.
+    seen: Recent<String>,
+    /// Joined exchanges waiting for their parent (arrival time, exchange, event).
+    pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
     pub stats: JoinStats,
+}
+
+/// How long a joined exchange waits for its parent (the correlator's own hold).
+const HOLD_NS: u64 = 2_000_000_000;
+/// Exchanges waiting at most; beyond, the oldest is decided as referring.
+const MAX_PENDING: usize = 4096;
+/// Moved traces and seen spans remembered at most.
+const MAX_RECENT: usize = 65_536;
+
+/// A bounded map forgetting its oldest entries first.
+struct Recent<V> {
+    map: HashMap<String, V>,
+    order: VecDeque<String>,
+}
+
+impl<V> Recent<V> {
+    fn new() -> Self {
+        Recent { map: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key)
+    }
 }
 
 /// Values longer than this are not keys (and are never stored).
@@ -61,11 +111,76 @@ const MAX_VALUE_LEN: usize = 128;
 
 impl Joins {
     pub fn new(keys: Vec<String>, ttl_ns: u64, max_values: usize) -> Joins {
-        Joins { keys, ttl_ns, max_values, values: HashMap::new(), order: VecDeque::new(), stats: JoinStats::default() }
+        Joins {
+            keys,
+            ttl_ns,
+            max_values,
+            values: HashMap::new(),
+            order: VecDeque::new(),
+            moved: Recent::new(),
+            seen: Recent::new(),
+            pending: VecDeque::new(),
+            stats: JoinStats::default(),
+        }
     }
 
-    /// Look at one completed exchange: issue, join, or neither; sets `ex.job_id`.
-    pub fn observe(&mut self, ex: &mut Exchange) -> Option<JoinEvent> {
+    /// Take one completed exchange: issue, join, or neither (sets `ex.job_id`), place it in
+    /// its trace, and pass it on with what happened, now or once its parent has come.
+    pub fn observe(&mut self, mut ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        let event = self.classify(&mut ex);
+        let joined = matches!(event, Some(JoinEvent::Joined { .. }));
+        let waits = joined
+            && ex.parent_span_id.as_ref().is_some_and(|p| self.seen.get(p).is_none())
+            && ex.trace_id.as_ref().is_none_or(|t| self.moved.get(t).is_none());
+        if waits {
+            if self.pending.len() >= MAX_PENDING {
+                if let Some((_, old, ev)) = self.pending.pop_front() {
+                    self.pass(old, ev, out);
+                }
+            }
+            let at = ex.response_last_ns.unwrap_or(ex.request_last_ns);
+            self.pending.push_back((at, ex, event));
+            return;
+        }
+        self.pass(ex, event, out);
+    }
+
+    /// Place `ex` in its trace and pass it on, then whatever waited for it as a parent.
+    fn pass(&mut self, ex: Exchange, event: Option<JoinEvent>, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        let mut stack = vec![(ex, event)];
+        while let Some((mut ex, event)) = stack.pop() {
+            if let Some(trace) = ex.trace_id.as_ref().and_then(|t| self.moved.get(t)) {
+                ex.trace_id = Some(trace.clone());
+            }
+            if let (Some(span), Some(trace)) = (&ex.span_id, &ex.trace_id) {
+                self.seen.insert(span.clone(), trace.clone());
+                let span = span.clone();
+                let (children, rest): (VecDeque<_>, VecDeque<_>) =
+                    self.pending.drain(..).partition(|(_, c, _)| c.parent_span_id.as_ref() == Some(&span));
+                self.pending = rest;
+                stack.extend(children.into_iter().map(|(_, c, e)| (c, e)));
+            }
+            out(ex, event);
+        }
+    }
+
+    /// Those that waited too long for their parent: referring, as they are.
+    pub fn expire_pending(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        while self.pending.front().is_some_and(|(at, ..)| now_ns.saturating_sub(*at) > HOLD_NS) {
+            if let Some((_, ex, ev)) = self.pending.pop_front() {
+                self.pass(ex, ev, out);
+            }
+        }
+    }
+
+    /// The end: pass on everything still waiting.
+    pub fn finish(&mut self, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        while let Some((_, ex, ev)) = self.pending.pop_front() {
+            self.pass(ex, ev, out);
+        }
+    }
+
+    fn classify(&mut self, ex: &mut Exchange) -> Option<JoinEvent> {
         if let Some((value, origin)) = self.carried(ex) {
             ex.job_id = Some(value.clone());
             let Some(origin) = origin else {
@@ -80,7 +195,7 @@ impl Joins {
                     o.callback_seen = true;
                 }
             }
-            self.move_into_job_trace(ex, &origin);
+            self.place(ex, &origin);
             // A callback says how the job ended (`{"job_id": ..., "status": "failed"}`).
             ex.job_status = json_body(&ex.request_body_prefix).and_then(|b| top_level_status(&b));
             return Some(JoinEvent::Joined { callback_after_ns: after });
@@ -101,20 +216,22 @@ impl Joins {
         None
     }
 
-    /// A joined exchange joins its job's trace: it takes the issuing span's trace id, a link
-    /// to that span, and, when it started a trace of its own (the engine's webhook, sent from
-    /// a background task), that span as its parent.
-    fn move_into_job_trace(&self, ex: &mut Exchange, origin: &Origin) {
+    /// A joined exchange links to the issuing span. One the issuing service started on its
+    /// own (no parent: the webhook, sent from a background task) is what the job caused: it
+    /// becomes that span's child, and its former trace moves into the job's.
+    fn place(&mut self, ex: &mut Exchange, origin: &Origin) {
         let (Some(trace), Some(span)) = (&origin.trace_id, &origin.span_id) else { return };
         if ex.span_id.as_ref() == Some(span) {
             return;
         }
-        if ex.parent_span_id.is_none() {
+        ex.job_origin = Some(SpanRef { trace_id: trace.clone(), span_id: span.clone() });
+        if ex.parent_span_id.is_none() && ex.service == origin.service {
+            if let Some(former) = ex.trace_id.replace(trace.clone()) {
+                self.moved.insert(former, trace.clone());
+            }
             ex.parent_span_id = Some(span.clone());
             ex.link = Some(Link::Job);
         }
-        ex.trace_id = Some(trace.clone());
-        ex.job_origin = Some(SpanRef { trace_id: trace.clone(), span_id: span.clone() });
     }
 
     fn issue(&mut self, value: String, ex: &Exchange) {
@@ -275,6 +392,20 @@ mod tests {
     const ENGINE: u32 = 0;
     const MCP: u32 = 1;
 
+    fn traced(mut ex: Exchange, span: &str) -> Exchange {
+        ex.span_id = Some(span.into());
+        ex
+    }
+
+    /// Observe an exchange that waits for nothing; `ex` becomes what was passed on.
+    fn observe(joins: &mut Joins, ex: &mut Exchange) -> Option<JoinEvent> {
+        let mut got = None;
+        joins.observe(ex.clone(), &mut |x, e| got = Some((x, e)));
+        let (x, e) = got.expect("passed on at once");
+        *ex = x;
+        e
+    }
+
     #[test]
     fn an_upload_issues_and_the_issuers_webhook_joins_once() {
         let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
@@ -282,37 +413,55 @@ mod tests {
             exchange(ENGINE, true, &post("/api/v1/jobs", "a,b\n1,2\n"), &json_response(r#"{"job_id":"j1"}"#));
         upload.trace_id = Some("t-upload".into());
         upload.span_id = Some("s-upload".into());
-        assert_eq!(joins.observe(&mut upload), Some(JoinEvent::Issued));
+        assert_eq!(observe(&mut joins, &mut upload), Some(JoinEvent::Issued));
         assert_eq!(upload.job_id.as_deref(), Some("j1"));
 
-        // A poll sent to the engine joins the trace but is not the callback.
+        // A poll sent to the engine joins the job but is not the callback. It only refers to
+        // the job: its own trace and parent, and a link to the upload.
         let mut poll = exchange(MCP, false, &get("/api/v1/jobs/j1"), &ok("{}"));
-        assert_eq!(joins.observe(&mut poll), Some(JoinEvent::Joined { callback_after_ns: None }));
-        assert_eq!((poll.job_id.as_deref(), poll.trace_id.as_deref()), (Some("j1"), Some("t-upload")));
-        // It started no trace of its own here (no parent): the upload becomes its parent.
-        assert_eq!((poll.parent_span_id.as_deref(), poll.link), (Some("s-upload"), Some(Link::Job)));
+        (poll.trace_id, poll.parent_span_id) = (Some("t-poll".into()), Some("s-tool".into()));
+        let mut joins_out = Vec::new();
+        joins.observe(traced(poll, "s-poll"), &mut |x, e| joins_out.push((x, e)));
+        assert!(joins_out.is_empty(), "it waits for its parent");
+        let mut tool = exchange(MCP, true, &post("/mcp", "{}"), &ok("{}"));
+        tool.trace_id = Some("t-poll".into());
+        joins.observe(traced(tool, "s-tool"), &mut |x, e| joins_out.push((x, e)));
+        let (poll, ev) = &joins_out[1];
+        assert_eq!(*ev, Some(JoinEvent::Joined { callback_after_ns: None }));
+        assert_eq!((poll.job_id.as_deref(), poll.trace_id.as_deref()), (Some("j1"), Some("t-poll")));
+        assert_eq!((poll.parent_span_id.as_deref(), poll.link), (Some("s-tool"), None));
         assert_eq!(poll.job_origin.as_ref().map(|o| o.span_id.as_str()), Some("s-upload"));
 
-        // The engine's own webhook is.
+        // The webhook's far end is reported first: it waits for the webhook.
+        let mut far = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
+        (far.trace_id, far.parent_span_id, far.link) =
+            (Some("t-hook".into()), Some("s-hook".into()), Some(Link::Connection));
+        let mut out = Vec::new();
+        joins.observe(traced(far, "s-far"), &mut |x, e| out.push((x, e)));
+        assert!(out.is_empty());
+        // The engine's own webhook (started its own trace) is the callback, caused by the job.
         let mut webhook = exchange(
             ENGINE,
             false,
             &post("/webhooks/job-complete", r#"{"job_id":"j1","status":"completed"}"#),
             &ok("{}"),
         );
-        let Some(JoinEvent::Joined { callback_after_ns: Some(_) }) = joins.observe(&mut webhook) else {
-            panic!("the engine's webhook is the callback")
-        };
+        webhook.trace_id = Some("t-hook".into());
+        joins.observe(traced(webhook, "s-hook"), &mut |x, e| out.push((x, e)));
+        let [(webhook, ev), (far, _)] = &out[..] else { panic!("{out:?}") };
+        assert!(matches!(ev, Some(JoinEvent::Joined { callback_after_ns: Some(_) })), "the callback");
         assert_eq!(webhook.job_status.as_deref(), Some("completed"), "the callback says how the job ended");
-        // One with a parent of its own keeps it, in the job's trace.
-        let mut child = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
-        child.parent_span_id = Some("s-caller".into());
-        child.link = Some(Link::Connection);
-        joins.observe(&mut child);
-        assert_eq!(child.trace_id.as_deref(), Some("t-upload"));
-        assert_eq!((child.parent_span_id.as_deref(), child.link), (Some("s-caller"), Some(Link::Connection)));
+        assert_eq!((webhook.parent_span_id.as_deref(), webhook.link), (Some("s-upload"), Some(Link::Job)));
+        assert_eq!(webhook.trace_id.as_deref(), Some("t-upload"));
+        // Its far end keeps its parent and follows it into the job's trace.
+        assert_eq!(far.trace_id.as_deref(), Some("t-upload"));
+        assert_eq!((far.parent_span_id.as_deref(), far.link), (Some("s-hook"), Some(Link::Connection)));
         let mut again = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
-        assert_eq!(joins.observe(&mut again), Some(JoinEvent::Joined { callback_after_ns: None }), "counted once");
+        assert_eq!(
+            observe(&mut joins, &mut again),
+            Some(JoinEvent::Joined { callback_after_ns: None }),
+            "counted once"
+        );
         assert_eq!(joins.stats, JoinStats { joined: 1, ..Default::default() });
     }
 
@@ -320,11 +469,11 @@ mod tests {
     fn unknown_values_expiry_and_the_cap_are_counted() {
         let mut joins = Joins::new(vec!["job_id".into()], 1_000, 2);
         let mut stray = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"nobody"}"#), &ok("{}"));
-        assert_eq!(joins.observe(&mut stray), Some(JoinEvent::Unknown));
+        assert_eq!(observe(&mut joins, &mut stray), Some(JoinEvent::Unknown));
         for id in ["a", "b", "c"] {
             let mut up =
                 exchange(ENGINE, true, &post("/api/v1/jobs", "x"), &json_response(&format!(r#"{{"job_id":"{id}"}}"#)));
-            joins.observe(&mut up);
+            observe(&mut joins, &mut up);
         }
         // The cap of 2 pushed "a" out unanswered; expiry takes the rest.
         assert_eq!(joins.stats.upload_without_webhook, 1);
@@ -336,18 +485,18 @@ mod tests {
     fn keys_nested_in_json_rpc_arguments_and_query_parameters_join() {
         let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
         let mut up = exchange(ENGINE, true, &post("/api/v1/jobs", "x"), &json_response(r#"{"job_id":"j9"}"#));
-        joins.observe(&mut up);
+        observe(&mut joins, &mut up);
         let call = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"job_status","arguments":{"job_id":"j9"}}}"#;
         let mut tool = exchange(MCP, true, &post("/mcp", call), &ok("{}"));
-        assert!(matches!(joins.observe(&mut tool), Some(JoinEvent::Joined { .. })));
+        assert!(matches!(observe(&mut joins, &mut tool), Some(JoinEvent::Joined { .. })));
         let mut q = exchange(MCP, false, &get("/status?job_id=j9"), &ok("{}"));
-        assert!(matches!(joins.observe(&mut q), Some(JoinEvent::Joined { .. })));
+        assert!(matches!(observe(&mut joins, &mut q), Some(JoinEvent::Joined { .. })));
         let mut other = exchange(MCP, false, &get("/status?id=j9x"), &ok("{}"));
-        assert_eq!(joins.observe(&mut other), None);
+        assert_eq!(observe(&mut joins, &mut other), None);
         // A nested value nobody issued is a lookup, not a webhook without upload.
         let unknown = call.replace("j9", "zzz");
         let mut lookup = exchange(MCP, true, &post("/mcp", &unknown), &ok("{}"));
-        assert_eq!(joins.observe(&mut lookup), None);
+        assert_eq!(observe(&mut joins, &mut lookup), None);
         assert_eq!(joins.stats.webhook_without_upload, 0);
     }
 }

@@ -91,12 +91,17 @@ pub struct HttpPipeline {
     in_flight_services: HashSet<String>,
 }
 
-/// Everything downstream of the correlator, for one resolved exchange at a time.
+/// Everything downstream of the correlator, for one resolved exchange at a time: the job
+/// joins (which may hold an exchange until its parent has passed), then the outputs.
 struct Emitter {
+    joins: Joins,
+    outputs: Outputs,
+}
+
+struct Outputs {
     clock: WallClock,
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
-    joins: Joins,
     spans: Option<SpanOutput>,
     /// The first failure to write a line (reported by the next call into the pipeline).
     failed: Option<anyhow::Error>,
@@ -117,21 +122,38 @@ impl HttpPipeline {
             tls: TlsBinder::default(),
             tracker: ConnTracker::new(config),
             correlator: Correlator::with_ids(CorrelateConfig::default(), ids),
-            emitter: Emitter { clock, metrics, out, joins, spans, failed: None },
+            emitter: Emitter { joins, outputs: Outputs { clock, metrics, out, spans, failed: None } },
             in_flight_services: HashSet::new(),
         }
     }
 }
 
 impl Emitter {
-    /// MCP content read from the bodies; the job key joined (a joined exchange moves into
-    /// its job's trace); then metrics (the trace id is set, so duration exemplars carry it),
-    /// the JSON line and the span.
+    /// MCP content read from the bodies; the job key joined (see `joins` for which trace a
+    /// joined exchange ends up in); then the outputs.
     fn emit(&mut self, mut ex: Exchange) {
         ex.mcp = crate::mcp::parse(&ex);
-        let joined = self.joins.observe(&mut ex);
+        let Emitter { joins, outputs } = self;
+        joins.observe(ex, &mut |ex, joined| outputs.write(&ex, joined));
+    }
+
+    fn tick(&mut self, now_ns: u64) {
+        let Emitter { joins, outputs } = self;
+        joins.expire_pending(now_ns, &mut |ex, joined| outputs.write(&ex, joined));
+        joins.expire(now_ns);
+    }
+
+    fn finish(&mut self) {
+        let Emitter { joins, outputs } = self;
+        joins.finish(&mut |ex, joined| outputs.write(&ex, joined));
+    }
+}
+
+impl Outputs {
+    /// Metrics (the trace id is set, so duration exemplars carry it), the JSON line, the span.
+    fn write(&mut self, ex: &Exchange, joined: Option<JoinEvent>) {
         if let Some(m) = &self.metrics {
-            m.http.observe(&observation(&ex));
+            m.http.observe(&observation(ex));
             if let (Some(info), Role::Server) = (&ex.mcp, ex.role) {
                 m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
             }
@@ -143,7 +165,7 @@ impl Emitter {
             self.failed = self.out.line(&ex.to_json_line(&self.clock)).err();
         }
         if let Some(spans) = &mut self.spans {
-            spans.send(&ex);
+            spans.send(ex);
         }
     }
 
@@ -179,7 +201,7 @@ impl EventSink for HttpPipeline {
             correlator.observe(event);
             tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         });
-        emitter.result()
+        emitter.outputs.result()
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
@@ -187,8 +209,8 @@ impl EventSink for HttpPipeline {
         tls.expire(now_ns);
         tracker.expire(now_ns, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         correlator.tick(now_ns, &mut |ex| emitter.emit(ex));
-        emitter.joins.expire(now_ns);
-        if let Some(m) = &emitter.metrics {
+        emitter.tick(now_ns);
+        if let Some(m) = &emitter.outputs.metrics {
             let now = tracker.in_flight_by_service();
             for gone in in_flight_services.iter().filter(|s| !now.contains_key(s.as_str())) {
                 m.http.set_in_flight(gone, 0);
@@ -199,8 +221,8 @@ impl EventSink for HttpPipeline {
             *in_flight_services = now.into_keys().map(str::to_owned).collect();
             m.jobs.update(&emitter.joins.stats);
         }
-        emitter.out.flush()?;
-        emitter.result()
+        emitter.outputs.out.flush()?;
+        emitter.outputs.result()
     }
 
     fn counts(&self, counts: &mut PipelineCounts) {
@@ -212,7 +234,7 @@ impl EventSink for HttpPipeline {
         counts.active_connections = s.active_connections;
         counts.correlation = Some(self.correlator.stats());
         counts.tls = self.tls.stats;
-        if let Some(spans) = &self.emitter.spans {
+        if let Some(spans) = &self.emitter.outputs.spans {
             let c = spans.counts();
             counts.spans_exported = c.exported.load(std::sync::atomic::Ordering::Relaxed);
             counts.spans_dropped = c.dropped().to_vec();
@@ -224,13 +246,14 @@ impl EventSink for HttpPipeline {
         tls.finish();
         tracker.finish(&mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         correlator.finish(&mut |ex| emitter.emit(ex));
-        if let Some(m) = &emitter.metrics {
+        emitter.finish();
+        if let Some(m) = &emitter.outputs.metrics {
             m.jobs.update(&emitter.joins.stats);
         }
-        if let Some(spans) = &mut emitter.spans {
+        if let Some(spans) = &mut emitter.outputs.spans {
             spans.finish();
         }
-        emitter.out.flush()?;
-        emitter.result()
+        emitter.outputs.out.flush()?;
+        emitter.outputs.result()
     }
 }

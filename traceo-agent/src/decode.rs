@@ -201,6 +201,7 @@ fn conn(ev: &ConnEvent) -> Result<Conn, DecodeError> {
         peer: address(ev.family, &ev.peer_addr, ev.peer_port),
         comm: comm(&ev.comm),
         ret: ev.ret,
+        task_ctx: ev.task_ctx,
     })
 }
 

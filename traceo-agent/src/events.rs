@@ -196,6 +196,9 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     pub comm: String,
     pub ret: i64,
+    /// The runtime context of the thread that opened it (`Data::task_ctx`); for nginx, the
+    /// client connection whose request made nginx connect upstream.
+    pub task_ctx: u64,
 }
 
 /// A process event.

@@ -137,7 +137,7 @@ fn family_code(f: Family) -> u16 {
 /// Conn = meta, conn_id u64, fd i32, how u8 (0 close, 1 accepted, 2 connected, 3 existing),
 /// family u16, sock_type u16, local addr, peer addr, comm str, ret i64.
 /// Proc = meta, parent_pid u32 (0 = none), comm str.
-/// Version 2: Data ends with task_ctx u64; Task = meta, parent_ctx u64, child_ctx u64, task u64.
+/// Version 2: Data and Conn end with task_ctx u64; Task = meta, parent_ctx u64, child_ctx u64, task u64.
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
         Event::Data(d) => {
@@ -180,6 +180,7 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             put_addr(&c.peer, b);
             put_str(&c.comm, b);
             b.extend_from_slice(&c.ret.to_le_bytes());
+            b.extend_from_slice(&c.task_ctx.to_le_bytes());
         }
         Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => {
             b.push(match event {
@@ -304,6 +305,8 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 peer: c.addr()?,
                 comm: c.string()?,
                 ret: c.u64()? as i64,
+                // Version 1 bodies end here.
+                task_ctx: if c.0.len() >= 8 { c.u64()? } else { 0 },
             };
             if tag == TAG_CONN_OPEN { Event::ConnOpen(conn) } else { Event::ConnClose(conn) }
         }
@@ -426,6 +429,7 @@ pub(crate) mod tests_support {
             peer: Some("[::1]:40000".parse().unwrap()),
             comm: "uvicorn".into(),
             ret: 4,
+            task_ctx: traceo_ebpf_common::CONN_CTX | 42,
         };
         vec![
             Event::ConnOpen(conn.clone()),
@@ -465,6 +469,12 @@ pub(crate) mod tests_support {
             Event::Fork(Proc { meta: meta(8), parent_pid: Some(7), comm: "python3".into() }),
             Event::Exec(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),
             Event::Exit(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),
+            Event::Task(TaskCreated {
+                meta: meta(7),
+                parent_ctx: 0x7f00_0010,
+                child_ctx: 0x7f00_0020,
+                task: 0x7f00_0030,
+            }),
         ]
     }
 }

@@ -202,6 +202,8 @@ pub struct ConnEvent {
     pub how: u8,
     pub _pad: [u8; 3],
     pub comm: [u8; COMM_LEN],
+    /// The runtime context of the thread that opened it (as `DataEvent::task_ctx`).
+    pub task_ctx: u64,
 }
 
 /// A process event: exec, fork (of a traced process) or exit.
@@ -229,8 +231,31 @@ pub struct TaskEvent {
     pub task: u64,
 }
 
+/// Runtimes whose per-request context the programs read. Numbered explicitly; append only.
+pub mod runtime_kind {
+    /// CPython: the thread's current `contextvars.Context` (asyncio tasks).
+    pub const PYTHON: u32 = 1;
+    /// nginx: while `ngx_http_upstream_init` runs, the client connection it serves.
+    pub const NGINX: u32 = 2;
+}
+
+/// Set on a `task_ctx` that names an inbound connection (its inode number) rather than a
+/// runtime context address: the call serves the request in flight on that connection.
+pub const CONN_CTX: u64 = 1 << 63;
+
+/// A traced process whose runtime the programs read (`RUNTIME_PROCS`, key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeProc {
+    /// One of [`runtime_kind`].
+    pub kind: u32,
+    pub _pad: u32,
+    /// For [`runtime_kind::PYTHON`].
+    pub python: PyLayout,
+}
+
 /// Where a CPython build keeps what the programs read, measured by the agent per
-/// executable (byte offsets); one entry per traced CPython process in `PY_PROCS`.
+/// executable (byte offsets).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PyLayout {
@@ -310,6 +335,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProbeSettings {}
     unsafe impl aya::Pod for super::PyLayout {}
+    unsafe impl aya::Pod for super::RuntimeProc {}
 }
 
 #[cfg(test)]
@@ -335,7 +361,8 @@ mod tests {
 
     #[test]
     fn conn_and_proc_events_have_no_padding_holes() {
-        assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 8 + 4 + 2 + 2 + 32 + 4 + 4 + COMM_LEN);
+        assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 8 + 4 + 2 + 2 + 32 + 4 + 4 + COMM_LEN + 8);
+        assert_eq!(size_of::<RuntimeProc>(), 8 + size_of::<PyLayout>());
         assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
         assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
         assert_eq!(size_of::<TaskEvent>(), 24 + 3 * 8);

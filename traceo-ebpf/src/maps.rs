@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, PyLayout, stat};
+use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, RuntimeProc, stat};
 
 /// All events, to the agent. The agent sets its size at load (`--ring-buffer-mib`).
 #[map]
@@ -99,11 +99,15 @@ pub struct SyscallArgs {
     pub task_ctx: u64,
 }
 
-/// Traced CPython processes and where their build keeps the thread state (key: tgid).
-/// Written by the agent once it has measured the executable; copied to forked children by
-/// the fork probe so a new worker's first request already has its context.
+/// Traced processes whose runtime the programs read, and how (key: tgid). Written by the
+/// agent once it has looked at the process (for CPython: measured its executable).
 #[map]
-pub static PY_PROCS: HashMap<u32, PyLayout> = HashMap::with_max_entries(4096, 0);
+pub static RUNTIME_PROCS: HashMap<u32, RuntimeProc> = HashMap::with_max_entries(4096, 0);
+
+/// A context a runtime probe set for the thread while it runs (key: tid): nginx's
+/// `ngx_http_upstream_init` sets the client connection it serves, its return clears it.
+#[map]
+pub static THREAD_CTX: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// (task object, creating context) of a `Task.__init__` in flight, for its return probe
 /// (key: tid). An LRU: a thread that dies inside the call leaves its entry behind.

@@ -1,5 +1,6 @@
-//! The runtime context of the current thread, read from the interpreter's own state at a
-//! probe that already runs (no uprobe per syscall: a uprobe trap costs ~16 us here).
+//! The runtime context of the current thread, read at a probe that already runs (no uprobe
+//! per syscall: a uprobe trap costs ~16 us here): from the interpreter's own state for
+//! CPython, from what a rare runtime probe left for the thread for nginx.
 //!
 //! CPython keeps each thread's `PyThreadState` in a pthread-specific slot (the GIL-state
 //! key), which stays set while the GIL is released around a blocking syscall; the state's
@@ -7,21 +8,27 @@
 //! in a context of its own. So the context's address names the task at the syscall.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
-use traceo_ebpf_common::stat;
+use traceo_ebpf_common::{runtime_kind, stat};
 
 use crate::{
+    filter::Current,
     globals::offset,
-    maps::{PY_PROCS, count},
+    maps::{RUNTIME_PROCS, THREAD_CTX, count},
 };
 
-/// The current thread's CPython context, or 0 (not a measured CPython process, a thread
-/// without a Python thread state, or a read that did not validate).
+/// The current thread's runtime context, or 0 (no runtime read for this process, a thread
+/// without one, or a read that did not validate).
 #[inline(always)]
-pub fn current_context(pid: u32) -> u64 {
+pub fn current_context(cur: &Current) -> u64 {
     // SAFETY: copied out at once.
-    let Some(layout) = (unsafe { PY_PROCS.get(&pid) }).copied() else {
+    let Some(rt) = (unsafe { RUNTIME_PROCS.get(&cur.pid) }).copied() else {
         return 0;
     };
+    if rt.kind == runtime_kind::NGINX {
+        // SAFETY: copied out at once.
+        return unsafe { THREAD_CTX.get(&cur.tid) }.copied().unwrap_or(0);
+    }
+    let layout = rt.python;
     let Some(fs) = thread_pointer() else {
         count(stat::RUNTIME_READ_FAILED);
         return 0;

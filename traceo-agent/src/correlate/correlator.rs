@@ -29,7 +29,7 @@ use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
 use super::context::{Carried, TraceParent};
 use super::ids::{IdGen, SpanId, TraceId};
 use super::pairs::{ConnPairs, PairKey, client_key, server_key};
-use super::parent::{Answered, Inbound, Pick, pick_at_start, task_match};
+use super::parent::{Answered, Inbound, Pick, Signal, pick_at_start, task_match};
 use super::tasks::{Incarnation, TaskLineage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,7 +337,7 @@ impl Correlator {
         let (pid, tid, start, pair, ctx) = (n.pid, n.tid, n.start_ns, n.pair, n.task_ctx);
         let value = n.carried.correlation_id.clone();
         let cands = self.inbound_views(self.inbound.get(&pid).map(Vec::as_slice).unwrap_or_default());
-        match pick_at_start(tid, start, &n.carried, &cands, ctx != 0) {
+        match pick_at_start(tid, start, &n.carried, &cands, Signal::of(ctx)) {
             Pick::Certain(parent, link) => self.decide(id, Parent::Local(parent), Some(link)),
             Pick::None => {
                 let (parent, link) = self.client_fallback(id);
@@ -379,6 +379,7 @@ impl Correlator {
                 let n = self.nodes.get(id)?;
                 Some(Inbound {
                     key: *id,
+                    conn_id: n.request.0,
                     tid: n.tid,
                     start_ns: n.start_ns,
                     trace_id: n.trace.as_ref().map(|t| t.trace_id).or(n.carried.parent.map(|p| p.trace_id)),

@@ -187,6 +187,7 @@ mod tests {
             peer: Some(a(peer)),
             comm: "x".into(),
             ret: 0,
+            task_ctx: 0,
         })
     }
 

@@ -6,6 +6,8 @@
 //!   correlation value (`propagated`).
 //! - A threaded server: the calling thread serves exactly one inbound request while other
 //!   threads serve the rest (`thread`).
+//! - A runtime that names the request a call serves (nginx: the client connection whose
+//!   request made it call upstream): that connection's request in flight (`task`).
 //! - A runtime that reports its tasks (CPython asyncio): the call waits for an inbound
 //!   request whose response is written by the call's task or one of its ancestors
 //!   (`task`, decided in [`task_match`]).
@@ -22,6 +24,8 @@ use super::tasks::Incarnation;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inbound<K> {
     pub key: K,
+    /// Its connection.
+    pub conn_id: u64,
     pub tid: u32,
     pub start_ns: u64,
     pub trace_id: Option<TraceId>,
@@ -40,14 +44,33 @@ pub enum Pick<K> {
     Ambiguous(Vec<K>),
 }
 
+/// What the runtime said about the call (from `Data::task_ctx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    None,
+    /// The call's task is known (its context address).
+    Task,
+    /// The call serves the request in flight on this inbound connection.
+    Serves(u64),
+}
+
+impl Signal {
+    pub fn of(task_ctx: u64) -> Signal {
+        match task_ctx {
+            0 => Signal::None,
+            c if c & traceo_ebpf_common::CONN_CTX != 0 => Signal::Serves(c & !traceo_ebpf_common::CONN_CTX),
+            _ => Signal::Task,
+        }
+    }
+}
+
 /// Choose among the process's inbound requests in flight when an outbound request is seen.
-/// `runtime`: the call carries a runtime context (its task is known).
 pub fn pick_at_start<K: Clone>(
     tid: u32,
     start_ns: u64,
     carried: &Carried,
     in_flight: &[Inbound<K>],
-    runtime: bool,
+    signal: Signal,
 ) -> Pick<K> {
     // Only a request that started before the call can have made it.
     let cands: Vec<&Inbound<K>> = in_flight.iter().filter(|c| c.start_ns < start_ns).collect();
@@ -64,6 +87,13 @@ pub fn pick_at_start<K: Clone>(
     if let Some(key) = latest(&tied) {
         return Pick::Certain(key, Link::Propagated);
     }
+    if let Signal::Serves(conn) = signal {
+        // One request at a time on a client connection (HTTP/1.x): the latest one there.
+        if let Some(key) = latest(&cands.iter().copied().filter(|c| c.conn_id == conn).collect::<Vec<_>>()) {
+            return Pick::Certain(key, Link::Task);
+        }
+    }
+    let runtime = signal == Signal::Task;
     let keys = |list: &[&Inbound<K>]| list.iter().map(|c| c.key.clone()).collect::<Vec<K>>();
     let on_thread: Vec<&Inbound<K>> = cands.iter().copied().filter(|c| c.tid == tid).collect();
     let threaded = on_thread.len() < cands.len();
@@ -116,7 +146,7 @@ mod tests {
     use crate::correlate::context::TraceParent;
 
     fn inbound(key: u32, tid: u32, start_ns: u64) -> Inbound<u32> {
-        Inbound { key, tid, start_ns, trace_id: None, correlation_id: None }
+        Inbound { key, conn_id: u64::from(key), tid, start_ns, trace_id: None, correlation_id: None }
     }
 
     #[test]
@@ -124,25 +154,38 @@ mod tests {
         let none = Carried::default();
         // A threaded server: two requests in flight, on threads 10 and 11.
         let flight = [inbound(1, 10, 100), inbound(2, 11, 150)];
-        assert_eq!(pick_at_start(11, 200, &none, &flight, false), Pick::Certain(2, Link::Thread));
-        assert_eq!(pick_at_start(10, 200, &none, &flight, true), Pick::Certain(1, Link::Thread));
+        assert_eq!(pick_at_start(11, 200, &none, &flight, Signal::None), Pick::Certain(2, Link::Thread));
+        assert_eq!(pick_at_start(10, 200, &none, &flight, Signal::Task), Pick::Certain(1, Link::Thread));
         // A call from a third thread: two candidates, no signal.
-        assert_eq!(pick_at_start(12, 200, &none, &flight, false), Pick::Ambiguous(vec![1, 2]));
+        assert_eq!(pick_at_start(12, 200, &none, &flight, Signal::None), Pick::Ambiguous(vec![1, 2]));
         // A request that started after the call cannot have made it.
-        assert_eq!(pick_at_start(11, 120, &none, &flight, false), Pick::Certain(1, Link::Thread));
-        assert_eq!(pick_at_start(10, 50, &none, &flight, false), Pick::None);
+        assert_eq!(pick_at_start(11, 120, &none, &flight, Signal::None), Pick::Certain(1, Link::Thread));
+        assert_eq!(pick_at_start(10, 50, &none, &flight, Signal::None), Pick::None);
     }
 
     #[test]
     fn an_event_loop_waits_for_its_runtime_or_stays_ambiguous() {
         let none = Carried::default();
         let flight = [inbound(1, 10, 100), inbound(2, 10, 150)];
-        assert_eq!(pick_at_start(10, 200, &none, &flight, false), Pick::Ambiguous(vec![1, 2]));
-        assert_eq!(pick_at_start(10, 200, &none, &flight, true), Pick::Task(vec![1, 2]));
+        assert_eq!(pick_at_start(10, 200, &none, &flight, Signal::None), Pick::Ambiguous(vec![1, 2]));
+        assert_eq!(pick_at_start(10, 200, &none, &flight, Signal::Task), Pick::Task(vec![1, 2]));
         // One request in flight: certain without a runtime; with one, the task decides (a
         // background task's call is not the request's).
-        assert_eq!(pick_at_start(10, 200, &none, &flight[..1], false), Pick::Certain(1, Link::Thread));
-        assert_eq!(pick_at_start(10, 200, &none, &flight[..1], true), Pick::Task(vec![1]));
+        assert_eq!(pick_at_start(10, 200, &none, &flight[..1], Signal::None), Pick::Certain(1, Link::Thread));
+        assert_eq!(pick_at_start(10, 200, &none, &flight[..1], Signal::Task), Pick::Task(vec![1]));
+    }
+
+    #[test]
+    fn a_runtime_naming_the_served_connection_is_certain() {
+        let none = Carried::default();
+        // nginx: one worker thread, three client requests in flight on connections 1, 2, 3.
+        let flight = [inbound(1, 10, 100), inbound(2, 10, 150), inbound(3, 10, 160)];
+        assert_eq!(pick_at_start(10, 200, &none, &flight, Signal::Serves(2)), Pick::Certain(2, Link::Task));
+        // A connection with nothing in flight says nothing: back to no signal.
+        assert_eq!(pick_at_start(10, 200, &none, &flight, Signal::Serves(9)), Pick::Ambiguous(vec![1, 2, 3]));
+        assert_eq!(Signal::of(traceo_ebpf_common::CONN_CTX | 7), Signal::Serves(7));
+        assert_eq!(Signal::of(0x7f00_1000), Signal::Task);
+        assert_eq!(Signal::of(0), Signal::None);
     }
 
     #[test]
@@ -154,11 +197,11 @@ mod tests {
         b.correlation_id = Some("req-9".into());
         let flight = [a, b, inbound(3, 10, 120)];
         let with_trace = Carried { parent: Some(tp), ..Carried::default() };
-        assert_eq!(pick_at_start(10, 200, &with_trace, &flight, true), Pick::Certain(1, Link::Propagated));
+        assert_eq!(pick_at_start(10, 200, &with_trace, &flight, Signal::Task), Pick::Certain(1, Link::Propagated));
         let with_id = Carried { correlation_id: Some("req-9".into()), ..Carried::default() };
-        assert_eq!(pick_at_start(10, 200, &with_id, &flight, false), Pick::Certain(2, Link::Propagated));
+        assert_eq!(pick_at_start(10, 200, &with_id, &flight, Signal::None), Pick::Certain(2, Link::Propagated));
         let other = Carried { correlation_id: Some("nope".into()), ..Carried::default() };
-        assert_eq!(pick_at_start(10, 200, &other, &flight, false), Pick::Ambiguous(vec![1, 2, 3]));
+        assert_eq!(pick_at_start(10, 200, &other, &flight, Signal::None), Pick::Ambiguous(vec![1, 2, 3]));
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Req {
             peer: self.peer,
             midstream: false,
             tls: false,
+            opened_ctx: 0,
         };
         let request = HttpMessage {
             kind: Kind::Request,
@@ -130,6 +131,7 @@ impl Req {
             peer: self.peer,
             comm: "svc".into(),
             ret: 0,
+            task_ctx: 0,
         })
     }
 }

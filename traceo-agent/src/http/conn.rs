@@ -182,7 +182,7 @@ impl Conn {
             peer: self.info.peer,
             start_ns: req.start_ns,
             headers: req.headers.clone(),
-            task_ctx: req.task_ctx,
+            task_ctx: self.info.request_ctx(req.task_ctx, self.requests_seen),
         };
         self.requests_seen += 1;
         (ctx.out)(Tracked::Request(seen));

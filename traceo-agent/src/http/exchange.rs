@@ -106,6 +106,17 @@ pub struct ConnInfo {
     pub midstream: bool,
     /// Its bytes are TLS plaintext from the OpenSSL probes (the socket carried ciphertext).
     pub tls: bool,
+    /// The runtime context that opened it (`Conn::task_ctx`): nginx connects upstream for
+    /// one client request, then writes that request later, from another event.
+    pub opened_ctx: u64,
+}
+
+impl ConnInfo {
+    /// The runtime context of a request: the one that wrote its first bytes, else, for the
+    /// connection's first request, the one that opened the connection.
+    pub fn request_ctx(&self, written_by: u64, seq: u64) -> u64 {
+        if written_by == 0 && seq == 0 { self.opened_ctx } else { written_by }
+    }
 }
 
 /// One HTTP exchange.
@@ -291,7 +302,7 @@ impl Exchange {
             job_status: None,
             mcp: None,
             candidates: Vec::new(),
-            request_ctx: req.task_ctx,
+            request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },
         }
     }

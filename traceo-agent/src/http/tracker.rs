@@ -205,6 +205,7 @@ impl ConnTracker {
             _ => "unknown".to_string(),
         };
         let (local, peer) = (open.and_then(|c| c.local), open.and_then(|c| c.peer));
-        ConnInfo { conn_id, service, local, peer, midstream, tls: false }
+        let opened_ctx = open.map_or(0, |c| c.task_ctx);
+        ConnInfo { conn_id, service, local, peer, midstream, tls: false, opened_ctx }
     }
 }

@@ -15,7 +15,7 @@ use aya::{
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, PyLayout, stat};
+use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, RuntimeProc, stat};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACEO_EBPF_OBJECT"));
@@ -84,7 +84,8 @@ pub struct Probes {
     links: Vec<(&'static str, TracePointLinkId)>,
     /// OpenSSL probe links by the process they watch (`None`: every process).
     uprobe_links: std::collections::HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
-    /// asyncio task probe links by process (kept apart: the TLS stage drops its own).
+    /// Runtime probe links (asyncio tasks, nginx upstreams) by process (kept apart: the TLS
+    /// stage drops its own).
     task_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<KernelLogger>,
 }
@@ -217,18 +218,20 @@ impl Probes {
         Ok(())
     }
 
-    /// Tell the programs where `pid`'s CPython keeps its thread state: from now on its
-    /// socket events carry the current context.
-    pub fn set_python(&mut self, pid: u32, layout: PyLayout) -> anyhow::Result<()> {
-        let mut map: aya::maps::HashMap<_, u32, PyLayout> =
-            aya::maps::HashMap::try_from(self.ebpf.map_mut("PY_PROCS").context("PY_PROCS map missing")?)?;
-        map.insert(pid, layout, 0)?;
+    /// Tell the programs how to read `pid`'s runtime: from now on its socket events carry
+    /// its current context.
+    pub fn set_runtime(&mut self, pid: u32, runtime: RuntimeProc) -> anyhow::Result<()> {
+        let mut map: aya::maps::HashMap<_, u32, RuntimeProc> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("RUNTIME_PROCS").context("RUNTIME_PROCS map missing")?)?;
+        map.insert(pid, runtime, 0)?;
         Ok(())
     }
 
-    /// Forget `pid`'s runtime: its layout and its task probes.
-    pub fn forget_python(&mut self, pid: u32) {
-        if let Some(Ok(mut map)) = self.ebpf.map_mut("PY_PROCS").map(aya::maps::HashMap::<_, u32, PyLayout>::try_from) {
+    /// Forget `pid`'s runtime: its entry and its runtime probes.
+    pub fn forget_runtime(&mut self, pid: u32) {
+        if let Some(Ok(mut map)) =
+            self.ebpf.map_mut("RUNTIME_PROCS").map(aya::maps::HashMap::<_, u32, RuntimeProc>::try_from)
+        {
             let _ = map.remove(&pid);
         }
         for (name, link) in self.task_links.remove(&pid).unwrap_or_default() {
@@ -236,19 +239,23 @@ impl Probes {
         }
     }
 
-    /// Probe asyncio task creation in `module` (a CPython `_asyncio` extension) for `pid`.
-    pub fn attach_task_probe(&mut self, module: &std::path::Path, pid: u32) -> anyhow::Result<()> {
-        let symbol = crate::runtime::python::TASK_INIT_SYMBOL;
-        let (entry, ret) = programs::TASK_INIT;
+    /// Probe `symbol` in `file` for `pid` with an (entry, return) pair of programs.
+    pub fn attach_runtime_probe(
+        &mut self,
+        file: &std::path::Path,
+        symbol: &str,
+        (entry, ret): (&'static str, &'static str),
+        pid: u32,
+    ) -> anyhow::Result<()> {
         // The return probe first, as for OpenSSL: an entry without its return would leave
-        // its parked task behind.
-        self.attach_uprobe(ret, symbol, module, Some(pid))
-            .with_context(|| format!("no {symbol} in {}", module.display()))?;
-        if let Err(e) = self.attach_uprobe(entry, symbol, module, Some(pid)) {
+        // its state behind.
+        self.attach_uprobe(ret, symbol, file, Some(pid))
+            .with_context(|| format!("no {symbol} in {}", file.display()))?;
+        if let Err(e) = self.attach_uprobe(entry, symbol, file, Some(pid)) {
             self.detach_last_uprobe(Some(pid));
-            return Err(e).with_context(|| format!("probing {symbol} in {}", module.display()));
+            return Err(e).with_context(|| format!("probing {symbol} in {}", file.display()));
         }
-        // Move both links to the task table.
+        // Move both links to the runtime table (the TLS stage drops its own).
         let links = self.uprobe_links.get_mut(&Some(pid)).map(|l| l.split_off(l.len().saturating_sub(2)));
         self.task_links.entry(pid).or_default().extend(links.unwrap_or_default());
         Ok(())

@@ -51,7 +51,11 @@ pub const SSL_RETURN: &str = "ssl_return";
 /// `runtime::python::TASK_INIT_SYMBOL`.
 pub const TASK_INIT: (&str, &str) = ("py_task_init", "py_task_init_return");
 
+/// nginx's `ngx_http_upstream_init`: (entry, return) programs.
+pub const NGINX_UPSTREAM_INIT: (&str, &str) = ("ngx_upstream_init", "ngx_upstream_init_return");
+
 /// Every uprobe program, for loading.
 pub fn uprobe_programs() -> impl Iterator<Item = &'static str> {
-    SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN, TASK_INIT.0, TASK_INIT.1])
+    let runtime = [TASK_INIT.0, TASK_INIT.1, NGINX_UPSTREAM_INIT.0, NGINX_UPSTREAM_INIT.1];
+    SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN]).chain(runtime)
 }

@@ -1,7 +1,13 @@
-//! Runtime awareness: which traced processes run an event loop whose tasks the probes can
-//! tell apart, and keeping the kernel told (`PY_PROCS`) and the task probes attached.
+//! Runtime awareness: which traced processes serve many requests on one thread in a way the
+//! probes can tell apart, and keeping the kernel told (`RUNTIME_PROCS`) and the runtime
+//! probes attached.
 //!
-//! Per process, one of [`Runtime`]; logged once when it changes and shown by `check`.
+//! - CPython: its current `contextvars.Context` read at each socket syscall (one per asyncio
+//!   task), and task lineage from a probe on task creation (`python`).
+//! - nginx: a probe on `ngx_http_upstream_init` names the client connection each upstream
+//!   connect or request serves.
+//!
+//! Per process, one [`Runtime`]; logged once when it changes and shown by `check`.
 
 pub mod python;
 
@@ -10,19 +16,29 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{loader::Probes, tls::libraries::FileId};
+use traceo_ebpf_common::{RuntimeProc, runtime_kind};
+
+use crate::{
+    loader::{Probes, programs},
+    tls::libraries::FileId,
+};
+
+/// nginx's function that starts the upstream part of a proxied request (exported).
+pub const NGINX_UPSTREAM_SYMBOL: &str = "ngx_http_upstream_init";
 
 /// What the agent knows about a traced process's runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Runtime {
-    /// Not an interpreter the agent knows: calls get a parent only from certain evidence
-    /// (propagated context, connection ends, a thread serving one request).
+    /// Nothing known: calls get a parent only from certain evidence (propagated context,
+    /// connection ends, a thread serving one request).
     Other,
     /// CPython whose current context is read at each socket syscall; `tasks` when the task
     /// probe is attached too (lineage of tasks created while serving a request).
     Python { version: String, tasks: bool, note: Option<String> },
     /// CPython the agent could not measure (named why).
     PythonUnsupported(String),
+    /// nginx with its upstream probe (`Err`: why not).
+    Nginx(Result<(), String>),
 }
 
 impl Runtime {
@@ -37,6 +53,8 @@ impl Runtime {
                 note.as_deref().unwrap_or("no task probe")
             ),
             Runtime::PythonUnsupported(why) => format!("python: no task tracking ({why})"),
+            Runtime::Nginx(Ok(())) => "nginx: upstream requests tied to their client requests".into(),
+            Runtime::Nginx(Err(why)) => format!("nginx: upstream tracking off ({why})"),
         }
     }
 }
@@ -49,10 +67,10 @@ pub struct Runtimes {
 }
 
 impl Runtimes {
-    /// A process became traced or ran a new program: measure its interpreter (once per
-    /// executable), tell the kernel, probe task creation.
+    /// A process became traced or ran a new program: look at its runtime (a CPython
+    /// executable is measured once), tell the kernel, attach the runtime probes.
     pub fn track(&mut self, probes: &mut Probes, pid: u32) {
-        let runtime = self.assess(pid, probes);
+        let runtime = apply(probes, pid, plan(pid, &mut self.measured));
         if self.processes.get(&pid) != Some(&runtime) {
             if runtime != Runtime::Other {
                 let comm = crate::procfs::comm(pid).unwrap_or_default();
@@ -62,32 +80,12 @@ impl Runtimes {
         }
     }
 
-    fn assess(&mut self, pid: u32, probes: &mut Probes) -> Runtime {
-        match plan(pid, &mut self.measured) {
-            Plan::Other => Runtime::Other,
-            Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
-            Plan::Python { measured, module, note } => {
-                if let Err(e) = probes.set_python(pid, measured.layout()) {
-                    return Runtime::PythonUnsupported(format!("kernel map: {e:#}"));
-                }
-                let (tasks, note) = match module {
-                    None => (false, note),
-                    Some(module) => match probes.attach_task_probe(&module, pid) {
-                        Ok(()) => (true, None),
-                        Err(e) => (false, Some(format!("{e:#}"))),
-                    },
-                };
-                Runtime::Python { version: measured.version, tasks, note }
-            }
-        }
-    }
-
     /// Called with the traced processes: track new ones, forget the rest.
     pub fn refresh(&mut self, probes: &mut Probes, traced: &std::collections::HashSet<u32>) {
         let gone: Vec<u32> = self.processes.keys().filter(|p| !traced.contains(p)).copied().collect();
         for pid in gone {
             self.processes.remove(&pid);
-            probes.forget_python(pid);
+            probes.forget_runtime(pid);
         }
         for &pid in traced {
             if !self.processes.contains_key(&pid) {
@@ -95,23 +93,37 @@ impl Runtimes {
             }
         }
     }
+}
 
-    pub fn of(&self, pid: u32) -> Option<&Runtime> {
-        self.processes.get(&pid)
-    }
-
-    /// Traced processes by runtime kind, for the agent's metrics.
-    pub fn counts(&self) -> RuntimeCounts {
-        let mut c = RuntimeCounts::default();
-        for r in self.processes.values() {
-            match r {
-                Runtime::Python { tasks: true, .. } => c.python_tasks += 1,
-                Runtime::Python { tasks: false, .. } => c.python_context_only += 1,
-                Runtime::PythonUnsupported(_) => c.python_unsupported += 1,
-                Runtime::Other => c.other += 1,
+/// Tell the kernel and attach what `plan` found.
+fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
+    match plan {
+        Plan::Other => Runtime::Other,
+        Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
+        Plan::Python { measured, module, note } => {
+            let rt = RuntimeProc { kind: runtime_kind::PYTHON, _pad: 0, python: measured.layout() };
+            if let Err(e) = probes.set_runtime(pid, rt) {
+                return Runtime::PythonUnsupported(format!("kernel map: {e:#}"));
             }
+            let (tasks, note) = match module {
+                None => (false, note),
+                Some(module) => {
+                    match probes.attach_runtime_probe(&module, python::TASK_INIT_SYMBOL, programs::TASK_INIT, pid) {
+                        Ok(()) => (true, None),
+                        Err(e) => (false, Some(format!("{e:#}"))),
+                    }
+                }
+            };
+            Runtime::Python { version: measured.version, tasks, note }
         }
-        c
+        Plan::Nginx(Err(why)) => Runtime::Nginx(Err(why)),
+        Plan::Nginx(Ok(exe)) => {
+            let attached =
+                probes.attach_runtime_probe(&exe, NGINX_UPSTREAM_SYMBOL, programs::NGINX_UPSTREAM_INIT, pid).and_then(
+                    |()| probes.set_runtime(pid, RuntimeProc { kind: runtime_kind::NGINX, ..Default::default() }),
+                );
+            Runtime::Nginx(attached.map_err(|e| format!("{e:#}")))
+        }
     }
 }
 
@@ -126,12 +138,23 @@ pub enum Plan {
         note: Option<String>,
     },
     Unsupported(String),
+    /// nginx: its executable (through /proc/PID/root), or why it cannot be probed.
+    Nginx(Result<PathBuf, String>),
 }
 
 /// Look at `pid`: measure its interpreter once per executable (`measured` caches).
 pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, String>>) -> Plan {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let Ok(target) = std::fs::read_link(&exe) else { return Plan::Other };
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    if target.file_name().is_some_and(|n| n == "nginx") {
+        let file = root.join(target.to_string_lossy().trim_start_matches('/'));
+        return Plan::Nginx(if python::has_symbol(&file, NGINX_UPSTREAM_SYMBOL) {
+            Ok(file)
+        } else {
+            Err(format!("{} does not export {NGINX_UPSTREAM_SYMBOL}", target.display()))
+        });
+    }
     if !python::is_python(&target) {
         return Plan::Other;
     }
@@ -140,7 +163,6 @@ pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, St
         Ok(m) => m.clone(),
         Err(why) => return Plan::Unsupported(why.clone()),
     };
-    let root = Path::new("/proc").join(pid.to_string()).join("root");
     let (module, note) = match (&m.asyncio_module, m.task_context) {
         (_, None) => (None, Some("task layout not found".to_owned())),
         (None, _) => (None, Some("_asyncio is built into the interpreter".to_owned())),
@@ -170,13 +192,6 @@ pub fn describe_plan(plan: &Plan) -> String {
             let version = measured.version.clone();
             Runtime::Python { version, tasks: module.is_some(), note: note.clone() }.describe()
         }
+        Plan::Nginx(found) => Runtime::Nginx(found.as_ref().map(|_| ()).map_err(Clone::clone)).describe(),
     }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuntimeCounts {
-    pub python_tasks: u64,
-    pub python_context_only: u64,
-    pub python_unsupported: u64,
-    pub other: u64,
 }

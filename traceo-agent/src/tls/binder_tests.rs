@@ -76,6 +76,7 @@ impl Run {
             peer: None,
             comm: String::new(),
             ret: 0,
+            task_ctx: 0,
         }));
     }
 

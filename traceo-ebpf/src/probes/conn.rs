@@ -36,6 +36,7 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
     ev.fd = fd as i32;
     ev.how = how;
     ev.comm = bpf_get_current_comm().unwrap_or_default();
+    ev.task_ctx = if event_kind == kind::CONN_OPEN { crate::runtime::current_context(cur) } else { 0 };
     if fill_addresses(sock, ev).is_err() {
         // Still announce the connection: its identity is known, its addresses are not.
         count(stat::SOCKET_WALK_FAILED);

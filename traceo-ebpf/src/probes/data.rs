@@ -53,7 +53,7 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
         syscall,
         vectored,
         _pad: [0; 5],
-        task_ctx: crate::runtime::current_context(cur.pid),
+        task_ctx: crate::runtime::current_context(&cur),
     };
     if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
         count(stat::ARGS_MAP_FULL);

@@ -4,6 +4,7 @@
 mod conn;
 mod data;
 mod floor;
+mod nginx;
 mod process;
 mod task;
 mod tls;

@@ -12,7 +12,7 @@ use traceo_ebpf_common::{TaskEvent, kind, stat};
 
 use crate::{
     filter::traced,
-    maps::{EVENTS, PY_PROCS, TASK_INIT, count, submit_flags},
+    maps::{EVENTS, RUNTIME_PROCS, TASK_INIT, count, submit_flags},
     runtime::current_context,
 };
 
@@ -20,7 +20,7 @@ use crate::{
 pub fn py_task_init(ctx: ProbeContext) -> u32 {
     let Some(cur) = traced() else { return 0 };
     let task: u64 = ctx.arg(0).unwrap_or(0);
-    let parent = current_context(cur.pid);
+    let parent = current_context(&cur);
     let _ = TASK_INIT.insert(&cur.tid, &[task, parent], 0);
     0
 }
@@ -34,7 +34,7 @@ pub fn py_task_init_return(_ctx: RetProbeContext) -> u32 {
     };
     let _ = TASK_INIT.remove(&cur.tid);
     // SAFETY: copied out at once.
-    let Some(layout) = (unsafe { PY_PROCS.get(&cur.pid) }).copied() else {
+    let Some(layout) = (unsafe { RUNTIME_PROCS.get(&cur.pid) }).map(|r| r.python) else {
         return 0;
     };
     // SAFETY: probe reads of user memory fail cleanly on a bad pointer.

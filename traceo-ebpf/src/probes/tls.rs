@@ -39,7 +39,7 @@ fn enter(ctx: &ProbeContext, call: u16, ex: bool) -> u32 {
         syscall: call,
         vectored: 0,
         _pad: [0; 5],
-        task_ctx: crate::runtime::current_context(cur.pid),
+        task_ctx: crate::runtime::current_context(&cur),
     };
     if TLS_ARGS.insert(&cur.tid, &args, 0).is_err() {
         count(stat::ARGS_MAP_FULL);

@@ -65,6 +65,7 @@ fn configured_service_name_wins_over_comm() {
         peer: None,
         comm: "python3".into(),
         ret: 0,
+        task_ctx: 0,
     });
     s.recv(&get("/")).send(&ok(""));
     let mut events = vec![ev];

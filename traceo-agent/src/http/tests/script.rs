@@ -79,6 +79,7 @@ impl Script {
             peer: how.map(|_| addr("10.0.0.2:51000")),
             comm: "engine".to_string(),
             ret: 0,
+            task_ctx: 0,
         }
     }
 

@@ -9,7 +9,8 @@
 //! precision = right / exported links, recall = right / calls, at each number in flight.
 //!
 //! Prints a table and writes `target/fidelity/fidelity.json` (the agent's JSON lines and the
-//! apps' logs are kept beside it). Fails when a precision is under 0.99, unless `--report-only`.
+//! apps' logs are kept in `target/fidelity/logs/`). Fails when a precision is under 0.99,
+//! unless `--report-only`.
 
 mod load;
 mod scenarios;
@@ -120,12 +121,18 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     procs::kill_children_on_interrupt();
     let started = Instant::now();
     let out = crate::root().join("target/fidelity");
-    std::fs::create_dir_all(&out)?;
-    let (backend, backend_port) = scenarios::start_backend(python, &out)?;
-    let harness = Harness { agent_bin, python, out, backend, backend_port, levels: levels(s.quick) };
+    // This run's files (the agent's JSON lines, the apps' logs), private to it while it runs
+    // (two runs at once must not share a log path), then moved to target/fidelity/logs.
+    let work = out.join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let (backend, backend_port) = scenarios::start_backend(python, &work)?;
+    let harness = Harness { agent_bin, python, work, backend, backend_port, levels: levels(s.quick) };
     let runs: Vec<ScenarioRun> = chosen.into_iter().map(|sc| harness.run_scenario(sc)).collect();
-    let out = harness.out.clone();
+    let work = harness.work.clone();
     drop(harness);
+    let logs = out.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::rename(&work, &logs).with_context(|| format!("move {} to {}", work.display(), logs.display()))?;
 
     let report = json!({
         "timestamp": timestamp(),
@@ -141,7 +148,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     print_table(&runs, s.quick, started.elapsed());
     let file = out.join("fidelity.json");
     std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
-    println!("\nwrote {} (the agent's exchanges: {}/SCENARIO.jsonl)", file.display(), out.display());
+    println!("\nwrote {} (the agent's exchanges: {}/SCENARIO.jsonl)", file.display(), logs.display());
 
     let broken: Vec<&str> = runs.iter().filter(|r| r.error.is_some()).map(|r| r.scenario).collect();
     if !broken.is_empty() {
@@ -159,11 +166,11 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// What every scenario shares: the agent, the Python, the output folder, the backend.
+/// What every scenario shares: the agent, the Python, the run's folder, the backend.
 struct Harness<'a> {
     agent_bin: &'a Path,
     python: &'a Path,
-    out: PathBuf,
+    work: PathBuf,
     backend: Proc,
     backend_port: u16,
     levels: Vec<Level>,
@@ -196,10 +203,10 @@ impl Harness<'_> {
     }
 
     /// Start the front and the agent, run every level, stop the agent, score its JSON lines
-    /// (kept in OUT/SCENARIO.jsonl). `agent_log` gets what the agent logs.
+    /// (kept as SCENARIO.jsonl in the run's folder). `agent_log` gets what the agent logs.
     fn measure(&self, sc: &Scenario, agent_log: &mut Arc<Mutex<Vec<String>>>) -> anyhow::Result<(Vec<Row>, usize)> {
-        let (front, port) = sc.start(self.python, &self.out, self.backend_port)?;
-        let log = self.out.join(format!("{}.jsonl", sc.name));
+        let (front, port) = sc.start(self.python, &self.work, self.backend_port)?;
+        let log = self.work.join(format!("{}.jsonl", sc.name));
         let _ = std::fs::remove_file(&log);
         let services = [format!("{FRONT}=pid:{}", front.pid()), format!("{BACK}=pid:{}", self.backend.pid())];
         let mut args = vec!["run", "--service", &services[0], "--service", &services[1]];
@@ -353,9 +360,7 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
             println!("note: {} at {} in flight: {n} {what}", row.scenario, row.in_flight);
         }
     }
-    println!(
-        "c: requests in flight; precision = right / (right + wrong), target >= {PRECISION_TARGET}; recall = right / calls;\n\
-         stitch: share of calls whose backend server span is the child of the front's client span. {:.0} s.",
-        took.as_secs_f64()
-    );
+    println!("c: requests in flight; precision = right / (right + wrong), target >= {PRECISION_TARGET};");
+    println!("recall = right / calls; stitch: share of calls whose backend server span is the child of the");
+    println!("front's client span. {:.0} s.", took.as_secs_f64());
 }

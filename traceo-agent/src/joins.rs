@@ -14,6 +14,7 @@
 //!   everything later in that span's former trace follows it (the webhook's far end, what
 //!   the receiver did while handling it).
 //! - Referring: anything else (a `job_status` poll and its calls): only the link.
+//!
 //! The far end of a callback can be reported before the callback itself (it answers first),
 //! so a joined exchange whose parent has not been seen yet waits for it, at most `HOLD_NS`.
 

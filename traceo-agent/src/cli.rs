@@ -75,6 +75,12 @@ pub struct SelectionArgs {
     /// still recognised as TLS and kept from the HTTP parser).
     #[arg(long)]
     pub no_tls: bool,
+    /// Do not track runtimes (CPython asyncio task contexts and lineage, nginx upstreams):
+    /// calls made while an event loop serves several requests then get no parent
+    /// (`ambiguous`). Saves a few user-memory reads per syscall and one uprobe trap per
+    /// asyncio task or proxied request.
+    #[arg(long)]
+    pub no_runtime: bool,
     /// A TOML file with any of these options (keys as the long option names, `service` as a
     /// list); the command line wins where both set one.
     #[arg(long, value_name = "FILE")]
@@ -188,6 +194,8 @@ pub struct ConfigFile {
     pub ring_buffer_mib: Option<u32>,
     #[serde(default)]
     pub no_tls: bool,
+    #[serde(default)]
+    pub no_runtime: bool,
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
@@ -210,6 +218,8 @@ pub struct Selection {
     pub ring_buffer_mib: u32,
     /// Attach the OpenSSL probes.
     pub tls: bool,
+    /// Track runtimes (asyncio tasks, nginx upstreams).
+    pub runtime: bool,
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
     pub metrics_addr: Option<String>,
@@ -244,6 +254,7 @@ impl SelectionArgs {
             capture_bytes,
             ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(4),
             tls: !(self.no_tls || file.no_tls),
+            runtime: !(self.no_runtime || file.no_runtime),
             log: file.log,
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
@@ -281,6 +292,7 @@ mod tests {
             capture_bytes: Some(100),
             ring_buffer_mib: Some(16),
             no_tls: false,
+            no_runtime: false,
             services: vec!["mcp=pid:1".parse().unwrap()],
         };
         let sel = args.resolve().expect("valid config");

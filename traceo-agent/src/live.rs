@@ -138,7 +138,8 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         tls.refresh(&mut probes, &all);
     }
     let mut runtimes = crate::runtime::Runtimes::default();
-    if !trace_all {
+    let track_runtimes = sel.runtime && !trace_all;
+    if track_runtimes {
         runtimes.refresh(&mut probes, &traced_pids(&lp.tracker));
     }
     opts.ready.set_ready();
@@ -162,7 +163,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                             tls.track(&mut probes, p.meta.pid);
                         }
                         // Its runtime too, so its first requests already carry task contexts.
-                        runtimes.track(&mut probes, p.meta.pid);
+                        if track_runtimes {
+                            runtimes.track(&mut probes, p.meta.pid);
+                        }
                     }
                 }
             }
@@ -180,7 +183,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     if let Some(tls) = &mut tls {
                         tls.refresh(&mut probes, &traced);
                     }
-                    runtimes.refresh(&mut probes, &traced);
+                    if track_runtimes {
+                        runtimes.refresh(&mut probes, &traced);
+                    }
                 }
                 lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {

@@ -105,7 +105,7 @@ fn print_group(rows: &[&Row]) {
     }
 }
 
-pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
+pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Result<()> {
     procs::kill_children_on_interrupt();
     let dir = std::env::temp_dir().join(format!("traceo-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -151,12 +151,20 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
     let mut agent_proc = Proc::spawn(&mut agent_cmd)?;
     wait_for("the agent", || curl(&[&format!("http://127.0.0.1:{metrics_port}/ready")]).starts_with("ready"))?;
 
-    println!("== an MCP client calls upload_csv with a good and a malformed CSV and waits for both webhooks");
-    let out = Command::new(python)
-        .arg(stack.join("mcp_client.py"))
-        .arg(format!("http://127.0.0.1:{mcp_port}/mcp"))
-        .output()
-        .context("run the MCP client")?;
+    let mut client = Command::new(python);
+    client.arg(stack.join("mcp_client.py")).arg(format!("http://127.0.0.1:{mcp_port}/mcp"));
+    match concurrent {
+        Some(n) => {
+            println!(
+                "== an MCP client calls upload_csv {n} times at once (good and malformed CSVs) and waits for the webhooks"
+            );
+            client.arg(n.to_string());
+        }
+        None => {
+            println!("== an MCP client calls upload_csv with a good and a malformed CSV and waits for both webhooks")
+        }
+    }
+    let out = client.output().context("run the MCP client")?;
     if !out.status.success() {
         bail!("the MCP client failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -181,7 +189,10 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
         rows.len(),
         exchanges.display()
     );
-    for job in &jobs {
+    /// Trees printed in full in the concurrent mode (the rest are checked, not shown).
+    const SHOWN: usize = 2;
+    let mut crossed = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
         // One trace per job once spans are on; until then, the exchanges that carry the job id.
         let trace = rows.iter().find(|r| r.s("job_id") == *job).map(|r| r.s("trace_id")).filter(|t| t != "null");
         let group: Vec<&Row> = match &trace {
@@ -190,12 +201,38 @@ pub fn run(agent: &Path, python: &Path) -> anyhow::Result<()> {
         };
         let status =
             rows.iter().find(|r| r.s("job_id") == *job && r.x["job_status"].is_string()).map(|r| r.s("job_status"));
+        // A job's own trace holds one tool call and one upload, and only this job's.
+        let uploads = group.iter().filter(|r| r.s("service") == "engine" && r.s("route") == "/api/v1/jobs").count();
+        let tool_calls = group.iter().filter(|r| r.name() == "tools/call upload_csv").count();
+        let others =
+            group.iter().filter(|r| !matches!(r.s("job_id").as_str(), "null") && r.s("job_id") != *job).count();
+        if uploads != 1 || tool_calls != 1 || others != 0 {
+            crossed.push(format!(
+                "{job}: {uploads} uploads, {tool_calls} upload_csv calls, {others} exchanges of other jobs"
+            ));
+        }
+        if concurrent.is_some() && i >= SHOWN {
+            continue;
+        }
         println!(
             "\njob {job}{}{}",
             status.map(|s| format!(" ({s})")).unwrap_or_default(),
             trace.map(|t| format!("  trace {t}")).unwrap_or_default()
         );
         print_group(&group);
+    }
+    if let Some(n) = concurrent {
+        println!(
+            "\n== {} jobs from {n} concurrent uploads ({} trees shown above); each job's trace holds its own \
+             tool call, upload and webhook: {}",
+            jobs.len(),
+            SHOWN.min(jobs.len()),
+            if crossed.is_empty() && jobs.len() == n as usize {
+                "yes, none crossed".to_owned()
+            } else {
+                format!("NO: {crossed:?}")
+            }
+        );
     }
     println!("\n== key metric lines (Prometheus scrapes these from /metrics)");
     for line in metrics.lines().filter(|l| {

@@ -34,7 +34,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Build everything, start a small bundled service, trace it, and show what the agent sees.
-    Demo,
+    Demo {
+        /// Upload this many CSVs at once instead (good and malformed alternating) and check
+        /// that each job is its own trace, none crossed with another's.
+        #[arg(long, value_name = "N")]
+        concurrent: Option<u32>,
+    },
     /// Measure the cost of tracing side by side (as root); writes target/bench/bench.json.
     Bench {
         /// Fewer rounds and shorter runs (a smoke check, about a minute).
@@ -173,11 +178,11 @@ fn task(task: Task) -> anyhow::Result<()> {
             setup::as_root(&mut cmd);
             run(&mut cmd)
         }
-        Task::Demo => {
+        Task::Demo { concurrent } => {
             let python = setup::test_dependencies()?;
             build_ebpf()?;
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
-            demo::run(&agent_binary("release"), &python)
+            demo::run(&agent_binary("release"), &python, concurrent)
         }
         Task::Bench { quick } => {
             let python = setup::test_dependencies()?;

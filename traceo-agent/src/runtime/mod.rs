@@ -171,9 +171,9 @@ pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, St
             if python::has_symbol(&module, python::TASK_INIT_SYMBOL) {
                 (Some(module), None)
             } else {
-                let version = &m.version;
                 let hint = format!(
-                    "{file} is stripped: no {} symbol; install python{version}-dbg for task lineage",
+                    "{file} is stripped: no {} symbol, so tasks a request creates are not followed \
+                     (a build with symbols, such as pyenv's or python.org's, has it)",
                     python::TASK_INIT_SYMBOL
                 );
                 (None, Some(hint))

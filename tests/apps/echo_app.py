@@ -3,6 +3,7 @@
 GET    /hello          -> 200 "hello"
 GET    /slow           -> 200 after 30 ms (a latency the histogram tests can place in a bucket)
 GET    /status/{code}  -> that status, body "status" (no body for 1xx, 204 and 304)
+GET    /sized/{code}/{n} -> that status with a body of exactly n bytes (overload tests)
 POST   /upload         -> 200 {"received": <body bytes>}
 POST   /echo           -> 200, the request body sent back with the request's content type
 POST   /items          -> 201 {"id": 1, "received": <body bytes>}
@@ -46,6 +47,9 @@ async def app(scope, receive, send):
     elif path == "/slow":
         await asyncio.sleep(0.03)
         status, body = 200, b"slow"
+    elif path.startswith("/sized/"):
+        code, size = path.split("/")[2:4]
+        status, body = int(code), b"x" * int(size)
     elif path.startswith("/status/"):
         status, body = int(path.rsplit("/", 1)[1]), b"status"
     elif path == "/upload":

@@ -158,6 +158,7 @@ impl Decoder {
             truncated: flags & data_flags::TRUNCATED != 0,
             read_failed: flags & data_flags::READ_FAILED != 0,
             no_payload: flags & data_flags::NO_PAYLOAD != 0,
+            after_loss: flags & data_flags::AFTER_LOSS != 0,
             payload: self.copy(payload),
             task_ctx: field!(task_ctx, u64),
         }))
@@ -201,6 +202,7 @@ fn conn(ev: &ConnEvent) -> Result<Conn, DecodeError> {
         peer: address(ev.family, &ev.peer_addr, ev.peer_port),
         comm: comm(&ev.comm),
         ret: ev.ret,
+        after_loss: ev.flags & traceo_ebpf_common::data_flags::AFTER_LOSS != 0,
         task_ctx: ev.task_ctx,
     })
 }

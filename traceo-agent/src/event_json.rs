@@ -61,9 +61,12 @@ impl EventPrinter {
             Event::Data(d) => {
                 let (local, peer) = self.conns.get(&d.conn_id).map_or((None, None), |c| (c.0, c.1));
                 let mut flags = vec![];
-                for (set, name) in
-                    [(d.truncated, "truncated"), (d.read_failed, "read_failed"), (d.no_payload, "no_payload")]
-                {
+                for (set, name) in [
+                    (d.truncated, "truncated"),
+                    (d.read_failed, "read_failed"),
+                    (d.no_payload, "no_payload"),
+                    (d.after_loss, "after_loss"),
+                ] {
                     if set {
                         flags.push(name);
                     }
@@ -109,25 +112,12 @@ impl EventPrinter {
                 ]);
             }
             Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => {
-                obj.extend([
-                    ("conn_id".into(), Value::Null),
-                    ("direction".into(), Value::Null),
-                    ("local".into(), Value::Null),
-                    ("peer".into(), Value::Null),
-                    ("len".into(), json!(0)),
-                    ("data".into(), Value::Null),
-                    ("parent_pid".into(), json!(p.parent_pid)),
-                    ("comm".into(), json!(p.comm)),
-                ]);
+                obj.extend(no_connection());
+                obj.extend([("parent_pid".into(), json!(p.parent_pid)), ("comm".into(), json!(p.comm))]);
             }
             Event::Task(t) => {
+                obj.extend(no_connection());
                 obj.extend([
-                    ("conn_id".into(), Value::Null),
-                    ("direction".into(), Value::Null),
-                    ("local".into(), Value::Null),
-                    ("peer".into(), Value::Null),
-                    ("len".into(), json!(0)),
-                    ("data".into(), Value::Null),
                     ("parent_ctx".into(), json!(format!("{:#x}", t.parent_ctx))),
                     ("task_ctx".into(), json!(format!("{:#x}", t.child_ctx))),
                 ]);
@@ -135,6 +125,18 @@ impl EventPrinter {
         }
         v
     }
+}
+
+/// The connection fields of an event about no connection (process and task events).
+fn no_connection() -> [(String, Value); 6] {
+    [
+        ("conn_id".into(), Value::Null),
+        ("direction".into(), Value::Null),
+        ("local".into(), Value::Null),
+        ("peer".into(), Value::Null),
+        ("len".into(), json!(0)),
+        ("data".into(), Value::Null),
+    ]
 }
 
 #[cfg(test)]

@@ -123,6 +123,8 @@ pub struct Data {
     pub read_failed: bool,
     /// The bytes never passed through a user buffer (sendfile).
     pub no_payload: bool,
+    /// An earlier data event of this connection was lost in the kernel (ring buffer full).
+    pub after_loss: bool,
     pub payload: Bytes,
     /// The runtime context of the calling thread (CPython: its current
     /// `contextvars.Context`, one per asyncio task); 0 when unknown.
@@ -196,6 +198,8 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     pub comm: String,
     pub ret: i64,
+    /// A close after some of its data events were lost in the kernel.
+    pub after_loss: bool,
     /// The runtime context of the thread that opened it (`Data::task_ctx`); for nginx, the
     /// client connection whose request made nginx connect upstream.
     pub task_ctx: u64,

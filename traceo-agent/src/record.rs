@@ -132,12 +132,13 @@ fn family_code(f: Family) -> u16 {
 }
 
 /// Bodies: Data = meta, conn_id u64, fd i32, syscall u8 (index in ALL_SYSCALLS + 1),
-/// direction u8 (1 egress, 2 ingress), flags u8 (1 truncated, 2 read_failed, 4 no_payload),
+/// direction u8 (1 egress, 2 ingress), flags u8 (1 truncated, 2 read_failed, 4 no_payload,
+/// 8 after_loss),
 /// enter_ns u64, exit_ns u64, ret i64, total_len u64, payload_len u32, payload.
 /// Conn = meta, conn_id u64, fd i32, how u8 (0 close, 1 accepted, 2 connected, 3 existing),
 /// family u16, sock_type u16, local addr, peer addr, comm str, ret i64.
 /// Proc = meta, parent_pid u32 (0 = none), comm str.
-/// Version 2: Data and Conn end with task_ctx u64; Task = meta, parent_ctx u64, child_ctx u64, task u64.
+/// Version 2: Data and Conn end with task_ctx u64 (Conn then after_loss u8); Task = meta, parent_ctx u64, child_ctx u64, task u64.
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
         Event::Data(d) => {
@@ -148,7 +149,9 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             let sc = ALL_SYSCALLS.iter().position(|s| *s == d.syscall).unwrap_or(0) as u8 + 1;
             b.push(sc);
             b.push(if d.direction == Direction::Egress { 1 } else { 2 });
-            b.push(d.truncated as u8 | (d.read_failed as u8) << 1 | (d.no_payload as u8) << 2);
+            b.push(
+                d.truncated as u8 | (d.read_failed as u8) << 1 | (d.no_payload as u8) << 2 | (d.after_loss as u8) << 3,
+            );
             for v in [d.enter_ns, d.exit_ns, d.ret as u64, d.total_len] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
@@ -181,6 +184,7 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             put_str(&c.comm, b);
             b.extend_from_slice(&c.ret.to_le_bytes());
             b.extend_from_slice(&c.task_ctx.to_le_bytes());
+            b.push(c.after_loss as u8);
         }
         Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => {
             b.push(match event {
@@ -274,6 +278,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 truncated: flags & 1 != 0,
                 read_failed: flags & 2 != 0,
                 no_payload: flags & 4 != 0,
+                after_loss: flags & 8 != 0,
                 payload,
                 task_ctx,
             })
@@ -307,6 +312,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 ret: c.u64()? as i64,
                 // Version 1 bodies end here.
                 task_ctx: if c.0.len() >= 8 { c.u64()? } else { 0 },
+                after_loss: !c.0.is_empty() && c.u8()? != 0,
             };
             if tag == TAG_CONN_OPEN { Event::ConnOpen(conn) } else { Event::ConnClose(conn) }
         }
@@ -430,6 +436,7 @@ pub(crate) mod tests_support {
             comm: "uvicorn".into(),
             ret: 4,
             task_ctx: traceo_ebpf_common::CONN_CTX | 42,
+            after_loss: false,
         };
         vec![
             Event::ConnOpen(conn.clone()),
@@ -446,6 +453,7 @@ pub(crate) mod tests_support {
                 truncated: false,
                 read_failed: false,
                 no_payload: false,
+                after_loss: false,
                 payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
                 task_ctx: 0x7f00_1234,
             }),
@@ -462,10 +470,11 @@ pub(crate) mod tests_support {
                 truncated: true,
                 read_failed: true,
                 no_payload: true,
+                after_loss: false,
                 payload: Bytes::new(),
                 task_ctx: 0,
             }),
-            Event::ConnClose(Conn { how: None, local: None, peer: None, ..conn }),
+            Event::ConnClose(Conn { how: None, local: None, peer: None, after_loss: true, ..conn }),
             Event::Fork(Proc { meta: meta(8), parent_pid: Some(7), comm: "python3".into() }),
             Event::Exec(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),
             Event::Exit(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),

@@ -186,7 +186,8 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
         status: ex.status,
         server_address: if server { None } else { ex.host() },
         tls: ex.tls,
-        duration_s: ex.duration_ns().map(|ns| ns as f64 / 1e9),
+        // After a loss its timing may span another exchange's bytes: counted, not timed.
+        duration_s: ex.duration_ns().filter(|_| !ex.flags.after_loss).map(|ns| ns as f64 / 1e9),
         request_body_bytes: ex.request_body_bytes,
         response_body_bytes: ex.response_body_bytes.unwrap_or(0),
         trace_id: ex.trace_id.as_deref(),
@@ -231,6 +232,7 @@ impl EventSink for HttpPipeline {
         counts.unpaired_requests = s.unpaired_requests;
         counts.unpaired_responses = s.unpaired_responses;
         counts.non_http_connections = s.non_http_connections;
+        counts.loss_resyncs = s.loss_resyncs;
         counts.active_connections = s.active_connections;
         counts.correlation = Some(self.correlator.stats());
         counts.tls = self.tls.stats;

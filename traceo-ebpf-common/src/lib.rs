@@ -77,6 +77,9 @@ pub mod data_flags {
     pub const READ_FAILED: u8 = 2;
     /// The payload never passes through a user buffer (sendfile): only the length is known.
     pub const NO_PAYLOAD: u8 = 4;
+    /// An earlier data event of this connection was lost (ring buffer full): what the agent
+    /// holds of the connection may be out of step with its bytes.
+    pub const AFTER_LOSS: u8 = 8;
 }
 
 /// How a connection came to be known. Numbered explicitly; append only.
@@ -200,7 +203,10 @@ pub struct ConnEvent {
     pub peer_port: u16,
     /// One of [`open_how`] for `CONN_OPEN`; 0 for `CONN_CLOSE`.
     pub how: u8,
-    pub _pad: [u8; 3],
+    /// `CONN_CLOSE`: [`data_flags::AFTER_LOSS`] when data events of it were lost since its
+    /// last emitted one (nothing later will say so).
+    pub flags: u8,
+    pub _pad: [u8; 2],
     pub comm: [u8; COMM_LEN],
     /// The runtime context of the thread that opened it (as `DataEvent::task_ctx`).
     pub task_ctx: u64,

@@ -26,6 +26,17 @@ pub fn submit_flags() -> u64 {
     }
 }
 
+/// Connections that lost a data event to a full ring buffer (key: conn_id): their next
+/// emitted data event carries `AFTER_LOSS`, so the agent resynchronises instead of pairing
+/// what follows with the wrong messages. An LRU: a connection that never sends again leaves
+/// its entry behind.
+#[map]
+pub static LOSSY_CONNS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Set to 1 once any data event was lost: until then no event pays the `LOSSY_CONNS` lookup.
+#[map]
+pub static LOSS_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per-CPU counters indexed by `traceo_ebpf_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

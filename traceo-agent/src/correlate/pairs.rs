@@ -188,6 +188,7 @@ mod tests {
             comm: "x".into(),
             ret: 0,
             task_ctx: 0,
+            after_loss: false,
         })
     }
 

@@ -91,6 +91,7 @@ impl Req {
             peer: self.peer,
             midstream: false,
             tls: false,
+            lossy: false,
             opened_ctx: 0,
         };
         let request = HttpMessage {
@@ -132,6 +133,7 @@ impl Req {
             comm: "svc".into(),
             ret: 0,
             task_ctx: 0,
+            after_loss: false,
         })
     }
 }

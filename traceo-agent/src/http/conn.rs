@@ -39,6 +39,8 @@ pub struct Conn {
     /// exchange answers the n-th announced request.
     requests_seen: u64,
     exchanges_out: u64,
+    /// Restarted after a loss: the next exchange emitted is the first parsed afresh.
+    resynced_after_loss: bool,
 }
 
 impl Conn {
@@ -59,10 +61,20 @@ impl Conn {
             opened: false,
             proto,
             pairing: Pairing::default(),
+            resynced_after_loss: false,
             scratch: Vec::new(),
             requests_seen: 0,
             exchanges_out: 0,
         }
+    }
+
+    /// The kernel lost some of its bytes: flush what is pending (flagged), then start over
+    /// at the next start line with `parser` (a midstream one).
+    pub fn resync_after_loss(&mut self, parser: Box<dyn ProtocolParser>, ctx: &mut Ctx<'_>) {
+        self.info.lossy = true;
+        self.finish(ctx);
+        self.restart(parser);
+        self.resynced_after_loss = true;
     }
 
     /// Start over with `parser`: the bytes seen so far were not this connection's HTTP.
@@ -196,5 +208,10 @@ impl Conn {
         let seq = self.exchanges_out;
         self.exchanges_out += 1;
         (ctx.out)(Tracked::Exchange(Exchange::build(&self.info, role, seq, req, resp, ctx.routes)));
+        // After a loss: the flushed exchanges and the first one parsed afresh are flagged.
+        if self.info.lossy && self.resynced_after_loss {
+            self.info.lossy = false;
+            self.resynced_after_loss = false;
+        }
     }
 }

@@ -78,6 +78,10 @@ pub struct Flags {
     /// The connection switched protocols after this exchange (101, CONNECT).
     pub upgraded: bool,
     pub no_response: bool,
+    /// Bytes of its connection were lost in the kernel around it: the agent resynchronised
+    /// the connection, and this exchange (cut short, or the first one after) is kept out of
+    /// the latency histograms.
+    pub after_loss: bool,
 }
 
 impl Flags {
@@ -89,6 +93,7 @@ impl Flags {
             (self.parse_error, "parse_error"),
             (self.upgraded, "upgraded"),
             (self.no_response, "no_response"),
+            (self.after_loss, "after_loss"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -106,6 +111,8 @@ pub struct ConnInfo {
     pub midstream: bool,
     /// Its bytes are TLS plaintext from the OpenSSL probes (the socket carried ciphertext).
     pub tls: bool,
+    /// Bytes were lost since its last exchange: the next exchange is flagged `after_loss`.
+    pub lossy: bool,
     /// The runtime context that opened it (`Conn::task_ctx`): nginx connects upstream for
     /// one client request, then writes that request later, from another event.
     pub opened_ctx: u64,
@@ -262,6 +269,7 @@ impl Exchange {
             parse_error: req.parse_error || resp.as_ref().is_some_and(|r| r.parse_error),
             upgraded: resp.as_ref().is_some_and(|r| r.upgraded),
             no_response: resp.is_none(),
+            after_loss: conn.lossy,
         };
         let resp = resp.unwrap_or_default();
         let answered = !flags.no_response;

@@ -16,6 +16,8 @@ pub struct TrackerStats {
     pub unpaired_responses: u64,
     /// Times a stream found a start line again (midstream join or after an error).
     pub midstream_resyncs: u64,
+    /// Connections resynchronised because the kernel lost some of their bytes.
+    pub loss_resyncs: u64,
     pub evicted_connections: u64,
     /// Gauge: connections tracked now.
     pub active_connections: u64,

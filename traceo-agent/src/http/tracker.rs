@@ -94,7 +94,12 @@ impl ConnTracker {
         match ev {
             Event::ConnOpen(c) => self.open(c, out),
             Event::ConnClose(c) => {
-                if let Some(conn) = self.conns.remove(c.conn_id) {
+                if let Some(mut conn) = self.conns.remove(c.conn_id) {
+                    if c.after_loss {
+                        // Bytes were lost before the close: what it flushes is flagged.
+                        self.stats.loss_resyncs += 1;
+                        conn.info.lossy = true;
+                    }
                     self.end(conn, out);
                 }
             }
@@ -107,6 +112,9 @@ impl ConnTracker {
                 }
                 if d.syscall.is_tls() {
                     self.plaintext_from_now_on(d.conn_id);
+                }
+                if d.after_loss {
+                    self.resync_after_loss(d.conn_id, out);
                 }
                 let Self { conns, stats, routes, .. } = self;
                 if let Some(conn) = conns.get_mut(d.conn_id) {
@@ -177,6 +185,17 @@ impl ConnTracker {
         }
     }
 
+    /// Some of this connection's bytes were lost in the kernel: what it holds may pair a
+    /// request with another's response. Flush what is pending (flagged `after_loss`, no
+    /// response) and start over at the next start line; its next exchange is flagged too.
+    fn resync_after_loss(&mut self, conn_id: u64, out: &mut impl FnMut(Tracked)) {
+        let midstream_parser = self.parser(true);
+        let Self { conns, stats, routes, .. } = self;
+        let Some(conn) = conns.get_mut(conn_id) else { return };
+        stats.loss_resyncs += 1;
+        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out });
+    }
+
     fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Tracked)) {
         let (replaced, evicted) = self.conns.insert(conn_id, conn);
         if let Some(old) = replaced {
@@ -206,6 +225,6 @@ impl ConnTracker {
         };
         let (local, peer) = (open.and_then(|c| c.local), open.and_then(|c| c.peer));
         let opened_ctx = open.map_or(0, |c| c.task_ctx);
-        ConnInfo { conn_id, service, local, peer, midstream, tls: false, opened_ctx }
+        ConnInfo { conn_id, service, local, peer, midstream, tls: false, lossy: false, opened_ctx }
     }
 }

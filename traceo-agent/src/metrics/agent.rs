@@ -41,6 +41,8 @@ pub struct PipelineCounts {
     pub unpaired_requests: u64,
     pub unpaired_responses: u64,
     pub non_http_connections: u64,
+    /// Connections resynchronised after the kernel lost some of their bytes.
+    pub loss_resyncs: u64,
     pub active_connections: u64,
     pub decode_errors: u64,
     /// The correlation stage's totals (links by kind, what it dropped).
@@ -60,6 +62,7 @@ pub struct AgentMetrics {
     parse_errors: Family<ReasonLabel, Counter>,
     unpaired: Family<KindLabel, Counter>,
     non_http: Counter,
+    loss_resyncs: Counter,
     decode_errors: Counter,
     active_connections: Gauge,
     pub series_overflow: Counter,
@@ -89,6 +92,7 @@ impl AgentMetrics {
             parse_errors: Family::default(),
             unpaired: Family::default(),
             non_http: Counter::default(),
+            loss_resyncs: Counter::default(),
             decode_errors: Counter::default(),
             active_connections: Gauge::default(),
             series_overflow: Counter::default(),
@@ -120,6 +124,12 @@ impl AgentMetrics {
             "traceo_agent_non_http_connections",
             "Connections recognised as not HTTP and ignored",
             m.non_http.clone(),
+        );
+        r.register(
+            "traceo_agent_loss_resyncs",
+            "Connections resynchronised because the kernel lost some of their bytes (their exchanges \
+             around the loss are flagged after_loss and kept out of latency histograms)",
+            m.loss_resyncs.clone(),
         );
         r.register("traceo_agent_decode_errors", "Kernel events the agent could not decode", m.decode_errors.clone());
         r.register(
@@ -198,6 +208,7 @@ impl AgentMetrics {
             before.unpaired_responses,
         );
         self.non_http.inc_by(now.non_http_connections.saturating_sub(before.non_http_connections));
+        self.loss_resyncs.inc_by(now.loss_resyncs.saturating_sub(before.loss_resyncs));
         self.decode_errors.inc_by(now.decode_errors.saturating_sub(before.decode_errors));
         self.active_connections.set(now.active_connections as i64);
         if let Some(c) = &now.correlation {

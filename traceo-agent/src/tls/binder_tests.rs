@@ -38,6 +38,7 @@ impl Run {
             truncated: false,
             read_failed: false,
             no_payload: false,
+            after_loss: false,
             payload: Bytes::copy_from_slice(payload),
             task_ctx: 0,
         }
@@ -77,6 +78,7 @@ impl Run {
             comm: String::new(),
             ret: 0,
             task_ctx: 0,
+            after_loss: false,
         }));
     }
 

@@ -36,7 +36,15 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
     ev.fd = fd as i32;
     ev.how = how;
     ev.comm = bpf_get_current_comm().unwrap_or_default();
-    ev.task_ctx = if event_kind == kind::CONN_OPEN { crate::runtime::current_context(cur) } else { 0 };
+    if event_kind == kind::CONN_OPEN {
+        ev.task_ctx = crate::runtime::current_context(cur);
+    } else if crate::maps::LOSS_SEEN.get(0).is_some_and(|seen| *seen != 0) {
+        // SAFETY: only tests for presence.
+        if unsafe { crate::maps::LOSSY_CONNS.get(&sock.ino) }.is_some() {
+            ev.flags = traceo_ebpf_common::data_flags::AFTER_LOSS;
+            let _ = crate::maps::LOSSY_CONNS.remove(&sock.ino);
+        }
+    }
     if fill_addresses(sock, ev).is_err() {
         // Still announce the connection: its identity is known, its addresses are not.
         count(stat::SOCKET_WALK_FAILED);

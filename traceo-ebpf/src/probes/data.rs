@@ -20,9 +20,12 @@ use super::{conn::announce_if_new, syscall_arg, syscall_ret};
 use crate::{
     filter::{maybe_traced, traced},
     globals::setting,
-    maps::{CONNECT, DATA_SCRATCH, EVENTS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
+    maps::{CONNECT, DATA_SCRATCH, EVENTS, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
     socket::{WalkError, socket_of_fd},
 };
+
+/// Ring buffer bytes data events leave to the other events (see `emit`).
+const CONTROL_RESERVE: u64 = 64 * 1024;
 
 /// Offsets and lengths are masked with this for the verifier: both are really at most
 /// MAX_CAPTURE, and the scratch slack covers offset + length under the mask.
@@ -178,6 +181,11 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
         flags |= data_flags::TRUNCATED;
         count(stat::DATA_TRUNCATED);
     }
+    let lossy = LOSS_SEEN.get(0).is_some_and(|seen| *seen != 0);
+    // SAFETY: only tests for presence.
+    if lossy && unsafe { LOSSY_CONNS.get(&args.conn_id) }.is_some() {
+        flags |= data_flags::AFTER_LOSS;
+    }
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     ev.header = EventHeader { kind: kind::DATA, pid: (pid_tgid >> 32) as u32, tid, service: args.service, ts_ns: now };
@@ -194,19 +202,36 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     ev._pad = 0;
     ev.task_ctx = args.task_ctx;
     let size = DATA_EVENT_HEADER_LEN as u32 + (captured & MASK);
-    // SAFETY: `size` is within the scratch value (header + payload + slack).
-    let sent = unsafe {
-        generated::bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS).cast_mut().cast(),
-            (ev as *mut traceo_ebpf_common::DataEvent).cast(),
-            size as u64,
-            submit_flags(),
-        )
+    // Data never takes the ring's last CONTROL_RESERVE bytes: those keep room for the small
+    // connection, process and task events, so a close (which says whether its connection
+    // lost data) still gets through when data is being dropped.
+    let used = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    let ring = EVENTS.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64);
+    let sent = if used + size as u64 + CONTROL_RESERVE > ring {
+        -1
+    } else {
+        // SAFETY: `size` is within the scratch value (header + payload + slack).
+        unsafe {
+            generated::bpf_ringbuf_output(
+                core::ptr::addr_of!(EVENTS).cast_mut().cast(),
+                (ev as *mut traceo_ebpf_common::DataEvent).cast(),
+                size as u64,
+                submit_flags(),
+            )
+        }
     };
     if sent == 0 {
         count(stat::DATA_EVENTS);
+        if flags & data_flags::AFTER_LOSS != 0 {
+            let _ = LOSSY_CONNS.remove(&args.conn_id);
+        }
     } else {
         count(stat::RING_FULL_DATA);
+        let _ = LOSSY_CONNS.insert(&args.conn_id, &1, 0);
+        if let Some(seen) = LOSS_SEEN.get_ptr_mut(0) {
+            // SAFETY: a plain store of the same value from any CPU.
+            unsafe { *seen = 1 };
+        }
     }
     sent == 0
 }

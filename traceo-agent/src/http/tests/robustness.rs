@@ -116,3 +116,35 @@ fn udp_sockets_are_not_parsed() {
     assert!(xs.is_empty());
     assert_eq!(stats.non_http_connections, 1);
 }
+
+/// The kernel lost an event of the connection (its next data event says so): the agent
+/// never pairs a request with another's response, and flags what surrounds the loss.
+#[test]
+fn a_loss_resynchronises_the_connection_instead_of_mispairing() {
+    for lost_response in [true, false] {
+        let mut s = Script::accepted(1);
+        s.recv(&get("/a"));
+        // /a's response (or /b's request) went missing in the kernel.
+        let next = if lost_response { get("/b") } else { status(404, "b") };
+        s.recv_or_send_after_loss(!lost_response, &next);
+        if lost_response {
+            s.send(&status(201, "b"));
+        }
+        s.recv(&get("/c")).send(&status(202, "c")).recv(&get("/d")).send(&status(203, "d"));
+        let (xs, stats) = run(&s.take());
+        let got: Vec<(String, Option<u16>, bool)> =
+            xs.iter().map(|x| (x.target.clone(), x.status, x.flags.after_loss)).collect();
+        let mut expected = vec![("/a".to_owned(), None, true)];
+        if lost_response {
+            // /b was read after the loss: its own response, flagged as the first afresh.
+            expected.push(("/b".to_owned(), Some(201), true));
+            expected.push(("/c".to_owned(), Some(202), false));
+        } else {
+            // The response with no request left is counted, not paired with /c.
+            expected.push(("/c".to_owned(), Some(202), true));
+        }
+        expected.push(("/d".to_owned(), Some(203), false));
+        assert_eq!(got, expected, "lost response: {lost_response}");
+        assert_eq!(stats.loss_resyncs, 1);
+    }
+}

@@ -66,6 +66,7 @@ fn configured_service_name_wins_over_comm() {
         comm: "python3".into(),
         ret: 0,
         task_ctx: 0,
+        after_loss: false,
     });
     s.recv(&get("/")).send(&ok(""));
     let mut events = vec![ev];

@@ -80,6 +80,7 @@ impl Script {
             comm: "engine".to_string(),
             ret: 0,
             task_ctx: 0,
+            after_loss: false,
         }
     }
 
@@ -101,6 +102,7 @@ impl Script {
             truncated: (payload.len() as u64) < total_len && syscall != Syscall::Sendfile,
             read_failed: false,
             no_payload: syscall == Syscall::Sendfile,
+            after_loss: false,
             payload: Bytes::copy_from_slice(payload),
             task_ctx: 0,
         };
@@ -109,6 +111,17 @@ impl Script {
     }
 
     /// The process received `bytes` in one read.
+    /// Bytes sent (`egress`) or received whose event carries the kernel's `after_loss` flag.
+    pub fn recv_or_send_after_loss(&mut self, egress: bool, bytes: &[u8]) -> &mut Self {
+        let dir = if egress { Direction::Egress } else { Direction::Ingress };
+        let syscall = if egress { Syscall::Sendto } else { Syscall::Recvfrom };
+        self.data(dir, bytes, bytes.len() as u64, syscall);
+        if let Some(Event::Data(d)) = self.events.last_mut() {
+            d.after_loss = true;
+        }
+        self
+    }
+
     pub fn recv(&mut self, bytes: &[u8]) -> &mut Self {
         self.data(Direction::Ingress, bytes, bytes.len() as u64, Syscall::Read)
     }

@@ -68,9 +68,10 @@ fn exchanges_after_kernel_losses_are_flagged_never_mispaired() {
         let target = x["target"].as_str().unwrap_or_default();
         let Some(rest) = target.strip_prefix("/sized/") else { continue };
         let mut parts = rest.split('/');
-        let (status, size) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let number = |p: Option<&str>| p.and_then(|v| v.parse::<u64>().ok());
+        let (status, size) = (number(parts.next()), number(parts.next()));
         checked += 1;
-        if x["status"].to_string() != status || x["response_bytes"].to_string() != size {
+        if x["status"].as_u64() != status || x["response_bytes"].as_u64() != size {
             wrong.push(x.to_string());
         }
     }

@@ -2,6 +2,7 @@
 //! checked independently of the golden files (see golden.rs).
 
 use serde_json::Value;
+use traceo_agent::http::route::UNMATCHED;
 
 use super::*;
 
@@ -27,7 +28,7 @@ pub(super) fn httpx_keepalive(x: &[Value], _raw: &[Value]) {
             want("api server", "GET /items/7", "/items/{id}", 200, 0, got),
             want("api server", "PUT /items/7", "/items/{id}", 200, second, put),
             want("api server", "DELETE /items/7", "/items/{id}", 204, 0, 0),
-            want("api server", "GET /missing", "/missing", 404, 0, NOT_FOUND),
+            want("api server", "GET /missing", UNMATCHED, 404, 0, NOT_FOUND),
         ]),
     );
     one_connection(x, "api", "server");
@@ -50,7 +51,7 @@ pub(super) fn http_server(x: &[Value], raw: &[Value]) {
     let unsupported = raw_response_length(raw, "web", "HTTP/1.0 501 ");
     let mut wants = vec![
         want("web server", "GET /hello.txt", "/hello.txt", 200, 0, hello),
-        want("web server", "GET /missing.txt", "/missing.txt", 404, 0, not_found),
+        want("web server", "GET /missing.txt", UNMATCHED, 404, 0, not_found),
         want("web server", "POST /form", "/form", 501, "a=1".len() as u64, unsupported),
     ];
     wants.extend(wants.clone().into_iter().map(|w| w.at("client client")));
@@ -73,7 +74,7 @@ pub(super) fn http_server_curl(x: &[Value], raw: &[Value]) {
         x,
         &[
             want("web server", "GET /hello.txt", "/hello.txt", 200, 0, "fixture body\n".len() as u64),
-            want("web server", "GET /missing", "/missing", 404, 0, not_found),
+            want("web server", "GET /missing", UNMATCHED, 404, 0, not_found),
         ],
     );
 }
@@ -89,7 +90,7 @@ pub(super) fn nginx_proxy(x: &[Value], _raw: &[Value]) {
         vec![
             want(who, "GET /hello", "/hello", 200, 0, HELLO),
             want(who, "POST /upload", "/upload", 200, body, upload_reply(body)),
-            want(who, "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want(who, "GET /status/404", UNMATCHED, 404, 0, STATUS),
             want(who, "GET /stream", "/stream", 200, 0, stream_body()),
         ]
     };
@@ -125,7 +126,7 @@ pub(super) fn curl_next(x: &[Value], _raw: &[Value]) {
         x,
         &both_ends(vec![
             want("api server", "GET /hello", "/hello", 200, 0, HELLO),
-            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want("api server", "GET /status/404", UNMATCHED, 404, 0, STATUS),
             want("api server", "POST /upload", "/upload", 200, 3, upload_reply(3)),
             want("api server", "GET /items/3", "/items/{id}", 200, 0, r#"{"id": "3"}"#.len() as u64),
         ]),
@@ -152,7 +153,7 @@ pub(super) fn pipelining(x: &[Value], raw: &[Value]) {
         &both_ends(vec![
             want("api server", "GET /status/201", "/status/{id}", 201, 0, STATUS),
             want("api server", "POST /echo", "/echo", 200, echo, echo),
-            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS), // /status/{id} answered 201 first: a served route keeps its 404s
         ]),
     );
     one_connection(x, "api", "server");
@@ -485,7 +486,7 @@ pub(super) fn https_keepalive(x: &[Value], raw: &[Value]) {
             want("api server", "GET /items/7", "/items/{id}", 200, 0, got),
             want("api server", "PUT /items/7", "/items/{id}", 200, second, put),
             want("api server", "DELETE /items/7", "/items/{id}", 204, 0, 0),
-            want("api server", "GET /missing", "/missing", 404, 0, NOT_FOUND),
+            want("api server", "GET /missing", UNMATCHED, 404, 0, NOT_FOUND),
         ]),
     );
     tls_connection(x, raw);
@@ -505,7 +506,7 @@ pub(super) fn curl_https(x: &[Value], raw: &[Value]) {
         &both_ends(vec![
             want("api server", "GET /hello", "/hello", 200, 0, HELLO),
             want("api server", "POST /upload", "/upload", 200, 3, upload_reply(3)),
-            want("api server", "GET /status/404", "/status/{id}", 404, 0, STATUS),
+            want("api server", "GET /status/404", UNMATCHED, 404, 0, STATUS),
             want("api server", "GET /stream", "/stream", 200, 0, stream_body()),
         ]),
     );

@@ -284,7 +284,7 @@ impl Exchange {
             peer: conn.peer,
             tls: conn.tls,
             method: req.method.unwrap_or_default(),
-            route: routes.normalize(&target),
+            route: routes.route(&target, resp.status),
             target,
             version: req.version,
             status: resp.status,

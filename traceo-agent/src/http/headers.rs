@@ -74,6 +74,7 @@ impl KeptHeaders {
             }
             text.truncate(cut);
         }
+        let text = super::redact::redact_header_value(&text);
         self.0.push((name.to_ascii_lowercase(), text));
     }
 

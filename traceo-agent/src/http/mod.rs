@@ -19,7 +19,7 @@ mod lru;
 mod pairing;
 mod parser;
 mod redact;
-mod route;
+pub mod route;
 mod stats;
 mod tracker;
 
@@ -31,7 +31,7 @@ pub use h1::{Http1Parser, Limits};
 pub use headers::{DEFAULT_HEADERS, HeaderSelection, KeptHeaders};
 pub use json_line::{EXCHANGE_FIELDS, WallClock};
 pub use parser::{Check, HttpMessage, Kind, Output, ParseErrorKind, ProtocolParser, SegKind, Segment, Version};
-pub use redact::{REDACTED, is_secret_header, redact_target};
+pub use redact::{REDACTED, is_secret_header, is_secret_query_key, redact_header_value, redact_target};
 pub use route::RouteNormalizer;
 pub use stats::TrackerStats;
 pub use tracker::{ConnTracker, TrackerConfig};

@@ -1,5 +1,7 @@
 //! Secrets never leave the parser: secret headers are never kept (whatever the user asks
-//! for), and sensitive query-string values are replaced in targets.
+//! for), and sensitive query-string values and path parameters are replaced in targets.
+//! One policy: the same key list serves targets, URL-shaped header values and the payload
+//! scrubbing of everything stored (`scrub`).
 
 /// Replacement for a redacted value.
 pub const REDACTED: &str = "REDACTED";
@@ -11,9 +13,26 @@ const SECRET_HEADERS: [&str; 6] =
 /// A header whose name contains one of these is a secret too.
 const SECRET_HEADER_PARTS: [&str; 7] = ["api-key", "apikey", "api_key", "token", "secret", "password", "auth"];
 
-/// A query key containing one of these has its value redacted.
-const SECRET_QUERY_PARTS: [&str; 9] =
-    ["token", "key", "password", "passwd", "secret", "signature", "auth", "credential", "session"];
+/// A query key (or form, JSON or path-parameter name) containing one of these has its value
+/// redacted. Broad on purpose: a page number redacted costs little, a password kept a lot.
+const SECRET_QUERY_PARTS: [&str; 16] = [
+    "token",
+    "key",
+    "pass",
+    "pwd",
+    "secret",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+    "jwt",
+    "code",
+    "otp",
+    "nonce",
+    "csrf",
+    "xsrf",
+    "private",
+];
 
 /// Is a header with this name (any case) a secret?
 pub fn is_secret_header(name: &str) -> bool {
@@ -27,19 +46,35 @@ pub fn is_secret_query_key(key: &str) -> bool {
     SECRET_QUERY_PARTS.iter().any(|p| lower.contains(p))
 }
 
-/// `target` with sensitive query values and URL user-info replaced by [`REDACTED`].
+/// `target` with sensitive query values, every path parameter (`;jsessionid=...`: they
+/// carry sessions far more often than anything else) and URL user-info replaced by
+/// [`REDACTED`].
 pub fn redact_target(target: &str) -> String {
     let (before_query, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let mut out = redact_userinfo(before_query);
+    let mut out = String::with_capacity(target.len());
+    for (i, segment) in redact_userinfo(before_query).split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match segment.split_once(';') {
+            Some((name, _)) => {
+                out.push_str(name);
+                out.push(';');
+                out.push_str(REDACTED);
+            }
+            None => out.push_str(segment),
+        }
+    }
     if let Some(query) = query {
         out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
+        // `&` and `;` both separate pairs (the latter in older forms).
+        let mut rest = query;
+        while !rest.is_empty() {
+            let end = rest.find(['&', ';']).unwrap_or(rest.len());
+            let (pair, tail) = rest.split_at(end);
             match pair.split_once('=') {
                 Some((key, _)) if is_secret_query_key(key) => {
                     out.push_str(key);
@@ -48,9 +83,21 @@ pub fn redact_target(target: &str) -> String {
                 }
                 _ => out.push_str(pair),
             }
+            if let Some(sep) = tail.chars().next() {
+                out.push(sep);
+                rest = &tail[1..];
+            } else {
+                rest = tail;
+            }
         }
     }
     out
+}
+
+/// A kept header's value: URL-shaped ones (Referer, Location, Origin...) are redacted like
+/// targets.
+pub fn redact_header_value(value: &str) -> String {
+    if value.contains("://") || value.starts_with('/') { redact_target(value) } else { value.to_owned() }
 }
 
 /// Absolute-form targets (`http://user:pass@host/...`) may carry credentials.
@@ -130,10 +177,26 @@ mod tests {
             ("/a?flag&page=2", "/a?flag&page=2"),
             ("/plain", "/plain"),
             ("http://bob:pw@example.com/x?q=1", "http://REDACTED@example.com/x?q=1"),
+            (
+                "/a?pwd=1&pass=2&sig=3&jwt=4&code=5&page=6",
+                "/a?pwd=REDACTED&pass=REDACTED&sig=REDACTED&jwt=REDACTED&code=REDACTED&page=6",
+            ),
+            ("/a?x=1;password=p;y=2", "/a?x=1;password=REDACTED;y=2"),
+            ("/hello;jsessionid=ABC123/more?x=1", "/hello;REDACTED/more?x=1"),
+            ("/a;b=c", "/a;REDACTED"),
         ];
         for (input, want) in cases {
             assert_eq!(redact_target(input), want, "input {input}");
         }
+    }
+
+    #[test]
+    fn url_shaped_header_values_are_redacted_like_targets() {
+        assert_eq!(
+            redact_header_value("https://app.example/cb?access_token=abc&x=1"),
+            "https://app.example/cb?access_token=REDACTED&x=1"
+        );
+        assert_eq!(redact_header_value("python-httpx/0.28.1"), "python-httpx/0.28.1");
     }
 
     #[test]

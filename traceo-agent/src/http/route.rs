@@ -1,7 +1,17 @@
 //! Route normalisation: a bounded, low-cardinality label from a request target.
 //!
-//! Path only (no query). A path matching a user template's literal segments takes the
-//! template verbatim (`/api/v1/jobs/{job_id}`); otherwise id-like segments become `{id}`.
+//! Path only (no query, no `;` path parameters). A path matching a user template's literal
+//! segments takes the template verbatim (`/api/v1/jobs/{job_id}`); otherwise id-like
+//! segments become `{id}`. A 404 on a route that never answered anything else is a path the
+//! server does not have (a scanner's, a typo): those all fold into [`UNMATCHED`], so random
+//! paths cannot grow the label set.
+
+use std::{cell::RefCell, collections::HashSet};
+
+/// The route of a 404 on a path the server is not known to serve.
+pub const UNMATCHED: &str = "{unmatched}";
+/// Routes remembered as served (answered with something other than 404), at most.
+const MAX_KNOWN: usize = 4096;
 
 /// Placeholder for an id-like segment.
 pub const ID: &str = "{id}";
@@ -21,6 +31,8 @@ struct Template {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteNormalizer {
     templates: Vec<Template>,
+    /// Heuristic routes that answered something other than 404.
+    known: RefCell<HashSet<String>>,
 }
 
 impl RouteNormalizer {
@@ -39,12 +51,39 @@ impl RouteNormalizer {
                     .collect(),
             })
             .collect();
-        RouteNormalizer { templates }
+        RouteNormalizer { templates, known: RefCell::default() }
+    }
+
+    /// The route of an answered request: [`UNMATCHED`] for a 404 on a route no template names
+    /// and that never answered anything else.
+    pub fn route(&self, target: &str, status: Option<u16>) -> String {
+        let route = self.normalize(target);
+        if self.templates.iter().any(|t| t.text == route) {
+            return route;
+        }
+        let mut known = self.known.borrow_mut();
+        match status {
+            Some(404) if !known.contains(&route) => UNMATCHED.to_owned(),
+            Some(_) => {
+                if known.len() < MAX_KNOWN && !known.contains(&route) {
+                    known.insert(route.clone());
+                }
+                route
+            }
+            None => route,
+        }
     }
 
     /// The route of a request target.
     pub fn normalize(&self, target: &str) -> String {
         let path = path_of(target);
+        let stripped;
+        let path = if path.contains(';') {
+            stripped = path.split('/').map(|s| s.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("/");
+            stripped.as_str()
+        } else {
+            path
+        };
         if !path.starts_with('/') {
             // `*` (OPTIONS) or an authority (CONNECT host:port): not a path.
             return if path == "*" { "*".into() } else { ID.into() };
@@ -161,6 +200,25 @@ mod tests {
         assert_eq!(n.normalize("/api/v2/jobs/7"), "/api/v2/jobs/{id}");
         assert_eq!(n.normalize("/api/v1/jobs/7/x"), "/api/v1/jobs/{id}/x");
         assert_eq!(n.normalize("/api/v1/jobs/"), "/api/v1/jobs/");
+    }
+
+    #[test]
+    fn path_parameters_never_reach_routes() {
+        let n = RouteNormalizer::new(&[]);
+        assert_eq!(n.normalize("/hello;jsessionid=ABC123DEF456GHI789"), "/hello");
+        assert_eq!(n.normalize("/a;x=1/b;y=2?q"), "/a/b");
+    }
+
+    #[test]
+    fn a_scanners_404s_fold_into_one_route() {
+        let n = RouteNormalizer::new(&["/api/v1/jobs/{job_id}".to_string()]);
+        let routes: HashSet<String> = (0..1000).map(|i| n.route(&format!("/wp-admin{i}/x.php"), Some(404))).collect();
+        assert_eq!(routes, HashSet::from([UNMATCHED.to_owned()]));
+        // A route that answers is served: its 404s keep it (a missing item, not a missing route).
+        assert_eq!(n.route("/items/7", Some(200)), "/items/{id}");
+        assert_eq!(n.route("/items/8", Some(404)), "/items/{id}");
+        // Templates always name their route.
+        assert_eq!(n.route("/api/v1/jobs/nope", Some(404)), "/api/v1/jobs/{job_id}");
     }
 
     #[test]

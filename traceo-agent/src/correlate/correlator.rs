@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::events::Event;
-use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
+use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, TraceContext, Tracked};
 
 use super::context::{Carried, TraceParent};
 use super::ids::{IdGen, SpanId, TraceId};
@@ -504,7 +504,7 @@ impl Correlator {
             .filter_map(|c| self.nodes.get(c))
             .filter_map(|cn| {
                 let trace = cn.trace.as_ref()?;
-                Some(SpanRef { trace_id: trace.trace_id.to_string(), span_id: cn.span_id.to_string() })
+                Some(SpanRef { trace_id: trace.trace_id, span_id: cn.span_id })
             })
             .take(MAX_CANDIDATES)
             .collect();
@@ -639,11 +639,13 @@ impl Correlator {
     fn fill(n: &mut Node, ex: &mut Exchange) {
         n.emitted = true;
         if let Some(t) = &n.trace {
-            ex.trace_id = Some(t.trace_id.to_string());
-            ex.span_id = Some(n.span_id.to_string());
-            ex.parent_span_id = t.parent.map(|p| p.to_string());
-            ex.link = t.link;
-            ex.trace_state = t.trace_state.clone();
+            ex.trace = Some(TraceContext {
+                trace_id: t.trace_id,
+                span_id: n.span_id,
+                parent: t.parent,
+                link: t.link,
+                trace_state: t.trace_state.clone(),
+            });
             ex.propagated = n.propagated;
             ex.candidates = std::mem::take(&mut n.candidates);
         }

@@ -111,9 +111,9 @@ impl Exchange {
         o.field("response_bytes", self.response_body_bytes.map_or(Value::Null, Value::from));
         o.field("local", addr(self.local));
         o.field("peer", addr(self.peer));
-        o.field("trace_id", opt_str(self.trace_id.as_deref()));
-        o.field("span_id", opt_str(self.span_id.as_deref()));
-        o.field("parent_span_id", opt_str(self.parent_span_id.as_deref()));
+        o.field("trace_id", opt_str(self.trace_id().map(|id| id.to_string()).as_deref()));
+        o.field("span_id", opt_str(self.span_id().map(|id| id.to_string()).as_deref()));
+        o.field("parent_span_id", opt_str(self.parent_span_id().map(|id| id.to_string()).as_deref()));
         o.field("correlation_id", opt_str(self.correlation_id()));
         o.field("job_id", opt_str(self.job_id.as_deref()));
         o.field("version", opt_str(self.version.map(|v| v.as_str())));
@@ -124,7 +124,7 @@ impl Exchange {
         o.field("ttfb_ms", millis(self.ttfb_ns()));
         o.field("conn_id", Value::from(self.conn_id));
         o.field("tls", Value::from(self.tls));
-        o.field("link", opt_str(self.link.map(|l| l.as_str())));
+        o.field("link", opt_str(self.link().map(|l| l.as_str())));
         o.field("propagated", self.propagated.map_or(Value::Null, Value::from));
         let extras: serde_json::Map<String, Value> = self
             .response_headers

@@ -10,6 +10,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::correlate::TraceId;
+
 use super::MetricsConfig;
 
 pub const OVERFLOW_ROUTE: &str = "__overflow__";
@@ -36,7 +38,7 @@ pub struct Observation<'a> {
     pub duration_s: Option<f64>,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
-    pub trace_id: Option<&'a str>,
+    pub trace_id: Option<TraceId>,
     /// An outbound call made while serving an inbound request: did it carry the inbound
     /// trace context or correlation id?
     pub propagated: Option<bool>,
@@ -268,7 +270,7 @@ impl HttpMetrics {
         s.last_seen = Instant::now();
         s.requests.inc();
         if let Some(duration) = o.duration_s {
-            let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_owned() });
+            let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_string() });
             s.duration.observe(duration, exemplar, None);
         }
         s.request_size.observe(o.request_body_bytes as f64);
@@ -340,7 +342,7 @@ mod tests {
             duration_s: Some(0.02),
             request_body_bytes: 0,
             response_body_bytes: 300,
-            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            trace_id: TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736"),
             propagated: None,
             tls: false,
         }

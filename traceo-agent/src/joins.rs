@@ -19,9 +19,11 @@
 //! so a joined exchange whose parent has not been seen yet waits for it, at most `HOLD_NS`.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 
 use serde_json::Value;
 
+use crate::correlate::{SpanId, TraceId};
 use crate::http::{Exchange, Link, Role, SpanRef};
 
 /// What a join decided for one exchange.
@@ -43,9 +45,8 @@ pub struct Origin {
     pub service: String,
     /// Start of the issuing exchange (monotonic ns).
     pub start_ns: u64,
-    /// The issuing exchange's trace and span, when spans are on.
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
+    /// The issuing exchange's span, when it has one.
+    pub span: Option<SpanRef>,
     callback_seen: bool,
 }
 
@@ -65,9 +66,9 @@ pub struct Joins {
     /// Values in issue order, for expiry and the cap.
     order: VecDeque<(u64, String)>,
     /// Traces moved into a job's trace: former trace id -> the job's.
-    moved: Recent<String>,
+    moved: Recent<TraceId, TraceId>,
     /// Spans passed on recently (span id -> final trace id), to tell whether a parent came.
-    seen: Recent<String>,
+    seen: Recent<SpanId, TraceId>,
     /// Joined exchanges waiting for their parent (arrival time, exchange, event).
     pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
     pub stats: JoinStats,
@@ -81,18 +82,18 @@ const MAX_PENDING: usize = 4096;
 const MAX_RECENT: usize = 65_536;
 
 /// A bounded map forgetting its oldest entries first.
-struct Recent<V> {
-    map: HashMap<String, V>,
-    order: VecDeque<String>,
+struct Recent<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
 }
 
-impl<V> Recent<V> {
+impl<K: Copy + Eq + Hash, V> Recent<K, V> {
     fn new() -> Self {
         Recent { map: HashMap::new(), order: VecDeque::new() }
     }
 
-    fn insert(&mut self, key: String, value: V) {
-        if self.map.insert(key.clone(), value).is_none() {
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key, value).is_none() {
             self.order.push_back(key);
         }
         while self.order.len() > MAX_RECENT {
@@ -102,7 +103,7 @@ impl<V> Recent<V> {
         }
     }
 
-    fn get(&self, key: &str) -> Option<&V> {
+    fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
 }
@@ -131,8 +132,9 @@ impl Joins {
         let event = self.classify(&mut ex);
         let joined = matches!(event, Some(JoinEvent::Joined { .. }));
         let waits = joined
-            && ex.parent_span_id.as_ref().is_some_and(|p| self.seen.get(p).is_none())
-            && ex.trace_id.as_ref().is_none_or(|t| self.moved.get(t).is_none());
+            && ex.trace.as_ref().is_some_and(|t| {
+                t.parent.is_some_and(|p| self.seen.get(&p).is_none()) && self.moved.get(&t.trace_id).is_none()
+            });
         if waits {
             if self.pending.len() >= MAX_PENDING {
                 if let Some((_, old, ev)) = self.pending.pop_front() {
@@ -150,14 +152,14 @@ impl Joins {
     fn pass(&mut self, ex: Exchange, event: Option<JoinEvent>, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
         let mut stack = vec![(ex, event)];
         while let Some((mut ex, event)) = stack.pop() {
-            if let Some(trace) = ex.trace_id.as_ref().and_then(|t| self.moved.get(t)) {
-                ex.trace_id = Some(trace.clone());
-            }
-            if let (Some(span), Some(trace)) = (&ex.span_id, &ex.trace_id) {
-                self.seen.insert(span.clone(), trace.clone());
-                let span = span.clone();
+            if let Some(t) = &mut ex.trace {
+                if let Some(&job_trace) = self.moved.get(&t.trace_id) {
+                    t.trace_id = job_trace;
+                }
+                self.seen.insert(t.span_id, t.trace_id);
+                let span = Some(t.span_id);
                 let (children, rest): (VecDeque<_>, VecDeque<_>) =
-                    self.pending.drain(..).partition(|(_, c, _)| c.parent_span_id.as_ref() == Some(&span));
+                    self.pending.drain(..).partition(|(_, c, _)| c.parent_span_id() == span);
                 self.pending = rest;
                 stack.extend(children.into_iter().map(|(_, c, e)| (c, e)));
             }
@@ -221,17 +223,19 @@ impl Joins {
     /// own (no parent: the webhook, sent from a background task) is what the job caused: it
     /// becomes that span's child, and its former trace moves into the job's.
     fn place(&mut self, ex: &mut Exchange, origin: &Origin) {
-        let (Some(trace), Some(span)) = (&origin.trace_id, &origin.span_id) else { return };
-        if ex.span_id.as_ref() == Some(span) {
+        let Some(job) = origin.span else { return };
+        if ex.span_id() == Some(job.span_id) {
             return;
         }
-        ex.job_origin = Some(SpanRef { trace_id: trace.clone(), span_id: span.clone() });
-        if ex.parent_span_id.is_none() && ex.service == origin.service {
-            if let Some(former) = ex.trace_id.replace(trace.clone()) {
-                self.moved.insert(former, trace.clone());
-            }
-            ex.parent_span_id = Some(span.clone());
-            ex.link = Some(Link::Job);
+        ex.job_origin = Some(job);
+        if ex.service != origin.service {
+            return;
+        }
+        if let Some(t) = ex.trace.as_mut().filter(|t| t.parent.is_none()) {
+            let former = std::mem::replace(&mut t.trace_id, job.trace_id);
+            self.moved.insert(former, job.trace_id);
+            t.parent = Some(job.span_id);
+            t.link = Some(Link::Job);
         }
     }
 
@@ -246,8 +250,7 @@ impl Joins {
         let origin = Origin {
             service: ex.service.clone(),
             start_ns: ex.request_first_ns,
-            trace_id: ex.trace_id.clone(),
-            span_id: ex.span_id.clone(),
+            span: ex.trace.as_ref().map(|t| t.span()),
             callback_seen: false,
         };
         self.values.insert(value.clone(), origin);
@@ -361,6 +364,7 @@ fn header(ex: &Exchange, key: &str, request: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::TraceContext;
     use crate::http::tests::script::*;
 
     /// One exchange of `service`: the process received (server) or sent (client) `request`
@@ -393,8 +397,18 @@ mod tests {
     const ENGINE: u32 = 0;
     const MCP: u32 = 1;
 
-    fn traced(mut ex: Exchange, span: &str) -> Exchange {
-        ex.span_id = Some(span.into());
+    const T_UPLOAD: TraceId = TraceId([0x1a; 16]);
+    const T_POLL: TraceId = TraceId([0x2a; 16]);
+    const T_HOOK: TraceId = TraceId([0x3a; 16]);
+    const S_UPLOAD: SpanId = SpanId([0x1b; 8]);
+    const S_TOOL: SpanId = SpanId([0x2b; 8]);
+    const S_POLL: SpanId = SpanId([0x3b; 8]);
+    const S_HOOK: SpanId = SpanId([0x4b; 8]);
+    const S_FAR: SpanId = SpanId([0x5b; 8]);
+
+    /// `ex` as span `span` of trace `trace`, under `parent` (found through `link`).
+    fn traced(mut ex: Exchange, trace: TraceId, span: SpanId, parent: Option<SpanId>, link: Option<Link>) -> Exchange {
+        ex.trace = Some(TraceContext { trace_id: trace, span_id: span, parent, link, trace_state: None });
         ex
     }
 
@@ -410,53 +424,47 @@ mod tests {
     #[test]
     fn an_upload_issues_and_the_issuers_webhook_joins_once() {
         let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
-        let mut upload =
-            exchange(ENGINE, true, &post("/api/v1/jobs", "a,b\n1,2\n"), &json_response(r#"{"job_id":"j1"}"#));
-        upload.trace_id = Some("t-upload".into());
-        upload.span_id = Some("s-upload".into());
+        let upload = exchange(ENGINE, true, &post("/api/v1/jobs", "a,b\n1,2\n"), &json_response(r#"{"job_id":"j1"}"#));
+        let mut upload = traced(upload, T_UPLOAD, S_UPLOAD, None, None);
         assert_eq!(observe(&mut joins, &mut upload), Some(JoinEvent::Issued));
         assert_eq!(upload.job_id.as_deref(), Some("j1"));
 
         // A poll sent to the engine joins the job but is not the callback. It only refers to
         // the job: its own trace and parent, and a link to the upload.
-        let mut poll = exchange(MCP, false, &get("/api/v1/jobs/j1"), &ok("{}"));
-        (poll.trace_id, poll.parent_span_id) = (Some("t-poll".into()), Some("s-tool".into()));
+        let poll = exchange(MCP, false, &get("/api/v1/jobs/j1"), &ok("{}"));
         let mut joins_out = Vec::new();
-        joins.observe(traced(poll, "s-poll"), &mut |x, e| joins_out.push((x, e)));
+        joins.observe(traced(poll, T_POLL, S_POLL, Some(S_TOOL), None), &mut |x, e| joins_out.push((x, e)));
         assert!(joins_out.is_empty(), "it waits for its parent");
-        let mut tool = exchange(MCP, true, &post("/mcp", "{}"), &ok("{}"));
-        tool.trace_id = Some("t-poll".into());
-        joins.observe(traced(tool, "s-tool"), &mut |x, e| joins_out.push((x, e)));
+        let tool = exchange(MCP, true, &post("/mcp", "{}"), &ok("{}"));
+        joins.observe(traced(tool, T_POLL, S_TOOL, None, None), &mut |x, e| joins_out.push((x, e)));
         let (poll, ev) = &joins_out[1];
         assert_eq!(*ev, Some(JoinEvent::Joined { callback_after_ns: None }));
-        assert_eq!((poll.job_id.as_deref(), poll.trace_id.as_deref()), (Some("j1"), Some("t-poll")));
-        assert_eq!((poll.parent_span_id.as_deref(), poll.link), (Some("s-tool"), None));
-        assert_eq!(poll.job_origin.as_ref().map(|o| o.span_id.as_str()), Some("s-upload"));
+        assert_eq!((poll.job_id.as_deref(), poll.trace_id()), (Some("j1"), Some(T_POLL)));
+        assert_eq!((poll.parent_span_id(), poll.link()), (Some(S_TOOL), None));
+        assert_eq!(poll.job_origin.map(|o| o.span_id), Some(S_UPLOAD));
 
         // The webhook's far end is reported first: it waits for the webhook.
-        let mut far = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
-        (far.trace_id, far.parent_span_id, far.link) =
-            (Some("t-hook".into()), Some("s-hook".into()), Some(Link::Connection));
+        let far = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
         let mut out = Vec::new();
-        joins.observe(traced(far, "s-far"), &mut |x, e| out.push((x, e)));
+        let far = traced(far, T_HOOK, S_FAR, Some(S_HOOK), Some(Link::Connection));
+        joins.observe(far, &mut |x, e| out.push((x, e)));
         assert!(out.is_empty());
         // The engine's own webhook (started its own trace) is the callback, caused by the job.
-        let mut webhook = exchange(
+        let webhook = exchange(
             ENGINE,
             false,
             &post("/webhooks/job-complete", r#"{"job_id":"j1","status":"completed"}"#),
             &ok("{}"),
         );
-        webhook.trace_id = Some("t-hook".into());
-        joins.observe(traced(webhook, "s-hook"), &mut |x, e| out.push((x, e)));
+        joins.observe(traced(webhook, T_HOOK, S_HOOK, None, None), &mut |x, e| out.push((x, e)));
         let [(webhook, ev), (far, _)] = &out[..] else { panic!("{out:?}") };
         assert!(matches!(ev, Some(JoinEvent::Joined { callback_after_ns: Some(_) })), "the callback");
         assert_eq!(webhook.job_status.as_deref(), Some("completed"), "the callback says how the job ended");
-        assert_eq!((webhook.parent_span_id.as_deref(), webhook.link), (Some("s-upload"), Some(Link::Job)));
-        assert_eq!(webhook.trace_id.as_deref(), Some("t-upload"));
+        assert_eq!((webhook.parent_span_id(), webhook.link()), (Some(S_UPLOAD), Some(Link::Job)));
+        assert_eq!(webhook.trace_id(), Some(T_UPLOAD));
         // Its far end keeps its parent and follows it into the job's trace.
-        assert_eq!(far.trace_id.as_deref(), Some("t-upload"));
-        assert_eq!((far.parent_span_id.as_deref(), far.link), (Some("s-hook"), Some(Link::Connection)));
+        assert_eq!(far.trace_id(), Some(T_UPLOAD));
+        assert_eq!((far.parent_span_id(), far.link()), (Some(S_HOOK), Some(Link::Connection)));
         let mut again = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"j1"}"#), &ok("{}"));
         assert_eq!(
             observe(&mut joins, &mut again),

@@ -190,7 +190,7 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
         duration_s: ex.duration_ns().filter(|_| !ex.flags.after_loss).map(|ns| ns as f64 / 1e9),
         request_body_bytes: ex.request_body_bytes,
         response_body_bytes: ex.response_body_bytes.unwrap_or(0),
-        trace_id: ex.trace_id.as_deref(),
+        trace_id: ex.trace_id(),
         propagated: ex.propagated,
     }
 }

@@ -15,7 +15,8 @@
 //! - the trace id once the parent's is known (it cascades down the waiting children).
 //!
 //! A completed exchange whose trace is known is emitted at once; otherwise it is held until
-//! it is. Nothing waits longer than `hold_ns` after its request was seen: then the best
+//! it is (a request's `State`: waiting or resolved while in flight, then held or emitted).
+//! Nothing waits longer than `hold_ns` after its request was seen: then the best
 //! answer known is taken (and counted as `expired`). State is bounded: at most
 //! `max_requests` requests (the oldest is resolved and forgotten past it, counted as
 //! `evicted` when it was still in flight), completed ones are kept `hold_ns` for late
@@ -24,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::events::Event;
-use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
+use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, TraceContext, Tracked};
 
 use super::context::{Carried, TraceParent};
 use super::ids::{IdGen, SpanId, TraceId};
@@ -87,32 +88,100 @@ fn link_index(link: Link) -> usize {
 
 type Id = u64;
 
-#[derive(Clone, Copy, Debug)]
+/// The parent chosen for a request.
+#[derive(Debug)]
 enum Parent {
     /// A new trace starts here.
     Root,
+    /// Several inbound requests could have made the call and nothing certain tells which: a
+    /// new trace starts here, with span links to those requests.
+    Ambiguous(Vec<SpanRef>),
     /// A caller we did not see, named by the request's `traceparent`.
     Remote(TraceParent),
     Local(Id),
 }
 
-#[derive(Clone, Debug)]
+/// What a request's trace waits for.
+#[derive(Debug)]
 enum Wait {
+    /// Just seen: `server_seen` / `client_seen` choose what it waits for.
+    New,
     /// A server request waiting for the client end of its connection.
     Partner,
     /// An outbound call of a task-tracked process, waiting for a candidate's response to
     /// show which task answered it; `chain` is the call's task and its ancestors.
     Task { cands: Vec<Id>, chain: Vec<Incarnation> },
-    /// The parent is chosen; the trace follows once the parent's is known.
-    Decided(Parent, Option<Link>),
+    /// Its parent is chosen, another request seen here: its trace follows once the
+    /// parent's is known.
+    Parent(Id, Option<Link>),
 }
 
-#[derive(Clone, Debug)]
+/// A request's place in its trace, once known.
+#[derive(Debug)]
 struct Resolved {
     trace_id: TraceId,
     parent: Option<SpanId>,
     link: Option<Link>,
     trace_state: Option<String>,
+    /// An outbound call under an inbound request of its process: did it carry that
+    /// request's context?
+    propagated: Option<bool>,
+    /// A call left ambiguous: the spans of the requests that could have made it.
+    candidates: Vec<SpanRef>,
+}
+
+impl Resolved {
+    /// The first span of a new trace.
+    fn root(trace_id: TraceId, link: Option<Link>, candidates: Vec<SpanRef>) -> Resolved {
+        Resolved { trace_id, parent: None, link, trace_state: None, propagated: None, candidates }
+    }
+}
+
+/// A completed exchange, as calls waiting on its request's task need it.
+#[derive(Clone, Copy, Debug)]
+struct Done {
+    /// Its last byte.
+    end_ns: u64,
+    /// An inbound request: the incarnation of the context that wrote its response.
+    answered_by: Option<Incarnation>,
+}
+
+/// Where a request is in its life. Its trace becomes known once its parent's is, and its
+/// exchange completes whenever it does; an exchange is passed on once both happened.
+// A held exchange stays inline, as in the node before: boxing would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum State {
+    /// In flight, its trace not known yet.
+    Waiting(Wait),
+    /// In flight, its trace known (its children can take theirs).
+    Resolved(Resolved),
+    /// Completed before its trace was known: the exchange is held until it is.
+    Held { wait: Wait, exchange: Exchange, done: Done },
+    /// Completed and resolved: the exchange was passed on; the node stays for late children.
+    Emitted { trace: Resolved, done: Done },
+}
+
+impl State {
+    fn wait(&self) -> Option<&Wait> {
+        match self {
+            State::Waiting(wait) | State::Held { wait, .. } => Some(wait),
+            State::Resolved(_) | State::Emitted { .. } => None,
+        }
+    }
+
+    fn trace(&self) -> Option<&Resolved> {
+        match self {
+            State::Resolved(trace) | State::Emitted { trace, .. } => Some(trace),
+            State::Waiting(_) | State::Held { .. } => None,
+        }
+    }
+
+    fn done(&self) -> Option<Done> {
+        match self {
+            State::Held { done, .. } | State::Emitted { done, .. } => Some(*done),
+            State::Waiting(_) | State::Resolved(_) => None,
+        }
+    }
 }
 
 struct Node {
@@ -122,24 +191,61 @@ struct Node {
     tid: u32,
     pair: Option<PairKey>,
     start_ns: u64,
-    end_ns: Option<u64>,
     span_id: SpanId,
     carried: Carried,
-    wait: Wait,
-    trace: Option<Resolved>,
-    /// Decided nodes waiting for this one's trace.
+    /// The runtime context that wrote the request (`RequestSeen::task_ctx`).
+    task_ctx: u64,
+    state: State,
+    /// Requests whose parent this is, waiting for its trace.
     dependents: Vec<Id>,
     /// Undecided calls that have this (inbound) request among their candidates.
     watchers: Vec<Id>,
-    /// The runtime context that wrote the request (`RequestSeen::task_ctx`).
-    task_ctx: u64,
-    /// An inbound request: the incarnation of the context that wrote its response.
-    answered_by: Option<Incarnation>,
-    /// A call left ambiguous: the spans of the requests that could have made it.
-    candidates: Vec<SpanRef>,
-    held: Option<Exchange>,
-    emitted: bool,
-    propagated: Option<bool>,
+}
+
+impl Node {
+    /// Its trace is known: an exchange held for it goes out with it.
+    fn resolve(&mut self, mut trace: Resolved) -> Option<Exchange> {
+        let (state, out) = match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
+            State::Waiting(_) => (State::Resolved(trace), None),
+            State::Held { mut exchange, done, .. } => {
+                fill(&mut exchange, self.span_id, &mut trace);
+                (State::Emitted { trace, done }, Some(exchange))
+            }
+            // A trace is given once (`decide` and `resolve` check).
+            known @ (State::Resolved(_) | State::Emitted { .. }) => (known, None),
+        };
+        self.state = state;
+        out
+    }
+
+    /// Its exchange completed: it goes out now if its trace is known, else it is held.
+    fn complete(&mut self, mut exchange: Exchange, done: Done) -> Option<Exchange> {
+        let (state, out) = match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
+            State::Waiting(wait) => (State::Held { wait, exchange, done }, None),
+            State::Resolved(mut trace) | State::Emitted { mut trace, .. } => {
+                fill(&mut exchange, self.span_id, &mut trace);
+                (State::Emitted { trace, done }, Some(exchange))
+            }
+            // A request completes once (its announcement is dropped then); should another
+            // exchange come, the earlier one still goes out.
+            State::Held { wait, exchange: earlier, .. } => (State::Held { wait, exchange, done }, Some(earlier)),
+        };
+        self.state = state;
+        out
+    }
+}
+
+/// The exchange's trace context, from its request's.
+fn fill(ex: &mut Exchange, span_id: SpanId, trace: &mut Resolved) {
+    ex.trace = Some(TraceContext {
+        trace_id: trace.trace_id,
+        span_id,
+        parent: trace.parent,
+        link: trace.link,
+        trace_state: trace.trace_state.clone(),
+    });
+    ex.propagated = trace.propagated;
+    ex.candidates = std::mem::take(&mut trace.candidates);
 }
 
 pub struct Correlator {
@@ -192,7 +298,7 @@ impl Correlator {
         s.connections_evicted = self.pairs.evicted;
         s.tasks_forgotten = self.lineage.forgotten;
         s.tracked = self.nodes.len() as u64;
-        s.held = self.nodes.values().filter(|n| n.held.is_some()).count() as u64;
+        s.held = self.nodes.values().filter(|n| matches!(n.state, State::Held { .. })).count() as u64;
         s
     }
 
@@ -231,7 +337,7 @@ impl Correlator {
                 break;
             }
             self.linger.pop_front();
-            if self.nodes.get(&id).is_some_and(|n| n.emitted) {
+            if self.nodes.get(&id).is_some_and(|n| matches!(n.state, State::Emitted { .. })) {
                 self.remove(id);
             }
         }
@@ -268,19 +374,12 @@ impl Correlator {
             tid: seen.tid,
             pair,
             start_ns: seen.start_ns,
-            end_ns: None,
             span_id: self.ids.span_id(),
             carried: Carried::from_headers(&seen.headers),
-            wait: Wait::Decided(Parent::Root, None),
-            trace: None,
+            task_ctx: seen.task_ctx,
+            state: State::Waiting(Wait::New),
             dependents: Vec::new(),
             watchers: Vec::new(),
-            task_ctx: seen.task_ctx,
-            answered_by: None,
-            candidates: Vec::new(),
-            held: None,
-            emitted: false,
-            propagated: None,
         };
         self.nodes.insert(id, node);
         self.by_request.insert(request, id);
@@ -382,14 +481,14 @@ impl Correlator {
                     conn_id: n.request.0,
                     tid: n.tid,
                     start_ns: n.start_ns,
-                    trace_id: n.trace.as_ref().map(|t| t.trace_id).or(n.carried.parent.map(|p| p.trace_id)),
+                    trace_id: n.state.trace().map(|t| t.trace_id).or(n.carried.parent.map(|p| p.trace_id)),
                     correlation_id: n.carried.correlation_id.clone(),
                 })
             })
             .collect()
     }
 
-    fn completed(&mut self, mut ex: Exchange) {
+    fn completed(&mut self, ex: Exchange) {
         let end = ex.response_last_ns.unwrap_or(0).max(ex.request_last_ns);
         self.now_ns = self.now_ns.max(end);
         let id = match self.by_request.remove(&(ex.conn_id, ex.request_seq)) {
@@ -406,11 +505,9 @@ impl Correlator {
             self.lineage.incarnation(ex.pid, ex.response_ctx, at)
         });
         let Some(n) = self.nodes.get_mut(&id) else { return };
-        n.end_ns = Some(end);
-        n.answered_by = answered_by;
         let (role, pid, pair, value) = (n.role, n.pid, n.pair, n.carried.correlation_id.clone());
         let watchers = std::mem::take(&mut n.watchers);
-        let awaited_partner = matches!(n.wait, Wait::Partner);
+        let awaited_partner = matches!(n.state, State::Waiting(Wait::Partner));
         // It answered, so its client's request was sent long ago: it is not coming. Unless
         // over TLS: the client's plaintext is reported when its SSL_write returns, which can
         // be after the answer came; it keeps waiting (indexed), at most the hold.
@@ -420,13 +517,9 @@ impl Correlator {
             let (parent, link) = self.server_fallback(id);
             self.decide(id, parent, link);
         }
-        match self.nodes.get_mut(&id) {
-            Some(n) if n.trace.is_some() => {
-                Self::fill(n, &mut ex);
-                self.ready.push(ex);
-            }
-            Some(n) => n.held = Some(ex),
-            None => {}
+        let done = Done { end_ns: end, answered_by };
+        if let Some(ex) = self.nodes.get_mut(&id).and_then(|n| n.complete(ex, done)) {
+            self.ready.push(ex);
         }
         // An answer may decide the calls that watched it.
         watchers.into_iter().for_each(|w| self.settle(w, false));
@@ -456,9 +549,10 @@ impl Correlator {
         }
     }
 
+    /// What an unresolved request waits for now.
     fn set_wait(&mut self, id: Id, wait: Wait) {
-        if let Some(n) = self.nodes.get_mut(&id) {
-            n.wait = wait;
+        if let Some(State::Waiting(w) | State::Held { wait: w, .. }) = self.nodes.get_mut(&id).map(|n| &mut n.state) {
+            *w = wait;
         }
     }
 
@@ -467,18 +561,17 @@ impl Correlator {
     /// otherwise, or when forced (the hold expired).
     fn settle(&mut self, id: Id, force: bool) {
         let Some(n) = self.nodes.get(&id) else { return };
-        let Wait::Task { cands, chain } = &n.wait else { return };
+        let Some(Wait::Task { cands, chain }) = n.state.wait() else { return };
         let mut answered = Vec::new();
         let mut open = 0;
         for c in cands {
-            match self.nodes.get(c) {
-                Some(cn) if cn.end_ns.is_none() => open += 1,
-                Some(cn) => {
-                    if let (Some(by), Some(end_ns)) = (cn.answered_by, cn.end_ns) {
-                        answered.push(Answered { key: *c, start_ns: cn.start_ns, end_ns, answered_by: by });
-                    }
+            let Some(cn) = self.nodes.get(c) else { continue };
+            match cn.state.done() {
+                None => open += 1,
+                Some(Done { end_ns, answered_by: Some(by) }) => {
+                    answered.push(Answered { key: *c, start_ns: cn.start_ns, end_ns, answered_by: by });
                 }
-                None => {}
+                Some(Done { answered_by: None, .. }) => {}
             }
         }
         if let Some(parent) = task_match(n.start_ns, chain, &answered) {
@@ -499,19 +592,13 @@ impl Correlator {
         }
         /// Span links kept per call at most.
         const MAX_CANDIDATES: usize = 8;
-        let refs: Vec<SpanRef> = cands
+        let links: Vec<SpanRef> = cands
             .iter()
             .filter_map(|c| self.nodes.get(c))
-            .filter_map(|cn| {
-                let trace = cn.trace.as_ref()?;
-                Some(SpanRef { trace_id: trace.trace_id.to_string(), span_id: cn.span_id.to_string() })
-            })
+            .filter_map(|cn| Some(SpanRef { trace_id: cn.state.trace()?.trace_id, span_id: cn.span_id }))
             .take(MAX_CANDIDATES)
             .collect();
-        if let Some(n) = self.nodes.get_mut(&id) {
-            n.candidates = refs;
-        }
-        self.decide(id, Parent::Root, Some(Link::Ambiguous));
+        self.decide(id, Parent::Ambiguous(links), Some(Link::Ambiguous));
     }
 
     /// The hold expired: take the best answer known now. A parent may have been seen after its
@@ -520,11 +607,9 @@ impl Correlator {
     fn force(&mut self, id: Id) {
         let mut chain = vec![id];
         while let Some(n) = chain.last().and_then(|top| self.nodes.get(top)) {
-            let next = match n.wait {
-                Wait::Decided(Parent::Local(p), _) if n.trace.is_none() => p,
-                _ => break,
-            };
-            if chain.len() >= 64 || chain.contains(&next) || self.nodes.get(&next).is_none_or(|p| p.trace.is_some()) {
+            let Some(&Wait::Parent(next, _)) = n.state.wait() else { break };
+            let parent_known = self.nodes.get(&next).is_none_or(|p| p.state.trace().is_some());
+            if chain.len() >= 64 || chain.contains(&next) || parent_known {
                 break;
             }
             chain.push(next);
@@ -534,11 +619,9 @@ impl Correlator {
 
     fn force_one(&mut self, id: Id) {
         let Some(n) = self.nodes.get(&id) else { return };
-        if n.trace.is_some() {
-            return;
-        }
-        match n.wait.clone() {
-            Wait::Partner => {
+        match n.state.wait() {
+            None => return,
+            Some(Wait::Partner) => {
                 self.stats.expired += 1;
                 if let Some(key) = n.pair {
                     self.pairs.forget(&key, id);
@@ -546,82 +629,94 @@ impl Correlator {
                 let (parent, link) = self.server_fallback(id);
                 self.decide(id, parent, link);
             }
-            Wait::Task { .. } => {
+            Some(Wait::Task { .. }) => {
                 self.stats.expired += 1;
                 self.settle(id, true);
             }
-            Wait::Decided(..) => {}
+            Some(Wait::New | Wait::Parent(..)) => {}
         }
-        if self.nodes.get(&id).is_some_and(|n| n.trace.is_none()) {
+        if self.nodes.get(&id).is_some_and(|n| n.state.trace().is_none()) {
             // Its parent could not be resolved (forgotten, or a cycle no real traffic makes).
             self.stats.orphaned += 1;
             self.decide(id, Parent::Root, None);
         }
     }
 
+    /// `id`'s parent is chosen. Its trace is known at once, unless the parent is a request
+    /// seen here whose own trace is still to come: then it waits for that.
     fn decide(&mut self, id: Id, parent: Parent, link: Option<Link>) {
-        self.set_wait(id, Wait::Decided(parent, link));
-        self.resolve(id);
+        let Some(n) = self.nodes.get(&id) else { return };
+        if n.state.trace().is_some() {
+            return;
+        }
+        let trace = match parent {
+            // No parent; the link says why when there is a reason (ambiguous).
+            Parent::Root => Resolved::root(self.ids.trace_id(), link, Vec::new()),
+            Parent::Ambiguous(candidates) => Resolved::root(self.ids.trace_id(), link, candidates),
+            Parent::Remote(tp) => Resolved {
+                trace_id: tp.trace_id,
+                parent: Some(tp.parent_id),
+                link,
+                trace_state: n.carried.trace_state.clone(),
+                propagated: None,
+                candidates: Vec::new(),
+            },
+            Parent::Local(p) => {
+                self.set_wait(id, Wait::Parent(p, link));
+                return self.resolve(vec![id]);
+            }
+        };
+        let waiting = self.set_trace(id, trace, None);
+        self.resolve(waiting);
     }
 
-    /// Give `id` its trace if its parent has one, then everything that waited on it.
-    fn resolve(&mut self, id: Id) {
-        let mut stack = vec![id];
+    /// Give each request of `stack` waiting for its parent the parent's trace if it has one,
+    /// then, in turn, everything that waited on it.
+    fn resolve(&mut self, mut stack: Vec<Id>) {
         while let Some(id) = stack.pop() {
-            let Some(n) = self.nodes.get(&id) else { continue };
-            let Wait::Decided(parent, link) = n.wait.clone() else { continue };
-            if n.trace.is_some() {
-                continue;
-            }
-            let (resolved, parent_node) = match parent {
-                Parent::Root => {
-                    // No parent; the link says why when there is a reason (ambiguous).
-                    let trace_id = self.ids.trace_id();
-                    (Resolved { trace_id, parent: None, link, trace_state: None }, None)
-                }
-                Parent::Remote(tp) => {
-                    let trace_state = n.carried.trace_state.clone();
-                    (Resolved { trace_id: tp.trace_id, parent: Some(tp.parent_id), link, trace_state }, None)
-                }
-                Parent::Local(p) => match self.nodes.get_mut(&p) {
-                    Some(pn) => match &pn.trace {
-                        Some(t) => {
-                            let r = Resolved {
-                                trace_id: t.trace_id,
-                                parent: Some(pn.span_id),
-                                link,
-                                trace_state: t.trace_state.clone(),
-                            };
-                            (r, Some(p))
-                        }
-                        None => {
-                            if !pn.dependents.contains(&id) {
-                                pn.dependents.push(id);
-                            }
-                            continue;
-                        }
-                    },
+            let Some(&Wait::Parent(p, link)) = self.nodes.get(&id).and_then(|n| n.state.wait()) else { continue };
+            let (trace, parent) = match self.nodes.get_mut(&p) {
+                Some(pn) => match pn.state.trace() {
+                    Some(t) => {
+                        let trace = Resolved {
+                            trace_id: t.trace_id,
+                            parent: Some(pn.span_id),
+                            link,
+                            trace_state: t.trace_state.clone(),
+                            propagated: None,
+                            candidates: Vec::new(),
+                        };
+                        (trace, Some(p))
+                    }
                     None => {
-                        self.stats.orphaned += 1;
-                        let trace_id = self.ids.trace_id();
-                        (Resolved { trace_id, parent: None, link: None, trace_state: None }, None)
+                        if !pn.dependents.contains(&id) {
+                            pn.dependents.push(id);
+                        }
+                        continue;
                     }
                 },
+                None => {
+                    self.stats.orphaned += 1;
+                    (Resolved::root(self.ids.trace_id(), None, Vec::new()), None)
+                }
             };
-            let propagated = parent_node.and_then(|p| self.carried_inbound_context(id, p, resolved.trace_id));
-            match resolved.link {
-                Some(l) => self.stats.links[link_index(l)] += 1,
-                None => self.stats.roots += 1,
-            }
-            let Some(n) = self.nodes.get_mut(&id) else { continue };
-            n.trace = Some(resolved);
-            n.propagated = propagated;
-            stack.append(&mut n.dependents);
-            if let Some(mut ex) = n.held.take() {
-                Self::fill(n, &mut ex);
-                self.ready.push(ex);
-            }
+            stack.append(&mut self.set_trace(id, trace, parent));
         }
+    }
+
+    /// `id`'s trace is known (from `parent`, a request seen here, if it has one): count it,
+    /// pass on its exchange if it was held, and return the requests that waited for it.
+    fn set_trace(&mut self, id: Id, mut trace: Resolved, parent: Option<Id>) -> Vec<Id> {
+        trace.propagated = parent.and_then(|p| self.carried_inbound_context(id, p, trace.trace_id));
+        match trace.link {
+            Some(l) => self.stats.links[link_index(l)] += 1,
+            None => self.stats.roots += 1,
+        }
+        let Some(n) = self.nodes.get_mut(&id) else { return Vec::new() };
+        if let Some(ex) = n.resolve(trace) {
+            self.ready.push(ex);
+        }
+        std::mem::take(&mut n.dependents)
     }
 
     /// For an outbound call whose parent is an inbound request of the same process: did the
@@ -636,22 +731,10 @@ impl Correlator {
         Some(same_trace || same_value)
     }
 
-    fn fill(n: &mut Node, ex: &mut Exchange) {
-        n.emitted = true;
-        if let Some(t) = &n.trace {
-            ex.trace_id = Some(t.trace_id.to_string());
-            ex.span_id = Some(n.span_id.to_string());
-            ex.parent_span_id = t.parent.map(|p| p.to_string());
-            ex.link = t.link;
-            ex.trace_state = t.trace_state.clone();
-            ex.propagated = n.propagated;
-            ex.candidates = std::mem::take(&mut n.candidates);
-        }
-    }
-
     /// Make room: resolve the request with what is known, then forget it.
     fn evict(&mut self, id: Id) {
-        let in_flight = self.nodes.get(&id).is_some_and(|n| n.end_ns.is_none() || n.trace.is_none());
+        // Counted unless its exchange already went out.
+        let in_flight = self.nodes.get(&id).is_some_and(|n| !matches!(n.state, State::Emitted { .. }));
         if in_flight {
             self.stats.evicted += 1;
         }
@@ -665,11 +748,9 @@ impl Correlator {
             self.by_request.remove(&n.request);
         }
         self.unindex(id, n.role, n.pid, n.pair, n.carried.correlation_id.as_deref());
-        if let Some(mut ex) = n.held {
+        if let State::Held { exchange, .. } = n.state {
             // Unreachable after `force`, but never lose an exchange.
-            let mut n = Node { held: None, ..n };
-            Self::fill(&mut n, &mut ex);
-            self.ready.push(ex);
+            self.ready.push(exchange);
         }
     }
 }

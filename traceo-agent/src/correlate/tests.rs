@@ -8,7 +8,7 @@ use crate::http::{
     ConnInfo, Exchange, HttpMessage, KeptHeaders, Kind, Link, RequestSeen, Role, RouteNormalizer, Tracked,
 };
 
-use super::{CorrelateConfig, Correlator, IdGen};
+use super::{CorrelateConfig, Correlator, IdGen, SpanId, TraceId};
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -182,9 +182,9 @@ impl Run {
     fn assert_child(&self, child: &str, parent: &str, link: Link) {
         let x = self.by_target();
         let (c, p) = (x[child], x[parent]);
-        assert_eq!(c.parent_span_id, p.span_id, "{child}'s parent should be {parent}");
-        assert_eq!(c.trace_id, p.trace_id, "{child} and {parent} share a trace");
-        assert_eq!(c.link, Some(link), "{child}'s link");
+        assert_eq!(c.parent_span_id(), p.span_id(), "{child}'s parent should be {parent}");
+        assert_eq!(c.trace_id(), p.trace_id(), "{child} and {parent} share a trace");
+        assert_eq!(c.link(), Some(link), "{child}'s link");
     }
 }
 
@@ -203,8 +203,8 @@ fn threaded_server_calls_belong_to_the_request_on_their_thread() {
     r.assert_child("/from-b", "/b", Link::Thread);
     r.assert_child("/from-a", "/a", Link::Thread);
     let x = r.by_target();
-    assert_ne!(x["/a"].trace_id, x["/b"].trace_id, "two requests from outside: two traces");
-    assert_eq!((x["/a"].parent_span_id.as_deref(), x["/a"].link), (None, None));
+    assert_ne!(x["/a"].trace_id(), x["/b"].trace_id(), "two requests from outside: two traces");
+    assert_eq!((x["/a"].parent_span_id(), x["/a"].link()), (None, None));
     assert_eq!(x["/from-a"].propagated, Some(false), "the call carried no context");
     assert_eq!(x["/a"].propagated, None);
     assert_eq!(r.c.stats().link(Link::Thread), 2);
@@ -253,9 +253,9 @@ fn event_loop_calls_without_a_runtime_signal_get_no_parent() {
     let x = r.by_target();
     for i in 0..3 {
         let call = &x[format!("/call{i}").as_str()];
-        assert_eq!((call.parent_span_id.as_deref(), call.link), (None, Some(Link::Ambiguous)));
-        let linked: Vec<&str> = call.candidates.iter().map(|c| c.span_id.as_str()).collect();
-        let expected: Vec<&str> = (0..3).map(|j| x[format!("/in{j}").as_str()].span_id.as_deref().unwrap()).collect();
+        assert_eq!((call.parent_span_id(), call.link()), (None, Some(Link::Ambiguous)));
+        let linked: Vec<SpanId> = call.candidates.iter().map(|c| c.span_id).collect();
+        let expected: Vec<SpanId> = (0..3).map(|j| x[format!("/in{j}").as_str()].span_id().unwrap()).collect();
         assert_eq!(linked, expected, "span links to every candidate");
     }
     assert_eq!(r.c.stats().link(Link::Ambiguous), 3);
@@ -325,9 +325,9 @@ fn a_propagated_header_or_correlation_value_ties_the_call() {
     let x = r.by_target();
     assert_eq!((x["/to-a"].propagated, x["/to-b"].propagated), (Some(true), Some(true)));
     // /a continued its caller's trace.
-    assert_eq!(x["/a"].trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-    assert_eq!(x["/a"].parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
-    assert_eq!(x["/a"].link, Some(Link::Propagated));
+    assert_eq!(x["/a"].trace_id(), TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(x["/a"].parent_span_id(), SpanId::parse("00f067aa0ba902b7"));
+    assert_eq!(x["/a"].link(), Some(Link::Propagated));
 }
 
 #[test]
@@ -339,8 +339,8 @@ fn inbound_trace_context_and_tracestate_flow_to_children() {
     r.push(a.seen()).push(call.seen()).push(call.done()).push(a.done());
     r.assert_child("/call", "/a", Link::Thread);
     let x = r.by_target();
-    assert_eq!(x["/call"].trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-    assert_eq!(x["/call"].trace_state.as_deref(), Some("vendor=abc"));
+    assert_eq!(x["/call"].trace_id(), TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(x["/call"].trace.as_ref().and_then(|t| t.trace_state.as_deref()), Some("vendor=abc"));
     assert_eq!(x["/call"].propagated, Some(false), "the call did not pass the context on");
 }
 
@@ -419,8 +419,8 @@ fn timing_alone_never_links_processes() {
     r.observe(call.opened());
     r.push(call.seen()).push(other.seen()).push(other.done()).push(call.done());
     let x = r.by_target();
-    assert_eq!((x["/other"].parent_span_id.as_deref(), x["/other"].link), (None, None));
-    assert_ne!(x["/other"].trace_id, x["/call"].trace_id);
+    assert_eq!((x["/other"].parent_span_id(), x["/other"].link()), (None, None));
+    assert_ne!(x["/other"].trace_id(), x["/call"].trace_id());
 }
 
 #[test]
@@ -453,7 +453,7 @@ fn the_hold_is_bounded_and_expiry_takes_the_best_answer() {
     r.push(call.done()).push(a.done()).push(b.done());
     // No answer came in time: no parent (never a guess), and the far end still joins it.
     let x = r.by_target();
-    assert_eq!((x["/call"].parent_span_id.as_deref(), x["/call"].link), (None, Some(Link::Ambiguous)));
+    assert_eq!((x["/call"].parent_span_id(), x["/call"].link()), (None, Some(Link::Ambiguous)));
     r.assert_child("/served", "/call", Link::Connection);
 }
 
@@ -466,8 +466,8 @@ fn a_server_whose_traced_client_never_shows_resolves_on_its_own() {
     r.push(server.done());
     // It answered: the client's request is not coming. It starts its own trace at once.
     let x = r.by_target();
-    assert_eq!((x["/served"].parent_span_id.as_deref(), x["/served"].link), (None, None));
-    assert!(x["/served"].trace_id.is_some());
+    assert_eq!((x["/served"].parent_span_id(), x["/served"].link()), (None, None));
+    assert!(x["/served"].trace_id().is_some());
 }
 
 #[test]
@@ -487,7 +487,7 @@ fn state_is_bounded_and_forgotten_after_the_hold() {
         r.push(q.done());
     }
     assert_eq!(r.out.len(), 10, "every exchange still comes out");
-    assert!(r.out.iter().all(|x| x.trace_id.is_some() && x.span_id.is_some()));
+    assert!(r.out.iter().all(|x| x.trace_id().is_some() && x.span_id().is_some()));
     let s = r.c.stats();
     assert_eq!((s.unannounced, s.evicted, s.tracked), (6, 6, 4));
     r.tick(10_000);
@@ -501,6 +501,6 @@ fn finish_resolves_and_emits_everything_held() {
     let out = &mut r.out;
     r.c.finish(&mut |ex| out.push(ex));
     assert_eq!(r.emitted(), ["/call0", "/call1", "/call2"]);
-    assert!(r.out.iter().all(|x| x.link == Some(Link::Ambiguous) && x.parent_span_id.is_none()));
+    assert!(r.out.iter().all(|x| x.link() == Some(Link::Ambiguous) && x.parent_span_id().is_none()));
     assert_eq!(r.c.stats().held, 0);
 }

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use crate::correlate::{SpanId, TraceId};
+
 use super::headers::KeptHeaders;
 use super::parser::{HttpMessage, Version};
 use super::route::RouteNormalizer;
@@ -60,11 +62,34 @@ impl Link {
     }
 }
 
-/// Another span, by its ids (hex).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Another span, by its ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SpanRef {
-    pub trace_id: String,
-    pub span_id: String,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+/// An exchange's place in a trace, given by the correlation stage (the join stage may move
+/// it into a job's trace). Ids stay binary here; they become hex only where they leave the
+/// agent (the JSON line, span exporters, exemplars).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// `None` for a trace's first span.
+    pub parent: Option<SpanId>,
+    /// How the parent was found; `None` for a trace's first span (`Ambiguous` for a call that
+    /// started its own trace because several requests could have made it).
+    pub link: Option<Link>,
+    /// W3C `tracestate` of the trace the exchange continues.
+    pub trace_state: Option<String>,
+}
+
+impl TraceContext {
+    /// This span, as another span's link sees it.
+    pub fn span(&self) -> SpanRef {
+        SpanRef { trace_id: self.trace_id, span_id: self.span_id }
+    }
 }
 
 /// Things worth knowing about how an exchange was observed.
@@ -168,13 +193,7 @@ pub struct Exchange {
     pub response_last_ns: Option<u64>,
     pub flags: Flags,
     /// Filled by the correlation stage.
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
-    pub parent_span_id: Option<String>,
-    /// How the parent was found; `None` for a trace's first span.
-    pub link: Option<Link>,
-    /// W3C `tracestate` of the trace the exchange continues.
-    pub trace_state: Option<String>,
+    pub trace: Option<TraceContext>,
     /// An outbound request made while serving an inbound one: did it carry the inbound trace
     /// context or correlation id? `None` for other exchanges.
     pub propagated: Option<bool>,
@@ -299,11 +318,7 @@ impl Exchange {
             response_first_ns: answered.then_some(resp.start_ns),
             response_last_ns: answered.then_some(resp.end_ns),
             flags,
-            trace_id: None,
-            span_id: None,
-            parent_span_id: None,
-            link: None,
-            trace_state: None,
+            trace: None,
             propagated: None,
             job_id: None,
             job_origin: None,
@@ -313,6 +328,23 @@ impl Exchange {
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },
         }
+    }
+
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace.as_ref().map(|t| t.trace_id)
+    }
+
+    pub fn span_id(&self) -> Option<SpanId> {
+        self.trace.as_ref().map(|t| t.span_id)
+    }
+
+    pub fn parent_span_id(&self) -> Option<SpanId> {
+        self.trace.as_ref().and_then(|t| t.parent)
+    }
+
+    /// How the parent was found (see [`TraceContext::link`]).
+    pub fn link(&self) -> Option<Link> {
+        self.trace.as_ref().and_then(|t| t.link)
     }
 
     /// Request first byte to response last byte.

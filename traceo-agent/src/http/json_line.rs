@@ -1,7 +1,7 @@
 //! The JSON line per exchange (schema in DESIGN.md): the required fields always present and
 //! in a fixed order, null where unknown, then extra fields. Bodies are never printed.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,18 @@ impl Obj {
         }
         // Writing JSON values into a String cannot fail.
         let _ = write!(self.0, "{}:{}", Value::from(key), value);
+    }
+
+    /// A trace or span id as a JSON string of lower-case hex (null when unknown), formatted
+    /// straight into the line: hex digits need no escaping, and the key is a plain name.
+    fn id(&mut self, key: &'static str, id: Option<impl fmt::Display>) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        let _ = match id {
+            Some(id) => write!(self.0, "\"{key}\":\"{id}\""),
+            None => write!(self.0, "\"{key}\":null"),
+        };
     }
 
     fn finish(mut self) -> String {
@@ -111,9 +123,9 @@ impl Exchange {
         o.field("response_bytes", self.response_body_bytes.map_or(Value::Null, Value::from));
         o.field("local", addr(self.local));
         o.field("peer", addr(self.peer));
-        o.field("trace_id", opt_str(self.trace_id.as_deref()));
-        o.field("span_id", opt_str(self.span_id.as_deref()));
-        o.field("parent_span_id", opt_str(self.parent_span_id.as_deref()));
+        o.id("trace_id", self.trace_id());
+        o.id("span_id", self.span_id());
+        o.id("parent_span_id", self.parent_span_id());
         o.field("correlation_id", opt_str(self.correlation_id()));
         o.field("job_id", opt_str(self.job_id.as_deref()));
         o.field("version", opt_str(self.version.map(|v| v.as_str())));
@@ -124,7 +136,7 @@ impl Exchange {
         o.field("ttfb_ms", millis(self.ttfb_ns()));
         o.field("conn_id", Value::from(self.conn_id));
         o.field("tls", Value::from(self.tls));
-        o.field("link", opt_str(self.link.map(|l| l.as_str())));
+        o.field("link", opt_str(self.link().map(|l| l.as_str())));
         o.field("propagated", self.propagated.map_or(Value::Null, Value::from));
         let extras: serde_json::Map<String, Value> = self
             .response_headers

@@ -26,7 +26,7 @@ mod tracker;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use exchange::{ConnInfo, Exchange, Flags, Link, RequestSeen, Role, SpanRef, Tracked};
+pub use exchange::{ConnInfo, Exchange, Flags, Link, RequestSeen, Role, SpanRef, TraceContext, Tracked};
 pub use h1::{Http1Parser, Limits};
 pub use headers::{DEFAULT_HEADERS, HeaderSelection, KeptHeaders};
 pub use json_line::{EXCHANGE_FIELDS, WallClock};

@@ -2,13 +2,15 @@
 //! semantic-convention labels, duration exemplars carrying the trace id, and a cap on label
 //! sets (new ones past it fold into `http_route="__overflow__"`) with idle-series expiry.
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{collections::HashMap, fmt::Write as _, sync::Mutex, time::Instant};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
+
+use crate::correlate::TraceId;
 
 use super::MetricsConfig;
 
@@ -36,7 +38,7 @@ pub struct Observation<'a> {
     pub duration_s: Option<f64>,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
-    pub trace_id: Option<&'a str>,
+    pub trace_id: Option<TraceId>,
     /// An outbound call made while serving an inbound request: did it carry the inbound
     /// trace context or correlation id?
     pub propagated: Option<bool>,
@@ -65,7 +67,17 @@ pub struct HistogramLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceExemplar {
-    trace_id: String,
+    trace_id: ExemplarTraceId,
+}
+
+/// The exemplar's trace id, written as lower-case hex only when the metrics are scraped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct ExemplarTraceId(TraceId);
+
+impl EncodeLabelValue for ExemplarTraceId {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}", self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -268,7 +280,7 @@ impl HttpMetrics {
         s.last_seen = Instant::now();
         s.requests.inc();
         if let Some(duration) = o.duration_s {
-            let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: t.to_owned() });
+            let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: ExemplarTraceId(t) });
             s.duration.observe(duration, exemplar, None);
         }
         s.request_size.observe(o.request_body_bytes as f64);
@@ -340,7 +352,7 @@ mod tests {
             duration_s: Some(0.02),
             request_body_bytes: 0,
             response_body_bytes: 300,
-            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            trace_id: TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736"),
             propagated: None,
             tls: false,
         }

@@ -149,7 +149,7 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
     if let Some(id) = ex.correlation_id() {
         out.push(string("traceo.correlation_id", id));
     }
-    if let Some(link) = ex.link {
+    if let Some(link) = ex.link() {
         out.push(string("traceo.link", link.as_str()));
     }
     if let Some(job) = &ex.job_id {

@@ -14,8 +14,7 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use crate::correlate::{SpanId, TraceId};
-use crate::http::{Exchange, Role, WallClock};
+use crate::http::{Exchange, Role, SpanRef, WallClock};
 
 use super::attributes::{error_type, kv, span_attributes};
 
@@ -117,24 +116,20 @@ pub fn span_name(ex: &Exchange) -> String {
 /// A joined exchange links to the span that issued its job key (the upload); a call left
 /// ambiguous links to each request that could have made it (`traceo.link=candidate`).
 fn span_links(ex: &Exchange) -> Vec<SpanLink> {
-    let link = |to: &crate::http::SpanRef, attributes| {
-        Some(SpanLink {
-            trace_id: TraceId::parse(&to.trace_id)?.0.to_vec(),
-            span_id: SpanId::parse(&to.span_id)?.0.to_vec(),
-            flags: SAMPLED,
-            attributes,
-            ..SpanLink::default()
-        })
+    let link = |to: &SpanRef, attributes| SpanLink {
+        trace_id: to.trace_id.0.to_vec(),
+        span_id: to.span_id.0.to_vec(),
+        flags: SAMPLED,
+        attributes,
+        ..SpanLink::default()
     };
     let candidate = || vec![super::attributes::string("traceo.link", "candidate")];
-    let job = ex.job_origin.iter().filter_map(|o| link(o, Vec::new()));
-    job.chain(ex.candidates.iter().filter_map(|c| link(c, candidate()))).collect()
+    let job = ex.job_origin.iter().map(|o| link(o, Vec::new()));
+    job.chain(ex.candidates.iter().map(|c| link(c, candidate()))).collect()
 }
 
 pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
-    let trace_id = TraceId::parse(ex.trace_id.as_deref()?)?;
-    let span_id = SpanId::parse(ex.span_id.as_deref()?)?;
-    let parent = ex.parent_span_id.as_deref().and_then(SpanId::parse);
+    let trace = ex.trace.as_ref()?;
     let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
     let kind = match ex.role {
         Role::Server => SpanKind::Server,
@@ -145,10 +140,10 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         None => Status::default(),
     };
     Some(Span {
-        trace_id: trace_id.0.to_vec(),
-        span_id: span_id.0.to_vec(),
-        trace_state: ex.trace_state.clone().unwrap_or_default(),
-        parent_span_id: parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+        trace_id: trace.trace_id.0.to_vec(),
+        span_id: trace.span_id.0.to_vec(),
+        trace_state: trace.trace_state.clone().unwrap_or_default(),
+        parent_span_id: trace.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
         flags: SAMPLED,
         name: span_name(ex),
         kind: kind as i32,

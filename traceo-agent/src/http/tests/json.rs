@@ -2,7 +2,8 @@
 
 use serde_json::Value;
 
-use crate::http::{TrackerConfig, WallClock};
+use crate::correlate::{SpanId, TraceId};
+use crate::http::{Link, TraceContext, TrackerConfig, WallClock};
 
 use super::script::*;
 
@@ -60,6 +61,25 @@ fn json_line_has_every_required_field_with_the_right_type() {
     assert_eq!(m["version"], "1.1");
     assert_eq!(m["flags"], Value::Array(vec![]));
     assert!(m["ttfb_ms"].is_number());
+}
+
+#[test]
+fn ids_print_as_lower_case_hex_and_an_unknown_parent_as_null() {
+    let mut s = Script::accepted(1);
+    s.recv(&get("/x"));
+    s.send(&ok("y"));
+    let (xs, _) = run(&s.take());
+    let mut x = one(&xs).clone();
+    let trace_id = TraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736");
+    let span_id = SpanId::parse("00f067aa0ba902b7");
+    let (Some(trace_id), Some(span_id)) = (trace_id, span_id) else { panic!("valid ids") };
+    x.trace = Some(TraceContext { trace_id, span_id, parent: None, link: None, trace_state: None });
+    let line = x.to_json_line(&WallClock::default());
+    let ids = r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","parent_span_id":null,"#;
+    assert!(line.contains(ids), "{line}");
+    x.trace = x.trace.map(|t| TraceContext { parent: Some(SpanId([0xab; 8])), link: Some(Link::Thread), ..t });
+    let m = parse(&x.to_json_line(&WallClock::default()));
+    assert_eq!((&m["parent_span_id"], &m["link"]), (&Value::from("abababababababab"), &Value::from("thread")));
 }
 
 #[test]

@@ -84,7 +84,7 @@ impl EventPrinter {
                     ("len".into(), json!(d.total_len)),
                     ("captured".into(), json!(d.payload.len())),
                     ("flags".into(), json!(flags)),
-                    ("data".into(), json!(escape_payload(&d.payload))),
+                    ("data".into(), json!(escape_payload(&crate::scrub::scrub(&d.payload)))),
                 ]);
                 if d.task_ctx != 0 {
                     obj.insert("task_ctx".into(), json!(format!("{:#x}", d.task_ctx)));

@@ -26,6 +26,7 @@ pub mod output;
 pub mod procfs;
 pub mod record;
 pub mod runtime;
+pub mod scrub;
 pub mod selector;
 pub mod sink;
 pub mod source;

@@ -17,6 +17,8 @@ use std::{
     path::Path,
 };
 
+use std::os::unix::fs::OpenOptionsExt as _;
+
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -59,7 +61,14 @@ pub struct RecordWriter<W: Write> {
 
 impl RecordWriter<BufWriter<File>> {
     pub fn create(path: &Path, meta: &RecordMeta) -> anyhow::Result<Self> {
-        let file = File::create(path).with_context(|| format!("cannot create record file {}", path.display()))?;
+        // Owner-only: a record holds traffic (secrets are masked, but the rest is private too).
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create record file {}", path.display()))?;
         RecordWriter::new(BufWriter::with_capacity(1 << 20, file), meta)
     }
 }
@@ -155,8 +164,10 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             for v in [d.enter_ns, d.exit_ns, d.ret as u64, d.total_len] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
-            b.extend_from_slice(&(d.payload.len() as u32).to_le_bytes());
-            b.extend_from_slice(&d.payload);
+            // Secrets never reach the disk (masked in place: lengths and framing unchanged).
+            let payload = crate::scrub::scrub(&d.payload);
+            b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            b.extend_from_slice(&payload);
             b.extend_from_slice(&d.task_ctx.to_le_bytes());
         }
         Event::Task(t) => {

@@ -346,3 +346,25 @@ fn ipv6_connections_have_their_addresses() {
     let request = String::from_utf8(stream(&events, &open["conn_id"], "ingress")).unwrap();
     assert!(request.starts_with("GET /hello HTTP/1.1\r\n"), "{request:?}");
 }
+
+#[test]
+fn a_recorder_killed_hard_leaves_a_file_that_replays_up_to_its_last_second() {
+    if !require_root("recorder_killed") {
+        return;
+    }
+    let dir = temp_dir("recorder-killed");
+    std::fs::write(dir.join("file.txt"), "recorded before the kill\n").unwrap();
+    let port = free_port();
+    let _server = http_server(&dir, port);
+    let rec = Recording::start(&dir, &["--service", &format!("web=port:{port}")]);
+    curl(&[&format!("http://127.0.0.1:{port}/file.txt")]);
+    // The recorder flushes every second: give it two, then kill it without a chance to flush.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(rec.pid() as i32, libc::SIGKILL) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let events = replay_events(&rec.file);
+    let data: String = of_kind(&events, "data").iter().filter_map(|e| e["data"].as_str()).collect();
+    assert!(data.contains("GET /file.txt"), "the request before the kill is in the file: {events:?}");
+    assert!(data.contains("recorded before the kill"), "and so is its response: {events:?}");
+}

@@ -249,10 +249,12 @@ impl SelectionArgs {
         if capture_bytes == 0 || capture_bytes as usize > MAX_CAPTURE {
             anyhow::bail!("--capture-bytes must be between 1 and {MAX_CAPTURE}, not {capture_bytes}");
         }
+        let ring_buffer_mib = self.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(4);
+        crate::loader::check_ring_buffer_mib(ring_buffer_mib)?;
         Ok(Selection {
             services,
             capture_bytes,
-            ring_buffer_mib: self.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(4),
+            ring_buffer_mib,
             tls: !(self.no_tls || file.no_tls),
             runtime: !(self.no_runtime || file.no_runtime),
             log: file.log,
@@ -267,6 +269,16 @@ impl SelectionArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_ring_buffer_size_is_refused_with_the_fix() {
+        for bad in [0, 3, 2048] {
+            let args = SelectionArgs { ring_buffer_mib: Some(bad), ..Default::default() };
+            let err = format!("{:#}", args.resolve().unwrap_err());
+            assert!(err.contains("power of two from 1 to 1024") && err.contains(&bad.to_string()), "{err}");
+        }
+        assert!(SelectionArgs { ring_buffer_mib: Some(8), ..Default::default() }.resolve().is_ok());
+    }
 
     #[test]
     fn config_file_fills_unset_options_and_cli_wins() {

@@ -95,6 +95,12 @@ impl<W: Write> RecordWriter<W> {
         Ok(())
     }
 
+    /// Push what is buffered to the file (the recorder does it every second, so a recorder
+    /// killed with -9 leaves a file that replays up to its last second).
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.out.flush().context("flushing record file")
+    }
+
     pub fn finish(mut self) -> anyhow::Result<W> {
         self.out.flush().context("flushing record file")?;
         Ok(self.out)

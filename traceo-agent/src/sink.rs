@@ -62,7 +62,8 @@ impl EventSink for Recorder {
         self.writer.as_mut().map_or(Ok(()), |w| w.write(event))
     }
     fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {
-        let Some(w) = &self.writer else { return Ok(()) };
+        let Some(w) = &mut self.writer else { return Ok(()) };
+        w.flush()?;
         if self.last_progress.elapsed() >= Duration::from_secs(5) {
             log::info!("recording: {} events, {:.1} MiB", w.events, w.bytes as f64 / (1 << 20) as f64);
             self.last_progress = Instant::now();

@@ -78,6 +78,14 @@ fn pid_max() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4_194_304)
 }
 
+/// The ring buffer's size must be a power of two (the kernel's rule) and sane.
+pub fn check_ring_buffer_mib(mib: u32) -> anyhow::Result<()> {
+    if !mib.is_power_of_two() || mib > 1024 {
+        bail!("--ring-buffer-mib must be a power of two from 1 to 1024 (1, 2, 4, 8, ...), not {mib}");
+    }
+    Ok(())
+}
+
 /// Loaded (and, after `attach`, attached) programs with their maps.
 pub struct Probes {
     ebpf: Ebpf,
@@ -110,6 +118,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         capture_bytes: opts.capture_bytes,
         fork_child_pid_offset: tracefs::field_offset(&tracefs, "sched", "sched_process_fork", "child_pid")?,
     };
+    check_ring_buffer_mib(opts.ring_buffer_mib)?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("DATA_SCRATCH", cpus as u32)
@@ -122,9 +131,6 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // The logger owns the log map: it must outlive program loading.
     let logger =
         aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("kernel-side logging unavailable: {e}")).ok();
-    if !opts.ring_buffer_mib.is_power_of_two() || opts.ring_buffer_mib > 1024 {
-        bail!("--ring-buffer-mib must be a power of two up to 1024, not {}", opts.ring_buffer_mib);
-    }
     for name in programs::PROGRAMS.iter().map(|(_, name)| *name).chain([programs::FLOOR]) {
         let program: &mut TracePoint = ebpf
             .program_mut(name)

@@ -286,3 +286,37 @@ fn tls_the_probes_cannot_see_and_processes_without_libssl_are_reported_and_break
     assert_all_tls(&plain_x, false, "plain");
     assert_eq!(metric(&metrics, &["traceo_agent_non_http_connections_total"]), Some(0.0), "{metrics}");
 }
+
+#[test]
+fn process_churn_never_poisons_the_tls_probes_of_later_services() {
+    if !require_root("tls_churn") || !require_python("tls_churn") {
+        return;
+    }
+    let dir = temp_dir("tls-churn");
+    // A traced service that forks a short-lived child again and again: probing each child's
+    // libssl races its exit, and those attaches fail.
+    let churner = dir.join("churner");
+    std::fs::copy("/bin/sh", &churner).expect("copy /bin/sh");
+    let _churn = Proc::spawn(Command::new(&churner).args(["-c", "while :; do /bin/true; done"]));
+    let port = free_port();
+    let (mut agent, log, metrics_port) =
+        start_agent(&dir, &["churn=comm:churner".to_owned(), format!("api=port:{port}")]);
+    std::thread::sleep(Duration::from_secs(3));
+    // A service and a client started afterwards: their HTTPS must be traced.
+    let (cert, key) = self_signed(&dir);
+    let _server = uvicorn_https(port, &cert, &key);
+    let requests = r#"[["GET","/hello"],["GET","/items/7"],["GET","/hello"],["GET","/status/404"]]"#;
+    let mut client = https_client(&format!("https://127.0.0.1:{port}"), requests);
+    // Give the agent a rescan to find the server by its port and its late libssl.
+    std::thread::sleep(Duration::from_secs(7));
+    let started = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
+    client.send_line("go");
+    let mut out = None;
+    let said: Vec<String> = (0..4).map(|_| client.read_line(&mut out)).collect();
+    assert!(said.iter().all(|l| !l.is_empty()), "client output: {said:?}");
+    let x = wait_for_exchanges(&log, 4);
+    agent.stop();
+    let server = side(&x, "api", "server");
+    assert_eq!(server.len(), 4, "every HTTPS request of the later service is traced: {x:?}\nmetrics:\n{started}");
+    assert_all_tls(&server, true, "later service");
+}

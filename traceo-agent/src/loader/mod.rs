@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod programs;
+pub mod symbols;
 pub mod tracefs;
 
 use anyhow::{Context as _, bail};
@@ -92,6 +93,8 @@ pub struct Probes {
     links: Vec<(&'static str, TracePointLinkId)>,
     /// OpenSSL probe links by the process they watch (`None`: every process).
     uprobe_links: std::collections::HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
+    /// Symbol offsets resolved once per file.
+    symbols: symbols::SymbolOffsets,
     /// Runtime probe links (asyncio tasks, nginx upstreams) by process (kept apart: the TLS
     /// stage drops its own).
     task_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
@@ -152,7 +155,14 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes { ebpf, links: Vec::new(), uprobe_links: Default::default(), task_links: Default::default(), logger })
+    Ok(Probes {
+        ebpf,
+        links: Vec::new(),
+        uprobe_links: Default::default(),
+        task_links: Default::default(),
+        symbols: Default::default(),
+        logger,
+    })
 }
 
 impl Probes {
@@ -218,8 +228,9 @@ impl Probes {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
+        let offset = self.symbols.offset(library, symbol)?;
         let p: &mut UProbe = self.ebpf.program_mut(program).expect("loaded above").try_into()?;
-        let link = p.attach(symbol, library, scope)?;
+        let link = p.attach(aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(offset), library, scope)?;
         self.uprobe_links.entry(pid).or_default().push((program, link));
         Ok(())
     }

@@ -70,7 +70,10 @@ pub struct TlsProbes {
     elf: HashMap<FileId, ElfTls>,
     /// (process or every process, file) pairs probed, and files that cannot be.
     attached: HashSet<(Option<u32>, FileId)>,
+    /// Files that cannot be probed for every process (trace-all mode).
     failed: HashSet<FileId>,
+    /// (process, file) failures already logged.
+    failed_for: HashSet<(u32, FileId)>,
     /// Processes classified: what was found (re-logged only when it changes), and when.
     processes: HashMap<u32, (Visibility, u64)>,
     refreshes: u64,
@@ -86,6 +89,7 @@ impl TlsProbes {
             elf: HashMap::new(),
             attached: HashSet::new(),
             failed: HashSet::new(),
+            failed_for: HashSet::new(),
             processes: HashMap::new(),
             refreshes: 0,
             stats: TlsProbeStats::default(),
@@ -105,6 +109,10 @@ impl TlsProbes {
     /// the system's libssl for it at once, before it maps the library and makes its first
     /// call, and classify it.
     pub fn track(&mut self, probes: &mut Probes, pid: u32) {
+        // A short-lived child may be gone by the time its fork or exec event is read.
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
         if self.per_process {
             for lib in self.system.clone() {
                 self.probe(probes, &lib, Some(pid));
@@ -166,6 +174,7 @@ impl TlsProbes {
 
     fn forget(&mut self, probes: &mut Probes, pid: u32) {
         self.processes.remove(&pid);
+        self.failed_for.retain(|(p, _)| *p != pid);
         if self.per_process {
             probes.detach_ssl(pid);
             self.attached.retain(|(p, _)| *p != Some(pid));
@@ -190,9 +199,30 @@ impl TlsProbes {
             }
             Err(e) => {
                 self.attached.remove(&(pid, id));
-                self.failed.insert(id);
-                self.stats.failed_files += 1;
-                log::warn!("TLS: cannot probe {}: {e:#}; its processes' TLS traffic is not visible", path.display());
+                match pid {
+                    // Per process: a failure is that process's (often it just exited), retried
+                    // at its next rescan; it never poisons the file for other processes.
+                    Some(p) if !std::path::Path::new(&format!("/proc/{p}")).exists() => {
+                        log::debug!("TLS: pid {p} exited before {} could be probed", path.display());
+                    }
+                    Some(p) => {
+                        self.stats.failed_files += 1;
+                        if self.failed_for.insert((p, id)) {
+                            log::warn!(
+                                "TLS: cannot probe {} for pid {p}: {e:#}; retrying at its next rescan",
+                                path.display()
+                            );
+                        }
+                    }
+                    None => {
+                        self.failed.insert(id);
+                        self.stats.failed_files += 1;
+                        log::warn!(
+                            "TLS: cannot probe {}: {e:#}; its processes' TLS traffic is not visible",
+                            path.display()
+                        );
+                    }
+                }
             }
         }
     }

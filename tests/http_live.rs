@@ -292,3 +292,51 @@ fn bad_input_is_counted_and_never_disturbs_good_traffic() {
     }
     assert_eq!(seen.len(), GOOD + 2, "the good requests and the two broken ones: {seen:#?}");
 }
+
+#[test]
+fn a_reader_that_stops_reading_never_freezes_the_agent() {
+    if !require_root("stalled_reader") || !require_python("stalled_reader") {
+        return;
+    }
+    let port = free_port();
+    let _server = uvicorn(port, 1);
+    let metrics_port = free_port();
+    // `--log -` into a pipe nobody reads: once the pipe is full, every write would block.
+    let mut agent = Proc::spawn(
+        Command::new(AGENT)
+            .args(["run", "--service", &format!("api=port:{port}"), "--log", "-"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let ready = format!("http://127.0.0.1:{metrics_port}/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !curl(&["--max-time", "2", &ready]).starts_with("ready") {
+        assert!(Instant::now() < deadline, "the agent did not get ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Far more lines than a pipe holds (64 KiB, about 150 lines).
+    let mut client = Proc::spawn(
+        Command::new(python())
+            .arg(repo().join("tests/apps/sized_load.py"))
+            .args([&port.to_string(), "4", "250"])
+            .stdout(Stdio::null()),
+    );
+    assert!(client.child.wait().expect("load").success());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(curl(&["--max-time", "5", &ready]).starts_with("ready"), "/ready stopped answering");
+    let metrics = curl(&["--max-time", "5", &format!("http://127.0.0.1:{metrics_port}/metrics")]);
+    assert!(metrics.contains("traceo_http_requests_total"), "/metrics stopped answering");
+    // SIGTERM ends it within a few seconds although its reader never read a byte.
+    let stop = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    loop {
+        if agent.child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(stop.elapsed() < Duration::from_secs(8), "SIGTERM did not end the agent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("stopped in {:?}", stop.elapsed());
+}

@@ -18,7 +18,7 @@ use crate::{
         Metrics, MetricsConfig,
         server::{self, Readiness},
     },
-    output::LineSink,
+    output::{LineSink, WhenFull},
     record::RecordWriter,
     sink::{EventLines, EventSink, HttpPipeline, Recorder},
     source::{EventSource, FileSource},
@@ -90,7 +90,7 @@ fn output_sink(
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
-    let out = LineSink::open(args.log.as_deref().or(sel.log.as_deref()))?;
+    let out = LineSink::open(args.log.as_deref().or(sel.log.as_deref()), WhenFull::Drop)?;
     let defaults = MetricsConfig::default();
     let max_series = args.max_series.or(sel.max_series).unwrap_or(defaults.max_series);
     if max_series == 0 {
@@ -130,7 +130,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut source = FileSource::open(&args.file)?;
     let meta = source.reader.meta.clone();
-    let out = LineSink::open(args.log.as_deref())?;
+    let out = LineSink::open(args.log.as_deref(), WhenFull::Wait)?;
     let exports = Exports {
         metrics: None,
         ids: IdGen::seeded(recording_seed(&meta)),

@@ -46,8 +46,11 @@ impl EventSink for EventLines {
     fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {
         self.out.flush()
     }
+    fn counts(&self, counts: &mut PipelineCounts) {
+        counts.output_dropped = self.out.dropped();
+    }
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.out.flush()
+        self.out.finish()
     }
 }
 
@@ -234,6 +237,7 @@ impl EventSink for HttpPipeline {
         counts.unpaired_responses = s.unpaired_responses;
         counts.non_http_connections = s.non_http_connections;
         counts.loss_resyncs = s.loss_resyncs;
+        counts.output_dropped = self.emitter.outputs.out.dropped();
         counts.active_connections = s.active_connections;
         counts.correlation = Some(self.correlator.stats());
         counts.tls = self.tls.stats;
@@ -256,7 +260,7 @@ impl EventSink for HttpPipeline {
         if let Some(spans) = &mut emitter.outputs.spans {
             spans.finish();
         }
-        emitter.outputs.out.flush()?;
+        emitter.outputs.out.finish()?;
         emitter.outputs.result()
     }
 }

@@ -43,6 +43,8 @@ pub struct PipelineCounts {
     pub non_http_connections: u64,
     /// Connections resynchronised after the kernel lost some of their bytes.
     pub loss_resyncs: u64,
+    /// Output lines dropped because their reader (or disk) did not keep up.
+    pub output_dropped: u64,
     pub active_connections: u64,
     pub decode_errors: u64,
     /// The correlation stage's totals (links by kind, what it dropped).
@@ -63,6 +65,7 @@ pub struct AgentMetrics {
     unpaired: Family<KindLabel, Counter>,
     non_http: Counter,
     loss_resyncs: Counter,
+    output_dropped: Counter,
     decode_errors: Counter,
     active_connections: Gauge,
     pub series_overflow: Counter,
@@ -93,6 +96,7 @@ impl AgentMetrics {
             unpaired: Family::default(),
             non_http: Counter::default(),
             loss_resyncs: Counter::default(),
+            output_dropped: Counter::default(),
             decode_errors: Counter::default(),
             active_connections: Gauge::default(),
             series_overflow: Counter::default(),
@@ -130,6 +134,11 @@ impl AgentMetrics {
             "Connections resynchronised because the kernel lost some of their bytes (their exchanges \
              around the loss are flagged after_loss and kept out of latency histograms)",
             m.loss_resyncs.clone(),
+        );
+        r.register(
+            "traceo_agent_output_dropped_lines",
+            "Output lines (--log) dropped because their reader or disk did not keep up",
+            m.output_dropped.clone(),
         );
         r.register("traceo_agent_decode_errors", "Kernel events the agent could not decode", m.decode_errors.clone());
         r.register(
@@ -209,6 +218,7 @@ impl AgentMetrics {
         );
         self.non_http.inc_by(now.non_http_connections.saturating_sub(before.non_http_connections));
         self.loss_resyncs.inc_by(now.loss_resyncs.saturating_sub(before.loss_resyncs));
+        self.output_dropped.inc_by(now.output_dropped.saturating_sub(before.output_dropped));
         self.decode_errors.inc_by(now.decode_errors.saturating_sub(before.decode_errors));
         self.active_connections.set(now.active_connections as i64);
         if let Some(c) = &now.correlation {

@@ -11,6 +11,8 @@ from urllib.parse import parse_qs
 
 import httpx
 
+from asgi import serve
+
 BACKEND = os.environ["FIDELITY_BACKEND"]
 FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
 state = {}
@@ -33,25 +35,21 @@ async def handle(req):
     await asyncio.sleep(random.uniform(0, 0.010))
 
 
+async def route(scope):
+    if scope["path"] != "/call":
+        return 404, b"not found"
+    req = parse_qs(scope["query_string"].decode()).get("req", [""])[0]
+    await handle(req)
+    return 200, f"called {req}".encode()
+
+
+async def startup():
+    state["client"] = httpx.AsyncClient(timeout=30)
+
+
+async def shutdown():
+    await state["client"].aclose()
+
+
 async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                state["client"] = httpx.AsyncClient(timeout=30)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await state["client"].aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    more = True
-    while more:
-        more = (await receive()).get("more_body", False)
-    status, body = 404, b"not found"
-    if scope["path"] == "/call":
-        req = parse_qs(scope["query_string"].decode()).get("req", [""])[0]
-        await handle(req)
-        status, body = 200, f"called {req}".encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await serve(scope, receive, send, route, startup, shutdown)

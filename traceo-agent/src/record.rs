@@ -5,8 +5,10 @@
 //! magic    8 bytes  "TRACEORC"
 //! version  u16      FORMAT_VERSION; readers accept every version up to their own
 //! meta_len u32      then meta_len bytes of JSON (RecordMeta)
-//! records  { len u32, tag u8, body (len - 1 bytes) }*   until end of file
+//! records  { len u32, tag u8, body (len - 1 bytes), crc u32 }*   until end of file
 //! ```
+//! `crc` (version 2 on) is the CRC-32 of tag and body: a flipped byte is reported with its
+//! offset, never replayed as an event.
 //! Tags and bodies are listed at `encode`. A truncated last record (a recorder killed
 //! mid-write) is reported and ignored; anything else malformed is an error naming the offset.
 
@@ -26,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ALL_SYSCALLS, Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, TaskCreated};
 
 pub const MAGIC: &[u8; 8] = b"TRACEORC";
-/// 2: data bodies end with the task context; task-creation records.
+/// 2: data and connection bodies end with the task context; task-creation records; a CRC-32
+/// after each record.
 pub const FORMAT_VERSION: u16 = 2;
 /// Larger records are corruption, not data (a data event carries at most 16 KiB).
 const MAX_RECORD: usize = 1 << 20;
@@ -89,6 +92,8 @@ impl<W: Write> RecordWriter<W> {
         encode(event, &mut self.buf);
         let len = (self.buf.len() - 4) as u32;
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf[4..]);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
         self.out.write_all(&self.buf).context("writing record file")?;
         self.events += 1;
         self.bytes += self.buf.len() as u64;
@@ -418,14 +423,21 @@ impl<R: Read> RecordReader<R> {
         if len == 0 || len > MAX_RECORD {
             bail!("corrupt record at byte {}: length {len}", self.offset);
         }
-        self.body.resize(len, 0);
+        let crc_len = if self.version >= 2 { 4 } else { 0 };
+        self.body.resize(len + crc_len, 0);
         if read_full(&mut self.input, &mut self.body).is_err() {
             self.truncated_tail = true;
             return Ok(None);
         }
-        let event = decode_v1(self.body[0], &self.body[1..])
+        if crc_len > 0 {
+            let (record, crc) = self.body.split_at(len);
+            if crc32fast::hash(record).to_le_bytes() != crc {
+                bail!("damaged record at byte {}: its checksum does not match (the file was altered)", self.offset);
+            }
+        }
+        let event = decode_v1(self.body[0], &self.body[1..len])
             .with_context(|| format!("corrupt record at byte {}", self.offset))?;
-        self.offset += 4 + len as u64;
+        self.offset += (4 + len + crc_len) as u64;
         Ok(Some(event))
     }
 }
@@ -555,18 +567,26 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_records_name_their_offset_and_never_panic() {
-        let bytes = write_all(&sample_events());
-        // Flip each byte after the header in turn: every outcome is Ok or a clean error.
-        for i in 14..bytes.len() {
+    fn every_flipped_byte_is_reported_never_replayed_as_an_event() {
+        let events = sample_events();
+        let bytes = write_all(&events);
+        let first_record = 14 + u32::from_le_bytes(bytes[10..14].try_into().unwrap()) as usize;
+        // Flip each byte of the records in turn: an error naming the damage, or a cut-short
+        // tail reported as such; never different events read as if the file were sound.
+        for i in first_record..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0xff;
-            let _ = read_all(&b);
+            match read_all(&b) {
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(e.contains("byte"), "flip at {i}: {e}");
+                }
+                Ok((back, truncated)) => assert!(truncated && events.starts_with(&back), "flip at {i} read as sound"),
+            }
         }
         let mut b = bytes.clone();
-        let first_record = 14 + u32::from_le_bytes(b[10..14].try_into().unwrap()) as usize;
-        b[first_record + 4] = 77; // tag
+        b[first_record + 4] = 77; // the first record's tag
         let err = format!("{:#}", read_all(&b).unwrap_err());
-        assert!(err.contains(&format!("byte {first_record}")) && err.contains("tag 77"), "{err}");
+        assert!(err.contains(&format!("damaged record at byte {first_record}")), "{err}");
     }
 }

@@ -3,6 +3,8 @@
 
 use std::{collections::VecDeque, fs::File, io::BufReader, path::Path};
 
+use anyhow::Context as _;
+
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -99,17 +101,18 @@ impl EventSource for RingSource {
 /// Events from a record file.
 pub struct FileSource {
     pub reader: RecordReader<BufReader<File>>,
+    path: std::path::PathBuf,
 }
 
 impl FileSource {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        Ok(FileSource { reader: RecordReader::open(path)? })
+        Ok(FileSource { reader: RecordReader::open(path)?, path: path.to_owned() })
     }
 }
 
 impl EventSource for FileSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
-        let event = self.reader.next_event()?;
+        let event = self.reader.next_event().with_context(|| format!("replaying {}", self.path.display()))?;
         if event.is_none() && self.reader.truncated_tail {
             log::warn!("the record file ends inside a record (was the recorder killed?); the rest was replayed");
         }

@@ -24,6 +24,13 @@ pub fn parent(pid: u32) -> Option<u32> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
+/// When the process started (clock ticks after boot, /proc/PID/stat field 22): with the pid,
+/// it names one process for good (a pid is reused, a start time with it is not).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The thread-group id of `id`: differs from `id` when `id` is a thread, not a process.
 pub fn tgid(id: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;

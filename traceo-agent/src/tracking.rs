@@ -46,6 +46,16 @@ pub struct ProcessTracker<M: PidMap> {
     agent_pid: u32,
     /// Listening socket inodes seen at the last port scan.
     listeners: HashSet<u64>,
+    /// `pid:N` selectors, by service index: the start time of the process they first matched.
+    /// A later process reusing N (another start time) is not that service.
+    pinned: HashMap<usize, u64>,
+}
+
+/// Whether a `pid:N` selector (service `index`) still names the process N that started at
+/// `start`: the first one it matched pins it.
+fn pid_selector_holds(pinned: &mut HashMap<usize, u64>, index: usize, start: Option<u64>) -> bool {
+    let Some(start) = start else { return false };
+    *pinned.entry(index).or_insert(start) == start
 }
 
 impl<M: PidMap> ProcessTracker<M> {
@@ -56,6 +66,7 @@ impl<M: PidMap> ProcessTracker<M> {
             traced: HashMap::new(),
             agent_pid: std::process::id(),
             listeners: HashSet::new(),
+            pinned: HashMap::new(),
         }
     }
 
@@ -79,12 +90,21 @@ impl<M: PidMap> ProcessTracker<M> {
     }
 
     /// First service whose selector matches the process (port facts only when needed).
-    fn match_process(&self, pid: u32, comm: &str, listening: &HashMap<u64, u16>) -> Option<u32> {
+    fn match_process(&mut self, pid: u32, comm: &str, listening: &HashMap<u64, u16>) -> Option<u32> {
         let exe = procfs::exe(pid);
         let needs_ports = self.services.iter().any(|s| matches!(s.selector, Selector::Port(_)));
         let ports = if needs_ports { procfs::listening_ports(pid, listening) } else { vec![] };
         let facts = ProcessFacts { pid, comm, exe: exe.as_deref(), listening_ports: &ports };
-        self.services.iter().position(|s| s.selector.matches(&facts)).map(|i| i as u32)
+        let Self { services, pinned, .. } = self;
+        services
+            .iter()
+            .enumerate()
+            .find(|(i, s)| {
+                s.selector.matches(&facts)
+                    && (!matches!(s.selector, Selector::Pid(_))
+                        || pid_selector_holds(pinned, *i, procfs::start_time(pid)))
+            })
+            .map(|(i, _)| i as u32)
     }
 
     /// Trace every running process that matches, and the descendants of each.
@@ -205,6 +225,19 @@ mod tests {
         // The agent never traces itself; its child matched service 1.
         assert!(!t.map.0.contains_key(&me));
         assert_eq!(t.map.0.get(&child.id()), Some(&1));
+    }
+
+    #[test]
+    fn a_pid_selector_keeps_to_the_process_it_first_matched() {
+        let mut pinned = HashMap::new();
+        assert!(pid_selector_holds(&mut pinned, 0, Some(100)), "the first match pins it");
+        assert!(pid_selector_holds(&mut pinned, 0, Some(100)), "the same process (an exec keeps it)");
+        assert!(!pid_selector_holds(&mut pinned, 0, Some(250)), "another process reusing the pid");
+        assert!(!pid_selector_holds(&mut pinned, 1, None), "a process that is gone");
+        // Live: this test's own start time is stable.
+        let me = std::process::id();
+        assert!(procfs::start_time(me).is_some_and(|t| t > 0));
+        assert_eq!(procfs::start_time(me), procfs::start_time(me));
     }
 
     #[test]

@@ -340,3 +340,25 @@ fn a_reader_that_stops_reading_never_freezes_the_agent() {
     }
     println!("stopped in {:?}", stop.elapsed());
 }
+
+#[test]
+fn a_server_that_listens_after_the_agent_started_is_traced_from_its_first_request() {
+    if !require_root("late_listener") || !require_python("late_listener") {
+        return;
+    }
+    let dir = temp_dir("late-listener");
+    let port = free_port();
+    // The agent first: nothing listens on the port yet.
+    let (mut agent, log, _) = start_agent(&dir, &[format!("api=port:{port}")]);
+    let _server = uvicorn(port, 1);
+    // At once, well inside the second a periodic /proc scan would take to notice.
+    for i in 0..5 {
+        curl(&[&format!("http://127.0.0.1:{port}/hello?n={i}")]);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.stop();
+    let x = exchanges(&log);
+    let served: Vec<&str> =
+        x.iter().filter(|e| e["direction"] == "server").filter_map(|e| e["target"].as_str()).collect();
+    assert_eq!(served, (0..5).map(|i| format!("/hello?n={i}")).collect::<Vec<_>>(), "{x:?}");
+}

@@ -94,10 +94,14 @@ impl Decoder {
         let header: EventHeader = read(raw)?;
         match header.kind {
             kind::DATA => self.data(raw),
-            kind::CONN_OPEN | kind::CONN_CLOSE => {
+            kind::CONN_OPEN | kind::CONN_CLOSE | kind::LISTEN => {
                 let ev: ConnEvent = read(raw)?;
                 let conn = conn(&ev)?;
-                Ok(if header.kind == kind::CONN_OPEN { Event::ConnOpen(conn) } else { Event::ConnClose(conn) })
+                Ok(match header.kind {
+                    kind::CONN_OPEN => Event::ConnOpen(conn),
+                    kind::CONN_CLOSE => Event::ConnClose(conn),
+                    _ => Event::Listen(conn),
+                })
             }
             kind::PROC_EXEC | kind::PROC_FORK | kind::PROC_EXIT => {
                 let ev: ProcEvent = read(raw)?;

@@ -90,7 +90,7 @@ impl EventPrinter {
                     obj.insert("task_ctx".into(), json!(format!("{:#x}", d.task_ctx)));
                 }
             }
-            Event::ConnOpen(c) | Event::ConnClose(c) => {
+            Event::ConnOpen(c) | Event::ConnClose(c) | Event::Listen(c) => {
                 let (local, peer) = if matches!(event, Event::ConnOpen(_)) {
                     self.remember(c.conn_id, c.local, c.peer);
                     (c.local, c.peer)

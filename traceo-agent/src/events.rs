@@ -224,13 +224,15 @@ pub enum Event {
     Fork(Proc),
     Exit(Proc),
     Task(TaskCreated),
+    /// A process (traced or not) started listening: `local` is its address.
+    Listen(Conn),
 }
 
 impl Event {
     pub fn meta(&self) -> &Meta {
         match self {
             Event::Data(d) => &d.meta,
-            Event::ConnOpen(c) | Event::ConnClose(c) => &c.meta,
+            Event::ConnOpen(c) | Event::ConnClose(c) | Event::Listen(c) => &c.meta,
             Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => &p.meta,
             Event::Task(t) => &t.meta,
         }
@@ -246,6 +248,7 @@ impl Event {
             Event::Fork(_) => "fork",
             Event::Exit(_) => "exit",
             Event::Task(_) => "task",
+            Event::Listen(_) => "listen",
         }
     }
 }

@@ -50,11 +50,11 @@ pub fn record_meta(sel: &Selection) -> RecordMeta {
 }
 
 /// Per-kind "events read" counters, resolved once.
-struct EventCounters([Counter; 7]);
+struct EventCounters([Counter; 8]);
 
 impl EventCounters {
     fn new(metrics: Option<&Metrics>) -> EventCounters {
-        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task"];
+        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task", "listen"];
         EventCounters(names.map(|kind| metrics.map(|m| m.agent.events_read(kind)).unwrap_or_default()))
     }
 
@@ -67,6 +67,7 @@ impl EventCounters {
             Event::Fork(_) => 4,
             Event::Exit(_) => 5,
             Event::Task(_) => 6,
+            Event::Listen(_) => 7,
         };
         self.0[i].inc();
     }
@@ -157,14 +158,19 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 let Some(event) = event? else { break };
                 lp.deliver(&event)?;
                 // A process that just became traced gets its OpenSSL probes before its first call.
-                if let Event::Exec(p) | Event::Fork(p) = &event {
-                    if lp.tracker.traced().contains_key(&p.meta.pid) {
+                let started = match &event {
+                    Event::Exec(p) | Event::Fork(p) => Some(p.meta.pid),
+                    Event::Listen(c) => Some(c.meta.pid),
+                    _ => None,
+                };
+                if let Some(pid) = started {
+                    if lp.tracker.traced().contains_key(&pid) {
                         if let Some(tls) = &mut tls {
-                            tls.track(&mut probes, p.meta.pid);
+                            tls.track(&mut probes, pid);
                         }
                         // Its runtime too, so its first requests already carry task contexts.
                         if track_runtimes {
-                            runtimes.track(&mut probes, p.meta.pid);
+                            runtimes.track(&mut probes, pid);
                         }
                     }
                 }
@@ -177,7 +183,11 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     // SAFETY: no preconditions.
                     unsafe { libc::malloc_trim(0) };
                 }
-                lp.tracker.rescan_ports();
+                // New servers are caught by their listen event; this slower scan catches
+                // listening sockets handed from process to process.
+                if ticks.is_multiple_of(10) {
+                    lp.tracker.rescan_ports();
+                }
                 if !trace_all {
                     let traced = traced_pids(&lp.tracker);
                     if let Some(tls) = &mut tls {

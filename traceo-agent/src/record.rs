@@ -54,6 +54,7 @@ const TAG_EXEC: u8 = 4;
 const TAG_FORK: u8 = 5;
 const TAG_EXIT: u8 = 6;
 const TAG_TASK: u8 = 7;
+const TAG_LISTEN: u8 = 8;
 
 pub struct RecordWriter<W: Write> {
     out: W,
@@ -158,7 +159,8 @@ fn family_code(f: Family) -> u16 {
 /// Conn = meta, conn_id u64, fd i32, how u8 (0 close, 1 accepted, 2 connected, 3 existing),
 /// family u16, sock_type u16, local addr, peer addr, comm str, ret i64.
 /// Proc = meta, parent_pid u32 (0 = none), comm str.
-/// Version 2: Data and Conn end with task_ctx u64 (Conn then after_loss u8); Task = meta, parent_ctx u64, child_ctx u64, task u64.
+/// Version 2: Data and Conn end with task_ctx u64 (Conn then after_loss u8); Listen is a
+/// Conn body; Task = meta, parent_ctx u64, child_ctx u64, task u64.
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
         Event::Data(d) => {
@@ -188,8 +190,12 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
                 b.extend_from_slice(&v.to_le_bytes());
             }
         }
-        Event::ConnOpen(c) | Event::ConnClose(c) => {
-            b.push(if matches!(event, Event::ConnOpen(_)) { TAG_CONN_OPEN } else { TAG_CONN_CLOSE });
+        Event::ConnOpen(c) | Event::ConnClose(c) | Event::Listen(c) => {
+            b.push(match event {
+                Event::ConnOpen(_) => TAG_CONN_OPEN,
+                Event::ConnClose(_) => TAG_CONN_CLOSE,
+                _ => TAG_LISTEN,
+            });
             put_meta(&c.meta, b);
             b.extend_from_slice(&c.conn_id.to_le_bytes());
             b.extend_from_slice(&c.fd.to_le_bytes());
@@ -305,7 +311,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 task_ctx,
             })
         }
-        TAG_CONN_OPEN | TAG_CONN_CLOSE => {
+        TAG_CONN_OPEN | TAG_CONN_CLOSE | TAG_LISTEN => {
             let conn_id = c.u64()?;
             let fd = c.u32()? as i32;
             let how = match c.u8()? {
@@ -336,7 +342,11 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 task_ctx: if c.0.len() >= 8 { c.u64()? } else { 0 },
                 after_loss: !c.0.is_empty() && c.u8()? != 0,
             };
-            if tag == TAG_CONN_OPEN { Event::ConnOpen(conn) } else { Event::ConnClose(conn) }
+            match tag {
+                TAG_CONN_OPEN => Event::ConnOpen(conn),
+                TAG_CONN_CLOSE => Event::ConnClose(conn),
+                _ => Event::Listen(conn),
+            }
         }
         TAG_EXEC | TAG_FORK | TAG_EXIT => {
             let parent = c.u32()?;
@@ -513,6 +523,7 @@ pub(crate) mod tests_support {
                 child_ctx: 0x7f00_0020,
                 task: 0x7f00_0030,
             }),
+            Event::Listen(Conn { how: None, peer: None, after_loss: false, task_ctx: 0, ..conn.clone() }),
         ]
     }
 }

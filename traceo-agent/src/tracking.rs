@@ -138,7 +138,8 @@ impl<M: PidMap> ProcessTracker<M> {
         }
     }
 
-    /// Rescan for `port:` selectors when the set of listening sockets changed.
+    /// Rescan for `port:` selectors when the set of listening sockets changed (listen events
+    /// catch new servers at once; this catches sockets handed from process to process).
     pub fn rescan_ports(&mut self) {
         if !self.services.iter().any(|s| matches!(s.selector, Selector::Port(_))) {
             return;
@@ -185,6 +186,20 @@ impl<M: PidMap> ProcessTracker<M> {
             Event::Exit(p) => {
                 self.untrace(p.meta.pid);
                 true
+            }
+            // A server started listening: a `port:` selector takes it now, not at the next
+            // scan (its first connections would go untraced).
+            Event::Listen(c) => {
+                let pid = c.meta.pid;
+                let port = c.local.map(|a| a.port());
+                if !self.traced.contains_key(&pid) {
+                    let service =
+                        self.services.iter().position(|s| port.is_some_and(|p| s.selector == Selector::Port(p)));
+                    if let Some(service) = service {
+                        self.trace(pid, service as u32);
+                    }
+                }
+                self.traced.contains_key(&pid)
             }
             _ => true,
         }

@@ -41,6 +41,9 @@ pub mod kind {
     pub const PROC_EXIT: u32 = 6;
     /// A traced CPython process created an asyncio task: [`super::TaskEvent`].
     pub const TASK_CREATED: u32 = 7;
+    /// Any process (traced or not) started listening on a socket: [`super::ConnEvent`] with
+    /// its local address (the agent matches `port:` selectors at once, not at its next scan).
+    pub const LISTEN: u32 = 8;
 }
 
 /// Which syscall produced a data event. Numbered explicitly; append only.

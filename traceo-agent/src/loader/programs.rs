@@ -11,6 +11,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("syscalls", "sys_enter_connect"),
     ("syscalls", "sys_exit_connect"),
     ("syscalls", "sys_enter_close"),
+    ("syscalls", "sys_enter_listen"),
     ("syscalls", "sys_enter_read"),
     ("syscalls", "sys_exit_read"),
     ("syscalls", "sys_enter_write"),

@@ -38,7 +38,7 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
     ev.comm = bpf_get_current_comm().unwrap_or_default();
     if event_kind == kind::CONN_OPEN {
         ev.task_ctx = crate::runtime::current_context(cur);
-    } else if crate::maps::LOSS_SEEN.get(0).is_some_and(|seen| *seen != 0) {
+    } else if event_kind == kind::CONN_CLOSE && crate::maps::LOSS_SEEN.get(0).is_some_and(|seen| *seen != 0) {
         // SAFETY: only tests for presence.
         if unsafe { crate::maps::LOSSY_CONNS.get(&sock.ino) }.is_some() {
             ev.flags = traceo_ebpf_common::data_flags::AFTER_LOSS;
@@ -152,6 +152,26 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     }
     let cur = Current { pid: (pid_tgid >> 32) as u32, tid, service: args.service };
     announce_fd(&cur, args.fd as i64, open_how::CONNECTED, ret);
+    0
+}
+
+/// listen: every process's (listens are rare), so a `port:` selector matches a server the
+/// moment it listens. At exit the socket is bound and listening.
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    if crate::globals::setting!(trace_all) != 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if pid == crate::globals::setting!(agent_pid) {
+        return 0;
+    }
+    let fd = syscall_arg(&ctx, 0) as i32 as i64;
+    let Ok(sock) = socket_of_fd(fd) else { return 0 };
+    let service = traced().map_or(traceo_ebpf_common::NO_SERVICE, |t| t.service);
+    let cur = Current { pid, tid: pid_tgid as u32, service };
+    emit_conn(&cur, kind::LISTEN, &sock, fd, 0, 0);
     0
 }
 

@@ -513,7 +513,7 @@ pub(crate) mod tests_support {
                 payload: Bytes::new(),
                 task_ctx: 0,
             }),
-            Event::ConnClose(Conn { how: None, local: None, peer: None, after_loss: true, ..conn }),
+            Event::ConnClose(Conn { how: None, local: None, peer: None, after_loss: true, ..conn.clone() }),
             Event::Fork(Proc { meta: meta(8), parent_pid: Some(7), comm: "python3".into() }),
             Event::Exec(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),
             Event::Exit(Proc { meta: meta(8), parent_pid: None, comm: "uvicorn".into() }),

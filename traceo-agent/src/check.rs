@@ -50,7 +50,13 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let tracefs_root = if privileged.is_ok() { tracefs::ensure_mounted().ok() } else { tracefs::find() };
     match &tracefs_root {
         Some(root) => r.line(Some(true), "tracefs", root.display().to_string()),
-        None => r.line(Some(false), "tracefs", "not mounted (the agent mounts it when run as root)"),
+        None => match tracefs::mount_point() {
+            // Mounted, but its files are root-only: that is the permissions, not the mount.
+            Some(at) if privileged.is_err() => {
+                r.line(None, "tracefs", format!("mounted at {} (unreadable without root)", at.display()))
+            }
+            _ => r.line(Some(false), "tracefs", "not mounted (the agent mounts it when run as root)"),
+        },
     }
     if let Some(root) = &tracefs_root {
         let missing: Vec<String> = PROGRAMS

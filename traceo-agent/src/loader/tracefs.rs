@@ -12,6 +12,20 @@ pub fn find() -> Option<PathBuf> {
     [MOUNT_POINT, LEGACY].iter().map(PathBuf::from).find(|p| p.join("events").is_dir())
 }
 
+/// Where tracefs is mounted, from /proc/mounts: readable without privileges, unlike tracefs
+/// itself (a non-root `check` must not call a mounted but unreadable tracefs unmounted).
+pub fn mount_point() -> Option<PathBuf> {
+    mount_point_in(&std::fs::read_to_string("/proc/mounts").ok()?)
+}
+
+fn mount_point_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, target, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "tracefs").then(|| PathBuf::from(target))
+    })
+}
+
 /// The tracefs root, mounting it at /sys/kernel/tracing when absent.
 pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
     if let Some(root) = find() {
@@ -66,6 +80,13 @@ mod tests {
         \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
         \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
         \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+
+    #[test]
+    fn the_mount_point_comes_from_proc_mounts() {
+        let mounts = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw,relatime 0 0\n";
+        assert_eq!(mount_point_in(mounts), Some(PathBuf::from("/sys/kernel/tracing")));
+        assert_eq!(mount_point_in("sysfs /sys sysfs rw 0 0\n"), None);
+    }
 
     #[test]
     fn finds_fields_in_old_and_new_layouts() {

@@ -25,13 +25,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::events::Event;
-use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, TraceContext, Tracked};
+use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
 
-use super::context::{Carried, TraceParent};
-use super::ids::{IdGen, SpanId, TraceId};
+use super::context::Carried;
+use super::ids::{IdGen, TraceId};
+use super::node::{Done, Id, Node, Parent, Resolved, State, Wait};
 use super::pairs::{ConnPairs, PairKey, client_key, server_key};
 use super::parent::{Answered, Inbound, Pick, Signal, pick_at_start, task_match};
-use super::tasks::{Incarnation, TaskLineage};
+use super::tasks::TaskLineage;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorrelateConfig {
@@ -84,168 +85,6 @@ impl CorrelateStats {
 
 fn link_index(link: Link) -> usize {
     Link::ALL.iter().position(|l| *l == link).unwrap_or(0)
-}
-
-type Id = u64;
-
-/// The parent chosen for a request.
-#[derive(Debug)]
-enum Parent {
-    /// A new trace starts here.
-    Root,
-    /// Several inbound requests could have made the call and nothing certain tells which: a
-    /// new trace starts here, with span links to those requests.
-    Ambiguous(Vec<SpanRef>),
-    /// A caller we did not see, named by the request's `traceparent`.
-    Remote(TraceParent),
-    Local(Id),
-}
-
-/// What a request's trace waits for.
-#[derive(Debug)]
-enum Wait {
-    /// Just seen: `server_seen` / `client_seen` choose what it waits for.
-    New,
-    /// A server request waiting for the client end of its connection.
-    Partner,
-    /// An outbound call of a task-tracked process, waiting for a candidate's response to
-    /// show which task answered it; `chain` is the call's task and its ancestors.
-    Task { cands: Vec<Id>, chain: Vec<Incarnation> },
-    /// Its parent is chosen, another request seen here: its trace follows once the
-    /// parent's is known.
-    Parent(Id, Option<Link>),
-}
-
-/// A request's place in its trace, once known.
-#[derive(Debug)]
-struct Resolved {
-    trace_id: TraceId,
-    parent: Option<SpanId>,
-    link: Option<Link>,
-    trace_state: Option<String>,
-    /// An outbound call under an inbound request of its process: did it carry that
-    /// request's context?
-    propagated: Option<bool>,
-    /// A call left ambiguous: the spans of the requests that could have made it.
-    candidates: Vec<SpanRef>,
-}
-
-impl Resolved {
-    /// The first span of a new trace.
-    fn root(trace_id: TraceId, link: Option<Link>, candidates: Vec<SpanRef>) -> Resolved {
-        Resolved { trace_id, parent: None, link, trace_state: None, propagated: None, candidates }
-    }
-}
-
-/// A completed exchange, as calls waiting on its request's task need it.
-#[derive(Clone, Copy, Debug)]
-struct Done {
-    /// Its last byte.
-    end_ns: u64,
-    /// An inbound request: the incarnation of the context that wrote its response.
-    answered_by: Option<Incarnation>,
-}
-
-/// Where a request is in its life. Its trace becomes known once its parent's is, and its
-/// exchange completes whenever it does; an exchange is passed on once both happened.
-// A held exchange stays inline, as in the node before: boxing would cost an allocation each.
-#[allow(clippy::large_enum_variant)]
-enum State {
-    /// In flight, its trace not known yet.
-    Waiting(Wait),
-    /// In flight, its trace known (its children can take theirs).
-    Resolved(Resolved),
-    /// Completed before its trace was known: the exchange is held until it is.
-    Held { wait: Wait, exchange: Exchange, done: Done },
-    /// Completed and resolved: the exchange was passed on; the node stays for late children.
-    Emitted { trace: Resolved, done: Done },
-}
-
-impl State {
-    fn wait(&self) -> Option<&Wait> {
-        match self {
-            State::Waiting(wait) | State::Held { wait, .. } => Some(wait),
-            State::Resolved(_) | State::Emitted { .. } => None,
-        }
-    }
-
-    fn trace(&self) -> Option<&Resolved> {
-        match self {
-            State::Resolved(trace) | State::Emitted { trace, .. } => Some(trace),
-            State::Waiting(_) | State::Held { .. } => None,
-        }
-    }
-
-    fn done(&self) -> Option<Done> {
-        match self {
-            State::Held { done, .. } | State::Emitted { done, .. } => Some(*done),
-            State::Waiting(_) | State::Resolved(_) => None,
-        }
-    }
-}
-
-struct Node {
-    request: (u64, u64),
-    role: Role,
-    pid: u32,
-    tid: u32,
-    pair: Option<PairKey>,
-    start_ns: u64,
-    span_id: SpanId,
-    carried: Carried,
-    /// The runtime context that wrote the request (`RequestSeen::task_ctx`).
-    task_ctx: u64,
-    state: State,
-    /// Requests whose parent this is, waiting for its trace.
-    dependents: Vec<Id>,
-    /// Undecided calls that have this (inbound) request among their candidates.
-    watchers: Vec<Id>,
-}
-
-impl Node {
-    /// Its trace is known: an exchange held for it goes out with it.
-    fn resolve(&mut self, mut trace: Resolved) -> Option<Exchange> {
-        let (state, out) = match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
-            State::Waiting(_) => (State::Resolved(trace), None),
-            State::Held { mut exchange, done, .. } => {
-                fill(&mut exchange, self.span_id, &mut trace);
-                (State::Emitted { trace, done }, Some(exchange))
-            }
-            // A trace is given once (`decide` and `resolve` check).
-            known @ (State::Resolved(_) | State::Emitted { .. }) => (known, None),
-        };
-        self.state = state;
-        out
-    }
-
-    /// Its exchange completed: it goes out now if its trace is known, else it is held.
-    fn complete(&mut self, mut exchange: Exchange, done: Done) -> Option<Exchange> {
-        let (state, out) = match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
-            State::Waiting(wait) => (State::Held { wait, exchange, done }, None),
-            State::Resolved(mut trace) | State::Emitted { mut trace, .. } => {
-                fill(&mut exchange, self.span_id, &mut trace);
-                (State::Emitted { trace, done }, Some(exchange))
-            }
-            // A request completes once (its announcement is dropped then); should another
-            // exchange come, the earlier one still goes out.
-            State::Held { wait, exchange: earlier, .. } => (State::Held { wait, exchange, done }, Some(earlier)),
-        };
-        self.state = state;
-        out
-    }
-}
-
-/// The exchange's trace context, from its request's.
-fn fill(ex: &mut Exchange, span_id: SpanId, trace: &mut Resolved) {
-    ex.trace = Some(TraceContext {
-        trace_id: trace.trace_id,
-        span_id,
-        parent: trace.parent,
-        link: trace.link,
-        trace_state: trace.trace_state.clone(),
-    });
-    ex.propagated = trace.propagated;
-    ex.candidates = std::mem::take(&mut trace.candidates);
 }
 
 pub struct Correlator {

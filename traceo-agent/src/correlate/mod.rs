@@ -6,6 +6,7 @@
 mod context;
 mod correlator;
 mod ids;
+mod node;
 mod pairs;
 mod parent;
 mod tasks;

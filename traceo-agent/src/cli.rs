@@ -129,6 +129,11 @@ pub struct RunArgs {
     /// Print raw kernel events, one JSON object each, instead of HTTP exchanges.
     #[arg(long)]
     pub events: bool,
+    /// The traced services' own log records (what they write to stdout and stderr when
+    /// those are not sockets), one JSON object each with the trace id of the request that
+    /// wrote them: a file PATH (appended), `-` for stdout, or `off` [default: off].
+    #[arg(long, value_name = "PATH|-|off")]
+    pub log_records: Option<String>,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -166,6 +171,10 @@ pub struct RecordArgs {
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Also record what the traced processes write to non-socket stdout and stderr (their
+    /// logs, redacted), for `replay --log-records`.
+    #[arg(long)]
+    pub logs: bool,
 }
 
 #[derive(Args, Debug)]
@@ -180,6 +189,10 @@ pub struct ReplayArgs {
     /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
     #[arg(long, value_name = "PATH|-|off")]
     pub log: Option<String>,
+    /// The log records in the file (recorded with `record --logs`), one JSON object each:
+    /// a file PATH, `-` for stdout, or `off` [default: off].
+    #[arg(long, value_name = "PATH|-|off")]
+    pub log_records: Option<String>,
     #[command(flatten)]
     pub otlp: OtlpArgs,
 }
@@ -197,6 +210,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub no_runtime: bool,
     pub log: Option<String>,
+    pub log_records: Option<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
@@ -222,6 +236,7 @@ pub struct Selection {
     pub runtime: bool,
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
+    pub log_records: Option<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
@@ -258,6 +273,7 @@ impl SelectionArgs {
             tls: !(self.no_tls || file.no_tls),
             runtime: !(self.no_runtime || file.no_runtime),
             log: file.log,
+            log_records: file.log_records,
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
             series_ttl: file.series_ttl,

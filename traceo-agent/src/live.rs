@@ -37,6 +37,8 @@ pub struct LiveOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// Set once the probes are attached and the loop runs.
     pub ready: Readiness,
+    /// Capture the traced processes' stdout/stderr (`--log-records`, or `record` with it).
+    pub capture_logs: bool,
 }
 
 pub fn record_meta(sel: &Selection) -> RecordMeta {
@@ -50,11 +52,11 @@ pub fn record_meta(sel: &Selection) -> RecordMeta {
 }
 
 /// Per-kind "events read" counters, resolved once.
-struct EventCounters([Counter; 8]);
+struct EventCounters([Counter; 9]);
 
 impl EventCounters {
     fn new(metrics: Option<&Metrics>) -> EventCounters {
-        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task", "listen"];
+        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task", "listen", "log_write"];
         EventCounters(names.map(|kind| metrics.map(|m| m.agent.events_read(kind)).unwrap_or_default()))
     }
 
@@ -68,6 +70,7 @@ impl EventCounters {
             Event::Exit(_) => 5,
             Event::Task(_) => 6,
             Event::Listen(_) => 7,
+            Event::LogWrite(_) => 8,
         };
         self.0[i].inc();
     }
@@ -99,7 +102,7 @@ fn pipeline_counts(kernel: &[u64; traceo_ebpf_common::stat::COUNT as usize], dec
         kernel_drops: STAT_NAMES
             .iter()
             .zip(kernel)
-            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6" | "tls_events"))
+            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6" | "tls_events" | "log_events"))
             .map(|(n, v)| (*n, *v))
             .collect(),
         decode_errors,
@@ -114,7 +117,12 @@ fn traced_pids<M: PidMap>(tracker: &ProcessTracker<M>) -> std::collections::Hash
 /// Trace until a signal or the duration, feeding `sink`.
 pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, sink: &mut S) -> anyhow::Result<Summary> {
     let trace_all = sel.services.is_empty();
-    let opts_load = LoadOptions { capture_bytes: sel.capture_bytes, ring_buffer_mib: sel.ring_buffer_mib, trace_all };
+    let opts_load = LoadOptions {
+        capture_bytes: sel.capture_bytes,
+        ring_buffer_mib: sel.ring_buffer_mib,
+        trace_all,
+        capture_logs: opts.capture_logs,
+    };
     let mut probes = loader::load(&opts_load)?;
     probes.spawn_logger()?;
     let mut source = RingSource::new(probes.take_ring()?)?;

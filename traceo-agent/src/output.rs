@@ -100,6 +100,11 @@ impl LineSink {
     }
 
     /// Whether lines are discarded (so callers can skip formatting them).
+    /// A sink that writes nothing (`off`).
+    pub fn off() -> LineSink {
+        LineSink { inner: None }
+    }
+
     pub fn is_off(&self) -> bool {
         self.inner.is_none()
     }

@@ -44,6 +44,10 @@ pub mod kind {
     /// Any process (traced or not) started listening on a socket: [`super::ConnEvent`] with
     /// its local address (the agent matches `port:` selectors at once, not at its next scan).
     pub const LISTEN: u32 = 8;
+    /// A traced process wrote to its stdout (fd 1) or stderr (fd 2) and that fd is not a
+    /// socket (a tty, pipe or file): its own log output. A [`super::DataEvent`] whose
+    /// `conn_id` is 0 and `fd` says which stream.
+    pub const LOG_WRITE: u32 = 9;
 }
 
 /// Which syscall produced a data event. Numbered explicitly; append only.
@@ -128,7 +132,11 @@ pub mod stat {
     pub const RUNTIME_READ_FAILED: u32 = 10;
     /// Task-creation events dropped because the ring buffer was full.
     pub const RING_FULL_TASK: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Log-write events (stdout/stderr) emitted.
+    pub const LOG_EVENTS: u32 = 12;
+    /// Log-write events dropped because the ring buffer was full.
+    pub const RING_FULL_LOG: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Common prefix of every event.
@@ -335,6 +343,9 @@ pub struct ProbeSettings {
     /// Offset of `child_pid` in the `sched:sched_process_fork` record (it moved between
     /// kernel versions; the agent reads it from the tracepoint's format file).
     pub fork_child_pid_offset: u32,
+    /// 1: emit [`kind::LOG_WRITE`] events for writes to non-socket stdout/stderr
+    /// (`--log-records` is on); 0: those writes are dropped as before, at no cost.
+    pub capture_logs: u32,
 }
 
 #[cfg(feature = "user")]
@@ -376,7 +387,7 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
         assert_eq!(size_of::<TaskEvent>(), 24 + 3 * 8);
         assert_eq!(size_of::<PyLayout>(), 16);
-        assert_eq!(size_of::<ProbeSettings>(), 16);
+        assert_eq!(size_of::<ProbeSettings>(), 20);
     }
 
     #[test]

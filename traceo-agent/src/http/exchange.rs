@@ -212,6 +212,8 @@ pub struct Exchange {
     pub response_ctx: u64,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
     pub mcp: Option<crate::mcp::McpInfo>,
+    /// The exception a traceback written while serving it reports (`--log-records`).
+    pub exception: Option<crate::logs::ExceptionInfo>,
 }
 
 /// A request read (server) or sent (client) in full, announced before its exchange completes
@@ -324,6 +326,7 @@ impl Exchange {
             job_origin: None,
             job_status: None,
             mcp: None,
+            exception: None,
             candidates: Vec::new(),
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },

@@ -30,6 +30,8 @@ pub struct LoadOptions {
     pub ring_buffer_mib: u32,
     /// Trace every process but the agent (no `--service` given).
     pub trace_all: bool,
+    /// Capture what traced processes write to non-socket stdout/stderr (`--log-records`).
+    pub capture_logs: bool,
 }
 
 /// The embedded object, or an error that says how to build it.
@@ -120,6 +122,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         trace_all: opts.trace_all as u32,
         capture_bytes: opts.capture_bytes,
         fork_child_pid_offset: tracefs::field_offset(&tracefs, "sched", "sched_process_fork", "child_pid")?,
+        capture_logs: opts.capture_logs as u32,
     };
     check_ring_buffer_mib(opts.ring_buffer_mib)?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -396,6 +399,8 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "tls_events",
     "runtime_read_failed",
     "ring_full_task",
+    "log_events",
+    "ring_full_log",
 ];
 
 impl KernelStats {
@@ -415,5 +420,6 @@ impl KernelStats {
             + values[stat::RING_FULL_CONN as usize]
             + values[stat::RING_FULL_PROC as usize]
             + values[stat::RING_FULL_TASK as usize]
+            + values[stat::RING_FULL_LOG as usize]
     }
 }

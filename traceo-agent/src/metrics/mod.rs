@@ -4,6 +4,7 @@
 mod agent;
 mod http;
 mod jobs;
+mod logs;
 mod mcp;
 pub mod server;
 mod text_format;
@@ -40,6 +41,7 @@ pub struct Metrics {
     pub mcp: McpMetrics,
     pub jobs: JobMetrics,
     pub tls: TlsMetrics,
+    pub logs: logs::LogMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -51,7 +53,8 @@ impl Metrics {
         let mcp = McpMetrics::register(&mut registry);
         let jobs = JobMetrics::register(&mut registry);
         let tls = TlsMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, agent }
+        let logs = logs::LogMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, logs, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

@@ -48,6 +48,12 @@ pub struct RawRecord {
     /// Its lines, joined with `\n`, without the final newline.
     pub text: String,
     pub truncated: bool,
+    /// Several records started in one write, or a write ended mid-line: the bytes were
+    /// buffered by the process (block-buffered stdout) and written by whoever flushed them,
+    /// so the writer's thread and task say nothing about these records.
+    pub batched: bool,
+    /// Which write (a sequence number of the assembler's) started it.
+    first_write: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +101,7 @@ impl Default for AssemblerConfig {
 pub struct Assembler {
     cfg: AssemblerConfig,
     streams: HashMap<(u32, i32, u32), Stream>,
+    writes: u64,
     /// Bytes dropped by the bounds.
     pub dropped_bytes: u64,
 }
@@ -111,11 +118,26 @@ fn is_indented(line: &str) -> bool {
 
 impl Assembler {
     pub fn new(cfg: AssemblerConfig) -> Assembler {
-        Assembler { cfg, streams: HashMap::new(), dropped_bytes: 0 }
+        Assembler { cfg, streams: HashMap::new(), writes: 0, dropped_bytes: 0 }
     }
 
     /// Take one write; complete records come out through `out`.
     pub fn write(&mut self, w: &Write, out: &mut impl FnMut(RawRecord)) {
+        self.writes += 1;
+        let seq = self.writes;
+        let mut done = Vec::new();
+        self.lines(w, seq, &mut |r| done.push(r));
+        let key = (w.pid, w.fd, w.tid);
+        let pending = self.streams.get_mut(&key).and_then(|s| s.pending.as_mut()).map(|p| &mut p.record);
+        let started = done.iter().filter(|r| r.first_write == seq).count()
+            + usize::from(pending.as_ref().is_some_and(|r| r.first_write == seq));
+        if started >= 2 || (started == 1 && !w.bytes.ends_with(b"\n")) {
+            done.iter_mut().chain(pending).filter(|r| r.first_write == seq).for_each(|r| r.batched = true);
+        }
+        done.into_iter().for_each(out);
+    }
+
+    fn lines(&mut self, w: &Write, seq: u64, out: &mut impl FnMut(RawRecord)) {
         let key = (w.pid, w.fd, w.tid);
         if !self.streams.contains_key(&key) && self.streams.len() >= self.cfg.max_streams {
             if let Some(oldest) = self.streams.iter().min_by_key(|(_, s)| s.last_ns).map(|(k, _)| *k) {
@@ -131,6 +153,8 @@ impl Assembler {
         let stream = self.streams.entry(key).or_default();
         stream.last_ns = w.ts_ns;
         let mut rest = w.bytes;
+        // A line begun by an earlier write: the process's output is buffered in blocks.
+        let mut split = !stream.partial.is_empty();
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             let (line, tail) = rest.split_at(nl);
             rest = &tail[1..];
@@ -142,7 +166,7 @@ impl Assembler {
                 bytes.pop();
             }
             let text = String::from_utf8_lossy(&bytes);
-            line_in(stream, &text, w, max, &mut self.dropped_bytes, out);
+            line_in(stream, &text, (w, seq, std::mem::take(&mut split)), max, &mut self.dropped_bytes, out);
         }
         let room = max.saturating_sub(stream.partial.len());
         self.dropped_bytes += rest.len().saturating_sub(room) as u64;
@@ -182,6 +206,8 @@ impl Assembler {
                     task_ctx: 0,
                     text,
                     truncated: false,
+                    batched: true,
+                    first_write: 0,
                 });
             }
         }
@@ -194,7 +220,14 @@ impl Assembler {
 }
 
 /// One complete line of a stream.
-fn line_in(stream: &mut Stream, line: &str, w: &Write, max: usize, dropped: &mut u64, out: &mut impl FnMut(RawRecord)) {
+fn line_in(
+    stream: &mut Stream,
+    line: &str,
+    (w, seq, split): (&Write, u64, bool),
+    max: usize,
+    dropped: &mut u64,
+    out: &mut impl FnMut(RawRecord),
+) {
     let blank = line.trim().is_empty();
     if let Some(p) = &mut stream.pending {
         let same_writer = p.record.task_ctx == w.task_ctx;
@@ -226,6 +259,7 @@ fn line_in(stream: &mut Stream, line: &str, w: &Write, max: usize, dropped: &mut
                 push_line(&mut p.record, "", max, dropped);
             }
             push_line(&mut p.record, line, max, dropped);
+            p.record.batched |= split;
             p.last_indented = is_indented(line);
             p.last_ns = w.ts_ns;
             return;
@@ -247,6 +281,8 @@ fn line_in(stream: &mut Stream, line: &str, w: &Write, max: usize, dropped: &mut
         task_ctx: w.task_ctx,
         text: String::new(),
         truncated: false,
+        batched: split,
+        first_write: seq,
     };
     push_line(&mut record, line, max, dropped);
     stream.pending = Some(Pending { record, shape, last_indented: false, blanks: 0, last_ns: w.ts_ns });
@@ -327,6 +363,31 @@ plain line after\n";
         assert_eq!(out.len(), 2, "{out:#?}");
         assert_eq!(out[0], "INFO:a:one");
         assert!(out[1].starts_with("ERROR:a:two\nTraceback"));
+    }
+
+    #[test]
+    fn several_records_in_one_write_are_marked_batched() {
+        let mut a = Assembler::new(AssemblerConfig::default());
+        let mut out = Vec::new();
+        let w = |bytes: &'static [u8]| Write { pid: 1, tid: 1, fd: 1, service: None, ts_ns: 0, task_ctx: 0, bytes };
+        // logging's one write per record: not batched, a traceback included.
+        a.write(&w(b"INFO:a:one\n"), &mut |r| out.push(r));
+        a.write(&w(b"ERROR:a:two\nTraceback (most recent call last):\n  x\nE: y\n"), &mut |r| out.push(r));
+        // A block-buffered stdout flushed at 8 KiB: several records, the last cut mid-line.
+        a.write(&w(b"line 1\nline 2\nline"), &mut |r| out.push(r));
+        a.write(&w(b" 3\n"), &mut |r| out.push(r));
+        a.finish(&mut |r| out.push(r));
+        let got: Vec<(&str, bool)> = out.iter().map(|r| (r.text.as_str(), r.batched)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("INFO:a:one", false),
+                ("ERROR:a:two\nTraceback (most recent call last):\n  x\nE: y", false),
+                ("line 1", true),
+                ("line 2", true),
+                ("line 3", true)
+            ]
+        );
     }
 
     #[test]

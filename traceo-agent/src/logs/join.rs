@@ -73,6 +73,8 @@ pub struct LogJoinStats {
     pub outside: u64,
     pub ambiguous: u64,
     pub expired: u64,
+    /// Written in a block with other records (buffered output): the writer says nothing.
+    pub buffered: u64,
     /// Exceptions reported by tracebacks, and those that became a span's event.
     pub exceptions: u64,
     pub exceptions_on_spans: u64,
@@ -296,10 +298,15 @@ impl LogJoin {
 
     fn record(&mut self, raw: RawRecord, out: &mut impl FnMut(LogOut)) {
         let service = self.service(&raw);
+        let batched = raw.batched;
         let rec = LogRecord::from_raw(raw, service);
         self.stats.records += 1;
         if rec.exception.is_some() {
             self.stats.exceptions += 1;
+        }
+        if batched {
+            self.stats.buffered += 1;
+            return out(LogOut::Record(rec, None));
         }
         let chain = self.lineage.ancestry(rec.pid, rec.task_ctx, rec.ts_ns);
         if self.waiting.len() >= self.cfg.max_waiting {

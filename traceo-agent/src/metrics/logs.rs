@@ -86,6 +86,7 @@ impl LogMetrics {
             ("outside", now.outside, last.outside),
             ("ambiguous", now.ambiguous, last.ambiguous),
             ("expired", now.expired, last.expired),
+            ("buffered", now.buffered, last.buffered),
         ] {
             self.attribution.get_or_create(&HowLabel { how: how.into() }).inc_by(n.saturating_sub(before));
         }

@@ -8,6 +8,7 @@ mod support;
 use std::{collections::HashMap, process::Command, time::Duration};
 
 use serde_json::Value;
+use support::otlp::{Receiver, hex};
 use support::*;
 
 /// `n` GETs of `path?rid=N` with `x-request-id: N`, `concurrency` at a time (a Python client,
@@ -49,7 +50,11 @@ fn records_carry_their_own_requests_trace_and_exceptions_reach_the_span() {
     let app = uvicorn_app("log_app:app", port, 1, &[]);
     let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
     let metrics = free_port();
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
     let mut agent = Agent::run(&[
+        "--otlp-endpoint",
+        &endpoint,
         "--service",
         &format!("app=port:{port}"),
         "--log",
@@ -133,6 +138,33 @@ fn records_carry_their_own_requests_trace_and_exceptions_reach_the_span() {
         "{metrics_text}"
     );
     assert!(metrics_text.contains("traceo_log_records_total{service=\"app\",severity=\"warning\"}"));
+
+    // OTLP: the 500's span has the exception event; log records carry their span's ids.
+    let spans = receiver.spans();
+    for b in &booms {
+        let trace = b["trace_id"].as_str().unwrap();
+        let span = spans.iter().find(|s| s.trace_id() == trace).unwrap_or_else(|| panic!("no span for {b}"));
+        assert_eq!(span.attr("error.type"), Some("ValueError"));
+        let ev = span.span.events.iter().find(|e| e.name == "exception").expect("an exception event");
+        let attr = |k: &str| ev.attributes.iter().find(|a| a.key == k).map(|a| format!("{:?}", a.value));
+        assert!(attr("exception.type").is_some_and(|v| v.contains("ValueError")), "{ev:?}");
+        assert!(attr("exception.stacktrace").is_some_and(|v| v.contains("Traceback")), "{ev:?}");
+    }
+    let logs = receiver.logs();
+    let mut exported = 0;
+    for l in &logs {
+        let Some(rid) = rid_of(&l.body()) else { continue };
+        if l.record.trace_id.is_empty() {
+            continue;
+        }
+        exported += 1;
+        let ex = trace_of[&rid];
+        assert_eq!(Some(hex(&l.record.trace_id).as_str()), ex["trace_id"].as_str(), "{l:?}");
+        assert_eq!(Some(hex(&l.record.span_id).as_str()), ex["span_id"].as_str(), "{l:?}");
+        assert_eq!(l.service, "app");
+    }
+    assert_eq!(exported, attributed, "OTLP log records with ids vs JSON records with ids");
+    assert!(logs.iter().all(|l| !l.body().contains("hunter2") && !format!("{:?}", l.attrs).contains("hunter2")));
 
     // The secret in a log line never leaves the agent.
     let secret_records: Vec<&Value> =

@@ -14,7 +14,7 @@ use crate::{
     http::{TrackerConfig, WallClock},
     joins::Joins,
     live::{self, LiveOptions},
-    logs::{LogJoin, join::LogJoinConfig},
+    logs::{LogJoin, join::LogJoinConfig, otlp::LogExport},
     metrics::{
         Metrics, MetricsConfig,
         server::{self, Readiness},
@@ -85,6 +85,10 @@ fn output_sink(
         return Ok(Box::new(EventLines { printer: EventPrinter::new(services), out }));
     }
     let clock = WallClock { offset_ns: clock_offset_ns };
+    let log_export = match (&exports.otlp, records.is_off()) {
+        (Some(endpoint), false) => Some(LogExport::start(endpoint, clock, exports.host.clone())?),
+        _ => None,
+    };
     let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
     let config = tracker_config(services.clone(), http);
     let pipeline = HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
@@ -92,7 +96,7 @@ fn output_sink(
         return Ok(Box::new(pipeline));
     }
     let logs = LogJoin::new(LogJoinConfig::default(), services);
-    Ok(Box::new(pipeline.with_log_records(logs, records)))
+    Ok(Box::new(pipeline.with_log_records(logs, records, log_export)))
 }
 
 /// `--log-records`: off unless asked for (command line, else config file).

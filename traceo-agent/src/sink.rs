@@ -113,6 +113,8 @@ struct Outputs {
     spans: Option<SpanOutput>,
     /// `--log-records`.
     records: LineSink,
+    /// The records as OTLP logs, to the span endpoint.
+    log_export: Option<crate::logs::otlp::LogExport>,
     /// The first failure to write a line (reported by the next call into the pipeline).
     failed: Option<anyhow::Error>,
 }
@@ -135,16 +137,30 @@ impl HttpPipeline {
             emitter: Emitter {
                 joins,
                 logs: None,
-                outputs: Outputs { clock, metrics, out, spans, records: LineSink::off(), failed: None },
+                outputs: Outputs {
+                    clock,
+                    metrics,
+                    out,
+                    spans,
+                    records: LineSink::off(),
+                    log_export: None,
+                    failed: None,
+                },
             },
             in_flight_services: HashSet::new(),
         }
     }
 
     /// Also join the services' log records to their requests, written to `records`.
-    pub fn with_log_records(mut self, logs: LogJoin, records: LineSink) -> Self {
+    pub fn with_log_records(
+        mut self,
+        logs: LogJoin,
+        records: LineSink,
+        export: Option<crate::logs::otlp::LogExport>,
+    ) -> Self {
         self.emitter.logs = Some(logs);
         self.emitter.outputs.records = records;
+        self.emitter.outputs.log_export = export;
         self
     }
 }
@@ -228,6 +244,9 @@ impl Outputs {
         }
         if self.failed.is_none() && !self.records.is_off() {
             self.failed = self.records.line(&r.to_json_line(&self.clock, owner)).err();
+        }
+        if let Some(export) = &mut self.log_export {
+            export.send(r, owner);
         }
     }
 
@@ -331,6 +350,9 @@ impl EventSink for HttpPipeline {
         }
         if let Some(spans) = &mut emitter.outputs.spans {
             spans.finish();
+        }
+        if let Some(export) = &mut emitter.outputs.log_export {
+            export.finish();
         }
         emitter.outputs.out.finish()?;
         emitter.outputs.records.finish()?;

@@ -8,6 +8,7 @@
 
 pub mod assemble;
 pub mod join;
+pub mod otlp;
 pub mod parse;
 pub mod redact;
 

@@ -56,7 +56,7 @@ impl SpanBuilder {
         Some((self.resource(&ex.service, ex.pid), span))
     }
 
-    fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
+    pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
         let key = (service.to_owned(), pid);
         if let Some(r) = self.resources.get(&key) {
             return r.clone();

@@ -217,3 +217,64 @@ fn record_files_and_events_scrub_log_text() {
     assert_eq!(logins.len(), 3, "{lines:?}");
     assert!(logins.iter().all(|r| r["correlation_id"].as_str() == r["message"].as_str().and_then(rid_of).as_deref()));
 }
+
+#[test]
+fn a_threaded_servers_records_carry_their_threads_request() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-threaded");
+    let port = free_port();
+    let app = Proc::spawn(
+        Command::new(python())
+            .arg(repo().join("tests/apps/threaded_log_app.py"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for_port(port);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--metrics-addr",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    const N: usize = 100;
+    load(port, "/t", N, 50, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    agent.stop();
+    drop(app);
+    let exchanges = json_lines(&exchanges);
+    let records = json_lines(&records);
+    let by_rid: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    assert_eq!(by_rid.len(), N, "exchanges with a request id");
+    let (mut named, mut attributed, mut access) = (0, 0, 0);
+    for r in &records {
+        // The handler's records name the request; the access line has it in its path.
+        let rid = r["message"].as_str().and_then(rid_of).or_else(|| {
+            let path = r["fields"]["path"].as_str()?;
+            Some(path.split("rid=").nth(1)?.to_owned())
+        });
+        let Some(rid) = rid else { continue };
+        named += 1;
+        if r["format"] == "access" {
+            access += 1;
+        }
+        if r["trace_id"].is_null() {
+            continue;
+        }
+        attributed += 1;
+        let ex = by_rid[&rid];
+        assert_eq!((&r["trace_id"], &r["span_id"]), (&ex["trace_id"], &ex["span_id"]), "{r} vs {ex}");
+    }
+    assert_eq!(access, N, "access lines parsed as the common log format");
+    assert_eq!(named, 3 * N, "records naming their request");
+    assert_eq!(attributed, named, "records tied to their thread's request");
+}

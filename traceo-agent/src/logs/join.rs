@@ -453,7 +453,9 @@ impl LogJoin {
 
     /// The asyncio after-answer rule (see the module's comment).
     fn after_answer(&self, w: &Waiting, reqs: &[Req]) -> Decision {
-        let Some(own) = w.chain.first().filter(|_| Signal::of(w.rec.task_ctx) == Signal::Task) else {
+        // A task whose creation was seen (a thread's base context answers request after
+        // request: its records after an answer may be about anything).
+        let Some(own) = w.chain.first().filter(|c| Signal::of(w.rec.task_ctx) == Signal::Task && c.1 != 0) else {
             return Decision::Outside;
         };
         let ts = w.rec.ts_ns;

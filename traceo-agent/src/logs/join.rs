@@ -566,8 +566,11 @@ mod tests {
         }
     }
 
-    /// (message, owner's trace byte or 0) of every record, and the exchanges' exceptions.
-    fn outcome(outs: Vec<LogOut>) -> (Vec<(String, u8)>, Vec<(u64, Option<String>)>) {
+    /// (message, owner's trace byte or 0) of every record.
+    type Records = Vec<(String, u8)>;
+
+    /// The records, and (conn, exception type) of the exchanges.
+    fn outcome(outs: Vec<LogOut>) -> (Records, Vec<(u64, Option<String>)>) {
         let (mut records, mut exchanges) = (Vec::new(), Vec::new());
         for o in outs {
             match o {

@@ -278,3 +278,52 @@ fn a_threaded_servers_records_carry_their_threads_request() {
     assert_eq!(named, 3 * N, "records naming their request");
     assert_eq!(attributed, named, "records tied to their thread's request");
 }
+
+#[test]
+fn a_log_file_selected_by_glob_is_captured_and_joined() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-file");
+    let port = free_port();
+    let file = dir.join("app.log");
+    let app = uvicorn_app("log_app:app", port, 1, &[("LOG_FILE", file.to_str().expect("utf-8"))]);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let glob = format!("{}/*.log", dir.display());
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--log-file",
+        &glob,
+        "--metrics-addr",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    const N: usize = 40;
+    load(port, "/work", N, 20, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    agent.stop();
+    drop(app);
+    let exchanges = json_lines(&exchanges);
+    let by_rid: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    let in_file: Vec<Value> = json_lines(&records).into_iter().filter(|r| r["stream"] == "file").collect();
+    assert!(std::fs::read_to_string(&file).expect("the app's log file").contains("[rid:"), "the app wrote no file");
+    let named: Vec<&Value> = in_file.iter().filter(|r| r["message"].as_str().and_then(rid_of).is_some()).collect();
+    assert_eq!(named.len(), 2 * N, "records from the log file naming their request");
+    assert!(
+        in_file
+            .iter()
+            .filter(|r| r["message"].as_str().is_some_and(|m| m.contains("background")))
+            .all(|r| r["trace_id"].is_null())
+    );
+    for r in named {
+        let rid = r["message"].as_str().and_then(rid_of).expect("a request id");
+        assert_eq!(r["logger"], "shop.orders");
+        assert_eq!(r["trace_id"], by_rid[&rid]["trace_id"], "{r}");
+    }
+}

@@ -5,6 +5,7 @@ Every record names its request id (`[rid:N]`) so the test knows which request wr
 
 import asyncio
 import logging
+import os
 import random
 
 from fastapi import FastAPI
@@ -12,6 +13,11 @@ from fastapi import FastAPI
 # Python logging's default format (LEVEL:logger:message) on stderr, as most services leave it.
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("shop.orders")
+if os.environ.get("LOG_FILE"):
+    # Also a log file (tests `--log-file`), opened at start as services do.
+    handler = logging.FileHandler(os.environ["LOG_FILE"])
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    log.addHandler(handler)
 
 app = FastAPI()
 

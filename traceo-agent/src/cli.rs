@@ -81,6 +81,11 @@ pub struct SelectionArgs {
     /// asyncio task or proxied request.
     #[arg(long)]
     pub no_runtime: bool,
+    /// With `--log-records` (or `record --logs`): also capture what the traced processes
+    /// write to the files matching this glob (their log files), checked every second.
+    /// Repeatable.
+    #[arg(long = "log-file", value_name = "GLOB")]
+    pub log_file: Vec<String>,
     /// A TOML file with any of these options (keys as the long option names, `service` as a
     /// list); the command line wins where both set one.
     #[arg(long, value_name = "FILE")]
@@ -211,6 +216,8 @@ pub struct ConfigFile {
     pub no_runtime: bool,
     pub log: Option<String>,
     pub log_records: Option<String>,
+    #[serde(default)]
+    pub log_file: Vec<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
@@ -237,6 +244,8 @@ pub struct Selection {
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
     pub log_records: Option<String>,
+    /// `--log-file` globs.
+    pub log_files: Vec<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
@@ -274,6 +283,7 @@ impl SelectionArgs {
             runtime: !(self.no_runtime || file.no_runtime),
             log: file.log,
             log_records: file.log_records,
+            log_files: if self.log_file.is_empty() { file.log_file } else { self.log_file.clone() },
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
             series_ttl: file.series_ttl,
@@ -303,7 +313,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -314,6 +324,10 @@ mod tests {
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
         assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(
+            (sel.log_records.as_deref(), sel.log_files.as_slice()),
+            (Some("-"), &["/var/log/app/*.log".to_owned()][..])
+        );
 
         let args = SelectionArgs {
             config: Some(path.clone()),
@@ -322,9 +336,11 @@ mod tests {
             no_tls: false,
             no_runtime: false,
             services: vec!["mcp=pid:1".parse().unwrap()],
+            log_file: vec!["/srv/*.log".into()],
         };
         let sel = args.resolve().expect("valid config");
         assert_eq!((sel.services[0].name.as_str(), sel.capture_bytes, sel.ring_buffer_mib), ("mcp", 100, 16));
+        assert_eq!(sel.log_files, vec!["/srv/*.log".to_owned()]);
 
         std::fs::write(&path, "servic = []\n").unwrap();
         let err = format!("{:#}", SelectionArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());

@@ -122,11 +122,17 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         ring_buffer_mib: sel.ring_buffer_mib,
         trace_all,
         capture_logs: opts.capture_logs,
+        log_files: opts.capture_logs && !sel.log_files.is_empty(),
     };
     let mut probes = loader::load(&opts_load)?;
     probes.spawn_logger()?;
     let mut source = RingSource::new(probes.take_ring()?)?;
     let stats = probes.take_stats()?;
+    let mut log_files = probes.take_log_files()?;
+    let select_log_files = opts.capture_logs && !sel.log_files.is_empty();
+    if select_log_files {
+        log_files.refresh(&sel.log_files);
+    }
     let tracker = ProcessTracker::new(sel.services.clone(), probes.take_traced_pids()?);
     let counters = EventCounters::new(opts.metrics.as_deref());
     let mut lp = Loop { tracker, sink, counters, summary: Summary::default() };
@@ -204,6 +210,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     if track_runtimes {
                         runtimes.refresh(&mut probes, &traced);
                     }
+                }
+                if select_log_files {
+                    log_files.refresh(&sel.log_files);
                 }
                 lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {

@@ -45,8 +45,8 @@ pub mod kind {
     /// its local address (the agent matches `port:` selectors at once, not at its next scan).
     pub const LISTEN: u32 = 8;
     /// A traced process wrote to its stdout (fd 1) or stderr (fd 2) and that fd is not a
-    /// socket (a tty, pipe or file): its own log output. A [`super::DataEvent`] whose
-    /// `conn_id` is 0 and `fd` says which stream.
+    /// socket (a tty, pipe or file), or to a log file selected by `--log-file`: its own log
+    /// output. A [`super::DataEvent`] whose `conn_id` is 0 and `fd` says which stream.
     pub const LOG_WRITE: u32 = 9;
 }
 
@@ -346,6 +346,9 @@ pub struct ProbeSettings {
     /// 1: emit [`kind::LOG_WRITE`] events for writes to non-socket stdout/stderr
     /// (`--log-records` is on); 0: those writes are dropped as before, at no cost.
     pub capture_logs: u32,
+    /// 1: also emit them for writes to the regular files in the `LOG_FILES` map
+    /// (`--log-file`).
+    pub log_files: u32,
 }
 
 #[cfg(feature = "user")]
@@ -387,7 +390,7 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
         assert_eq!(size_of::<TaskEvent>(), 24 + 3 * 8);
         assert_eq!(size_of::<PyLayout>(), 16);
-        assert_eq!(size_of::<ProbeSettings>(), 20);
+        assert_eq!(size_of::<ProbeSettings>(), 24);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub trace_all: bool,
     /// Capture what traced processes write to non-socket stdout/stderr (`--log-records`).
     pub capture_logs: bool,
+    /// Also capture writes to the files in `LOG_FILES` (`--log-file`).
+    pub log_files: bool,
 }
 
 /// The embedded object, or an error that says how to build it.
@@ -123,6 +125,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         capture_bytes: opts.capture_bytes,
         fork_child_pid_offset: tracefs::field_offset(&tracefs, "sched", "sched_process_fork", "child_pid")?,
         capture_logs: opts.capture_logs as u32,
+        log_files: opts.log_files as u32,
     };
     check_ring_buffer_mib(opts.ring_buffer_mib)?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -347,9 +350,45 @@ impl Probes {
         Ok(KernelPids { flags })
     }
 
+    pub fn take_log_files(&mut self) -> anyhow::Result<LogFiles> {
+        let map = self.ebpf.take_map("LOG_FILES").context("LOG_FILES map missing")?;
+        Ok(LogFiles { map: aya::maps::HashMap::try_from(map)?, inodes: std::collections::HashSet::new() })
+    }
+
     pub fn take_stats(&mut self) -> anyhow::Result<KernelStats> {
         let map = self.ebpf.take_map("STATS").context("STATS map missing")?;
         Ok(KernelStats { map: PerCpuArray::try_from(map)? })
+    }
+}
+
+/// `--log-file`: the inode numbers of the files matching the globs, kept in the kernel's
+/// `LOG_FILES` map (a rotated file is a new inode: found at the next refresh).
+pub struct LogFiles {
+    map: aya::maps::HashMap<MapData, u64, u8>,
+    inodes: std::collections::HashSet<u64>,
+}
+
+impl LogFiles {
+    /// Glob again; put new files' inodes in the map, take out those gone.
+    pub fn refresh(&mut self, globs: &[String]) {
+        use std::os::unix::fs::MetadataExt as _;
+        let now: std::collections::HashSet<u64> = globs
+            .iter()
+            .filter_map(|g| glob::glob(g).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|m| m.ino()))
+            .take(1024)
+            .collect();
+        for gone in self.inodes.difference(&now) {
+            let _ = self.map.remove(gone);
+        }
+        for new in now.difference(&self.inodes) {
+            if let Err(e) = self.map.insert(new, 1, 0) {
+                log::warn!("--log-file: cannot select inode {new}: {e}");
+            }
+        }
+        self.inodes = now;
     }
 }
 

@@ -133,6 +133,8 @@ pub struct LogJoinConfig {
     pub max_requests: usize,
     /// Records waiting at most (the oldest goes out unattributed past it).
     pub max_waiting: usize,
+    /// Exchanges held at most (the oldest is passed on early past it).
+    pub max_held: usize,
     pub assembler: AssemblerConfig,
 }
 
@@ -143,6 +145,7 @@ impl Default for LogJoinConfig {
             hold_ns: 4_000_000_000,
             max_requests: 4096,
             max_waiting: 16_384,
+            max_held: 65_536,
             assembler: AssemblerConfig::default(),
         }
     }
@@ -260,6 +263,12 @@ impl LogJoin {
         }
         let pid = ex.pid;
         if hold {
+            if self.held.len() >= self.cfg.max_held {
+                if let Some(first) = self.held_order.front_mut() {
+                    first.0 = 0;
+                }
+                self.release(false, out);
+            }
             self.held.insert(key, Held { ex, joined, logs: Vec::new() });
             self.held_order.push_back((self.now_ns.saturating_add(self.cfg.grace_ns), key));
         } else {

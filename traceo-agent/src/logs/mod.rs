@@ -24,7 +24,7 @@ pub fn stream_name(fd: i32) -> &'static str {
     match fd {
         1 => "stdout",
         2 => "stderr",
-        _ => "other",
+        _ => "file",
     }
 }
 

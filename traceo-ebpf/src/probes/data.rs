@@ -20,8 +20,11 @@ use super::{conn::announce_if_new, syscall_arg, syscall_ret};
 use crate::{
     filter::{maybe_traced, traced},
     globals::setting,
-    maps::{CONNECT, DATA_SCRATCH, EVENTS, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
-    socket::{WalkError, socket_of_fd},
+    maps::{
+        CONNECT, DATA_SCRATCH, EVENTS, LOG_FILES, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count,
+        submit_flags,
+    },
+    socket::{WalkError, regular_file_ino, socket_of_fd},
 };
 
 /// Ring buffer bytes data events leave to the other events (see `emit`).
@@ -41,8 +44,13 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
         Err(WalkError::NotSocket) => {
             // stdout/stderr that is not a socket (tty, pipe, file): the process's own log
             // output. Two compares for every other non-socket fd; nothing when logs are off.
-            if (fd == 1 || fd == 2) && (syscall == syscall::WRITE || syscall == syscall::WRITEV) {
-                park_log(&cur, fd, buf, count_or_iovcnt, syscall, vectored);
+            if syscall == syscall::WRITE || syscall == syscall::WRITEV {
+                // `--log-file`: a second walk and a lookup, only when that option is on.
+                // SAFETY: only tests for presence.
+                let log_file = || regular_file_ino(fd).is_some_and(|ino| unsafe { LOG_FILES.get(&ino) }.is_some());
+                if fd == 1 || fd == 2 || (setting!(log_files) != 0 && log_file()) {
+                    park_log(&cur, fd, buf, count_or_iovcnt, syscall, vectored);
+                }
             }
             return;
         }

@@ -1,5 +1,7 @@
 """The fidelity front on aiohttp: an aiohttp web server calling the backend with one shared
-aiohttp.ClientSession (keep-alive). GET /call?req=ID as in front_asgi.py.
+aiohttp.ClientSession (keep-alive). GET /call?req=ID as in front_asgi.py, FIDELITY_FANOUT and
+FIDELITY_EAGER too (with eager tasks, a call on a pooled connection is sent in the task's first
+step, inside create_task).
 Run: python front_aiohttp.py PORT (FIDELITY_BACKEND names the backend)."""
 import asyncio
 import os
@@ -9,19 +11,33 @@ import sys
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 BACKEND = os.environ["FIDELITY_BACKEND"]
+FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
+EAGER = os.environ.get("FIDELITY_EAGER") == "1"
+
+
+async def leaf(client, req, k):
+    async with client.get(f"{BACKEND}/leaf", params={"from": req, "k": str(k)}) as r:
+        await r.read()
+        r.raise_for_status()
 
 
 async def call(request):
     req = request.query.get("req", "")
+    client = request.app["client"]
     await asyncio.sleep(random.uniform(0, 0.020))
-    async with request.app["client"].get(f"{BACKEND}/leaf", params={"from": req, "k": "0"}) as r:
-        await r.read()
-        r.raise_for_status()
+    if FANOUT:
+        later = asyncio.create_task(leaf(client, req, 3))
+        await asyncio.gather(*(leaf(client, req, k) for k in range(3)))
+        await later
+    else:
+        await leaf(client, req, 0)
     await asyncio.sleep(random.uniform(0, 0.010))
     return web.Response(text=f"called {req}")
 
 
 async def client_session(app):
+    if EAGER:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
     app["client"] = ClientSession(connector=TCPConnector(limit=200), timeout=ClientTimeout(total=30))
     yield
     await app["client"].close()

@@ -1,7 +1,7 @@
 """The fidelity front on aiohttp: an aiohttp web server calling the backend with one shared
 aiohttp.ClientSession (keep-alive). GET /call?req=ID as in front_asgi.py, FIDELITY_FANOUT and
-FIDELITY_EAGER too (with eager tasks, a call on a pooled connection is sent in the task's first
-step, inside create_task).
+FIDELITY_EAGER too (eager tasks and no first sleep: a call on a pooled connection is sent in
+the task's first step, inside create_task).
 Run: python front_aiohttp.py PORT (FIDELITY_BACKEND names the backend)."""
 import asyncio
 import os
@@ -24,7 +24,10 @@ async def leaf(client, req, k):
 async def call(request):
     req = request.query.get("req", "")
     client = request.app["client"]
-    await asyncio.sleep(random.uniform(0, 0.020))
+    if not EAGER:
+        # Eager: no first sleep, so the request's task (eager on 3.12+ in aiohttp) calls and
+        # creates tasks in its first step, inside its own creation.
+        await asyncio.sleep(random.uniform(0, 0.020))
     if FANOUT:
         later = asyncio.create_task(leaf(client, req, 3))
         await asyncio.gather(*(leaf(client, req, k) for k in range(3)))

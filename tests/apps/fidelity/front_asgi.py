@@ -3,7 +3,8 @@
 GET /call?req=ID: sleep 0-20 ms, GET FIDELITY_BACKEND/leaf?from=ID&k=0 with one shared
 httpx.AsyncClient (keep-alive), sleep 0-10 ms, answer 200. With FIDELITY_FANOUT=1: a task
 calling k=3 is created first, k=0..2 are called with asyncio.gather, then the task is awaited.
-With FIDELITY_EAGER=1 (CPython 3.12+): tasks start eagerly (asyncio.eager_task_factory).
+With FIDELITY_EAGER=1 (CPython 3.12+): tasks start eagerly (asyncio.eager_task_factory) and
+the first sleep is left out, so the request's task creates its tasks in its first step.
 """
 import asyncio
 import os
@@ -27,7 +28,8 @@ async def leaf(req, k):
 
 
 async def handle(req):
-    await asyncio.sleep(random.uniform(0, 0.020))
+    if not EAGER:
+        await asyncio.sleep(random.uniform(0, 0.020))
     if FANOUT:
         later = asyncio.create_task(leaf(req, 3))
         await asyncio.gather(leaf(req, 0), leaf(req, 1), leaf(req, 2))

@@ -396,6 +396,7 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "tls_events",
     "runtime_read_failed",
     "ring_full_task",
+    "task_init_unpaired",
 ];
 
 impl KernelStats {

@@ -8,8 +8,8 @@
 //! `GET /leaf?from=ID&k=J`, so the right parent of every call is known (`score.rs`):
 //! precision = right / exported links, recall = right / calls, at each number in flight.
 //!
-//! Prints a table and writes `target/fidelity/fidelity.json` (the agent's JSON lines and the
-//! apps' logs are kept in `target/fidelity/logs/`). Fails when a precision is under 0.99,
+//! Prints a table and writes `target/fidelity/fidelity.json` (the agent's JSON lines and log,
+//! and the apps' logs, are kept in `target/fidelity/logs/`). Fails when a precision is under 0.99,
 //! unless `--report-only`.
 //!
 //! `--python SPEC` (`pythons.rs`) runs the asyncio scenarios with their front on each given
@@ -268,6 +268,8 @@ impl Harness<'_> {
         let mut front_pid = 0;
         let result = self.measure(sc, front, &mut agent_log, &mut front_pid);
         let log = agent_log.lock().expect("log lock");
+        let name = label(sc.name, front.map(|i| i.version.as_str()));
+        let _ = std::fs::write(self.work.join(format!("{name}.agent.log")), log.join("\n") + "\n");
         let warnings = log.iter().filter(|l| is_warning(l)).cloned().collect();
         // The agent's line for the front: `pid N (comm): python3.12 asyncio: task tracking on ...`.
         let said = format!("pid {front_pid} (");

@@ -415,8 +415,12 @@ impl Correlator {
                 Some(Done { answered_by: None, .. }) => {}
             }
         }
-        if let Some(parent) = task_match(n.start_ns, &chain, &answered) {
-            return self.decide(id, Parent::Local(parent), Some(Link::Task));
+        match task_match(n.start_ns, &chain, &answered) {
+            // Its own task answered that request: nothing nearer can.
+            Some((parent, 0)) => return self.decide(id, Parent::Local(parent), Some(Link::Task)),
+            // An ancestor did: once every candidate has answered, none nearer did.
+            Some((parent, _)) if open == 0 => return self.decide(id, Parent::Local(parent), Some(Link::Task)),
+            _ => {}
         }
         if open == 0 || force {
             let cands = cands.clone();

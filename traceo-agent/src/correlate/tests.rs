@@ -305,6 +305,25 @@ fn an_eager_task_calling_inside_its_creation_belongs_to_its_request() {
 }
 
 #[test]
+fn a_nearer_ancestor_answering_later_wins_over_a_stale_farther_one() {
+    // Request /old's task 0xA created 0xB, which finished; a loop callback's context copy
+    // then took 0xB's address (no creation reported: it inherits 0xB's lineage) and created
+    // request /new's task 0xE, whose child 0xF makes the call. /old answers first.
+    let old = req(1, Role::Server, 100, 10, "/old", 100, 4_000).task(0xA);
+    let new = req(2, Role::Server, 100, 10, "/new", 1_500, 9_500).task(0xE);
+    let call = req(3, Role::Client, 100, 10, "/call", 2_100, 3_000).task(0xF);
+    let mut r = Run::new();
+    r.observe(born(0xA, 0x1, (40, 50)));
+    r.observe(born(0xB, 0xA, (150, 200)));
+    r.observe(born(0xE, 0xB, (1_400, 1_450)));
+    r.observe(born(0xF, 0xE, (2_000, 2_050)));
+    r.push(old.seen()).push(new.seen()).push(call.seen()).push(call.done()).push(old.done());
+    assert!(!r.emitted().contains(&"/call"), "decided before /new answered");
+    r.push(new.done());
+    r.assert_child("/call", "/new", Link::Task);
+}
+
+#[test]
 fn a_task_created_while_serving_a_request_belongs_to_it() {
     // /in is answered by task 0xA (born at 500 in the loop's context 0x1); it creates 0xB at
     // 1_500, which makes the call. /other, answered by 0xC, is in flight too.

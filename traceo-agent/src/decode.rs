@@ -127,6 +127,7 @@ impl Decoder {
                     parent_ctx: ev.parent_ctx,
                     child_ctx: ev.child_ctx,
                     task: ev.task,
+                    entry_ns: ev.entry_ns,
                 }))
             }
             _ => Err(DecodeError::Unknown),

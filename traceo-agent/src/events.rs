@@ -141,6 +141,9 @@ pub struct TaskCreated {
     pub child_ctx: u64,
     /// The task object's address.
     pub task: u64,
+    /// When `Task.__init__` was entered (`meta.ts_ns` is its return): an eager task (3.12+)
+    /// runs its first step in between, on the creating thread.
+    pub entry_ns: u64,
 }
 
 /// How a connection became known.

@@ -162,7 +162,8 @@ fn family_code(f: Family) -> u16 {
 /// family u16, sock_type u16, local addr, peer addr, comm str, ret i64.
 /// Proc = meta, parent_pid u32 (0 = none), comm str.
 /// Version 2: Data and Conn end with task_ctx u64 (Conn then after_loss u8); Listen is a
-/// Conn body; Task = meta, parent_ctx u64, child_ctx u64, task u64.
+/// Conn body; Task = meta, parent_ctx u64, child_ctx u64, task u64, then entry_ns u64 (added
+/// later: a body without it was entered when it returned).
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
         Event::Data(d) | Event::LogWrite(d) => {
@@ -192,7 +193,7 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
         Event::Task(t) => {
             b.push(TAG_TASK);
             put_meta(&t.meta, b);
-            for v in [t.parent_ctx, t.child_ctx, t.task] {
+            for v in [t.parent_ctx, t.child_ctx, t.task, t.entry_ns] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -364,7 +365,11 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 _ => Event::Exit(proc),
             }
         }
-        TAG_TASK => Event::Task(TaskCreated { meta, parent_ctx: c.u64()?, child_ctx: c.u64()?, task: c.u64()? }),
+        TAG_TASK => {
+            let (parent_ctx, child_ctx, task) = (c.u64()?, c.u64()?, c.u64()?);
+            let entry_ns = if c.0.len() >= 8 { c.u64()? } else { meta.ts_ns };
+            Event::Task(TaskCreated { meta, parent_ctx, child_ctx, task, entry_ns })
+        }
         other => bail!("unknown record tag {other}"),
     })
 }
@@ -529,6 +534,7 @@ pub(crate) mod tests_support {
                 parent_ctx: 0x7f00_0010,
                 child_ctx: 0x7f00_0020,
                 task: 0x7f00_0030,
+                entry_ns: 6,
             }),
             Event::Listen(Conn { how: None, peer: None, after_loss: false, task_ctx: 0, ..conn.clone() }),
         ]

@@ -132,11 +132,14 @@ pub mod stat {
     pub const RUNTIME_READ_FAILED: u32 = 10;
     /// Task-creation events dropped because the ring buffer was full.
     pub const RING_FULL_TASK: u32 = 11;
+    /// A `Task.__init__` return whose entry was not found (evicted, or a stack pointer that
+    /// did not match): that task's lineage is unknown.
+    pub const TASK_INIT_UNPAIRED: u32 = 12;
     /// Log-write events (stdout/stderr) emitted.
-    pub const LOG_EVENTS: u32 = 12;
+    pub const LOG_EVENTS: u32 = 13;
     /// Log-write events dropped because the ring buffer was full.
-    pub const RING_FULL_LOG: u32 = 13;
-    pub const COUNT: u32 = 14;
+    pub const RING_FULL_LOG: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Common prefix of every event.
@@ -246,6 +249,9 @@ pub struct TaskEvent {
     pub child_ctx: u64,
     /// The task object's address (for diagnostics).
     pub task: u64,
+    /// `bpf_ktime_get_ns()` when `__init__` was entered (the header's time is its return): an
+    /// eager task's first step runs in between, on the creating thread.
+    pub entry_ns: u64,
 }
 
 /// Runtimes whose per-request context the programs read. Numbered explicitly; append only.
@@ -388,7 +394,7 @@ mod tests {
         assert_eq!(size_of::<RuntimeProc>(), 8 + size_of::<PyLayout>());
         assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
         assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
-        assert_eq!(size_of::<TaskEvent>(), 24 + 3 * 8);
+        assert_eq!(size_of::<TaskEvent>(), 24 + 4 * 8);
         assert_eq!(size_of::<PyLayout>(), 16);
         assert_eq!(size_of::<ProbeSettings>(), 24);
     }

@@ -120,10 +120,12 @@ pub static RUNTIME_PROCS: HashMap<u32, RuntimeProc> = HashMap::with_max_entries(
 #[map]
 pub static THREAD_CTX: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
-/// (task object, creating context) of a `Task.__init__` in flight, for its return probe
-/// (key: tid). An LRU: a thread that dies inside the call leaves its entry behind.
+/// (task object, creating context, entry time) of a `Task.__init__` in flight, for its return
+/// probe. Key: (tid, the stack pointer the call returns with), so calls nested on one thread
+/// (an eager task, 3.12+, whose first step runs inside `__init__` and creates tasks) each find
+/// their own. An LRU: a thread that dies inside the call leaves its entry behind.
 #[map]
-pub static TASK_INIT: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+pub static TASK_INIT: LruHashMap<[u64; 2], [u64; 3]> = LruHashMap::with_max_entries(4096, 0);
 
 /// Log files selected by `--log-file` (key: inode number; the agent keeps it in step with
 /// the files matching the glob). Looked up only when that option is on.

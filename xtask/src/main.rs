@@ -61,6 +61,11 @@ enum Task {
         /// Measure this agent binary (e.g. another build to compare) instead of building one.
         #[arg(long, value_name = "PATH")]
         agent: Option<PathBuf>,
+        /// Run the asyncio scenarios with their front on this CPython instead: a path, a
+        /// version X.Y (pyenv's or on PATH; skipped when absent) or `all` (3.9 to 3.14).
+        /// Repeatable; writes target/fidelity/pythons.json.
+        #[arg(long = "python", value_name = "PATH|X.Y|all")]
+        pythons: Vec<String>,
     },
     /// The benchmark's syscall loop (run by `bench` as its own process).
     #[command(hide = true)]
@@ -191,7 +196,7 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             bench::run(&agent_binary("release"), &python, &bench::Settings { quick })
         }
-        Task::Fidelity { quick, report_only, scenarios, agent } => {
+        Task::Fidelity { quick, report_only, scenarios, agent, pythons } => {
             let python = setup::test_dependencies()?;
             setup::fidelity_dependencies()?;
             let agent = match agent {
@@ -202,7 +207,7 @@ fn task(task: Task) -> anyhow::Result<()> {
                     agent_binary("release")
                 }
             };
-            fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios })
+            fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios, pythons })
         }
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {

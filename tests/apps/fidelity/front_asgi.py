@@ -3,6 +3,8 @@
 GET /call?req=ID: sleep 0-20 ms, GET FIDELITY_BACKEND/leaf?from=ID&k=0 with one shared
 httpx.AsyncClient (keep-alive), sleep 0-10 ms, answer 200. With FIDELITY_FANOUT=1: a task
 calling k=3 is created first, k=0..2 are called with asyncio.gather, then the task is awaited.
+With FIDELITY_EAGER=1 (CPython 3.12+): tasks start eagerly (asyncio.eager_task_factory) and
+the first sleep is left out, so the request's task creates its tasks in its first step.
 """
 import asyncio
 import os
@@ -15,6 +17,7 @@ from asgi import serve
 
 BACKEND = os.environ["FIDELITY_BACKEND"]
 FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
+EAGER = os.environ.get("FIDELITY_EAGER") == "1"
 state = {}
 
 
@@ -25,7 +28,8 @@ async def leaf(req, k):
 
 
 async def handle(req):
-    await asyncio.sleep(random.uniform(0, 0.020))
+    if not EAGER:
+        await asyncio.sleep(random.uniform(0, 0.020))
     if FANOUT:
         later = asyncio.create_task(leaf(req, 3))
         await asyncio.gather(leaf(req, 0), leaf(req, 1), leaf(req, 2))
@@ -45,6 +49,9 @@ async def route(scope):
 
 async def startup():
     state["client"] = httpx.AsyncClient(timeout=30)
+    if EAGER:
+        # 3.12+: a new task runs its first step inside create_task (in Task.__init__).
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
 
 
 async def shutdown():

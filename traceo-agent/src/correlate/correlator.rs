@@ -145,7 +145,7 @@ impl Correlator {
     pub fn observe(&mut self, event: &Event) {
         self.now_ns = self.now_ns.max(event.meta().ts_ns);
         if let Event::Task(t) = event {
-            self.lineage.created(t.meta.pid, t.child_ctx, t.parent_ctx, t.meta.ts_ns);
+            self.lineage.created(t.meta.pid, t.meta.tid, t.child_ctx, t.parent_ctx, (t.entry_ns, t.meta.ts_ns));
         }
         self.pairs.observe(event);
     }
@@ -287,8 +287,7 @@ impl Correlator {
                         cn.watchers.push(id);
                     }
                 }
-                let chain = self.lineage.ancestry(pid, ctx, start);
-                self.set_wait(id, Wait::Task { cands: list, chain });
+                self.set_wait(id, Wait::Task { cands: list });
             }
             Pick::Ambiguous(list) => self.decide_ambiguous(id, &list),
         }
@@ -341,7 +340,7 @@ impl Correlator {
         };
         let answered_by = (ex.role == Role::Server && ex.response_ctx != 0).then(|| {
             let at = ex.response_first_ns.unwrap_or(end);
-            self.lineage.incarnation(ex.pid, ex.response_ctx, at)
+            self.lineage.incarnation(ex.pid, ex.response_ctx, at, ex.response_tid)
         });
         let Some(n) = self.nodes.get_mut(&id) else { return };
         let (role, pid, pair, value) = (n.role, n.pid, n.pair, n.carried.correlation_id.clone());
@@ -400,7 +399,10 @@ impl Correlator {
     /// otherwise, or when forced (the hold expired).
     fn settle(&mut self, id: Id, force: bool) {
         let Some(n) = self.nodes.get(&id) else { return };
-        let Some(Wait::Task { cands, chain }) = n.state.wait() else { return };
+        let Some(Wait::Task { cands }) = n.state.wait() else { return };
+        // The call's task and its ancestors, as known now: an eager task's call is sent
+        // inside `Task.__init__`, before the task's creation is reported.
+        let chain = self.lineage.ancestry(n.pid, n.task_ctx, n.start_ns, n.tid);
         let mut answered = Vec::new();
         let mut open = 0;
         for c in cands {
@@ -413,8 +415,12 @@ impl Correlator {
                 Some(Done { answered_by: None, .. }) => {}
             }
         }
-        if let Some(parent) = task_match(n.start_ns, chain, &answered) {
-            return self.decide(id, Parent::Local(parent), Some(Link::Task));
+        match task_match(n.start_ns, &chain, &answered) {
+            // Its own task answered that request: nothing nearer can.
+            Some((parent, 0)) => return self.decide(id, Parent::Local(parent), Some(Link::Task)),
+            // An ancestor did: once every candidate has answered, none nearer did.
+            Some((parent, _)) if open == 0 => return self.decide(id, Parent::Local(parent), Some(Link::Task)),
+            _ => {}
         }
         if open == 0 || force {
             let cands = cands.clone();

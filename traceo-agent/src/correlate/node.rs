@@ -31,8 +31,8 @@ pub(super) enum Wait {
     /// A server request waiting for the client end of its connection.
     Partner,
     /// An outbound call of a task-tracked process, waiting for a candidate's response to
-    /// show which task answered it; `chain` is the call's task and its ancestors.
-    Task { cands: Vec<Id>, chain: Vec<Incarnation> },
+    /// show which task answered it (the call's task and its ancestors are looked up then).
+    Task { cands: Vec<Id> },
     /// Its parent is chosen, another request seen here: its trace follows once the
     /// parent's is known.
     Parent(Id, Option<Link>),

@@ -123,17 +123,22 @@ pub struct Answered<K> {
 
 /// The call (started at `start_ns`, its task's ancestry `chain`, nearest first) belongs to
 /// the answered request whose responding context is the nearest ancestor, if that request
-/// was in flight when the call started. Two requests answered by the same incarnation and
-/// both in flight (pipelining on one connection's task) tell nothing: no match.
-pub fn task_match<K: Clone>(start_ns: u64, chain: &[Incarnation], answered: &[Answered<K>]) -> Option<K> {
-    for inc in chain {
+/// was in flight when the call started; with that ancestor's depth in `chain` (0: the call's
+/// own task). Two requests answered by the same incarnation and both in flight (pipelining
+/// on one connection's task) tell nothing: no match.
+///
+/// A match deeper than 0 is certain only once no candidate is left to answer: a nearer
+/// ancestor may yet answer another one, and a farther link can be stale (a loop callback's
+/// context copy at the address of a finished task inherits that task's lineage).
+pub fn task_match<K: Clone>(start_ns: u64, chain: &[Incarnation], answered: &[Answered<K>]) -> Option<(K, usize)> {
+    for (depth, inc) in chain.iter().enumerate() {
         let hits: Vec<&Answered<K>> = answered
             .iter()
             .filter(|a| a.answered_by == *inc && a.start_ns < start_ns && a.end_ns >= start_ns)
             .collect();
         match hits.as_slice() {
             [] => continue,
-            [one] => return Some(one.key.clone()),
+            [one] => return Some((one.key.clone(), depth)),
             _ => return None,
         }
     }
@@ -211,7 +216,7 @@ mod tests {
         // 0xA, request 2 by 0xB.
         let chain = [(0xC, 30), (0xA, 10), (0x1, 0)];
         let list = [answered(1, 5, 100, (0xA, 10)), answered(2, 6, 100, (0xB, 12))];
-        assert_eq!(task_match(40, &chain, &list), Some(1));
+        assert_eq!(task_match(40, &chain, &list), Some((1, 1)));
         // The same address in another incarnation is another task.
         assert_eq!(task_match(40, &chain, &[answered(1, 5, 100, (0xA, 50))]), None);
         // A request that ended before the call, or started after it, did not make it.

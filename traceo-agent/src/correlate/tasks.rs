@@ -6,6 +6,12 @@
 //! creation was not seen: a thread's base context, a loop callback's copy). Lineage links
 //! incarnations: the task created at T in context C was created by the code then running in
 //! C's incarnation as of T.
+//!
+//! A creation spans `Task.__init__`, from entry to return. An eager task (3.12+) runs its
+//! first step in between, on the creating thread, so there the new incarnation counts from
+//! the entry; on any other thread only from the return (the task cannot run there before,
+//! and the address's previous task may still be finishing there until it was freed, which
+//! happened before the entry: the creating thread holds the GIL from entry to allocation).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -17,8 +23,19 @@ const MAX_DEPTH: usize = 32;
 
 #[derive(Clone, Copy, Debug)]
 struct Birth {
+    /// `Task.__init__` entered, on `tid`.
+    entry_ns: u64,
+    /// `Task.__init__` returned: names the incarnation.
     created_ns: u64,
+    tid: u32,
     parent_ctx: u64,
+}
+
+impl Birth {
+    /// Whether the incarnation exists for code running on `tid` at `at_ns`.
+    fn seen_from(&self, at_ns: u64, tid: u32) -> bool {
+        (if tid == self.tid { self.entry_ns } else { self.created_ns }) <= at_ns
+    }
 }
 
 /// Births per (process, context), bounded: the oldest are forgotten first.
@@ -34,8 +51,9 @@ impl TaskLineage {
         TaskLineage { births: HashMap::new(), order: VecDeque::new(), cap: cap.max(1), forgotten: 0 }
     }
 
-    /// A task of `pid` was created at `ts_ns` in context `parent` and runs in `child`.
-    pub fn created(&mut self, pid: u32, child: u64, parent: u64, ts_ns: u64) {
+    /// A task of `pid` was created by thread `tid` in context `parent` (its `__init__` ran
+    /// from `entry_ns` to `ts_ns`) and runs in `child`.
+    pub fn created(&mut self, pid: u32, tid: u32, child: u64, parent: u64, (entry_ns, ts_ns): (u64, u64)) {
         while self.order.len() >= self.cap {
             let Some(key) = self.order.pop_front() else { break };
             if let Some(list) = self.births.get_mut(&key) {
@@ -46,28 +64,31 @@ impl TaskLineage {
             }
             self.forgotten += 1;
         }
-        self.births.entry((pid, child)).or_default().push(Birth { created_ns: ts_ns, parent_ctx: parent });
+        let birth = Birth { entry_ns: entry_ns.min(ts_ns), created_ns: ts_ns, tid, parent_ctx: parent };
+        self.births.entry((pid, child)).or_default().push(birth);
         self.order.push_back((pid, child));
     }
 
-    /// The incarnation of `ctx` running at `at_ns`: its latest birth not after then.
-    pub fn incarnation(&self, pid: u32, ctx: u64, at_ns: u64) -> Incarnation {
-        (ctx, self.birth(pid, ctx, at_ns).map_or(0, |b| b.created_ns))
+    /// The incarnation of `ctx` running on thread `tid` at `at_ns`: its latest birth seen
+    /// from there.
+    pub fn incarnation(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Incarnation {
+        (ctx, self.birth(pid, ctx, at_ns, tid).map_or(0, |b| b.created_ns))
     }
 
-    fn birth(&self, pid: u32, ctx: u64, at_ns: u64) -> Option<Birth> {
-        self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.created_ns <= at_ns).copied()
+    fn birth(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<Birth> {
+        self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()
     }
 
-    /// `ctx` as of `at_ns`, then the incarnation that created it, and so on up.
-    pub fn ancestry(&self, pid: u32, ctx: u64, at_ns: u64) -> Vec<Incarnation> {
+    /// `ctx` as of `at_ns` on `tid`, then the incarnation that created it, and so on up.
+    pub fn ancestry(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Vec<Incarnation> {
         let mut chain = Vec::new();
-        let (mut ctx, mut at) = (ctx, at_ns);
+        let (mut ctx, mut at, mut tid) = (ctx, at_ns, tid);
         while ctx != 0 && chain.len() < MAX_DEPTH {
-            let birth = self.birth(pid, ctx, at);
+            let birth = self.birth(pid, ctx, at, tid);
             chain.push((ctx, birth.map_or(0, |b| b.created_ns)));
             let Some(b) = birth else { break };
-            (ctx, at) = (b.parent_ctx, b.created_ns);
+            // The parent context was the creating thread's when `__init__` was entered.
+            (ctx, at, tid) = (b.parent_ctx, b.entry_ns, b.tid);
         }
         chain
     }
@@ -77,31 +98,54 @@ impl TaskLineage {
 mod tests {
     use super::*;
 
+    /// Thread 9 runs the loop.
+    const T: u32 = 9;
+
     #[test]
     fn ancestry_follows_the_incarnation_alive_at_each_birth() {
         let mut l = TaskLineage::new(100);
         // Request task 0xA (born 10 in loop context 0x1) creates 0xB at 20; 0xB creates 0xC at 30.
-        l.created(7, 0xA, 0x1, 10);
-        l.created(7, 0xB, 0xA, 20);
-        l.created(7, 0xC, 0xB, 30);
-        assert_eq!(l.ancestry(7, 0xC, 35), vec![(0xC, 30), (0xB, 20), (0xA, 10), (0x1, 0)]);
+        l.created(7, T, 0xA, 0x1, (9, 10));
+        l.created(7, T, 0xB, 0xA, (19, 20));
+        l.created(7, T, 0xC, 0xB, (29, 30));
+        assert_eq!(l.ancestry(7, 0xC, 35, T), vec![(0xC, 30), (0xB, 20), (0xA, 10), (0x1, 0)]);
         // 0xA's address is reused by another task at 50: 0xC's chain still names the first.
-        l.created(7, 0xA, 0x1, 50);
-        assert_eq!(l.ancestry(7, 0xC, 60)[2], (0xA, 10));
-        assert_eq!(l.incarnation(7, 0xA, 60), (0xA, 50));
-        assert_eq!(l.incarnation(7, 0xA, 40), (0xA, 10));
+        l.created(7, T, 0xA, 0x1, (49, 50));
+        assert_eq!(l.ancestry(7, 0xC, 60, T)[2], (0xA, 10));
+        assert_eq!(l.incarnation(7, 0xA, 60, T), (0xA, 50));
+        assert_eq!(l.incarnation(7, 0xA, 40, T), (0xA, 10));
         // Another process's contexts are its own.
-        assert_eq!(l.ancestry(8, 0xC, 35), vec![(0xC, 0)]);
-        assert!(l.ancestry(7, 0, 35).is_empty());
+        assert_eq!(l.ancestry(8, 0xC, 35, T), vec![(0xC, 0)]);
+        assert!(l.ancestry(7, 0, 35, T).is_empty());
+    }
+
+    #[test]
+    fn an_eager_task_is_itself_from_its_entry_on_its_own_thread() {
+        let mut l = TaskLineage::new(100);
+        // 0xB (a task of request task 0xA) is gone; request task 0xE's `__init__` runs from 100
+        // to 200, reusing 0xB's address, and its first step calls at 150 (eager start).
+        l.created(7, T, 0xA, 0x1, (9, 10));
+        l.created(7, T, 0xB, 0xA, (19, 20));
+        l.created(7, T, 0xE, 0x1, (99, 100));
+        l.created(7, T, 0xB, 0xE, (100, 200));
+        assert_eq!(l.ancestry(7, 0xB, 150, T), vec![(0xB, 200), (0xE, 100), (0x1, 0)]);
+        assert_eq!(l.incarnation(7, 0xB, 150, T), (0xB, 200));
+        // Another thread cannot run the new task before `__init__` returns.
+        assert_eq!(l.incarnation(7, 0xB, 150, T + 1), (0xB, 20));
+        assert_eq!(l.incarnation(7, 0xB, 200, T + 1), (0xB, 200));
+        // Nested: 0xB's first step creates 0xC at 160..170: 0xB's incarnation as of 160 on T
+        // is the new one.
+        l.created(7, T, 0xC, 0xB, (160, 170));
+        assert_eq!(l.ancestry(7, 0xC, 180, T), vec![(0xC, 170), (0xB, 200), (0xE, 100), (0x1, 0)]);
     }
 
     #[test]
     fn bounded() {
         let mut l = TaskLineage::new(2);
-        l.created(1, 0xA, 0x1, 1);
-        l.created(1, 0xB, 0xA, 2);
-        l.created(1, 0xC, 0xB, 3);
+        l.created(1, T, 0xA, 0x1, (1, 1));
+        l.created(1, T, 0xB, 0xA, (2, 2));
+        l.created(1, T, 0xC, 0xB, (3, 3));
         assert_eq!(l.forgotten, 1);
-        assert_eq!(l.ancestry(1, 0xC, 5), vec![(0xC, 3), (0xB, 2), (0xA, 0)]);
+        assert_eq!(l.ancestry(1, 0xC, 5, T), vec![(0xC, 3), (0xB, 2), (0xA, 0)]);
     }
 }

@@ -273,6 +273,56 @@ fn event_loop_calls_follow_the_task_that_answers() {
     }
 }
 
+/// Task `child` of process 100 created by thread 10 in `parent`, its `__init__` running
+/// from `entry` to `ret`.
+fn born(child: u64, parent: u64, (entry, ret): (u64, u64)) -> Event {
+    Event::Task(crate::events::TaskCreated {
+        meta: Meta { pid: 100, tid: 10, service: None, ts_ns: ret },
+        parent_ctx: parent,
+        child_ctx: child,
+        task: 0,
+        entry_ns: entry,
+    })
+}
+
+#[test]
+fn an_eager_task_calling_inside_its_creation_belongs_to_its_request() {
+    // Request /old (task 0xA) made task 0xB, which is gone; /old is still in flight. Request
+    // /new (task 0xE) creates an eager task whose context reuses 0xB's address: its
+    // `__init__` runs from 2_000 to 2_500, and its first step sends the call at 2_100, before
+    // the creation is reported.
+    let old = req(1, Role::Server, 100, 10, "/old", 100, 9_000).task(0xA);
+    let new = req(2, Role::Server, 100, 10, "/new", 1_500, 9_500).task(0xE);
+    let call = req(3, Role::Client, 100, 10, "/call", 2_100, 3_000).task(0xB);
+    let mut r = Run::new();
+    r.observe(born(0xA, 0x1, (40, 50)));
+    r.observe(born(0xB, 0xA, (150, 200)));
+    r.observe(born(0xE, 0x1, (1_400, 1_450)));
+    r.push(old.seen()).push(new.seen()).push(call.seen());
+    r.observe(born(0xB, 0xE, (2_000, 2_500)));
+    r.push(call.done()).push(old.done()).push(new.done());
+    r.assert_child("/call", "/new", Link::Task);
+}
+
+#[test]
+fn a_nearer_ancestor_answering_later_wins_over_a_stale_farther_one() {
+    // Request /old's task 0xA created 0xB, which finished; a loop callback's context copy
+    // then took 0xB's address (no creation reported: it inherits 0xB's lineage) and created
+    // request /new's task 0xE, whose child 0xF makes the call. /old answers first.
+    let old = req(1, Role::Server, 100, 10, "/old", 100, 4_000).task(0xA);
+    let new = req(2, Role::Server, 100, 10, "/new", 1_500, 9_500).task(0xE);
+    let call = req(3, Role::Client, 100, 10, "/call", 2_100, 3_000).task(0xF);
+    let mut r = Run::new();
+    r.observe(born(0xA, 0x1, (40, 50)));
+    r.observe(born(0xB, 0xA, (150, 200)));
+    r.observe(born(0xE, 0xB, (1_400, 1_450)));
+    r.observe(born(0xF, 0xE, (2_000, 2_050)));
+    r.push(old.seen()).push(new.seen()).push(call.seen()).push(call.done()).push(old.done());
+    assert!(!r.emitted().contains(&"/call"), "decided before /new answered");
+    r.push(new.done());
+    r.assert_child("/call", "/new", Link::Task);
+}
+
 #[test]
 fn a_task_created_while_serving_a_request_belongs_to_it() {
     // /in is answered by task 0xA (born at 500 in the loop's context 0x1); it creates 0xB at
@@ -281,14 +331,7 @@ fn a_task_created_while_serving_a_request_belongs_to_it() {
     let other = req(2, Role::Server, 100, 10, "/other", 1_100, 9_500).task(0xC);
     let call = req(3, Role::Client, 100, 10, "/call", 2_000, 3_000).task(0xB);
     let mut r = Run::new();
-    let born = |child, parent, ts_ns| {
-        Event::Task(crate::events::TaskCreated {
-            meta: Meta { pid: 100, tid: 10, service: None, ts_ns },
-            parent_ctx: parent,
-            child_ctx: child,
-            task: 0,
-        })
-    };
+    let born = |child, parent, ts_ns: u64| born(child, parent, (ts_ns - 1, ts_ns));
     r.observe(born(0xA, 0x1, 500));
     r.observe(born(0xC, 0x1, 600));
     r.observe(born(0xB, 0xA, 1_500));

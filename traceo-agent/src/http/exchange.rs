@@ -210,6 +210,8 @@ pub struct Exchange {
     /// task that called. 0 when unknown.
     pub request_ctx: u64,
     pub response_ctx: u64,
+    /// The thread that wrote (server) or read (client) the response's first bytes.
+    pub response_tid: u32,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
     pub mcp: Option<crate::mcp::McpInfo>,
     /// The exception a traceback written while serving it reports (`--log-records`).
@@ -330,6 +332,7 @@ impl Exchange {
             candidates: Vec::new(),
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },
+            response_tid: resp.tid,
         }
     }
 

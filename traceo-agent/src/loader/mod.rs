@@ -438,6 +438,7 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "tls_events",
     "runtime_read_failed",
     "ring_full_task",
+    "task_init_unpaired",
     "log_events",
     "ring_full_log",
 ];

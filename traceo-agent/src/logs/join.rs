@@ -106,7 +106,6 @@ struct Held {
 
 struct Waiting {
     rec: LogRecord,
-    chain: Vec<Incarnation>,
     deadline_ns: u64,
     /// Certain already; its exchange is still to come.
     owner: Option<Key>,
@@ -185,7 +184,7 @@ impl LogJoin {
     }
 
     pub fn task(&mut self, t: &TaskCreated) {
-        self.lineage.created(t.meta.pid, t.child_ctx, t.parent_ctx, t.meta.ts_ns);
+        self.lineage.created(t.meta.pid, t.meta.tid, t.child_ctx, t.parent_ctx, (t.entry_ns, t.meta.ts_ns));
     }
 
     pub fn exited(&mut self, pid: u32) {
@@ -246,7 +245,7 @@ impl LogJoin {
         let key = (ex.conn_id, ex.request_seq);
         let answered_by = (ex.response_ctx != 0).then(|| {
             let at = ex.response_first_ns.unwrap_or(end);
-            self.lineage.incarnation(ex.pid, ex.response_ctx, at)
+            self.lineage.incarnation(ex.pid, ex.response_ctx, at, ex.response_tid)
         });
         let hold = self.log_pids.contains(&ex.pid);
         let done = Done { end_ns: end, answered_by, owner: Owner::of(&ex), released: !hold };
@@ -317,14 +316,13 @@ impl LogJoin {
             self.stats.buffered += 1;
             return out(LogOut::Record(rec, None));
         }
-        let chain = self.lineage.ancestry(rec.pid, rec.task_ctx, rec.ts_ns);
         if self.waiting.len() >= self.cfg.max_waiting {
             let oldest = self.waiting.remove(0);
             self.stats.expired += 1;
             out(LogOut::Record(oldest.rec, None));
         }
         let deadline_ns = rec.ts_ns.saturating_add(self.cfg.hold_ns).max(self.now_ns);
-        self.waiting.push(Waiting { rec, chain, deadline_ns, owner: None });
+        self.waiting.push(Waiting { rec, deadline_ns, owner: None });
         let last = self.waiting.len() - 1;
         self.try_one(last, false, out);
     }
@@ -445,10 +443,16 @@ impl LogJoin {
                         })
                     })
                     .collect();
-                if let Some(key) = task_match(ts, &w.chain, &answered) {
-                    return Decision::Owner(key, Via::Task);
-                }
+                // The record's task and its ancestors as known now (an eager task's creation is
+                // reported after its first step), by the spans' rule: its own task's answer
+                // is certain at once, an ancestor's once no candidate is left to answer.
+                let chain = self.chain(rec);
                 let open = list.iter().any(|i| cands[*i].done.is_none());
+                match task_match(ts, &chain, &answered) {
+                    Some((key, 0)) => return Decision::Owner(key, Via::Task),
+                    Some((key, _)) if !open => return Decision::Owner(key, Via::Task),
+                    _ => {}
+                }
                 if open && !force {
                     return Decision::Wait;
                 }
@@ -460,11 +464,16 @@ impl LogJoin {
         }
     }
 
+    fn chain(&self, rec: &LogRecord) -> Vec<Incarnation> {
+        self.lineage.ancestry(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid)
+    }
+
     /// The asyncio after-answer rule (see the module's comment).
     fn after_answer(&self, w: &Waiting, reqs: &[Req]) -> Decision {
+        let chain = self.chain(&w.rec);
         // A task whose creation was seen (a thread's base context answers request after
         // request: its records after an answer may be about anything).
-        let Some(own) = w.chain.first().filter(|c| Signal::of(w.rec.task_ctx) == Signal::Task && c.1 != 0) else {
+        let Some(own) = chain.first().filter(|c| Signal::of(w.rec.task_ctx) == Signal::Task && c.1 != 0) else {
             return Decision::Outside;
         };
         let ts = w.rec.ts_ns;
@@ -628,18 +637,21 @@ mod tests {
             parent_ctx: 1,
             child_ctx: 0xA,
             task: 0,
+            entry_ns: 139,
         });
         j.task(&TaskCreated {
             meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 160 },
             parent_ctx: 1,
             child_ctx: 0xB,
             task: 0,
+            entry_ns: 159,
         });
         j.task(&TaskCreated {
             meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 200 },
             parent_ctx: 0xB,
             child_ctx: 0xC,
             task: 0,
+            entry_ns: 199,
         });
         let (a, b) = (exchange(1, 10, 100, 500, 0xA, 200), exchange(2, 10, 150, 600, 0xB, 500));
         j.request_seen(&seen(&a));

@@ -8,11 +8,16 @@
 //! `GET /leaf?from=ID&k=J`, so the right parent of every call is known (`score.rs`):
 //! precision = right / exported links, recall = right / calls, at each number in flight.
 //!
-//! Prints a table and writes `target/fidelity/fidelity.json` (the agent's JSON lines and the
-//! apps' logs are kept in `target/fidelity/logs/`). Fails when a precision is under 0.99,
+//! Prints a table and writes `target/fidelity/fidelity.json` (the agent's JSON lines and log,
+//! and the apps' logs, are kept in `target/fidelity/logs/`). Fails when a precision is under 0.99,
 //! unless `--report-only`.
+//!
+//! `--python SPEC` (`pythons.rs`) runs the asyncio scenarios with their front on each given
+//! CPython instead (`pythons.json`, `logs-pythons/`); there a version also fails when the
+//! agent does not track its tasks fully or a recall is under 0.5.
 
 mod load;
+mod pythons;
 mod scenarios;
 mod score;
 
@@ -35,12 +40,18 @@ use score::{BACK, FRONT, Score, Truth};
 pub struct Settings {
     pub quick: bool,
     pub report_only: bool,
-    /// Scenario names to run (all when empty).
+    /// Scenario names to run (all when empty; with `pythons`, those that can run on any).
     pub scenarios: Vec<String>,
+    /// `--python` specs: run the scenarios' fronts on these interpreters instead.
+    pub pythons: Vec<String>,
 }
 
 /// Never export a wrong parent: the project's rule, checked at every level.
 const PRECISION_TARGET: f64 = 0.99;
+/// In a `--python` run, a recall under this fails the version: the context or lineage is not
+/// read there (a recall between this and the target is reported: on a loaded machine a
+/// request slower than the agent's 2 s hold leaves its calls `ambiguous`).
+const VERSION_RECALL_FLOOR: f64 = 0.5;
 /// Between two levels of one scenario: past the agent's correlation hold (2 s) would isolate
 /// them fully; a second is enough for the last level's requests to have been answered.
 const LEVEL_GAP: Duration = Duration::from_secs(1);
@@ -56,6 +67,8 @@ fn levels(quick: bool) -> Vec<Level> {
 #[derive(Serialize)]
 struct Row {
     scenario: &'static str,
+    /// The front's CPython version, in a `--python` run.
+    python: Option<String>,
     in_flight: u32,
     requests: u32,
     failed_requests: usize,
@@ -69,11 +82,12 @@ struct Row {
 }
 
 impl Row {
-    fn new(scenario: &Scenario, level: &Level, outcome: &Outcome, lines: &[Value]) -> Row {
+    fn new(scenario: &Scenario, python: Option<&str>, level: &Level, outcome: &Outcome, lines: &[Value]) -> Row {
         let ids = outcome.answered(level);
         let score = score::score(lines, &Truth { ids: &ids, fanout: scenario.fanout, parent: scenario.parent_key() });
         Row {
             scenario: scenario.name,
+            python: python.map(str::to_owned),
             in_flight: level.in_flight,
             requests: level.requests,
             failed_requests: outcome.failed.len(),
@@ -91,6 +105,10 @@ impl Row {
 #[derive(Serialize)]
 struct ScenarioRun {
     scenario: &'static str,
+    /// The front's CPython version, in a `--python` run.
+    python: Option<String>,
+    /// What the agent said of the front's runtime (`python3.12 asyncio: task tracking on ...`).
+    front_runtime: Option<String>,
     rows: Vec<Row>,
     error: Option<String>,
     /// Exchange lines the agent wrote, over all levels.
@@ -105,8 +123,9 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     if unsafe { libc::geteuid() } != 0 {
         bail!("the fidelity harness loads eBPF programs: run it as root (sudo cargo xtask fidelity)");
     }
+    let versions = !s.pythons.is_empty();
     let chosen: Vec<&Scenario> = if s.scenarios.is_empty() {
-        SCENARIOS.iter().collect()
+        SCENARIOS.iter().filter(|sc| !versions || sc.any_python()).collect()
     } else {
         s.scenarios
             .iter()
@@ -118,6 +137,13 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
             })
             .collect::<anyhow::Result<_>>()?
     };
+    if let Some(sc) = chosen.iter().find(|sc| versions && !sc.any_python()) {
+        let can: Vec<&str> = SCENARIOS.iter().filter(|sc| sc.any_python()).map(|sc| sc.name).collect();
+        bail!("--python runs only {}, not {}", can.join(", "), sc.name);
+    }
+    // The fronts' interpreters: the test virtualenv's, or each `--python` one's.
+    let fronts: Vec<Option<pythons::Interpreter>> =
+        if versions { pythons::resolve(&s.pythons)?.into_iter().map(Some).collect() } else { vec![None] };
     procs::kill_children_on_interrupt();
     let started = Instant::now();
     let out = crate::root().join("target/fidelity");
@@ -127,10 +153,27 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     std::fs::create_dir_all(&work)?;
     let (backend, backend_port) = scenarios::start_backend(python, &work)?;
     let harness = Harness { agent_bin, python, work, backend, backend_port, levels: levels(s.quick) };
-    let runs: Vec<ScenarioRun> = chosen.into_iter().map(|sc| harness.run_scenario(sc)).collect();
+    let default_version = pythons::full_version(python)?;
+    let runs: Vec<ScenarioRun> = fronts
+        .iter()
+        .flat_map(|front| chosen.iter().map(move |sc| (front, sc)))
+        .filter(|(front, sc)| {
+            let version = front.as_ref().map_or(default_version.as_str(), |i| i.version.as_str());
+            let runs = pythons::minor(version) >= sc.since;
+            if !runs {
+                let (major, minor) = sc.since;
+                eprintln!(
+                    "fidelity: SKIPPED {}: needs CPython {major}.{minor} or later",
+                    label(sc.name, Some(version))
+                );
+            }
+            runs
+        })
+        .map(|(front, sc)| harness.run_scenario(sc, front.as_ref()))
+        .collect();
     let work = harness.work.clone();
     drop(harness);
-    let logs = out.join("logs");
+    let (name, logs) = if versions { ("pythons", out.join("logs-pythons")) } else { ("fidelity", out.join("logs")) };
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::rename(&work, &logs).with_context(|| format!("move {} to {}", work.display(), logs.display()))?;
 
@@ -143,14 +186,17 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "seconds": started.elapsed().as_secs_f64(),
         "precision_target": PRECISION_TARGET,
+        "pythons": fronts.iter().flatten().map(|i| json!({
+            "version": i.version, "interpreter": i.base, "virtualenv": i.python,
+        })).collect::<Vec<_>>(),
         "scenarios": runs,
     });
     print_table(&runs, s.quick, started.elapsed());
-    let file = out.join("fidelity.json");
+    let file = out.join(format!("{name}.json"));
     std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
     println!("\nwrote {} (the agent's exchanges: {}/SCENARIO.jsonl)", file.display(), logs.display());
 
-    let broken: Vec<&str> = runs.iter().filter(|r| r.error.is_some()).map(|r| r.scenario).collect();
+    let broken: Vec<String> = runs.iter().filter(|r| r.error.is_some()).map(ScenarioRun::label).collect();
     if !broken.is_empty() {
         bail!("could not measure {}", broken.join(", "));
     }
@@ -158,12 +204,53 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         .iter()
         .flat_map(|r| &r.rows)
         .filter(|row| !row.precision_met)
-        .map(|row| format!("{} at {} in flight ({:.3})", row.scenario, row.in_flight, row.score.precision))
+        .map(|row| format!("{} at {} in flight ({:.3})", row.label(), row.in_flight, row.score.precision))
         .collect();
     if !missed.is_empty() && !s.report_only {
         bail!("precision under {PRECISION_TARGET}: {}", missed.join(", "));
     }
+    let short: Vec<String> = runs.iter().filter(|r| r.python.is_some()).flat_map(ScenarioRun::shortfalls).collect();
+    if !short.is_empty() && !s.report_only {
+        bail!("on some interpreters the agent falls short: {}", short.join("; "));
+    }
     Ok(())
+}
+
+impl Row {
+    /// `gather_fanout`, or `gather_fanout@3.12.1` in a `--python` run.
+    fn label(&self) -> String {
+        label(self.scenario, self.python.as_deref())
+    }
+}
+
+impl ScenarioRun {
+    fn label(&self) -> String {
+        label(self.scenario, self.python.as_deref())
+    }
+
+    /// Why this run is not what the agent promises for CPython asyncio: task tracking that is
+    /// not fully on, or a recall under [`VERSION_RECALL_FLOOR`].
+    fn shortfalls(&self) -> Vec<String> {
+        let mut short = vec![];
+        match &self.front_runtime {
+            Some(rt) if rt.contains("task tracking on") => {}
+            Some(rt) => short.push(format!("{}: {rt}", self.label())),
+            None => short.push(format!("{}: the agent said nothing of the front's runtime", self.label())),
+        }
+        for row in &self.rows {
+            if row.recall_target.is_some() && row.score.recall < VERSION_RECALL_FLOOR {
+                short.push(format!("{} at {} in flight: recall {:.3}", self.label(), row.in_flight, row.score.recall));
+            }
+        }
+        short
+    }
+}
+
+fn label(scenario: &str, python: Option<&str>) -> String {
+    match python {
+        Some(v) => format!("{scenario}@{v}"),
+        None => scenario.to_owned(),
+    }
 }
 
 /// What every scenario shares: the agent, the Python, the run's folder, the backend.
@@ -177,14 +264,29 @@ struct Harness<'a> {
 }
 
 impl Harness<'_> {
-    /// Run one scenario; a failure is kept in the result (the others still run).
-    fn run_scenario(&self, sc: &Scenario) -> ScenarioRun {
+    /// Run one scenario (its front on `front`'s interpreter, else the test virtualenv's); a
+    /// failure is kept in the result (the others still run).
+    fn run_scenario(&self, sc: &Scenario, front: Option<&pythons::Interpreter>) -> ScenarioRun {
         let started = Instant::now();
         let mut agent_log = Arc::new(Mutex::new(Vec::new()));
-        let result = self.measure(sc, &mut agent_log);
-        let warnings = agent_log.lock().expect("log lock").iter().filter(|l| is_warning(l)).cloned().collect();
+        let mut front_pid = 0;
+        let result = self.measure(sc, front, &mut agent_log, &mut front_pid);
+        let log = agent_log.lock().expect("log lock");
+        let name = label(sc.name, front.map(|i| i.version.as_str()));
+        let _ = std::fs::write(self.work.join(format!("{name}.agent.log")), log.join("\n") + "\n");
+        let warnings = log.iter().filter(|l| is_warning(l)).cloned().collect();
+        // The agent's line for the front: `pid N (comm): python3.12 asyncio: task tracking on ...`.
+        let said = format!("pid {front_pid} (");
+        let front_runtime = log
+            .iter()
+            .filter_map(|l| l.split_once(&said).and_then(|(_, rest)| rest.split_once("): ")).map(|(_, rt)| rt))
+            .next_back()
+            .map(str::to_owned);
+        drop(log);
         let mut run = ScenarioRun {
             scenario: sc.name,
+            python: front.map(|i| i.version.clone()),
+            front_runtime,
             rows: vec![],
             error: None,
             exchanges_logged: 0,
@@ -194,7 +296,7 @@ impl Harness<'_> {
         match result {
             Ok((rows, logged)) => (run.rows, run.exchanges_logged) = (rows, logged),
             Err(e) => {
-                eprintln!("fidelity: {}: {e:#}", sc.name);
+                eprintln!("fidelity: {}: {e:#}", run.label());
                 run.error = Some(format!("{e:#}"));
             }
         }
@@ -203,10 +305,21 @@ impl Harness<'_> {
     }
 
     /// Start the front and the agent, run every level, stop the agent, score its JSON lines
-    /// (kept as SCENARIO.jsonl in the run's folder). `agent_log` gets what the agent logs.
-    fn measure(&self, sc: &Scenario, agent_log: &mut Arc<Mutex<Vec<String>>>) -> anyhow::Result<(Vec<Row>, usize)> {
-        let (front, port) = sc.start(self.python, &self.work, self.backend_port)?;
-        let log = self.work.join(format!("{}.jsonl", sc.name));
+    /// (kept as SCENARIO.jsonl in the run's folder). `agent_log` gets what the agent logs,
+    /// `front_pid` the front's process id.
+    fn measure(
+        &self,
+        sc: &Scenario,
+        python: Option<&pythons::Interpreter>,
+        agent_log: &mut Arc<Mutex<Vec<String>>>,
+        front_pid: &mut u32,
+    ) -> anyhow::Result<(Vec<Row>, usize)> {
+        let version = python.map(|i| i.version.as_str());
+        let name = label(sc.name, version);
+        let front_python = python.map_or(self.python, |i| i.python.as_path());
+        let (front, port) = sc.start(front_python, &self.work, &name, self.backend_port)?;
+        *front_pid = front.pid();
+        let log = self.work.join(format!("{name}.jsonl"));
         let _ = std::fs::remove_file(&log);
         let services = [format!("{FRONT}=pid:{}", front.pid()), format!("{BACK}=pid:{}", self.backend.pid())];
         let mut args = vec!["run", "--service", &services[0], "--service", &services[1]];
@@ -230,7 +343,7 @@ impl Harness<'_> {
             let outcome = load::run(self.python, mode, &target, level)?;
             eprintln!(
                 "fidelity: {} at {} in flight: {} requests in {:.1} s, {} failed{}",
-                sc.name,
+                name,
                 level.in_flight,
                 level.requests,
                 outcome.seconds,
@@ -244,7 +357,8 @@ impl Harness<'_> {
         drop(front);
         let exchanges = read_lines(&log)?;
         anyhow::ensure!(!exchanges.is_empty(), "the agent logged no exchange to {}", log.display());
-        let rows = self.levels.iter().zip(&outcomes).map(|(level, o)| Row::new(sc, level, o, &exchanges)).collect();
+        let rows =
+            self.levels.iter().zip(&outcomes).map(|(level, o)| Row::new(sc, version, level, o, &exchanges)).collect();
         Ok((rows, exchanges.len()))
     }
 }
@@ -301,7 +415,7 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
         if quick { "--quick" } else { "full" }
     );
     println!(
-        "{:<16} {:>4} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6}  link kinds (calls, right, wrong)",
+        "{:<22} {:>4} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6}  link kinds (calls, right, wrong)",
         "scenario",
         "c",
         "calls",
@@ -320,14 +434,14 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     for run in runs {
         if let Some(e) = &run.error {
-            println!("{:<16} could not measure: {e}", run.scenario);
+            println!("{:<22} could not measure: {e}", run.label());
             continue;
         }
         for row in &run.rows {
             let s = &row.score;
             println!(
-                "{:<16} {:>4} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9.3} {:>7} {:>6.3} {:>6} {:>6} {:>6.3}  {}",
-                row.scenario,
+                "{:<22} {:>4} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>9.3} {:>7} {:>6.3} {:>6} {:>6} {:>6.3}  {}",
+                row.label(),
                 row.in_flight,
                 s.calls,
                 s.links,
@@ -345,7 +459,10 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
             );
         }
         if !run.agent_warnings.is_empty() {
-            println!("{:<16} the agent logged {} warnings (in the JSON report)", "", run.agent_warnings.len());
+            println!("{:<22} the agent logged {} warnings (in the JSON report)", "", run.agent_warnings.len());
+        }
+        if let (Some(_), Some(rt)) = (&run.python, &run.front_runtime) {
+            println!("{:<22} {rt}", "");
         }
     }
     for row in runs.iter().flat_map(|r| &r.rows) {
@@ -357,7 +474,7 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
             (s.duplicates, "exchanges were logged twice"),
         ];
         for (n, what) in notes.iter().filter(|(n, _)| *n > 0) {
-            println!("note: {} at {} in flight: {n} {what}", row.scenario, row.in_flight);
+            println!("note: {} at {} in flight: {n} {what}", row.label(), row.in_flight);
         }
     }
     println!("c: requests in flight; precision = right / (right + wrong), target >= {PRECISION_TARGET};");

@@ -21,8 +21,13 @@ enum Front {
     Uvicorn {
         event_loop: &'static str,
         fanout: bool,
+        /// Tasks start eagerly (`asyncio.eager_task_factory`, CPython 3.12+).
+        eager: bool,
     },
-    Aiohttp,
+    Aiohttp {
+        fanout: bool,
+        eager: bool,
+    },
     Threaded,
     Mcp,
     Nginx,
@@ -33,36 +38,68 @@ pub struct Scenario {
     pub name: &'static str,
     /// Backend calls per request.
     pub fanout: u32,
-    /// Recall the agent should reach (reported, never failed on).
+    /// Recall the agent should reach (reported; failed on only in `--python` runs).
     pub recall_target: Option<f64>,
+    /// The oldest CPython (major, minor) its front runs on.
+    pub since: (u32, u32),
     front: Front,
 }
 
-pub const SCENARIOS: [Scenario; 8] = [
+/// Any CPython the harness runs.
+const ANY: (u32, u32) = (3, 9);
+
+pub const SCENARIOS: [Scenario; 10] = [
     Scenario {
         name: "asyncio_uvicorn",
         fanout: 1,
         recall_target: RECALL,
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: false },
+        since: ANY,
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false },
     },
     Scenario {
         name: "uvloop_uvicorn",
         fanout: 1,
         recall_target: RECALL,
-        front: Front::Uvicorn { event_loop: "uvloop", fanout: false },
+        since: ANY,
+        front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false },
     },
-    Scenario { name: "aiohttp", fanout: 1, recall_target: RECALL, front: Front::Aiohttp },
+    Scenario {
+        name: "aiohttp",
+        fanout: 1,
+        recall_target: RECALL,
+        since: ANY,
+        front: Front::Aiohttp { fanout: false, eager: false },
+    },
     Scenario {
         name: "gather_fanout",
         fanout: 4,
         recall_target: RECALL,
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: true },
+        since: ANY,
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: false },
+    },
+    // gather_fanout with eager tasks: each task's first step (often its call) runs inside
+    // `Task.__init__`, before the task-creation probe's return.
+    Scenario {
+        name: "eager_fanout",
+        fanout: 4,
+        recall_target: RECALL,
+        since: (3, 12),
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: true },
+    },
+    // The same on aiohttp, whose client sends on a pooled connection without suspending
+    // first: with eager tasks most calls are sent inside `Task.__init__`.
+    Scenario {
+        name: "eager_aiohttp",
+        fanout: 4,
+        recall_target: RECALL,
+        since: (3, 12),
+        front: Front::Aiohttp { fanout: true, eager: true },
     },
     // The control: a thread per connection. No target: it should simply be right.
-    Scenario { name: "threaded", fanout: 1, recall_target: None, front: Front::Threaded },
-    Scenario { name: "mcp_tool", fanout: 1, recall_target: RECALL, front: Front::Mcp },
-    Scenario { name: "nginx_proxy", fanout: 1, recall_target: RECALL, front: Front::Nginx },
-    Scenario { name: "node_http", fanout: 1, recall_target: RECALL, front: Front::Node },
+    Scenario { name: "threaded", fanout: 1, recall_target: None, since: ANY, front: Front::Threaded },
+    Scenario { name: "mcp_tool", fanout: 1, recall_target: RECALL, since: ANY, front: Front::Mcp },
+    Scenario { name: "nginx_proxy", fanout: 1, recall_target: RECALL, since: ANY, front: Front::Nginx },
+    Scenario { name: "node_http", fanout: 1, recall_target: RECALL, since: ANY, front: Front::Node },
 ];
 
 fn apps() -> PathBuf {
@@ -97,23 +134,36 @@ pub fn start_backend(python: &Path, dir: &Path) -> anyhow::Result<(Proc, u16)> {
 }
 
 impl Scenario {
-    /// Start the front, calling the backend on `backend`, its files in `dir`: (process, port).
-    pub fn start(&self, python: &Path, dir: &Path, backend: u16) -> anyhow::Result<(Proc, u16)> {
+    /// Whether `--python` can run this scenario's front on another interpreter: uvicorn on
+    /// the default loop, aiohttp (their packages are in `pythons.rs`).
+    pub fn any_python(&self) -> bool {
+        matches!(self.front, Front::Uvicorn { event_loop: "asyncio", .. } | Front::Aiohttp { .. })
+    }
+
+    /// Start the front, calling the backend on `backend`, its files in `dir` named `label`:
+    /// (process, port).
+    pub fn start(&self, python: &Path, dir: &Path, label: &str, backend: u16) -> anyhow::Result<(Proc, u16)> {
         let port = free_port()?;
         let backend_url = format!("http://127.0.0.1:{backend}");
-        let log = dir.join(format!("{}.front.log", self.name));
+        let log = dir.join(format!("{label}.front.log"));
         let python_app = |script: &str| {
             let mut cmd = Command::new(python);
             cmd.arg(script).arg(port.to_string());
             cmd
         };
         let mut cmd = match self.front {
-            Front::Uvicorn { event_loop, fanout } => {
+            Front::Uvicorn { event_loop, fanout, eager } => {
                 let mut cmd = uvicorn(python, "front_asgi:app", port, event_loop);
                 cmd.env("FIDELITY_FANOUT", if fanout { "1" } else { "0" });
+                cmd.env("FIDELITY_EAGER", if eager { "1" } else { "0" });
                 cmd
             }
-            Front::Aiohttp => python_app("front_aiohttp.py"),
+            Front::Aiohttp { fanout, eager } => {
+                let mut cmd = python_app("front_aiohttp.py");
+                cmd.env("FIDELITY_FANOUT", if fanout { "1" } else { "0" });
+                cmd.env("FIDELITY_EAGER", if eager { "1" } else { "0" });
+                cmd
+            }
             Front::Threaded => python_app("front_threaded.py"),
             Front::Mcp => python_app("front_mcp.py"),
             Front::Node => {

@@ -362,3 +362,76 @@ fn a_server_that_listens_after_the_agent_started_is_traced_from_its_first_reques
         x.iter().filter(|e| e["direction"] == "server").filter_map(|e| e["target"].as_str()).collect();
     assert_eq!(served, (0..5).map(|i| format!("/hello?n={i}")).collect::<Vec<_>>(), "{x:?}");
 }
+
+/// `traceo_agent_parse_errors_total{reason}` from the agent's page, waiting (10 s at most)
+/// until every wanted series reaches its value.
+fn wait_metrics(metrics_port: u16, want: &[(&str, f64)]) -> String {
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut page = curl(&[&url]);
+    while want.iter().any(|(s, v)| metric(&page, s) < *v) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        page = curl(&[&url]);
+    }
+    page
+}
+
+#[test]
+fn an_overlong_request_line_and_an_unfinished_head_are_counted_and_reported() {
+    if !require_root("unfinished_heads") || !require_python("unfinished_heads") {
+        return;
+    }
+    let dir = temp_dir("unfinished-heads");
+    let port = free_port();
+    let _api = uvicorn(port, 1);
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("api=port:{port}")]);
+
+    // 1. A 20 KiB request line (over the 8 KiB the agent reads as a target; uvicorn refuses
+    // it, 400, past its 16 KiB head limit).
+    let long = format!("GET /{} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n", "a".repeat(20 * 1024));
+    let reply = send_in_pieces(port, long.as_bytes(), 4096);
+    let long_status: u64 = String::from_utf8_lossy(reply.get(9..12).unwrap_or_default()).parse().unwrap_or(0);
+    assert!(long_status >= 400, "{:?}", String::from_utf8_lossy(&reply));
+    // 2. Slowloris: a partial head, the connection held open a while, then closed.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /slowloris HTTP/1.1\r\nHost: test\r\nX-Wait: 1\r\n").expect("partial head");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Meanwhile, and after, other connections are traced.
+    let during = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?n=during")]);
+    drop(slow);
+    let after: Vec<String> = (0..5)
+        .map(|i| curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?n=after{i}")]))
+        .collect();
+    assert_eq!(during, "200");
+    assert!(after.iter().all(|s| s == "200"), "{after:?}");
+
+    let want = [
+        ("traceo_agent_parse_errors_total{reason=\"request_line_too_long\"}", 1.0),
+        ("traceo_agent_parse_errors_total{reason=\"incomplete_head\"}", 1.0),
+    ];
+    let page = wait_metrics(metrics_port, &want);
+    for (series, value) in want {
+        assert_eq!(metric(&page, series), value, "{series}; the page:\n{page}");
+    }
+    agent.stop();
+
+    let seen = exchanges(&log);
+    // The overlong request is reported with the answer it got, its target cut, flagged.
+    let long_x: Vec<&Value> =
+        seen.iter().filter(|x| x["target"].as_str().is_some_and(|t| t.starts_with("/aaaa"))).collect();
+    assert_eq!(long_x.len(), 1, "{seen:#?}");
+    assert_eq!((&long_x[0]["method"], &long_x[0]["status"]), (&"GET".into(), &long_status.into()), "{}", long_x[0]);
+    assert!(long_x[0]["target"].as_str().expect("target").len() <= 4096);
+    assert!(long_x[0]["flags"].as_array().expect("flags").contains(&"parse_error".into()), "{}", long_x[0]);
+    // The unfinished one: its request line was read, no answer came.
+    let slow_x: Vec<&Value> = seen.iter().filter(|x| x["target"] == "/slowloris").collect();
+    assert_eq!(slow_x.len(), 1, "{seen:#?}");
+    let flags = slow_x[0]["flags"].as_array().expect("flags");
+    assert!(flags.contains(&"parse_error".into()) && flags.contains(&"no_response".into()), "{}", slow_x[0]);
+    for n in std::iter::once("during".to_owned()).chain((0..5).map(|i| format!("after{i}"))) {
+        let target = format!("/hello?n={n}");
+        let x: Vec<&Value> = seen.iter().filter(|x| x["target"] == target.as_str()).collect();
+        assert_eq!(x.len(), 1, "{target}: {seen:#?}");
+        assert_eq!(x[0]["status"], 200, "{}", x[0]);
+    }
+}

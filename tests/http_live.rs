@@ -435,3 +435,54 @@ fn an_overlong_request_line_and_an_unfinished_head_are_counted_and_reported() {
         assert_eq!(x[0]["status"], 200, "{}", x[0]);
     }
 }
+
+#[test]
+fn tls_sent_to_a_plaintext_port_is_reported_as_such_not_as_an_opaque_tls_library() {
+    if !require_root("tls_on_plaintext") || !require_python("tls_on_plaintext") {
+        return;
+    }
+    let dir = temp_dir("tls-on-plaintext");
+    let port = free_port();
+    let _api = uvicorn(port, 1);
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("api=port:{port}")]);
+
+    // Three HTTPS clients (Python's ssl module: OpenSSL) on the plain HTTP port: uvicorn
+    // answers each ClientHello with a plaintext 400, and the handshake fails.
+    let client = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         for _ in range(3):\n\
+         \x20   s = socket.create_connection(('127.0.0.1', {port}), timeout=5)\n\
+         \x20   try:\n\
+         \x20       ctx.wrap_socket(s, server_hostname='localhost')\n\
+         \x20       print('handshake succeeded')\n\
+         \x20   except ssl.SSLError as e:\n\
+         \x20       print('failed', e.reason)\n\
+         \x20   s.close()\n"
+    );
+    let out = std::process::Command::new(python()).args(["-c", &client]).output().expect("python");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.matches("failed").count(), 3, "{said} {}", String::from_utf8_lossy(&out.stderr));
+    let good: Vec<String> = (0..3)
+        .map(|i| curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?n={i}")]))
+        .collect();
+    assert!(good.iter().all(|s| s == "200"), "{good:?}");
+
+    let want = [("traceo_tls_on_plaintext_connections_total", 3.0)];
+    let page = wait_metrics(metrics_port, &want);
+    assert_eq!(metric(&page, want[0].0), 3.0, "the page:\n{page}");
+    assert_eq!(metric(&page, "traceo_tls_opaque_connections_total"), 0.0, "the page:\n{page}");
+    let lines = agent.stop();
+    let text = lines.join("\n");
+    assert!(!text.contains("TLS library"), "no TLS library is blamed:\n{text}");
+    assert!(text.contains("got no TLS answer"), "{text}");
+
+    let seen = exchanges(&log);
+    assert_eq!(seen.len(), 3, "only the plain requests are exchanges: {seen:#?}");
+    for i in 0..3 {
+        let target = format!("/hello?n={i}");
+        assert!(seen.iter().any(|x| x["target"] == target.as_str() && x["status"] == 200), "{target}: {seen:#?}");
+    }
+}

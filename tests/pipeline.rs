@@ -144,3 +144,108 @@ fn a_path_scanner_keeps_series_and_the_metrics_page_bounded() {
     assert!(page.len() <= MAX_PAGE && om.stdout.len() <= MAX_PAGE, "{} bytes", page.len().max(om.stdout.len()));
     agent.stop();
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Whether the process has ended (gone, or a zombie waiting for its parent).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Scrapers that ask for /metrics and never read: each connection sends its request and
+/// sits, with a small receive buffer.
+fn stalled_scrapers(port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let size: libc::c_int = 4096;
+            // SAFETY: a valid socket and an int option of the right size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            let mut s2 = &s;
+            s2.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn scrapers_that_do_not_read_never_stall_tracing_nor_the_agents_end() {
+    if !require_root("stalled_scrapers") || !require_python("stalled_scrapers") {
+        return;
+    }
+    let dir = temp_dir("stalled-scrapers");
+    let port = free_port();
+    let _spa = uvicorn_app("catchall_app:app", port, 1, &[]);
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("spa=port:{port}")]);
+    let pid = agent.pid();
+    // A big page: a scanner's 1,500 routes (about 13 MiB of exposition).
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tests/apps/scanner.py"))
+        .args(["127.0.0.1", &port.to_string(), "1500", "3"])
+        .output()
+        .expect("scanner");
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let base_rss = rss(pid);
+
+    // 40 scrapers that never read, then traffic to trace while they sit.
+    let scrapers = stalled_scrapers(metrics_port, 40);
+    let started = Instant::now();
+    let statuses: Vec<String> = (0..50)
+        .map(|i| curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/traffic?n={i}")]))
+        .collect();
+    assert!(statuses.iter().all(|s| s == "200"), "{statuses:?}");
+    // Every exchange reaches the log promptly, scrapers or not.
+    let wanted = |lines: &[serde_json::Value]| {
+        (0..50).all(|i| lines.iter().any(|x| x["target"] == format!("/traffic?n={i}").as_str()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !wanted(&json_lines(&log)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(wanted(&json_lines(&log)), "exchanges missing while scrapers stall, after {:?}", started.elapsed());
+    // The pages the stalled scrapers hold are bounded (4 at once), not one each.
+    let grown = rss(pid).saturating_sub(base_rss);
+    eprintln!("RSS grew by {} MiB with 40 stalled scrapers", grown >> 20);
+    assert!(grown < 96 << 20, "RSS grew by {} MiB", grown >> 20);
+
+    // Past the deadline the held connections are cut; all of it counted.
+    std::thread::sleep(Duration::from_secs(11));
+    let page = curl(&["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")]);
+    let busy = value(&page, "traceo_agent_scrapes_cut_total{reason=\"busy\"}");
+    let cut = value(&page, "traceo_agent_scrapes_cut_total{reason=\"deadline\"}");
+    assert!(busy >= 36.0 && cut >= 1.0, "busy {busy}, deadline {cut}");
+    drop(scrapers);
+
+    // SIGTERM with stalled scrapers connected ends the agent within a few seconds.
+    let _more = stalled_scrapers(metrics_port, 8);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while !ended(pid) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "the agent took {:?} to end after SIGTERM", t.elapsed());
+    agent.stop();
+}

@@ -69,6 +69,7 @@ pub struct AgentMetrics {
     decode_errors: Counter,
     active_connections: Gauge,
     pub series_overflow: Counter,
+    scrapes_cut: Family<ReasonLabel, Counter>,
     span_links: Family<LinkLabel, Counter>,
     correlation_dropped: Family<ReasonLabel, Counter>,
     spans_exported: Counter,
@@ -88,6 +89,15 @@ fn follow<S: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug>(
 }
 
 impl AgentMetrics {
+    /// A scrape connection cut (`busy`, `deadline`).
+    pub fn scrape_cut(&self, reason: &str) {
+        self.scrape_cut_by(reason, 1);
+    }
+
+    fn scrape_cut_by(&self, reason: &str, n: u64) {
+        self.scrapes_cut.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(n);
+    }
+
     pub fn register(r: &mut Registry) -> AgentMetrics {
         let m = AgentMetrics {
             events_read: Family::default(),
@@ -100,6 +110,7 @@ impl AgentMetrics {
             decode_errors: Counter::default(),
             active_connections: Gauge::default(),
             series_overflow: Counter::default(),
+            scrapes_cut: Family::default(),
             span_links: Family::default(),
             correlation_dropped: Family::default(),
             spans_exported: Counter::default(),
@@ -150,6 +161,15 @@ impl AgentMetrics {
             "traceo_agent_metric_series_overflow",
             "HTTP label sets folded into http_route=\"__overflow__\" by the series cap",
             m.series_overflow.clone(),
+        );
+        for reason in ["busy", "deadline"] {
+            m.scrape_cut_by(reason, 0);
+        }
+        r.register(
+            "traceo_agent_scrapes_cut",
+            "Connections to /metrics (/health, /ready) cut: busy (more than 4 at once, closed unanswered), \
+             deadline (not done in 10 s: a scraper that does not read)",
+            m.scrapes_cut.clone(),
         );
         r.register(
             "traceo_agent_span_links",

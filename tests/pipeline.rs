@@ -22,7 +22,9 @@ fn wakeups(pid: u32) -> u64 {
         .expect("tasks")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
         .filter_map(|s| {
-            s.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")).and_then(|v| v.trim().parse::<u64>().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
         })
         .sum()
 }
@@ -107,7 +109,10 @@ fn a_path_scanner_keeps_series_and_the_metrics_page_bounded() {
     // Everything the scanners did is counted (metrics follow every second).
     let url = format!("http://127.0.0.1:{metrics_port}/metrics");
     let total = |page: &str| -> f64 {
-        samples(page, "traceo_http_requests_total").iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        samples(page, "traceo_http_requests_total")
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut page = curl(&["-s", &url]);
@@ -213,7 +218,9 @@ fn scrapers_that_do_not_read_never_stall_tracing_nor_the_agents_end() {
     let scrapers = stalled_scrapers(metrics_port, 40);
     let started = Instant::now();
     let statuses: Vec<String> = (0..50)
-        .map(|i| curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/traffic?n={i}")]))
+        .map(|i| {
+            curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/traffic?n={i}")])
+        })
         .collect();
     assert!(statuses.iter().all(|s| s == "200"), "{statuses:?}");
     // Every exchange reaches the log promptly, scrapers or not.

@@ -129,20 +129,6 @@ impl EventSource for RingSource {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_poll_interval_grows_when_idle_and_is_bounded() {
-        assert_eq!(poll_interval(0), POLL);
-        assert_eq!(poll_interval(IDLE_AFTER - 1), POLL);
-        assert!(poll_interval(IDLE_AFTER + 1) > POLL);
-        assert_eq!(poll_interval(IDLE_AFTER + 100), IDLE_POLL);
-        assert_eq!(poll_interval(u32::MAX), IDLE_POLL);
-    }
-}
-
 /// Events from a record file.
 pub struct FileSource {
     pub reader: RecordReader<BufReader<File>>,
@@ -162,5 +148,19 @@ impl EventSource for FileSource {
             log::warn!("the record file ends inside a record (was the recorder killed?); the rest was replayed");
         }
         Ok(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_interval_grows_when_idle_and_is_bounded() {
+        assert_eq!(poll_interval(0), POLL);
+        assert_eq!(poll_interval(IDLE_AFTER - 1), POLL);
+        assert!(poll_interval(IDLE_AFTER + 1) > POLL);
+        assert_eq!(poll_interval(IDLE_AFTER + 100), IDLE_POLL);
+        assert_eq!(poll_interval(u32::MAX), IDLE_POLL);
     }
 }

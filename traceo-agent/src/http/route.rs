@@ -214,7 +214,8 @@ mod tests {
     #[test]
     fn a_scanners_404s_fold_into_one_route() {
         let n = RouteNormalizer::new(&["/api/v1/jobs/{job_id}".to_string()]);
-        let routes: HashSet<String> = (0..1000).map(|i| n.route("s", &format!("/wp-admin{i}/x.php"), Some(404))).collect();
+        let routes: HashSet<String> =
+            (0..1000).map(|i| n.route("s", &format!("/wp-admin{i}/x.php"), Some(404))).collect();
         assert_eq!(routes, HashSet::from([UNMATCHED.to_owned()]));
         // A route that answers is served: its 404s keep it (a missing item, not a missing route).
         assert_eq!(n.route("s", "/items/7", Some(200)), "/items/{id}");

@@ -51,11 +51,8 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
     }
     // A listen is rare and the agent must act on it at once (a `port:` selector's new
     // server is flagged before its first request): wake it, as for an exec.
-    let flags = if event_kind == kind::LISTEN {
-        aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        submit_flags()
-    };
+    let flags =
+        if event_kind == kind::LISTEN { aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64 } else { submit_flags() };
     entry.submit(flags);
 }
 

@@ -70,8 +70,11 @@ pub fn parse_start(buf: &[u8], kind: Kind) -> Line<(Start, usize)> {
     match kind {
         Kind::Request => match request_line(buf) {
             Line::Yes(l) => {
-                let start =
-                    Start::Request { method: l.method.to_string(), target: stored_target(l.target), version: l.version };
+                let start = Start::Request {
+                    method: l.method.to_string(),
+                    target: stored_target(l.target),
+                    version: l.version,
+                };
                 Line::Yes((start, l.len))
             }
             Line::No => Line::No,

@@ -303,7 +303,7 @@ fn a_reader_that_stops_reading_never_freezes_the_agent() {
     let metrics_port = free_port();
     // `--log -` into a pipe nobody reads: once the pipe is full, every write would block.
     let mut agent = Proc::spawn(
-        Command::new(AGENT)
+        Command::new(agent_bin())
             .args(["run", "--service", &format!("api=port:{port}"), "--log", "-"])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .stdout(Stdio::piped())

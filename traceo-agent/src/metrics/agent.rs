@@ -22,6 +22,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LinkLabel {
     pub link: String,
 }
@@ -70,6 +75,7 @@ pub struct AgentMetrics {
     active_connections: Gauge,
     pub series_overflow: Counter,
     scrapes_cut: Family<ReasonLabel, Counter>,
+    worker_dropped: Family<TaskLabel, Counter>,
     span_links: Family<LinkLabel, Counter>,
     correlation_dropped: Family<ReasonLabel, Counter>,
     spans_exported: Counter,
@@ -89,6 +95,11 @@ fn follow<S: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug>(
 }
 
 impl AgentMetrics {
+    /// The drop counter of a worker thread's queue.
+    pub fn worker_dropped(&self, task: &str) -> Counter {
+        self.worker_dropped.get_or_create(&TaskLabel { task: task.to_owned() }).clone()
+    }
+
     /// A scrape connection cut (`busy`, `deadline`).
     pub fn scrape_cut(&self, reason: &str) {
         self.scrape_cut_by(reason, 1);
@@ -111,6 +122,7 @@ impl AgentMetrics {
             active_connections: Gauge::default(),
             series_overflow: Counter::default(),
             scrapes_cut: Family::default(),
+            worker_dropped: Family::default(),
             span_links: Family::default(),
             correlation_dropped: Family::default(),
             spans_exported: Counter::default(),
@@ -165,6 +177,12 @@ impl AgentMetrics {
         for reason in ["busy", "deadline"] {
             m.scrape_cut_by(reason, 0);
         }
+        r.register(
+            "traceo_agent_worker_requests_dropped",
+            "Requests to the agent's worker threads dropped because the previous one still ran (its \
+             bounded queue was full), by task (proc_scan: the slow port: rescan)",
+            m.worker_dropped.clone(),
+        );
         r.register(
             "traceo_agent_scrapes_cut",
             "Connections to /metrics (/health, /ready) cut: busy (more than 4 at once, closed unanswered), \

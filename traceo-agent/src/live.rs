@@ -18,7 +18,7 @@ use crate::{
     sink::EventSink,
     source::{EventSource, RingSource},
     tls::TlsProbes,
-    tracking::{PidMap, ProcessTracker},
+    tracking::{PidMap, PortRescanner, ProcessTracker},
 };
 
 /// What the live loop reports at its end.
@@ -157,6 +157,13 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
     if track_runtimes {
         runtimes.refresh(&mut probes, &traced_pids(&lp.tracker));
     }
+    // The slow rescan (every process's fds) runs on a worker thread.
+    let mut rescanner = if !trace_all && lp.tracker.needs_ports() {
+        let dropped = opts.metrics.as_ref().map(|m| m.agent.worker_dropped("proc_scan")).unwrap_or_default();
+        Some(PortRescanner::start(lp.tracker.listeners(), dropped)?)
+    } else {
+        None
+    };
     opts.ready.set_ready();
     log::info!("ready: probes attached, events flowing");
 
@@ -200,7 +207,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 // New servers are caught by their listen event; this slower scan catches
                 // listening sockets handed from process to process.
                 if ticks.is_multiple_of(10) {
-                    lp.tracker.rescan_ports();
+                    if let Some(r) = &rescanner {
+                        r.request();
+                    }
                 }
                 if !trace_all {
                     let traced = traced_pids(&lp.tracker);
@@ -224,6 +233,12 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     metrics.http.expire(Instant::now());
                 }
             }
+            Some(snapshot) = async {
+                match &mut rescanner {
+                    Some(r) => r.snapshots.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => lp.tracker.apply(snapshot),
             _ = sigint.recv() => { log::info!("interrupted"); break; }
             _ = sigterm.recv() => { log::info!("terminated"); break; }
             _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::MAX)), if until_deadline.is_some() => break,

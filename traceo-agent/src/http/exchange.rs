@@ -296,6 +296,11 @@ impl Exchange {
         };
         let resp = resp.unwrap_or_default();
         let answered = !flags.no_response;
+        // The server that answered: this service, or (a client's call) the address it called.
+        let scope = match role {
+            Role::Server => conn.service.clone(),
+            Role::Client => format!("{}>{}", conn.service, conn.peer.map(|p| p.to_string()).unwrap_or_default()),
+        };
         Exchange {
             service: conn.service.clone(),
             role,
@@ -307,7 +312,7 @@ impl Exchange {
             peer: conn.peer,
             tls: conn.tls,
             method: req.method.unwrap_or_default(),
-            route: routes.route(&target, resp.status),
+            route: routes.route(&scope, &target, resp.status),
             target,
             version: req.version,
             status: resp.status,

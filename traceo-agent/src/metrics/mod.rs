@@ -31,7 +31,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { max_series: 10_000, series_ttl: Duration::from_secs(3600) }
+        MetricsConfig { max_series: 1_000, series_ttl: Duration::from_secs(3600) }
     }
 }
 

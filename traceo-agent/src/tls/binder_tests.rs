@@ -199,3 +199,23 @@ fn plain_http_passes_and_tls_without_plaintext_is_opaque() {
     assert_eq!(r.binder.stats.tls_connections, 1);
     assert_eq!(r.out.len(), 3, "both closes are passed on");
 }
+
+#[test]
+fn a_handshake_without_a_tls_answer_is_tls_on_a_plaintext_port_not_opaque() {
+    let mut r = Run::new();
+    // A server that got a ClientHello and answered in plaintext.
+    r.socket(1, 7, Ingress, CLIENT_HELLO);
+    r.socket(1, 7, Egress, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    r.close(7);
+    // One that got a ClientHello and closed.
+    r.socket(1, 8, Ingress, CLIENT_HELLO);
+    r.close(8);
+    // A real TLS exchange the probes cannot see into is still opaque.
+    r.socket(1, 9, Ingress, CLIENT_HELLO);
+    r.socket(1, 9, Egress, &[0x16, 3, 3, 0, 90, 2]);
+    r.close(9);
+    assert_eq!(r.binder.stats.on_plaintext_connections, 2);
+    assert_eq!(r.binder.stats.opaque_connections, 1);
+    assert!(r.passed().is_empty(), "no byte of them reaches the HTTP parser");
+    assert!(is_tls_record(&[21, 3, 3, 0, 2]) && is_tls_record(&[23]) && !is_tls_record(b"HTTP/1.1 400"));
+}

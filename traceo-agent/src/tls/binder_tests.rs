@@ -199,3 +199,17 @@ fn plain_http_passes_and_tls_without_plaintext_is_opaque() {
     assert_eq!(r.binder.stats.tls_connections, 1);
     assert_eq!(r.out.len(), 3, "both closes are passed on");
 }
+
+#[test]
+fn timestamps_near_the_end_of_the_clock_do_not_overflow_expiry() {
+    // Found by fuzzing (decode target): a replayed or corrupt timestamp close to u64::MAX
+    // made `expire` overflow (a panic with overflow checks, a wrap that forgot the thread
+    // in release builds).
+    let mut r = Run { now: u64::MAX - 1_000_000, ..Run::new() };
+    r.socket(1, 5, Ingress, b"\x17\x03\x03x");
+    r.ssl(2, 0xd0, Egress, b"held, never written");
+    r.binder.expire(r.now + 100);
+    assert_eq!(r.binder.stats.unbound_events, 0, "nothing is due yet");
+    r.binder.finish();
+    assert_eq!(r.binder.stats.unbound_events, 1, "finish drops what is held, counted");
+}

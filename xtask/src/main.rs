@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fidelity;
+mod fuzz;
 mod procs;
 mod setup;
 
@@ -69,6 +70,20 @@ enum Task {
         size: usize,
         #[arg(long)]
         iterations: u64,
+    },
+    /// Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the HTTP pipeline, the record
+    /// reader, MCP/JSON and job-key parsing and the kernel event decoder; writes
+    /// target/fuzz/fuzz.json and fails on a crash.
+    Fuzz {
+        /// Only this target (repeatable; all by default).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Run each target for this many executions instead of a time.
+        #[arg(long, value_name = "N")]
+        runs: Option<u64>,
     },
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
@@ -204,6 +219,7 @@ fn task(task: Task) -> anyhow::Result<()> {
             };
             fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios })
         }
+        Task::Fuzz { targets, seconds, runs } => fuzz::run_all(&fuzz::Settings { targets, seconds, runs }),
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {
             setup::bpf_toolchain()?;

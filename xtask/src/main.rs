@@ -6,6 +6,7 @@ mod fidelity;
 mod fuzz;
 mod procs;
 mod setup;
+mod soak;
 
 use std::{
     env,
@@ -84,6 +85,14 @@ enum Task {
         /// Run each target for this many executions instead of a time.
         #[arg(long, value_name = "N")]
         runs: Option<u64>,
+    },
+    /// The agent for minutes under mixed load, garbage, process churn and a collector that
+    /// goes away and comes back (as root): RSS must stay flat and every request be seen or
+    /// counted as lost; writes target/soak/soak.json. Not part of CI.
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
     },
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
@@ -220,6 +229,13 @@ fn task(task: Task) -> anyhow::Result<()> {
             fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios })
         }
         Task::Fuzz { targets, seconds, runs } => fuzz::run_all(&fuzz::Settings { targets, seconds, runs }),
+        Task::Soak { minutes } => {
+            let python = setup::test_dependencies()?;
+            soak::dependencies(&python)?;
+            build_ebpf()?;
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+            soak::run_soak(&agent_binary("release"), &python, &soak::Settings { minutes })
+        }
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {
             setup::bpf_toolchain()?;

@@ -93,6 +93,9 @@ enum Task {
         /// How long the load runs.
         #[arg(long, default_value_t = 3.0)]
         minutes: f64,
+        /// The agent's kernel ring buffer size (its default otherwise).
+        #[arg(long, value_name = "N")]
+        ring_buffer_mib: Option<u32>,
     },
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
@@ -229,12 +232,12 @@ fn task(task: Task) -> anyhow::Result<()> {
             fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios })
         }
         Task::Fuzz { targets, seconds, runs } => fuzz::run_all(&fuzz::Settings { targets, seconds, runs }),
-        Task::Soak { minutes } => {
+        Task::Soak { minutes, ring_buffer_mib } => {
             let python = setup::test_dependencies()?;
             soak::dependencies(&python)?;
             build_ebpf()?;
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
-            soak::run_soak(&agent_binary("release"), &python, &soak::Settings { minutes })
+            soak::run_soak(&agent_binary("release"), &python, &soak::Settings { minutes, ring_buffer_mib })
         }
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {

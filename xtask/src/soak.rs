@@ -27,14 +27,18 @@ use crate::{root, run};
 
 pub struct Settings {
     pub minutes: f64,
+    /// The agent's `--ring-buffer-mib` (its default when `None`).
+    pub ring_buffer_mib: Option<u32>,
 }
 
 /// Seconds between samples.
 const SAMPLE_S: u64 = 5;
 /// Load threads per server.
 const THREADS: u32 = 2;
-/// RSS of the last quarter's mean may exceed the second quarter's by this much.
+/// RSS (and open fds) of the last quarter's mean may exceed the second quarter's by this much.
 const RSS_GROWTH: f64 = 0.15;
+/// The agent must stop within this many seconds of SIGINT.
+const STOP_S: f64 = 10.0;
 
 /// gunicorn, on top of the test environment.
 pub fn dependencies(python: &Path) -> anyhow::Result<()> {
@@ -56,6 +60,8 @@ pub fn dependencies(python: &Path) -> anyhow::Result<()> {
 struct Sample {
     t_s: f64,
     rss_mib: f64,
+    /// Open file descriptors of the agent (probe links, maps, sockets).
+    fds: usize,
     exchanges: f64,
     kernel_drops: f64,
     spans_exported: f64,
@@ -75,6 +81,7 @@ fn sample(agent_pid: u32, metrics_port: u16, t_s: f64, collector: &'static str) 
     let s = Sample {
         t_s,
         rss_mib: procs::status_bytes(agent_pid, "VmRSS:") as f64 / (1 << 20) as f64,
+        fds: fs::read_dir(format!("/proc/{agent_pid}/fd")).map_or(0, |d| d.count()),
         exchanges: metric_sum("traceo_http_requests_total", ""),
         kernel_drops: metric_sum("traceo_agent_kernel_drops_total", "ring_full"),
         spans_exported: metric_sum("traceo_agent_spans_exported_total", ""),
@@ -193,21 +200,12 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
     let (web, wsgi, churn_sel) =
         (format!("web=port:{up}"), format!("wsgi=port:{gp}"), format!("churn=pid:{}", churn.pid()));
     let (metrics_addr, otlp) = (format!("127.0.0.1:{mp}"), format!("http://127.0.0.1:{op}"));
-    let args = [
-        "run",
-        "--service",
-        &web,
-        "--service",
-        &wsgi,
-        "--service",
-        &churn_sel,
-        "--metrics-addr",
-        &metrics_addr,
-        "--otlp-endpoint",
-        &otlp,
-        "--log",
-        &log_arg,
-    ];
+    let ring = settings.ring_buffer_mib.map(|m| m.to_string());
+    let mut args: Vec<&str> = vec!["run", "--service", &web, "--service", &wsgi, "--service", &churn_sel];
+    args.extend(["--metrics-addr", &metrics_addr, "--otlp-endpoint", &otlp, "--log", &log_arg]);
+    if let Some(ring) = &ring {
+        args.extend(["--ring-buffer-mib", ring]);
+    }
     let (mut agent_proc, agent_log) = procs::agent_logged(agent, &args)?;
     let agent_pid = agent_proc.pid();
     eprintln!(
@@ -229,8 +227,8 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
     let mut samples: Vec<Sample> = Vec::new();
     let mut exported_when_back: Option<f64> = None;
     println!(
-        "{:>6} {:>9} {:>10} {:>8} {:>10} {:>9} {:>10}  collector",
-        "t (s)", "RSS MiB", "exchanges", "k.drops", "spans out", "dropped", "scrape ms"
+        "{:>6} {:>9} {:>6} {:>10} {:>8} {:>10} {:>9} {:>10}  collector",
+        "t (s)", "RSS MiB", "fds", "exchanges", "k.drops", "spans out", "dropped", "scrape ms"
     );
     loop {
         std::thread::sleep(Duration::from_secs(SAMPLE_S));
@@ -250,8 +248,16 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
         }
         let scrape = s.scrape_ms.map_or("no answer".to_string(), |ms| format!("{ms:.0}"));
         println!(
-            "{:>6.0} {:>9.1} {:>10.0} {:>8.0} {:>10.0} {:>9.0} {:>10}  {}",
-            s.t_s, s.rss_mib, s.exchanges, s.kernel_drops, s.spans_exported, s.spans_dropped, scrape, s.collector
+            "{:>6.0} {:>9.1} {:>6} {:>10.0} {:>8.0} {:>10.0} {:>9.0} {:>10}  {}",
+            s.t_s,
+            s.rss_mib,
+            s.fds,
+            s.exchanges,
+            s.kernel_drops,
+            s.spans_exported,
+            s.spans_dropped,
+            scrape,
+            s.collector
         );
         samples.push(s);
         if t >= seconds + 1.0 {
@@ -274,7 +280,10 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
         bail!("the agent's /metrics did not answer after the load: nothing to account with");
     }
     let alive = fs::metadata(format!("/proc/{agent_pid}")).is_ok();
+    let stopping = Instant::now();
     agent_proc.interrupt();
+    let stop_s = stopping.elapsed().as_secs_f64();
+    println!("the agent took {stop_s:.1} s to stop on SIGINT");
     drop(collector);
     let seen = read_exchanges(&log_path)?;
 
@@ -331,6 +340,17 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
         mean(&samples.iter().skip(samples.len() - q).map(|s| s.rss_mib).collect::<Vec<_>>()),
     );
     let peak = samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    let fds_of = |xs: &mut dyn Iterator<Item = &Sample>| mean(&xs.map(|s| s.fds as f64).collect::<Vec<_>>());
+    let (fd2, fd4) = (fds_of(&mut samples.iter().skip(q).take(q)), fds_of(&mut samples.iter().skip(samples.len() - q)));
+    println!("open fds: second quarter mean {fd2:.0}, last quarter mean {fd4:.0}");
+    if q > 0 && fd4 > fd2 * (1.0 + RSS_GROWTH) && fd4 - fd2 > 50.0 {
+        breaches.push(format!(
+            "open fds grew: last quarter {fd4:.0} vs second quarter {fd2:.0} (probe links of exited processes?)"
+        ));
+    }
+    if stop_s > STOP_S {
+        breaches.push(format!("the agent took {stop_s:.0} s to stop on SIGINT (> {STOP_S} s)"));
+    }
     println!("RSS MiB: second quarter mean {q2:.1}, last quarter mean {q4:.1}, peak {peak:.1}");
     if q == 0 {
         breaches.push("too few samples to judge memory (run longer)".to_string());
@@ -360,6 +380,8 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
         "accounting": rows,
         "losses": losses,
         "rss_mib": { "second_quarter_mean": q2, "last_quarter_mean": q4, "peak": peak },
+        "fds": { "first": samples.first().map(|s| s.fds), "last": samples.last().map(|s| s.fds) },
+        "stop_seconds": stop_s,
         "spans": { "exported": last.spans_exported, "dropped": last.spans_dropped, "dropped_export_failed": dropped_export, "resumed": resumed },
         "parse_errors": metric_sum(&metrics, "traceo_agent_parse_errors_total", ""),
         "unpaired_messages": metric_sum(&metrics, "traceo_agent_unpaired_messages_total", ""),

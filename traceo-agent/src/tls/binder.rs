@@ -100,7 +100,7 @@ impl TlsBinder {
                     self.mark_tls(d.conn_id, d.meta.pid);
                 }
                 if self.conns.contains_key(&d.conn_id) {
-                    self.stats.ciphertext_bytes += d.total_len;
+                    self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                 } else {
                     out(ev);
                 }

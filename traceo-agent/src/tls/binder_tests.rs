@@ -213,3 +213,18 @@ fn timestamps_near_the_end_of_the_clock_do_not_overflow_expiry() {
     r.binder.finish();
     assert_eq!(r.binder.stats.unbound_events, 1, "finish drops what is held, counted");
 }
+
+#[test]
+fn an_absurd_ciphertext_length_does_not_overflow_the_byte_count() {
+    // Found by fuzzing (decode target): a data event's length comes from the kernel or a
+    // record file; two near u64::MAX overflowed the ciphertext byte counter.
+    let mut r = Run::new();
+    r.socket(2, 6, Egress, CLIENT_HELLO);
+    for _ in 0..2 {
+        let mut d = r.data(2, 6, Syscall::Write, Egress, b"\x17\x03\x03");
+        d.total_len = u64::MAX - 1;
+        r.feed(Event::Data(d));
+    }
+    assert_eq!(r.binder.stats.ciphertext_bytes, u64::MAX, "saturates");
+    assert!(r.passed().is_empty(), "ciphertext is kept from the parser");
+}

@@ -123,7 +123,7 @@ impl TlsBinder {
                     if c.answer.is_none() && c.hello.is_some_and(|h| h != d.direction) && !d.payload.is_empty() {
                         c.answer = Some(is_tls_record(&d.payload));
                     }
-                    self.stats.ciphertext_bytes += d.total_len;
+                    self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                 } else {
                     out(ev);
                 }
@@ -155,17 +155,20 @@ impl TlsBinder {
     /// Drop held writes that never met their socket write, and forget idle threads.
     pub fn expire(&mut self, now_ns: u64) {
         for t in self.threads.values_mut() {
-            while t.pending.front().is_some_and(|d| d.meta.ts_ns + PENDING_TIMEOUT_NS < now_ns) {
+            while t.pending.front().is_some_and(|d| d.meta.ts_ns.saturating_add(PENDING_TIMEOUT_NS) < now_ns) {
                 t.pending.pop_front();
                 self.stats.unbound_events += 1;
             }
         }
-        self.threads.retain(|_, t| !t.pending.is_empty() || t.last_ns + THREAD_IDLE_NS >= now_ns);
+        self.threads.retain(|_, t| !t.pending.is_empty() || t.last_ns.saturating_add(THREAD_IDLE_NS) >= now_ns);
     }
 
     /// Flush everything held (end of input): held writes have no socket write left to meet.
     pub fn finish(&mut self) {
-        self.expire(u64::MAX);
+        for t in self.threads.values() {
+            self.stats.unbound_events += t.pending.len() as u64;
+        }
+        self.threads.clear();
     }
 
     /// A socket read or write: remember it for the thread; a write may carry held plaintext.

@@ -18,7 +18,9 @@ use support::*;
 
 #[test]
 fn a_pod_shaped_cgroup_gives_container_and_pod_identity() {
-    if !require_root("container_identity") || !require_python("container_identity") || !require_prometheus("container_identity")
+    if !require_root("container_identity")
+        || !require_python("container_identity")
+        || !require_prometheus("container_identity")
     {
         return;
     }
@@ -94,7 +96,7 @@ struct NetNs(String);
 impl NetNs {
     fn create() -> NetNs {
         let name = format!("traceo-t{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         let ok = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add").success();
         assert!(ok, "ip netns add {name} failed");
         let ns = NetNs(name);

@@ -94,7 +94,8 @@ fn kubernetes_daemonset_validates_against_the_schema() {
     let c = &pod["containers"][0];
     assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(c["ports"][0]["containerPort"], 9464);
-    let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter().filter_map(|m| m["mountPath"].as_str()).collect();
+    let mounts: Vec<&str> =
+        c["volumeMounts"].as_array().unwrap().iter().filter_map(|m| m["mountPath"].as_str()).collect();
     for needed in ["/sys/kernel/tracing", "/sys/kernel/debug", "/sys/fs/bpf", "/sys/kernel/btf"] {
         assert!(mounts.contains(&needed), "{needed} not mounted: {mounts:?}");
     }
@@ -113,10 +114,22 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         return;
     }
     let dir = deploy("prometheus");
-    let check = Command::new("promtool").args(["check", "rules", "traceo-alerts.yml"]).current_dir(&dir).output().unwrap();
-    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    let test = Command::new("promtool").args(["test", "rules", "traceo-alerts.test.yml"]).current_dir(&dir).output().unwrap();
-    assert!(test.status.success(), "{}{}", String::from_utf8_lossy(&test.stdout), String::from_utf8_lossy(&test.stderr));
+    let check =
+        Command::new("promtool").args(["check", "rules", "traceo-alerts.yml"]).current_dir(&dir).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let test =
+        Command::new("promtool").args(["test", "rules", "traceo-alerts.test.yml"]).current_dir(&dir).output().unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
     // Each alert is exercised by the unit tests.
     let rules = std::fs::read_to_string(dir.join("traceo-alerts.yml")).unwrap();
     let tests = std::fs::read_to_string(dir.join("traceo-alerts.test.yml")).unwrap();

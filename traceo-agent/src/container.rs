@@ -4,7 +4,7 @@
 //! is asked. Read once per traced process (the span resource cache and the metrics' process
 //! cache hold the result), never per event.
 
-use std::fs;
+use std::{fs, path::PathBuf};
 
 /// What is known of a process's container; every field is `None` outside containers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,11 +47,24 @@ pub fn read(pid: u32) -> ContainerFacts {
     let mut facts = ContainerFacts { container_id, pod_uid, ..ContainerFacts::default() };
     if facts.pod_uid.is_some() {
         // Only in a pod: elsewhere HOSTNAME is the host's or a container's own, not a pod's.
-        let ns = format!("/proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/namespace");
+        let ns = var_run(pid).join("secrets/kubernetes.io/serviceaccount/namespace");
         facts.namespace = fs::read_to_string(ns).ok().map(|s| s.trim().to_owned()).filter(|s| valid_name(s));
         facts.pod_name = fs::read(format!("/proc/{pid}/environ")).ok().and_then(|env| hostname_from_environ(&env));
     }
     facts
+}
+
+/// The process's /var/run, seen from the host. Most images make /var/run a symlink to /run: an
+/// absolute symlink under /proc/PID/root would resolve against the agent's root, not the
+/// container's, so it is followed by hand inside the container's root.
+fn var_run(pid: u32) -> PathBuf {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let var_run = root.join("var/run");
+    match fs::read_link(&var_run) {
+        Ok(target) if target.is_absolute() => root.join(target.strip_prefix("/").unwrap_or(&target)),
+        Ok(target) => root.join("var").join(target),
+        Err(_) => var_run,
+    }
 }
 
 /// The container id and pod uid in a /proc/PID/cgroup text (cgroup v1 or v2): the innermost

@@ -69,9 +69,9 @@ impl SpanBuilder {
         if self.host.live {
             // Read once per process: the resource is cached with it.
             let facts = crate::container::read(pid);
-            resource.attributes.extend(
-                facts.attributes().into_iter().map(|(k, v)| kv(k, Value::StringValue(v.to_owned()))),
-            );
+            resource
+                .attributes
+                .extend(facts.attributes().into_iter().map(|(k, v)| kv(k, Value::StringValue(v.to_owned()))));
         }
         let entry = Arc::new(ResourceEntry { service: service.to_owned(), pid, resource });
         self.resources.insert(key, entry.clone());

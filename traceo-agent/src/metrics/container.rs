@@ -4,7 +4,7 @@
 //! a query joins the identity in with `* on(service) group_left(container_id, ...)`.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Mutex, PoisonError},
 };
 
@@ -31,8 +31,9 @@ const MAX_PROCESSES: usize = 4096;
 
 pub struct ContainerMetrics {
     info: Family<ContainerLabels, Gauge>,
-    /// (service, pid) already read: facts are read once per process, not per exchange.
-    seen: Mutex<HashSet<(String, u32)>>,
+    /// pid -> service of the processes already read: facts are read once per process, not
+    /// per exchange (and the lookup allocates nothing).
+    seen: Mutex<HashMap<u32, String>>,
 }
 
 impl ContainerMetrics {
@@ -43,23 +44,22 @@ impl ContainerMetrics {
             "Containers and Kubernetes pods the traced processes of a service run in (value 1)",
             info.clone(),
         );
-        ContainerMetrics { info, seen: Mutex::new(HashSet::new()) }
+        ContainerMetrics { info, seen: Mutex::new(HashMap::new()) }
     }
 
     /// An exchange of `service` by live process `pid`: on first sight of the process, read
     /// its container facts from /proc.
     pub fn observe(&self, service: &str, pid: u32) {
-        let key = (service.to_owned(), pid);
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            if seen.contains(&key) {
+            if seen.get(&pid).is_some_and(|s| s == service) {
                 return;
             }
             if seen.len() >= MAX_PROCESSES {
                 seen.clear();
                 self.info.clear();
             }
-            seen.insert(key);
+            seen.insert(pid, service.to_owned());
         }
         self.set(service, &crate::container::read(pid));
     }

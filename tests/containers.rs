@@ -157,4 +157,7 @@ fn port_selector_finds_a_server_in_another_network_namespace() {
     let served: Vec<_> = lines.iter().filter(|l| l["service"] == "web" && l["direction"] == "server").collect();
     assert!(served.len() >= 3, "the server in another netns was not traced by port:{port}; lines: {lines:?}");
     assert!(served.iter().all(|l| l["status"] == 200), "{served:?}");
+    // Addresses are the namespace's own (read from the socket, not from the host's tables).
+    assert!(served.iter().all(|l| l["local"] == format!("127.0.0.1:{port}")), "{served:?}");
+    assert!(served.iter().all(|l| l["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:"))), "{served:?}");
 }

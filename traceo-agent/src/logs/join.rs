@@ -485,6 +485,12 @@ impl LogJoin {
     }
 
     fn chain(&self, rec: &LogRecord) -> Vec<Incarnation> {
+        // A task runs on its loop's thread. A context on another thread at the address of a
+        // task's (a copy made for a thread pool, e.g. anyio's `to_thread`, placed where a
+        // finished task's context was freed) is not that task: its lineage is unknown.
+        if self.lineage.born_on(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid).is_some_and(|t| t != rec.tid) {
+            return vec![(rec.task_ctx, 0)];
+        }
         self.lineage.ancestry(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid)
     }
 
@@ -769,5 +775,28 @@ mod tests {
         );
         assert_eq!(exchanges, vec![(1, None), (2, Some("ValueError".into()))]);
         assert_eq!((j.stats.by_task, j.stats.after_answer, j.stats.ambiguous), (2, 2, 1));
+    }
+
+    #[test]
+    fn a_context_on_another_thread_at_a_finished_tasks_address_is_not_that_task() {
+        let mut j = LogJoin::new(LogJoinConfig::default(), vec![]);
+        let mut outs = Vec::new();
+        j.task(&TaskCreated {
+            meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 140 },
+            parent_ctx: 1,
+            child_ctx: 0xA,
+            task: 0,
+            entry_ns: 139,
+        });
+        let a = exchange(1, 10, 100, 500, 0xA, 200);
+        j.request_seen(&seen(&a));
+        j.exchange(a, None, &mut |o| outs.push(o));
+        // After a's answer: its task on the loop thread (after-answer), and a thread-pool
+        // thread whose copied context sits at 0xA's freed address (nothing).
+        j.write(&write(10, 600, 0xA, "INFO:app:a's task\n"), &mut |o| outs.push(o));
+        j.write(&write(20, 700, 0xA, "INFO:app:pool thread\n"), &mut |o| outs.push(o));
+        j.finish(&mut |o| outs.push(o));
+        let (records, _) = outcome(outs);
+        assert_eq!(records, vec![("a's task".into(), 1), ("pool thread".into(), 0)]);
     }
 }

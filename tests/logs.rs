@@ -459,7 +459,10 @@ fn json_records_keep_their_fields_and_carry_their_request() {
         orders += 1;
         assert_eq!(r["fields"]["order_id"], format!("o-{rid}"), "{r}");
         assert_eq!(r["fields"]["items"], 3, "{r}");
-        assert_eq!(r["severity"], if r["message"].as_str().unwrap().starts_with("order placed") { "info" } else { "warning" });
+        assert_eq!(
+            r["severity"],
+            if r["message"].as_str().unwrap().starts_with("order placed") { "info" } else { "warning" }
+        );
         assert_eq!((&r["trace_id"], &r["span_id"]), (&ex["trace_id"], &ex["span_id"]), "{r} vs {ex}");
     }
     assert_eq!(orders, 2 * N, "the async handlers' records");

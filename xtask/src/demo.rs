@@ -241,7 +241,9 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
         let outside: Vec<String> = records
             .iter()
             .filter(|r| names_job(r) && !job_traces.contains(r["trace_id"].as_str().unwrap_or("null")))
-            .map(|r| format!("{} {:?} (trace {})", r["service"], r["message"].as_str().unwrap_or_default(), r["trace_id"]))
+            .map(|r| {
+                format!("{} {:?} (trace {})", r["service"], r["message"].as_str().unwrap_or_default(), r["trace_id"])
+            })
             .collect();
         let elsewhere = outside.len();
         let failed = rows.iter().any(|r| r.s("job_id") == *job && r.x["job_status"] == "failed");
@@ -290,10 +292,8 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
             }
         );
     }
-    let failed = jobs
-        .iter()
-        .filter(|j| rows.iter().any(|r| r.s("job_id") == **j && r.x["job_status"] == "failed"))
-        .count();
+    let failed =
+        jobs.iter().filter(|j| rows.iter().any(|r| r.s("job_id") == **j && r.x["job_status"] == "failed")).count();
     println!(
         "\n== failed jobs whose trace holds their log lines and the engine's traceback: {} of {failed}",
         failed - unlogged.len()

@@ -532,11 +532,7 @@ impl LogJoin {
             }
             read_after = true;
         }
-        if read_after || force {
-            Some(Decision::Owner(r.key, Via::After))
-        } else {
-            Some(Decision::Wait)
-        }
+        if read_after || force { Some(Decision::Owner(r.key, Via::After)) } else { Some(Decision::Wait) }
     }
 
     /// Pass on the exchanges held long enough (all, at the end).
@@ -713,12 +709,7 @@ mod tests {
         let (records, _) = outcome(outs);
         assert_eq!(
             records,
-            vec![
-                (access.into(), 1),
-                ("after c".into(), 3),
-                ("in a task".into(), 0),
-                ("other thread".into(), 2),
-            ]
+            vec![(access.into(), 1), ("after c".into(), 3), ("in a task".into(), 0), ("other thread".into(), 2),]
         );
         assert_eq!(j.stats.after_answer, 2);
     }

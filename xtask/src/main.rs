@@ -74,6 +74,9 @@ enum Task {
         size: usize,
         #[arg(long)]
         iterations: u64,
+        /// Time `write`s of lines to this file instead (`-`: to stderr, fd 2).
+        #[arg(long)]
+        write: Option<String>,
     },
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
@@ -209,7 +212,10 @@ fn task(task: Task) -> anyhow::Result<()> {
             };
             fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios, pythons })
         }
-        Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
+        Task::BenchLoop { size, iterations, write: None } => bench::syscall_loop::run(size, iterations),
+        Task::BenchLoop { size, iterations, write: Some(path) } => {
+            bench::syscall_loop::write_run(&path, size, iterations)
+        }
         Task::Setup => {
             setup::bpf_toolchain()?;
             setup::test_dependencies().map(|_| ())

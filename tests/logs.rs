@@ -327,3 +327,146 @@ fn a_log_file_selected_by_glob_is_captured_and_joined() {
         assert_eq!(r["trace_id"], by_rid[&rid]["trace_id"], "{r}");
     }
 }
+
+/// The records naming request `rid` (in the message, or an access line's path), by rid.
+fn named_rid(r: &Value) -> Option<String> {
+    r["message"].as_str().and_then(rid_of).or_else(|| {
+        let path = r["fields"]["path"].as_str()?;
+        Some(path.split("rid=").nth(1)?.to_owned())
+    })
+}
+
+/// gunicorn (`worker_class`, with these extra arguments) serving tests/apps/gunicorn_log_app.py
+/// with its access log on stdout; 60 requests at 20 in flight. Every handler record and every
+/// access line (written after the response, by the thread that answered) carries its own
+/// request's ids.
+fn gunicorn_case(worker_class: &str, extra: &[&str]) {
+    let dir = temp_dir(&format!("logs-gunicorn-{worker_class}"));
+    let port = free_port();
+    let app = Proc::spawn(
+        Command::new(python())
+            .args(["-m", "gunicorn", "gunicorn_log_app:app", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--worker-class", worker_class, "--access-logfile", "-", "--error-logfile", "-"])
+            .args(extra)
+            .current_dir(repo().join("tests/apps"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for_port(port);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--metrics-addr",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    const N: usize = 60;
+    load(port, "/g", N, 20, 0);
+    std::thread::sleep(Duration::from_secs(6));
+    agent.stop();
+    drop(app);
+    let exchanges = json_lines(&exchanges);
+    let records = json_lines(&records);
+    let by_rid: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    assert_eq!(by_rid.len(), N, "{worker_class}: exchanges with a request id");
+    let (mut handler, mut access) = (0, 0);
+    for r in &records {
+        let Some(rid) = named_rid(r) else { continue };
+        let ex = by_rid.get(&rid).unwrap_or_else(|| panic!("{worker_class}: no exchange for {r}"));
+        assert_eq!(
+            (&r["trace_id"], &r["span_id"]),
+            (&ex["trace_id"], &ex["span_id"]),
+            "{worker_class}: record {r} vs its request {ex}"
+        );
+        if r["format"] == "access" {
+            access += 1;
+            assert_eq!(r["fields"]["status"], 200, "{r}");
+        } else {
+            handler += 1;
+            assert_eq!(r["logger"], "wsgi.orders", "{r}");
+        }
+    }
+    assert_eq!((handler, access), (N, N), "{worker_class}: handler records and access lines, all tied");
+}
+
+#[test]
+fn gunicorns_access_lines_written_after_the_response_carry_their_request() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    gunicorn_case("sync", &["--workers", "2"]);
+    gunicorn_case("gthread", &["--workers", "1", "--threads", "8"]);
+}
+
+/// A FastAPI app logging JSON lines (tests/apps/json_log_app.py), 100 requests at 50 in
+/// flight: every record keeps its fields and carries its own request's ids. Its sync handler
+/// runs on FastAPI's thread pool: those records are not tied (no certain signal: the pool's
+/// thread serves no connection and its context is a copy no task creation reported), never
+/// tied to another request.
+#[test]
+fn json_records_keep_their_fields_and_carry_their_request() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-json");
+    let port = free_port();
+    let app = uvicorn_app("json_log_app:app", port, 1, &[]);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--metrics-addr",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    const N: usize = 100;
+    load(port, "/order", N, 50, 0);
+    const S: usize = 40;
+    load(port, "/sync", S, 20, 1000);
+    std::thread::sleep(Duration::from_secs(6));
+    agent.stop();
+    drop(app);
+    let exchanges = json_lines(&exchanges);
+    let records = json_lines(&records);
+    let by_rid: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    assert_eq!(by_rid.len(), N + S, "exchanges with a request id");
+    let (mut orders, mut sync, mut sync_tied) = (0, 0, 0);
+    for r in &records {
+        let Some(rid) = r["message"].as_str().and_then(rid_of) else { continue };
+        assert_eq!(r["format"], "json", "{r}");
+        assert_eq!(r["logger"], "shop.json", "{r}");
+        assert_eq!(r["fields"]["rid"], rid.as_str(), "the record's own fields are kept: {r}");
+        let ex = by_rid[&rid];
+        if r["message"].as_str().is_some_and(|m| m.starts_with("sync handler")) {
+            sync += 1;
+            if !r["trace_id"].is_null() {
+                sync_tied += 1;
+                assert_eq!(r["trace_id"], ex["trace_id"], "a thread-pool record tied to another request: {r}");
+            }
+            continue;
+        }
+        orders += 1;
+        assert_eq!(r["fields"]["order_id"], format!("o-{rid}"), "{r}");
+        assert_eq!(r["fields"]["items"], 3, "{r}");
+        assert_eq!(
+            r["severity"],
+            if r["message"].as_str().unwrap().starts_with("order placed") { "info" } else { "warning" }
+        );
+        assert_eq!((&r["trace_id"], &r["span_id"]), (&ex["trace_id"], &ex["span_id"]), "{r} vs {ex}");
+    }
+    assert_eq!(orders, 2 * N, "the async handlers' records");
+    assert_eq!(sync, S, "the sync handler's records");
+    eprintln!("sync handler records tied: {sync_tied} of {S}");
+    assert_eq!(sync_tied, 0, "thread-pool records are documented as not tied");
+}

@@ -2,7 +2,10 @@
 //! engine and the MCP server of tests/apps/traceo_stack, traces both with the agent, has an
 //! MCP client upload a good and a malformed CSV and wait for the webhooks, then shows each
 //! job's path as the agent saw it (a tree by span once spans are on) and the key metric
-//! lines. Everything it starts is stopped at the end or on Ctrl-C.
+//! lines. The agent also joins the services' own log lines to their requests (`--log-records`):
+//! each job's records are printed under its trace, and a failed job must show its log lines
+//! and the engine's traceback there (checked). Everything it starts is stopped at the end or
+//! on Ctrl-C.
 
 use std::{
     net::TcpStream,
@@ -111,6 +114,7 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     std::fs::create_dir_all(&dir)?;
     let (engine_port, mcp_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
     let exchanges = dir.join("exchanges.jsonl");
+    let records_file = dir.join("records.jsonl");
     let stack = root().join("tests/apps/traceo_stack");
 
     println!(
@@ -137,7 +141,7 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     }
 
     println!(
-        "== traceo-agent run --service engine=port:{engine_port} --service mcp=port:{mcp_port} --route '/api/v1/jobs/{{job_id}}' (metrics on 127.0.0.1:{metrics_port})"
+        "== traceo-agent run --service engine=port:{engine_port} --service mcp=port:{mcp_port} --route '/api/v1/jobs/{{job_id}}' --log-records FILE (metrics on 127.0.0.1:{metrics_port})"
     );
     let mut agent_cmd = Command::new(agent);
     agent_cmd
@@ -146,6 +150,8 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
         .args(["--route", "/api/v1/jobs/{job_id}"])
         .arg("--log")
         .arg(&exchanges)
+        .arg("--log-records")
+        .arg(&records_file)
         .stdout(Stdio::null());
     crate::setup::as_root(&mut agent_cmd);
     let mut agent_proc = Proc::spawn(&mut agent_cmd)?;
@@ -180,6 +186,11 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     if rows.is_empty() {
         bail!("the agent printed no exchange: see its log above");
     }
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&records_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let mut jobs: Vec<String> = rows.iter().map(|r| r.s("job_id")).filter(|j| j != "null").collect();
     jobs.dedup();
     jobs.sort();
@@ -192,6 +203,8 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     /// Trees printed in full in the concurrent mode (the rest are checked, not shown).
     const SHOWN: usize = 2;
     let mut crossed = Vec::new();
+    // Failed jobs whose trace lacks their log lines or the engine's traceback.
+    let mut unlogged = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         // One trace per job once spans are on; until then, the exchanges that carry the job id.
         let trace = rows.iter().find(|r| r.s("job_id") == *job).map(|r| r.s("trace_id")).filter(|t| t != "null");
@@ -211,15 +224,60 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
                 "{job}: {uploads} uploads, {tool_calls} upload_csv calls, {others} exchanges of other jobs"
             ));
         }
+        // The services' log records in this trace: those naming this job must all be here.
+        let mut logs: Vec<&serde_json::Value> = match &trace {
+            Some(t) => records.iter().filter(|r| r["trace_id"].as_str() == Some(t.as_str())).collect(),
+            None => vec![],
+        };
+        // In the order written (RFC 3339 times of one format compare as text).
+        logs.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
+        let names_job = |r: &serde_json::Value| r["message"].as_str().is_some_and(|m| m.contains(job.as_str()));
+        let traceback = logs.iter().any(|r| r["exception"]["type"] == "ValueError" && names_job(r));
+        let lines = logs.iter().filter(|r| r["exception"].is_null() && names_job(r)).count();
+        // Records naming the job belong to its trace or to another trace of the job (a status
+        // poll keeps its own trace): never to none, nor to another job's.
+        let job_traces: std::collections::HashSet<String> =
+            rows.iter().filter(|r| r.s("job_id") == *job).map(|r| r.s("trace_id")).collect();
+        let outside: Vec<String> = records
+            .iter()
+            .filter(|r| names_job(r) && !job_traces.contains(r["trace_id"].as_str().unwrap_or("null")))
+            .map(|r| {
+                format!("{} {:?} (trace {})", r["service"], r["message"].as_str().unwrap_or_default(), r["trace_id"])
+            })
+            .collect();
+        let elsewhere = outside.len();
+        let failed = rows.iter().any(|r| r.s("job_id") == *job && r.x["job_status"] == "failed");
+        if failed && (!traceback || lines < 2 || elsewhere > 0) {
+            unlogged.push(format!(
+                "{job}: traceback in its trace: {traceback}, log lines: {lines}, its records in no trace of the job: {elsewhere} {outside:?}"
+            ));
+        }
         if concurrent.is_some() && i >= SHOWN {
             continue;
         }
         println!(
             "\njob {job}{}{}",
-            status.map(|s| format!(" ({s})")).unwrap_or_default(),
+            status.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
             trace.map(|t| format!("  trace {t}")).unwrap_or_default()
         );
         print_group(&group);
+        if !logs.is_empty() {
+            println!("  its services' log records (tied by the agent, no change to the code):");
+        }
+        for r in &logs {
+            let text = r["message"].as_str().unwrap_or_default();
+            let mut text_lines = text.lines();
+            println!(
+                "    {:<7} {:<8} {:<12} {}",
+                r["service"].as_str().unwrap_or("?"),
+                r["severity"].as_str().unwrap_or("?"),
+                r["logger"].as_str().unwrap_or("-"),
+                text_lines.next().unwrap_or_default()
+            );
+            for l in text_lines {
+                println!("    {:<30}{l}", "");
+            }
+        }
     }
     if let Some(n) = concurrent {
         println!(
@@ -234,6 +292,12 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
             }
         );
     }
+    let failed =
+        jobs.iter().filter(|j| rows.iter().any(|r| r.s("job_id") == **j && r.x["job_status"] == "failed")).count();
+    println!(
+        "\n== failed jobs whose trace holds their log lines and the engine's traceback: {} of {failed}",
+        failed - unlogged.len()
+    );
     println!("\n== key metric lines (Prometheus scrapes these from /metrics)");
     for line in metrics.lines().filter(|l| {
         [
@@ -245,9 +309,16 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
         .iter()
         .any(|p| l.starts_with(p))
             || (l.starts_with("traceo_http_requests_total") && l.contains("direction=\"server\""))
+            || l.starts_with("traceo_exceptions_total")
     }) {
         println!("{line}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if failed == 0 {
+        bail!("no job failed: the malformed CSV should have failed its job");
+    }
+    if !unlogged.is_empty() {
+        bail!("failed jobs without their log lines and traceback in their trace: {unlogged:?}");
+    }
     Ok(())
 }

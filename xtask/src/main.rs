@@ -76,6 +76,9 @@ enum Task {
         size: usize,
         #[arg(long)]
         iterations: u64,
+        /// Time `write`s of lines to this file instead (`-`: to stderr, fd 2).
+        #[arg(long)]
+        write: Option<String>,
     },
     /// Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the HTTP pipeline, the record
     /// reader, MCP/JSON and job-key parsing and the kernel event decoder; writes
@@ -244,7 +247,10 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             soak::run_soak(&agent_binary("release"), &python, &soak::Settings { minutes, ring_buffer_mib })
         }
-        Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
+        Task::BenchLoop { size, iterations, write: None } => bench::syscall_loop::run(size, iterations),
+        Task::BenchLoop { size, iterations, write: Some(path) } => {
+            bench::syscall_loop::write_run(&path, size, iterations)
+        }
         Task::Setup => {
             setup::bpf_toolchain()?;
             setup::test_dependencies().map(|_| ())

@@ -40,6 +40,8 @@ const PIP_TEST: &[&str] = &[
     "aiohttp==3.14.*",
     // Validates deploy/kubernetes against the Kubernetes schema (tests/deploy.rs).
     "kubernetes-validate==1.37.*",
+    // The log tests' gunicorn app (sync and gthread workers, their access log).
+    "gunicorn==27.*",
 ];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";

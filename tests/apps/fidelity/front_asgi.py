@@ -5,9 +5,14 @@ httpx.AsyncClient (keep-alive), sleep 0-10 ms, answer 200. With FIDELITY_FANOUT=
 calling k=3 is created first, k=0..2 are called with asyncio.gather, then the task is awaited.
 With FIDELITY_EAGER=1 (CPython 3.12+): tasks start eagerly (asyncio.eager_task_factory) and
 the first sleep is left out, so the request's task creates its tasks in its first step.
+With FIDELITY_LOGS=1 (the log-correlation scenario): the handler logs a record before its
+call and one after, and a child task it creates and awaits logs one, each naming the request
+(`fidelity req=ID where=...`, stdlib logging to stderr), so their trace ids can be scored.
 """
 import asyncio
+import logging
 import os
+import sys
 import random
 from urllib.parse import parse_qs
 
@@ -18,7 +23,20 @@ from asgi import serve
 BACKEND = os.environ["FIDELITY_BACKEND"]
 FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
 EAGER = os.environ.get("FIDELITY_EAGER") == "1"
+LOGS = os.environ.get("FIDELITY_LOGS") == "1"
 state = {}
+log = logging.getLogger("fidelity")
+if LOGS:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+async def child(req):
+    await asyncio.sleep(random.uniform(0, 0.005))
+    log.info("fidelity req=%s where=child", req)
 
 
 async def leaf(req, k):
@@ -30,12 +48,17 @@ async def leaf(req, k):
 async def handle(req):
     if not EAGER:
         await asyncio.sleep(random.uniform(0, 0.020))
+    if LOGS:
+        log.info("fidelity req=%s where=handler", req)
+        await asyncio.create_task(child(req))
     if FANOUT:
         later = asyncio.create_task(leaf(req, 3))
         await asyncio.gather(leaf(req, 0), leaf(req, 1), leaf(req, 2))
         await later
     else:
         await leaf(req, 0)
+    if LOGS:
+        log.warning("fidelity req=%s where=after-call", req)
     await asyncio.sleep(random.uniform(0, 0.010))
 
 

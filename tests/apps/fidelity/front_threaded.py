@@ -1,7 +1,10 @@
 """The fidelity front, threaded (the control): http.server.ThreadingHTTPServer, HTTP/1.1
 keep-alive, a thread per connection, each thread calling the backend with its own
 requests.Session. GET /call?req=ID as in front_asgi.py, with time.sleep.
-Run: python front_threaded.py PORT (FIDELITY_BACKEND names the backend)."""
+Run: python front_threaded.py PORT (FIDELITY_BACKEND names the backend).
+With FIDELITY_LOGS=1 (the log-correlation scenario): the handler logs a record before its call
+and one after (`fidelity req=ID where=...`, stdlib logging to stderr)."""
+import logging
 import os
 import random
 import sys
@@ -13,7 +16,15 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 BACKEND = os.environ["FIDELITY_BACKEND"]
+LOGS = os.environ.get("FIDELITY_LOGS") == "1"
 local = threading.local()
+log = logging.getLogger("fidelity")
+if LOGS:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 class Server(ThreadingHTTPServer):
@@ -32,7 +43,11 @@ class Handler(BaseHTTPRequestHandler):
         if not hasattr(local, "session"):
             local.session = requests.Session()
         time.sleep(random.uniform(0, 0.020))
+        if LOGS:
+            log.info("fidelity req=%s where=handler", req)
         local.session.get(f"{BACKEND}/leaf", params={"from": req, "k": "0"}, timeout=30).raise_for_status()
+        if LOGS:
+            log.warning("fidelity req=%s where=after-call", req)
         time.sleep(random.uniform(0, 0.010))
         self.answer(200, f"called {req}".encode())
 

@@ -7,11 +7,14 @@ GET  /metrics              the seed's whole surface: uptime gauge and jobs by st
 
 A background task parses the CSV (every row must have as many fields as the header, and there
 must be at least one data row) and, when the job ends, POSTs {"job_id", "status", ...} to the
-webhook at TRACEO_WEBHOOK_URL. Run: uvicorn engine:app --port N
+webhook at TRACEO_WEBHOOK_URL. Like the seed's engine, it logs with the stdlib logger
+(default format, stderr) and no correlation id: a failed ingest leaves its lines and the
+parser's traceback. Run: uvicorn engine:app --port N
 """
 import asyncio
 import csv
 import io
+import logging
 import os
 import time
 import uuid
@@ -19,6 +22,9 @@ import uuid
 import httpx
 from fastapi import BackgroundTasks, FastAPI, HTTPException, UploadFile
 from fastapi.responses import PlainTextResponse
+
+logging.basicConfig(level=logging.INFO)
+log = logging.getLogger("engine.jobs")
 
 app = FastAPI(title="traceo-engine")
 JOBS: dict[str, dict] = {}
@@ -41,12 +47,15 @@ async def process(job_id: str, data: bytes) -> None:
     job = JOBS[job_id]
     job["status"] = "running"
     await asyncio.sleep(0.05)
+    log.info("ingest %s: parsing %d bytes", job_id, len(data))
     try:
         job["rows"] = parse_csv(data)
         job["status"] = "completed"
+        log.info("ingest %s: %d rows loaded", job_id, job["rows"])
     except (ValueError, UnicodeDecodeError) as e:
         job["status"] = "failed"
         job["error"] = str(e)
+        log.exception("ingest %s failed", job_id)
     async with httpx.AsyncClient(timeout=10) as client:
         await client.post(WEBHOOK_URL, json={"job_id": job_id, **job})
 
@@ -56,6 +65,7 @@ async def create_job(file: UploadFile, background: BackgroundTasks) -> dict:
     data = await file.read()
     job_id = uuid.uuid4().hex
     JOBS[job_id] = {"status": "pending", "filename": file.filename, "bytes": len(data)}
+    log.info("upload %s accepted as job %s", file.filename, job_id)
     background.add_task(process, job_id, data)
     return {"job_id": job_id}
 

@@ -75,6 +75,12 @@ impl TaskLineage {
         (ctx, self.birth(pid, ctx, at_ns, tid).map_or(0, |b| b.created_ns))
     }
 
+    /// The thread that created the incarnation of `ctx` running on `tid` at `at_ns`, if its
+    /// creation was seen.
+    pub fn born_on(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<u32> {
+        self.birth(pid, ctx, at_ns, tid).map(|b| b.tid)
+    }
+
     fn birth(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<Birth> {
         self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()
     }

@@ -13,6 +13,18 @@
 //! per-connection task that serves several in turn writes its record for the one it just
 //! answered, since the next one is not yet in flight (else it would have matched).
 //!
+//! And its counterpart for threads without a runtime context (`after` too): a record written
+//! by the thread that wrote request R's response, after it (within `grace_ns`), while no
+//! request is in flight on that thread and before the thread reads another request, is R's:
+//! gunicorn's sync and gthread workers write the access line after the response, from the
+//! thread that answered. A thread serves one request at a time there, so what it writes
+//! between answering R and reading the next request finishes R. The record waits (at most
+//! `hold_ns`) until a request the thread read after it is seen, which shows the thread had
+//! not started another before writing; at the deadline it takes R (a request whose first
+//! bytes the thread read before the record would have to stay unread in full past the hold).
+//! This rule comes before the lone-request rule: a lone request in flight on another thread
+//! is not the one the record's thread just answered.
+//!
 //! Timing: a server exchange of a process that writes logs is held `grace_ns` (event time)
 //! after it reaches this stage, so the records written for it (a traceback after the 500)
 //! can ride with it: the exception becomes its span event and its `error.type`. Records
@@ -85,6 +97,8 @@ pub struct LogJoinStats {
 struct Done {
     end_ns: u64,
     answered_by: Option<Incarnation>,
+    /// The thread that wrote the response, when it wrote it with no runtime context.
+    answered_on: Option<u32>,
     owner: Owner,
     /// Passed on already (records for it go out alone).
     released: bool,
@@ -248,7 +262,8 @@ impl LogJoin {
             self.lineage.incarnation(ex.pid, ex.response_ctx, at, ex.response_tid)
         });
         let hold = self.log_pids.contains(&ex.pid);
-        let done = Done { end_ns: end, answered_by, owner: Owner::of(&ex), released: !hold };
+        let answered_on = (ex.response_ctx == 0).then_some(ex.response_tid);
+        let done = Done { end_ns: end, answered_by, answered_on, owner: Owner::of(&ex), released: !hold };
         let list = self.reqs.entry(ex.pid).or_default();
         match list.iter_mut().find(|r| r.key == key) {
             Some(r) => r.done = Some(done),
@@ -413,6 +428,11 @@ impl LogJoin {
         let reqs = self.reqs.get(&rec.pid).unwrap_or(&empty);
         let cands: Vec<&Req> =
             reqs.iter().filter(|r| r.start_ns < ts && r.done.as_ref().is_none_or(|d| d.end_ns >= ts)).collect();
+        if Signal::of(rec.task_ctx) == Signal::None && !cands.iter().any(|r| r.tid == rec.tid) {
+            if let Some(d) = self.after_thread(w, reqs, force) {
+                return d;
+            }
+        }
         let inbound: Vec<Inbound<usize>> = cands
             .iter()
             .enumerate()
@@ -465,6 +485,12 @@ impl LogJoin {
     }
 
     fn chain(&self, rec: &LogRecord) -> Vec<Incarnation> {
+        // A task runs on its loop's thread. A context on another thread at the address of a
+        // task's (a copy made for a thread pool, e.g. anyio's `to_thread`, placed where a
+        // finished task's context was freed) is not that task: its lineage is unknown.
+        if self.lineage.born_on(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid).is_some_and(|t| t != rec.tid) {
+            return vec![(rec.task_ctx, 0)];
+        }
         self.lineage.ancestry(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid)
     }
 
@@ -486,6 +512,27 @@ impl LogJoin {
             Some((r, _)) => Decision::Owner(r.key, Via::After),
             None => Decision::Outside,
         }
+    }
+
+    /// The threads' after-answer rule (see the module's comment): `None` when the record's
+    /// thread answered no request just before it.
+    fn after_thread(&self, w: &Waiting, reqs: &[Req], force: bool) -> Option<Decision> {
+        let (tid, ts) = (w.rec.tid, w.rec.ts_ns);
+        let (r, d) = reqs
+            .iter()
+            .filter_map(|r| Some((r, r.done.as_ref()?)))
+            .filter(|(_, d)| d.answered_on == Some(tid) && d.end_ns < ts && ts - d.end_ns <= self.cfg.grace_ns)
+            .max_by_key(|(_, d)| d.end_ns)?;
+        // Requests the thread read after R's: one begun before the record leaves it open.
+        let later = reqs.iter().filter(|o| o.key != r.key && o.tid == tid && o.start_ns > r.start_ns);
+        let mut read_after = false;
+        for o in later {
+            if o.start_ns <= ts || o.start_ns <= d.end_ns {
+                return Some(Decision::Ambiguous);
+            }
+            read_after = true;
+        }
+        if read_after || force { Some(Decision::Owner(r.key, Via::After)) } else { Some(Decision::Wait) }
     }
 
     /// Pass on the exchanges held long enough (all, at the end).
@@ -546,7 +593,7 @@ mod tests {
         let mut s = Script::accepted(conn);
         s.recv(&get("/x")).send(&status(code, "x"));
         let mut ex = one(&run(&s.take()).0).clone();
-        (ex.pid, ex.tid, ex.request_seq) = (PID, tid, 0);
+        (ex.pid, ex.tid, ex.response_tid, ex.request_seq) = (PID, tid, tid, 0);
         (ex.request_first_ns, ex.request_last_ns) = (start, start + 1);
         (ex.response_first_ns, ex.response_last_ns) = (Some(end - 1), Some(end));
         ex.response_ctx = ctx;
@@ -628,6 +675,46 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_owns_what_it_writes_after_answering_until_it_reads_another_request() {
+        const MS: u64 = 1_000_000;
+        let mut j = LogJoin::new(LogJoinConfig::default(), vec![]);
+        let mut outs = Vec::new();
+        // Thread 10 answers a (100-500 ms), then reads c (from 1200 ms); thread 11 serves b
+        // (150-2000 ms).
+        let a = exchange(1, 10, 100 * MS, 500 * MS, 0, 200);
+        let b = exchange(2, 11, 150 * MS, 2000 * MS, 0, 200);
+        let c = exchange(3, 10, 1200 * MS, 1300 * MS, 0, 200);
+        j.request_seen(&seen(&a));
+        j.request_seen(&seen(&b));
+        j.exchange(a, None, &mut |o| outs.push(o));
+        // a's access line, after its response: b is the lone request in flight, not thread 10's.
+        let access = "127.0.0.1 - - [03/Dec/2026:03:00:00 +0000] \"GET /a HTTP/1.1\" 200 1 \"-\" \"x\"";
+        j.write(&write(10, 600 * MS, 0, &format!("{access}\n")), &mut |o| outs.push(o));
+        // Thread 12 answered nothing: the lone-request rule gives it b.
+        j.write(&write(12, 610 * MS, 0, "INFO:app:other thread\n"), &mut |o| outs.push(o));
+        j.tick(1000 * MS, &mut |o| outs.push(o));
+        // The access line is not decided yet (thread 10 might have begun reading another
+        // request); the other thread's record waits for b's exchange.
+        assert_eq!(j.backlog().1, 2);
+        j.request_seen(&seen(&c));
+        j.tick(1250 * MS, &mut |o| outs.push(o));
+        assert_eq!(j.backlog().1, 1);
+        j.exchange(c, None, &mut |o| outs.push(o));
+        // A record with a runtime context never takes this rule (b is in flight, on thread 11).
+        j.write(&write(10, 1400 * MS, 0x5, "INFO:app:in a task\n"), &mut |o| outs.push(o));
+        j.exchange(b, None, &mut |o| outs.push(o));
+        // c's access line, after c's and b's responses: decided at the end (force).
+        j.write(&write(10, 2100 * MS, 0, "INFO:app:after c\n"), &mut |o| outs.push(o));
+        j.finish(&mut |o| outs.push(o));
+        let (records, _) = outcome(outs);
+        assert_eq!(
+            records,
+            vec![(access.into(), 1), ("after c".into(), 3), ("in a task".into(), 0), ("other thread".into(), 2),]
+        );
+        assert_eq!(j.stats.after_answer, 2);
+    }
+
+    #[test]
     fn an_asyncio_task_owns_its_records_and_its_traceback_reaches_the_exchange() {
         let mut j = LogJoin::new(LogJoinConfig::default(), vec![]);
         let mut outs = Vec::new();
@@ -679,5 +766,28 @@ mod tests {
         );
         assert_eq!(exchanges, vec![(1, None), (2, Some("ValueError".into()))]);
         assert_eq!((j.stats.by_task, j.stats.after_answer, j.stats.ambiguous), (2, 2, 1));
+    }
+
+    #[test]
+    fn a_context_on_another_thread_at_a_finished_tasks_address_is_not_that_task() {
+        let mut j = LogJoin::new(LogJoinConfig::default(), vec![]);
+        let mut outs = Vec::new();
+        j.task(&TaskCreated {
+            meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 140 },
+            parent_ctx: 1,
+            child_ctx: 0xA,
+            task: 0,
+            entry_ns: 139,
+        });
+        let a = exchange(1, 10, 100, 500, 0xA, 200);
+        j.request_seen(&seen(&a));
+        j.exchange(a, None, &mut |o| outs.push(o));
+        // After a's answer: its task on the loop thread (after-answer), and a thread-pool
+        // thread whose copied context sits at 0xA's freed address (nothing).
+        j.write(&write(10, 600, 0xA, "INFO:app:a's task\n"), &mut |o| outs.push(o));
+        j.write(&write(20, 700, 0xA, "INFO:app:pool thread\n"), &mut |o| outs.push(o));
+        j.finish(&mut |o| outs.push(o));
+        let (records, _) = outcome(outs);
+        assert_eq!(records, vec![("a's task".into(), 1), ("pool thread".into(), 0)]);
     }
 }

@@ -8,6 +8,9 @@
 //! 4. Agent cost at that load: CPU per 1,000 exchanges, peak RSS, kernel losses, missed exchanges.
 //! 5. Capacity: the highest exchange rate (over a few wrk loads) with nothing lost or missed.
 //! 6. Memory at scale: agent RSS with 10,000 idle keep-alive connections to a traced nginx.
+//! 7. Log records: a loop of 64-byte `write`s to a file the agent does not select, with no
+//!    agent, traced without and with `--log-records` (and with `--log-file` selecting other
+//!    files); and the agent's CPU per captured log record (the loop writing lines to stderr).
 //!
 //! Prints a table and writes `target/bench/bench.json`.
 
@@ -111,6 +114,95 @@ fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
             "traced_64b": m[3] - m[0],
             "traced_1kib": m[4] - m[5],
         },
+        "rounds": rounds, "iterations": iterations,
+    }))
+}
+
+/// One timed run of the write loop (`bench-loop --write TARGET`, its stderr to `stderr`)
+/// under `mode`: ns per write, and with the agent tracing it with `--log-records` the records
+/// it counted and the agent's CPU seconds from the loop's start until they were counted.
+fn write_once(
+    agent_bin: &Path,
+    dir: &Path,
+    mode: &str,
+    target: &str,
+    iterations: u64,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let stderr = std::fs::File::create(dir.join("loop-stderr.log"))?;
+    let lp = LoopProc::start(
+        Command::new(std::env::current_exe()?)
+            .args(["bench-loop", "--size", "64", "--iterations", &iterations.to_string(), "--write", target])
+            .stderr(stderr),
+    )?;
+    let metrics_port = free_port()?;
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let service = format!("bench=pid:{}", lp.proc.pid());
+    let other = format!("{}/not-this-*.log", dir.display());
+    let mut args = vec!["run", "--service", &service, "--log", "off", "--metrics-addr", &metrics];
+    match mode {
+        "none" => {}
+        "traced" => {}
+        "log_records" => args.extend(["--log-records", "/dev/null"]),
+        "log_file" => args.extend(["--log-records", "/dev/null", "--log-file", &other]),
+        other => bail!("unknown mode {other}"),
+    }
+    let mut running = if mode == "none" { None } else { Some(agent(agent_bin, &args)?) };
+    let cpu0 = running.as_ref().map_or(0.0, |a| cpu_seconds(a.pid()));
+    let ns = lp.go()?;
+    let (mut records, mut lost, mut cpu) = (0.0, 0.0, 0.0);
+    if let Some(a) = running.as_mut() {
+        if mode != "traced" {
+            // Records complete after 200 ms of quiet; counted on the agent's next tick (1 s).
+            std::thread::sleep(Duration::from_millis(2500));
+            let text = scrape(metrics_port);
+            records = metric_sum(&text, "traceo_log_records_total", "");
+            lost = metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
+        }
+        cpu = cpu_seconds(a.pid()) - cpu0;
+        a.interrupt();
+    }
+    Ok((ns, records, lost, cpu))
+}
+
+/// The write loop's untimed first writes (records too).
+const WARM_UP_WRITES: u64 = 100;
+
+/// What log capture costs: a traced process writing a lot to a file not selected (no agent,
+/// traced without `--log-records`, with it, with `--log-file` selecting other files), and the
+/// agent's CPU per captured record (the same loop writing its lines to stderr, a file).
+fn log_costs(agent_bin: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Value> {
+    let (rounds, iterations, records_n) = if s.quick { (1, 30_000, 20_000) } else { (3, 200_000, 100_000) };
+    let bulk = dir.join("bulk.dat");
+    let bulk = bulk.to_str().context("a UTF-8 path")?;
+    let modes = ["none", "traced", "log_records", "log_file"];
+    let mut samples: Vec<Vec<f64>> = vec![vec![]; modes.len()];
+    let (mut per_record, mut lost, mut counted, mut stderr_ns) = (vec![], 0.0f64, f64::INFINITY, vec![]);
+    for round in 0..rounds {
+        for (i, mode) in modes.iter().enumerate() {
+            let (ns, _, _, _) = write_once(agent_bin, dir, mode, bulk, iterations)?;
+            let _ = std::fs::remove_file(bulk);
+            eprintln!("bench: file write loop round {round} {mode}: {ns:.0} ns/write");
+            samples[i].push(ns);
+        }
+        let (ns, records, dropped, cpu) = write_once(agent_bin, dir, "log_records", "-", records_n)?;
+        eprintln!(
+            "bench: log records round {round}: {records} of {records_n} lines counted, {:.1} us agent CPU each, {ns:.0} ns/write",
+            cpu / records.max(1.0) * 1e6
+        );
+        anyhow::ensure!(records > 0.0, "the agent counted no log record of the loop's stderr");
+        per_record.push(cpu / records * 1e6);
+        stderr_ns.push(ns);
+        lost = lost.max(dropped);
+        counted = counted.min(records);
+    }
+    let m: Vec<f64> = samples.into_iter().map(median).collect();
+    Ok(json!({
+        "ns_per_write_unselected_file": {"none": m[0], "traced": m[1], "log_records": m[2], "log_file": m[3]},
+        "added_ns": {"traced": m[1] - m[0], "log_records": m[2] - m[0], "log_file": m[3] - m[0],
+                     "log_records_over_traced": m[2] - m[1], "log_file_over_traced": m[3] - m[1]},
+        "agent_cpu_us_per_record": median(per_record),
+        "ns_per_captured_write": median(stderr_ns),
+        "records_counted_min": counted, "records_written": records_n + WARM_UP_WRITES, "events_lost_max": lost,
         "rounds": rounds, "iterations": iterations,
     }))
 }
@@ -345,6 +437,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     // The same with runtime tracking off: what the asyncio task contexts and lineage cost.
     let uv_plain = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &["--no-runtime"])?;
     drop(uv);
+    let logs = log_costs(agent_bin, &dir, s)?;
     let _ = std::fs::remove_dir_all(&dir);
 
     let report = json!({
@@ -352,7 +445,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "seconds": started.elapsed().as_secs_f64(),
-        "syscall": syscalls, "ssl": ssl, "nginx": nginx_result, "uvicorn": uv_result, "uvicorn_no_runtime": uv_plain, "capacity": cap, "memory_at_scale": scale,
+        "syscall": syscalls, "ssl": ssl, "nginx": nginx_result, "uvicorn": uv_result, "uvicorn_no_runtime": uv_plain, "capacity": cap, "memory_at_scale": scale, "logs": logs,
     });
     print_table(&report);
     let out = crate::root().join("target/bench");
@@ -456,5 +549,30 @@ fn print_table(r: &Value) {
         format!("{:.1}", f(&m["agent_rss_mib"])),
         "<= 64",
         f(&m["agent_rss_mib"]) <= 64.0,
+    );
+    let l = &r["logs"];
+    let w = &l["ns_per_write_unselected_file"];
+    println!("{:<58} {:>12}", "64 B write to an unselected file, no agent (ns)", format!("{:.0}", f(&w["none"])));
+    for (key, what) in [
+        ("traced", "traced process, added (ns)"),
+        ("log_records", "traced, --log-records on, added (ns)"),
+        ("log_file", "traced, --log-records + --log-file (other files), added (ns)"),
+    ] {
+        println!("{:<58} {:>12}", format!("  {what}"), format!("{:+.0}", f(&l["added_ns"][key])));
+    }
+    println!(
+        "{:<58} {:>12}",
+        "captured log write (64 B line to stderr, a file) (ns)",
+        format!("{:.0}", f(&l["ns_per_captured_write"]))
+    );
+    println!(
+        "{:<58} {:>12}",
+        "agent CPU per captured log record (us)",
+        format!("{:.1}", f(&l["agent_cpu_us_per_record"]))
+    );
+    println!(
+        "{:<58} {:>12}",
+        "log records counted / written, events lost",
+        format!("{:.0} / {} , {:.0}", f(&l["records_counted_min"]), l["records_written"], f(&l["events_lost_max"]))
     );
 }

@@ -49,3 +49,39 @@ fn exchange(a: i32, b: i32, out: &[u8], buf: &mut [u8]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The write-cost probe: prints `ready`, waits for a line, then makes `iterations` `write`s of
+/// one `size`-byte log line each (`INFO:bench:record N ...\n`) to `path` (appended; `-` is
+/// fd 2) and prints the mean nanoseconds per write.
+pub fn write_run(path: &str, size: usize, iterations: u64) -> anyhow::Result<()> {
+    let file = if path == "-" { None } else { Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?) };
+    let fd = file.as_ref().map_or(2, |f| f.as_raw_fd());
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let record = |i: u64| {
+        let mut l = format!("INFO:bench:record {i} ").into_bytes();
+        l.resize(size.max(l.len() + 1) - 1, b'x');
+        l.push(b'\n');
+        l
+    };
+    let lines: Vec<Vec<u8>> = (0..1000).map(record).collect();
+    let write = |l: &[u8]| -> anyhow::Result<()> {
+        // SAFETY: a valid fd and buffer for its length.
+        let n = unsafe { libc::write(fd, l.as_ptr().cast(), l.len()) };
+        anyhow::ensure!(n == l.len() as isize, "write returned {n}");
+        Ok(())
+    };
+    // Untimed warm-up: as many as `bench`'s WARM_UP_WRITES.
+    for l in lines.iter().take(100) {
+        write(l)?;
+    }
+    let start = Instant::now();
+    for i in 0..iterations {
+        write(&lines[(i % 1000) as usize])?;
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iterations as f64;
+    println!("{ns:.1}");
+    Ok(())
+}

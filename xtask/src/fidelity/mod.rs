@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use crate::procs::{self, Proc};
 use load::{Level, Outcome};
 use scenarios::{SCENARIOS, Scenario};
-use score::{BACK, FRONT, Score, Truth};
+use score::{BACK, FRONT, LogScore, Score, Truth};
 
 pub struct Settings {
     pub quick: bool,
@@ -79,13 +79,27 @@ struct Row {
     precision_met: bool,
     recall_target: Option<f64>,
     recall_met: Option<bool>,
+    /// Log-correlation scenarios: the trace ids of the front's records, scored.
+    logs: Option<LogScore>,
+    /// The records' precision is at least the target (true when there are none).
+    logs_precision_met: bool,
 }
 
 impl Row {
-    fn new(scenario: &Scenario, python: Option<&str>, level: &Level, outcome: &Outcome, lines: &[Value]) -> Row {
+    fn new(
+        scenario: &Scenario,
+        python: Option<&str>,
+        level: &Level,
+        outcome: &Outcome,
+        lines: &[Value],
+        records: &[Value],
+    ) -> Row {
         let ids = outcome.answered(level);
         let score = score::score(lines, &Truth { ids: &ids, fanout: scenario.fanout, parent: scenario.parent_key() });
+        let logs = (!scenario.logs.is_empty()).then(|| score::score_logs(records, lines, &ids, scenario.logs));
         Row {
+            logs_precision_met: logs.as_ref().is_none_or(|l| l.precision >= PRECISION_TARGET),
+            logs,
             scenario: scenario.name,
             python: python.map(str::to_owned),
             in_flight: level.in_flight,
@@ -203,8 +217,11 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let missed: Vec<String> = runs
         .iter()
         .flat_map(|r| &r.rows)
-        .filter(|row| !row.precision_met)
-        .map(|row| format!("{} at {} in flight ({:.3})", row.label(), row.in_flight, row.score.precision))
+        .filter(|row| !row.precision_met || !row.logs_precision_met)
+        .map(|row| {
+            let logs = row.logs.as_ref().map(|l| format!(", log records {:.3}", l.precision)).unwrap_or_default();
+            format!("{} at {} in flight ({:.3}{logs})", row.label(), row.in_flight, row.score.precision)
+        })
         .collect();
     if !missed.is_empty() && !s.report_only {
         bail!("precision under {PRECISION_TARGET}: {}", missed.join(", "));
@@ -332,6 +349,11 @@ impl Harness<'_> {
             "off",
         ]);
         args.extend(sc.agent_args());
+        let records_file = self.work.join(format!("{name}.records.jsonl"));
+        let _ = std::fs::remove_file(&records_file);
+        if !sc.logs.is_empty() {
+            args.extend(["--log-records", records_file.to_str().context("a UTF-8 path")?]);
+        }
         let (mut agent, lines) = procs::agent_logged(self.agent_bin, &args)?;
         *agent_log = lines;
         let (mode, target) = sc.load(port);
@@ -357,8 +379,13 @@ impl Harness<'_> {
         drop(front);
         let exchanges = read_lines(&log)?;
         anyhow::ensure!(!exchanges.is_empty(), "the agent logged no exchange to {}", log.display());
-        let rows =
-            self.levels.iter().zip(&outcomes).map(|(level, o)| Row::new(sc, version, level, o, &exchanges)).collect();
+        let records = if sc.logs.is_empty() { vec![] } else { read_lines(&records_file)? };
+        let rows = self
+            .levels
+            .iter()
+            .zip(&outcomes)
+            .map(|(level, o)| Row::new(sc, version, level, o, &exchanges, &records))
+            .collect();
         Ok((rows, exchanges.len()))
     }
 }
@@ -457,6 +484,30 @@ fn print_table(runs: &[ScenarioRun], quick: bool, took: Duration) {
                 s.stitch.recall,
                 kinds(s),
             );
+        }
+        for row in &run.rows {
+            if let Some(l) = &row.logs {
+                let places: Vec<String> = l
+                    .by_place
+                    .iter()
+                    .map(|(place, c)| format!("{place} {} r{} w{}", c.calls, c.right, c.wrong))
+                    .collect();
+                println!(
+                    "{:<22} {:>4} log records: {} expected, {} written, {} tied, right {}, wrong {}, untied {}; precision {:.3} {}, recall {:.3}  ({})",
+                    "",
+                    row.in_flight,
+                    l.records,
+                    l.seen,
+                    l.tied,
+                    l.right,
+                    l.wrong,
+                    l.untied,
+                    l.precision,
+                    verdict(row.logs_precision_met),
+                    l.recall,
+                    places.join(", ")
+                );
+            }
         }
         if !run.agent_warnings.is_empty() {
             println!("{:<22} the agent logged {} warnings (in the JSON report)", "", run.agent_warnings.len());

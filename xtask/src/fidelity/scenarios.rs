@@ -42,18 +42,22 @@ pub struct Scenario {
     pub recall_target: Option<f64>,
     /// The oldest CPython (major, minor) its front runs on.
     pub since: (u32, u32),
+    /// Log-correlation scenarios: where the front logs a record naming its request (once per
+    /// request each); the agent runs with `--log-records` and each record's trace id is scored.
+    pub logs: &'static [&'static str],
     front: Front,
 }
 
 /// Any CPython the harness runs.
 const ANY: (u32, u32) = (3, 9);
 
-pub const SCENARIOS: [Scenario; 10] = [
+pub const SCENARIOS: [Scenario; 12] = [
     Scenario {
         name: "asyncio_uvicorn",
         fanout: 1,
         recall_target: RECALL,
         since: ANY,
+        logs: &[],
         front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false },
     },
     Scenario {
@@ -61,6 +65,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         fanout: 1,
         recall_target: RECALL,
         since: ANY,
+        logs: &[],
         front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false },
     },
     Scenario {
@@ -68,6 +73,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         fanout: 1,
         recall_target: RECALL,
         since: ANY,
+        logs: &[],
         front: Front::Aiohttp { fanout: false, eager: false },
     },
     Scenario {
@@ -75,6 +81,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         fanout: 4,
         recall_target: RECALL,
         since: ANY,
+        logs: &[],
         front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: false },
     },
     // gather_fanout with eager tasks: each task's first step (often its call) runs inside
@@ -84,6 +91,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         fanout: 4,
         recall_target: RECALL,
         since: (3, 12),
+        logs: &[],
         front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: true },
     },
     // The same on aiohttp, whose client sends on a pooled connection without suspending
@@ -93,13 +101,32 @@ pub const SCENARIOS: [Scenario; 10] = [
         fanout: 4,
         recall_target: RECALL,
         since: (3, 12),
+        logs: &[],
         front: Front::Aiohttp { fanout: true, eager: true },
     },
     // The control: a thread per connection. No target: it should simply be right.
-    Scenario { name: "threaded", fanout: 1, recall_target: None, since: ANY, front: Front::Threaded },
-    Scenario { name: "mcp_tool", fanout: 1, recall_target: RECALL, since: ANY, front: Front::Mcp },
-    Scenario { name: "nginx_proxy", fanout: 1, recall_target: RECALL, since: ANY, front: Front::Nginx },
-    Scenario { name: "node_http", fanout: 1, recall_target: RECALL, since: ANY, front: Front::Node },
+    Scenario { name: "threaded", fanout: 1, recall_target: None, since: ANY, logs: &[], front: Front::Threaded },
+    Scenario { name: "mcp_tool", fanout: 1, recall_target: RECALL, since: ANY, logs: &[], front: Front::Mcp },
+    Scenario { name: "nginx_proxy", fanout: 1, recall_target: RECALL, since: ANY, logs: &[], front: Front::Nginx },
+    Scenario { name: "node_http", fanout: 1, recall_target: RECALL, since: ANY, logs: &[], front: Front::Node },
+    // Log correlation: the asyncio front logs in its handler (before and after its call) and in
+    // a child task the handler creates and awaits; the threaded front in its handler.
+    Scenario {
+        name: "logs_asyncio",
+        fanout: 1,
+        recall_target: RECALL,
+        since: ANY,
+        logs: &["handler", "child", "after-call"],
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false },
+    },
+    Scenario {
+        name: "logs_threaded",
+        fanout: 1,
+        recall_target: None,
+        since: ANY,
+        logs: &["handler", "after-call"],
+        front: Front::Threaded,
+    },
 ];
 
 fn apps() -> PathBuf {
@@ -137,7 +164,8 @@ impl Scenario {
     /// Whether `--python` can run this scenario's front on another interpreter: uvicorn on
     /// the default loop, aiohttp (their packages are in `pythons.rs`).
     pub fn any_python(&self) -> bool {
-        matches!(self.front, Front::Uvicorn { event_loop: "asyncio", .. } | Front::Aiohttp { .. })
+        self.logs.is_empty()
+            && matches!(self.front, Front::Uvicorn { event_loop: "asyncio", .. } | Front::Aiohttp { .. })
     }
 
     /// Start the front, calling the backend on `backend`, its files in `dir` named `label`:
@@ -173,6 +201,7 @@ impl Scenario {
             }
             Front::Nginx => return Ok((nginx(dir, port, backend)?, port)),
         };
+        cmd.env("FIDELITY_LOGS", if self.logs.is_empty() { "0" } else { "1" });
         Ok((serve(cmd.env("FIDELITY_BACKEND", backend_url), port, &log)?, port))
     }
 

@@ -326,3 +326,108 @@ mod tests {
         assert_eq!(query_param("/leaf", "from"), None);
     }
 }
+
+/// The log-correlation scenarios: every record the front logs names its request
+/// (`fidelity req=ID where=...`), so its trace id must be that request's server exchange's.
+#[derive(Debug, Default, Serialize)]
+pub struct LogScore {
+    /// Records the front should have logged (requests answered x records per request).
+    pub records: u64,
+    /// Of those, records the agent wrote.
+    pub seen: u64,
+    /// Records with a trace id.
+    pub tied: u64,
+    pub right: u64,
+    pub wrong: u64,
+    /// Records written without ids.
+    pub untied: u64,
+    /// Records tied where the request's server exchange is missing (not judged).
+    pub unjudged: u64,
+    /// right / (right + wrong), 1 when none was judged.
+    pub precision: f64,
+    /// right / records.
+    pub recall: f64,
+    /// By where the record was written (`handler`, `child`, `after-call`): records, right, wrong.
+    pub by_place: BTreeMap<String, KindCount>,
+}
+
+/// `(req, where)` of a front record `fidelity req=ID where=PLACE`.
+fn record_key(message: &str) -> Option<(&str, &str)> {
+    let rest = &message[message.find("fidelity req=")? + "fidelity req=".len()..];
+    let (req, rest) = rest.split_once(' ')?;
+    let place = rest.strip_prefix("where=")?.split_whitespace().next()?;
+    Some((req, place))
+}
+
+/// Score the agent's log records (`--log-records`) against the requests' server exchanges.
+pub fn score_logs(records: &[Value], lines: &[Value], ids: &[String], places: &[&str]) -> LogScore {
+    let index = Index::new(lines, ParentKey::Query);
+    let mut by_key: HashMap<(&str, &str), &Value> = HashMap::new();
+    for r in records.iter().filter(|r| text(r, "service") == Some(FRONT)) {
+        if let Some(key) = text(r, "message").and_then(record_key) {
+            by_key.entry(key).or_insert(r);
+        }
+    }
+    let mut s = LogScore::default();
+    let mut ignored = 0;
+    for id in ids {
+        let server = first(&index.servers, &id.as_str(), &mut ignored);
+        for place in places {
+            s.records += 1;
+            let count = s.by_place.entry((*place).to_owned()).or_default();
+            count.calls += 1;
+            let Some(record) = by_key.get(&(id.as_str(), *place)) else { continue };
+            s.seen += 1;
+            if record["trace_id"].is_null() {
+                s.untied += 1;
+                continue;
+            }
+            s.tied += 1;
+            match server {
+                None => s.unjudged += 1,
+                Some(server) if record["trace_id"] == server["trace_id"] => {
+                    s.right += 1;
+                    count.right += 1;
+                }
+                Some(_) => {
+                    s.wrong += 1;
+                    count.wrong += 1;
+                }
+            }
+        }
+    }
+    s.precision = if s.right + s.wrong == 0 { 1.0 } else { s.right as f64 / (s.right + s.wrong) as f64 };
+    s.recall = ratio(s.right, s.records);
+    s
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(message: &str, trace: Option<&str>) -> Value {
+        json!({"service": FRONT, "message": message, "trace_id": trace})
+    }
+
+    #[test]
+    fn records_right_wrong_untied_and_missing() {
+        let lines = vec![
+            json!({"service": FRONT, "direction": "server", "target": "/call?req=c10-1", "trace_id": "t1"}),
+            json!({"service": FRONT, "direction": "server", "target": "/call?req=c10-10", "trace_id": "t10"}),
+        ];
+        let records = vec![
+            record("fidelity req=c10-1 where=handler", Some("t1")),
+            // Another request's trace: wrong (c10-1 is not a prefix match of c10-10).
+            record("fidelity req=c10-10 where=handler", Some("t1")),
+            record("fidelity req=c10-1 where=child", None),
+            // c10-10's child record is missing; other services' records are ignored.
+            json!({"service": BACK, "message": "fidelity req=c10-10 where=child", "trace_id": "t10"}),
+        ];
+        let ids = vec!["c10-1".to_owned(), "c10-10".to_owned()];
+        let s = score_logs(&records, &lines, &ids, &["handler", "child"]);
+        assert_eq!((s.records, s.seen, s.tied, s.right, s.wrong, s.untied), (4, 3, 2, 1, 1, 1), "{s:?}");
+        assert_eq!(s.precision, 0.5);
+        assert_eq!(s.recall, 0.25);
+    }
+}

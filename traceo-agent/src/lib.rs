@@ -13,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod correlate;
+pub mod db;
 pub mod decode;
 pub mod event_json;
 pub mod events;

@@ -157,7 +157,10 @@ impl Outputs {
     /// Metrics (the trace id is set, so duration exemplars carry it), the JSON line, the span.
     fn write(&mut self, ex: &Exchange, joined: Option<JoinEvent>) {
         if let Some(m) = &self.metrics {
-            m.http.observe(&observation(ex));
+            match &ex.db {
+                Some(op) => m.db.observe(&ex.service, op, ex.duration_ns().map(|ns| ns as f64 / 1e9)),
+                None => m.http.observe(&observation(ex)),
+            }
             if let (Some(info), Role::Server) = (&ex.mcp, ex.role) {
                 m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
             }

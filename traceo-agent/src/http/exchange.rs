@@ -214,6 +214,8 @@ pub struct Exchange {
     pub response_tid: u32,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
     pub mcp: Option<crate::mcp::McpInfo>,
+    /// A database operation (PostgreSQL, Redis) rather than an HTTP exchange.
+    pub db: Option<Box<crate::db::DbOp>>,
 }
 
 /// A request read (server) or sent (client) in full, announced before its exchange completes
@@ -326,6 +328,7 @@ impl Exchange {
             job_origin: None,
             job_status: None,
             mcp: None,
+            db: None,
             candidates: Vec::new(),
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub mcp: McpMetrics,
     pub jobs: JobMetrics,
     pub tls: TlsMetrics,
+    pub db: crate::db::DbMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -51,7 +52,8 @@ impl Metrics {
         let mcp = McpMetrics::register(&mut registry);
         let jobs = JobMetrics::register(&mut registry);
         let tls = TlsMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, agent }
+        let db = crate::db::DbMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, db, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

@@ -129,6 +129,9 @@ fn span_links(ex: &Exchange) -> Vec<SpanLink> {
 }
 
 pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
+    if let Some(op) = &ex.db {
+        return crate::db::span::span(ex, op, clock);
+    }
     let trace = ex.trace.as_ref()?;
     let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
     let kind = match ex.role {

@@ -15,7 +15,7 @@ const APT_BPF: &[&str] = &["build-essential", "rustc-web", "cargo-web", "rust-we
 /// Real servers and clients the live tests drive.
 // openssl: test certificates and `s_server`; wget: a TLS client on GnuTLS (not probed).
 const APT_TEST: &[&str] =
-    &["curl", "python3", "python3-venv", "python3-pip", "prometheus", "nginx-light", "openssl", "wget"];
+    &["curl", "python3", "python3-venv", "python3-pip", "prometheus", "nginx-light", "openssl", "wget", "postgresql", "redis-server"];
 /// rotel ships a Rust OTLP collector binary: the third-party collector of the span tests.
 const PIP_TEST: &[&str] = &[
     "uvicorn==0.54.*",
@@ -28,6 +28,9 @@ const PIP_TEST: &[&str] = &[
     // The fidelity harness's fronts: uvicorn on uvloop, aiohttp server and client.
     "uvloop==0.23.*",
     "aiohttp==3.14.*",
+    // The database-span test's app: asyncpg (pooled) and redis-py's asyncio client.
+    "asyncpg==0.32.*",
+    "redis==7.*",
 ];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";

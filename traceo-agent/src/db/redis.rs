@@ -48,6 +48,8 @@ struct Side {
     stack: Vec<u64>,
     /// Payload bytes (CRLF included) of the blob being read.
     blob_left: u64,
+    /// A blob is being read (or skipped): its end completes an element.
+    blob_open: bool,
     capturing: bool,
     cur: Value,
     started: bool,
@@ -96,6 +98,10 @@ impl Side {
                 if self.blob_left > 0 {
                     return None;
                 }
+            }
+            if self.blob_open {
+                // The blob ended (read, or skipped as uncaptured bytes).
+                self.blob_open = false;
                 self.capturing = false;
                 if let Some(v) = self.element_done() {
                     return Some(v);
@@ -134,6 +140,7 @@ impl Side {
                 b'$' | b'=' | b'!' => match num() {
                     Some(n) if n >= 0 => {
                         self.blob_left = n as u64 + 2;
+                        self.blob_open = true;
                         let in_array = self.stack.len() == 1 && self.cur.kind == b'*';
                         self.capturing = (in_array && self.cur.captures.len() < 2) || (top && t == b'!');
                         if self.capturing {

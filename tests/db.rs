@@ -97,9 +97,12 @@ fn fifty_concurrent_requests_each_own_their_queries() {
     let (pg_port, redis_port, app_port) = (free_port(), free_port(), free_port());
     let _pg = postgres(&dir, pg_port);
     let _redis = redis(redis_port);
-    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("app=port:{app_port}")]);
     let dsn = format!("postgresql://postgres@127.0.0.1:{pg_port}/postgres");
     let _app = uvicorn_app("db_app:app", app_port, 1, &[("PG_DSN", &dsn), ("REDIS_PORT", &redis_port.to_string())]);
+    // The agent after the app: its runtime (asyncio task) tracking is in place once the agent
+    // is ready; the app opens its pool at the first request, so each pool connection's
+    // startup is seen.
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("app=port:{app_port}")]);
     let answers: Vec<Value> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..N)
             .map(|i| {
@@ -188,9 +191,9 @@ fn fifty_concurrent_requests_each_own_their_queries() {
     }
     assert_eq!(selects, N, "the prepared SELECT is named at each of its {N} executions");
     assert_eq!(violations_seen, N / 2, "each unique violation has its SQLSTATE");
-    for op in ops.iter().filter(|o| o["db_system"] == "redis" && (o["operation"] == "INCR" || o["operation"] == "GET")) {
+    for op in ops.iter().filter(|o| o["db_system"] == "redis" && (o["operation"] == "INCRBY" || o["operation"] == "GET")) {
         let i = *redis_owner.get(&port_of(&op["local"])).unwrap_or_else(|| panic!("unknown Redis connection: {op}"));
-        assert!(op["query_text"] == "INCR ?" || op["query_text"] == "GET ?", "no key leaves the agent: {op}");
+        assert!(op["query_text"] == "INCRBY ? ?" || op["query_text"] == "GET ?", "no key leaves the agent: {op}");
         judge(op, i);
     }
     let total = right + wrong + none;

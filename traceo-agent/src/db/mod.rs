@@ -111,6 +111,8 @@ pub fn detect(held: &[(Direction, Segment)]) -> Option<DbConn> {
     }
     let parser = if postgres::detect(first) {
         Parser::Postgres(Box::default())
+    } else if postgres::detect_midstream(first) {
+        Parser::Postgres(Box::new(postgres::PgParser::midstream()))
     } else if redis::detect(first) {
         Parser::Redis(Box::default())
     } else {

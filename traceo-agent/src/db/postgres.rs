@@ -34,6 +34,35 @@ pub fn detect(first: &[u8]) -> bool {
     }
 }
 
+/// Frontend message types a client sends in the middle of a session.
+const FRONTEND_TAGS: &[u8] = b"QPBEDSHCXFd";
+
+/// Does a client's first captured bytes look like a PostgreSQL session joined midway (a
+/// connection opened before the agent looked): one whole frontend message of a plausible
+/// shape, followed by nothing or by another message's type.
+pub fn detect_midstream(first: &[u8]) -> bool {
+    let (Some(&tag), Some(len)) = (first.first(), be32(first, 1)) else { return false };
+    if !FRONTEND_TAGS.contains(&tag) || !(4..=1 << 24).contains(&len) {
+        return false;
+    }
+    let end = len as usize + 1;
+    let Some(body) = first.get(5..end) else { return false };
+    let shape = match tag {
+        b'S' | b'H' | b'X' => body.is_empty(),
+        b'Q' => body.last() == Some(&0) && std::str::from_utf8(&body[..body.len() - 1]).is_ok(),
+        b'P' | b'B' | b'E' | b'D' | b'C' => body.contains(&0),
+        _ => true,
+    };
+    shape && first.get(end).is_none_or(|next| FRONTEND_TAGS.contains(next))
+}
+
+impl PgParser {
+    /// A parser for a session whose startup went unseen.
+    pub fn midstream() -> PgParser {
+        PgParser { phase: Phase::Normal, ..PgParser::default() }
+    }
+}
+
 fn be32(b: &[u8], at: usize) -> Option<u32> {
     b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
@@ -70,6 +99,8 @@ struct Op {
     start: SegMeta,
     sent_ns: u64,
     rows: Option<u64>,
+    /// DataRows received (a SELECT run with a row limit ends in PortalSuspended, no count).
+    data_rows: u64,
     code: Option<String>,
     first_reply_ns: Option<u64>,
     reply: Option<SegMeta>,
@@ -432,6 +463,11 @@ impl PgParser {
                     }
                 }
             }
+            b'D' => {
+                if let Some(Pending::Op(op)) = self.pending.front_mut() {
+                    op.data_rows += 1;
+                }
+            }
             b'd' | b'G' | b'H' | b'W' => self.copy_messages += 1,
             _ => {}
         }
@@ -453,7 +489,7 @@ impl PgParser {
             namespace: self.database.clone(),
             query_text: stmt.map(|s| s.text.clone()),
             status_code: op.code,
-            rows: op.rows.filter(|_| answered),
+            rows: op.rows.or((op.data_rows > 0).then_some(op.data_rows)).filter(|_| answered),
             start: op.start,
             sent_ns: op.sent_ns,
             reply,
@@ -464,7 +500,7 @@ impl PgParser {
 
 impl Op {
     fn new(stmt: Option<Arc<Stmt>>, start: SegMeta, sent_ns: u64, simple: bool) -> Op {
-        Op { stmt, start, sent_ns, rows: None, code: None, first_reply_ns: None, reply: None, simple }
+        Op { stmt, start, sent_ns, rows: None, data_rows: 0, code: None, first_reply_ns: None, reply: None, simple }
     }
 }
 

@@ -136,6 +136,22 @@ fn postgres_ssl_refused_then_startup_and_prepare_error() {
     assert_eq!(ops[0].operation.as_deref(), Some("SELEC"));
 }
 
+#[test]
+fn postgres_session_joined_midway_is_recognised_and_read() {
+    let conv = pg_conversation();
+    // From the prepared statement's first use on: the Parse is seen, the startup is not.
+    let later: Vec<_> = conv[4..].to_vec();
+    assert!(super::postgres::detect_midstream(&later[0].1) && super::postgres::detect_midstream(&later[2].1));
+    assert!(!super::postgres::detect_midstream(b"POST / HTTP/1.1\r\n") && !super::postgres::detect_midstream(b"*1\r\n$4\r\nPING\r\n"));
+    let mut p = PgParser::midstream();
+    let mut ev = Vec::new();
+    for (i, (d, b)) in later.iter().enumerate() {
+        p.parse(*d, seg(b, i as u64), &mut ev);
+    }
+    let names: Vec<_> = ev.iter().filter_map(|e| if let OpEvent::Done(op) = e { Some((op.span_name(), op.namespace.clone())) } else { None }).collect();
+    assert_eq!(names, [("SELECT audit_logs".to_owned(), None), ("SELECT audit_logs".to_owned(), None), ("INSERT users".to_owned(), None)]);
+}
+
 fn redis_conversation() -> Vec<(Direction, Vec<u8>)> {
     vec![
         (Egress, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n".to_vec()),

@@ -20,7 +20,8 @@ use support::*;
 const N: usize = 50;
 
 fn pg_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| Some(e.ok()?.path().join("bin"))).collect();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| Some(e.ok()?.path().join("bin"))).collect();
     dirs.sort();
     dirs.pop().filter(|d| d.join("initdb").exists())
 }
@@ -29,10 +30,14 @@ fn ready(test: &str) -> bool {
     if !(require_root(test) && require_python(test)) {
         return false;
     }
-    let deps = Command::new(python()).args(["-c", "import asyncpg, redis, fastapi"]).output().is_ok_and(|o| o.status.success());
+    let deps = Command::new(python())
+        .args(["-c", "import asyncpg, redis, fastapi"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     let servers = pg_bin().is_some() && Path::new("/usr/bin/redis-server").exists();
     if !(deps && servers) {
-        let why = format!("{test} needs postgresql, redis-server and asyncpg/redis in the venv: run `cargo xtask setup`");
+        let why =
+            format!("{test} needs postgresql, redis-server and asyncpg/redis in the venv: run `cargo xtask setup`");
         if std::env::var_os("CI").is_some() {
             panic!("{why}");
         }
@@ -170,7 +175,9 @@ fn fifty_concurrent_requests_each_own_their_queries() {
     for (port, list) in &mut pg_by_conn {
         list.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
         for (seq, op) in list.iter().enumerate() {
-            let &(i, k) = truth.get(&(*port, seq as u64)).unwrap_or_else(|| panic!("no statement {seq} on connection {port}: {op}"));
+            let &(i, k) = truth
+                .get(&(*port, seq as u64))
+                .unwrap_or_else(|| panic!("no statement {seq} on connection {port}: {op}"));
             let (name, text) = if k == 0 {
                 ("SELECT", "SELECT count(*) FROM items WHERE tag = $1")
             } else {
@@ -191,7 +198,9 @@ fn fifty_concurrent_requests_each_own_their_queries() {
     }
     assert_eq!(selects, N, "the prepared SELECT is named at each of its {N} executions");
     assert_eq!(violations_seen, N / 2, "each unique violation has its SQLSTATE");
-    for op in ops.iter().filter(|o| o["db_system"] == "redis" && (o["operation"] == "INCRBY" || o["operation"] == "GET")) {
+    for op in
+        ops.iter().filter(|o| o["db_system"] == "redis" && (o["operation"] == "INCRBY" || o["operation"] == "GET"))
+    {
         let i = *redis_owner.get(&port_of(&op["local"])).unwrap_or_else(|| panic!("unknown Redis connection: {op}"));
         assert!(op["query_text"] == "INCRBY ? ?" || op["query_text"] == "GET ?", "no key leaves the agent: {op}");
         judge(op, i);

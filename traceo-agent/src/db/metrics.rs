@@ -37,7 +37,10 @@ pub struct DbMetrics {
 
 impl DbMetrics {
     pub fn register(r: &mut Registry) -> DbMetrics {
-        let m = DbMetrics { duration: Family::new_with_constructor(|| Histogram::new(BUCKETS)), seen: Mutex::new(HashSet::new()) };
+        let m = DbMetrics {
+            duration: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            seen: Mutex::new(HashSet::new()),
+        };
         r.register_with_unit(
             "traceo_db_client_operation_duration",
             "Duration of database client operations (PostgreSQL, Redis) from first request byte to last reply byte",

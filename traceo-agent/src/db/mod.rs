@@ -25,7 +25,9 @@ use std::collections::VecDeque;
 use serde_json::{Value, json};
 
 use crate::events::Direction;
-use crate::http::{ConnInfo, Exchange, HttpMessage, Kind, RequestSeen, Role, RouteNormalizer, Segment, Tracked, WallClock};
+use crate::http::{
+    ConnInfo, Exchange, HttpMessage, Kind, RequestSeen, Role, RouteNormalizer, Segment, Tracked, WallClock,
+};
 
 pub use metrics::DbMetrics;
 pub use stream::SegMeta;
@@ -142,7 +144,14 @@ impl DbConn {
         }
     }
 
-    pub fn feed(&mut self, dir: Direction, seg: Segment, info: &ConnInfo, routes: &RouteNormalizer, out: &mut dyn FnMut(Tracked)) {
+    pub fn feed(
+        &mut self,
+        dir: Direction,
+        seg: Segment,
+        info: &ConnInfo,
+        routes: &RouteNormalizer,
+        out: &mut dyn FnMut(Tracked),
+    ) {
         let mut events = std::mem::take(&mut self.scratch);
         match &mut self.parser {
             Parser::Postgres(p) => p.parse(dir, seg, &mut events),
@@ -161,7 +170,13 @@ impl DbConn {
         self.report(&mut events, info, routes, out);
     }
 
-    fn report(&mut self, events: &mut Vec<OpEvent>, info: &ConnInfo, routes: &RouteNormalizer, out: &mut dyn FnMut(Tracked)) {
+    fn report(
+        &mut self,
+        events: &mut Vec<OpEvent>,
+        info: &ConnInfo,
+        routes: &RouteNormalizer,
+        out: &mut dyn FnMut(Tracked),
+    ) {
         for ev in events.drain(..) {
             match ev {
                 OpEvent::Start(m) => {

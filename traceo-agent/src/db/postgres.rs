@@ -113,7 +113,11 @@ enum Pending {
     Op(Op),
     /// A Sync: ReadyForQuery answers it. The batch's last Parse names a statement that failed
     /// to prepare when an error comes before any Execute.
-    Sync { last_parse: Option<Arc<Stmt>>, start: SegMeta, sent_ns: u64 },
+    Sync {
+        last_parse: Option<Arc<Stmt>>,
+        start: SegMeta,
+        sent_ns: u64,
+    },
 }
 
 /// Bounded map that forgets its oldest entry when full.
@@ -305,15 +309,16 @@ impl PgParser {
         let start = *self.batch_start.get_or_insert(meta);
         match tag {
             b'Q' => {
-                let stmt = cstr(&body).map(|(q, _)| Stmt::new(q)).or_else(|| {
-                    Some(Stmt::new(&String::from_utf8_lossy(&body)))
-                });
+                let stmt =
+                    cstr(&body).map(|(q, _)| Stmt::new(q)).or_else(|| Some(Stmt::new(&String::from_utf8_lossy(&body))));
                 self.push_op(Op::new(stmt, start, meta.end_ns, true), out);
                 self.batch_start = None;
             }
             b'P' => {
                 if let Some((name, rest)) = cstr(&body) {
-                    let text = cstr(rest).map(|(q, _)| q.to_owned()).unwrap_or_else(|| String::from_utf8_lossy(rest).into_owned());
+                    let text = cstr(rest)
+                        .map(|(q, _)| q.to_owned())
+                        .unwrap_or_else(|| String::from_utf8_lossy(rest).into_owned());
                     let stmt = Stmt::new(&text);
                     self.last_parse = Some(stmt.clone());
                     self.statements.insert(name.to_owned(), stmt);

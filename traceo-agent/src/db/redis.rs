@@ -25,8 +25,8 @@ const CAPTURE: usize = 64;
 pub fn detect(first: &[u8]) -> bool {
     let Some(rest) = first.strip_prefix(b"*") else { return false };
     let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
-    (1..=6).contains(&digits) && rest.get(digits..digits + 3).is_none_or(|t| t.starts_with(b"\r\n$") || t == b"\r\n" || t == b"\r")
-        && rest.get(digits..).is_some_and(|t| t.first() == Some(&b'\r'))
+    let after = &rest[digits..];
+    (1..=6).contains(&digits) && after.starts_with(b"\r\n") && after.get(2).is_none_or(|&c| c == b'$')
 }
 
 /// A complete top-level value.
@@ -176,7 +176,12 @@ impl Side {
                 _ if top && self.client => {
                     // An inline command: words separated by spaces.
                     self.cur.kind = b'*';
-                    self.cur.captures = line.split(|c| *c == b' ').filter(|w| !w.is_empty()).take(2).map(|w| w.iter().take(CAPTURE).copied().collect()).collect();
+                    self.cur.captures = line
+                        .split(|c| *c == b' ')
+                        .filter(|w| !w.is_empty())
+                        .take(2)
+                        .map(|w| w.iter().take(CAPTURE).copied().collect())
+                        .collect();
                     self.cur.items = line.split(|c| *c == b' ').filter(|w| !w.is_empty()).count() as u64;
                 }
                 _ => {
@@ -276,7 +281,10 @@ impl RedisParser {
         if matches!(name.as_str(), "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "MONITOR") {
             self.unpaired_mode = true;
         }
-        if self.unpaired_mode || name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-') {
+        if self.unpaired_mode
+            || name.is_empty()
+            || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+        {
             self.unpaired_messages += 1;
             return;
         }
@@ -304,7 +312,11 @@ impl RedisParser {
         let error = matches!(v.kind, b'-' | b'!').then(|| {
             let text = v.captures.first().map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
             let prefix: String = text.split(' ').next().unwrap_or("").chars().take(32).collect();
-            if !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') { prefix } else { "ERR".to_owned() }
+            if !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                prefix
+            } else {
+                "ERR".to_owned()
+            }
         });
         out.push(OpEvent::Done(done(cmd, Some(&v), error)));
     }

@@ -180,7 +180,12 @@ pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
     let collection = match op.as_str() {
         "SELECT" => after("FROM"),
         "INSERT" => after("INTO"),
-        "UPDATE" => words.get(1).filter(|w| !w.eq_ignore_ascii_case("ONLY")).or(words.get(2)).filter(|w| is_name(w)).map(|w| w.trim_matches('"').to_owned()),
+        "UPDATE" => words
+            .get(1)
+            .filter(|w| !w.eq_ignore_ascii_case("ONLY"))
+            .or(words.get(2))
+            .filter(|w| is_name(w))
+            .map(|w| w.trim_matches('"').to_owned()),
         "DELETE" => after("FROM"),
         "COPY" | "TRUNCATE" => words.get(1).filter(|w| is_name(w)).map(|w| w.trim_matches('"').to_owned()),
         _ => None,

@@ -11,7 +11,14 @@ use crate::events::Direction::{self, Egress, Ingress};
 use crate::http::{SegKind, Segment};
 
 fn seg(bytes: &[u8], t: u64) -> Segment {
-    Segment { kind: SegKind::Bytes(Bytes::copy_from_slice(bytes)), pid: 7, tid: 8, start_ns: t, end_ns: t + 1, task_ctx: 0 }
+    Segment {
+        kind: SegKind::Bytes(Bytes::copy_from_slice(bytes)),
+        pid: 7,
+        tid: 8,
+        start_ns: t,
+        end_ns: t + 1,
+        task_ctx: 0,
+    }
 }
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -64,7 +71,8 @@ fn pg_conversation() -> Vec<(Direction, Vec<u8>)> {
     rows.extend(msg(b'Z', b"I"));
     // Simple query failing with a unique violation.
     let q = msg(b'Q', b"INSERT INTO users (email) VALUES ('a@b.c')\0");
-    let mut err = msg(b'E', b"SERROR\0VERROR\0C23505\0Mduplicate key value violates unique constraint \"users_email_key\"\0\0");
+    let mut err =
+        msg(b'E', b"SERROR\0VERROR\0C23505\0Mduplicate key value violates unique constraint \"users_email_key\"\0\0");
     err.extend(msg(b'Z', b"I"));
     vec![
         (Egress, startup()),
@@ -92,7 +100,8 @@ fn run_pg(chunks: &[(Direction, Vec<u8>)], split: usize) -> Vec<DbOp> {
     }
     p.finish(&mut ev);
     let starts = ev.iter().filter(|e| matches!(e, OpEvent::Start(_))).count();
-    let ops: Vec<DbOp> = ev.into_iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(op) } else { None }).collect();
+    let ops: Vec<DbOp> =
+        ev.into_iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(op) } else { None }).collect();
     assert_eq!(starts, ops.len(), "every announced operation is reported");
     ops
 }
@@ -142,14 +151,27 @@ fn postgres_session_joined_midway_is_recognised_and_read() {
     // From the prepared statement's first use on: the Parse is seen, the startup is not.
     let later: Vec<_> = conv[4..].to_vec();
     assert!(super::postgres::detect_midstream(&later[0].1) && super::postgres::detect_midstream(&later[2].1));
-    assert!(!super::postgres::detect_midstream(b"POST / HTTP/1.1\r\n") && !super::postgres::detect_midstream(b"*1\r\n$4\r\nPING\r\n"));
+    assert!(
+        !super::postgres::detect_midstream(b"POST / HTTP/1.1\r\n")
+            && !super::postgres::detect_midstream(b"*1\r\n$4\r\nPING\r\n")
+    );
     let mut p = PgParser::midstream();
     let mut ev = Vec::new();
     for (i, (d, b)) in later.iter().enumerate() {
         p.parse(*d, seg(b, i as u64), &mut ev);
     }
-    let names: Vec<_> = ev.iter().filter_map(|e| if let OpEvent::Done(op) = e { Some((op.span_name(), op.namespace.clone())) } else { None }).collect();
-    assert_eq!(names, [("SELECT audit_logs".to_owned(), None), ("SELECT audit_logs".to_owned(), None), ("INSERT users".to_owned(), None)]);
+    let names: Vec<_> = ev
+        .iter()
+        .filter_map(|e| if let OpEvent::Done(op) = e { Some((op.span_name(), op.namespace.clone())) } else { None })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("SELECT audit_logs".to_owned(), None),
+            ("SELECT audit_logs".to_owned(), None),
+            ("INSERT users".to_owned(), None)
+        ]
+    );
 }
 
 fn redis_conversation() -> Vec<(Direction, Vec<u8>)> {
@@ -208,7 +230,8 @@ fn redis_large_value_with_uncaptured_bytes_keeps_framing() {
     let gap = Segment { kind: SegKind::Gap(100_000 - 3 + 2), pid: 7, tid: 8, start_ns: 3, end_ns: 4, task_ctx: 0 };
     p.parse(Ingress, gap, &mut ev);
     p.parse(Ingress, seg(b"+PONG\r\n", 5), &mut ev);
-    let done: Vec<_> = ev.iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(op.span_name()) } else { None }).collect();
+    let done: Vec<_> =
+        ev.iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(op.span_name()) } else { None }).collect();
     assert_eq!(done, ["GET", "PING"]);
 }
 
@@ -253,4 +276,64 @@ proptest! {
         let want: Vec<_> = whole.iter().map(|op| (op.span_name(), op.status_code.clone(), op.rows)).collect();
         prop_assert_eq!(names, want);
     }
+}
+
+#[test]
+fn an_operation_is_a_client_span_named_per_the_conventions_with_its_line() {
+    use crate::correlate::{SpanId, TraceId};
+    use crate::http::{ConnInfo, RouteNormalizer, TraceContext, Tracked, WallClock};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AV;
+
+    let info = ConnInfo {
+        conn_id: 9,
+        service: "engine".into(),
+        local: "127.0.0.1:40000".parse().ok(),
+        peer: "127.0.0.1:5432".parse().ok(),
+        ..ConnInfo::default()
+    };
+    let segs: Vec<(Direction, Segment)> =
+        pg_conversation().into_iter().enumerate().map(|(i, (d, b))| (d, seg(&b, i as u64 * 100))).collect();
+    let mut db = super::detect(&segs[..1]).expect("PostgreSQL from its startup");
+    let mut tracked = Vec::new();
+    let routes = RouteNormalizer::new(&[]);
+    for (d, s) in segs {
+        db.feed(d, s, &info, &routes, &mut |t| tracked.push(t));
+    }
+    let announced = tracked.iter().filter(|t| matches!(t, Tracked::Request(_))).count();
+    let mut exchanges: Vec<_> = tracked.into_iter().filter_map(Tracked::into_exchange).collect();
+    assert_eq!((announced, exchanges.len()), (3, 3));
+    let ex = &mut exchanges[2];
+    ex.trace = Some(TraceContext {
+        trace_id: TraceId([1; 16]),
+        span_id: SpanId([2; 8]),
+        parent: Some(SpanId([3; 8])),
+        link: Some(crate::http::Link::Task),
+        trace_state: None,
+    });
+    let clock = WallClock::default();
+    let span = crate::spans::span(ex, &clock).expect("a span");
+    assert_eq!(span.name, "INSERT users");
+    assert_eq!(span.kind, 3, "CLIENT");
+    assert_eq!(span.parent_span_id, vec![3; 8]);
+    let attr = |k: &str| {
+        span.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            AV::StringValue(s) => Some(s.clone()),
+            AV::IntValue(i) => Some(i.to_string()),
+            _ => None,
+        })
+    };
+    assert_eq!(attr("db.system.name").as_deref(), Some("postgresql"));
+    assert_eq!(attr("db.namespace").as_deref(), Some("shop"));
+    assert_eq!(attr("db.operation.name").as_deref(), Some("INSERT"));
+    assert_eq!(attr("db.collection.name").as_deref(), Some("users"));
+    assert_eq!(attr("db.query.text").as_deref(), Some("INSERT INTO users (email) VALUES (?)"));
+    assert_eq!(attr("db.response.status_code").as_deref(), Some("23505"));
+    assert_eq!(attr("error.type").as_deref(), Some("23505"));
+    assert_eq!((attr("server.address").as_deref(), attr("server.port").as_deref()), (Some("127.0.0.1"), Some("5432")));
+    assert_eq!(span.status.as_ref().map(|s| s.code), Some(2), "error status");
+    let line: serde_json::Value = serde_json::from_str(&ex.to_json_line(&clock)).expect("JSON");
+    assert_eq!(line["kind"], "operation");
+    assert_eq!(line["status_code"], "23505");
+    assert_eq!(line["parent_span_id"], "0303030303030303");
+    assert_eq!(exchanges[0].db.as_ref().and_then(|d| d.rows), Some(1));
 }

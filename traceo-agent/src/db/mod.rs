@@ -98,7 +98,7 @@ impl DbOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpEvent {
     Start(SegMeta),
-    Done(DbOp),
+    Done(Box<DbOp>),
 }
 
 /// The protocol a connection turned out to carry, from the traced process's first bytes.
@@ -206,7 +206,7 @@ impl DbConn {
 }
 
 /// The operation as the record the correlation stage and the outputs take.
-fn exchange(op: DbOp, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) -> Exchange {
+fn exchange(op: Box<DbOp>, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) -> Exchange {
     let req = HttpMessage {
         kind: Kind::Request,
         method: Some(op.operation.clone().unwrap_or_else(|| op.system.as_str().to_owned())),
@@ -229,7 +229,7 @@ fn exchange(op: DbOp, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) -> Ex
     });
     let mut ex = Exchange::build(info, Role::Client, seq, req, resp, routes);
     ex.route = String::new();
-    ex.db = Some(Box::new(op));
+    ex.db = Some(op);
     ex
 }
 

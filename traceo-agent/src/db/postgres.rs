@@ -220,7 +220,7 @@ impl PgParser {
     pub fn finish(&mut self, out: &mut Vec<OpEvent>) {
         while let Some(p) = self.pending.pop_front() {
             if let Pending::Op(op) = p {
-                out.push(OpEvent::Done(self.done(op, false)));
+                out.push(OpEvent::Done(Box::new(self.done(op, false))));
             }
         }
         self.phase = Phase::Done;
@@ -450,7 +450,7 @@ impl PgParser {
                         op.first_reply_ns = Some(meta.start_ns);
                         op.reply = Some(meta);
                         out.push(OpEvent::Start(op.start));
-                        out.push(OpEvent::Done(self.done(op, true)));
+                        out.push(OpEvent::Done(Box::new(self.done(op, true))));
                     }
                     None => {}
                 }
@@ -459,11 +459,11 @@ impl PgParser {
                 while let Some(p) = self.pending.pop_front() {
                     match p {
                         Pending::Op(op) if op.simple => {
-                            out.push(OpEvent::Done(self.done(op, true)));
+                            out.push(OpEvent::Done(Box::new(self.done(op, true))));
                             break;
                         }
                         // Skipped by the server after an earlier error in its batch.
-                        Pending::Op(op) => out.push(OpEvent::Done(self.done(op, false))),
+                        Pending::Op(op) => out.push(OpEvent::Done(Box::new(self.done(op, false)))),
                         Pending::Sync { .. } => break,
                     }
                 }
@@ -480,7 +480,7 @@ impl PgParser {
 
     fn complete_front(&mut self, answered: bool, out: &mut Vec<OpEvent>) {
         if let Some(Pending::Op(op)) = self.pending.pop_front() {
-            out.push(OpEvent::Done(self.done(op, answered)));
+            out.push(OpEvent::Done(Box::new(self.done(op, answered))));
         }
     }
 

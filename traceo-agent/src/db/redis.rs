@@ -271,7 +271,7 @@ impl RedisParser {
 
     pub fn finish(&mut self, out: &mut Vec<OpEvent>) {
         while let Some(c) = self.pending.pop_front() {
-            out.push(OpEvent::Done(done(c, None, None)));
+            out.push(OpEvent::Done(Box::new(done(c, None, None))));
         }
         self.broken = true;
     }
@@ -318,7 +318,7 @@ impl RedisParser {
                 "ERR".to_owned()
             }
         });
-        out.push(OpEvent::Done(done(cmd, Some(&v), error)));
+        out.push(OpEvent::Done(Box::new(done(cmd, Some(&v), error))));
     }
 }
 

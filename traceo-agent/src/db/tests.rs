@@ -101,7 +101,7 @@ fn run_pg(chunks: &[(Direction, Vec<u8>)], split: usize) -> Vec<DbOp> {
     p.finish(&mut ev);
     let starts = ev.iter().filter(|e| matches!(e, OpEvent::Start(_))).count();
     let ops: Vec<DbOp> =
-        ev.into_iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(op) } else { None }).collect();
+        ev.into_iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(*op) } else { None }).collect();
     assert_eq!(starts, ops.len(), "every announced operation is reported");
     ops
 }
@@ -202,7 +202,7 @@ fn run_redis(chunks: &[(Direction, Vec<u8>)], split: usize) -> (Vec<DbOp>, Redis
             p.parse(*d, seg(piece, t), &mut ev);
         }
     }
-    let ops = ev.into_iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(op) } else { None }).collect();
+    let ops = ev.into_iter().filter_map(|e| if let OpEvent::Done(op) = e { Some(*op) } else { None }).collect();
     (ops, p)
 }
 

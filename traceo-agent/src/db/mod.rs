@@ -101,8 +101,16 @@ pub enum OpEvent {
     Done(Box<DbOp>),
 }
 
+/// How operations are described.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DbOptions {
+    /// Keep Redis keys (a command's first argument, at most 64 bytes) in `db.query.text`;
+    /// values are never kept.
+    pub redis_keys: bool,
+}
+
 /// The protocol a connection turned out to carry, from the traced process's first bytes.
-pub fn detect(held: &[(Direction, Segment)]) -> Option<DbConn> {
+pub fn detect(held: &[(Direction, Segment)], opts: &DbOptions) -> Option<DbConn> {
     let (dir, first) = held.iter().find_map(|(d, s)| match &s.kind {
         crate::http::SegKind::Bytes(b) if !b.is_empty() => Some((*d, b)),
         _ => None,
@@ -116,7 +124,7 @@ pub fn detect(held: &[(Direction, Segment)]) -> Option<DbConn> {
     } else if postgres::detect_midstream(first) {
         Parser::Postgres(Box::new(postgres::PgParser::midstream()))
     } else if redis::detect(first) {
-        Parser::Redis(Box::default())
+        Parser::Redis(Box::new(redis::RedisParser::new(opts.redis_keys)))
     } else {
         return None;
     };

@@ -214,6 +214,8 @@ impl Side {
 #[derive(Debug)]
 struct Cmd {
     name: String,
+    /// The first argument, kept only when keys are asked for.
+    key: Option<String>,
     args: u64,
     start: SegMeta,
     sent_ns: u64,
@@ -229,6 +231,8 @@ pub struct RedisParser {
     pub unpaired_messages: u64,
     pub dropped: u64,
     pub broken: bool,
+    /// Keep each command's first argument (its key) in the query text.
+    pub keep_keys: bool,
 }
 
 impl Default for RedisParser {
@@ -241,11 +245,17 @@ impl Default for RedisParser {
             unpaired_messages: 0,
             dropped: 0,
             broken: false,
+            keep_keys: false,
         }
     }
 }
 
 impl RedisParser {
+    /// `keep_keys`: keep each command's first argument in the query text.
+    pub fn new(keep_keys: bool) -> RedisParser {
+        RedisParser { keep_keys, ..RedisParser::default() }
+    }
+
     pub fn parse(&mut self, dir: Direction, seg: Segment, out: &mut Vec<OpEvent>) {
         if self.broken {
             return;
@@ -293,7 +303,14 @@ impl RedisParser {
             return;
         }
         out.push(OpEvent::Start(v.start));
-        self.pending.push_back(Cmd { name, args: v.items.saturating_sub(1), start: v.start, sent_ns: v.end.end_ns });
+        let key = v.captures.get(1).filter(|_| self.keep_keys).map(|k| String::from_utf8_lossy(k).into_owned());
+        self.pending.push_back(Cmd {
+            name,
+            key,
+            args: v.items.saturating_sub(1),
+            start: v.start,
+            sent_ns: v.end.end_ns,
+        });
     }
 
     fn reply(&mut self, v: Value, out: &mut Vec<OpEvent>) {
@@ -324,10 +341,16 @@ impl RedisParser {
 
 fn done(cmd: Cmd, reply: Option<&Value>, error: Option<String>) -> DbOp {
     let mut text = cmd.name.clone();
-    for _ in 0..cmd.args.min(8) {
+    let mut placeholders = cmd.args;
+    if let Some(key) = &cmd.key {
+        text.push(' ');
+        text.push_str(key);
+        placeholders = placeholders.saturating_sub(1);
+    }
+    for _ in 0..placeholders.min(8) {
         text.push_str(" ?");
     }
-    if cmd.args > 8 {
+    if placeholders > 8 {
         text.push_str(" ...");
     }
     DbOp {

@@ -222,6 +222,17 @@ fn redis_pipeline_errors_resp3_and_pubsub_however_split() {
 }
 
 #[test]
+fn redis_keys_are_kept_only_when_asked() {
+    let mut p = RedisParser::new(true);
+    let mut ev = Vec::new();
+    p.parse(Egress, seg(b"*3\r\n$3\r\nSET\r\n$7\r\nuser:42\r\n$6\r\nsecret\r\n", 1), &mut ev);
+    p.parse(Ingress, seg(b"+OK\r\n", 2), &mut ev);
+    let text: Vec<_> =
+        ev.iter().filter_map(|e| if let OpEvent::Done(op) = e { op.query_text.clone() } else { None }).collect();
+    assert_eq!(text, ["SET user:42 ?"]);
+}
+
+#[test]
 fn redis_large_value_with_uncaptured_bytes_keeps_framing() {
     let mut p = RedisParser::default();
     let mut ev = Vec::new();
@@ -293,7 +304,7 @@ fn an_operation_is_a_client_span_named_per_the_conventions_with_its_line() {
     };
     let segs: Vec<(Direction, Segment)> =
         pg_conversation().into_iter().enumerate().map(|(i, (d, b))| (d, seg(&b, i as u64 * 100))).collect();
-    let mut db = super::detect(&segs[..1]).expect("PostgreSQL from its startup");
+    let mut db = super::detect(&segs[..1], &super::DbOptions::default()).expect("PostgreSQL from its startup");
     let mut tracked = Vec::new();
     let routes = RouteNormalizer::new(&[]);
     for (d, s) in segs {

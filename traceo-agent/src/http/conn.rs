@@ -15,6 +15,8 @@ pub struct Ctx<'a> {
     pub stats: &'a mut TrackerStats,
     pub routes: &'a RouteNormalizer,
     pub out: &'a mut dyn FnMut(Tracked),
+    /// How database operations are described.
+    pub db: &'a crate::db::DbOptions,
 }
 
 enum Proto {
@@ -105,7 +107,7 @@ impl Conn {
         match std::mem::replace(&mut self.proto, Proto::Ignored) {
             Proto::Detecting(mut det, parser) => match det.push(dir, seg, parser.as_ref()) {
                 Verdict::Undecided => self.proto = Proto::Detecting(det, parser),
-                Verdict::NoMatch(held) => match crate::db::detect(&held) {
+                Verdict::NoMatch(held) => match crate::db::detect(&held, ctx.db) {
                     Some(db) => {
                         ctx.stats.db_connections += 1;
                         let mut db = Box::new(db);

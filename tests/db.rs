@@ -214,6 +214,7 @@ fn fifty_concurrent_requests_each_own_their_queries() {
         let text = l.to_string();
         assert!(!text.contains("hits:") && !text.contains("\"t1\""), "no value or key leaves the agent: {text}");
     }
+    assert!(metrics.contains("traceo_agent_db_connections_total"), "{metrics}");
     assert!(
         metrics.contains("traceo_db_client_operation_duration_seconds_count{service=\"app\",db_system_name=\"postgresql\",db_operation_name=\"INSERT\",db_collection_name=\"items\",db_response_status_code=\"23505\"}"),
         "{metrics}"

@@ -239,6 +239,7 @@ impl EventSink for HttpPipeline {
         counts.unpaired_requests = s.unpaired_requests;
         counts.unpaired_responses = s.unpaired_responses;
         counts.non_http_connections = s.non_http_connections;
+        counts.db_connections = s.db_connections;
         counts.loss_resyncs = s.loss_resyncs;
         counts.output_dropped = self.emitter.outputs.out.dropped();
         counts.active_connections = s.active_connections;

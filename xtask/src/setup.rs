@@ -14,8 +14,18 @@ use crate::{root, run};
 const APT_BPF: &[&str] = &["build-essential", "rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// Real servers and clients the live tests drive.
 // openssl: test certificates and `s_server`; wget: a TLS client on GnuTLS (not probed).
-const APT_TEST: &[&str] =
-    &["curl", "python3", "python3-venv", "python3-pip", "prometheus", "nginx-light", "openssl", "wget", "postgresql", "redis-server"];
+const APT_TEST: &[&str] = &[
+    "curl",
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "prometheus",
+    "nginx-light",
+    "openssl",
+    "wget",
+    "postgresql",
+    "redis-server",
+];
 /// rotel ships a Rust OTLP collector binary: the third-party collector of the span tests.
 const PIP_TEST: &[&str] = &[
     "uvicorn==0.54.*",

@@ -303,7 +303,7 @@ fn a_reader_that_stops_reading_never_freezes_the_agent() {
     let metrics_port = free_port();
     // `--log -` into a pipe nobody reads: once the pipe is full, every write would block.
     let mut agent = Proc::spawn(
-        Command::new(AGENT)
+        Command::new(agent_bin())
             .args(["run", "--service", &format!("api=port:{port}"), "--log", "-"])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .stdout(Stdio::piped())
@@ -335,7 +335,7 @@ fn a_reader_that_stops_reading_never_freezes_the_agent() {
         if agent.child.try_wait().expect("wait").is_some() {
             break;
         }
-        assert!(stop.elapsed() < Duration::from_secs(8), "SIGTERM did not end the agent");
+        assert!(stop.elapsed() < Duration::from_secs(5), "SIGTERM did not end the agent within 5 s");
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("stopped in {:?}", stop.elapsed());
@@ -361,4 +361,128 @@ fn a_server_that_listens_after_the_agent_started_is_traced_from_its_first_reques
     let served: Vec<&str> =
         x.iter().filter(|e| e["direction"] == "server").filter_map(|e| e["target"].as_str()).collect();
     assert_eq!(served, (0..5).map(|i| format!("/hello?n={i}")).collect::<Vec<_>>(), "{x:?}");
+}
+
+/// `traceo_agent_parse_errors_total{reason}` from the agent's page, waiting (10 s at most)
+/// until every wanted series reaches its value.
+fn wait_metrics(metrics_port: u16, want: &[(&str, f64)]) -> String {
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut page = curl(&[&url]);
+    while want.iter().any(|(s, v)| metric(&page, s) < *v) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        page = curl(&[&url]);
+    }
+    page
+}
+
+#[test]
+fn an_overlong_request_line_and_an_unfinished_head_are_counted_and_reported() {
+    if !require_root("unfinished_heads") || !require_python("unfinished_heads") {
+        return;
+    }
+    let dir = temp_dir("unfinished-heads");
+    let port = free_port();
+    let _api = uvicorn(port, 1);
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("api=port:{port}")]);
+
+    // 1. A 20 KiB request line (over the 8 KiB the agent reads as a target; uvicorn refuses
+    // it, 400, past its 16 KiB head limit).
+    let long = format!("GET /{} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n", "a".repeat(20 * 1024));
+    let reply = send_in_pieces(port, long.as_bytes(), 4096);
+    let long_status: u64 = String::from_utf8_lossy(reply.get(9..12).unwrap_or_default()).parse().unwrap_or(0);
+    assert!(long_status >= 400, "{:?}", String::from_utf8_lossy(&reply));
+    // 2. Slowloris: a partial head, the connection held open a while, then closed.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /slowloris HTTP/1.1\r\nHost: test\r\nX-Wait: 1\r\n").expect("partial head");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Meanwhile, and after, other connections are traced.
+    let during = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?n=during")]);
+    drop(slow);
+    let after: Vec<String> = (0..5)
+        .map(|i| curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?n=after{i}")]))
+        .collect();
+    assert_eq!(during, "200");
+    assert!(after.iter().all(|s| s == "200"), "{after:?}");
+
+    let want = [
+        ("traceo_agent_parse_errors_total{reason=\"request_line_too_long\"}", 1.0),
+        ("traceo_agent_parse_errors_total{reason=\"incomplete_head\"}", 1.0),
+    ];
+    let page = wait_metrics(metrics_port, &want);
+    for (series, value) in want {
+        assert_eq!(metric(&page, series), value, "{series}; the page:\n{page}");
+    }
+    agent.stop();
+
+    let seen = exchanges(&log);
+    // The overlong request is reported with the answer it got, its target cut, flagged.
+    let long_x: Vec<&Value> =
+        seen.iter().filter(|x| x["target"].as_str().is_some_and(|t| t.starts_with("/aaaa"))).collect();
+    assert_eq!(long_x.len(), 1, "{seen:#?}");
+    assert_eq!((&long_x[0]["method"], &long_x[0]["status"]), (&"GET".into(), &long_status.into()), "{}", long_x[0]);
+    assert!(long_x[0]["target"].as_str().expect("target").len() <= 4096);
+    assert!(long_x[0]["flags"].as_array().expect("flags").contains(&"parse_error".into()), "{}", long_x[0]);
+    // The unfinished one: its request line was read, no answer came.
+    let slow_x: Vec<&Value> = seen.iter().filter(|x| x["target"] == "/slowloris").collect();
+    assert_eq!(slow_x.len(), 1, "{seen:#?}");
+    let flags = slow_x[0]["flags"].as_array().expect("flags");
+    assert!(flags.contains(&"parse_error".into()) && flags.contains(&"no_response".into()), "{}", slow_x[0]);
+    for n in std::iter::once("during".to_owned()).chain((0..5).map(|i| format!("after{i}"))) {
+        let target = format!("/hello?n={n}");
+        let x: Vec<&Value> = seen.iter().filter(|x| x["target"] == target.as_str()).collect();
+        assert_eq!(x.len(), 1, "{target}: {seen:#?}");
+        assert_eq!(x[0]["status"], 200, "{}", x[0]);
+    }
+}
+
+#[test]
+fn tls_sent_to_a_plaintext_port_is_reported_as_such_not_as_an_opaque_tls_library() {
+    if !require_root("tls_on_plaintext") || !require_python("tls_on_plaintext") {
+        return;
+    }
+    let dir = temp_dir("tls-on-plaintext");
+    let port = free_port();
+    let _api = uvicorn(port, 1);
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("api=port:{port}")]);
+
+    // Three HTTPS clients (Python's ssl module: OpenSSL) on the plain HTTP port: uvicorn
+    // answers each ClientHello with a plaintext 400, and the handshake fails.
+    let client = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         for _ in range(3):\n\
+         \x20   s = socket.create_connection(('127.0.0.1', {port}), timeout=5)\n\
+         \x20   try:\n\
+         \x20       ctx.wrap_socket(s, server_hostname='localhost')\n\
+         \x20       print('handshake succeeded')\n\
+         \x20   except ssl.SSLError as e:\n\
+         \x20       print('failed', e.reason)\n\
+         \x20   s.close()\n"
+    );
+    let out = std::process::Command::new(python()).args(["-c", &client]).output().expect("python");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.matches("failed").count(), 3, "{said} {}", String::from_utf8_lossy(&out.stderr));
+    let good: Vec<String> = (0..3)
+        .map(|i| curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/hello?n={i}")]))
+        .collect();
+    assert!(good.iter().all(|s| s == "200"), "{good:?}");
+
+    let want = [("traceo_tls_on_plaintext_connections_total", 3.0)];
+    let page = wait_metrics(metrics_port, &want);
+    assert_eq!(metric(&page, want[0].0), 3.0, "the page:\n{page}");
+    assert_eq!(metric(&page, "traceo_tls_opaque_connections_total"), 0.0, "the page:\n{page}");
+    let lines = agent.stop();
+    let text = lines.join("\n");
+    assert!(!text.contains("TLS library"), "no TLS library is blamed:\n{text}");
+    assert!(text.contains("got no TLS answer"), "{text}");
+
+    let seen = exchanges(&log);
+    assert_eq!(seen.len(), 3, "only the plain requests are exchanges: {seen:#?}");
+    for i in 0..3 {
+        let target = format!("/hello?n={i}");
+        assert!(seen.iter().any(|x| x["target"] == target.as_str() && x["status"] == 200), "{target}: {seen:#?}");
+    }
 }

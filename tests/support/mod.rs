@@ -18,6 +18,12 @@ pub mod prometheus;
 pub mod tls;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_traceo-agent");
+
+/// The agent `Agent::run` starts: this build, or `TRACEO_TEST_AGENT` (to show that a test
+/// fails on an older build).
+pub fn agent_bin() -> String {
+    std::env::var("TRACEO_TEST_AGENT").unwrap_or_else(|_| AGENT.to_owned())
+}
 /// What the agent logs once its probes are attached.
 pub const READY: &str = "ready: probes attached";
 
@@ -249,7 +255,7 @@ pub struct Agent {
 impl Agent {
     pub fn run(args: &[&str]) -> Agent {
         let mut proc =
-            Proc::spawn(Command::new(AGENT).arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped()));
+            Proc::spawn(Command::new(agent_bin()).arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped()));
         let stderr = proc.child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

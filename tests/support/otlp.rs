@@ -11,11 +11,16 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
+    collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::v1::{KeyValue, any_value::Value},
+    logs::v1::LogRecord,
     trace::v1::{Span, span::SpanKind},
 };
 
@@ -90,6 +95,42 @@ fn flatten(attrs: &[KeyValue]) -> HashMap<String, String> {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Got>>>,
+    logs: Arc<Mutex<Vec<GotLog>>>,
+}
+
+/// One received log record with its resource's service name.
+#[derive(Clone, Debug)]
+pub struct GotLog {
+    pub service: String,
+    pub attrs: HashMap<String, String>,
+    pub record: LogRecord,
+}
+
+impl GotLog {
+    pub fn body(&self) -> String {
+        match self.record.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut logs = self.logs.lock().expect("receiver lock");
+        for rl in request.into_inner().resource_logs {
+            let resource = flatten(&rl.resource.map(|r| r.attributes).unwrap_or_default());
+            let service = resource.get("service.name").cloned().unwrap_or_default();
+            for record in rl.scope_logs.into_iter().flat_map(|s| s.log_records) {
+                logs.push(GotLog { service: service.clone(), attrs: flatten(&record.attributes), record });
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
 }
 
 #[tonic::async_trait]
@@ -147,6 +188,7 @@ impl Receiver {
         // Collectors compress by default (rotel: gzip).
         let service =
             TraceServiceServer::new(collector.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let logs = LogsServiceServer::new(collector.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("receiver runtime");
@@ -155,6 +197,7 @@ impl Receiver {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 tonic::transport::Server::builder()
                     .add_service(service)
+                    .add_service(logs)
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -167,6 +210,10 @@ impl Receiver {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn logs(&self) -> Vec<GotLog> {
+        self.collector.logs.lock().expect("receiver lock").clone()
     }
 
     pub fn spans(&self) -> Vec<Got> {

@@ -115,6 +115,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32,
             ring_buffer_mib: 4,
             trace_all: false,
+            capture_logs: true,
+            log_files: true,
         }) {
             Ok(_) => {
                 let n = PROGRAMS.len() + loader::programs::uprobe_programs().count();
@@ -188,7 +190,13 @@ fn tls_report(r: &mut Report, args: &CheckArgs) {
 
 /// `bench-floor`: the empty program on every tracepoint, until a signal.
 pub async fn bench_floor() -> anyhow::Result<()> {
-    let mut probes = loader::load(&LoadOptions { capture_bytes: 1, ring_buffer_mib: 1, trace_all: false })?;
+    let mut probes = loader::load(&LoadOptions {
+        capture_bytes: 1,
+        ring_buffer_mib: 1,
+        trace_all: false,
+        capture_logs: false,
+        log_files: false,
+    })?;
     probes.attach_floor()?;
     log::info!("ready: probes attached (floor only)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

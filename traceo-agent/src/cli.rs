@@ -81,6 +81,11 @@ pub struct SelectionArgs {
     /// asyncio task or proxied request.
     #[arg(long)]
     pub no_runtime: bool,
+    /// With `--log-records` (or `record --logs`): also capture what the traced processes
+    /// write to the files matching this glob (their log files), checked every second.
+    /// Repeatable.
+    #[arg(long = "log-file", value_name = "GLOB")]
+    pub log_file: Vec<String>,
     /// A TOML file with any of these options (keys as the long option names, `service` as a
     /// list); the command line wins where both set one.
     #[arg(long, value_name = "FILE")]
@@ -133,6 +138,11 @@ pub struct RunArgs {
     /// Print raw kernel events, one JSON object each, instead of HTTP exchanges.
     #[arg(long)]
     pub events: bool,
+    /// The traced services' own log records (what they write to stdout and stderr when
+    /// those are not sockets), one JSON object each with the trace id of the request that
+    /// wrote them: a file PATH (appended), `-` for stdout, or `off` [default: off].
+    #[arg(long, value_name = "PATH|-|off")]
+    pub log_records: Option<String>,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -170,6 +180,10 @@ pub struct RecordArgs {
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Also record what the traced processes write to non-socket stdout and stderr (their
+    /// logs, redacted), for `replay --log-records`.
+    #[arg(long)]
+    pub logs: bool,
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +198,10 @@ pub struct ReplayArgs {
     /// Where output lines go: a file PATH (appended), `-` for stdout, or `off` [default: -].
     #[arg(long, value_name = "PATH|-|off")]
     pub log: Option<String>,
+    /// The log records in the file (recorded with `record --logs`), one JSON object each:
+    /// a file PATH, `-` for stdout, or `off` [default: off].
+    #[arg(long, value_name = "PATH|-|off")]
+    pub log_records: Option<String>,
     #[command(flatten)]
     pub otlp: OtlpArgs,
 }
@@ -201,6 +219,9 @@ pub struct ConfigFile {
     #[serde(default)]
     pub no_runtime: bool,
     pub log: Option<String>,
+    pub log_records: Option<String>,
+    #[serde(default)]
+    pub log_file: Vec<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
@@ -226,6 +247,9 @@ pub struct Selection {
     pub runtime: bool,
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
+    pub log_records: Option<String>,
+    /// `--log-file` globs.
+    pub log_files: Vec<String>,
     pub metrics_addr: Option<String>,
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
@@ -262,6 +286,8 @@ impl SelectionArgs {
             tls: !(self.no_tls || file.no_tls),
             runtime: !(self.no_runtime || file.no_runtime),
             log: file.log,
+            log_records: file.log_records,
+            log_files: if self.log_file.is_empty() { file.log_file } else { self.log_file.clone() },
             metrics_addr: file.metrics_addr,
             max_series: file.max_series,
             series_ttl: file.series_ttl,
@@ -291,7 +317,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -302,6 +328,10 @@ mod tests {
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
         assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(
+            (sel.log_records.as_deref(), sel.log_files.as_slice()),
+            (Some("-"), &["/var/log/app/*.log".to_owned()][..])
+        );
 
         let args = SelectionArgs {
             config: Some(path.clone()),
@@ -310,9 +340,11 @@ mod tests {
             no_tls: false,
             no_runtime: false,
             services: vec!["mcp=pid:1".parse().unwrap()],
+            log_file: vec!["/srv/*.log".into()],
         };
         let sel = args.resolve().expect("valid config");
         assert_eq!((sel.services[0].name.as_str(), sel.capture_bytes, sel.ring_buffer_mib), ("mcp", 100, 16));
+        assert_eq!(sel.log_files, vec!["/srv/*.log".to_owned()]);
 
         std::fs::write(&path, "servic = []\n").unwrap();
         let err = format!("{:#}", SelectionArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err());

@@ -14,6 +14,7 @@ use crate::{
     http::{TrackerConfig, WallClock},
     joins::Joins,
     live::{self, LiveOptions},
+    logs::{LogJoin, join::LogJoinConfig, otlp::LogExport},
     metrics::{
         Metrics, MetricsConfig,
         server::{self, Readiness},
@@ -79,14 +80,32 @@ fn output_sink(
     clock_offset_ns: i64,
     exports: Exports,
     out: LineSink,
+    records: LineSink,
 ) -> anyhow::Result<Box<dyn EventSink>> {
     if events {
         return Ok(Box::new(EventLines { printer: EventPrinter::new(services), out }));
     }
     let clock = WallClock { offset_ns: clock_offset_ns };
+    let log_export = match (&exports.otlp, records.is_off()) {
+        (Some(endpoint), false) => Some(LogExport::start(endpoint, clock, exports.host.clone())?),
+        _ => None,
+    };
     let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
-    let config = tracker_config(services, http);
-    Ok(Box::new(HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids)))
+    let config = tracker_config(services.clone(), http);
+    let pipeline = HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
+    if records.is_off() {
+        return Ok(Box::new(pipeline));
+    }
+    let logs = LogJoin::new(LogJoinConfig::default(), services);
+    Ok(Box::new(pipeline.with_log_records(logs, records, log_export)))
+}
+
+/// `--log-records`: off unless asked for (command line, else config file).
+fn log_records(arg: Option<&str>, file: Option<&str>, when_full: WhenFull) -> anyhow::Result<LineSink> {
+    match arg.or(file) {
+        None | Some("off") => Ok(LineSink::off()),
+        Some(spec) => LineSink::open(Some(spec), when_full),
+    }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -111,8 +130,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         otlp: spans::endpoint(args.otlp.endpoint.as_deref(), sel.otlp_endpoint.as_deref()),
         host: HostFacts { host_name: Some(crate::procfs::hostname()), live: true },
     };
-    let mut sink = output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), exports, out)?;
-    let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready };
+    let records = log_records(args.log_records.as_deref(), sel.log_records.as_deref(), WhenFull::Drop)?;
+    // With --events the log writes are printed as events.
+    let capture_logs = !records.is_off();
+    let mut sink =
+        output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), exports, out, records)?;
+    let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready, capture_logs };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
     Ok(())
@@ -122,7 +145,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
     let writer = RecordWriter::create(&args.out, &live::record_meta(&sel))?;
     let mut sink = Recorder { writer: Some(writer), last_progress: Instant::now() };
-    let opts = LiveOptions { duration: seconds(args.duration)?, ..LiveOptions::default() };
+    let opts = LiveOptions { duration: seconds(args.duration)?, capture_logs: args.logs, ..LiveOptions::default() };
     let summary = live::trace(&sel, opts, &mut sink).await?;
     log::info!("wrote {}; {} events lost in the kernel", args.out.display(), summary.lost);
     Ok(())
@@ -138,7 +161,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         otlp: spans::endpoint(args.otlp.endpoint.as_deref(), None),
         host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
     };
-    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out)?;
+    let records = log_records(args.log_records.as_deref(), None, WhenFull::Wait)?;
+    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out, records)?;
     let count = replay_into(&mut source, sink.as_mut()).await?;
     log::info!("replayed {count} events from {}", args.file.display());
     Ok(())

@@ -94,6 +94,10 @@ impl Decoder {
         let header: EventHeader = read(raw)?;
         match header.kind {
             kind::DATA => self.data(raw),
+            kind::LOG_WRITE => match self.data(raw)? {
+                Event::Data(d) => Ok(Event::LogWrite(d)),
+                _ => Err(DecodeError::Unknown),
+            },
             kind::CONN_OPEN | kind::CONN_CLOSE | kind::LISTEN => {
                 let ev: ConnEvent = read(raw)?;
                 let conn = conn(&ev)?;
@@ -253,6 +257,15 @@ pub(crate) mod tests {
         assert_eq!(d.direction, Direction::Ingress);
         assert!(d.truncated && !d.no_payload && !d.read_failed);
         assert_eq!(&d.payload[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn log_write_round_trip() {
+        let mut raw = raw_data(b"INFO:app:hello\n", direction::EGRESS, syscall::WRITE, 0);
+        raw[..4].copy_from_slice(&kind::LOG_WRITE.to_le_bytes());
+        let Event::LogWrite(d) = Decoder::default().decode(&raw).expect("decodes") else { panic!("not a log write") };
+        assert_eq!((d.meta.pid, d.meta.tid, d.fd), (42, 43, 5));
+        assert_eq!(&d.payload[..], b"INFO:app:hello\n");
     }
 
     #[test]

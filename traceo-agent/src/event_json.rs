@@ -58,6 +58,21 @@ impl EventPrinter {
         });
         let obj = v.as_object_mut().expect("object");
         match event {
+            Event::LogWrite(d) => {
+                obj.extend(no_connection());
+                obj.extend([
+                    ("fd".into(), json!(d.fd)),
+                    ("stream".into(), json!(crate::logs::stream_name(d.fd))),
+                    ("syscall".into(), json!(d.syscall.as_str())),
+                    ("len".into(), json!(d.total_len)),
+                    ("captured".into(), json!(d.payload.len())),
+                    ("truncated".into(), json!(d.truncated)),
+                    ("data".into(), json!(escape_payload(&crate::logs::redact::scrub_log(&d.payload)))),
+                ]);
+                if d.task_ctx != 0 {
+                    obj.insert("task_ctx".into(), json!(format!("{:#x}", d.task_ctx)));
+                }
+            }
             Event::Data(d) => {
                 let (local, peer) = self.conns.get(&d.conn_id).map_or((None, None), |c| (c.0, c.1));
                 let mut flags = vec![];

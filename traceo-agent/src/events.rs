@@ -229,12 +229,15 @@ pub enum Event {
     Task(TaskCreated),
     /// A process (traced or not) started listening: `local` is its address.
     Listen(Conn),
+    /// A traced process wrote to its non-socket stdout (`fd` 1) or stderr (`fd` 2): its own
+    /// log output. `conn_id` is 0; `task_ctx` is the writer's runtime context.
+    LogWrite(Data),
 }
 
 impl Event {
     pub fn meta(&self) -> &Meta {
         match self {
-            Event::Data(d) => &d.meta,
+            Event::Data(d) | Event::LogWrite(d) => &d.meta,
             Event::ConnOpen(c) | Event::ConnClose(c) | Event::Listen(c) => &c.meta,
             Event::Exec(p) | Event::Fork(p) | Event::Exit(p) => &p.meta,
             Event::Task(t) => &t.meta,
@@ -252,6 +255,7 @@ impl Event {
             Event::Exit(_) => "exit",
             Event::Task(_) => "task",
             Event::Listen(_) => "listen",
+            Event::LogWrite(_) => "log_write",
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod http;
 pub mod joins;
 pub mod live;
 pub mod loader;
+pub mod logs;
 pub mod mcp;
 pub mod metrics;
 pub mod output;

@@ -18,7 +18,7 @@ use crate::{
     sink::EventSink,
     source::{EventSource, RingSource},
     tls::TlsProbes,
-    tracking::{PidMap, ProcessTracker},
+    tracking::{PidMap, PortRescanner, ProcessTracker},
 };
 
 /// What the live loop reports at its end.
@@ -37,6 +37,8 @@ pub struct LiveOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// Set once the probes are attached and the loop runs.
     pub ready: Readiness,
+    /// Capture the traced processes' stdout/stderr (`--log-records`, or `record` with it).
+    pub capture_logs: bool,
 }
 
 pub fn record_meta(sel: &Selection) -> RecordMeta {
@@ -50,11 +52,11 @@ pub fn record_meta(sel: &Selection) -> RecordMeta {
 }
 
 /// Per-kind "events read" counters, resolved once.
-struct EventCounters([Counter; 8]);
+struct EventCounters([Counter; 9]);
 
 impl EventCounters {
     fn new(metrics: Option<&Metrics>) -> EventCounters {
-        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task", "listen"];
+        let names = ["data", "conn_open", "conn_close", "exec", "fork", "exit", "task", "listen", "log_write"];
         EventCounters(names.map(|kind| metrics.map(|m| m.agent.events_read(kind)).unwrap_or_default()))
     }
 
@@ -68,6 +70,7 @@ impl EventCounters {
             Event::Exit(_) => 5,
             Event::Task(_) => 6,
             Event::Listen(_) => 7,
+            Event::LogWrite(_) => 8,
         };
         self.0[i].inc();
     }
@@ -99,7 +102,7 @@ fn pipeline_counts(kernel: &[u64; traceo_ebpf_common::stat::COUNT as usize], dec
         kernel_drops: STAT_NAMES
             .iter()
             .zip(kernel)
-            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6" | "tls_events"))
+            .filter(|(n, _)| !matches!(**n, "data_events" | "reserved_6" | "tls_events" | "log_events"))
             .map(|(n, v)| (*n, *v))
             .collect(),
         decode_errors,
@@ -114,11 +117,22 @@ fn traced_pids<M: PidMap>(tracker: &ProcessTracker<M>) -> std::collections::Hash
 /// Trace until a signal or the duration, feeding `sink`.
 pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, sink: &mut S) -> anyhow::Result<Summary> {
     let trace_all = sel.services.is_empty();
-    let opts_load = LoadOptions { capture_bytes: sel.capture_bytes, ring_buffer_mib: sel.ring_buffer_mib, trace_all };
+    let opts_load = LoadOptions {
+        capture_bytes: sel.capture_bytes,
+        ring_buffer_mib: sel.ring_buffer_mib,
+        trace_all,
+        capture_logs: opts.capture_logs,
+        log_files: opts.capture_logs && !sel.log_files.is_empty(),
+    };
     let mut probes = loader::load(&opts_load)?;
     probes.spawn_logger()?;
     let mut source = RingSource::new(probes.take_ring()?)?;
     let stats = probes.take_stats()?;
+    let mut log_files = probes.take_log_files()?;
+    let select_log_files = opts.capture_logs && !sel.log_files.is_empty();
+    if select_log_files {
+        log_files.refresh(&sel.log_files);
+    }
     let tracker = ProcessTracker::new(sel.services.clone(), probes.take_traced_pids()?);
     let counters = EventCounters::new(opts.metrics.as_deref());
     let mut lp = Loop { tracker, sink, counters, summary: Summary::default() };
@@ -143,6 +157,13 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
     if track_runtimes {
         runtimes.refresh(&mut probes, &traced_pids(&lp.tracker));
     }
+    // The slow rescan (every process's fds) runs on a worker thread.
+    let mut rescanner = if !trace_all && lp.tracker.needs_ports() {
+        let dropped = opts.metrics.as_ref().map(|m| m.agent.worker_dropped("proc_scan")).unwrap_or_default();
+        Some(PortRescanner::start(lp.tracker.listeners(), dropped)?)
+    } else {
+        None
+    };
     opts.ready.set_ready();
     log::info!("ready: probes attached, events flowing");
 
@@ -186,7 +207,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 // New servers are caught by their listen event; this slower scan catches
                 // listening sockets handed from process to process.
                 if ticks.is_multiple_of(10) {
-                    lp.tracker.rescan_ports();
+                    if let Some(r) = &rescanner {
+                        r.request();
+                    }
                 }
                 if !trace_all {
                     let traced = traced_pids(&lp.tracker);
@@ -196,6 +219,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     if track_runtimes {
                         runtimes.refresh(&mut probes, &traced);
                     }
+                }
+                if select_log_files {
+                    log_files.refresh(&sel.log_files);
                 }
                 lp.sink.tick(crate::procfs::monotonic_ns())?;
                 if let Some(metrics) = &opts.metrics {
@@ -207,6 +233,12 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     metrics.http.expire(Instant::now());
                 }
             }
+            Some(snapshot) = async {
+                match &mut rescanner {
+                    Some(r) => r.snapshots.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => lp.tracker.apply(snapshot),
             _ = sigint.recv() => { log::info!("interrupted"); break; }
             _ = sigterm.recv() => { log::info!("terminated"); break; }
             _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::MAX)), if until_deadline.is_some() => break,

@@ -27,6 +27,8 @@ const CHUNK_BYTES: usize = 64 * 1024;
 const QUEUE_CHUNKS: usize = 64;
 /// How long the end of the run waits for a stalled writer before giving up on it.
 const FINISH_WAIT: Duration = Duration::from_secs(3);
+/// At the end, a writer with no progress for this long is given up.
+const STALLED_AFTER: Duration = Duration::from_millis(500);
 
 /// Whether a full queue drops (live) or waits (replay).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +102,11 @@ impl LineSink {
     }
 
     /// Whether lines are discarded (so callers can skip formatting them).
+    /// A sink that writes nothing (`off`).
+    pub fn off() -> LineSink {
+        LineSink { inner: None }
+    }
+
     pub fn is_off(&self) -> bool {
         self.inner.is_none()
     }
@@ -133,8 +140,17 @@ impl LineSink {
         let Some(w) = &mut self.inner else { return Ok(()) };
         w.hand_over();
         let deadline = Instant::now() + FINISH_WAIT;
+        // A writer that makes no progress for this long has a reader that stopped reading:
+        // waiting longer only delays the end (SIGTERM must end the agent promptly).
+        let (mut last, mut progress_at) = (w.written.load(Ordering::Relaxed), Instant::now());
         while w.written.load(Ordering::Relaxed) < w.sent && Instant::now() < deadline {
             if w.error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                break;
+            }
+            let now = w.written.load(Ordering::Relaxed);
+            if now != last {
+                (last, progress_at) = (now, Instant::now());
+            } else if progress_at.elapsed() > STALLED_AFTER {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -55,6 +55,8 @@ const TAG_FORK: u8 = 5;
 const TAG_EXIT: u8 = 6;
 const TAG_TASK: u8 = 7;
 const TAG_LISTEN: u8 = 8;
+/// A log write: the body of a data record.
+const TAG_LOG_WRITE: u8 = 9;
 
 pub struct RecordWriter<W: Write> {
     out: W,
@@ -164,8 +166,8 @@ fn family_code(f: Family) -> u16 {
 /// later: a body without it was entered when it returned).
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
-        Event::Data(d) => {
-            b.push(TAG_DATA);
+        Event::Data(d) | Event::LogWrite(d) => {
+            b.push(if matches!(event, Event::LogWrite(_)) { TAG_LOG_WRITE } else { TAG_DATA });
             put_meta(&d.meta, b);
             b.extend_from_slice(&d.conn_id.to_le_bytes());
             b.extend_from_slice(&d.fd.to_le_bytes());
@@ -179,7 +181,11 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
                 b.extend_from_slice(&v.to_le_bytes());
             }
             // Secrets never reach the disk (masked in place: lengths and framing unchanged).
-            let payload = crate::scrub::scrub(&d.payload);
+            let payload = if matches!(event, Event::LogWrite(_)) {
+                crate::logs::redact::scrub_log(&d.payload)
+            } else {
+                crate::scrub::scrub(&d.payload)
+            };
             b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             b.extend_from_slice(&payload);
             b.extend_from_slice(&d.task_ctx.to_le_bytes());
@@ -278,7 +284,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
     let mut c = Cursor(body);
     let meta = c.meta()?;
     Ok(match tag {
-        TAG_DATA => {
+        TAG_DATA | TAG_LOG_WRITE => {
             let conn_id = c.u64()?;
             let fd = c.u32()? as i32;
             let sc = c.u8()? as usize;
@@ -294,7 +300,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
             let payload = Bytes::copy_from_slice(c.take(n)?);
             // Version 1 bodies end at the payload.
             let task_ctx = if c.0.len() >= 8 { c.u64()? } else { 0 };
-            Event::Data(Data {
+            let data = Data {
                 meta,
                 conn_id,
                 fd,
@@ -310,7 +316,8 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 after_loss: flags & 8 != 0,
                 payload,
                 task_ctx,
-            })
+            };
+            if tag == TAG_LOG_WRITE { Event::LogWrite(data) } else { Event::Data(data) }
         }
         TAG_CONN_OPEN | TAG_CONN_CLOSE | TAG_LISTEN => {
             let conn_id = c.u64()?;

@@ -12,8 +12,9 @@ use crate::{
     correlate::{CorrelateConfig, Correlator, IdGen},
     event_json::EventPrinter,
     events::Event,
-    http::{ConnTracker, Exchange, ParseErrorKind, Role, TrackerConfig, WallClock},
+    http::{ConnTracker, Exchange, ParseErrorKind, Role, Tracked, TrackerConfig, WallClock},
     joins::{JoinEvent, Joins},
+    logs::{LogJoin, LogRecord, Owner, join::LogOut},
     metrics::{Metrics, Observation, PipelineCounts},
     output::LineSink,
     record::RecordWriter,
@@ -99,6 +100,9 @@ pub struct HttpPipeline {
 /// joins (which may hold an exchange until its parent has passed), then the outputs.
 struct Emitter {
     joins: Joins,
+    /// `--log-records`: the services' log records, joined to their requests (which it may
+    /// hold a while for them).
+    logs: Option<LogJoin>,
     outputs: Outputs,
 }
 
@@ -107,6 +111,10 @@ struct Outputs {
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
     spans: Option<SpanOutput>,
+    /// `--log-records`.
+    records: LineSink,
+    /// The records as OTLP logs, to the span endpoint.
+    log_export: Option<crate::logs::otlp::LogExport>,
     /// The first failure to write a line (reported by the next call into the pipeline).
     failed: Option<anyhow::Error>,
 }
@@ -126,9 +134,34 @@ impl HttpPipeline {
             tls: TlsBinder::default(),
             tracker: ConnTracker::new(config),
             correlator: Correlator::with_ids(CorrelateConfig::default(), ids),
-            emitter: Emitter { joins, outputs: Outputs { clock, metrics, out, spans, failed: None } },
+            emitter: Emitter {
+                joins,
+                logs: None,
+                outputs: Outputs {
+                    clock,
+                    metrics,
+                    out,
+                    spans,
+                    records: LineSink::off(),
+                    log_export: None,
+                    failed: None,
+                },
+            },
             in_flight_services: HashSet::new(),
         }
+    }
+
+    /// Also join the services' log records to their requests, written to `records`.
+    pub fn with_log_records(
+        mut self,
+        logs: LogJoin,
+        records: LineSink,
+        export: Option<crate::logs::otlp::LogExport>,
+    ) -> Self {
+        self.emitter.logs = Some(logs);
+        self.emitter.outputs.records = records;
+        self.emitter.outputs.log_export = export;
+        self
     }
 }
 
@@ -137,19 +170,39 @@ impl Emitter {
     /// joined exchange ends up in); then the outputs.
     fn emit(&mut self, mut ex: Exchange) {
         ex.mcp = crate::mcp::parse(&ex);
-        let Emitter { joins, outputs } = self;
-        joins.observe(ex, &mut |ex, joined| outputs.write(&ex, joined));
+        let Emitter { joins, logs, outputs } = self;
+        joins.observe(ex, &mut |ex, joined| Self::pass(logs, outputs, ex, joined));
+    }
+
+    /// Through the log join when there is one, then the outputs.
+    fn pass(logs: &mut Option<LogJoin>, outputs: &mut Outputs, ex: Exchange, joined: Option<JoinEvent>) {
+        match logs {
+            Some(l) => l.exchange(ex, joined, &mut |o| outputs.log_out(o)),
+            None => outputs.write(&ex, joined),
+        }
     }
 
     fn tick(&mut self, now_ns: u64) {
-        let Emitter { joins, outputs } = self;
-        joins.expire_pending(now_ns, &mut |ex, joined| outputs.write(&ex, joined));
+        let Emitter { joins, logs, outputs } = self;
+        joins.expire_pending(now_ns, &mut |ex, joined| Self::pass(logs, outputs, ex, joined));
         joins.expire(now_ns);
+        if let Some(l) = logs {
+            l.tick(now_ns, &mut |o| outputs.log_out(o));
+            if let Some(m) = &outputs.metrics {
+                m.logs.update(&l.stats);
+            }
+        }
     }
 
     fn finish(&mut self) {
-        let Emitter { joins, outputs } = self;
-        joins.finish(&mut |ex, joined| outputs.write(&ex, joined));
+        let Emitter { joins, logs, outputs } = self;
+        joins.finish(&mut |ex, joined| Self::pass(logs, outputs, ex, joined));
+        if let Some(l) = logs {
+            l.finish(&mut |o| outputs.log_out(o));
+            if let Some(m) = &outputs.metrics {
+                m.logs.update(&l.stats);
+            }
+        }
     }
 }
 
@@ -173,6 +226,30 @@ impl Outputs {
         }
         if let Some(spans) = &mut self.spans {
             spans.send(ex);
+        }
+    }
+
+    /// What the log join passes on: an exchange with its records, or a record alone.
+    fn log_out(&mut self, o: LogOut) {
+        match o {
+            LogOut::Exchange(ex, joined, records) => {
+                self.write(&ex, joined);
+                let owner = Owner::of(&ex);
+                records.iter().for_each(|r| self.record(r, Some(&owner)));
+            }
+            LogOut::Record(r, owner) => self.record(&r, owner.as_ref()),
+        }
+    }
+
+    fn record(&mut self, r: &LogRecord, owner: Option<&Owner>) {
+        if let Some(m) = &self.metrics {
+            m.logs.record(&r.service, r.severity, r.exception.as_ref().map(|e| e.kind.as_str()));
+        }
+        if self.failed.is_none() && !self.records.is_off() {
+            self.failed = self.records.line(&r.to_json_line(&self.clock, owner)).err();
+        }
+        if let Some(export) = &mut self.log_export {
+            export.send(r, owner);
         }
     }
 
@@ -207,7 +284,20 @@ impl EventSink for HttpPipeline {
         let HttpPipeline { tls, tracker, correlator, emitter, .. } = self;
         tls.process(event, &mut |event| {
             correlator.observe(event);
-            tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
+            if let Some(logs) = &mut emitter.logs {
+                match event {
+                    Event::LogWrite(d) => logs.write(d, &mut |o| emitter.outputs.log_out(o)),
+                    Event::Task(t) => logs.task(t),
+                    Event::Exit(p) => logs.exited(p.meta.pid),
+                    _ => {}
+                }
+            }
+            tracker.handle(event, &mut |t| {
+                if let (Some(logs), Tracked::Request(seen)) = (&mut emitter.logs, &t) {
+                    logs.request_seen(seen);
+                }
+                correlator.push(t, &mut |ex| emitter.emit(ex))
+            });
         });
         emitter.outputs.result()
     }
@@ -230,6 +320,7 @@ impl EventSink for HttpPipeline {
             m.jobs.update(&emitter.joins.stats);
         }
         emitter.outputs.out.flush()?;
+        emitter.outputs.records.flush()?;
         emitter.outputs.result()
     }
 
@@ -241,7 +332,7 @@ impl EventSink for HttpPipeline {
         counts.non_http_connections = s.non_http_connections;
         counts.db_connections = s.db_connections;
         counts.loss_resyncs = s.loss_resyncs;
-        counts.output_dropped = self.emitter.outputs.out.dropped();
+        counts.output_dropped = self.emitter.outputs.out.dropped() + self.emitter.outputs.records.dropped();
         counts.active_connections = s.active_connections;
         counts.correlation = Some(self.correlator.stats());
         counts.tls = self.tls.stats;
@@ -264,7 +355,11 @@ impl EventSink for HttpPipeline {
         if let Some(spans) = &mut emitter.outputs.spans {
             spans.finish();
         }
+        if let Some(export) = &mut emitter.outputs.log_export {
+            export.finish();
+        }
         emitter.outputs.out.finish()?;
+        emitter.outputs.records.finish()?;
         emitter.outputs.result()
     }
 }

@@ -24,6 +24,10 @@ pub struct RingSource {
     pub read: u64,
     /// Records that did not decode (a kernel object newer than the agent).
     pub decode_errors: u64,
+    /// Polls in a row that found nothing (the interval grows with it).
+    empty_polls: u32,
+    /// The last wait ended by the poll timer (not by a wake-up from the kernel).
+    timer_woke: bool,
 }
 
 /// Records drained per wake-up before yielding to the rest of the pipeline.
@@ -40,6 +44,8 @@ impl RingSource {
             pending: VecDeque::with_capacity(BATCH),
             read: 0,
             decode_errors: 0,
+            empty_polls: 0,
+            timer_woke: false,
         })
     }
 
@@ -76,9 +82,23 @@ impl RingSource {
     }
 }
 
-/// How often the ring buffer is read without a wake-up: the kernel submits events silently
-/// until a backlog builds up, so this bounds the delay of a quiet stream.
+/// How often the ring buffer is read without a wake-up while events flow: the kernel
+/// submits events silently until a backlog builds up, so this bounds the delay of a quiet
+/// stream.
 const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// Once nothing came for `IDLE_AFTER` polls, the interval doubles up to this: an idle agent
+/// wakes 20 times a second, not 200. What must be seen at once (an exec, a listen) wakes the
+/// agent from the kernel anyway, and the first event after a quiet spell waits 100 ms at most.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const IDLE_AFTER: u32 = 40;
+
+/// The poll interval after `empty` polls that found nothing in a row.
+fn poll_interval(empty: u32) -> std::time::Duration {
+    match empty.checked_sub(IDLE_AFTER) {
+        None => POLL,
+        Some(k) => POLL.saturating_mul(1u32 << k.min(5)).min(IDLE_POLL),
+    }
+}
 
 impl EventSource for RingSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
@@ -88,11 +108,22 @@ impl EventSource for RingSource {
             }
             self.fill();
             if !self.pending.is_empty() {
+                // Events found by polling (submitted silently): traffic flows, poll fast. A
+                // forced wake-up (an exec, a listen: the whole host's) says nothing of that.
+                if self.timer_woke {
+                    self.empty_polls = 0;
+                }
                 continue;
             }
             tokio::select! {
-                guard = self.ring.readable_mut() => guard?.clear_ready(),
-                _ = tokio::time::sleep(POLL) => {}
+                guard = self.ring.readable_mut() => {
+                    guard?.clear_ready();
+                    self.timer_woke = false;
+                }
+                _ = tokio::time::sleep(poll_interval(self.empty_polls)) => {
+                    self.timer_woke = true;
+                    self.empty_polls = self.empty_polls.saturating_add(1);
+                }
             }
         }
     }
@@ -117,5 +148,19 @@ impl EventSource for FileSource {
             log::warn!("the record file ends inside a record (was the recorder killed?); the rest was replayed");
         }
         Ok(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_interval_grows_when_idle_and_is_bounded() {
+        assert_eq!(poll_interval(0), POLL);
+        assert_eq!(poll_interval(IDLE_AFTER - 1), POLL);
+        assert!(poll_interval(IDLE_AFTER + 1) > POLL);
+        assert_eq!(poll_interval(IDLE_AFTER + 100), IDLE_POLL);
+        assert_eq!(poll_interval(u32::MAX), IDLE_POLL);
     }
 }

@@ -38,6 +38,83 @@ impl PidMap for HashMap<u32, u32> {
     }
 }
 
+/// What a /proc scan reads, taken anywhere (a worker thread: [`PortRescanner`]) and applied
+/// by the tracker on its own thread.
+#[derive(Default)]
+pub struct ProcSnapshot {
+    listening: HashMap<u64, u16>,
+    procs: Vec<ProcInfo>,
+}
+
+struct ProcInfo {
+    pid: u32,
+    comm: String,
+    exe: Option<String>,
+    ports: Vec<u16>,
+    parent: Option<u32>,
+    start: Option<u64>,
+}
+
+impl ProcSnapshot {
+    /// Read every process's facts (and listening ports when `ports`).
+    pub fn take(ports: bool) -> ProcSnapshot {
+        let listening = procfs::listening_sockets();
+        let procs = procfs::pids()
+            .into_iter()
+            .map(|pid| ProcInfo {
+                pid,
+                comm: procfs::comm(pid).unwrap_or_default(),
+                exe: procfs::exe(pid),
+                ports: if ports { procfs::listening_ports(pid, &listening) } else { vec![] },
+                parent: procfs::parent(pid),
+                start: procfs::start_time(pid),
+            })
+            .collect();
+        ProcSnapshot { listening, procs }
+    }
+}
+
+/// The slow `port:` rescan (every process's fds) on a thread of its own, so the thread that
+/// drains the ring never waits on /proc. Asked through a one-slot queue: a request while a
+/// scan runs is dropped and counted; a changed set of listening sockets comes back as a
+/// snapshot for [`ProcessTracker::apply`].
+pub struct PortRescanner {
+    requests: std::sync::mpsc::SyncSender<()>,
+    pub snapshots: tokio::sync::mpsc::Receiver<ProcSnapshot>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl PortRescanner {
+    pub fn start(
+        mut last: HashSet<u64>,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> anyhow::Result<PortRescanner> {
+        let (requests, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let (tx, snapshots) = tokio::sync::mpsc::channel(1);
+        std::thread::Builder::new().name("traceo-procscan".into()).spawn(move || {
+            while asked.recv().is_ok() {
+                let now: HashSet<u64> = procfs::listening_sockets().keys().copied().collect();
+                if now == last {
+                    continue;
+                }
+                let snapshot = ProcSnapshot::take(true);
+                last = snapshot.listening.keys().copied().collect();
+                if tx.blocking_send(snapshot).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(PortRescanner { requests, snapshots, dropped })
+    }
+
+    /// Ask for a rescan; dropped (counted) while one is still running.
+    pub fn request(&self) {
+        if self.requests.try_send(()).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
 pub struct ProcessTracker<M: PidMap> {
     services: Vec<ServiceSpec>,
     map: M,
@@ -89,40 +166,59 @@ impl<M: PidMap> ProcessTracker<M> {
         }
     }
 
+    /// Whether a `port:` selector is given (scans then read listening sockets).
+    pub fn needs_ports(&self) -> bool {
+        self.services.iter().any(|s| matches!(s.selector, Selector::Port(_)))
+    }
+
+    /// Listening socket inodes seen at the last scan.
+    pub fn listeners(&self) -> HashSet<u64> {
+        self.listeners.clone()
+    }
+
     /// First service whose selector matches the process (port facts only when needed).
     fn match_process(&mut self, pid: u32, comm: &str, listening: &HashMap<u64, u16>) -> Option<u32> {
         let exe = procfs::exe(pid);
-        let needs_ports = self.services.iter().any(|s| matches!(s.selector, Selector::Port(_)));
-        let ports = if needs_ports { procfs::listening_ports(pid, listening) } else { vec![] };
+        let ports = if self.needs_ports() { procfs::listening_ports(pid, listening) } else { vec![] };
         let facts = ProcessFacts { pid, comm, exe: exe.as_deref(), listening_ports: &ports };
+        self.match_facts(&facts, &|| procfs::start_time(pid))
+    }
+
+    /// First service whose selector matches these facts; `start` gives the process's start
+    /// time (read only for `pid:` selectors).
+    fn match_facts(&mut self, facts: &ProcessFacts<'_>, start: &dyn Fn() -> Option<u64>) -> Option<u32> {
         let Self { services, pinned, .. } = self;
         services
             .iter()
             .enumerate()
             .find(|(i, s)| {
-                s.selector.matches(&facts)
-                    && (!matches!(s.selector, Selector::Pid(_))
-                        || pid_selector_holds(pinned, *i, procfs::start_time(pid)))
+                s.selector.matches(facts)
+                    && (!matches!(s.selector, Selector::Pid(_)) || pid_selector_holds(pinned, *i, start()))
             })
             .map(|(i, _)| i as u32)
     }
 
     /// Trace every running process that matches, and the descendants of each.
     pub fn scan(&mut self) {
-        let listening = procfs::listening_sockets();
-        self.listeners = listening.keys().copied().collect();
-        let pids = procfs::pids();
+        let snapshot = ProcSnapshot::take(self.needs_ports());
+        self.apply(snapshot);
+    }
+
+    /// Trace what a /proc snapshot shows matching (and the descendants of each).
+    pub fn apply(&mut self, snapshot: ProcSnapshot) {
+        self.listeners = snapshot.listening.keys().copied().collect();
         let mut matched: HashMap<u32, u32> = HashMap::new();
-        for &pid in &pids {
-            if pid == self.agent_pid {
+        for p in &snapshot.procs {
+            if p.pid == self.agent_pid {
                 continue;
             }
-            let comm = procfs::comm(pid).unwrap_or_default();
-            if let Some(service) = self.match_process(pid, &comm, &listening) {
-                matched.insert(pid, service);
+            let facts = ProcessFacts { pid: p.pid, comm: &p.comm, exe: p.exe.as_deref(), listening_ports: &p.ports };
+            if let Some(service) = self.match_facts(&facts, &|| p.start) {
+                matched.insert(p.pid, service);
             }
         }
-        let parents: HashMap<u32, u32> = pids.iter().filter_map(|&p| Some((p, procfs::parent(p)?))).collect();
+        let parents: HashMap<u32, u32> = snapshot.procs.iter().filter_map(|p| Some((p.pid, p.parent?))).collect();
+        let pids: Vec<u32> = snapshot.procs.iter().map(|p| p.pid).collect();
         for &pid in &pids {
             let mut cur = pid;
             for _ in 0..64 {
@@ -138,7 +234,8 @@ impl<M: PidMap> ProcessTracker<M> {
         }
     }
 
-    /// Rescan for `port:` selectors when the set of listening sockets changed (listen events
+    /// Rescan (here, on this thread) for `port:` selectors when the set of listening sockets
+    /// changed; the live loop uses [`PortRescanner`] instead (listen events
     /// catch new servers at once; this catches sockets handed from process to process).
     pub fn rescan_ports(&mut self) {
         if !self.services.iter().any(|s| matches!(s.selector, Selector::Port(_))) {

@@ -44,6 +44,10 @@ pub mod kind {
     /// Any process (traced or not) started listening on a socket: [`super::ConnEvent`] with
     /// its local address (the agent matches `port:` selectors at once, not at its next scan).
     pub const LISTEN: u32 = 8;
+    /// A traced process wrote to its stdout (fd 1) or stderr (fd 2) and that fd is not a
+    /// socket (a tty, pipe or file), or to a log file selected by `--log-file`: its own log
+    /// output. A [`super::DataEvent`] whose `conn_id` is 0 and `fd` says which stream.
+    pub const LOG_WRITE: u32 = 9;
 }
 
 /// Which syscall produced a data event. Numbered explicitly; append only.
@@ -131,7 +135,11 @@ pub mod stat {
     /// A `Task.__init__` return whose entry was not found (evicted, or a stack pointer that
     /// did not match): that task's lineage is unknown.
     pub const TASK_INIT_UNPAIRED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Log-write events (stdout/stderr) emitted.
+    pub const LOG_EVENTS: u32 = 13;
+    /// Log-write events dropped because the ring buffer was full.
+    pub const RING_FULL_LOG: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Common prefix of every event.
@@ -341,6 +349,12 @@ pub struct ProbeSettings {
     /// Offset of `child_pid` in the `sched:sched_process_fork` record (it moved between
     /// kernel versions; the agent reads it from the tracepoint's format file).
     pub fork_child_pid_offset: u32,
+    /// 1: emit [`kind::LOG_WRITE`] events for writes to non-socket stdout/stderr
+    /// (`--log-records` is on); 0: those writes are dropped as before, at no cost.
+    pub capture_logs: u32,
+    /// 1: also emit them for writes to the regular files in the `LOG_FILES` map
+    /// (`--log-file`).
+    pub log_files: u32,
 }
 
 #[cfg(feature = "user")]
@@ -382,7 +396,7 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
         assert_eq!(size_of::<TaskEvent>(), 24 + 4 * 8);
         assert_eq!(size_of::<PyLayout>(), 16);
-        assert_eq!(size_of::<ProbeSettings>(), 16);
+        assert_eq!(size_of::<ProbeSettings>(), 24);
     }
 
     #[test]

@@ -127,6 +127,11 @@ pub static THREAD_CTX: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096,
 #[map]
 pub static TASK_INIT: LruHashMap<[u64; 2], [u64; 3]> = LruHashMap::with_max_entries(4096, 0);
 
+/// Log files selected by `--log-file` (key: inode number; the agent keeps it in step with
+/// the files matching the glob). Looked up only when that option is on.
+#[map]
+pub static LOG_FILES: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
 /// `SyscallArgs::syscall` of a connect in flight (not a data syscall).
 pub const CONNECT: u16 = 0x100;
 

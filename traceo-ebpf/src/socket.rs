@@ -13,6 +13,7 @@ use crate::globals::offset;
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
+const S_IFREG: u16 = 0o100000;
 
 pub enum WalkError {
     /// The fd is not open or is not a socket: nothing to trace.
@@ -64,6 +65,30 @@ pub fn socket_of_fd(fd: i64) -> Result<SocketFile, WalkError> {
     }
     let ino: u64 = read(inode + offset!(inode_ino))?;
     Ok(SocketFile { file, ino })
+}
+
+/// The inode number of `fd` when it is a regular file (for `--log-file`), else `None`.
+#[inline(always)]
+pub fn regular_file_ino(fd: i64) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task + offset!(task_files)).ok()?;
+    let fdt: u64 = read(files + offset!(files_fdt)).ok()?;
+    let max_fds: u32 = read(fdt + offset!(fdt_max_fds)).ok()?;
+    if files == 0 || fd as u64 >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: u64 = read(fdt + offset!(fdt_fd)).ok()?;
+    let file: u64 = read(fd_array + (fd as u64) * 8).ok()?;
+    let inode: u64 = read(file + offset!(file_inode)).ok()?;
+    let mode: u16 = read(inode + offset!(inode_mode)).ok()?;
+    if file == 0 || mode & S_IFMT != S_IFREG {
+        return None;
+    }
+    read(inode + offset!(inode_ino)).ok()
 }
 
 /// Fill family, socket type, and local and peer addresses of `sock_file` into `ev`.

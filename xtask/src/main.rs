@@ -3,8 +3,10 @@
 mod bench;
 mod demo;
 mod fidelity;
+mod fuzz;
 mod procs;
 mod setup;
+mod soak;
 
 use std::{
     env,
@@ -74,6 +76,31 @@ enum Task {
         size: usize,
         #[arg(long)]
         iterations: u64,
+    },
+    /// Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the HTTP pipeline, the record
+    /// reader, MCP/JSON and job-key parsing and the kernel event decoder; writes
+    /// target/fuzz/fuzz.json and fails on a crash.
+    Fuzz {
+        /// Only this target (repeatable; all by default).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Run each target for this many executions instead of a time.
+        #[arg(long, value_name = "N")]
+        runs: Option<u64>,
+    },
+    /// The agent for minutes under mixed load, garbage, process churn and a collector that
+    /// goes away and comes back (as root): RSS must stay flat and every request be seen or
+    /// counted as lost; writes target/soak/soak.json. Not part of CI.
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+        /// The agent's kernel ring buffer size (its default otherwise).
+        #[arg(long, value_name = "N")]
+        ring_buffer_mib: Option<u32>,
     },
     /// Install what the tests need, build everything, run every test (unit and live, as root).
     Test {
@@ -208,6 +235,14 @@ fn task(task: Task) -> anyhow::Result<()> {
                 }
             };
             fidelity::run(&agent, &python, &fidelity::Settings { quick, report_only, scenarios, pythons })
+        }
+        Task::Fuzz { targets, seconds, runs } => fuzz::run_all(&fuzz::Settings { targets, seconds, runs }),
+        Task::Soak { minutes, ring_buffer_mib } => {
+            let python = setup::test_dependencies()?;
+            soak::dependencies(&python)?;
+            build_ebpf()?;
+            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+            soak::run_soak(&agent_binary("release"), &python, &soak::Settings { minutes, ring_buffer_mib })
         }
         Task::BenchLoop { size, iterations } => bench::syscall_loop::run(size, iterations),
         Task::Setup => {

@@ -69,7 +69,12 @@ impl<K: Copy + PartialEq> ConnPairs<K> {
                 let gone: Vec<u64> = self.open.values().filter(|(_, owner)| *owner == pid).map(|(id, _)| *id).collect();
                 gone.into_iter().for_each(|id| self.closed(id));
             }
-            Event::Data(_) | Event::Exec(_) | Event::Fork(_) | Event::Task(_) | Event::Listen(_) => {}
+            Event::Data(_)
+            | Event::Exec(_)
+            | Event::Fork(_)
+            | Event::Task(_)
+            | Event::Listen(_)
+            | Event::LogWrite(_) => {}
         }
     }
 

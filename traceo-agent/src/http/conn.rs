@@ -6,7 +6,7 @@ use crate::events::{Data, Direction};
 use super::detect::{Detector, Verdict};
 use super::exchange::{ConnInfo, Exchange, RequestSeen, Role, Tracked};
 use super::pairing::Pairing;
-use super::parser::{HttpMessage, Kind, Output, ProtocolParser, Segment};
+use super::parser::{HttpMessage, Kind, Output, ParseErrorKind, ProtocolParser, Segment};
 use super::route::RouteNormalizer;
 use super::stats::TrackerStats;
 
@@ -156,6 +156,10 @@ impl Conn {
         if let Proto::Active(p) = &mut self.proto {
             let mut outputs = std::mem::take(&mut self.scratch);
             p.finish(&mut outputs);
+            if self.info.lossy {
+                // A head cut by the kernel's loss is that loss (counted), not an unfinished head.
+                outputs.retain(|o| !matches!(o, Output::Error(ParseErrorKind::IncompleteHead)));
+            }
             self.handle_as(role, &mut outputs, ctx);
         }
         let (unanswered, unpaired) = self.pairing.flush();

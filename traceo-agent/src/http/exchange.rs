@@ -216,6 +216,8 @@ pub struct Exchange {
     pub mcp: Option<crate::mcp::McpInfo>,
     /// A database operation (PostgreSQL, Redis) rather than an HTTP exchange.
     pub db: Option<Box<crate::db::DbOp>>,
+    /// The exception a traceback written while serving it reports (`--log-records`).
+    pub exception: Option<crate::logs::ExceptionInfo>,
 }
 
 /// A request read (server) or sent (client) in full, announced before its exchange completes
@@ -296,6 +298,11 @@ impl Exchange {
         };
         let resp = resp.unwrap_or_default();
         let answered = !flags.no_response;
+        // The server that answered: this service, or (a client's call) the address it called.
+        let scope = match role {
+            Role::Server => conn.service.clone(),
+            Role::Client => format!("{}>{}", conn.service, conn.peer.map(|p| p.to_string()).unwrap_or_default()),
+        };
         Exchange {
             service: conn.service.clone(),
             role,
@@ -307,7 +314,7 @@ impl Exchange {
             peer: conn.peer,
             tls: conn.tls,
             method: req.method.unwrap_or_default(),
-            route: routes.route(&target, resp.status),
+            route: routes.route(&scope, &target, resp.status),
             target,
             version: req.version,
             status: resp.status,
@@ -329,6 +336,7 @@ impl Exchange {
             job_status: None,
             mcp: None,
             db: None,
+            exception: None,
             candidates: Vec::new(),
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },

@@ -157,6 +157,9 @@ impl Exchange {
         if let Some(status) = &self.job_status {
             o.field("job_status", Value::from(status.as_str()));
         }
+        if let Some(e) = &self.exception {
+            o.field("exception", serde_json::json!({"type": e.kind, "message": e.message}));
+        }
         if let Some(mcp) = &self.mcp {
             o.field("mcp", serde_json::to_value(mcp).unwrap_or(Value::Null));
         }

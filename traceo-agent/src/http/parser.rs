@@ -151,10 +151,16 @@ pub enum ParseErrorKind {
     LostBytesInHeaders,
     /// A direction held more than `max_buffer_bytes` waiting for the other side.
     BufferFull,
+    /// A request line longer than the longest target recognised (8 KiB): the request is
+    /// reported with its method and the target's start, flagged `parse_error`.
+    RequestLineTooLong,
+    /// The connection ended (or expired) inside a head: an unfinished request or response
+    /// (a slowloris client, a peer that gave up). A request whose line was read is reported.
+    IncompleteHead,
 }
 
 impl ParseErrorKind {
-    pub const ALL: [ParseErrorKind; 9] = [
+    pub const ALL: [ParseErrorKind; 11] = [
         ParseErrorKind::BadRequestLine,
         ParseErrorKind::BadStatusLine,
         ParseErrorKind::BadHeader,
@@ -164,6 +170,8 @@ impl ParseErrorKind {
         ParseErrorKind::BadTransferEncoding,
         ParseErrorKind::LostBytesInHeaders,
         ParseErrorKind::BufferFull,
+        ParseErrorKind::RequestLineTooLong,
+        ParseErrorKind::IncompleteHead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -177,6 +185,8 @@ impl ParseErrorKind {
             ParseErrorKind::BadTransferEncoding => "bad_transfer_encoding",
             ParseErrorKind::LostBytesInHeaders => "lost_bytes_in_headers",
             ParseErrorKind::BufferFull => "buffer_full",
+            ParseErrorKind::RequestLineTooLong => "request_line_too_long",
+            ParseErrorKind::IncompleteHead => "incomplete_head",
         }
     }
 

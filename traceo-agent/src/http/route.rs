@@ -31,8 +31,9 @@ struct Template {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteNormalizer {
     templates: Vec<Template>,
-    /// Heuristic routes that answered something other than 404.
-    known: RefCell<HashSet<String>>,
+    /// Heuristic routes that answered something other than 404, by the server that answered
+    /// (`scope`: one server's served paths say nothing of another's).
+    known: RefCell<HashSet<(String, String)>>,
 }
 
 impl RouteNormalizer {
@@ -55,22 +56,23 @@ impl RouteNormalizer {
     }
 
     /// The route of an answered request: [`UNMATCHED`] for a 404 on a route no template names
-    /// and that never answered anything else.
-    pub fn route(&self, target: &str, status: Option<u16>) -> String {
+    /// and that never answered anything else on this server (`scope` names the server).
+    pub fn route(&self, scope: &str, target: &str, status: Option<u16>) -> String {
         let route = self.normalize(target);
         if self.templates.iter().any(|t| t.text == route) {
             return route;
         }
         let mut known = self.known.borrow_mut();
+        let key = (scope.to_owned(), route);
         match status {
-            Some(404) if !known.contains(&route) => UNMATCHED.to_owned(),
+            Some(404) if !known.contains(&key) => UNMATCHED.to_owned(),
             Some(_) => {
-                if known.len() < MAX_KNOWN && !known.contains(&route) {
-                    known.insert(route.clone());
+                if known.len() < MAX_KNOWN && !known.contains(&key) {
+                    known.insert(key.clone());
                 }
-                route
+                key.1
             }
-            None => route,
+            None => key.1,
         }
     }
 
@@ -212,13 +214,17 @@ mod tests {
     #[test]
     fn a_scanners_404s_fold_into_one_route() {
         let n = RouteNormalizer::new(&["/api/v1/jobs/{job_id}".to_string()]);
-        let routes: HashSet<String> = (0..1000).map(|i| n.route(&format!("/wp-admin{i}/x.php"), Some(404))).collect();
+        let routes: HashSet<String> =
+            (0..1000).map(|i| n.route("s", &format!("/wp-admin{i}/x.php"), Some(404))).collect();
         assert_eq!(routes, HashSet::from([UNMATCHED.to_owned()]));
         // A route that answers is served: its 404s keep it (a missing item, not a missing route).
-        assert_eq!(n.route("/items/7", Some(200)), "/items/{id}");
-        assert_eq!(n.route("/items/8", Some(404)), "/items/{id}");
+        assert_eq!(n.route("s", "/items/7", Some(200)), "/items/{id}");
+        assert_eq!(n.route("s", "/items/8", Some(404)), "/items/{id}");
         // Templates always name their route.
-        assert_eq!(n.route("/api/v1/jobs/nope", Some(404)), "/api/v1/jobs/{job_id}");
+        assert_eq!(n.route("s", "/api/v1/jobs/nope", Some(404)), "/api/v1/jobs/{job_id}");
+        // What one server serves says nothing of another (a catch-all next to an API).
+        assert_eq!(n.route("catchall", "/aef.php", Some(200)), "/aef.php");
+        assert_eq!(n.route("api", "/aef.php", Some(404)), UNMATCHED);
     }
 
     #[test]

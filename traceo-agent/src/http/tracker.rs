@@ -134,7 +134,7 @@ impl ConnTracker {
                     self.end(conn, out);
                 }
             }
-            Event::Exec(_) | Event::Fork(_) | Event::Task(_) | Event::Listen(_) => {}
+            Event::Exec(_) | Event::Fork(_) | Event::Task(_) | Event::Listen(_) | Event::LogWrite(_) => {}
         }
         self.stats.active_connections = self.conns.len() as u64;
     }

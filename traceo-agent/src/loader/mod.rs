@@ -30,6 +30,10 @@ pub struct LoadOptions {
     pub ring_buffer_mib: u32,
     /// Trace every process but the agent (no `--service` given).
     pub trace_all: bool,
+    /// Capture what traced processes write to non-socket stdout/stderr (`--log-records`).
+    pub capture_logs: bool,
+    /// Also capture writes to the files in `LOG_FILES` (`--log-file`).
+    pub log_files: bool,
 }
 
 /// The embedded object, or an error that says how to build it.
@@ -120,6 +124,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         trace_all: opts.trace_all as u32,
         capture_bytes: opts.capture_bytes,
         fork_child_pid_offset: tracefs::field_offset(&tracefs, "sched", "sched_process_fork", "child_pid")?,
+        capture_logs: opts.capture_logs as u32,
+        log_files: opts.log_files as u32,
     };
     check_ring_buffer_mib(opts.ring_buffer_mib)?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -300,21 +306,50 @@ impl Probes {
     }
 
     /// Detach every program (also happens on drop; this makes it explicit and logged).
+    ///
+    /// Each link's release waits for the kernel (a uprobe's unregistering an RCU grace
+    /// period, hundreds of milliseconds on a busy VM), so the links are taken out and
+    /// released in parallel: Ctrl-C and SIGTERM end the agent within a few seconds whatever
+    /// the number of probes.
     pub fn detach(&mut self) {
+        let started = std::time::Instant::now();
         let tasks = self.task_links.drain().flat_map(|(_, links)| links);
         let uprobes: Vec<_> = self.uprobe_links.drain().flat_map(|(_, links)| links).chain(tasks).collect();
         let count = self.links.len() + uprobes.len();
+        let mut owned_uprobes = Vec::new();
         for (name, link) in uprobes {
-            self.detach_one_uprobe(name, link);
-        }
-        for (name, link) in self.links.drain(..) {
-            if let Ok(program) = <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
-                if let Err(e) = program.detach(link) {
-                    log::warn!("detaching {name}: {e}");
+            if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
+                match program.take_link(link) {
+                    Ok(l) => owned_uprobes.push(l),
+                    Err(e) => log::debug!("detaching {name}: {e}"),
                 }
             }
         }
-        log::info!("detached {count} programs");
+        let mut owned_tracepoints = Vec::new();
+        for (name, link) in self.links.drain(..) {
+            if let Ok(program) = <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
+                match program.take_link(link) {
+                    Ok(l) => owned_tracepoints.push(l),
+                    Err(e) => log::warn!("detaching {name}: {e}"),
+                }
+            }
+        }
+        const RELEASERS: usize = 16;
+        std::thread::scope(|s| {
+            let per = owned_uprobes.len().div_ceil(RELEASERS).max(1);
+            let mut rest = owned_uprobes;
+            while !rest.is_empty() {
+                let chunk: Vec<_> = rest.drain(..per.min(rest.len())).collect();
+                s.spawn(move || drop(chunk));
+            }
+            let per = owned_tracepoints.len().div_ceil(RELEASERS).max(1);
+            let mut rest = owned_tracepoints;
+            while !rest.is_empty() {
+                let chunk: Vec<_> = rest.drain(..per.min(rest.len())).collect();
+                s.spawn(move || drop(chunk));
+            }
+        });
+        log::info!("detached {count} programs in {:.1} s", started.elapsed().as_secs_f64());
     }
 
     /// Forward kernel-side log messages until the runtime stops.
@@ -344,9 +379,45 @@ impl Probes {
         Ok(KernelPids { flags })
     }
 
+    pub fn take_log_files(&mut self) -> anyhow::Result<LogFiles> {
+        let map = self.ebpf.take_map("LOG_FILES").context("LOG_FILES map missing")?;
+        Ok(LogFiles { map: aya::maps::HashMap::try_from(map)?, inodes: std::collections::HashSet::new() })
+    }
+
     pub fn take_stats(&mut self) -> anyhow::Result<KernelStats> {
         let map = self.ebpf.take_map("STATS").context("STATS map missing")?;
         Ok(KernelStats { map: PerCpuArray::try_from(map)? })
+    }
+}
+
+/// `--log-file`: the inode numbers of the files matching the globs, kept in the kernel's
+/// `LOG_FILES` map (a rotated file is a new inode: found at the next refresh).
+pub struct LogFiles {
+    map: aya::maps::HashMap<MapData, u64, u8>,
+    inodes: std::collections::HashSet<u64>,
+}
+
+impl LogFiles {
+    /// Glob again; put new files' inodes in the map, take out those gone.
+    pub fn refresh(&mut self, globs: &[String]) {
+        use std::os::unix::fs::MetadataExt as _;
+        let now: std::collections::HashSet<u64> = globs
+            .iter()
+            .filter_map(|g| glob::glob(g).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()).map(|m| m.ino()))
+            .take(1024)
+            .collect();
+        for gone in self.inodes.difference(&now) {
+            let _ = self.map.remove(gone);
+        }
+        for new in now.difference(&self.inodes) {
+            if let Err(e) = self.map.insert(new, 1, 0) {
+                log::warn!("--log-file: cannot select inode {new}: {e}");
+            }
+        }
+        self.inodes = now;
     }
 }
 
@@ -397,6 +468,8 @@ pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
     "runtime_read_failed",
     "ring_full_task",
     "task_init_unpaired",
+    "log_events",
+    "ring_full_log",
 ];
 
 impl KernelStats {
@@ -416,5 +489,6 @@ impl KernelStats {
             + values[stat::RING_FULL_CONN as usize]
             + values[stat::RING_FULL_PROC as usize]
             + values[stat::RING_FULL_TASK as usize]
+            + values[stat::RING_FULL_LOG as usize]
     }
 }

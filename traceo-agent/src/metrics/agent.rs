@@ -22,6 +22,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LinkLabel {
     pub link: String,
 }
@@ -72,6 +77,8 @@ pub struct AgentMetrics {
     decode_errors: Counter,
     active_connections: Gauge,
     pub series_overflow: Counter,
+    scrapes_cut: Family<ReasonLabel, Counter>,
+    worker_dropped: Family<TaskLabel, Counter>,
     span_links: Family<LinkLabel, Counter>,
     correlation_dropped: Family<ReasonLabel, Counter>,
     spans_exported: Counter,
@@ -91,6 +98,20 @@ fn follow<S: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug>(
 }
 
 impl AgentMetrics {
+    /// The drop counter of a worker thread's queue.
+    pub fn worker_dropped(&self, task: &str) -> Counter {
+        self.worker_dropped.get_or_create(&TaskLabel { task: task.to_owned() }).clone()
+    }
+
+    /// A scrape connection cut (`busy`, `deadline`).
+    pub fn scrape_cut(&self, reason: &str) {
+        self.scrape_cut_by(reason, 1);
+    }
+
+    fn scrape_cut_by(&self, reason: &str, n: u64) {
+        self.scrapes_cut.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(n);
+    }
+
     pub fn register(r: &mut Registry) -> AgentMetrics {
         let m = AgentMetrics {
             events_read: Family::default(),
@@ -104,6 +125,8 @@ impl AgentMetrics {
             decode_errors: Counter::default(),
             active_connections: Gauge::default(),
             series_overflow: Counter::default(),
+            scrapes_cut: Family::default(),
+            worker_dropped: Family::default(),
             span_links: Family::default(),
             correlation_dropped: Family::default(),
             spans_exported: Counter::default(),
@@ -159,6 +182,21 @@ impl AgentMetrics {
             "traceo_agent_metric_series_overflow",
             "HTTP label sets folded into http_route=\"__overflow__\" by the series cap",
             m.series_overflow.clone(),
+        );
+        for reason in ["busy", "deadline"] {
+            m.scrape_cut_by(reason, 0);
+        }
+        r.register(
+            "traceo_agent_worker_requests_dropped",
+            "Requests to the agent's worker threads dropped because the previous one still ran (its \
+             bounded queue was full), by task (proc_scan: the slow port: rescan)",
+            m.worker_dropped.clone(),
+        );
+        r.register(
+            "traceo_agent_scrapes_cut",
+            "Connections to /metrics (/health, /ready) cut: busy (more than 4 at once, closed unanswered), \
+             deadline (not done in 10 s: a scraper that does not read)",
+            m.scrapes_cut.clone(),
         );
         r.register(
             "traceo_agent_span_links",

@@ -4,6 +4,7 @@
 mod agent;
 mod http;
 mod jobs;
+mod logs;
 mod mcp;
 pub mod server;
 mod text_format;
@@ -30,7 +31,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { max_series: 10_000, series_ttl: Duration::from_secs(3600) }
+        MetricsConfig { max_series: 1_000, series_ttl: Duration::from_secs(3600) }
     }
 }
 
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub jobs: JobMetrics,
     pub tls: TlsMetrics,
     pub db: crate::db::DbMetrics,
+    pub logs: logs::LogMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -53,7 +55,8 @@ impl Metrics {
         let jobs = JobMetrics::register(&mut registry);
         let tls = TlsMetrics::register(&mut registry);
         let db = crate::db::DbMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, db, agent }
+        let logs = logs::LogMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, db, logs, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

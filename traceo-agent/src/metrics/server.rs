@@ -2,6 +2,12 @@
 //!
 //! A deliberately small HTTP/1.1 responder: one request per connection, GET only, bounded
 //! request size. Bound to loopback by default (`--metrics-addr`).
+//!
+//! It runs on a thread of its own (its own small runtime): encoding a large page or a
+//! scraper that reads slowly never takes time from the thread that drains the kernel's ring
+//! buffer. At most [`MAX_SCRAPES`] connections are served at once (more are closed at once)
+//! and each has [`DEADLINE`] to finish; both cuts are counted in
+//! `traceo_agent_scrapes_cut_total{reason}` (`busy`, `deadline`).
 
 use std::{
     net::SocketAddr,
@@ -47,23 +53,58 @@ pub fn parse_addr(spec: &str) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
-/// Bind now (so a taken port is an error at start), serve in the background.
+/// Connections served at once; more are closed unanswered (counted `busy`). Each holds one
+/// encoded page at most, so this also bounds the memory scrapes take.
+pub const MAX_SCRAPES: usize = 4;
+/// A connection not done (request read, page written) in this time is cut (`deadline`).
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Bind now (so a taken port is an error at start), serve on a thread of its own.
 pub async fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, ready: Readiness) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on --metrics-addr {addr} (in use? choose another port or `off`)"))?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new()
+        .name("traceo-metrics".into())
+        .spawn(move || runtime.block_on(serve(listener, metrics, ready)))
+        .context("cannot start the metrics thread")?;
     log::info!("metrics on http://{bound}/metrics (also /health, /ready)");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let (metrics, ready) = (metrics.clone(), ready.clone());
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics, &ready)).await;
-            });
-        }
-    });
     Ok(bound)
+}
+
+async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>, ready: Readiness) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("metrics endpoint: {e}");
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of descriptors, say: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.agent.scrape_cut("busy");
+            drop(stream);
+            continue;
+        };
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            if tokio::time::timeout(DEADLINE, respond(stream, &metrics, &ready)).await.is_err() {
+                metrics.agent.scrape_cut("deadline");
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// Served when the scraper accepts it (Prometheus does): the only format with exemplars.

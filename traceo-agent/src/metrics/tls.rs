@@ -13,6 +13,7 @@ pub struct TlsMetrics {
     ciphertext_bytes: Counter,
     connections: Counter,
     opaque_connections: Counter,
+    on_plaintext_connections: Counter,
     probed_files: Gauge,
     failed_files: Gauge,
     opaque_processes: Gauge,
@@ -27,6 +28,7 @@ impl TlsMetrics {
             ciphertext_bytes: Counter::default(),
             connections: Counter::default(),
             opaque_connections: Counter::default(),
+            on_plaintext_connections: Counter::default(),
             probed_files: Gauge::default(),
             failed_files: Gauge::default(),
             opaque_processes: Gauge::default(),
@@ -55,6 +57,12 @@ impl TlsMetrics {
             m.opaque_connections.clone(),
         );
         r.register(
+            "traceo_tls_on_plaintext_connections",
+            "TLS handshakes that got no TLS answer (a TLS client on a plaintext port, answered in plaintext or \
+             not at all): not HTTPS, not opaque",
+            m.on_plaintext_connections.clone(),
+        );
+        r.register(
             "traceo_tls_probed_libraries",
             "Library or executable files the OpenSSL probes are attached to",
             m.probed_files.clone(),
@@ -81,6 +89,7 @@ impl TlsMetrics {
             (&self.ciphertext_bytes, now.ciphertext_bytes, last.ciphertext_bytes),
             (&self.connections, now.tls_connections, last.tls_connections),
             (&self.opaque_connections, now.opaque_connections, last.opaque_connections),
+            (&self.on_plaintext_connections, now.on_plaintext_connections, last.on_plaintext_connections),
         ] {
             counter.inc_by(v.saturating_sub(before));
         }

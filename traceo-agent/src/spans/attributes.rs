@@ -54,8 +54,10 @@ fn host_port(host: &str) -> (&str, Option<u16>) {
 /// The low-cardinality reason an exchange failed, if it did: a 5xx status, or no (parseable)
 /// response.
 pub fn error_type(ex: &Exchange) -> Option<String> {
+    // A traceback written while serving it names the error better than its status does.
+    let exception = ex.exception.as_ref().map(|e| e.kind.clone());
     match ex.status {
-        Some(s) if s >= 500 => Some(s.to_string()),
+        Some(s) if s >= 500 => Some(exception.unwrap_or_else(|| s.to_string())),
         // An MCP call that failed inside a 2xx answer (isError, or a JSON-RPC error object).
         Some(_) => ex.mcp.as_ref().and_then(|m| {
             m.messages
@@ -64,7 +66,7 @@ pub fn error_type(ex: &Exchange) -> Option<String> {
                 .map(|msg| msg.outcome.as_str().to_owned())
         }),
         None if ex.flags.parse_error => Some("parse_error".to_owned()),
-        None => Some("no_response".to_owned()),
+        None => Some(exception.unwrap_or_else(|| "no_response".to_owned())),
     }
 }
 

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
     trace::v1::{
         Span, Status,
-        span::{Link as SpanLink, SpanKind},
+        span::{Event as SpanEvent, Link as SpanLink, SpanKind},
         status::StatusCode,
     },
 };
@@ -56,7 +56,7 @@ impl SpanBuilder {
         Some((self.resource(&ex.service, ex.pid), span))
     }
 
-    fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
+    pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
         let key = (service.to_owned(), pid);
         if let Some(r) = self.resources.get(&key) {
             return r.clone();
@@ -128,6 +128,23 @@ fn span_links(ex: &Exchange) -> Vec<SpanLink> {
     job.chain(ex.candidates.iter().map(|c| link(c, candidate()))).collect()
 }
 
+/// The exception a traceback written while serving it reported, per the OTel semantic
+/// conventions for exceptions (at the span's end: when it was written is not kept).
+fn exception_event(ex: &Exchange, at_unix_ns: u64) -> Vec<SpanEvent> {
+    let Some(e) = &ex.exception else { return Vec::new() };
+    let s = super::attributes::string;
+    vec![SpanEvent {
+        time_unix_nano: at_unix_ns,
+        name: "exception".to_owned(),
+        attributes: vec![
+            s("exception.type", e.kind.as_str()),
+            s("exception.message", e.message.as_str()),
+            s("exception.stacktrace", e.stacktrace.as_str()),
+        ],
+        dropped_attributes_count: 0,
+    }]
+}
+
 pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
     if let Some(op) = &ex.db {
         return crate::db::span::span(ex, op, clock);
@@ -154,6 +171,7 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         end_time_unix_nano: nanos(clock, end_ns),
         attributes: span_attributes(ex),
         links: span_links(ex),
+        events: exception_event(ex, nanos(clock, end_ns)),
         status: Some(status),
         ..Span::default()
     })

@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use opentelemetry_proto::tonic::{
+    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     common::v1::InstrumentationScope,
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
     trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
 use tokio::sync::mpsc;
@@ -77,10 +79,46 @@ impl ExportCounts {
     }
 }
 
+/// What an exporter sends, each item under its resource: spans, or log records.
+pub trait Signal: Send + 'static {
+    type Item: Send + 'static;
+    /// For the agent's log: "spans", "log records".
+    const WHAT: &'static str;
+    /// Send one batch; how many items the endpoint rejected.
+    fn export(
+        channel: Channel,
+        items: Vec<(Arc<ResourceEntry>, Self::Item)>,
+    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>>;
+}
+
+/// OTLP traces.
+pub struct Spans;
+
+impl Signal for Spans {
+    type Item = Span;
+    const WHAT: &'static str = "spans";
+    async fn export(channel: Channel, items: Vec<Item>) -> Result<u64, tonic::Status> {
+        let resp = TraceServiceClient::new(channel).export(request(items)).await?;
+        Ok(resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
+    }
+}
+
+/// OTLP logs (`--log-records` with an endpoint).
+pub struct Logs;
+
+impl Signal for Logs {
+    type Item = LogRecord;
+    const WHAT: &'static str = "log records";
+    async fn export(channel: Channel, items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> Result<u64, tonic::Status> {
+        let resp = LogsServiceClient::new(channel).export(logs_request(items)).await?;
+        Ok(resp.into_inner().partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
+    }
+}
+
 type Item = (Arc<ResourceEntry>, Span);
 
-pub struct Exporter {
-    tx: Option<mpsc::Sender<Item>>,
+pub struct Exporter<S: Signal = Spans> {
+    tx: Option<mpsc::Sender<(Arc<ResourceEntry>, S::Item)>>,
     counts: Arc<ExportCounts>,
     thread: Option<JoinHandle<()>>,
     finished: std::sync::mpsc::Receiver<()>,
@@ -102,13 +140,14 @@ pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
     Endpoint::from_shared(url.clone()).with_context(|| format!("invalid OTLP endpoint {url}"))
 }
 
-impl Exporter {
-    pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter> {
+impl<S: Signal> Exporter<S> {
+    pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter<S>> {
         let endpoint = parse_endpoint(&cfg.endpoint)?.connect_timeout(Duration::from_secs(2)).timeout(cfg.timeout);
         let (tx, rx) = mpsc::channel(cfg.max_queue.max(1));
         let counts = Arc::new(ExportCounts::default());
         let (done_tx, finished) = std::sync::mpsc::channel();
-        let worker = Worker { cfg: cfg.clone(), counts: counts.clone(), failing: false };
+        let worker =
+            Worker::<S> { cfg: cfg.clone(), counts: counts.clone(), failing: false, signal: Default::default() };
         let thread = std::thread::Builder::new()
             .name("traceo-otlp".into())
             .spawn(move || {
@@ -119,7 +158,7 @@ impl Exporter {
                 let _ = done_tx.send(());
             })
             .context("cannot start the OTLP export thread")?;
-        log::info!("exporting spans over OTLP/gRPC to {}", cfg.endpoint);
+        log::info!("exporting {} over OTLP/gRPC to {}", S::WHAT, cfg.endpoint);
         Ok(Exporter { tx: Some(tx), counts, thread: Some(thread), finished, endpoint: cfg.endpoint })
     }
 
@@ -128,7 +167,7 @@ impl Exporter {
     }
 
     /// Queue a span; never waits (a full queue drops it, counted).
-    pub fn send(&self, resource: Arc<ResourceEntry>, span: Span) {
+    pub fn send(&self, resource: Arc<ResourceEntry>, span: S::Item) {
         let Some(tx) = &self.tx else { return };
         if tx.try_send((resource, span)).is_err() {
             self.counts.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
@@ -147,34 +186,36 @@ impl Exporter {
                 }
             }
             Err(_) => log::warn!(
-                "OTLP export to {} did not finish within {timeout:?}; up to {pending} spans were not sent",
-                self.endpoint
+                "OTLP export to {} did not finish within {timeout:?}; up to {pending} {} were not sent",
+                self.endpoint,
+                S::WHAT
             ),
         }
         let c = &self.counts;
         let dropped: u64 = c.dropped().iter().map(|(_, n)| n).sum();
-        log::info!("spans: {} exported, {dropped} dropped", c.exported.load(Ordering::Relaxed));
+        log::info!("{}: {} exported, {dropped} dropped", S::WHAT, c.exported.load(Ordering::Relaxed));
     }
 }
 
-impl Drop for Exporter {
+impl<S: Signal> Drop for Exporter<S> {
     fn drop(&mut self) {
         self.shutdown(Duration::from_secs(5));
     }
 }
 
-struct Worker {
+struct Worker<S: Signal> {
     cfg: ExportConfig,
     counts: Arc<ExportCounts>,
     /// The last export failed (log once per outage, and its end).
     failing: bool,
+    signal: std::marker::PhantomData<S>,
 }
 
-impl Worker {
-    async fn run(mut self, endpoint: Endpoint, mut rx: mpsc::Receiver<Item>) {
+impl<S: Signal> Worker<S> {
+    async fn run(mut self, endpoint: Endpoint, mut rx: mpsc::Receiver<(Arc<ResourceEntry>, S::Item)>) {
         // Lazy: the endpoint may be down now and come up later; tonic reconnects.
-        let mut client = TraceServiceClient::new(endpoint.connect_lazy());
-        let mut batch: Vec<Item> = Vec::with_capacity(self.cfg.max_batch);
+        let mut client = endpoint.connect_lazy();
+        let mut batch: Vec<(Arc<ResourceEntry>, S::Item)> = Vec::with_capacity(self.cfg.max_batch);
         let mut timer = tokio::time::interval(self.cfg.interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -202,12 +243,10 @@ impl Worker {
         }
     }
 
-    async fn export(&mut self, client: &mut TraceServiceClient<Channel>, batch: &mut Vec<Item>) {
+    async fn export(&mut self, client: &mut Channel, batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>) {
         let n = batch.len() as u64;
-        let request = request(std::mem::take(batch));
-        match client.export(request).await {
-            Ok(resp) => {
-                let rejected = resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
+        match S::export(client.clone(), std::mem::take(batch)).await {
+            Ok(rejected) => {
                 self.counts.dropped_rejected.fetch_add(rejected, Ordering::Relaxed);
                 self.counts.exported.fetch_add(n.saturating_sub(rejected), Ordering::Relaxed);
                 if self.failing {
@@ -219,10 +258,11 @@ impl Worker {
                 self.counts.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
                 if !self.failing {
                     log::warn!(
-                        "OTLP export to {} failed ({}: {}); spans are dropped until it recovers",
+                        "OTLP export to {} failed ({}: {}); {} are dropped until it recovers",
                         self.cfg.endpoint,
                         status.code(),
-                        status.message()
+                        status.message(),
+                        S::WHAT
                     );
                     self.failing = true;
                 }
@@ -253,6 +293,30 @@ pub fn request(items: Vec<Item>) -> ExportTraceServiceRequest {
         })
         .collect();
     ExportTraceServiceRequest { resource_spans }
+}
+
+/// One logs request, records grouped under their resources.
+pub fn logs_request(items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> ExportLogsServiceRequest {
+    let scope =
+        InstrumentationScope { name: "traceo".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+    let mut groups: Vec<(Arc<ResourceEntry>, Vec<LogRecord>)> = Vec::new();
+    let mut index: HashMap<(String, u32), usize> = HashMap::new();
+    for (resource, record) in items {
+        let i = *index.entry((resource.service.clone(), resource.pid)).or_insert_with(|| {
+            groups.push((resource.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(record);
+    }
+    let resource_logs = groups
+        .into_iter()
+        .map(|(r, log_records)| ResourceLogs {
+            resource: Some(r.resource.clone()),
+            scope_logs: vec![ScopeLogs { scope: Some(scope.clone()), log_records, ..Default::default() }],
+            ..Default::default()
+        })
+        .collect();
+    ExportLogsServiceRequest { resource_logs }
 }
 
 #[cfg(test)]

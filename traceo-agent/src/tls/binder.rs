@@ -15,7 +15,9 @@
 //! binds to it; from then on its socket bytes are dropped here (counted), and the HTTP
 //! layer sees only the plaintext under the connection's id. A TLS connection that ends
 //! without any plaintext belongs to a TLS stack the probes cannot see into: counted, and
-//! logged once per process.
+//! logged once per process; unless its handshake never got a TLS answer (a TLS client on a
+//! plaintext port, answered in plaintext or not at all): that is counted as such, and
+//! blames no TLS library.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -41,6 +43,9 @@ pub struct TlsStats {
     pub tls_connections: u64,
     /// TLS connections that ended without any plaintext seen (a TLS stack not probed).
     pub opaque_connections: u64,
+    /// TLS handshakes that never got a TLS answer: a TLS client on a plaintext port (the
+    /// server answered in plaintext, e.g. `400 Bad Request`, or closed). Not opaque.
+    pub on_plaintext_connections: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -63,6 +68,10 @@ struct TlsConn {
     pid: u32,
     /// The SSL object bound to it, if any.
     ssl: Option<u64>,
+    /// The direction of the handshake record that opened it (none when plaintext made it TLS).
+    hello: Option<Direction>,
+    /// What came back the other way first: a TLS record or not (`None`: nothing yet).
+    answer: Option<bool>,
 }
 
 #[derive(Default)]
@@ -74,6 +83,8 @@ pub struct TlsBinder {
     conns: HashMap<u64, TlsConn>,
     /// Processes already reported for opaque TLS.
     reported: HashSet<u32>,
+    /// Processes already reported for a TLS handshake on a plaintext connection.
+    reported_plain: HashSet<u32>,
     pub stats: TlsStats,
 }
 
@@ -89,6 +100,12 @@ pub fn is_tls_handshake(bytes: &[u8]) -> bool {
     }
 }
 
+/// Any TLS record's header: content type 20-23 (change cipher spec, alert, handshake,
+/// application data), version 3.x.
+pub fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [20..=23, 3, minor, ..] if *minor <= 4) || matches!(bytes, [20..=23] | [20..=23, 3])
+}
+
 impl TlsBinder {
     /// Consume one event in order and pass on what the HTTP layer should see.
     pub fn process(&mut self, ev: &Event, out: &mut impl FnMut(&Event)) {
@@ -98,9 +115,15 @@ impl TlsBinder {
                 self.socket_io(d, out);
                 if !self.conns.contains_key(&d.conn_id) && is_tls_handshake(&d.payload) {
                     self.mark_tls(d.conn_id, d.meta.pid);
+                    if let Some(c) = self.conns.get_mut(&d.conn_id) {
+                        c.hello = Some(d.direction);
+                    }
                 }
-                if self.conns.contains_key(&d.conn_id) {
-                    self.stats.ciphertext_bytes += d.total_len;
+                if let Some(c) = self.conns.get_mut(&d.conn_id) {
+                    if c.answer.is_none() && c.hello.is_some_and(|h| h != d.direction) && !d.payload.is_empty() {
+                        c.answer = Some(is_tls_record(&d.payload));
+                    }
+                    self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                 } else {
                     out(ev);
                 }
@@ -122,6 +145,7 @@ impl TlsBinder {
                     }
                 }
                 self.reported.remove(&pid);
+                self.reported_plain.remove(&pid);
                 out(ev);
             }
             _ => out(ev),
@@ -131,17 +155,20 @@ impl TlsBinder {
     /// Drop held writes that never met their socket write, and forget idle threads.
     pub fn expire(&mut self, now_ns: u64) {
         for t in self.threads.values_mut() {
-            while t.pending.front().is_some_and(|d| d.meta.ts_ns + PENDING_TIMEOUT_NS < now_ns) {
+            while t.pending.front().is_some_and(|d| d.meta.ts_ns.saturating_add(PENDING_TIMEOUT_NS) < now_ns) {
                 t.pending.pop_front();
                 self.stats.unbound_events += 1;
             }
         }
-        self.threads.retain(|_, t| !t.pending.is_empty() || t.last_ns + THREAD_IDLE_NS >= now_ns);
+        self.threads.retain(|_, t| !t.pending.is_empty() || t.last_ns.saturating_add(THREAD_IDLE_NS) >= now_ns);
     }
 
     /// Flush everything held (end of input): held writes have no socket write left to meet.
     pub fn finish(&mut self) {
-        self.expire(u64::MAX);
+        for t in self.threads.values() {
+            self.stats.unbound_events += t.pending.len() as u64;
+        }
+        self.threads.clear();
     }
 
     /// A socket read or write: remember it for the thread; a write may carry held plaintext.
@@ -214,7 +241,7 @@ impl TlsBinder {
     fn mark_tls(&mut self, conn: u64, pid: u32) {
         self.conns.entry(conn).or_insert_with(|| {
             self.stats.tls_connections += 1;
-            TlsConn { pid, ssl: None }
+            TlsConn { pid, ssl: None, hello: None, answer: None }
         });
     }
 
@@ -223,6 +250,19 @@ impl TlsBinder {
             Some(ssl) => {
                 if self.bound.get(&(conn.pid, ssl)) == Some(&conn_id) {
                     self.bound.remove(&(conn.pid, ssl));
+                }
+            }
+            // A handshake never answered in TLS: the far end does not speak TLS here.
+            None if conn.hello.is_some() && conn.answer != Some(true) => {
+                self.stats.on_plaintext_connections += 1;
+                if self.reported_plain.insert(conn.pid) {
+                    let comm = crate::procfs::comm(conn.pid).unwrap_or_default();
+                    log::info!(
+                        "pid {} ({comm}): a TLS handshake on connection {conn_id} got no TLS answer (TLS sent to a \
+                         plaintext HTTP port, or the reverse); not HTTPS, counted in \
+                         traceo_tls_on_plaintext_connections_total; later ones are only counted",
+                        conn.pid
+                    );
                 }
             }
             None => {

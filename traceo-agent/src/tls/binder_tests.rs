@@ -199,3 +199,52 @@ fn plain_http_passes_and_tls_without_plaintext_is_opaque() {
     assert_eq!(r.binder.stats.tls_connections, 1);
     assert_eq!(r.out.len(), 3, "both closes are passed on");
 }
+
+#[test]
+fn a_handshake_without_a_tls_answer_is_tls_on_a_plaintext_port_not_opaque() {
+    let mut r = Run::new();
+    // A server that got a ClientHello and answered in plaintext.
+    r.socket(1, 7, Ingress, CLIENT_HELLO);
+    r.socket(1, 7, Egress, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    r.close(7);
+    // One that got a ClientHello and closed.
+    r.socket(1, 8, Ingress, CLIENT_HELLO);
+    r.close(8);
+    // A real TLS exchange the probes cannot see into is still opaque.
+    r.socket(1, 9, Ingress, CLIENT_HELLO);
+    r.socket(1, 9, Egress, &[0x16, 3, 3, 0, 90, 2]);
+    r.close(9);
+    assert_eq!(r.binder.stats.on_plaintext_connections, 2);
+    assert_eq!(r.binder.stats.opaque_connections, 1);
+    assert!(r.passed().is_empty(), "no byte of them reaches the HTTP parser");
+    assert!(is_tls_record(&[21, 3, 3, 0, 2]) && is_tls_record(&[23]) && !is_tls_record(b"HTTP/1.1 400"));
+}
+
+#[test]
+fn timestamps_near_the_end_of_the_clock_do_not_overflow_expiry() {
+    // Found by fuzzing (decode target): a replayed or corrupt timestamp close to u64::MAX
+    // made `expire` overflow (a panic with overflow checks, a wrap that forgot the thread
+    // in release builds).
+    let mut r = Run { now: u64::MAX - 1_000_000, ..Run::new() };
+    r.socket(1, 5, Ingress, b"\x17\x03\x03x");
+    r.ssl(2, 0xd0, Egress, b"held, never written");
+    r.binder.expire(r.now + 100);
+    assert_eq!(r.binder.stats.unbound_events, 0, "nothing is due yet");
+    r.binder.finish();
+    assert_eq!(r.binder.stats.unbound_events, 1, "finish drops what is held, counted");
+}
+
+#[test]
+fn an_absurd_ciphertext_length_does_not_overflow_the_byte_count() {
+    // Found by fuzzing (decode target): a data event's length comes from the kernel or a
+    // record file; two near u64::MAX overflowed the ciphertext byte counter.
+    let mut r = Run::new();
+    r.socket(2, 6, Egress, CLIENT_HELLO);
+    for _ in 0..2 {
+        let mut d = r.data(2, 6, Syscall::Write, Egress, b"\x17\x03\x03");
+        d.total_len = u64::MAX - 1;
+        r.feed(Event::Data(d));
+    }
+    assert_eq!(r.binder.stats.ciphertext_bytes, u64::MAX, "saturates");
+    assert!(r.passed().is_empty(), "ciphertext is kept from the parser");
+}

@@ -49,7 +49,11 @@ fn emit_conn(cur: &Current, event_kind: u32, sock: &SocketFile, fd: i64, how: u8
         // Still announce the connection: its identity is known, its addresses are not.
         count(stat::SOCKET_WALK_FAILED);
     }
-    entry.submit(submit_flags());
+    // A listen is rare and the agent must act on it at once (a `port:` selector's new
+    // server is flagged before its first request): wake it, as for an exec.
+    let flags =
+        if event_kind == kind::LISTEN { aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64 } else { submit_flags() };
+    entry.submit(flags);
 }
 
 /// Announce `sock` once: accepted/connected sockets here, older ones on first data.

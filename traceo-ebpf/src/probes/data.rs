@@ -20,8 +20,11 @@ use super::{conn::announce_if_new, syscall_arg, syscall_ret};
 use crate::{
     filter::{maybe_traced, traced},
     globals::setting,
-    maps::{CONNECT, DATA_SCRATCH, EVENTS, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
-    socket::{WalkError, socket_of_fd},
+    maps::{
+        CONNECT, DATA_SCRATCH, EVENTS, LOG_FILES, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count,
+        submit_flags,
+    },
+    socket::{WalkError, regular_file_ino, socket_of_fd},
 };
 
 /// Ring buffer bytes data events leave to the other events (see `emit`).
@@ -38,7 +41,19 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
     let fd = fd as i32 as i64;
     let sock = match socket_of_fd(fd) {
         Ok(sock) => sock,
-        Err(WalkError::NotSocket) => return,
+        Err(WalkError::NotSocket) => {
+            // stdout/stderr that is not a socket (tty, pipe, file): the process's own log
+            // output. Two compares for every other non-socket fd; nothing when logs are off.
+            if syscall == syscall::WRITE || syscall == syscall::WRITEV {
+                // `--log-file`: a second walk and a lookup, only when that option is on.
+                // SAFETY: only tests for presence.
+                let log_file = || regular_file_ino(fd).is_some_and(|ino| unsafe { LOG_FILES.get(&ino) }.is_some());
+                if fd == 1 || fd == 2 || (setting!(log_files) != 0 && log_file()) {
+                    park_log(&cur, fd, buf, count_or_iovcnt, syscall, vectored);
+                }
+            }
+            return;
+        }
         Err(WalkError::Failed) => {
             count(stat::SOCKET_WALK_FAILED);
             return;
@@ -62,6 +77,34 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
         count(stat::ARGS_MAP_FULL);
     }
 }
+
+/// A write to non-socket stdout/stderr: parked like a socket write, with `conn_id` 0
+/// (`LOG_CONN`), so the exit probe emits a log-write event instead of a data event.
+#[inline(always)]
+fn park_log(cur: &crate::filter::Current, fd: i64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
+    if setting!(capture_logs) == 0 {
+        return;
+    }
+    let args = SyscallArgs {
+        conn_id: LOG_CONN,
+        buf,
+        count: count_or_iovcnt,
+        // SAFETY: helper call without arguments.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: fd as i32,
+        service: cur.service,
+        syscall,
+        vectored,
+        _pad: [0; 5],
+        task_ctx: crate::runtime::current_context(cur),
+    };
+    if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
+        count(stat::ARGS_MAP_FULL);
+    }
+}
+
+/// `SyscallArgs::conn_id` of a log write: no socket has inode 0, no `SSL *` is null.
+const LOG_CONN: u64 = 0;
 
 /// sendmsg/recvmsg: the iovec array and its length sit in the user's `struct user_msghdr`
 /// (msg_iov at byte 16, msg_iovlen at byte 24).
@@ -181,14 +224,16 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
         flags |= data_flags::TRUNCATED;
         count(stat::DATA_TRUNCATED);
     }
-    let lossy = LOSS_SEEN.get(0).is_some_and(|seen| *seen != 0);
+    let log = args.conn_id == LOG_CONN;
+    let lossy = !log && LOSS_SEEN.get(0).is_some_and(|seen| *seen != 0);
     // SAFETY: only tests for presence.
     if lossy && unsafe { LOSSY_CONNS.get(&args.conn_id) }.is_some() {
         flags |= data_flags::AFTER_LOSS;
     }
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    ev.header = EventHeader { kind: kind::DATA, pid: (pid_tgid >> 32) as u32, tid, service: args.service, ts_ns: now };
+    let event_kind = if log { kind::LOG_WRITE } else { kind::DATA };
+    ev.header = EventHeader { kind: event_kind, pid: (pid_tgid >> 32) as u32, tid, service: args.service, ts_ns: now };
     ev.conn_id = args.conn_id;
     ev.enter_ns = args.enter_ns;
     ev.exit_ns = now;
@@ -220,6 +265,10 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
             )
         }
     };
+    if log {
+        count(if sent == 0 { stat::LOG_EVENTS } else { stat::RING_FULL_LOG });
+        return sent == 0;
+    }
     if sent == 0 {
         count(stat::DATA_EVENTS);
         if flags & data_flags::AFTER_LOSS != 0 {

@@ -5,7 +5,7 @@ use crate::http::headers::{HeaderSelection, KeptHeaders};
 use crate::http::parser::{Kind, ParseErrorKind, Version};
 use crate::http::redact::redact_target;
 
-use super::startline::{Line, request_line, status_line};
+use super::startline::{Line, overlong_request_line, request_line, status_line};
 
 /// Stored targets are cut to this many bytes.
 const MAX_STORED_TARGET: usize = 4096;
@@ -70,16 +70,11 @@ pub fn parse_start(buf: &[u8], kind: Kind) -> Line<(Start, usize)> {
     match kind {
         Kind::Request => match request_line(buf) {
             Line::Yes(l) => {
-                let raw = String::from_utf8_lossy(l.target);
-                let mut target = redact_target(&raw);
-                if target.len() > MAX_STORED_TARGET {
-                    let mut cut = MAX_STORED_TARGET;
-                    while !target.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    target.truncate(cut);
-                }
-                let start = Start::Request { method: l.method.to_string(), target, version: l.version };
+                let start = Start::Request {
+                    method: l.method.to_string(),
+                    target: stored_target(l.target),
+                    version: l.version,
+                };
                 Line::Yes((start, l.len))
             }
             Line::No => Line::No,
@@ -91,6 +86,27 @@ pub fn parse_start(buf: &[u8], kind: Kind) -> Line<(Start, usize)> {
             Line::Partial => Line::Partial,
         },
     }
+}
+
+/// A target as exchanges keep it: redacted, cut to [`MAX_STORED_TARGET`] bytes.
+fn stored_target(raw: &[u8]) -> String {
+    let raw = String::from_utf8_lossy(raw.get(..MAX_STORED_TARGET * 2).unwrap_or(raw));
+    let mut target = redact_target(&raw);
+    if target.len() > MAX_STORED_TARGET {
+        let mut cut = MAX_STORED_TARGET;
+        while !target.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        target.truncate(cut);
+    }
+    target
+}
+
+/// A request line too long to read: its method and the start of its target (the version
+/// is not known; 1.1 is assumed).
+pub fn overlong_start(buf: &[u8]) -> Option<Start> {
+    let (method, target) = overlong_request_line(buf)?;
+    Some(Start::Request { method: method.to_owned(), target: stored_target(target), version: Version::Http11 })
 }
 
 /// The error for a start line that is not one.

@@ -8,7 +8,7 @@ use crate::http::headers::HeaderSelection;
 use crate::http::parser::{HttpMessage, Kind, ParseErrorKind, SegKind, Segment};
 
 use super::body::{Body, BodyFraming};
-use super::head::{Framing, Start, bad_start, find_blank_line, parse_head, parse_start};
+use super::head::{Framing, Start, bad_start, find_blank_line, overlong_start, parse_head, parse_start};
 use super::resync::{Scanner, Want};
 use super::startline::Line;
 
@@ -197,11 +197,16 @@ impl Reader {
                 return Some(self.fail(ParseErrorKind::LostBytesInHeaders, false));
             }
             SegKind::Eof => {
-                // The stream ended inside a head: nothing worth reporting.
+                // The stream ended inside a head (a slowloris client, a peer that gave up):
+                // counted, and a request whose line was read is reported.
                 seg.consume_all();
-                self.msg = None;
-                self.state = State::Boundary;
-                return None;
+                if buf.is_empty() {
+                    self.msg = None;
+                    self.state = State::Boundary;
+                    return None;
+                }
+                self.keep_start(&buf, kind);
+                return Some(self.fail(ParseErrorKind::IncompleteHead, false));
             }
         };
         self.touch(seg);
@@ -213,6 +218,12 @@ impl Reader {
                 Line::Partial => {}
                 Line::No => {
                     seg.consume_all();
+                    if let (Kind::Request, Some(start)) = (kind, overlong_start(&buf)) {
+                        if let Some(m) = &mut self.msg {
+                            apply_start(m, &start);
+                        }
+                        return Some(self.fail(ParseErrorKind::RequestLineTooLong, false));
+                    }
                     self.keep_start(&buf, kind);
                     return Some(self.fail(bad_start(kind), false));
                 }

@@ -98,6 +98,16 @@ pub fn request_line(buf: &[u8]) -> Line<RequestLine<'_>> {
     }
 }
 
+/// `METHOD SP` and more target bytes than [`MAX_TARGET`]: a request line too long to be
+/// read (`request_line` says `No`), though surely one. The method and the target's start.
+pub fn overlong_request_line(buf: &[u8]) -> Option<(&'static str, &[u8])> {
+    let sp = buf.iter().take(MAX_METHOD + 1).position(|&b| b == b' ')?;
+    let name = buf.get(..sp)?;
+    let method = METHODS.iter().copied().find(|m| m.as_bytes() == name)?;
+    let target = buf.get(sp + 1..sp + 2 + MAX_TARGET)?;
+    target.iter().all(|&b| is_target_byte(b)).then_some((method, target))
+}
+
 /// `HTTP/1.x SP 3DIGIT [SP reason] CRLF` (a bare LF is tolerated).
 pub fn status_line(buf: &[u8]) -> Line<StatusLine> {
     let (version, vlen) = match version(buf) {

@@ -1,0 +1,329 @@
+//! Live: the services' own log records joined to their requests' traces (`--log-records`).
+//! A FastAPI app under uvicorn logs with the stdlib logger inside its handlers while 50
+//! requests are in flight; each record names its request (`[rid:N]`, also sent as
+//! `x-request-id`), which is the ground truth.
+
+mod support;
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use serde_json::Value;
+use support::otlp::{Receiver, hex};
+use support::*;
+
+/// `n` GETs of `path?rid=N` with `x-request-id: N`, `concurrency` at a time (a Python client,
+/// not traced).
+fn load(port: u16, path: &str, n: usize, concurrency: usize, first: usize) {
+    let script = format!(
+        r#"
+import concurrent.futures, urllib.request, urllib.error
+def one(i):
+    req = urllib.request.Request("http://127.0.0.1:{port}{path}?rid=%d" % i, headers={{"x-request-id": str(i)}})
+    try:
+        urllib.request.urlopen(req, timeout=20).read()
+    except urllib.error.HTTPError as e:
+        e.read()
+with concurrent.futures.ThreadPoolExecutor({concurrency}) as ex:
+    list(ex.map(one, range({first}, {first} + {n})))
+"#
+    );
+    let status = Command::new(python()).args(["-c", &script]).status().expect("run the load");
+    assert!(status.success(), "load client failed");
+}
+
+/// The request id a record names (a traceback also quotes the source line `[rid:{rid}]`).
+fn rid_of(message: &str) -> Option<String> {
+    message.match_indices("[rid:").find_map(|(i, _)| {
+        let rest = &message[i + 5..];
+        let end = rest.find(']')?;
+        rest[..end].bytes().all(|b| b.is_ascii_digit()).then(|| rest[..end].to_owned())
+    })
+}
+
+#[test]
+fn records_carry_their_own_requests_trace_and_exceptions_reach_the_span() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs");
+    let port = free_port();
+    let app = uvicorn_app("log_app:app", port, 1, &[]);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let metrics = free_port();
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let mut agent = Agent::run(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    const N: usize = 200;
+    load(port, "/work", N, 50, 0);
+    load(port, "/boom", 3, 3, 1000);
+    load(port, "/secret", 2, 2, 2000);
+    // Held exchanges and waiting records go out within a few seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    let metrics_text = curl(&[&format!("http://127.0.0.1:{metrics}/metrics")]);
+    let agent_log = agent.stop();
+    drop(app);
+
+    let exchanges = json_lines(&exchanges);
+    let records = json_lines(&records);
+    let trace_of: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    assert!(trace_of.len() >= N, "only {} exchanges with a request id", trace_of.len());
+
+    // Every record naming a request carries that request's trace, span and correlation id.
+    let mut attributed = 0;
+    let mut named = 0;
+    let mut wrong = Vec::new();
+    for r in &records {
+        let Some(rid) = r["message"].as_str().and_then(rid_of) else { continue };
+        named += 1;
+        if r["trace_id"].is_null() {
+            continue;
+        }
+        attributed += 1;
+        let ex = trace_of.get(&rid).unwrap_or_else(|| panic!("no exchange for rid {rid}"));
+        if r["trace_id"] != ex["trace_id"] || r["span_id"] != ex["span_id"] || r["correlation_id"] != rid.as_str() {
+            wrong.push(format!("{r}\n  vs exchange {ex}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} records carry another request's ids:\n{}", wrong.len(), wrong.join("\n"));
+    // 2 per /work, 1 + the traceback per /boom, 1 per /secret.
+    assert!(named >= 2 * N + 3 + 2, "only {named} records name their request");
+    assert!(
+        attributed * 100 >= named * 95,
+        "only {attributed} of {named} records got their request's ids; agent log:\n{}",
+        agent_log.join("\n")
+    );
+    // Parsed: Python's default format.
+    let start = records.iter().find(|r| r["message"].as_str().is_some_and(|m| m.starts_with("start [rid:"))).unwrap();
+    assert_eq!(
+        (start["severity"].as_str(), start["logger"].as_str(), start["stream"].as_str()),
+        (Some("info"), Some("shop.orders"), Some("stderr"))
+    );
+    // Background records are outside any request: no ids, never a guess.
+    let background: Vec<&Value> =
+        records.iter().filter(|r| r["message"].as_str().is_some_and(|m| m.contains("background tick"))).collect();
+    assert!(!background.is_empty(), "no background records");
+    assert!(background.iter().all(|r| r["trace_id"].is_null()), "a background record got a trace id");
+
+    // The endpoint that raises: its 500 carries the exception, and so does its span's error.type.
+    let booms: Vec<&Value> =
+        exchanges.iter().filter(|e| e["target"].as_str().is_some_and(|t| t.starts_with("/boom"))).collect();
+    assert_eq!(booms.len(), 3, "boom exchanges");
+    for b in &booms {
+        assert_eq!(b["status"], 500);
+        assert_eq!(b["exception"]["type"], "ValueError", "no exception on {b}");
+        let rid = b["correlation_id"].as_str().expect("rid");
+        assert_eq!(b["exception"]["message"], format!("boom [rid:{rid}]"));
+        let tb = records
+            .iter()
+            .find(|r| r["exception"]["type"] == "ValueError" && r["trace_id"] == b["trace_id"])
+            .unwrap_or_else(|| panic!("no traceback record with the 500's trace {b}"));
+        assert_eq!(tb["severity"], "error");
+        assert!(tb["message"].as_str().is_some_and(|m| m.contains("Traceback (most recent call last):")));
+    }
+    assert!(
+        metrics_text.contains("traceo_exceptions_total{service=\"app\",exception_type=\"ValueError\"} 3"),
+        "{metrics_text}"
+    );
+    assert!(metrics_text.contains("traceo_log_records_total{service=\"app\",severity=\"warning\"}"));
+
+    // OTLP: the 500's span has the exception event; log records carry their span's ids.
+    let spans = receiver.spans();
+    for b in &booms {
+        let trace = b["trace_id"].as_str().unwrap();
+        let span = spans.iter().find(|s| s.trace_id() == trace).unwrap_or_else(|| panic!("no span for {b}"));
+        assert_eq!(span.attr("error.type"), Some("ValueError"));
+        let ev = span.span.events.iter().find(|e| e.name == "exception").expect("an exception event");
+        let attr = |k: &str| ev.attributes.iter().find(|a| a.key == k).map(|a| format!("{:?}", a.value));
+        assert!(attr("exception.type").is_some_and(|v| v.contains("ValueError")), "{ev:?}");
+        assert!(attr("exception.stacktrace").is_some_and(|v| v.contains("Traceback")), "{ev:?}");
+    }
+    let logs = receiver.logs();
+    let mut exported = 0;
+    for l in &logs {
+        let Some(rid) = rid_of(&l.body()) else { continue };
+        if l.record.trace_id.is_empty() {
+            continue;
+        }
+        exported += 1;
+        let ex = trace_of[&rid];
+        assert_eq!(Some(hex(&l.record.trace_id).as_str()), ex["trace_id"].as_str(), "{l:?}");
+        assert_eq!(Some(hex(&l.record.span_id).as_str()), ex["span_id"].as_str(), "{l:?}");
+        assert_eq!(l.service, "app");
+    }
+    assert_eq!(exported, attributed, "OTLP log records with ids vs JSON records with ids");
+    assert!(logs.iter().all(|l| !l.body().contains("hunter2") && !format!("{:?}", l.attrs).contains("hunter2")));
+
+    // The secret in a log line never leaves the agent.
+    let secret_records: Vec<&Value> =
+        records.iter().filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with("login [rid:"))).collect();
+    assert_eq!(secret_records.len(), 2);
+    for text in [
+        std::fs::read_to_string(dir.join("records.jsonl")).unwrap(),
+        std::fs::read_to_string(dir.join("exchanges.jsonl")).unwrap(),
+        agent_log.join("\n"),
+        metrics_text,
+    ] {
+        assert!(!text.contains("hunter2"), "the secret leaked");
+    }
+}
+
+#[test]
+fn record_files_and_events_scrub_log_text() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-record");
+    let port = free_port();
+    let app = uvicorn_app("log_app:app", port, 1, &[]);
+    let rec = Recording::start(&dir, &["--service", &format!("app=port:{port}"), "--logs"]);
+    let file = rec.file.clone();
+    std::thread::sleep(Duration::from_millis(300));
+    load(port, "/secret", 3, 3, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let events = rec.stop();
+    drop(app);
+    let raw = std::fs::read(&file).expect("record file");
+    assert!(!raw.windows(7).any(|w| w == b"hunter2"), "the secret is in the record file");
+    let writes = of_kind(&events, "log_write");
+    assert!(
+        writes.iter().any(|e| e["data"].as_str().is_some_and(|d| d.contains("login [rid:"))),
+        "no log write replayed"
+    );
+    assert!(!events.iter().any(|e| e.to_string().contains("hunter2")));
+    // Replayed through the pipeline: the records come out, with their requests' ids.
+    let out = Command::new(env!("CARGO_BIN_EXE_traceo-agent"))
+        .args(["replay", "--log", "off", "--log-records", "-"])
+        .arg(&file)
+        .output()
+        .expect("replay");
+    assert!(out.status.success());
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let logins: Vec<&Value> =
+        lines.iter().filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with("login [rid:"))).collect();
+    assert_eq!(logins.len(), 3, "{lines:?}");
+    assert!(logins.iter().all(|r| r["correlation_id"].as_str() == r["message"].as_str().and_then(rid_of).as_deref()));
+}
+
+#[test]
+fn a_threaded_servers_records_carry_their_threads_request() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-threaded");
+    let port = free_port();
+    let app = Proc::spawn(
+        Command::new(python())
+            .arg(repo().join("tests/apps/threaded_log_app.py"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for_port(port);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--metrics-addr",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    const N: usize = 100;
+    load(port, "/t", N, 50, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    agent.stop();
+    drop(app);
+    let exchanges = json_lines(&exchanges);
+    let records = json_lines(&records);
+    let by_rid: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    assert_eq!(by_rid.len(), N, "exchanges with a request id");
+    let (mut named, mut attributed, mut access) = (0, 0, 0);
+    for r in &records {
+        // The handler's records name the request; the access line has it in its path.
+        let rid = r["message"].as_str().and_then(rid_of).or_else(|| {
+            let path = r["fields"]["path"].as_str()?;
+            Some(path.split("rid=").nth(1)?.to_owned())
+        });
+        let Some(rid) = rid else { continue };
+        named += 1;
+        if r["format"] == "access" {
+            access += 1;
+        }
+        if r["trace_id"].is_null() {
+            continue;
+        }
+        attributed += 1;
+        let ex = by_rid[&rid];
+        assert_eq!((&r["trace_id"], &r["span_id"]), (&ex["trace_id"], &ex["span_id"]), "{r} vs {ex}");
+    }
+    assert_eq!(access, N, "access lines parsed as the common log format");
+    assert_eq!(named, 3 * N, "records naming their request");
+    assert_eq!(attributed, named, "records tied to their thread's request");
+}
+
+#[test]
+fn a_log_file_selected_by_glob_is_captured_and_joined() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-file");
+    let port = free_port();
+    let file = dir.join("app.log");
+    let app = uvicorn_app("log_app:app", port, 1, &[("LOG_FILE", file.to_str().expect("utf-8"))]);
+    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+    let glob = format!("{}/*.log", dir.display());
+    let mut agent = Agent::run(&[
+        "--service",
+        &format!("app=port:{port}"),
+        "--log",
+        exchanges.to_str().expect("utf-8"),
+        "--log-records",
+        records.to_str().expect("utf-8"),
+        "--log-file",
+        &glob,
+        "--metrics-addr",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    const N: usize = 40;
+    load(port, "/work", N, 20, 0);
+    std::thread::sleep(Duration::from_secs(5));
+    agent.stop();
+    drop(app);
+    let exchanges = json_lines(&exchanges);
+    let by_rid: HashMap<String, &Value> =
+        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    let in_file: Vec<Value> = json_lines(&records).into_iter().filter(|r| r["stream"] == "file").collect();
+    assert!(std::fs::read_to_string(&file).expect("the app's log file").contains("[rid:"), "the app wrote no file");
+    let named: Vec<&Value> = in_file.iter().filter(|r| r["message"].as_str().and_then(rid_of).is_some()).collect();
+    assert_eq!(named.len(), 2 * N, "records from the log file naming their request");
+    assert!(
+        in_file
+            .iter()
+            .filter(|r| r["message"].as_str().is_some_and(|m| m.contains("background")))
+            .all(|r| r["trace_id"].is_null())
+    );
+    for r in named {
+        let rid = r["message"].as_str().and_then(rid_of).expect("a request id");
+        assert_eq!(r["logger"], "shop.orders");
+        assert_eq!(r["trace_id"], by_rid[&rid]["trace_id"], "{r}");
+    }
+}

@@ -109,7 +109,9 @@ fn a_keep_alive_connection_opened_before_the_agent_is_still_seen() {
     }
     let dir = temp_dir("keepalive");
     let port = free_port();
-    let _server = uvicorn(port, 1);
+    // uvicorn closes an idle keep-alive connection after 5 s; a loaded machine can take that
+    // long to start the agent, and the test is about the connection outliving that start.
+    let _server = uvicorn_app("echo_app:app", port, 1, &[("UVICORN_TIMEOUT_KEEP_ALIVE", "120")]);
     let mut client = python_client("keepalive", port);
     let mut out = None;
     assert_eq!(client.read_line(&mut out), "first");

@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cgroup;
 pub mod otlp;
 pub mod prometheus;
 pub mod tls;
@@ -320,7 +321,7 @@ pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// The Traceo stack of tests/apps/traceo_stack: engine and MCP server on loopback ports.
 pub struct Stack {
-    _engine: Proc,
+    pub engine: Proc,
     _mcp: Proc,
     pub engine_port: u16,
     pub mcp_port: u16,
@@ -350,7 +351,7 @@ impl Stack {
         );
         wait_for_port(engine_port);
         wait_for_port(mcp_port);
-        Stack { _engine: engine, _mcp: mcp, engine_port, mcp_port }
+        Stack { engine, _mcp: mcp, engine_port, mcp_port }
     }
 
     /// Run the MCP client driver (with `args`, e.g. a number of concurrent uploads); its

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod container;
 pub mod correlate;
 pub mod db;
 pub mod decode;

@@ -37,12 +37,28 @@ pub fn tgid(id: u32) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
-/// Listening TCP sockets: inode -> port, from /proc/net/tcp and tcp6.
+/// Listening TCP sockets of every network namespace: inode -> port. Each namespace's tables
+/// are read through one of its processes (/proc/PID/net/tcp{,6} shows the namespace of PID),
+/// so `port:N` finds servers in containers too; socket inodes are unique host-wide, so the
+/// namespaces' tables merge without clashes.
 pub fn listening_sockets() -> HashMap<u64, u16> {
     let mut out = HashMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = fs::read_to_string(table) {
-            parse_listening(&text, &mut out);
+    let mut namespaces = std::collections::HashSet::new();
+    let mut tables = vec!["/proc/net".to_owned()];
+    if let Ok(own) = fs::read_link("/proc/self/ns/net") {
+        namespaces.insert(own);
+    }
+    for pid in pids() {
+        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else { continue };
+        if namespaces.insert(ns) {
+            tables.push(format!("/proc/{pid}/net"));
+        }
+    }
+    for dir in tables {
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = fs::read_to_string(format!("{dir}/{table}")) {
+                parse_listening(&text, &mut out);
+            }
         }
     }
     out

@@ -210,6 +210,8 @@ impl Outputs {
     /// Metrics (the trace id is set, so duration exemplars carry it), the JSON line, the span.
     fn write(&mut self, ex: &Exchange, joined: Option<JoinEvent>) {
         if let Some(m) = &self.metrics {
+            // Metrics exist only live: the pid is a process on this host now.
+            m.containers.observe(&ex.service, ex.pid);
             match &ex.db {
                 Some(op) => m.db.observe(&ex.service, op, ex.duration_ns().map(|ns| ns as f64 / 1e9)),
                 None => m.http.observe(&observation(ex)),

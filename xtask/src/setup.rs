@@ -25,6 +25,8 @@ const APT_TEST: &[&str] = &[
     "wget",
     "postgresql",
     "redis-server",
+    "systemd",
+    "iproute2",
 ];
 /// rotel ships a Rust OTLP collector binary: the third-party collector of the span tests.
 const PIP_TEST: &[&str] = &[
@@ -41,6 +43,8 @@ const PIP_TEST: &[&str] = &[
     // The database-span test's app: asyncpg (pooled) and redis-py's asyncio client.
     "asyncpg==0.32.*",
     "redis==7.*",
+    // Validates deploy/kubernetes against the Kubernetes schema (tests/deploy.rs).
+    "kubernetes-validate==1.37.*",
 ];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";

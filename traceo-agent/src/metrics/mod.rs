@@ -2,6 +2,7 @@
 //! metrics from exchanges, and the agent's own health. Served by `server`.
 
 mod agent;
+mod container;
 mod http;
 mod jobs;
 mod logs;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 
 pub use agent::{AgentMetrics, PipelineCounts};
+pub use container::ContainerMetrics;
 pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
 pub use jobs::JobMetrics;
 pub use mcp::McpMetrics;
@@ -43,6 +45,7 @@ pub struct Metrics {
     pub tls: TlsMetrics,
     pub db: crate::db::DbMetrics,
     pub logs: logs::LogMetrics,
+    pub containers: ContainerMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -56,7 +59,8 @@ impl Metrics {
         let tls = TlsMetrics::register(&mut registry);
         let db = crate::db::DbMetrics::register(&mut registry);
         let logs = logs::LogMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, db, logs, agent }
+        let containers = ContainerMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, db, logs, containers, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

@@ -65,11 +65,15 @@ impl SpanBuilder {
             self.resources.clear();
         }
         let exe = if self.host.live { process_executable_name(pid) } else { None };
-        let entry = Arc::new(ResourceEntry {
-            service: service.to_owned(),
-            pid,
-            resource: resource(service, pid, exe.as_deref(), self.host.host_name.as_deref()),
-        });
+        let mut resource = resource(service, pid, exe.as_deref(), self.host.host_name.as_deref());
+        if self.host.live {
+            // Read once per process: the resource is cached with it.
+            let facts = crate::container::read(pid);
+            resource
+                .attributes
+                .extend(facts.attributes().into_iter().map(|(k, v)| kv(k, Value::StringValue(v.to_owned()))));
+        }
+        let entry = Arc::new(ResourceEntry { service: service.to_owned(), pid, resource });
         self.resources.insert(key, entry.clone());
         entry
     }

@@ -112,6 +112,10 @@ pub struct HttpArgs {
     /// How long an issued key value waits for its webhook, in seconds.
     #[arg(long = "join-ttl", value_name = "SECS", default_value_t = 3600)]
     pub join_ttl_secs: u64,
+    /// Keep Redis keys (each command's first argument) in database operations' query text;
+    /// values are never kept. Off by default: keys often carry user ids.
+    #[arg(long = "db-keys")]
+    pub db_keys: bool,
 }
 
 impl HttpArgs {

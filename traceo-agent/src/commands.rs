@@ -51,6 +51,7 @@ fn tracker_config(services: Vec<String>, http: &HttpArgs) -> TrackerConfig {
         service_names: services,
         routes: http.routes.clone(),
         extra_headers: http.headers.iter().cloned().chain(key_headers).collect(),
+        db: crate::db::DbOptions { redis_keys: http.db_keys },
         ..TrackerConfig::default()
     }
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod container;
 pub mod correlate;
+pub mod db;
 pub mod decode;
 pub mod event_json;
 pub mod events;

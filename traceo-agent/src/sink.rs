@@ -212,7 +212,10 @@ impl Outputs {
         if let Some(m) = &self.metrics {
             // Metrics exist only live: the pid is a process on this host now.
             m.containers.observe(&ex.service, ex.pid);
-            m.http.observe(&observation(ex));
+            match &ex.db {
+                Some(op) => m.db.observe(&ex.service, op, ex.duration_ns().map(|ns| ns as f64 / 1e9)),
+                None => m.http.observe(&observation(ex)),
+            }
             if let (Some(info), Role::Server) = (&ex.mcp, ex.role) {
                 m.mcp.observe(&ex.service, info, ex.duration_ns().map(|ns| ns as f64 / 1e9));
             }
@@ -329,6 +332,7 @@ impl EventSink for HttpPipeline {
         counts.unpaired_requests = s.unpaired_requests;
         counts.unpaired_responses = s.unpaired_responses;
         counts.non_http_connections = s.non_http_connections;
+        counts.db_connections = s.db_connections;
         counts.loss_resyncs = s.loss_resyncs;
         counts.output_dropped = self.emitter.outputs.out.dropped() + self.emitter.outputs.records.dropped();
         counts.active_connections = s.active_connections;

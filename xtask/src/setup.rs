@@ -23,6 +23,8 @@ const APT_TEST: &[&str] = &[
     "nginx-light",
     "openssl",
     "wget",
+    "postgresql",
+    "redis-server",
     "systemd",
     "iproute2",
 ];
@@ -38,6 +40,9 @@ const PIP_TEST: &[&str] = &[
     // The fidelity harness's fronts: uvicorn on uvloop, aiohttp server and client.
     "uvloop==0.23.*",
     "aiohttp==3.14.*",
+    // The database-span test's app: asyncpg (pooled) and redis-py's asyncio client.
+    "asyncpg==0.32.*",
+    "redis==7.*",
     // Validates deploy/kubernetes against the Kubernetes schema (tests/deploy.rs).
     "kubernetes-validate==1.37.*",
     // The log tests' gunicorn app (sync and gthread workers, their access log).

@@ -15,11 +15,15 @@ pub struct Ctx<'a> {
     pub stats: &'a mut TrackerStats,
     pub routes: &'a RouteNormalizer,
     pub out: &'a mut dyn FnMut(Tracked),
+    /// How database operations are described.
+    pub db: &'a crate::db::DbOptions,
 }
 
 enum Proto {
     Detecting(Detector, Box<dyn ProtocolParser>),
     Active(Box<dyn ProtocolParser>),
+    /// A database protocol (PostgreSQL, Redis): operations instead of exchanges.
+    Db(Box<crate::db::DbConn>),
     /// Not HTTP (counted once), or finished: later bytes are ignored.
     Ignored,
 }
@@ -90,7 +94,7 @@ impl Conn {
         let peer_eof = d.direction == Direction::Ingress && d.total_len == 0 && d.payload.is_empty();
         let responses_ended = match &self.proto {
             Proto::Active(p) => p.request_direction() == Some(Direction::Egress),
-            Proto::Detecting(..) | Proto::Ignored => false,
+            Proto::Detecting(..) | Proto::Db(_) | Proto::Ignored => false,
         };
         // A client whose peer closed can get no more responses: flush now. A server may
         // still answer what it read, so it waits for close.
@@ -103,7 +107,17 @@ impl Conn {
         match std::mem::replace(&mut self.proto, Proto::Ignored) {
             Proto::Detecting(mut det, parser) => match det.push(dir, seg, parser.as_ref()) {
                 Verdict::Undecided => self.proto = Proto::Detecting(det, parser),
-                Verdict::NoMatch => ctx.stats.non_http_connections += 1,
+                Verdict::NoMatch(held) => match crate::db::detect(&held, ctx.db) {
+                    Some(db) => {
+                        ctx.stats.db_connections += 1;
+                        let mut db = Box::new(db);
+                        for (d, s) in held {
+                            db.feed(d, s, &self.info, ctx.routes, ctx.out);
+                        }
+                        self.proto = Proto::Db(db);
+                    }
+                    None => ctx.stats.non_http_connections += 1,
+                },
                 Verdict::Match(held) => {
                     self.proto = Proto::Active(parser);
                     for (d, s) in held {
@@ -114,6 +128,10 @@ impl Conn {
             Proto::Active(parser) => {
                 self.proto = Proto::Active(parser);
                 self.feed(dir, seg, ctx);
+            }
+            Proto::Db(mut db) => {
+                db.feed(dir, seg, &self.info, ctx.routes, ctx.out);
+                self.proto = Proto::Db(db);
             }
             Proto::Ignored => {}
         }
@@ -132,6 +150,9 @@ impl Conn {
     pub fn finish(&mut self, ctx: &mut Ctx<'_>) {
         // Taken before the parser's finish, which forgets which side sent the requests.
         let role = self.role();
+        if let Proto::Db(db) = &mut self.proto {
+            db.finish(&self.info, ctx.routes, ctx.out);
+        }
         if let Proto::Active(p) = &mut self.proto {
             let mut outputs = std::mem::take(&mut self.scratch);
             p.finish(&mut outputs);

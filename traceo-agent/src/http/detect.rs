@@ -11,7 +11,8 @@ pub enum Verdict {
     Undecided,
     /// Feed these to the parser, in order.
     Match(Vec<(Direction, Segment)>),
-    NoMatch,
+    /// Not this parser's: the segments held so far, for another protocol's detection.
+    NoMatch(Vec<(Direction, Segment)>),
 }
 
 #[derive(Default)]
@@ -39,8 +40,8 @@ impl Detector {
         self.held.push((dir, seg));
         match verdict {
             Check::Match => Verdict::Match(std::mem::take(&mut self.held)),
-            Check::NoMatch => Verdict::NoMatch,
-            Check::NeedMore if self.held.len() > MAX_HELD => Verdict::NoMatch,
+            Check::NoMatch => Verdict::NoMatch(std::mem::take(&mut self.held)),
+            Check::NeedMore if self.held.len() > MAX_HELD => Verdict::NoMatch(std::mem::take(&mut self.held)),
             Check::NeedMore => Verdict::Undecided,
         }
     }

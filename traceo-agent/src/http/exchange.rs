@@ -214,6 +214,8 @@ pub struct Exchange {
     pub response_tid: u32,
     /// What the bodies said as MCP JSON-RPC (filled by the pipeline).
     pub mcp: Option<crate::mcp::McpInfo>,
+    /// A database operation (PostgreSQL, Redis) rather than an HTTP exchange.
+    pub db: Option<Box<crate::db::DbOp>>,
     /// The exception a traceback written while serving it reports (`--log-records`).
     pub exception: Option<crate::logs::ExceptionInfo>,
 }
@@ -333,6 +335,7 @@ impl Exchange {
             job_origin: None,
             job_status: None,
             mcp: None,
+            db: None,
             exception: None,
             candidates: Vec::new(),
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),

@@ -108,6 +108,9 @@ pub const EXCHANGE_FIELDS: [&str; 19] = [
 impl Exchange {
     /// One JSON object, no trailing newline.
     pub fn to_json_line(&self, clock: &WallClock) -> String {
+        if let Some(op) = &self.db {
+            return crate::db::json_line(self, op, clock);
+        }
         let mut o = Obj::new();
         o.field("ts", opt_str(clock.rfc3339(self.request_first_ns).as_deref()));
         o.field("service", Value::from(self.service.as_str()));
@@ -138,6 +141,8 @@ impl Exchange {
         o.field("tls", Value::from(self.tls));
         o.field("link", opt_str(self.link().map(|l| l.as_str())));
         o.field("propagated", self.propagated.map_or(Value::Null, Value::from));
+        // Tells exchanges from database operations (`"kind":"operation"`).
+        o.field("kind", Value::from("exchange"));
         let extras: serde_json::Map<String, Value> = self
             .response_headers
             .iter()

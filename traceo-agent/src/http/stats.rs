@@ -10,6 +10,8 @@ pub struct TrackerStats {
     /// Indexed by [`ParseErrorKind::index`]; see [`TrackerStats::parse_errors`].
     pub parse_errors_by_kind: [u64; ParseErrorKind::ALL.len()],
     pub non_http_connections: u64,
+    /// Connections read as a database protocol (PostgreSQL, Redis) instead.
+    pub db_connections: u64,
     /// Requests flushed without a response.
     pub unpaired_requests: u64,
     /// Responses no request could be found for.

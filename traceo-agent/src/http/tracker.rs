@@ -32,6 +32,8 @@ pub struct TrackerConfig {
     pub routes: Vec<String>,
     /// Body bytes kept per message for later stages.
     pub body_prefix_bytes: usize,
+    /// How database operations are described (`--db-keys`).
+    pub db: crate::db::DbOptions,
 }
 
 impl Default for TrackerConfig {
@@ -44,6 +46,7 @@ impl Default for TrackerConfig {
             extra_headers: Vec::new(),
             routes: Vec::new(),
             body_prefix_bytes: 4096,
+            db: crate::db::DbOptions::default(),
         }
     }
 }
@@ -55,6 +58,7 @@ pub struct ConnTracker {
     routes: RouteNormalizer,
     conns: Lru<Conn>,
     stats: TrackerStats,
+    db: crate::db::DbOptions,
 }
 
 impl ConnTracker {
@@ -72,6 +76,7 @@ impl ConnTracker {
             routes: RouteNormalizer::new(&cfg.routes),
             conns: Lru::new(cfg.max_connections),
             stats: TrackerStats::default(),
+            db: cfg.db,
         }
     }
 
@@ -116,10 +121,10 @@ impl ConnTracker {
                 if d.after_loss {
                     self.resync_after_loss(d.conn_id, out);
                 }
-                let Self { conns, stats, routes, .. } = self;
+                let Self { conns, stats, routes, db, .. } = self;
                 if let Some(conn) = conns.get_mut(d.conn_id) {
                     conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
-                    let mut ctx = Ctx { stats, routes, out };
+                    let mut ctx = Ctx { stats, routes, out, db };
                     conn.on_data(d, &mut ctx);
                 }
             }
@@ -190,10 +195,10 @@ impl ConnTracker {
     /// response) and start over at the next start line; its next exchange is flagged too.
     fn resync_after_loss(&mut self, conn_id: u64, out: &mut impl FnMut(Tracked)) {
         let midstream_parser = self.parser(true);
-        let Self { conns, stats, routes, .. } = self;
+        let Self { conns, stats, routes, db, .. } = self;
         let Some(conn) = conns.get_mut(conn_id) else { return };
         stats.loss_resyncs += 1;
-        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out });
+        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out, db });
     }
 
     fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Tracked)) {
@@ -208,7 +213,7 @@ impl ConnTracker {
     }
 
     fn end(&mut self, mut conn: Conn, out: &mut impl FnMut(Tracked)) {
-        let mut ctx = Ctx { stats: &mut self.stats, routes: &self.routes, out };
+        let mut ctx = Ctx { stats: &mut self.stats, routes: &self.routes, out, db: &self.db };
         conn.finish(&mut ctx);
     }
 

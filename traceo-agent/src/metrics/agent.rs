@@ -46,6 +46,8 @@ pub struct PipelineCounts {
     pub unpaired_requests: u64,
     pub unpaired_responses: u64,
     pub non_http_connections: u64,
+    /// Connections read as PostgreSQL or Redis.
+    pub db_connections: u64,
     /// Connections resynchronised after the kernel lost some of their bytes.
     pub loss_resyncs: u64,
     /// Output lines dropped because their reader (or disk) did not keep up.
@@ -69,6 +71,7 @@ pub struct AgentMetrics {
     parse_errors: Family<ReasonLabel, Counter>,
     unpaired: Family<KindLabel, Counter>,
     non_http: Counter,
+    db_connections: Counter,
     loss_resyncs: Counter,
     output_dropped: Counter,
     decode_errors: Counter,
@@ -116,6 +119,7 @@ impl AgentMetrics {
             parse_errors: Family::default(),
             unpaired: Family::default(),
             non_http: Counter::default(),
+            db_connections: Counter::default(),
             loss_resyncs: Counter::default(),
             output_dropped: Counter::default(),
             decode_errors: Counter::default(),
@@ -151,6 +155,11 @@ impl AgentMetrics {
             "traceo_agent_non_http_connections",
             "Connections recognised as not HTTP and ignored",
             m.non_http.clone(),
+        );
+        r.register(
+            "traceo_agent_db_connections",
+            "Connections recognised as a database protocol (PostgreSQL, Redis) and read as operations",
+            m.db_connections.clone(),
         );
         r.register(
             "traceo_agent_loss_resyncs",
@@ -255,6 +264,7 @@ impl AgentMetrics {
             before.unpaired_responses,
         );
         self.non_http.inc_by(now.non_http_connections.saturating_sub(before.non_http_connections));
+        self.db_connections.inc_by(now.db_connections.saturating_sub(before.db_connections));
         self.loss_resyncs.inc_by(now.loss_resyncs.saturating_sub(before.loss_resyncs));
         self.output_dropped.inc_by(now.output_dropped.saturating_sub(before.output_dropped));
         self.decode_errors.inc_by(now.decode_errors.saturating_sub(before.decode_errors));

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub mcp: McpMetrics,
     pub jobs: JobMetrics,
     pub tls: TlsMetrics,
+    pub db: crate::db::DbMetrics,
     pub logs: logs::LogMetrics,
     pub containers: ContainerMetrics,
     pub agent: AgentMetrics,
@@ -56,9 +57,10 @@ impl Metrics {
         let mcp = McpMetrics::register(&mut registry);
         let jobs = JobMetrics::register(&mut registry);
         let tls = TlsMetrics::register(&mut registry);
+        let db = crate::db::DbMetrics::register(&mut registry);
         let logs = logs::LogMetrics::register(&mut registry);
         let containers = ContainerMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, logs, containers, agent }
+        Metrics { registry, http, mcp, jobs, tls, db, logs, containers, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

@@ -150,6 +150,9 @@ fn exception_event(ex: &Exchange, at_unix_ns: u64) -> Vec<SpanEvent> {
 }
 
 pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
+    if let Some(op) = &ex.db {
+        return crate::db::span::span(ex, op, clock);
+    }
     let trace = ex.trace.as_ref()?;
     let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
     let kind = match ex.role {

@@ -1,0 +1,227 @@
+//! Database spans, live: a PostgreSQL server and a Redis server started by the test on
+//! loopback, a FastAPI app (tests/apps/db_app.py) using asyncpg (pooled) and redis-py's
+//! asyncio client, 50 requests at once. Ground truth comes from the app's answers (which
+//! pool connection each statement ran on, and its position there; which Redis connection
+//! each request used; whether its INSERT hit the unique violation); the agent's JSON lines
+//! must put every operation under the request that issued it.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+const N: usize = 50;
+
+fn pg_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| Some(e.ok()?.path().join("bin"))).collect();
+    dirs.sort();
+    dirs.pop().filter(|d| d.join("initdb").exists())
+}
+
+fn ready(test: &str) -> bool {
+    if !(require_root(test) && require_python(test)) {
+        return false;
+    }
+    let deps = Command::new(python())
+        .args(["-c", "import asyncpg, redis, fastapi"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let servers = pg_bin().is_some() && Path::new("/usr/bin/redis-server").exists();
+    if !(deps && servers) {
+        let why =
+            format!("{test} needs postgresql, redis-server and asyncpg/redis in the venv: run `cargo xtask setup`");
+        if std::env::var_os("CI").is_some() {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return false;
+    }
+    true
+}
+
+/// A private PostgreSQL cluster (run as the `postgres` user: initdb refuses root).
+fn postgres(dir: &Path, port: u16) -> Proc {
+    let bin = pg_bin().expect("postgresql");
+    let data = dir.join("pgdata");
+    std::fs::create_dir_all(&data).expect("pgdata");
+    let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
+    assert!(chown.success());
+    let init = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("initdb"))
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("initdb");
+    assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+    let p = Proc::spawn(
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    p
+}
+
+fn redis(port: u16) -> Proc {
+    let p = Proc::spawn(
+        Command::new("/usr/bin/redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null()),
+    );
+    wait_for_port(port);
+    p
+}
+
+fn port_of(addr: &Value) -> u16 {
+    addr.as_str().and_then(|a| a.rsplit(':').next()?.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn fifty_concurrent_requests_each_own_their_queries() {
+    if !ready("db_concurrent") {
+        return;
+    }
+    let dir = temp_dir("db-spans");
+    let (pg_port, redis_port, app_port) = (free_port(), free_port(), free_port());
+    let _pg = postgres(&dir, pg_port);
+    let _redis = redis(redis_port);
+    let dsn = format!("postgresql://postgres@127.0.0.1:{pg_port}/postgres");
+    let _app = uvicorn_app("db_app:app", app_port, 1, &[("PG_DSN", &dsn), ("REDIS_PORT", &redis_port.to_string())]);
+    // The agent after the app: its runtime (asyncio task) tracking is in place once the agent
+    // is ready; the app opens its pool at the first request, so each pool connection's
+    // startup is seen.
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("app=port:{app_port}")]);
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                scope.spawn(move || {
+                    let body = curl(&[&format!("http://127.0.0.1:{app_port}/work?i={i}")]);
+                    serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("answer {body:?}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+
+    // Wait for every request's exchange and its operations.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = json_lines(&log);
+        let servers = lines.iter().filter(|l| l["kind"] == "exchange" && l["direction"] == "server").count();
+        // The app's own operations (pool setup, resets and redis-py's handshake come too).
+        let ops = lines
+            .iter()
+            .filter(|l| l["kind"] == "operation")
+            .filter(|l| l["collection"] == "items" || l["operation"] == "INCRBY" || l["operation"] == "GET")
+            .count();
+        if servers >= N && ops >= 4 * N || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let metrics = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
+    agent.stop();
+
+    // Each request's span id, by i.
+    let mut request_span: HashMap<usize, String> = HashMap::new();
+    for l in lines.iter().filter(|l| l["kind"] == "exchange" && l["direction"] == "server") {
+        let target = l["target"].as_str().unwrap_or("");
+        if let Some(i) = target.strip_prefix("/work?i=").and_then(|i| i.parse().ok()) {
+            request_span.insert(i, l["span_id"].as_str().expect("span id").to_owned());
+        }
+    }
+    assert_eq!(request_span.len(), N, "every request has its server exchange");
+
+    // Ground truth: (pool connection port, position among the app's statements on it) -> (i, which).
+    let mut truth: HashMap<(u16, u64), (usize, usize)> = HashMap::new();
+    let mut redis_owner: HashMap<u16, usize> = HashMap::new();
+    let mut violations = 0;
+    for a in &answers {
+        let i = a["i"].as_u64().expect("i") as usize;
+        for (k, s) in a["statements"].as_array().expect("statements").iter().enumerate() {
+            truth.insert((s["port"].as_u64().expect("port") as u16, s["seq"].as_u64().expect("seq")), (i, k));
+        }
+        redis_owner.insert(a["redis_port"].as_u64().expect("redis port") as u16, i);
+        violations += usize::from(a["unique_violation"] == true);
+    }
+    assert_eq!(violations, N / 2, "two requests share each tag");
+
+    // The app's statements (on `items`) per pool connection, in the order they were sent.
+    let ops: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "operation").collect();
+    let mut pg_by_conn: HashMap<u16, Vec<&Value>> = HashMap::new();
+    for op in ops.iter().filter(|o| o["db_system"] == "postgresql" && o["collection"] == "items") {
+        pg_by_conn.entry(port_of(&op["local"])).or_default().push(op);
+    }
+    let (mut right, mut wrong, mut none) = (0, 0, 0);
+    let mut judge = |op: &Value, i: usize| match op["parent_span_id"].as_str() {
+        Some(p) if Some(p) == request_span.get(&i).map(String::as_str) => right += 1,
+        Some(_) => wrong += 1,
+        None => none += 1,
+    };
+    let mut violations_seen = 0;
+    let mut selects = 0;
+    for (port, list) in &mut pg_by_conn {
+        list.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
+        for (seq, op) in list.iter().enumerate() {
+            let &(i, k) = truth
+                .get(&(*port, seq as u64))
+                .unwrap_or_else(|| panic!("no statement {seq} on connection {port}: {op}"));
+            let (name, text) = if k == 0 {
+                ("SELECT", "SELECT count(*) FROM items WHERE tag = $1")
+            } else {
+                ("INSERT", "INSERT INTO items (tag, n) VALUES ($1, $2)")
+            };
+            assert_eq!(op["operation"], name, "request {i} statement {k}: {op}");
+            assert_eq!(op["query_text"], text, "sanitised and named each time: {op}");
+            assert_eq!(op["db_namespace"], "postgres");
+            if k == 0 {
+                selects += 1;
+                assert_eq!(op["rows"], 1, "{op}");
+            }
+            if op["status_code"] == "23505" {
+                violations_seen += 1;
+            }
+            judge(op, i);
+        }
+    }
+    assert_eq!(selects, N, "the prepared SELECT is named at each of its {N} executions");
+    assert_eq!(violations_seen, N / 2, "each unique violation has its SQLSTATE");
+    for op in
+        ops.iter().filter(|o| o["db_system"] == "redis" && (o["operation"] == "INCRBY" || o["operation"] == "GET"))
+    {
+        let i = *redis_owner.get(&port_of(&op["local"])).unwrap_or_else(|| panic!("unknown Redis connection: {op}"));
+        assert!(op["query_text"] == "INCRBY ? ?" || op["query_text"] == "GET ?", "no key leaves the agent: {op}");
+        judge(op, i);
+    }
+    let total = right + wrong + none;
+    println!("db operations: {total} judged, {right} right parent, {wrong} wrong, {none} without parent");
+    assert_eq!(wrong, 0, "precision 1.0: no operation under another request");
+    assert_eq!(total, 4 * N, "two statements and two Redis commands per request");
+    assert_eq!(right, total, "every operation under the request that issued it");
+    for l in &lines {
+        let text = l.to_string();
+        assert!(!text.contains("hits:") && !text.contains("\"t1\""), "no value or key leaves the agent: {text}");
+    }
+    assert!(metrics.contains("traceo_agent_db_connections_total"), "{metrics}");
+    assert!(
+        metrics.contains("traceo_db_client_operation_duration_seconds_count{service=\"app\",db_system_name=\"postgresql\",db_operation_name=\"INSERT\",db_collection_name=\"items\",db_response_status_code=\"23505\"}"),
+        "{metrics}"
+    );
+}

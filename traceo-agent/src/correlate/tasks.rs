@@ -77,7 +77,7 @@ impl TaskLineage {
 
     /// The thread that created the incarnation of `ctx` running on `tid` at `at_ns`, if its
     /// creation was seen.
-    pub fn born_on(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<u32> {
+    fn born_on(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<u32> {
         self.birth(pid, ctx, at_ns, tid).map(|b| b.tid)
     }
 
@@ -86,7 +86,14 @@ impl TaskLineage {
     }
 
     /// `ctx` as of `at_ns` on `tid`, then the incarnation that created it, and so on up.
+    ///
+    /// A task runs on its loop's thread. A context on another thread at the address of a
+    /// task's (a copy made for a thread pool, e.g. `to_thread`, placed where a finished task's
+    /// context was freed) is not that task: its lineage is unknown.
     pub fn ancestry(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Vec<Incarnation> {
+        if self.born_on(pid, ctx, at_ns, tid).is_some_and(|t| t != tid) {
+            return vec![(ctx, 0)];
+        }
         let mut chain = Vec::new();
         let (mut ctx, mut at, mut tid) = (ctx, at_ns, tid);
         while ctx != 0 && chain.len() < MAX_DEPTH {
@@ -143,6 +150,17 @@ mod tests {
         // is the new one.
         l.created(7, T, 0xC, 0xB, (160, 170));
         assert_eq!(l.ancestry(7, 0xC, 180, T), vec![(0xC, 170), (0xB, 200), (0xE, 100), (0x1, 0)]);
+    }
+
+    #[test]
+    fn a_context_on_another_thread_at_a_tasks_address_has_no_lineage() {
+        let mut l = TaskLineage::new(100);
+        // Request task 0xA creates 0xB on the loop thread; 0xB ends and a thread pool's copy
+        // of some context lands at its address, running on thread T + 1.
+        l.created(7, T, 0xA, 0x1, (9, 10));
+        l.created(7, T, 0xB, 0xA, (19, 20));
+        assert_eq!(l.ancestry(7, 0xB, 50, T + 1), vec![(0xB, 0)]);
+        assert_eq!(l.ancestry(7, 0xB, 50, T), vec![(0xB, 20), (0xA, 10), (0x1, 0)]);
     }
 
     #[test]

@@ -485,12 +485,6 @@ impl LogJoin {
     }
 
     fn chain(&self, rec: &LogRecord) -> Vec<Incarnation> {
-        // A task runs on its loop's thread. A context on another thread at the address of a
-        // task's (a copy made for a thread pool, e.g. anyio's `to_thread`, placed where a
-        // finished task's context was freed) is not that task: its lineage is unknown.
-        if self.lineage.born_on(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid).is_some_and(|t| t != rec.tid) {
-            return vec![(rec.task_ctx, 0)];
-        }
         self.lineage.ancestry(rec.pid, rec.task_ctx, rec.ts_ns, rec.tid)
     }
 

@@ -17,6 +17,9 @@
 //!
 //! The far end of a callback can be reported before the callback itself (it answers first),
 //! so a joined exchange whose parent has not been seen yet waits for it, at most `HOLD_NS`.
+//! Likewise the webhook can reach this stage before its upload (the upload waits upstream
+//! for its own parent's trace), so an exchange naming a value not issued yet waits for the
+//! issue, at most `HOLD_NS`, before it is counted as a webhook without upload.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -71,6 +74,8 @@ pub struct Joins {
     seen: Recent<SpanId, TraceId>,
     /// Joined exchanges waiting for their parent (arrival time, exchange, event).
     pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
+    /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
+    awaiting: VecDeque<(u64, String, Exchange)>,
     pub stats: JoinStats,
 }
 
@@ -122,14 +127,41 @@ impl Joins {
             moved: Recent::new(),
             seen: Recent::new(),
             pending: VecDeque::new(),
+            awaiting: VecDeque::new(),
             stats: JoinStats::default(),
         }
     }
 
     /// Take one completed exchange: issue, join, or neither (sets `ex.job_id`), place it in
     /// its trace, and pass it on with what happened, now or once its parent has come.
-    pub fn observe(&mut self, mut ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+    pub fn observe(&mut self, ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        if let Some((value, None)) = self.carried(&ex) {
+            if self.awaiting.len() >= MAX_PENDING {
+                if let Some((_, _, old)) = self.awaiting.pop_front() {
+                    self.decide(old, out);
+                }
+            }
+            let at = ex.response_last_ns.unwrap_or(ex.request_last_ns);
+            self.awaiting.push_back((at, value, ex));
+            return;
+        }
+        self.decide(ex, out);
+    }
+
+    fn decide(&mut self, mut ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
         let event = self.classify(&mut ex);
+        if event == Some(JoinEvent::Issued) {
+            let value = ex.job_id.clone();
+            self.pass(ex, event, out);
+            // What named the value before it was issued now joins.
+            let (ready, rest): (VecDeque<_>, VecDeque<_>) =
+                self.awaiting.drain(..).partition(|(_, v, _)| Some(v) == value.as_ref());
+            self.awaiting = rest;
+            for (_, _, waiting) in ready {
+                self.decide(waiting, out);
+            }
+            return;
+        }
         let joined = matches!(event, Some(JoinEvent::Joined { .. }));
         let waits = joined
             && ex.trace.as_ref().is_some_and(|t| {
@@ -169,6 +201,11 @@ impl Joins {
 
     /// Those that waited too long for their parent: referring, as they are.
     pub fn expire_pending(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        while self.awaiting.front().is_some_and(|(at, ..)| now_ns.saturating_sub(*at) > HOLD_NS) {
+            if let Some((_, _, ex)) = self.awaiting.pop_front() {
+                self.decide(ex, out);
+            }
+        }
         while self.pending.front().is_some_and(|(at, ..)| now_ns.saturating_sub(*at) > HOLD_NS) {
             if let Some((_, ex, ev)) = self.pending.pop_front() {
                 self.pass(ex, ev, out);
@@ -178,6 +215,9 @@ impl Joins {
 
     /// The end: pass on everything still waiting.
     pub fn finish(&mut self, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        while let Some((_, _, ex)) = self.awaiting.pop_front() {
+            self.decide(ex, out);
+        }
         while let Some((_, ex, ev)) = self.pending.pop_front() {
             self.pass(ex, ev, out);
         }
@@ -477,8 +517,12 @@ mod tests {
     #[test]
     fn unknown_values_expiry_and_the_cap_are_counted() {
         let mut joins = Joins::new(vec!["job_id".into()], 1_000, 2);
-        let mut stray = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"nobody"}"#), &ok("{}"));
-        assert_eq!(observe(&mut joins, &mut stray), Some(JoinEvent::Unknown));
+        let stray = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"nobody"}"#), &ok("{}"));
+        let mut out = Vec::new();
+        joins.observe(stray, &mut |x, e| out.push((x, e)));
+        assert!(out.is_empty(), "it waits for the value's issue");
+        joins.expire_pending(u64::MAX, &mut |x, e| out.push((x, e)));
+        assert_eq!(out[0].1, Some(JoinEvent::Unknown), "nobody issued it within the hold");
         for id in ["a", "b", "c"] {
             let mut up =
                 exchange(ENGINE, true, &post("/api/v1/jobs", "x"), &json_response(&format!(r#"{{"job_id":"{id}"}}"#)));
@@ -488,6 +532,31 @@ mod tests {
         assert_eq!(joins.stats.upload_without_webhook, 1);
         joins.expire(u64::MAX);
         assert_eq!(joins.stats, JoinStats { joined: 0, upload_without_webhook: 3, webhook_without_upload: 1 });
+    }
+
+    #[test]
+    fn a_webhook_that_comes_before_its_upload_waits_for_it_and_joins() {
+        let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
+        let mut out = Vec::new();
+        // The webhook and its far end pass the correlator while the upload still waits there
+        // for its own parent's trace.
+        let far = exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j2"}"#), &ok("{}"));
+        joins.observe(traced(far, T_HOOK, S_FAR, Some(S_HOOK), Some(Link::Connection)), &mut |x, e| out.push((x, e)));
+        let webhook = exchange(ENGINE, false, &post("/webhooks/job-complete", r#"{"job_id":"j2"}"#), &ok("{}"));
+        joins.observe(traced(webhook, T_HOOK, S_HOOK, None, None), &mut |x, e| out.push((x, e)));
+        assert!(out.is_empty(), "both wait for the issue");
+        let upload = exchange(ENGINE, true, &post("/api/v1/jobs", "x"), &json_response(r#"{"job_id":"j2"}"#));
+        joins.observe(traced(upload, T_UPLOAD, S_UPLOAD, None, None), &mut |x, e| out.push((x, e)));
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0].1, Some(JoinEvent::Issued));
+        let hook = out.iter().find(|(x, _)| x.span_id() == Some(S_HOOK)).expect("the webhook");
+        assert_eq!(
+            (hook.0.trace_id(), hook.0.parent_span_id(), hook.0.link()),
+            (Some(T_UPLOAD), Some(S_UPLOAD), Some(Link::Job))
+        );
+        let far = out.iter().find(|(x, _)| x.span_id() == Some(S_FAR)).expect("its far end");
+        assert_eq!(far.0.trace_id(), Some(T_UPLOAD));
+        assert_eq!(joins.stats, JoinStats { joined: 1, ..Default::default() });
     }
 
     #[test]

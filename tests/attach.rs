@@ -3,8 +3,8 @@
 //! compiler; see support::require_root.
 //!
 //! The slow process is a tiny C program named `python3`: the agent takes it for a CPython it
-//! has not measured and runs it on the layout script; given arguments, it sleeps 4 s before
-//! failing, as a wedged or very slow interpreter would. Meanwhile another service's requests
+//! has not measured and runs it on the layout script; given arguments, it sleeps 6 s (the
+//! agent gives up on it after 5 s), as a wedged or very slow interpreter would. Meanwhile another service's requests
 //! keep flowing: the agent's count of data events read (incremented by the ring's thread as
 //! it drains) must never stand still for long, and a SIGINT must end the agent at once.
 
@@ -28,7 +28,7 @@ const SLOW_C: &str = r#"
 #include <unistd.h>
 int main(int argc, char **argv) {
     (void)argv;
-    if (argc > 1) { sleep(4); return 1; }
+    if (argc > 1) { sleep(6); return 1; }
     for (;;) pause();
 }
 "#;
@@ -96,7 +96,7 @@ fn a_slow_attach_plan_does_not_hold_the_ring_nor_the_agents_end() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // A process whose plan takes 4 s, started under the traced selection.
+    // A process whose plan takes 5 s, started under the traced selection.
     let _slow1 = Proc::spawn(Command::new(slow_python(&built, &dir.join("a"))).stdout(Stdio::null()));
     let started = Instant::now();
     let mut last = (Instant::now(), data_events(metrics_port));
@@ -121,6 +121,15 @@ fn a_slow_attach_plan_does_not_hold_the_ring_nor_the_agents_end() {
 
     let log = log.join("\n");
     eprintln!("longest time the ring's data count stood still: {longest_still:?}; the agent ended in {took:?}");
+    // The end is the loop's exit, then the probes' detach, which waits on the kernel (RCU
+    // grace periods: seconds on a loaded VM, whatever this change does): the loop's part is
+    // the time to the end less the detach's, as the agent logs it.
+    let detach = log
+        .lines()
+        .find_map(|l| l.split(" programs in ").nth(1)?.strip_suffix(" s")?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no detach time in the agent's log:\n{log}"));
+    let loop_end = took.as_secs_f64() - detach;
+    eprintln!("the loop ended {loop_end:.2} s after SIGINT, then the detach took {detach:.1} s");
     assert!(
         log.contains("could not measure itself") || log.contains("did not answer"),
         "the slow program was never measured (the test proves nothing); the agent's log:\n{log}"
@@ -130,5 +139,6 @@ fn a_slow_attach_plan_does_not_hold_the_ring_nor_the_agents_end() {
         "the ring's thread stood still for {longest_still:?} while another process's plan was made \
          (requests every 20 ms); the agent's log:\n{log}"
     );
-    assert!(took < Duration::from_secs(3), "the agent took {took:?} to end during a measurement; its log:\n{log}");
+    assert!(loop_end < 2.0, "the loop took {loop_end:.2} s to end during a measurement; its log:\n{log}");
+    assert!(took < Duration::from_secs(10), "the agent took {took:?} to end; its log:\n{log}");
 }

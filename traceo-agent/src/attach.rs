@@ -67,6 +67,9 @@ impl Wants {
 /// What comes back: for each part asked, the plan (`tls: Some(None)`: the process is gone).
 pub struct AttachPlan {
     pub pid: u32,
+    /// The program the plan was made for (`/proc/PID/exe`, read first): a plan that comes
+    /// back after the process ran another program is stale (the exec asked for a new one).
+    pub exe: Option<FileId>,
     pub tls: Option<Option<Visibility>>,
     pub runtime: Option<Plan>,
 }
@@ -87,9 +90,22 @@ impl Planner {
     pub fn plan(&mut self, pid: u32, wants: Wants) -> AttachPlan {
         AttachPlan {
             pid,
+            exe: exe_of(pid),
             tls: wants.tls.then(|| classify(pid, &mut self.elf, &self.symbols)),
             runtime: wants.runtime.then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols)),
         }
+    }
+}
+
+/// The file `pid` runs (a stat of /proc/PID/exe: quick, and no file is read).
+pub fn exe_of(pid: u32) -> Option<FileId> {
+    FileId::of(std::path::Path::new(&format!("/proc/{pid}/exe")))
+}
+
+impl AttachPlan {
+    /// Whether `pid` still runs the program this plan was made for.
+    pub fn current(&self) -> bool {
+        self.exe.is_some() && exe_of(self.pid) == self.exe
     }
 }
 

@@ -222,11 +222,18 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 }
             }
             Some(plan) = attacher.plans.recv() => {
+                // Made for a program the process no longer runs: the exec asked for another
+                // plan, which follows (a gone process's plan still says so).
+                let stale = plan.exe.is_some() && !plan.current();
                 if let (Some(tls), Some(visibility)) = (&mut tls, plan.tls) {
-                    tls.scanned(&mut probes, plan.pid, visibility);
+                    if !stale {
+                        tls.scanned(&mut probes, plan.pid, visibility);
+                    }
                 }
                 if let Some(runtime) = plan.runtime {
-                    runtimes.planned(&mut probes, plan.pid, runtime);
+                    if !stale {
+                        runtimes.planned(&mut probes, plan.pid, runtime);
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -79,15 +79,18 @@ impl Runtimes {
     }
 
     /// The worker could not take `pid`'s request (its queue was full): asked again at the
-    /// next refresh.
+    /// next refresh (as a process not planned yet; its map entry was cleared at its exec,
+    /// or it has none yet).
     pub fn not_asked(&mut self, pid: u32) {
         self.pending.remove(&pid);
+        self.processes.remove(&pid);
     }
 
     /// A plan made off the ring's thread: tell the kernel, attach the runtime probes.
     pub fn planned(&mut self, probes: &mut Probes, pid: u32, plan: Plan) {
-        // No longer traced since it was asked for (refresh forgot it).
-        if !self.pending.remove(&pid) {
+        // No longer traced since it was asked for (refresh forgot it). A plan may also come
+        // for a process already planned (asked again at its exec): it replaces the last.
+        if !self.pending.remove(&pid) && !self.processes.contains_key(&pid) {
             return;
         }
         let runtime = apply(probes, pid, plan);
@@ -109,11 +112,8 @@ impl Runtimes {
             probes.forget_runtime(pid);
         }
         self.pending.retain(|p| traced.contains(p));
-        let new: Vec<u32> = traced
-            .iter()
-            .filter(|p| !self.processes.contains_key(p) && !self.pending.contains(p))
-            .copied()
-            .collect();
+        let new: Vec<u32> =
+            traced.iter().filter(|p| !self.processes.contains_key(p) && !self.pending.contains(p)).copied().collect();
         for &pid in &new {
             self.track(pid);
         }
@@ -124,8 +124,15 @@ impl Runtimes {
 /// Tell the kernel and attach what `plan` found.
 fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
     match plan {
-        Plan::Other => Runtime::Other,
-        Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
+        // A plan is the whole truth about the process: no entry left from an earlier program.
+        Plan::Other => {
+            probes.clear_runtime(pid);
+            Runtime::Other
+        }
+        Plan::Unsupported(why) => {
+            probes.clear_runtime(pid);
+            Runtime::PythonUnsupported(why)
+        }
         Plan::Python { measured, module, note } => {
             let rt = RuntimeProc { kind: runtime_kind::PYTHON, _pad: 0, python: measured.layout() };
             if let Err(e) = probes.set_runtime(pid, rt) {
@@ -142,7 +149,10 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
             };
             Runtime::Python { version: measured.version, tasks, note }
         }
-        Plan::Nginx(Err(why)) => Runtime::Nginx(Err(why)),
+        Plan::Nginx(Err(why)) => {
+            probes.clear_runtime(pid);
+            Runtime::Nginx(Err(why))
+        }
         Plan::Nginx(Ok(exe)) => {
             let attached =
                 probes.attach_runtime_probe(&exe, NGINX_UPSTREAM_SYMBOL, programs::NGINX_UPSTREAM_INIT, pid).and_then(

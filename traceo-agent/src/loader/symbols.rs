@@ -18,9 +18,12 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use crate::tls::libraries::FileId;
 
+/// (file, symbol) -> its offset, or why not.
+type Found = HashMap<(FileId, String), Result<u64, String>>;
+
 #[derive(Clone, Default)]
 pub struct SymbolOffsets {
-    found: Arc<Mutex<HashMap<(FileId, String), Result<u64, String>>>>,
+    found: Arc<Mutex<Found>>,
 }
 
 impl SymbolOffsets {

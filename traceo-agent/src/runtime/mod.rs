@@ -94,11 +94,9 @@ impl Runtimes {
             return;
         }
         let runtime = apply(probes, pid, plan);
-        if self.processes.get(&pid) != Some(&runtime) {
-            if runtime != Runtime::Other {
-                let comm = crate::procfs::comm(pid).unwrap_or_default();
-                log::info!("pid {pid} ({comm}): {}", runtime.describe());
-            }
+        if self.processes.get(&pid) != Some(&runtime) && runtime != Runtime::Other {
+            let comm = crate::procfs::comm(pid).unwrap_or_default();
+            log::info!("pid {pid} ({comm}): {}", runtime.describe());
         }
         self.processes.insert(pid, runtime);
     }

@@ -9,6 +9,7 @@
 //! - `event_json`, `output`: what is printed
 //! - `live`, `check`, `commands`: the subcommands
 
+pub mod attach;
 pub mod check;
 pub mod cli;
 pub mod commands;

@@ -146,17 +146,29 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         }
     }
     let mut tls = sel.tls.then(|| TlsProbes::start(&mut probes, trace_all));
+    let mut runtimes = crate::runtime::Runtimes::default();
+    let track_runtimes = sel.runtime && !trace_all;
+    // The processes already running are planned here, before "ready" (their probes are in
+    // when the agent says so); every later plan is made on the attach worker.
+    let mut planner = crate::attach::Planner::new(probes.symbol_offsets());
     if let Some(tls) = &mut tls {
         // Everything when everything is traced: once, at start (later processes are covered
         // by the system's libssl, probed above).
         let all = if trace_all { crate::procfs::pids().into_iter().collect() } else { traced_pids(&lp.tracker) };
-        tls.refresh(&mut probes, &all);
+        for pid in tls.refresh(&mut probes, &all) {
+            let plan = planner.plan(pid, crate::attach::Wants { tls: true, runtime: false });
+            tls.scanned(&mut probes, pid, plan.tls.flatten());
+        }
     }
-    let mut runtimes = crate::runtime::Runtimes::default();
-    let track_runtimes = sel.runtime && !trace_all;
     if track_runtimes {
-        runtimes.refresh(&mut probes, &traced_pids(&lp.tracker));
+        for pid in runtimes.refresh(&mut probes, &traced_pids(&lp.tracker)) {
+            if let Some(plan) = planner.plan(pid, crate::attach::Wants { tls: false, runtime: true }).runtime {
+                runtimes.planned(&mut probes, pid, plan);
+            }
+        }
     }
+    let attach_dropped = opts.metrics.as_ref().map(|m| m.agent.worker_dropped("attach")).unwrap_or_default();
+    let mut attacher = crate::attach::AttachWorker::start(planner, attach_dropped)?;
     // The slow rescan (every process's fds) runs on a worker thread.
     let mut rescanner = if !trace_all && lp.tracker.needs_ports() {
         let dropped = opts.metrics.as_ref().map(|m| m.agent.worker_dropped("proc_scan")).unwrap_or_default();
@@ -178,21 +190,49 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
             event = source.next_event() => {
                 let Some(event) = event? else { break };
                 lp.deliver(&event)?;
-                // A process that just became traced gets its OpenSSL probes before its first call.
+                // A process that just became traced gets the system's OpenSSL probes before its
+                // first call (cached offsets: only the attach syscalls); what needs files read
+                // (its own libraries, its runtime) is planned on the attach worker.
                 let started = match &event {
                     Event::Exec(p) | Event::Fork(p) => Some(p.meta.pid),
                     Event::Listen(c) => Some(c.meta.pid),
+                    Event::Exit(p) => {
+                        attacher.forget(p.meta.pid);
+                        None
+                    }
                     _ => None,
                 };
                 if let Some(pid) = started {
                     if lp.tracker.traced().contains_key(&pid) {
-                        if let Some(tls) = &mut tls {
-                            tls.track(&mut probes, pid);
+                        if track_runtimes && matches!(event, Event::Exec(_)) {
+                            // A new program: the old one's layout must not be read meanwhile.
+                            probes.clear_runtime(pid);
                         }
-                        // Its runtime too, so its first requests already carry task contexts.
+                        let wants = crate::attach::Wants {
+                            tls: tls.as_mut().is_some_and(|t| t.track(&mut probes, pid)),
+                            runtime: track_runtimes,
+                        };
                         if track_runtimes {
-                            runtimes.track(&mut probes, pid);
+                            runtimes.track(pid);
                         }
+                        if !attacher.request(pid, wants) && track_runtimes {
+                            runtimes.not_asked(pid);
+                        }
+                    }
+                }
+            }
+            Some(plan) = attacher.plans.recv() => {
+                // Made for a program the process no longer runs: the exec asked for another
+                // plan, which follows (a gone process's plan still says so).
+                let stale = plan.exe.is_some() && !plan.current();
+                if let (Some(tls), Some(visibility)) = (&mut tls, plan.tls) {
+                    if !stale {
+                        tls.scanned(&mut probes, plan.pid, visibility);
+                    }
+                }
+                if let Some(runtime) = plan.runtime {
+                    if !stale {
+                        runtimes.planned(&mut probes, plan.pid, runtime);
                     }
                 }
             }
@@ -213,11 +253,21 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 }
                 if !trace_all {
                     let traced = traced_pids(&lp.tracker);
+                    let mut wants: std::collections::HashMap<u32, crate::attach::Wants> = Default::default();
                     if let Some(tls) = &mut tls {
-                        tls.refresh(&mut probes, &traced);
+                        for pid in tls.refresh(&mut probes, &traced) {
+                            wants.entry(pid).or_default().tls = true;
+                        }
                     }
                     if track_runtimes {
-                        runtimes.refresh(&mut probes, &traced);
+                        for pid in runtimes.refresh(&mut probes, &traced) {
+                            wants.entry(pid).or_default().runtime = true;
+                        }
+                    }
+                    for (pid, w) in wants {
+                        if !attacher.request(pid, w) && w.runtime {
+                            runtimes.not_asked(pid);
+                        }
                     }
                 }
                 if select_log_files {

@@ -241,6 +241,21 @@ impl Probes {
         Ok(())
     }
 
+    /// The shared symbol-offset cache (for the attach worker to fill).
+    pub fn symbol_offsets(&self) -> symbols::SymbolOffsets {
+        self.symbols.clone()
+    }
+
+    /// Drop `pid`'s `RUNTIME_PROCS` entry only (a map delete, no detach): it ran a new
+    /// program, and the old program's layout must not be read until the new one is planned.
+    pub fn clear_runtime(&mut self, pid: u32) {
+        if let Some(Ok(mut map)) =
+            self.ebpf.map_mut("RUNTIME_PROCS").map(aya::maps::HashMap::<_, u32, RuntimeProc>::try_from)
+        {
+            let _ = map.remove(&pid);
+        }
+    }
+
     /// Tell the programs how to read `pid`'s runtime: from now on its socket events carry
     /// its current context.
     pub fn set_runtime(&mut self, pid: u32, runtime: RuntimeProc) -> anyhow::Result<()> {

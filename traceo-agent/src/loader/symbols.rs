@@ -2,28 +2,42 @@
 //! symbol by parsing the whole file at every attach, and per-process probes attach again for
 //! every traced process (a service forking short-lived children would attach hundreds of
 //! times a second). Attaching by file offset costs only the kernel's part.
+//!
+//! The cache is shared (cloned handles): the attach worker (`crate::attach`) resolves the
+//! offsets a plan needs on its own thread, so the ring's thread finds them cached and only
+//! makes the attach syscalls.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, bail};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use crate::tls::libraries::FileId;
 
-#[derive(Default)]
+/// (file, symbol) -> its offset, or why not.
+type Found = HashMap<(FileId, String), Result<u64, String>>;
+
+#[derive(Clone, Default)]
 pub struct SymbolOffsets {
-    found: HashMap<(FileId, String), Result<u64, String>>,
+    found: Arc<Mutex<Found>>,
 }
 
 impl SymbolOffsets {
     /// The file offset of `symbol`'s code in `path` (cached by the file's identity).
-    pub fn offset(&mut self, path: &Path, symbol: &str) -> anyhow::Result<u64> {
+    /// The file is parsed outside the lock: a parse never holds up a lookup of another file.
+    pub fn offset(&self, path: &Path, symbol: &str) -> anyhow::Result<u64> {
         let id = FileId::of(path).with_context(|| format!("cannot stat {}", path.display()))?;
-        let entry = self
-            .found
-            .entry((id, symbol.to_owned()))
-            .or_insert_with(|| file_offset(path, symbol).map_err(|e| format!("{e:#}")));
-        entry.clone().map_err(anyhow::Error::msg)
+        let key = (id, symbol.to_owned());
+        if let Some(found) = self.found.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return found.clone().map_err(anyhow::Error::msg);
+        }
+        let found = file_offset(path, symbol).map_err(|e| format!("{e:#}"));
+        self.found.lock().unwrap_or_else(|e| e.into_inner()).insert(key, found.clone());
+        found.map_err(anyhow::Error::msg)
     }
 }
 
@@ -56,7 +70,7 @@ mod tests {
         else {
             return eprintln!("SKIPPED: no libc.so.6 at the Debian path");
         };
-        let mut cache = SymbolOffsets::default();
+        let cache = SymbolOffsets::default();
         let write = cache.offset(libc, "write").expect("write is in libc");
         assert!(write > 0);
         assert_eq!(cache.offset(libc, "write").unwrap(), write, "cached");

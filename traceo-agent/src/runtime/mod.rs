@@ -59,47 +59,78 @@ impl Runtime {
     }
 }
 
-/// Executables measured, and each traced process's runtime.
+/// Each traced process's runtime. Plans ([`plan`]: reading the executable, measuring a
+/// CPython once per executable, finding symbols) are made on the attach worker; what comes
+/// back is applied here, on the ring's thread (a map write and the attach syscalls). Until
+/// then the process has no `RUNTIME_PROCS` entry: its calls carry no runtime signal and get
+/// parents only from certain evidence, as for any other process.
 #[derive(Default)]
 pub struct Runtimes {
-    measured: HashMap<FileId, Result<python::Measured, String>>,
     processes: HashMap<u32, Runtime>,
+    /// Processes whose plan is asked for and not back yet.
+    pending: std::collections::HashSet<u32>,
 }
 
 impl Runtimes {
-    /// A process became traced or ran a new program: look at its runtime (a CPython
-    /// executable is measured once), tell the kernel, attach the runtime probes.
-    pub fn track(&mut self, probes: &mut Probes, pid: u32) {
-        let runtime = apply(probes, pid, plan(pid, &mut self.measured));
-        if self.processes.get(&pid) != Some(&runtime) {
-            if runtime != Runtime::Other {
-                let comm = crate::procfs::comm(pid).unwrap_or_default();
-                log::info!("pid {pid} ({comm}): {}", runtime.describe());
-            }
-            self.processes.insert(pid, runtime);
-        }
+    /// A process became traced or ran a new program: its runtime is to be planned (the
+    /// caller asks the attach worker; the plan comes back through [`Runtimes::planned`]).
+    pub fn track(&mut self, pid: u32) {
+        self.pending.insert(pid);
     }
 
-    /// Called with the traced processes: track new ones, forget the rest.
-    pub fn refresh(&mut self, probes: &mut Probes, traced: &std::collections::HashSet<u32>) {
+    /// The worker could not take `pid`'s request (its queue was full): asked again at the
+    /// next refresh (as a process not planned yet; its map entry was cleared at its exec,
+    /// or it has none yet).
+    pub fn not_asked(&mut self, pid: u32) {
+        self.pending.remove(&pid);
+        self.processes.remove(&pid);
+    }
+
+    /// A plan made off the ring's thread: tell the kernel, attach the runtime probes.
+    pub fn planned(&mut self, probes: &mut Probes, pid: u32, plan: Plan) {
+        // No longer traced since it was asked for (refresh forgot it). A plan may also come
+        // for a process already planned (asked again at its exec): it replaces the last.
+        if !self.pending.remove(&pid) && !self.processes.contains_key(&pid) {
+            return;
+        }
+        let runtime = apply(probes, pid, plan);
+        if self.processes.get(&pid) != Some(&runtime) && runtime != Runtime::Other {
+            let comm = crate::procfs::comm(pid).unwrap_or_default();
+            log::info!("pid {pid} ({comm}): {}", runtime.describe());
+        }
+        self.processes.insert(pid, runtime);
+    }
+
+    /// Called with the traced processes: forget the gone ones; returns the new ones, whose
+    /// runtime is to be planned.
+    pub fn refresh(&mut self, probes: &mut Probes, traced: &std::collections::HashSet<u32>) -> Vec<u32> {
         let gone: Vec<u32> = self.processes.keys().filter(|p| !traced.contains(p)).copied().collect();
         for pid in gone {
             self.processes.remove(&pid);
             probes.forget_runtime(pid);
         }
-        for &pid in traced {
-            if !self.processes.contains_key(&pid) {
-                self.track(probes, pid);
-            }
+        self.pending.retain(|p| traced.contains(p));
+        let new: Vec<u32> =
+            traced.iter().filter(|p| !self.processes.contains_key(p) && !self.pending.contains(p)).copied().collect();
+        for &pid in &new {
+            self.track(pid);
         }
+        new
     }
 }
 
 /// Tell the kernel and attach what `plan` found.
 fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
     match plan {
-        Plan::Other => Runtime::Other,
-        Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
+        // A plan is the whole truth about the process: no entry left from an earlier program.
+        Plan::Other => {
+            probes.clear_runtime(pid);
+            Runtime::Other
+        }
+        Plan::Unsupported(why) => {
+            probes.clear_runtime(pid);
+            Runtime::PythonUnsupported(why)
+        }
         Plan::Python { measured, module, note } => {
             let rt = RuntimeProc { kind: runtime_kind::PYTHON, _pad: 0, python: measured.layout() };
             if let Err(e) = probes.set_runtime(pid, rt) {
@@ -116,7 +147,10 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
             };
             Runtime::Python { version: measured.version, tasks, note }
         }
-        Plan::Nginx(Err(why)) => Runtime::Nginx(Err(why)),
+        Plan::Nginx(Err(why)) => {
+            probes.clear_runtime(pid);
+            Runtime::Nginx(Err(why))
+        }
         Plan::Nginx(Ok(exe)) => {
             let attached =
                 probes.attach_runtime_probe(&exe, NGINX_UPSTREAM_SYMBOL, programs::NGINX_UPSTREAM_INIT, pid).and_then(
@@ -140,6 +174,26 @@ pub enum Plan {
     Unsupported(String),
     /// nginx: its executable (through /proc/PID/root), or why it cannot be probed.
     Nginx(Result<PathBuf, String>),
+}
+
+/// [`plan`], then the offsets of the symbols it will probe resolved into `symbols` (so the
+/// attach on the ring's thread parses nothing). The attach worker's.
+pub fn plan_with_offsets(
+    pid: u32,
+    measured: &mut HashMap<FileId, Result<python::Measured, String>>,
+    symbols: &crate::loader::symbols::SymbolOffsets,
+) -> Plan {
+    let p = plan(pid, measured);
+    match &p {
+        Plan::Python { module: Some(module), .. } => {
+            let _ = symbols.offset(module, python::TASK_INIT_SYMBOL);
+        }
+        Plan::Nginx(Ok(exe)) => {
+            let _ = symbols.offset(exe, NGINX_UPSTREAM_SYMBOL);
+        }
+        _ => {}
+    }
+    p
 }
 
 /// Look at `pid`: measure its interpreter once per executable (`measured` caches).

@@ -44,6 +44,29 @@ pub fn assess(tls: &ProcessTls, mut inspect: impl FnMut(&Path) -> ElfTls) -> Vis
     Visibility::None
 }
 
+/// Classify `pid` from its memory map (`None`: it is gone), reading ELF files through
+/// `elf` (a cache by file identity), and resolve the OpenSSL functions' offsets in the files
+/// to probe, so that attaching them parses nothing. Slow (file reads): the attach worker's.
+pub fn classify(
+    pid: u32,
+    elf: &mut HashMap<FileId, ElfTls>,
+    symbols: &crate::loader::symbols::SymbolOffsets,
+) -> Option<Visibility> {
+    let map = process_tls(pid)?;
+    let visibility = assess(&map, |p| match FileId::of(p) {
+        Some(id) => *elf.entry(id).or_insert_with(|| inspect_elf(p)),
+        None => ElfTls::default(),
+    });
+    if let Visibility::OpenSsl(files) = &visibility {
+        for f in files {
+            for (symbol, _) in crate::loader::programs::SSL_FUNCTIONS {
+                let _ = symbols.offset(f, symbol);
+            }
+        }
+    }
+    Some(visibility)
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsProbeStats {
     /// Files the OpenSSL probes are attached to.
@@ -66,8 +89,6 @@ pub struct TlsProbes {
     per_process: bool,
     /// The system's libssl files, probed for every traced process before it maps them.
     system: Vec<PathBuf>,
-    /// ELF facts of files read once.
-    elf: HashMap<FileId, ElfTls>,
     /// (process or every process, file) pairs probed, and files that cannot be.
     attached: HashSet<(Option<u32>, FileId)>,
     /// Files that cannot be probed for every process (trace-all mode).
@@ -86,7 +107,6 @@ impl TlsProbes {
         let mut tls = TlsProbes {
             per_process: !trace_all,
             system: system_libssl(),
-            elf: HashMap::new(),
             attached: HashSet::new(),
             failed: HashSet::new(),
             failed_for: HashSet::new(),
@@ -94,6 +114,14 @@ impl TlsProbes {
             refreshes: 0,
             stats: TlsProbeStats::default(),
         };
+        // The system's libssl is probed for every traced process at its first event, on the
+        // ring's thread: its offsets are resolved here, once, so those attaches parse nothing.
+        let symbols = probes.symbol_offsets();
+        for lib in &tls.system {
+            for (symbol, _) in crate::loader::programs::SSL_FUNCTIONS {
+                let _ = symbols.offset(lib, symbol);
+            }
+        }
         if tls.system.is_empty() {
             log::info!("no system libssl found: TLS plaintext is seen only in processes that map one");
         }
@@ -106,28 +134,37 @@ impl TlsProbes {
     }
 
     /// A process just became traced (started, forked, matched) or ran a new program: probe
-    /// the system's libssl for it at once, before it maps the library and makes its first
-    /// call, and classify it.
-    pub fn track(&mut self, probes: &mut Probes, pid: u32) {
+    /// the system's libssl for it at once (offsets cached at start: only the attach
+    /// syscalls), before it maps the library and makes its first call. Returns whether its
+    /// memory map should be classified ([`classify`], on the attach worker), the result
+    /// coming back through [`TlsProbes::scanned`].
+    pub fn track(&mut self, probes: &mut Probes, pid: u32) -> bool {
         // A short-lived child may be gone by the time its fork or exec event is read.
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            return;
+            return false;
         }
         if self.per_process {
             for lib in self.system.clone() {
                 self.probe(probes, &lib, Some(pid));
             }
         }
-        self.scan(probes, pid);
+        // Known from now on: a classification that comes back applies; a request dropped
+        // (worker busy) is made again at the process's next rescan.
+        let refreshes = self.refreshes;
+        self.processes.entry(pid).or_insert((Visibility::None, refreshes));
+        true
     }
 
-    /// Classify `pid` from its memory map and probe the OpenSSL it uses.
-    fn scan(&mut self, probes: &mut Probes, pid: u32) {
-        let Some(map) = process_tls(pid) else {
+    /// Apply a classification made off the ring's thread: `None`, the process is gone.
+    pub fn scanned(&mut self, probes: &mut Probes, pid: u32, visibility: Option<Visibility>) {
+        // No longer traced (exited, untraced) since it was asked for.
+        if !self.processes.contains_key(&pid) {
+            return;
+        }
+        let Some(visibility) = visibility else {
             self.forget(probes, pid);
             return;
         };
-        let visibility = assess(&map, |p| self.inspect(p));
         if let Visibility::OpenSsl(files) = &visibility {
             let scope = self.per_process.then_some(pid);
             for f in files {
@@ -148,21 +185,32 @@ impl TlsProbes {
                 Visibility::None => {}
             }
         }
-        self.processes.insert(pid, (visibility, self.refreshes));
+        let refreshes = self.refreshes;
+        self.processes.insert(pid, (visibility, refreshes));
     }
 
     /// Called about once a second with the traced processes: track new ones, rescan the
     /// others every few refreshes (libraries get loaded late), drop the probes of the rest.
-    pub fn refresh(&mut self, probes: &mut Probes, traced: &HashSet<u32>) {
+    /// Returns the processes whose memory map should be classified (on the attach worker).
+    pub fn refresh(&mut self, probes: &mut Probes, traced: &HashSet<u32>) -> Vec<u32> {
         self.refreshes += 1;
         let gone: Vec<u32> = self.processes.keys().filter(|p| !traced.contains(p)).copied().collect();
         for pid in gone {
             self.forget(probes, pid);
         }
+        let mut scan = Vec::new();
         for &pid in traced {
-            match self.processes.get(&pid) {
-                None => self.track(probes, pid),
-                Some((_, at)) if self.refreshes - at >= RESCAN_EVERY => self.scan(probes, pid),
+            match self.processes.get_mut(&pid) {
+                None => {
+                    if self.track(probes, pid) {
+                        scan.push(pid);
+                    }
+                }
+                Some((_, at)) if self.refreshes - *at >= RESCAN_EVERY => {
+                    // Not asked again before the next rescan, whatever becomes of this one.
+                    *at = self.refreshes;
+                    scan.push(pid);
+                }
                 Some(_) => {}
             }
         }
@@ -170,6 +218,7 @@ impl TlsProbes {
         self.stats.opaque_processes = opaque.count() as u64;
         let files: HashSet<FileId> = self.attached.iter().map(|(_, f)| *f).collect();
         self.stats.probed_files = files.len() as u64;
+        scan
     }
 
     fn forget(&mut self, probes: &mut Probes, pid: u32) {
@@ -179,11 +228,6 @@ impl TlsProbes {
             probes.detach_ssl(pid);
             self.attached.retain(|(p, _)| *p != Some(pid));
         }
-    }
-
-    fn inspect(&mut self, path: &Path) -> ElfTls {
-        let Some(id) = FileId::of(path) else { return ElfTls::default() };
-        *self.elf.entry(id).or_insert_with(|| inspect_elf(path))
     }
 
     /// Attach to `path` for `pid` (or every process) unless done, or known to fail.

@@ -40,6 +40,45 @@ fn rid_of(message: &str) -> Option<String> {
     })
 }
 
+/// An agent tracing `app=port:PORT` with its exchanges and log records in files of `dir`.
+struct LogAgent {
+    agent: Agent,
+    exchanges: std::path::PathBuf,
+    records: std::path::PathBuf,
+}
+
+impl LogAgent {
+    /// Start it (with `extra` arguments; `--metrics-addr off` unless they say otherwise) and
+    /// give it a moment to attach.
+    fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> LogAgent {
+        let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
+        let service = format!("app=port:{port}");
+        let mut args = vec!["--service", &service, "--log", exchanges.to_str().expect("utf-8")];
+        args.extend(["--log-records", records.to_str().expect("utf-8")]);
+        if !extra.contains(&"--metrics-addr") {
+            args.extend(["--metrics-addr", "off"]);
+        }
+        args.extend(extra);
+        let agent = Agent::run(&args);
+        std::thread::sleep(Duration::from_millis(500));
+        LogAgent { agent, exchanges, records }
+    }
+
+    /// Let held exchanges and waiting records go out, stop, and read both files (and the
+    /// agent's log).
+    fn finish(self, settle: Duration) -> (Vec<Value>, Vec<Value>, Vec<String>) {
+        let LogAgent { mut agent, exchanges, records } = self;
+        std::thread::sleep(settle);
+        let log = agent.stop();
+        (json_lines(&exchanges), json_lines(&records), log)
+    }
+}
+
+/// Exchanges by the request id they carried (`x-request-id`, their correlation id).
+fn by_rid(exchanges: &[Value]) -> HashMap<String, &Value> {
+    exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect()
+}
+
 #[test]
 fn records_carry_their_own_requests_trace_and_exceptions_reach_the_span() {
     if !require_root("logs") || !require_python("logs") {
@@ -233,27 +272,12 @@ fn a_threaded_servers_records_carry_their_threads_request() {
             .stderr(std::process::Stdio::null()),
     );
     wait_for_port(port);
-    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
-    let mut agent = Agent::run(&[
-        "--service",
-        &format!("app=port:{port}"),
-        "--log",
-        exchanges.to_str().expect("utf-8"),
-        "--log-records",
-        records.to_str().expect("utf-8"),
-        "--metrics-addr",
-        "off",
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
+    let agent = LogAgent::start(&dir, port, &[]);
     const N: usize = 100;
     load(port, "/t", N, 50, 0);
-    std::thread::sleep(Duration::from_secs(5));
-    agent.stop();
+    let (exchanges, records, _) = agent.finish(Duration::from_secs(5));
     drop(app);
-    let exchanges = json_lines(&exchanges);
-    let records = json_lines(&records);
-    let by_rid: HashMap<String, &Value> =
-        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    let by_rid = by_rid(&exchanges);
     assert_eq!(by_rid.len(), N, "exchanges with a request id");
     let (mut named, mut attributed, mut access) = (0, 0, 0);
     for r in &records {
@@ -288,30 +312,14 @@ fn a_log_file_selected_by_glob_is_captured_and_joined() {
     let port = free_port();
     let file = dir.join("app.log");
     let app = uvicorn_app("log_app:app", port, 1, &[("LOG_FILE", file.to_str().expect("utf-8"))]);
-    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
     let glob = format!("{}/*.log", dir.display());
-    let mut agent = Agent::run(&[
-        "--service",
-        &format!("app=port:{port}"),
-        "--log",
-        exchanges.to_str().expect("utf-8"),
-        "--log-records",
-        records.to_str().expect("utf-8"),
-        "--log-file",
-        &glob,
-        "--metrics-addr",
-        "off",
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
+    let agent = LogAgent::start(&dir, port, &["--log-file", &glob]);
     const N: usize = 40;
     load(port, "/work", N, 20, 0);
-    std::thread::sleep(Duration::from_secs(5));
-    agent.stop();
+    let (exchanges, records, _) = agent.finish(Duration::from_secs(5));
     drop(app);
-    let exchanges = json_lines(&exchanges);
-    let by_rid: HashMap<String, &Value> =
-        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
-    let in_file: Vec<Value> = json_lines(&records).into_iter().filter(|r| r["stream"] == "file").collect();
+    let by_rid = by_rid(&exchanges);
+    let in_file: Vec<Value> = records.into_iter().filter(|r| r["stream"] == "file").collect();
     assert!(std::fs::read_to_string(&file).expect("the app's log file").contains("[rid:"), "the app wrote no file");
     let named: Vec<&Value> = in_file.iter().filter(|r| r["message"].as_str().and_then(rid_of).is_some()).collect();
     assert_eq!(named.len(), 2 * N, "records from the log file naming their request");
@@ -353,27 +361,12 @@ fn gunicorn_case(worker_class: &str, extra: &[&str]) {
             .stderr(std::process::Stdio::null()),
     );
     wait_for_port(port);
-    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
-    let mut agent = Agent::run(&[
-        "--service",
-        &format!("app=port:{port}"),
-        "--log",
-        exchanges.to_str().expect("utf-8"),
-        "--log-records",
-        records.to_str().expect("utf-8"),
-        "--metrics-addr",
-        "off",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+    let agent = LogAgent::start(&dir, port, &[]);
     const N: usize = 60;
     load(port, "/g", N, 20, 0);
-    std::thread::sleep(Duration::from_secs(6));
-    agent.stop();
+    let (exchanges, records, _) = agent.finish(Duration::from_secs(6));
     drop(app);
-    let exchanges = json_lines(&exchanges);
-    let records = json_lines(&records);
-    let by_rid: HashMap<String, &Value> =
-        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    let by_rid = by_rid(&exchanges);
     assert_eq!(by_rid.len(), N, "{worker_class}: exchanges with a request id");
     let (mut handler, mut access) = (0, 0);
     for r in &records {
@@ -417,29 +410,14 @@ fn json_records_keep_their_fields_and_carry_their_request() {
     let dir = temp_dir("logs-json");
     let port = free_port();
     let app = uvicorn_app("json_log_app:app", port, 1, &[]);
-    let (exchanges, records) = (dir.join("exchanges.jsonl"), dir.join("records.jsonl"));
-    let mut agent = Agent::run(&[
-        "--service",
-        &format!("app=port:{port}"),
-        "--log",
-        exchanges.to_str().expect("utf-8"),
-        "--log-records",
-        records.to_str().expect("utf-8"),
-        "--metrics-addr",
-        "off",
-    ]);
-    std::thread::sleep(Duration::from_millis(500));
+    let agent = LogAgent::start(&dir, port, &[]);
     const N: usize = 100;
     load(port, "/order", N, 50, 0);
     const S: usize = 40;
     load(port, "/sync", S, 20, 1000);
-    std::thread::sleep(Duration::from_secs(6));
-    agent.stop();
+    let (exchanges, records, _) = agent.finish(Duration::from_secs(6));
     drop(app);
-    let exchanges = json_lines(&exchanges);
-    let records = json_lines(&records);
-    let by_rid: HashMap<String, &Value> =
-        exchanges.iter().filter_map(|e| Some((e["correlation_id"].as_str()?.to_owned(), e))).collect();
+    let by_rid = by_rid(&exchanges);
     assert_eq!(by_rid.len(), N + S, "exchanges with a request id");
     let (mut orders, mut sync, mut sync_tied) = (0, 0, 0);
     for r in &records {

@@ -4,32 +4,15 @@
 //! db.response.status_code, db.response.returned_rows, server.address/port; a failed
 //! operation has error.type and an error status.
 
-use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
-};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 
-use crate::http::{Exchange, WallClock};
+use crate::http::Exchange;
+use crate::spans::{kv, string as s};
 
 use super::DbOp;
 
-const SAMPLED: u32 = 0x01;
-
-fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..KeyValue::default() }
-}
-
-fn s(key: &str, v: &str) -> KeyValue {
-    kv(key, Value::StringValue(v.to_owned()))
-}
-
-fn nanos(clock: &WallClock, mono_ns: u64) -> u64 {
-    clock
-        .wall(mono_ns)
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
+/// The operation's attributes; `spans::span` builds the span around them (kind CLIENT, the
+/// name from `DbOp::span_name`, an error status from `DbOp::error_type`).
 pub fn attributes(ex: &Exchange, op: &DbOp) -> Vec<KeyValue> {
     let mut out = vec![s("db.system.name", op.system.as_str())];
     let opt = [
@@ -48,37 +31,14 @@ pub fn attributes(ex: &Exchange, op: &DbOp) -> Vec<KeyValue> {
         out.push(kv("db.response.returned_rows", Value::IntValue(i64::try_from(rows).unwrap_or(i64::MAX))));
     }
     if let Some(peer) = ex.peer {
-        out.push(s("server.address", &peer.ip().to_canonical().to_string()));
+        out.push(s("server.address", peer.ip().to_canonical().to_string()));
         out.push(kv("server.port", Value::IntValue(i64::from(peer.port()))));
     }
     if let Some(e) = op.error_type() {
-        out.push(s("error.type", &e));
+        out.push(s("error.type", e));
     }
     if let Some(link) = ex.link() {
         out.push(s("traceo.link", link.as_str()));
     }
     out
-}
-
-pub fn span(ex: &Exchange, op: &DbOp, clock: &WallClock) -> Option<Span> {
-    let trace = ex.trace.as_ref()?;
-    let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
-    let status = match op.error_type() {
-        Some(e) => Status { code: StatusCode::Error as i32, message: e },
-        None => Status::default(),
-    };
-    Some(Span {
-        trace_id: trace.trace_id.0.to_vec(),
-        span_id: trace.span_id.0.to_vec(),
-        trace_state: trace.trace_state.clone().unwrap_or_default(),
-        parent_span_id: trace.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
-        flags: SAMPLED,
-        name: op.span_name(),
-        kind: SpanKind::Client as i32,
-        start_time_unix_nano: nanos(clock, ex.request_first_ns),
-        end_time_unix_nano: nanos(clock, end_ns),
-        attributes: attributes(ex, op),
-        status: Some(status),
-        ..Span::default()
-    })
 }

@@ -150,16 +150,20 @@ fn exception_event(ex: &Exchange, at_unix_ns: u64) -> Vec<SpanEvent> {
 }
 
 pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
-    if let Some(op) = &ex.db {
-        return crate::db::span::span(ex, op, clock);
-    }
     let trace = ex.trace.as_ref()?;
     let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
-    let kind = match ex.role {
-        Role::Server => SpanKind::Server,
-        Role::Client => SpanKind::Client,
+    // A database operation is a CLIENT span with the database conventions' name and attributes.
+    let (name, kind, error, attributes) = match &ex.db {
+        Some(op) => (op.span_name(), SpanKind::Client, op.error_type(), crate::db::span::attributes(ex, op)),
+        None => {
+            let kind = match ex.role {
+                Role::Server => SpanKind::Server,
+                Role::Client => SpanKind::Client,
+            };
+            (span_name(ex), kind, error_type(ex), span_attributes(ex))
+        }
     };
-    let status = match error_type(ex) {
+    let status = match error {
         Some(e) => Status { code: StatusCode::Error as i32, message: e },
         None => Status::default(),
     };
@@ -169,11 +173,11 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         trace_state: trace.trace_state.clone().unwrap_or_default(),
         parent_span_id: trace.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
         flags: SAMPLED,
-        name: span_name(ex),
+        name,
         kind: kind as i32,
         start_time_unix_nano: nanos(clock, ex.request_first_ns),
         end_time_unix_nano: nanos(clock, end_ns),
-        attributes: span_attributes(ex),
+        attributes,
         links: span_links(ex),
         events: exception_event(ex, nanos(clock, end_ns)),
         status: Some(status),

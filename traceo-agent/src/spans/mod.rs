@@ -8,7 +8,7 @@ mod export;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use attributes::{error_type, path_and_query, span_attributes, string};
+pub use attributes::{error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, resource, span, span_name};
 pub use export::{ExportConfig, ExportCounts, Exporter, Logs, Spans, logs_request, parse_endpoint, request};
 

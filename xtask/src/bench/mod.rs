@@ -244,14 +244,25 @@ fn ssl_once(
     let (mut events, mut lost) = (0.0, 0.0);
     if let Some(a) = running.as_mut() {
         if mode == "traced" {
-            // Counted on the agent's next tick (1 s). Over memory BIOs with no socket no chunk
-            // can be tied to a connection, so the agent drops them all as unbound: the kernel
-            // side (probe, copy, ring buffer) has still run in full, which is the cost measured.
-            std::thread::sleep(Duration::from_millis(1500));
-            let text = scrape(metrics_port);
-            events = metric_sum(&text, "traceo_tls_unbound_events", "")
-                + metric_sum(&text, "traceo_tls_plaintext_events", "");
-            lost = metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
+            // Over memory BIOs with no socket no chunk can be tied to a connection, so the
+            // agent drops them all as unbound once their hold expires: the kernel side (probe,
+            // copy, ring buffer) has still run in full, which is the cost measured. The counts
+            // come on the agent's ticks, behind the loop on a loaded machine: read them until
+            // every call is accounted for or they stop moving (at most 15 s).
+            let calls = (2 * iterations * u64::from(batches)) as f64;
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let mut last = -1.0;
+            loop {
+                std::thread::sleep(Duration::from_millis(1500));
+                let text = scrape(metrics_port);
+                events = metric_sum(&text, "traceo_tls_unbound_events", "")
+                    + metric_sum(&text, "traceo_tls_plaintext_events", "");
+                lost = metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
+                if events + lost >= calls || events + lost == last || std::time::Instant::now() > deadline {
+                    break;
+                }
+                last = events + lost;
+            }
         }
         a.interrupt();
     }

@@ -72,7 +72,10 @@ fn exchange(role: Role, n: u8, parts: &[&[u8]], flags: u8, parentless: bool) -> 
         candidates: Vec::new(),
         request_ctx: 0,
         response_ctx: 0,
+        response_tid: 1,
         mcp: None,
+        db: None,
+        exception: None,
     }
 }
 

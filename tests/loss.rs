@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 #[test]
 fn exchanges_after_kernel_losses_are_flagged_never_mispaired() {
     if !require_root("loss") || !require_python("loss") {
@@ -51,9 +47,9 @@ fn exchanges_after_kernel_losses_are_flagged_never_mispaired() {
     let text = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
     agent.stop();
 
-    let lost = metric(&text, "traceo_agent_kernel_drops_total{reason=\"ring_full_data\"}");
+    let lost = metric_sum(&text, "traceo_agent_kernel_drops_total{reason=\"ring_full_data\"}");
     assert!(lost > 0.0, "the test provoked no loss; it proves nothing:\n{text}");
-    let resyncs = metric(&text, "traceo_agent_loss_resyncs_total");
+    let resyncs = metric_sum(&text, "traceo_agent_loss_resyncs_total");
     assert!(resyncs > 0.0, "losses but no connection resynchronised:\n{text}");
 
     let xs = json_lines(&log);

@@ -35,10 +35,6 @@ fn traced_stack(dir: &std::path::Path) -> Traced {
     Traced { stack, agent, metrics_port, log }
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 #[test]
 fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
     if !require_root("traceo_stack") || !require_python("traceo_stack") {
@@ -146,18 +142,18 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
     );
 
     assert_eq!(
-        metric(&metrics, "traceo_mcp_tool_calls_total{service=\"mcp\",tool=\"upload_csv\",outcome=\"ok\"}"),
+        metric_sum(&metrics, "traceo_mcp_tool_calls_total{service=\"mcp\",tool=\"upload_csv\",outcome=\"ok\"}"),
         2.0
     );
     assert_eq!(
-        metric(&metrics, "traceo_mcp_tool_calls_total{service=\"mcp\",tool=\"job_status\",outcome=\"tool_error\"}"),
+        metric_sum(&metrics, "traceo_mcp_tool_calls_total{service=\"mcp\",tool=\"job_status\",outcome=\"tool_error\"}"),
         1.0
     );
-    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 2.0, "{metrics}");
-    assert_eq!(metric(&metrics, "traceo_job_upload_to_webhook_seconds_count"), 2.0);
+    assert_eq!(metric_sum(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 2.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "traceo_job_upload_to_webhook_seconds_count"), 2.0);
     // The malformed CSV's job failed: visible in the metrics and on both ends of its webhook.
-    assert_eq!(metric(&metrics, "traceo_jobs_finished_total{status=\"completed\"}"), 1.0, "{metrics}");
-    assert_eq!(metric(&metrics, "traceo_jobs_finished_total{status=\"failed\"}"), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "traceo_jobs_finished_total{status=\"completed\"}"), 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "traceo_jobs_finished_total{status=\"failed\"}"), 1.0, "{metrics}");
     for (job_id, status) in &jobs {
         for (service, direction) in [("engine", "client"), ("mcp", "server")] {
             let webhook = find(service, direction, "POST", "/webhooks/job-complete");
@@ -165,7 +161,7 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
             assert_eq!(hook["job_status"], *status, "{hook}");
         }
     }
-    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
+    assert_eq!(metric_sum(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
 }
 
 #[test]
@@ -201,7 +197,7 @@ fn twenty_concurrent_uploads_each_join_their_own_webhook() {
         assert_eq!(out[0]["parent_span_id"], uploads[0]["span_id"], "{}", out[0]);
         assert_eq!(&into[0]["trace_id"], trace, "{}", into[0]);
     }
-    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 20.0, "{metrics}");
-    assert_eq!(metric(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
-    assert_eq!(metric(&metrics, "traceo_jobs_finished_total{status=\"failed\"}"), 10.0);
+    assert_eq!(metric_sum(&metrics, "traceo_job_joins_total{outcome=\"joined\"}"), 20.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "traceo_job_joins_total{outcome=\"webhook_without_upload\"}"), 0.0);
+    assert_eq!(metric_sum(&metrics, "traceo_jobs_finished_total{status=\"failed\"}"), 10.0);
 }

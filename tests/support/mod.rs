@@ -388,3 +388,14 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// The agent's `/metrics` page on `port` (empty when it does not answer).
+pub fn scrape(port: u16) -> String {
+    curl(&[&format!("http://127.0.0.1:{port}/metrics")])
+}
+
+/// The sum of the samples whose line starts with `prefix` (a family, or a family and some
+/// of its labels).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}

@@ -205,8 +205,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 if let Some(pid) = started {
                     if lp.tracker.traced().contains_key(&pid) {
                         if track_runtimes && matches!(event, Event::Exec(_)) {
-                            // A new program: the old one's layout must not be read meanwhile.
-                            probes.clear_runtime(pid);
+                            // A new program: the old one's layout must not be read meanwhile,
+                            // nor its probes' files held for it.
+                            probes.forget_runtime(pid);
                         }
                         let wants = crate::attach::Wants {
                             tls: tls.as_mut().is_some_and(|t| t.track(&mut probes, pid)),
@@ -252,6 +253,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     }
                 }
                 if !trace_all {
+                    // Processes whose exit event was lost (or that a rescan taken before
+                    // their exit brought back) leave the traced set, and their holds go.
+                    lp.tracker.prune_dead();
                     let traced = traced_pids(&lp.tracker);
                     let mut wants: std::collections::HashMap<u32, crate::attach::Wants> = Default::default();
                     if let Some(tls) = &mut tls {
@@ -270,6 +274,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                         }
                     }
                 }
+                probes.sweep_uprobes();
                 if select_log_files {
                     log_files.refresh(&sel.log_files);
                 }
@@ -278,6 +283,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     let mut counts = pipeline_counts(&stats.read(), source.decode_errors);
                     lp.sink.counts(&mut counts);
                     counts.tls_probes = tls.as_ref().map(|t| t.stats).unwrap_or_default();
+                    counts.uprobe_links = probes.uprobes().links() as u64;
                     metrics.agent.update(&counts);
                     metrics.tls.update(&counts.tls, &counts.tls_probes);
                     metrics.http.expire(Instant::now());

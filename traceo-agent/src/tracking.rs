@@ -160,6 +160,16 @@ impl<M: PidMap> ProcessTracker<M> {
         self.traced.insert(pid, service);
     }
 
+    /// Untrace the traced processes that no longer exist (their exit event was lost, or a
+    /// rescan taken before they exited brought them back).
+    pub fn prune_dead(&mut self) {
+        let dead: Vec<u32> = self.traced.keys().copied().filter(|&p| !crate::procfs::exists(p)).collect();
+        for pid in dead {
+            log::debug!("pid {pid} is gone: untraced");
+            self.untrace(pid);
+        }
+    }
+
     fn untrace(&mut self, pid: u32) {
         if self.traced.remove(&pid).is_some() {
             self.map.remove(pid);
@@ -223,7 +233,11 @@ impl<M: PidMap> ProcessTracker<M> {
             let mut cur = pid;
             for _ in 0..64 {
                 if let Some(&service) = matched.get(&cur) {
-                    self.trace(pid, service);
+                    // The snapshot was taken a moment ago: a process that exited since (its
+                    // exit event already seen) must not come back.
+                    if self.traced.contains_key(&pid) || crate::procfs::exists(pid) {
+                        self.trace(pid, service);
+                    }
                     break;
                 }
                 match parents.get(&cur) {

@@ -45,9 +45,12 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// first check of every probe: an array lookup is inlined by the verifier, so an untraced
 /// process pays a few nanoseconds, and a traced one needs no hash lookup either. Sized by
 /// the agent from pid_max; written by the agent from its selectors and, for forked children
-/// and exits, by the process probes (byte stores: kernel writers never clobber each other).
+/// and exits, by the process probes. Every writer stores single bytes: the agent writes
+/// through a shared mapping of the array (`BPF_F_MMAPABLE`), never a whole block through
+/// the map-update syscall, which would undo a probe's concurrent store to a neighbouring
+/// pid (a forked child's flag lost while the agent untraces an exited sibling).
 #[map]
-pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, 0);
+pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Sockets already announced with a CONN_OPEN event (key: inode number).
 #[map]

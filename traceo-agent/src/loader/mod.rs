@@ -5,16 +5,13 @@ pub mod btf;
 pub mod programs;
 pub mod symbols;
 pub mod tracefs;
+pub mod uprobes;
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{
-        TracePoint, UProbe,
-        trace_point::TracePointLinkId,
-        uprobe::{UProbeLinkId, UProbeScope},
-    },
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, UProbe, trace_point::TracePointLinkId},
 };
 use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, RuntimeProc, stat};
 
@@ -95,13 +92,10 @@ pub fn check_ring_buffer_mib(mib: u32) -> anyhow::Result<()> {
 pub struct Probes {
     ebpf: Ebpf,
     links: Vec<(&'static str, TracePointLinkId)>,
-    /// OpenSSL probe links by the process they watch (`None`: every process).
-    uprobe_links: std::collections::HashMap<Option<u32>, Vec<(&'static str, UProbeLinkId)>>,
+    /// OpenSSL and runtime probes, by file.
+    uprobes: uprobes::SharedUprobes,
     /// Symbol offsets resolved once per file.
     symbols: symbols::SymbolOffsets,
-    /// Runtime probe links (asyncio tasks, nginx upstreams) by process (kept apart: the TLS
-    /// stage drops its own).
-    task_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<KernelLogger>,
 }
 
@@ -161,14 +155,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes {
-        ebpf,
-        links: Vec::new(),
-        uprobe_links: Default::default(),
-        task_links: Default::default(),
-        symbols: Default::default(),
-        logger,
-    })
+    Ok(Probes { ebpf, links: Vec::new(), uprobes: Default::default(), symbols: Default::default(), logger })
 }
 
 impl Probes {
@@ -197,50 +184,6 @@ impl Probes {
         Ok(())
     }
 
-    /// Attach the OpenSSL probes to one libssl file for process `pid` (the kernel plants its
-    /// breakpoints in that process only, now or when it maps the file later), or for every
-    /// process (`None`: the programs skip untraced ones, but every process using the file
-    /// takes the breakpoint). Returns the functions probed; an error when the file lacks
-    /// `SSL_write` or `SSL_read` or the kernel refuses.
-    pub fn attach_ssl(&mut self, library: &std::path::Path, pid: Option<u32>) -> anyhow::Result<Vec<&'static str>> {
-        let mut probed = Vec::new();
-        for (i, (symbol, entry)) in programs::SSL_FUNCTIONS.iter().enumerate() {
-            // The return probe first: a return without its entry is ignored, an entry
-            // without its return would leave parked arguments behind.
-            let attached = match self.attach_uprobe(programs::SSL_RETURN, symbol, library, pid) {
-                Ok(()) => self.attach_uprobe(entry, symbol, library, pid).inspect_err(|_| self.detach_last_uprobe(pid)),
-                Err(e) => Err(e),
-            };
-            match attached {
-                Ok(()) => probed.push(*symbol),
-                Err(e) if i < 2 => {
-                    return Err(e).with_context(|| format!("probing {symbol} in {}", library.display()));
-                }
-                // The _ex forms appeared in OpenSSL 1.1.1.
-                Err(e) => log::debug!("{symbol} not probed in {}: {e:#}", library.display()),
-            }
-        }
-        Ok(probed)
-    }
-
-    fn attach_uprobe(
-        &mut self,
-        program: &'static str,
-        symbol: &str,
-        library: &std::path::Path,
-        pid: Option<u32>,
-    ) -> anyhow::Result<()> {
-        let scope = match pid.and_then(std::num::NonZeroU32::new) {
-            Some(pid) => UProbeScope::OneProcess(pid),
-            None => UProbeScope::AllProcesses,
-        };
-        let offset = self.symbols.offset(library, symbol)?;
-        let p: &mut UProbe = self.ebpf.program_mut(program).expect("loaded above").try_into()?;
-        let link = p.attach(aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(offset), library, scope)?;
-        self.uprobe_links.entry(pid).or_default().push((program, link));
-        Ok(())
-    }
-
     /// The shared symbol-offset cache (for the attach worker to fill).
     pub fn symbol_offsets(&self) -> symbols::SymbolOffsets {
         self.symbols.clone()
@@ -265,81 +208,36 @@ impl Probes {
         Ok(())
     }
 
-    /// Forget `pid`'s runtime: its entry and its runtime probes.
+    /// Forget `pid`'s runtime: its entry, and its hold on the runtime probes' files.
     pub fn forget_runtime(&mut self, pid: u32) {
-        if let Some(Ok(mut map)) =
-            self.ebpf.map_mut("RUNTIME_PROCS").map(aya::maps::HashMap::<_, u32, RuntimeProc>::try_from)
-        {
-            let _ = map.remove(&pid);
-        }
-        for (name, link) in self.task_links.remove(&pid).unwrap_or_default() {
-            self.detach_one_uprobe(name, link);
+        self.clear_runtime(pid);
+        for set in self.runtime_sets() {
+            self.release(pid, Some(set));
         }
     }
 
-    /// Probe `symbol` in `file` for `pid` with an (entry, return) pair of programs.
-    pub fn attach_runtime_probe(
-        &mut self,
-        file: &std::path::Path,
-        symbol: &str,
-        (entry, ret): (&'static str, &'static str),
-        pid: u32,
-    ) -> anyhow::Result<()> {
-        // The return probe first, as for OpenSSL: an entry without its return would leave
-        // its state behind.
-        self.attach_uprobe(ret, symbol, file, Some(pid))
-            .with_context(|| format!("no {symbol} in {}", file.display()))?;
-        if let Err(e) = self.attach_uprobe(entry, symbol, file, Some(pid)) {
-            self.detach_last_uprobe(Some(pid));
-            return Err(e).with_context(|| format!("probing {symbol} in {}", file.display()));
-        }
-        // Move both links to the runtime table (the TLS stage drops its own).
-        let links = self.uprobe_links.get_mut(&Some(pid)).map(|l| l.split_off(l.len().saturating_sub(2)));
-        self.task_links.entry(pid).or_default().extend(links.unwrap_or_default());
-        Ok(())
+    fn runtime_sets(&self) -> [uprobes::ProbeSet; 2] {
+        use crate::runtime::{NGINX_UPSTREAM_SYMBOL, python::TASK_INIT_SYMBOL};
+        [uprobes::ProbeSet::Runtime(TASK_INIT_SYMBOL), uprobes::ProbeSet::Runtime(NGINX_UPSTREAM_SYMBOL)]
     }
 
-    /// Remove the OpenSSL probes attached for `pid` (it exited or is no longer traced).
-    pub fn detach_ssl(&mut self, pid: u32) {
-        for (name, link) in self.uprobe_links.remove(&Some(pid)).unwrap_or_default() {
-            self.detach_one_uprobe(name, link);
-        }
-    }
-
-    fn detach_one_uprobe(&mut self, name: &'static str, link: UProbeLinkId) {
-        if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
-            if let Err(e) = program.detach(link) {
-                log::debug!("detaching {name}: {e}");
-            }
-        }
-    }
-
-    fn detach_last_uprobe(&mut self, pid: Option<u32>) {
-        if let Some((name, link)) = self.uprobe_links.get_mut(&pid).and_then(Vec::pop) {
-            self.detach_one_uprobe(name, link);
-        }
+    /// The shared uprobes' counts (files per set, links).
+    pub fn uprobes(&self) -> &uprobes::SharedUprobes {
+        &self.uprobes
     }
 
     /// Detach every program (also happens on drop; this makes it explicit and logged).
     ///
     /// Each link's release waits for the kernel (a uprobe's unregistering an RCU grace
     /// period, hundreds of milliseconds on a busy VM), so the links are taken out and
-    /// released in parallel: Ctrl-C and SIGTERM end the agent within a few seconds whatever
-    /// the number of probes.
+    /// released in parallel: Ctrl-C and SIGTERM end the agent within a few seconds (uprobes
+    /// are per file, so there are few of them whatever the processes' churn).
     pub fn detach(&mut self) {
         let started = std::time::Instant::now();
-        let tasks = self.task_links.drain().flat_map(|(_, links)| links);
-        let uprobes: Vec<_> = self.uprobe_links.drain().flat_map(|(_, links)| links).chain(tasks).collect();
+        let uprobes: Vec<_> = self.uprobes.drain().collect();
         let count = self.links.len() + uprobes.len();
-        let mut owned_uprobes = Vec::new();
-        for (name, link) in uprobes {
-            if let Ok(program) = <&mut UProbe>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
-                match program.take_link(link) {
-                    Ok(l) => owned_uprobes.push(l),
-                    Err(e) => log::debug!("detaching {name}: {e}"),
-                }
-            }
-        }
+        let owned_uprobes: Vec<_> =
+            uprobes.into_iter().filter_map(|(name, link)| self.take_uprobe_link(name, link)).collect();
         let mut owned_tracepoints = Vec::new();
         for (name, link) in self.links.drain(..) {
             if let Ok(program) = <&mut TracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
@@ -390,8 +288,11 @@ impl Probes {
 
     /// The traced processes as the probes see them: a flag byte per pid.
     pub fn take_traced_pids(&mut self) -> anyhow::Result<KernelPids> {
-        let flags = Array::try_from(self.ebpf.take_map("PID_FLAGS").context("PID_FLAGS map missing")?)?;
-        Ok(KernelPids { flags })
+        let map = match self.ebpf.take_map("PID_FLAGS").context("PID_FLAGS map missing")? {
+            aya::maps::Map::Array(data) => data,
+            _ => bail!("PID_FLAGS is not an array map: rebuild the kernel object with `cargo xtask build-ebpf`"),
+        };
+        KernelPids::map(map)
     }
 
     pub fn take_log_files(&mut self) -> anyhow::Result<LogFiles> {
@@ -436,20 +337,56 @@ impl LogFiles {
     }
 }
 
-/// The kernel's record of traced processes. The probes write flags too (forked children,
-/// exits); the agent rewrites a whole block, so a probe's concurrent write to the same block
-/// can be lost: the agent re-asserts a child's flag when it handles the fork event.
+/// The kernel's record of traced processes, a flag byte per pid. The probes write flags too
+/// (forked children, exits), so the agent never rewrites a block through the map-update
+/// syscall (that would undo a probe's concurrent store to a neighbouring pid): it stores
+/// single bytes through a shared mapping of the array.
 pub struct KernelPids {
-    flags: Array<MapData, [u8; PID_FLAGS_BLOCK]>,
+    flags: std::ptr::NonNull<std::sync::atomic::AtomicU8>,
+    len: usize,
+    /// Owns the map's fd (the mapping stays valid while it is open).
+    _map: MapData,
 }
 
+// SAFETY: the mapping is owned by this value and only written through atomics.
+unsafe impl Send for KernelPids {}
+
 impl KernelPids {
+    fn map(map: MapData) -> anyhow::Result<KernelPids> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let info = map.info()?;
+        anyhow::ensure!(
+            info.value_size() as usize == PID_FLAGS_BLOCK,
+            "PID_FLAGS holds blocks of {} bytes, not {PID_FLAGS_BLOCK}: rebuild the kernel object with `cargo xtask build-ebpf`",
+            info.value_size()
+        );
+        let len = info.max_entries() as usize * PID_FLAGS_BLOCK;
+        // SAFETY: a shared mapping of the whole array, which the kernel allows for
+        // BPF_F_MMAPABLE arrays; its length is the array's size.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context(
+                "mapping PID_FLAGS failed (the kernel object must declare it BPF_F_MMAPABLE: rebuild it with `cargo xtask build-ebpf`)",
+            );
+        }
+        let flags = std::ptr::NonNull::new(ptr.cast()).context("mmap returned null")?;
+        Ok(KernelPids { flags, len, _map: map })
+    }
+
     /// Set `pid`'s flag byte: 0 = untraced, else the service index + 1.
     fn set_flag(&mut self, pid: u32, flag: u8) -> anyhow::Result<()> {
-        let index = pid / PID_FLAGS_BLOCK as u32;
-        let mut block = self.flags.get(&index, 0).with_context(|| format!("pid {pid} is above pid_max"))?;
-        block[pid as usize % PID_FLAGS_BLOCK] = flag;
-        self.flags.set(index, block, 0)?;
+        anyhow::ensure!((pid as usize) < self.len, "pid {pid} is above pid_max");
+        // SAFETY: in bounds of the mapping, which lives as long as self.
+        unsafe { (*self.flags.as_ptr().add(pid as usize)).store(flag, std::sync::atomic::Ordering::Relaxed) };
         Ok(())
     }
 
@@ -460,6 +397,13 @@ impl KernelPids {
 
     pub fn remove(&mut self, pid: u32) {
         let _ = self.set_flag(pid, 0);
+    }
+}
+
+impl Drop for KernelPids {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.flags.as_ptr().cast(), self.len) };
     }
 }
 

@@ -53,6 +53,8 @@ pub struct PipelineCounts {
     /// Output lines dropped because their reader (or disk) did not keep up.
     pub output_dropped: u64,
     pub active_connections: u64,
+    /// Uprobe links held (OpenSSL and runtime probes, per file).
+    pub uprobe_links: u64,
     pub decode_errors: u64,
     /// The correlation stage's totals (links by kind, what it dropped).
     pub correlation: Option<CorrelateStats>,
@@ -76,6 +78,7 @@ pub struct AgentMetrics {
     output_dropped: Counter,
     decode_errors: Counter,
     active_connections: Gauge,
+    uprobe_links: Gauge,
     pub series_overflow: Counter,
     scrapes_cut: Family<ReasonLabel, Counter>,
     worker_dropped: Family<TaskLabel, Counter>,
@@ -124,6 +127,7 @@ impl AgentMetrics {
             output_dropped: Counter::default(),
             decode_errors: Counter::default(),
             active_connections: Gauge::default(),
+            uprobe_links: Gauge::default(),
             series_overflow: Counter::default(),
             scrapes_cut: Family::default(),
             worker_dropped: Family::default(),
@@ -177,6 +181,12 @@ impl AgentMetrics {
             "traceo_agent_active_connections",
             "Connections the agent is following",
             m.active_connections.clone(),
+        );
+        r.register(
+            "traceo_agent_uprobe_links",
+            "Uprobe links held (OpenSSL and runtime probes: one set per probed file, shared by the traced processes \
+             that use it)",
+            m.uprobe_links.clone(),
         );
         r.register(
             "traceo_agent_metric_series_overflow",
@@ -269,6 +279,7 @@ impl AgentMetrics {
         self.output_dropped.inc_by(now.output_dropped.saturating_sub(before.output_dropped));
         self.decode_errors.inc_by(now.decode_errors.saturating_sub(before.decode_errors));
         self.active_connections.set(now.active_connections as i64);
+        self.uprobe_links.set(now.uprobe_links as i64);
         if let Some(c) = &now.correlation {
             let was = before.correlation.clone().unwrap_or_default();
             for link in Link::ALL {

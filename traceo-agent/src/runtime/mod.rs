@@ -69,6 +69,8 @@ pub struct Runtimes {
     processes: HashMap<u32, Runtime>,
     /// Processes whose plan is asked for and not back yet.
     pending: std::collections::HashSet<u32>,
+    /// Descriptions logged at info level already.
+    logged: std::collections::HashSet<String>,
 }
 
 impl Runtimes {
@@ -96,7 +98,10 @@ impl Runtimes {
         let runtime = apply(probes, pid, plan);
         if self.processes.get(&pid) != Some(&runtime) && runtime != Runtime::Other {
             let comm = crate::procfs::comm(pid).unwrap_or_default();
-            log::info!("pid {pid} ({comm}): {}", runtime.describe());
+            let description = runtime.describe();
+            // Once per finding at info: a service forking hundreds of children logs it once.
+            let level = if self.logged.insert(description.clone()) { log::Level::Info } else { log::Level::Debug };
+            log::log!(level, "pid {pid} ({comm}): {description}");
         }
         self.processes.insert(pid, runtime);
     }
@@ -121,16 +126,12 @@ impl Runtimes {
 
 /// Tell the kernel and attach what `plan` found.
 fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
+    // A plan is the whole truth about the process: no entry, no probe hold left from an
+    // earlier program (a hold taken again below costs no syscall).
+    probes.forget_runtime(pid);
     match plan {
-        // A plan is the whole truth about the process: no entry left from an earlier program.
-        Plan::Other => {
-            probes.clear_runtime(pid);
-            Runtime::Other
-        }
-        Plan::Unsupported(why) => {
-            probes.clear_runtime(pid);
-            Runtime::PythonUnsupported(why)
-        }
+        Plan::Other => Runtime::Other,
+        Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
         Plan::Python { measured, module, note } => {
             let rt = RuntimeProc { kind: runtime_kind::PYTHON, _pad: 0, python: measured.layout() };
             if let Err(e) = probes.set_runtime(pid, rt) {
@@ -139,7 +140,7 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
             let (tasks, note) = match module {
                 None => (false, note),
                 Some(module) => {
-                    match probes.attach_runtime_probe(&module, python::TASK_INIT_SYMBOL, programs::TASK_INIT, pid) {
+                    match probes.hold_runtime_probe(&module, python::TASK_INIT_SYMBOL, programs::TASK_INIT, pid) {
                         Ok(()) => (true, None),
                         Err(e) => (false, Some(format!("{e:#}"))),
                     }
@@ -147,13 +148,10 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
             };
             Runtime::Python { version: measured.version, tasks, note }
         }
-        Plan::Nginx(Err(why)) => {
-            probes.clear_runtime(pid);
-            Runtime::Nginx(Err(why))
-        }
+        Plan::Nginx(Err(why)) => Runtime::Nginx(Err(why)),
         Plan::Nginx(Ok(exe)) => {
             let attached =
-                probes.attach_runtime_probe(&exe, NGINX_UPSTREAM_SYMBOL, programs::NGINX_UPSTREAM_INIT, pid).and_then(
+                probes.hold_runtime_probe(&exe, NGINX_UPSTREAM_SYMBOL, programs::NGINX_UPSTREAM_INIT, pid).and_then(
                     |()| probes.set_runtime(pid, RuntimeProc { kind: runtime_kind::NGINX, ..Default::default() }),
                 );
             Runtime::Nginx(attached.map_err(|e| format!("{e:#}")))

@@ -9,10 +9,10 @@ use std::{
 };
 
 use super::libraries::{ElfTls, FileId, ProcessTls, inspect_elf, process_tls, system_libssl};
-use crate::loader::Probes;
+use crate::loader::{Probes, uprobes::ProbeSet};
 
 /// How a process's TLS looks to the agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Visibility {
     /// Its plaintext is seen: these files carry the OpenSSL the probes attach to.
     OpenSsl(Vec<PathBuf>),
@@ -80,23 +80,24 @@ pub struct TlsProbeStats {
 /// Traced processes' memory maps are read again this many refreshes after the last read.
 const RESCAN_EVERY: u64 = 5;
 
-/// Where the OpenSSL probes go. Per traced process when services are selected: the kernel
-/// then plants the breakpoints in those processes only, because a uprobe breakpoint costs
-/// every process that hits it a trap (measured at about 16 us per call on the benchmark's
-/// virtual machine) even when the program returns at once. For every process in trace-all
-/// mode, where every process is traced anyway.
+/// Keeps the OpenSSL probes on the files traced processes use. Each file is probed once for
+/// every process (`loader::uprobes`: the programs skip untraced processes) and held while a
+/// traced process uses it; a process's failure to be probed is its own, retried at its next
+/// rescan, and never marks the file for other processes.
 pub struct TlsProbes {
-    per_process: bool,
-    /// The system's libssl files, probed for every traced process before it maps them.
+    /// Trace-all mode: the system's libssl is held for the agent's life.
+    trace_all: bool,
+    /// The system's libssl files, held for every traced process before it maps them.
     system: Vec<PathBuf>,
-    /// (process or every process, file) pairs probed, and files that cannot be.
-    attached: HashSet<(Option<u32>, FileId)>,
     /// Files that cannot be probed for every process (trace-all mode).
     failed: HashSet<FileId>,
     /// (process, file) failures already logged.
     failed_for: HashSet<(u32, FileId)>,
-    /// Processes classified: what was found (re-logged only when it changes), and when.
+    /// Processes classified: what was found, and when.
     processes: HashMap<u32, (Visibility, u64)>,
+    /// What was logged at info level already (by what was found: one line per kind of
+    /// process, not one per forked child).
+    logged: HashSet<Visibility>,
     refreshes: u64,
     pub stats: TlsProbeStats,
 }
@@ -105,17 +106,17 @@ impl TlsProbes {
     /// Find the system's libssl files; in trace-all mode, probe them for every process.
     pub fn start(probes: &mut Probes, trace_all: bool) -> TlsProbes {
         let mut tls = TlsProbes {
-            per_process: !trace_all,
+            trace_all,
             system: system_libssl(),
-            attached: HashSet::new(),
             failed: HashSet::new(),
             failed_for: HashSet::new(),
             processes: HashMap::new(),
+            logged: HashSet::new(),
             refreshes: 0,
             stats: TlsProbeStats::default(),
         };
-        // The system's libssl is probed for every traced process at its first event, on the
-        // ring's thread: its offsets are resolved here, once, so those attaches parse nothing.
+        // The system's libssl is probed at the first traced process's first event, on the
+        // ring's thread: its offsets are resolved here, once, so that attach parses nothing.
         let symbols = probes.symbol_offsets();
         for lib in &tls.system {
             for (symbol, _) in crate::loader::programs::SSL_FUNCTIONS {
@@ -133,17 +134,17 @@ impl TlsProbes {
         tls
     }
 
-    /// A process just became traced (started, forked, matched) or ran a new program: probe
-    /// the system's libssl for it at once (offsets cached at start: only the attach
-    /// syscalls), before it maps the library and makes its first call. Returns whether its
-    /// memory map should be classified ([`classify`], on the attach worker), the result
-    /// coming back through [`TlsProbes::scanned`].
+    /// A process just became traced (started, forked, matched) or ran a new program: hold
+    /// the system's libssl for it at once (a no-op once any traced process holds it),
+    /// before it maps the library and makes its first call. Returns whether its memory map
+    /// should be classified ([`classify`], on the attach worker), the result coming back
+    /// through [`TlsProbes::scanned`].
     pub fn track(&mut self, probes: &mut Probes, pid: u32) -> bool {
         // A short-lived child may be gone by the time its fork or exec event is read.
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::procfs::exists(pid) {
             return false;
         }
-        if self.per_process {
+        if !self.trace_all {
             for lib in self.system.clone() {
                 self.probe(probes, &lib, Some(pid));
             }
@@ -166,23 +167,34 @@ impl TlsProbes {
             return;
         };
         if let Visibility::OpenSsl(files) = &visibility {
-            let scope = self.per_process.then_some(pid);
+            let user = (!self.trace_all).then_some(pid);
             for f in files {
-                self.probe(probes, f, scope);
+                self.probe(probes, f, user);
             }
         }
         if self.processes.get(&pid).map(|(v, _)| v) != Some(&visibility) {
             let comm = crate::procfs::comm(pid).unwrap_or_default();
-            match &visibility {
-                Visibility::Opaque(what) => log::warn!(
-                    "pid {pid} ({comm}) uses {what}: its TLS traffic is not visible (traceo reads TLS plaintext \
-                     from OpenSSL only); plain HTTP is still traced"
-                ),
-                Visibility::OpenSsl(files) => log::info!(
-                    "pid {pid} ({comm}) uses OpenSSL ({}): TLS plaintext is traced",
-                    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
-                ),
-                Visibility::None => {}
+            let message = match &visibility {
+                Visibility::Opaque(what) => Some((
+                    log::Level::Warn,
+                    format!(
+                        "pid {pid} ({comm}) uses {what}: its TLS traffic is not visible (traceo reads TLS \
+                         plaintext from OpenSSL only); plain HTTP is still traced"
+                    ),
+                )),
+                Visibility::OpenSsl(files) => Some((
+                    log::Level::Info,
+                    format!(
+                        "pid {pid} ({comm}) uses OpenSSL ({}): TLS plaintext is traced",
+                        files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+                Visibility::None => None,
+            };
+            if let Some((level, message)) = message {
+                // Once per finding: a service forking hundreds of children logs it once.
+                let level = if self.logged.insert(visibility.clone()) { level } else { log::Level::Debug };
+                log::log!(level, "{message}");
             }
         }
         let refreshes = self.refreshes;
@@ -190,7 +202,7 @@ impl TlsProbes {
     }
 
     /// Called about once a second with the traced processes: track new ones, rescan the
-    /// others every few refreshes (libraries get loaded late), drop the probes of the rest.
+    /// others every few refreshes (libraries get loaded late), release the files of the rest.
     /// Returns the processes whose memory map should be classified (on the attach worker).
     pub fn refresh(&mut self, probes: &mut Probes, traced: &HashSet<u32>) -> Vec<u32> {
         self.refreshes += 1;
@@ -216,58 +228,51 @@ impl TlsProbes {
         }
         let opaque = self.processes.values().filter(|(v, _)| matches!(v, Visibility::Opaque(_)));
         self.stats.opaque_processes = opaque.count() as u64;
-        let files: HashSet<FileId> = self.attached.iter().map(|(_, f)| *f).collect();
-        self.stats.probed_files = files.len() as u64;
+        self.stats.probed_files = probes.uprobes().files(ProbeSet::Ssl) as u64;
         scan
     }
 
     fn forget(&mut self, probes: &mut Probes, pid: u32) {
         self.processes.remove(&pid);
         self.failed_for.retain(|(p, _)| *p != pid);
-        if self.per_process {
-            probes.detach_ssl(pid);
-            self.attached.retain(|(p, _)| *p != Some(pid));
-        }
+        probes.release(pid, Some(ProbeSet::Ssl));
     }
 
-    /// Attach to `path` for `pid` (or every process) unless done, or known to fail.
+    /// Hold `path`'s probes for `pid` (or every process), unless known to fail for good.
     fn probe(&mut self, probes: &mut Probes, path: &Path, pid: Option<u32>) {
         let Some(id) = FileId::of(path) else { return };
-        if self.failed.contains(&id) || !self.attached.insert((pid, id)) {
+        if self.failed.contains(&id) {
             return;
         }
-        match probes.attach_ssl(path, pid) {
+        match probes.hold_ssl(path, pid) {
             Ok(functions) => {
                 let whom = pid.map_or("every process".to_owned(), |p| format!("pid {p}"));
-                log::debug!("TLS: probing {} in {} for {whom}", functions.join(", "), path.display());
+                log::trace!("TLS: {} in {} held for {whom}", functions.join(", "), path.display());
             }
-            Err(e) => {
-                self.attached.remove(&(pid, id));
-                match pid {
-                    // Per process: a failure is that process's (often it just exited), retried
-                    // at its next rescan; it never poisons the file for other processes.
-                    Some(p) if !std::path::Path::new(&format!("/proc/{p}")).exists() => {
-                        log::debug!("TLS: pid {p} exited before {} could be probed", path.display());
-                    }
-                    Some(p) => {
-                        self.stats.failed_files += 1;
-                        if self.failed_for.insert((p, id)) {
-                            log::warn!(
-                                "TLS: cannot probe {} for pid {p}: {e:#}; retrying at its next rescan",
-                                path.display()
-                            );
-                        }
-                    }
-                    None => {
-                        self.failed.insert(id);
-                        self.stats.failed_files += 1;
+            Err(e) => match pid {
+                // Per process: a failure is that process's (often it just exited), retried
+                // at its next rescan; it never poisons the file for other processes.
+                Some(p) if !crate::procfs::exists(p) => {
+                    log::debug!("TLS: pid {p} exited before {} could be probed", path.display());
+                }
+                Some(p) => {
+                    self.stats.failed_files += 1;
+                    if self.failed_for.insert((p, id)) {
                         log::warn!(
-                            "TLS: cannot probe {}: {e:#}; its processes' TLS traffic is not visible",
+                            "TLS: cannot probe {} for pid {p}: {e:#}; retrying at its next rescan",
                             path.display()
                         );
                     }
                 }
-            }
+                None => {
+                    self.failed.insert(id);
+                    self.stats.failed_files += 1;
+                    log::warn!(
+                        "TLS: cannot probe {}: {e:#}; its processes' TLS traffic is not visible",
+                        path.display()
+                    );
+                }
+            },
         }
     }
 }

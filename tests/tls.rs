@@ -320,3 +320,59 @@ fn process_churn_never_poisons_the_tls_probes_of_later_services() {
     assert_eq!(server.len(), 4, "every HTTPS request of the later service is traced: {x:?}\nmetrics:\n{started}");
     assert_all_tls(&server, true, "later service");
 }
+
+#[test]
+fn a_libssl_loaded_late_from_elsewhere_is_probed_at_the_next_rescan() {
+    if !require_root("tls_late") || !require_python("tls_late") {
+        return;
+    }
+    let dir = temp_dir("tls-late");
+    // A private copy of OpenSSL (another inode than the system's, which the agent probes at
+    // once): found only by reading the traced process's memory map.
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).expect("lib dir");
+    for name in ["libssl.so.3", "libcrypto.so.3"] {
+        std::fs::copy(Path::new("/usr/lib/x86_64-linux-gnu").join(name), lib.join(name))
+            .unwrap_or_else(|e| panic!("copy {name} (Debian's OpenSSL 3 expected): {e}"));
+    }
+    let port = free_port();
+    let (mut agent, log, metrics_port) = start_agent(&dir, &[format!("api=port:{port}")]);
+    // The service starts after the agent, loading the copy.
+    let (cert, key) = self_signed(&dir);
+    let _server = Proc::spawn(
+        Command::new(python())
+            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--no-access-log", "--ssl-certfile"])
+            .arg(&cert)
+            .arg("--ssl-keyfile")
+            .arg(&key)
+            .env("LD_LIBRARY_PATH", &lib)
+            .current_dir(repo().join("tests/apps"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(port);
+    // A rescan (every 5 s) finds the copy in its map.
+    std::thread::sleep(Duration::from_secs(7));
+    let requests = r#"[["GET","/hello"],["GET","/items/7"],["GET","/status/404"]]"#;
+    let mut client = https_client(&format!("https://127.0.0.1:{port}"), requests);
+    client.send_line("go");
+    let mut out = None;
+    let said: Vec<String> = (0..3).map(|_| client.read_line(&mut out)).collect();
+    assert!(said.iter().all(|l| !l.is_empty()), "client output: {said:?}");
+    let x = wait_for_exchanges(&log, 3);
+    let metrics = curl(&[&format!("http://127.0.0.1:{metrics_port}/metrics")]);
+    let agent_log = agent.stop().join("\n");
+    let copy = lib.join("libssl.so.3").display().to_string();
+    assert!(
+        agent_log.lines().any(|l| l.contains("uses OpenSSL") && l.contains(&copy)),
+        "the agent never found the service's private libssl ({copy}); its log:\n{agent_log}"
+    );
+    let server = side(&x, "api", "server");
+    assert_eq!(server.len(), 3, "every HTTPS request to the service is traced: {x:?}\nmetrics:\n{metrics}");
+    assert_all_tls(&server, true, "service with a private libssl");
+    assert!(
+        metric(&metrics, &["traceo_tls_probed_libraries"]).is_some_and(|n| n >= 2.0),
+        "the system's libssl and the copy are both probed:\n{metrics}"
+    );
+}

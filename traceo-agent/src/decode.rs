@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 use traceo_ebpf_common::{
     self as wire, ConnEvent, DATA_EVENT_HEADER_LEN, EventHeader, NO_SERVICE, ProcEvent, TaskEvent, data_flags,
-    direction, family, kind, open_how, syscall,
+    direction, family, kind, open_how,
 };
 
 use crate::events::{Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, Syscall, TaskCreated};
@@ -72,20 +72,7 @@ fn address(fam: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
 }
 
 fn syscall_of(id: u16) -> Result<Syscall, DecodeError> {
-    Ok(match id {
-        syscall::READ => Syscall::Read,
-        syscall::WRITE => Syscall::Write,
-        syscall::READV => Syscall::Readv,
-        syscall::WRITEV => Syscall::Writev,
-        syscall::SENDTO => Syscall::Sendto,
-        syscall::RECVFROM => Syscall::Recvfrom,
-        syscall::SENDMSG => Syscall::Sendmsg,
-        syscall::RECVMSG => Syscall::Recvmsg,
-        syscall::SENDFILE => Syscall::Sendfile,
-        syscall::SSL_READ => Syscall::SslRead,
-        syscall::SSL_WRITE => Syscall::SslWrite,
-        _ => return Err(DecodeError::Unknown),
-    })
+    Syscall::from_code(id).ok_or(DecodeError::Unknown)
 }
 
 impl Decoder {
@@ -219,6 +206,7 @@ fn conn(ev: &ConnEvent) -> Result<Conn, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use traceo_ebpf_common::syscall;
 
     /// The bytes the kernel would send for a DataEvent with `payload`.
     pub(crate) fn raw_data(payload: &[u8], dir: u8, sc: u16, flags: u8) -> Vec<u8> {

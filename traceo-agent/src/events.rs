@@ -39,65 +39,8 @@ impl Direction {
     }
 }
 
-/// The syscall behind a data event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Syscall {
-    Read,
-    Write,
-    Readv,
-    Writev,
-    Sendto,
-    Recvfrom,
-    Sendmsg,
-    Recvmsg,
-    Sendfile,
-    /// Plaintext returned by OpenSSL's `SSL_read`/`SSL_read_ex` (a uprobe, not a syscall).
-    SslRead,
-    /// Plaintext passed to OpenSSL's `SSL_write`/`SSL_write_ex`.
-    SslWrite,
-}
-
-impl Syscall {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Syscall::Read => "read",
-            Syscall::Write => "write",
-            Syscall::Readv => "readv",
-            Syscall::Writev => "writev",
-            Syscall::Sendto => "sendto",
-            Syscall::Recvfrom => "recvfrom",
-            Syscall::Sendmsg => "sendmsg",
-            Syscall::Recvmsg => "recvmsg",
-            Syscall::Sendfile => "sendfile",
-            Syscall::SslRead => "ssl_read",
-            Syscall::SslWrite => "ssl_write",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Syscall> {
-        ALL_SYSCALLS.iter().copied().find(|s| s.as_str() == name)
-    }
-
-    /// TLS plaintext from the OpenSSL probes rather than socket bytes.
-    pub fn is_tls(self) -> bool {
-        matches!(self, Syscall::SslRead | Syscall::SslWrite)
-    }
-}
-
-/// Append only: record files store the index.
-pub const ALL_SYSCALLS: [Syscall; 11] = [
-    Syscall::Read,
-    Syscall::Write,
-    Syscall::Readv,
-    Syscall::Writev,
-    Syscall::Sendto,
-    Syscall::Recvfrom,
-    Syscall::Sendmsg,
-    Syscall::Recvmsg,
-    Syscall::Sendfile,
-    Syscall::SslRead,
-    Syscall::SslWrite,
-];
+/// The syscall behind a data event (defined with the kernel's codes).
+pub use traceo_ebpf_common::Syscall;
 
 /// Bytes that crossed one socket syscall.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{ALL_SYSCALLS, Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, TaskCreated};
+use crate::events::{Conn, Data, Direction, Event, Family, Meta, OpenHow, Proc, Syscall, TaskCreated};
 
 pub const MAGIC: &[u8; 8] = b"TRACEORC";
 /// 2: data and connection bodies end with the task context; task-creation records; a CRC-32
@@ -154,7 +154,7 @@ fn family_code(f: Family) -> u16 {
     }
 }
 
-/// Bodies: Data = meta, conn_id u64, fd i32, syscall u8 (index in ALL_SYSCALLS + 1),
+/// Bodies: Data = meta, conn_id u64, fd i32, syscall u8 (its `Syscall` code),
 /// direction u8 (1 egress, 2 ingress), flags u8 (1 truncated, 2 read_failed, 4 no_payload,
 /// 8 after_loss),
 /// enter_ns u64, exit_ns u64, ret i64, total_len u64, payload_len u32, payload.
@@ -171,7 +171,7 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             put_meta(&d.meta, b);
             b.extend_from_slice(&d.conn_id.to_le_bytes());
             b.extend_from_slice(&d.fd.to_le_bytes());
-            let sc = ALL_SYSCALLS.iter().position(|s| *s == d.syscall).unwrap_or(0) as u8 + 1;
+            let sc = d.syscall.code() as u8;
             b.push(sc);
             b.push(if d.direction == Direction::Egress { 1 } else { 2 });
             b.push(
@@ -288,7 +288,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
             let conn_id = c.u64()?;
             let fd = c.u32()? as i32;
             let sc = c.u8()? as usize;
-            let syscall = *ALL_SYSCALLS.get(sc.wrapping_sub(1)).context("bad syscall code")?;
+            let syscall = Syscall::from_code(sc as u16).context("bad syscall code")?;
             let direction = match c.u8()? {
                 1 => Direction::Egress,
                 2 => Direction::Ingress,

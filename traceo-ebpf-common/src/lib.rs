@@ -50,23 +50,100 @@ pub mod kind {
     pub const LOG_WRITE: u32 = 9;
 }
 
-/// Which syscall produced a data event. Numbered explicitly; append only.
-pub mod syscall {
-    pub const READ: u16 = 1;
-    pub const WRITE: u16 = 2;
-    pub const READV: u16 = 3;
-    pub const WRITEV: u16 = 4;
-    pub const SENDTO: u16 = 5;
-    pub const RECVFROM: u16 = 6;
-    pub const SENDMSG: u16 = 7;
-    pub const RECVMSG: u16 = 8;
-    pub const SENDFILE: u16 = 9;
+/// Which syscall (or OpenSSL call) produced a data event. The discriminant is the code the
+/// kernel writes and record files keep: append only.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Syscall {
+    Read = 1,
+    Write = 2,
+    Readv = 3,
+    Writev = 4,
+    Sendto = 5,
+    Recvfrom = 6,
+    Sendmsg = 7,
+    Recvmsg = 8,
+    Sendfile = 9,
     /// OpenSSL `SSL_read`/`SSL_read_ex` returned plaintext (a uretprobe, not a syscall):
     /// the event's `conn_id` is the `SSL *` address, which the agent binds to its socket.
-    pub const SSL_READ: u16 = 10;
-    /// OpenSSL `SSL_write`/`SSL_write_ex` accepted plaintext; `conn_id` as for [`SSL_READ`].
-    pub const SSL_WRITE: u16 = 11;
+    SslRead = 10,
+    /// OpenSSL `SSL_write`/`SSL_write_ex` accepted plaintext; `conn_id` as for `SslRead`.
+    SslWrite = 11,
 }
+
+impl Syscall {
+    /// Every value, in code order (`ALL[i]` has code `i + 1`).
+    pub const ALL: [Syscall; 11] = [
+        Syscall::Read,
+        Syscall::Write,
+        Syscall::Readv,
+        Syscall::Writev,
+        Syscall::Sendto,
+        Syscall::Recvfrom,
+        Syscall::Sendmsg,
+        Syscall::Recvmsg,
+        Syscall::Sendfile,
+        Syscall::SslRead,
+        Syscall::SslWrite,
+    ];
+
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_code(code: u16) -> Option<Syscall> {
+        Self::ALL.get((code as usize).wrapping_sub(1)).copied()
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Syscall::Read => "read",
+            Syscall::Write => "write",
+            Syscall::Readv => "readv",
+            Syscall::Writev => "writev",
+            Syscall::Sendto => "sendto",
+            Syscall::Recvfrom => "recvfrom",
+            Syscall::Sendmsg => "sendmsg",
+            Syscall::Recvmsg => "recvmsg",
+            Syscall::Sendfile => "sendfile",
+            Syscall::SslRead => "ssl_read",
+            Syscall::SslWrite => "ssl_write",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Syscall> {
+        Self::ALL.iter().copied().find(|s| s.as_str() == name)
+    }
+
+    /// TLS plaintext from the OpenSSL probes rather than socket bytes.
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Syscall::SslRead | Syscall::SslWrite)
+    }
+}
+
+/// The codes as constants, for the kernel programs' patterns (derived: one source).
+pub mod syscall {
+    use super::Syscall;
+    pub const READ: u16 = Syscall::Read.code();
+    pub const WRITE: u16 = Syscall::Write.code();
+    pub const READV: u16 = Syscall::Readv.code();
+    pub const WRITEV: u16 = Syscall::Writev.code();
+    pub const SENDTO: u16 = Syscall::Sendto.code();
+    pub const RECVFROM: u16 = Syscall::Recvfrom.code();
+    pub const SENDMSG: u16 = Syscall::Sendmsg.code();
+    pub const RECVMSG: u16 = Syscall::Recvmsg.code();
+    pub const SENDFILE: u16 = Syscall::Sendfile.code();
+    pub const SSL_READ: u16 = Syscall::SslRead.code();
+    pub const SSL_WRITE: u16 = Syscall::SslWrite.code();
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Syscall::ALL.len() {
+        assert!(Syscall::ALL[i] as usize == i + 1, "Syscall::ALL must list the codes in order");
+        i += 1;
+    }
+};
 
 /// Direction of a data event, seen from the traced process.
 pub mod direction {
@@ -140,6 +217,28 @@ pub mod stat {
     /// Log-write events dropped because the ring buffer was full.
     pub const RING_FULL_LOG: u32 = 14;
     pub const COUNT: u32 = 15;
+
+    /// Each counter's name (the agent's log and metric labels), in index order.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ring_full_data",
+        "ring_full_conn",
+        "ring_full_proc",
+        "read_user_failed",
+        "socket_walk_failed",
+        "args_map_full",
+        "reserved_6",
+        "data_events",
+        "data_truncated",
+        "tls_events",
+        "runtime_read_failed",
+        "ring_full_task",
+        "task_init_unpaired",
+        "log_events",
+        "ring_full_log",
+    ];
+
+    /// The counters of events lost because the ring buffer was full.
+    pub const RING_FULL: [u32; 5] = [RING_FULL_DATA, RING_FULL_CONN, RING_FULL_PROC, RING_FULL_TASK, RING_FULL_LOG];
 }
 
 /// Common prefix of every event.

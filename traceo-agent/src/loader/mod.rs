@@ -413,23 +413,7 @@ pub struct KernelStats {
 }
 
 /// Counter values by name, in `stat` order.
-pub const STAT_NAMES: [&str; stat::COUNT as usize] = [
-    "ring_full_data",
-    "ring_full_conn",
-    "ring_full_proc",
-    "read_user_failed",
-    "socket_walk_failed",
-    "args_map_full",
-    "reserved_6",
-    "data_events",
-    "data_truncated",
-    "tls_events",
-    "runtime_read_failed",
-    "ring_full_task",
-    "task_init_unpaired",
-    "log_events",
-    "ring_full_log",
-];
+pub const STAT_NAMES: [&str; stat::COUNT as usize] = stat::NAMES;
 
 impl KernelStats {
     pub fn read(&self) -> [u64; stat::COUNT as usize] {
@@ -444,10 +428,6 @@ impl KernelStats {
 
     /// Events the kernel had to drop because the ring buffer was full.
     pub fn lost(values: &[u64; stat::COUNT as usize]) -> u64 {
-        values[stat::RING_FULL_DATA as usize]
-            + values[stat::RING_FULL_CONN as usize]
-            + values[stat::RING_FULL_PROC as usize]
-            + values[stat::RING_FULL_TASK as usize]
-            + values[stat::RING_FULL_LOG as usize]
+        stat::RING_FULL.iter().map(|&i| values[i as usize]).sum()
     }
 }

@@ -21,11 +21,12 @@ use serde_json::json;
 use crate::{cargo, root, run};
 
 /// The targets (`fuzz/fuzz_targets/NAME.rs`), with the dictionary each uses.
-pub const TARGETS: [(&str, &str); 4] = [
+pub const TARGETS: [(&str, &str); 5] = [
     ("http_pipeline", "http.dict"),
     ("record_reader", "http.dict"),
     ("mcp_json", "json.dict"),
     ("decode", "http.dict"),
+    ("db_wire", "db.dict"),
 ];
 
 pub struct Settings {
@@ -214,6 +215,13 @@ fn seed(name: &str, corpus: &Path) -> anyhow::Result<()> {
                 seeds.push(s);
             }
         }
+        "db_wire" => {
+            for (flags, pieces) in DB_SEEDS {
+                let mut s = vec![*flags];
+                s.extend_from_slice(&pieces.join(&b"\xff\xfe"[..]));
+                seeds.push(s);
+            }
+        }
         _ => {}
     }
     for (i, s) in seeds.iter().enumerate() {
@@ -224,6 +232,41 @@ fn seed(name: &str, corpus: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// (flag byte, pieces): see `fuzz/fuzz_targets/db_wire.rs` for the format. Control byte 0:
+/// the client's bytes; 1: the server's.
+const DB_SEEDS: &[(u8, &[&[u8]])] = &[
+    // PostgreSQL: startup (protocol 3.0, user and database), then a simple query and its
+    // answer: RowDescription, DataRow, CommandComplete, ReadyForQuery.
+    (
+        0,
+        &[
+            b"\x00\x00\x00\x00\x27\x00\x03\x00\x00user\x00app\x00database\x00traceo\x00\x00",
+            b"\x01R\x00\x00\x00\x08\x00\x00\x00\x00Z\x00\x00\x00\x05I",
+            b"\x00Q\x00\x00\x00\x2aSELECT id FROM audit_logs WHERE id = 7\x00",
+            b"\x01T\x00\x00\x00\x1b\x00\x01id\x00\x00\x00\x00\x00\x00\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x017C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I",
+        ],
+    ),
+    // PostgreSQL midstream: extended protocol (Parse, Bind, Execute, Sync) and an error.
+    (
+        1,
+        &[
+            b"\x00P\x00\x00\x00\x24\x00INSERT INTO jobs VALUES ($1)\x00\x00\x00B\x00\x00\x00\x0e\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00E\x00\x00\x00\x09\x00\x00\x00\x00\x00S\x00\x00\x00\x04",
+            b"\x01E\x00\x00\x00\x1aSERROR\x00C23505\x00Mdup\x00\x00Z\x00\x00\x00\x05E",
+        ],
+    ),
+    // Redis: a pipeline of commands and their replies, an error among them.
+    (
+        2,
+        &[
+            b"\x00*2\r\n$3\r\nGET\r\n$5\r\njob:1\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            b"\x01$-1\r\n-WRONGTYPE Operation against a key\r\n",
+            b"\x00PING\r\n",
+            b"\x05+PONG\r\n",
+        ],
+    ),
+    (3, &[b"\x00*3\r\n$4\r\nHSET\r\n$3\r\nh:1\r\n$1\r\nf\r\n", b"\x01:1\r\n*2\r\n:1\r\n%1\r\n+a\r\n_\r\n"]),
+];
 
 /// (header byte, pieces): see `fuzz/fuzz_targets/http_pipeline.rs` for the format. Control
 /// byte 1: the process sends; 0x21: it sends, then reads an end of stream.

@@ -81,6 +81,7 @@ fn output_sink(
     exports: Exports,
     out: LineSink,
     records: LineSink,
+    shared: Option<crate::shared_state::SharedState>,
 ) -> anyhow::Result<Box<dyn EventSink>> {
     if events {
         return Ok(Box::new(EventLines { printer: EventPrinter::new(services), out }));
@@ -92,7 +93,10 @@ fn output_sink(
     };
     let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
     let config = tracker_config(services.clone(), http);
-    let pipeline = HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
+    let mut pipeline = HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
+    if let Some(shared) = shared {
+        pipeline = pipeline.with_shared_state(shared);
+    }
     if records.is_off() {
         return Ok(Box::new(pipeline));
     }
@@ -133,8 +137,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let records = log_records(args.log_records.as_deref(), sel.log_records.as_deref(), WhenFull::Drop)?;
     // With --events the log writes are printed as events.
     let capture_logs = !records.is_off();
-    let mut sink =
-        output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), exports, out, records)?;
+    let shared = match args.shared_state.as_deref().or(sel.shared_state.as_deref()) {
+        None | Some("off") => None,
+        Some(url) => {
+            let counts = metrics.shared_state.clone();
+            Some(crate::shared_state::SharedState::start(url, args.http.join_ttl_secs, counts)?)
+        }
+    };
+    let mut sink = output_sink(
+        args.events,
+        services,
+        &args.http,
+        crate::procfs::clock_offset_ns(),
+        exports,
+        out,
+        records,
+        shared,
+    )?;
     let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready, capture_logs };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
@@ -162,7 +181,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
     };
     let records = log_records(args.log_records.as_deref(), None, WhenFull::Wait)?;
-    let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out, records)?;
+    let mut sink =
+        output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out, records, None)?;
     let count = replay_into(&mut source, sink.as_mut()).await?;
     log::info!("replayed {count} events from {}", args.file.display());
     Ok(())

@@ -76,6 +76,8 @@ pub struct Joins {
     pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
     /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
     awaiting: VecDeque<(u64, String, Exchange)>,
+    /// Values that started waiting since `take_wanted` (for `--shared-state` to ask).
+    wanted: Vec<String>,
     pub stats: JoinStats,
 }
 
@@ -128,6 +130,7 @@ impl Joins {
             seen: Recent::new(),
             pending: VecDeque::new(),
             awaiting: VecDeque::new(),
+            wanted: Vec::new(),
             stats: JoinStats::default(),
         }
     }
@@ -142,10 +145,38 @@ impl Joins {
                 }
             }
             let at = ex.response_last_ns.unwrap_or(ex.request_last_ns);
+            self.wanted.push(value.clone());
             self.awaiting.push_back((at, value, ex));
             return;
         }
         self.decide(ex, out);
+    }
+
+    /// Values that exchanges started waiting for since the last call.
+    pub fn take_wanted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.wanted)
+    }
+
+    /// Another host's agent issued `value` (`--shared-state`): what waits for it joins as
+    /// it would a local issue. Its callback is that host's to count, so it counts as seen.
+    pub fn issued_elsewhere(
+        &mut self,
+        value: String,
+        service: String,
+        span: SpanRef,
+        out: &mut impl FnMut(Exchange, Option<JoinEvent>),
+    ) {
+        if self.values.contains_key(&value) {
+            return;
+        }
+        let (ready, rest): (VecDeque<_>, VecDeque<_>) = self.awaiting.drain(..).partition(|(_, v, _)| *v == value);
+        self.awaiting = rest;
+        let at = ready.front().map_or(0, |(at, ..)| *at);
+        self.values.insert(value.clone(), Origin { service, start_ns: at, span: Some(span), callback_seen: true });
+        self.order.push_back((at, value));
+        for (_, _, waiting) in ready {
+            self.decide(waiting, out);
+        }
     }
 
     fn decide(&mut self, mut ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {

@@ -325,7 +325,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\nshared-state = \"redis://r:6379/2\"\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -336,6 +336,7 @@ mod tests {
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
         assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(sel.shared_state.as_deref(), Some("redis://r:6379/2"));
         assert_eq!(
             (sel.log_records.as_deref(), sel.log_files.as_slice()),
             (Some("-"), &["/var/log/app/*.log".to_owned()][..])

@@ -152,6 +152,11 @@ impl Joins {
         self.decide(ex, out);
     }
 
+    /// A parent on another host (`--shared-state`): it will not pass here, nothing waits for it.
+    pub fn seen_elsewhere(&mut self, parent: SpanRef) {
+        self.seen.insert(parent.span_id, parent.trace_id);
+    }
+
     /// Values that exchanges started waiting for since the last call.
     pub fn take_wanted(&mut self) -> Vec<String> {
         std::mem::take(&mut self.wanted)
@@ -588,6 +593,27 @@ mod tests {
         let far = out.iter().find(|(x, _)| x.span_id() == Some(S_FAR)).expect("its far end");
         assert_eq!(far.0.trace_id(), Some(T_UPLOAD));
         assert_eq!(joins.stats, JoinStats { joined: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn a_value_issued_on_another_host_joins_what_waits_for_it() {
+        let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
+        let mut out = Vec::new();
+        let far =
+            exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j7","status":"completed"}"#), &ok("{}"));
+        // Its parent, the webhook, is on the other host.
+        joins.seen_elsewhere(SpanRef { trace_id: T_HOOK, span_id: S_HOOK });
+        joins.observe(traced(far, T_HOOK, S_FAR, Some(S_HOOK), Some(Link::Connection)), &mut |x, e| out.push((x, e)));
+        assert!(out.is_empty());
+        assert_eq!(joins.take_wanted(), ["j7"], "asked for once");
+        let upload = SpanRef { trace_id: T_UPLOAD, span_id: S_UPLOAD };
+        joins.issued_elsewhere("j7".into(), "engine".into(), upload, &mut |x, e| out.push((x, e)));
+        let [(far, ev)] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(*ev, Some(JoinEvent::Joined { callback_after_ns: None }));
+        assert_eq!((far.job_origin, far.job_status.as_deref()), (Some(upload), Some("completed")));
+        assert_eq!((far.trace_id(), far.parent_span_id()), (Some(T_HOOK), Some(S_HOOK)), "its place is its own");
+        joins.expire(u64::MAX);
+        assert_eq!(joins.stats, JoinStats::default(), "the other host counts the job");
     }
 
     #[test]

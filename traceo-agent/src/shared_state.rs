@@ -38,9 +38,17 @@ const CONN_TTL_S: u64 = 120;
 pub use crate::metrics::SharedStateMetrics as Counts;
 
 enum Request {
-    Publish { key: String, value: String, ttl_s: u64 },
+    Publish {
+        key: String,
+        value: String,
+        ttl_s: u64,
+    },
     /// Look up `key` until found or `deadline`; `alias` resolves a moved trace.
-    Lookup { what: Wanted, key: String, deadline: Instant },
+    Lookup {
+        what: Wanted,
+        key: String,
+        deadline: Instant,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +76,8 @@ pub struct SharedState {
     settled: Recent<TraceId, ()>,
     moved: Recent<TraceId, TraceId>,
     jobs_asked: Recent<String, ()>,
+    /// Client spans made parents here since `take_remote_parents` (for the joins).
+    remote_parents: Vec<SpanRef>,
 }
 
 impl SharedState {
@@ -89,6 +99,7 @@ impl SharedState {
             settled: Recent::new(),
             moved: Recent::new(),
             jobs_asked: Recent::new(),
+            remote_parents: Vec::new(),
         })
     }
 
@@ -166,6 +177,7 @@ impl SharedState {
             t.parent = Some(client.span_id);
             t.link = Some(Link::Connection);
             self.moved.insert(trace, client.trace_id);
+            self.remote_parents.push(client);
             let value = client.trace_id.to_string();
             self.send(Request::Publish { key: format!("traceo:trace:{trace}"), value, ttl_s: CONN_TTL_S });
         } else {
@@ -189,6 +201,11 @@ impl SharedState {
                 Answer::Job(..) => {}
             }
         }
+    }
+
+    /// The far parents found since the last call: they never pass this host's pipeline.
+    pub fn take_remote_parents(&mut self) -> Vec<SpanRef> {
+        std::mem::take(&mut self.remote_parents)
     }
 
     /// Release what waited too long (its root never came, or no answer came).
@@ -246,12 +263,14 @@ fn parse_span(s: &str) -> Option<SpanRef> {
     Some(SpanRef { trace_id: TraceId::parse(t)?, span_id: SpanId::parse(sp)? })
 }
 
-/// The connection as both ends name it (client > server) and the request's position on
-/// it. `None` where that is unknown or not comparable: no addresses, loopback (both ends
-/// are on this host, stitched locally), or a connection joined mid-stream (its positions
-/// count from where this agent came in, not from the connection's start).
+/// The connection as both ends name it (client > server), the request's position on it, and
+/// a digest of its request line and body size (so that two agents counting positions
+/// differently cannot meet on another request; the digest keeps the target out of Redis).
+/// `None` where the position is not comparable: no addresses, loopback (both ends are on
+/// this host, stitched locally), a connection open before the agent came (its positions
+/// count from there) or one that lost bytes.
 fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
-    if ex.flags.midstream || ex.db.is_some() {
+    if ex.flags.midstream || ex.flags.after_loss || ex.flags.parse_error || ex.db.is_some() {
         return None;
     }
     let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -260,7 +279,13 @@ fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
         return None;
     }
     let (client, srv) = if server { (peer, local) } else { (local, peer) };
-    Some(format!("traceo:conn:{client}>{srv}#{}", ex.request_seq))
+    let line = format!("{} {} {}", ex.method, ex.target, ex.request_body_bytes);
+    Some(format!("traceo:conn:{client}>{srv}#{}:{:016x}", ex.request_seq, fnv1a(line.as_bytes())))
+}
+
+/// FNV-1a, 64 bits: stable across builds and hosts (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Redis, reconnected on demand; failures counted and logged once.
@@ -392,7 +417,8 @@ async fn serve(
     while let Some(r) = rx.recv().await {
         match r {
             Request::Publish { key, value, ttl_s } => {
-                let _: Result<(), ()> = store.run(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s).clone()).await;
+                let _: Result<(), ()> =
+                    store.run(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s).clone()).await;
             }
             Request::Lookup { what, key, deadline } => {
                 let (store, answers) = (store.clone(), answers.clone());
@@ -428,5 +454,139 @@ impl<K: Clone + Eq + std::hash::Hash, V> Recent<K, V> {
 
     fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::TraceContext;
+    use crate::http::tests::script::*;
+
+    impl SharedState {
+        /// The pipeline's side alone: what it sends, and a way to answer.
+        fn detached() -> (SharedState, tokio::sync::mpsc::Receiver<Request>, std::sync::mpsc::Sender<Answer>) {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+            let (atx, answers) = std::sync::mpsc::channel();
+            let s = SharedState {
+                tx,
+                answers,
+                counts: Arc::new(Counts::default()),
+                job_ttl_s: 60,
+                pending: HashMap::new(),
+                waiting: HashMap::new(),
+                held: 0,
+                settled: Recent::new(),
+                moved: Recent::new(),
+                jobs_asked: Recent::new(),
+                remote_parents: Vec::new(),
+            };
+            (s, rx, atx)
+        }
+    }
+
+    fn a(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// An exchange of `role` between `local` and `peer`, span `span` of `trace` under `parent`.
+    fn ex(server: bool, local: &str, peer: &str, trace: u8, span: u8, parent: Option<u8>) -> Exchange {
+        let mut s = if server { Script::accepted(1) } else { Script::connected(1) };
+        if server {
+            s.recv(&post("/api/v1/jobs", "a,b")).send(&ok("{}"));
+        } else {
+            s.send(&post("/api/v1/jobs", "a,b")).recv(&ok("{}"));
+        }
+        let (xs, _) = run_with(Default::default(), &s.take());
+        let mut x = one(&xs).clone();
+        (x.local, x.peer) = (a(local), a(peer));
+        let parent = parent.map(|p| SpanId([p; 8]));
+        let link = parent.map(|_| Link::Thread);
+        x.trace = Some(TraceContext {
+            trace_id: TraceId([trace; 16]),
+            span_id: SpanId([span; 8]),
+            parent,
+            link,
+            trace_state: None,
+        });
+        x
+    }
+
+    fn sent(rx: &mut tokio::sync::mpsc::Receiver<Request>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| match r {
+                Request::Publish { key, value, .. } => format!("SET {key} {value}"),
+                Request::Lookup { key, .. } => format!("GET {key}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_ends_name_the_connection_and_request_alike() {
+        let client = ex(false, "10.1.0.2:40000", "10.1.0.1:8000", 1, 1, None);
+        let server = ex(true, "[::ffff:10.1.0.1]:8000", "[::ffff:10.1.0.2]:40000", 2, 2, None);
+        let key = conn_key(&client, false).expect("a key");
+        assert_eq!(Some(&key), conn_key(&server, true).as_ref());
+        assert!(key.starts_with("traceo:conn:10.1.0.2:40000>10.1.0.1:8000#0:"), "{key}");
+        assert!(!key.contains("/api"), "the target stays out of Redis: {key}");
+        let mut other = server.clone();
+        other.target = "/api/v1/other".into();
+        assert_ne!(conn_key(&other, true), Some(key));
+        let mut midstream = server.clone();
+        midstream.flags.midstream = true;
+        assert_eq!(conn_key(&midstream, true), None, "positions count from the agent's start");
+        let lo = ex(true, "127.0.0.1:8000", "127.0.0.1:40000", 2, 2, None);
+        assert_eq!(conn_key(&lo, true), None, "loopback is stitched on the host");
+    }
+
+    #[test]
+    fn a_found_client_span_becomes_the_parent_and_the_trace_moves() {
+        let (mut s, mut rx, answer) = SharedState::detached();
+        let mut ready = Vec::new();
+        // A call the server made (completes first), then the server span that starts the trace.
+        s.observe(ex(false, "10.1.0.1:41000", "10.1.0.3:9000", 7, 2, Some(1)), &mut ready);
+        s.observe(ex(true, "10.1.0.1:8000", "10.1.0.2:40000", 7, 1, None), &mut ready);
+        assert!(ready.is_empty(), "both held for the far side");
+        let reqs = sent(&mut rx);
+        assert!(reqs[0].starts_with("SET traceo:conn:10.1.0.1:41000>10.1.0.3:9000#0:"), "{reqs:?}");
+        assert!(reqs[1].starts_with("GET traceo:conn:10.1.0.2:40000>10.1.0.1:8000#0:"), "{reqs:?}");
+        let client = SpanRef { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]) };
+        answer.send(Answer::Conn(TraceId([7; 16]), Some(client))).unwrap();
+        s.poll(&mut ready, &mut Vec::new());
+        let [root, child] = &ready[..] else { panic!("{ready:?}") };
+        let t = root.trace.as_ref().unwrap();
+        assert_eq!((t.trace_id, t.parent, t.link), (client.trace_id, Some(client.span_id), Some(Link::Connection)));
+        assert_eq!(child.trace_id(), Some(client.trace_id));
+        assert_eq!(child.parent_span_id(), Some(SpanId([1; 8])), "its own parent kept");
+        assert_eq!(sent(&mut rx), [format!("SET traceo:trace:{} {}", TraceId([7; 16]), client.trace_id)]);
+        // Later spans of the old trace follow at once.
+        ready.clear();
+        s.observe(ex(false, "10.1.0.1:41001", "10.1.0.3:9000", 7, 3, Some(1)), &mut ready);
+        assert_eq!(ready[0].trace_id(), Some(client.trace_id));
+        assert_eq!(s.held, 0);
+    }
+
+    #[test]
+    fn a_miss_leaves_the_trace_as_it_was_and_loopback_roots_do_not_wait() {
+        let (mut s, _rx, answer) = SharedState::detached();
+        let mut ready = Vec::new();
+        s.observe(ex(true, "10.1.0.1:8000", "10.1.0.2:40000", 7, 1, None), &mut ready);
+        answer.send(Answer::Conn(TraceId([7; 16]), None)).unwrap();
+        s.poll(&mut ready, &mut Vec::new());
+        let t = ready[0].trace.as_ref().unwrap();
+        assert_eq!((t.trace_id, t.parent, t.link), (TraceId([7; 16]), None, None), "never a guess");
+        s.observe(ex(false, "10.1.0.1:41000", "10.1.0.3:9000", 7, 2, Some(1)), &mut ready);
+        assert_eq!(ready.len(), 2, "its trace is settled: no wait");
+        // A child waits for its root; a root on loopback settles at once and releases it.
+        ready.clear();
+        s.observe(ex(false, "10.1.0.1:41002", "10.1.0.3:9000", 8, 2, Some(1)), &mut ready);
+        assert!(ready.is_empty());
+        s.observe(ex(true, "127.0.0.1:8000", "127.0.0.1:40000", 8, 1, None), &mut ready);
+        assert_eq!(ready.len(), 2);
+        // A child whose root never comes goes on as it is after the hold.
+        ready.clear();
+        s.observe(ex(false, "10.1.0.1:41003", "10.1.0.3:9000", 9, 2, Some(1)), &mut ready);
+        s.tick(u64::MAX, &mut ready);
+        assert_eq!((ready.len(), s.held), (1, 0));
     }
 }

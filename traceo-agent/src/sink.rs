@@ -192,6 +192,9 @@ impl Emitter {
     /// and values nobody here issued are asked for.
     fn join(&mut self, ready: Vec<Exchange>) {
         let Emitter { shared, joins, logs, outputs } = self;
+        if let Some(s) = shared.as_mut() {
+            s.take_remote_parents().into_iter().for_each(|p| joins.seen_elsewhere(p));
+        }
         for ex in ready {
             joins.observe(ex, &mut |ex, joined| {
                 if let Some(s) = shared.as_mut() {

@@ -138,6 +138,13 @@ impl SharedState {
             self.held += 1;
             return;
         }
+        // A server span whose parent came in its `traceparent` is this host's root of a trace
+        // begun elsewhere: nothing to look up, and nothing here to wait for.
+        let propagated = ex.role == Role::Server && t.link == Some(Link::Propagated);
+        if propagated {
+            self.settle(trace, ready);
+            return ready.push(ex);
+        }
         if t.parent.is_some() {
             self.publish_conn(&ex);
             let at = arrival(&ex);
@@ -198,7 +205,8 @@ impl SharedState {
             match a {
                 Answer::Conn(trace, found) => self.answered(trace, found, ready),
                 Answer::Job(value, Some((span, service))) => jobs.push((value, span, service)),
-                Answer::Job(..) => {}
+                // Asked again by the next request naming it (Redis may be back).
+                Answer::Job(value, None) => self.jobs_asked.remove(&value),
             }
         }
     }
@@ -455,6 +463,11 @@ impl<K: Clone + Eq + std::hash::Hash, V> Recent<K, V> {
     fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
+
+    /// Forget `key` (its place in the order goes when it comes up).
+    fn remove(&mut self, key: &K) {
+        self.map.remove(key);
+    }
 }
 
 #[cfg(test)]
@@ -588,5 +601,12 @@ mod tests {
         s.observe(ex(false, "10.1.0.1:41003", "10.1.0.3:9000", 9, 2, Some(1)), &mut ready);
         s.tick(u64::MAX, &mut ready);
         assert_eq!((ready.len(), s.held), (1, 0));
+        // A server span continuing a propagated trace does not wait, nor do its calls.
+        ready.clear();
+        let mut continued = ex(true, "10.1.0.1:8000", "10.1.0.2:40001", 10, 1, Some(5));
+        continued.trace.as_mut().unwrap().link = Some(Link::Propagated);
+        s.observe(continued, &mut ready);
+        s.observe(ex(false, "10.1.0.1:41004", "10.1.0.3:9000", 10, 2, Some(1)), &mut ready);
+        assert_eq!((ready.len(), s.held), (2, 0));
     }
 }

@@ -349,12 +349,18 @@ impl Store {
         }
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, ()> {
+    async fn run<T: redis::FromRedisValue>(&self, query: Query) -> Result<T, ()> {
         let Some(mut c) = self.connection().await else {
             self.counts.errors.inc();
             return Err(());
         };
-        match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<T>(&mut c)).await {
+        let sent = async {
+            match query {
+                Query::One(cmd) => cmd.query_async::<T>(&mut c).await,
+                Query::Many(pipe) => pipe.query_async::<T>(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.conn.lock().await.0 = None;
@@ -370,7 +376,7 @@ impl Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, ()> {
-        self.run(redis::cmd("GET").arg(key).clone()).await
+        self.run(Query::One(redis::cmd("GET").arg(key).clone())).await
     }
 
     /// Polls `key` until found or `deadline` (the far side may publish a little later).
@@ -417,23 +423,54 @@ impl Store {
     }
 }
 
+enum Query {
+    One(redis::Cmd),
+    Many(redis::Pipeline),
+}
+
+/// Publishes waiting together go in one round trip.
+const MAX_BATCH: usize = 256;
+/// Lookups polling Redis at once at most; past it, a lookup misses at once (counted dropped).
+const MAX_LOOKUPS: usize = 2048;
+
 async fn serve(
     store: Arc<Store>,
     mut rx: tokio::sync::mpsc::Receiver<Request>,
     answers: std::sync::mpsc::Sender<Answer>,
 ) {
-    while let Some(r) = rx.recv().await {
-        match r {
-            Request::Publish { key, value, ttl_s } => {
-                let _: Result<(), ()> =
-                    store.run(redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s).clone()).await;
+    let lookups = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS));
+    while let Some(first) = rx.recv().await {
+        let (mut pipe, mut n) = (redis::pipe(), 0);
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match r {
+                Request::Publish { key, value, ttl_s } => {
+                    pipe.cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s).ignore();
+                    n += 1;
+                }
+                Request::Lookup { what, key, deadline } => match lookups.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (store, answers) = (store.clone(), answers.clone());
+                        tokio::spawn(async move {
+                            let _ = answers.send(store.lookup(what, key, deadline).await);
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        store.counts.dropped.inc();
+                        let _ = answers.send(match what {
+                            Wanted::Conn(trace) => Answer::Conn(trace, None),
+                            Wanted::Job(value) => Answer::Job(value, None),
+                        });
+                    }
+                },
             }
-            Request::Lookup { what, key, deadline } => {
-                let (store, answers) = (store.clone(), answers.clone());
-                tokio::spawn(async move {
-                    let _ = answers.send(store.lookup(what, key, deadline).await);
-                });
+            if n < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
+        }
+        if n > 0 {
+            let _: Result<(), ()> = store.run(Query::Many(pipe)).await;
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `--shared-state redis://HOST:PORT[/DB]`: agents on different hosts meet in Redis.
 //!
 //! - Connections: each client span is published under its connection as the client sees it
-//!   and its position on it (`traceo:conn:CLIENT>SERVER#SEQ` = trace and span id). A server
+//!   and its position on it (`traceo:conn:CLIENT>SERVER#SEQ:DIGEST` = trace and span id;
+//!   see `conn_key`). A server
 //!   span that starts a trace on this host (its client is not traced here) is held while the
 //!   far side's key is looked up; found, it becomes that client span's child, and what this
 //!   host already put in its trace moves with it (the move is published as
@@ -43,7 +44,7 @@ enum Request {
         value: String,
         ttl_s: u64,
     },
-    /// Look up `key` until found or `deadline`; `alias` resolves a moved trace.
+    /// Look up `key` until found or `deadline` (a connection's answer follows a moved trace).
     Lookup {
         what: Wanted,
         key: String,

@@ -227,23 +227,25 @@ fn two_hosts_one_trace_through_redis() {
     hosts.wait_for(MCP, mcp_port);
 
     let shared = format!("redis://127.0.0.1:{redis_port}/0");
-    let agent = |name: &str, service: String| {
+    // The MCP side's agent takes --shared-state, the engine's the config file's `shared-state`.
+    let agent = |name: &str, service: String, by_flag: bool| {
         let log = dir.join(format!("{name}.jsonl"));
         let metrics_port = free_port();
-        let agent = Agent::run(&[
-            "--service",
-            &service,
-            "--shared-state",
-            &shared,
-            "--log",
-            log.to_str().unwrap(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-        ]);
-        (agent, log, metrics_port)
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, format!("shared-state = \"{shared}\"\n")).unwrap();
+        let mut args = vec!["--service".to_owned(), service];
+        if by_flag {
+            args.extend(["--shared-state".to_owned(), shared.clone()]);
+        } else {
+            args.extend(["--config".to_owned(), config.to_str().unwrap().to_owned()]);
+        }
+        args.extend(["--log".to_owned(), log.to_str().unwrap().to_owned()]);
+        args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{metrics_port}")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (Agent::run(&args), log, metrics_port)
     };
-    let (mut eagent, elog, emetrics) = agent("engine", format!("engine=port:{engine_port}"));
-    let (mut magent, mlog, mmetrics) = agent("mcp", format!("mcp=port:{mcp_port}"));
+    let (mut eagent, elog, emetrics) = agent("engine", format!("engine=port:{engine_port}"), false);
+    let (mut magent, mlog, mmetrics) = agent("mcp", format!("mcp=port:{mcp_port}"), true);
 
     // 1. Redis up: 20 concurrent uploads, 20 whole traces across the two agents.
     let t = Instant::now();

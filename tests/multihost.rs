@@ -267,8 +267,39 @@ fn two_hosts_one_trace_through_redis() {
     let without = "traceo_job_joins_total{outcome=\"webhook_without_upload\"}";
     assert_eq!(metric_sum(&scrape(mmetrics), without), 0.0, "every far end found its job");
 
-    // 2. Redis down: host-local tracing goes on; the cross-host lookups miss and fail, counted.
-    drop(redis.take());
+    // 2. Redis stopped while 10 uploads are under way: each span has its right parent or,
+    // where the far side's key was not found, none (never another's).
+    let t = Instant::now();
+    let jobs_cut = std::thread::scope(|scope| {
+        let uploads = scope.spawn(|| drive(&hosts, mcp_port, 10));
+        // Cut once the first of them is written on the engine's side.
+        let uploads_seen = || {
+            let lines = json_lines(&elog);
+            lines.iter().filter(|x| x["direction"] == "server" && x["route"] == "/api/v1/jobs").count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while uploads_seen() <= jobs.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(redis.take());
+        uploads.join().expect("the uploads")
+    });
+    let (e, m) = wait_lines(&elog, &mlog, &jobs_cut);
+    let mut whole = 0;
+    for id in &jobs_cut {
+        let j = job(id, &e, &m);
+        assert!([&Value::Null, &j.call["span_id"]].contains(&&j.upload["parent_span_id"]), "{id}: {}", j.upload);
+        assert_eq!(j.hook_out["parent_span_id"], j.upload["span_id"], "{id}");
+        assert!([&Value::Null, &j.hook_out["span_id"]].contains(&&j.hook_in["parent_span_id"]), "{id}: {}", j.hook_in);
+        let stitched = [j.upload, j.hook_in].iter().all(|x| !x["parent_span_id"].is_null());
+        if stitched {
+            assert_one_trace(id, &j);
+            whole += 1;
+        }
+    }
+    eprintln!("phase 2: Redis stopped during 10 uploads: {whole} whole traces, {:.1} s", t.elapsed().as_secs_f64());
+
+    // 3. Redis down: host-local tracing goes on; the cross-host lookups miss and fail, counted.
     let jobs_down = drive(&hosts, mcp_port, 5);
     let (e, m) = wait_lines(&elog, &mlog, &jobs_down);
     for id in &jobs_down {
@@ -284,7 +315,7 @@ fn two_hosts_one_trace_through_redis() {
         assert!(j.hook_in["job_status"].is_null(), "{id}: no job known there: {}", j.hook_in);
     }
     let (edown, mdown) = (counters(emetrics), counters(mmetrics));
-    eprintln!("phase 2 (Redis down) counters: engine agent {edown:?}, mcp agent {mdown:?}");
+    eprintln!("phase 3 (Redis down) counters: engine agent {edown:?}, mcp agent {mdown:?}");
     assert!(edown["misses"] - eup["misses"] >= 5.0, "{edown:?}");
     assert!(mdown["misses"] - up["misses"] >= 5.0, "{mdown:?}");
     assert!(edown["errors"] > 0.0 && mdown["errors"] > 0.0, "{edown:?} {mdown:?}");
@@ -293,7 +324,7 @@ fn two_hosts_one_trace_through_redis() {
     std::thread::sleep(Duration::from_secs(2));
     let (edown, mdown) = (counters(emetrics), counters(mmetrics));
 
-    // 3. Redis back: cross-host traces resume.
+    // 4. Redis back: cross-host traces resume.
     redis = Some(redis_server(redis_port));
     std::thread::sleep(Duration::from_millis(1500));
     let jobs_back = drive(&hosts, mcp_port, 5);
@@ -302,7 +333,7 @@ fn two_hosts_one_trace_through_redis() {
         assert_one_trace(id, &job(id, &e, &m));
     }
     let (eback, mback) = (counters(emetrics), counters(mmetrics));
-    eprintln!("phase 3 (Redis back) counters: engine agent {eback:?}, mcp agent {mback:?}");
+    eprintln!("phase 4 (Redis back) counters: engine agent {eback:?}, mcp agent {mback:?}");
     assert!(eback["hits"] - edown["hits"] >= 5.0 && mback["hits"] - mdown["hits"] >= 10.0, "{eback:?} {mback:?}");
     assert_eq!(mback["misses"], mdown["misses"], "{mback:?}");
     // Nothing but ids and service names went to Redis.

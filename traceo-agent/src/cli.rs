@@ -156,6 +156,11 @@ pub struct RunArgs {
     /// Drop an HTTP label set not updated for this many seconds [default: 3600].
     #[arg(long, value_name = "SECS")]
     pub series_ttl: Option<u64>,
+    /// Meet the agents of other hosts in this Redis (redis://HOST:PORT[/DB]): job keys and
+    /// client spans are published there (ids only), so a webhook or a server span seen here
+    /// joins the trace another host's agent started, or `off` [default: off].
+    #[arg(long = "shared-state", value_name = "URL|off")]
+    pub shared_state: Option<String>,
     #[command(flatten)]
     pub otlp: OtlpArgs,
 }
@@ -226,6 +231,7 @@ pub struct ConfigFile {
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
     pub otlp_endpoint: Option<String>,
+    pub shared_state: Option<String>,
 }
 
 impl ConfigFile {
@@ -254,6 +260,7 @@ pub struct Selection {
     pub max_series: Option<usize>,
     pub series_ttl: Option<u64>,
     pub otlp_endpoint: Option<String>,
+    pub shared_state: Option<String>,
 }
 
 impl SelectionArgs {
@@ -292,6 +299,7 @@ impl SelectionArgs {
             max_series: file.max_series,
             series_ttl: file.series_ttl,
             otlp_endpoint: file.otlp_endpoint,
+            shared_state: file.shared_state,
         })
     }
 }
@@ -317,7 +325,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\nshared-state = \"redis://r:6379/2\"\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -328,6 +336,7 @@ mod tests {
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
         assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(sel.shared_state.as_deref(), Some("redis://r:6379/2"));
         assert_eq!(
             (sel.log_records.as_deref(), sel.log_files.as_slice()),
             (Some("-"), &["/var/log/app/*.log".to_owned()][..])

@@ -69,6 +69,8 @@ struct Exports {
     /// The OTLP endpoint, if any.
     otlp: Option<String>,
     host: HostFacts,
+    /// `--shared-state`: the other hosts' agents, through Redis (live only).
+    shared: Option<crate::shared_state::SharedState>,
 }
 
 /// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges (and
@@ -92,7 +94,11 @@ fn output_sink(
     };
     let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
     let config = tracker_config(services.clone(), http);
-    let pipeline = HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
+    let mut pipeline =
+        HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
+    if let Some(shared) = exports.shared {
+        pipeline = pipeline.with_shared_state(shared);
+    }
     if records.is_off() {
         return Ok(Box::new(pipeline));
     }
@@ -129,6 +135,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ids: IdGen::from_entropy(),
         otlp: spans::endpoint(args.otlp.endpoint.as_deref(), sel.otlp_endpoint.as_deref()),
         host: HostFacts { host_name: Some(crate::procfs::hostname()), live: true },
+        shared: match args.shared_state.as_deref().or(sel.shared_state.as_deref()) {
+            None | Some("off") => None,
+            Some(url) => {
+                let counts = metrics.shared_state.clone();
+                Some(crate::shared_state::SharedState::start(url, args.http.join_ttl_secs, counts)?)
+            }
+        },
     };
     let records = log_records(args.log_records.as_deref(), sel.log_records.as_deref(), WhenFull::Drop)?;
     // With --events the log writes are printed as events.
@@ -160,6 +173,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         ids: IdGen::seeded(recording_seed(&meta)),
         otlp: spans::endpoint(args.otlp.endpoint.as_deref(), None),
         host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
+        shared: None,
     };
     let records = log_records(args.log_records.as_deref(), None, WhenFull::Wait)?;
     let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out, records)?;

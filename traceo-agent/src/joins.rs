@@ -76,6 +76,8 @@ pub struct Joins {
     pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
     /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
     awaiting: VecDeque<(u64, String, Exchange)>,
+    /// Values that started waiting since `take_wanted` (for `--shared-state` to ask).
+    wanted: Vec<String>,
     pub stats: JoinStats,
 }
 
@@ -128,6 +130,7 @@ impl Joins {
             seen: Recent::new(),
             pending: VecDeque::new(),
             awaiting: VecDeque::new(),
+            wanted: Vec::new(),
             stats: JoinStats::default(),
         }
     }
@@ -142,10 +145,43 @@ impl Joins {
                 }
             }
             let at = ex.response_last_ns.unwrap_or(ex.request_last_ns);
+            self.wanted.push(value.clone());
             self.awaiting.push_back((at, value, ex));
             return;
         }
         self.decide(ex, out);
+    }
+
+    /// A parent on another host (`--shared-state`): it will not pass here, nothing waits for it.
+    pub fn seen_elsewhere(&mut self, parent: SpanRef) {
+        self.seen.insert(parent.span_id, parent.trace_id);
+    }
+
+    /// Values that exchanges started waiting for since the last call.
+    pub fn take_wanted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.wanted)
+    }
+
+    /// Another host's agent issued `value` (`--shared-state`): what waits for it joins as
+    /// it would a local issue. Its callback is that host's to count, so it counts as seen.
+    pub fn issued_elsewhere(
+        &mut self,
+        value: String,
+        service: String,
+        span: SpanRef,
+        out: &mut impl FnMut(Exchange, Option<JoinEvent>),
+    ) {
+        if self.values.contains_key(&value) {
+            return;
+        }
+        let (ready, rest): (VecDeque<_>, VecDeque<_>) = self.awaiting.drain(..).partition(|(_, v, _)| *v == value);
+        self.awaiting = rest;
+        let at = ready.front().map_or(0, |(at, ..)| *at);
+        self.values.insert(value.clone(), Origin { service, start_ns: at, span: Some(span), callback_seen: true });
+        self.order.push_back((at, value));
+        for (_, _, waiting) in ready {
+            self.decide(waiting, out);
+        }
     }
 
     fn decide(&mut self, mut ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
@@ -557,6 +593,27 @@ mod tests {
         let far = out.iter().find(|(x, _)| x.span_id() == Some(S_FAR)).expect("its far end");
         assert_eq!(far.0.trace_id(), Some(T_UPLOAD));
         assert_eq!(joins.stats, JoinStats { joined: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn a_value_issued_on_another_host_joins_what_waits_for_it() {
+        let mut joins = Joins::new(vec!["job_id".into()], 3_600_000_000_000, 100);
+        let mut out = Vec::new();
+        let far =
+            exchange(MCP, true, &post("/webhooks/job-complete", r#"{"job_id":"j7","status":"completed"}"#), &ok("{}"));
+        // Its parent, the webhook, is on the other host.
+        joins.seen_elsewhere(SpanRef { trace_id: T_HOOK, span_id: S_HOOK });
+        joins.observe(traced(far, T_HOOK, S_FAR, Some(S_HOOK), Some(Link::Connection)), &mut |x, e| out.push((x, e)));
+        assert!(out.is_empty());
+        assert_eq!(joins.take_wanted(), ["j7"], "asked for once");
+        let upload = SpanRef { trace_id: T_UPLOAD, span_id: S_UPLOAD };
+        joins.issued_elsewhere("j7".into(), "engine".into(), upload, &mut |x, e| out.push((x, e)));
+        let [(far, ev)] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(*ev, Some(JoinEvent::Joined { callback_after_ns: None }));
+        assert_eq!((far.job_origin, far.job_status.as_deref()), (Some(upload), Some("completed")));
+        assert_eq!((far.trace_id(), far.parent_span_id()), (Some(T_HOOK), Some(S_HOOK)), "its place is its own");
+        joins.expire(u64::MAX);
+        assert_eq!(joins.stats, JoinStats::default(), "the other host counts the job");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod record;
 pub mod runtime;
 pub mod scrub;
 pub mod selector;
+pub mod shared_state;
 pub mod sink;
 pub mod source;
 pub mod spans;

@@ -18,6 +18,7 @@ use crate::{
     metrics::{Metrics, Observation, PipelineCounts},
     output::LineSink,
     record::RecordWriter,
+    shared_state::SharedState,
     spans::SpanOutput,
     tls::TlsBinder,
 };
@@ -99,6 +100,8 @@ pub struct HttpPipeline {
 /// Everything downstream of the correlator, for one resolved exchange at a time: the job
 /// joins (which may hold an exchange until its parent has passed), then the outputs.
 struct Emitter {
+    /// `--shared-state`: cross-host parents (may hold an exchange for the far side's key).
+    shared: Option<SharedState>,
     joins: Joins,
     /// `--log-records`: the services' log records, joined to their requests (which it may
     /// hold a while for them).
@@ -135,6 +138,7 @@ impl HttpPipeline {
             tracker: ConnTracker::new(config),
             correlator: Correlator::with_ids(CorrelateConfig::default(), ids),
             emitter: Emitter {
+                shared: None,
                 joins,
                 logs: None,
                 outputs: Outputs {
@@ -149,6 +153,12 @@ impl HttpPipeline {
             },
             in_flight_services: HashSet::new(),
         }
+    }
+
+    /// Also look up and publish cross-host parents and job keys (`--shared-state`).
+    pub fn with_shared_state(mut self, shared: SharedState) -> Self {
+        self.emitter.shared = Some(shared);
+        self
     }
 
     /// Also join the services' log records to their requests, written to `records`.
@@ -170,8 +180,49 @@ impl Emitter {
     /// joined exchange ends up in); then the outputs.
     fn emit(&mut self, mut ex: Exchange) {
         ex.mcp = crate::mcp::parse(&ex);
-        let Emitter { joins, logs, outputs } = self;
-        joins.observe(ex, &mut |ex, joined| Self::pass(logs, outputs, ex, joined));
+        let mut ready = Vec::new();
+        match &mut self.shared {
+            Some(shared) => shared.observe(ex, &mut ready),
+            None => ready.push(ex),
+        }
+        self.join(ready);
+    }
+
+    /// The job joins, then the outputs; with shared state, what was issued is published
+    /// and values nobody here issued are asked for.
+    fn join(&mut self, ready: Vec<Exchange>) {
+        let Emitter { shared, joins, logs, outputs } = self;
+        if let Some(s) = shared.as_mut() {
+            s.take_remote_parents().into_iter().for_each(|p| joins.seen_elsewhere(p));
+        }
+        for ex in ready {
+            joins.observe(ex, &mut |ex, joined| {
+                if let Some(s) = shared.as_mut() {
+                    s.passed(&ex, joined == Some(JoinEvent::Issued));
+                }
+                Self::pass(logs, outputs, ex, joined)
+            });
+        }
+        if let Some(s) = shared.as_mut() {
+            joins.take_wanted().into_iter().for_each(|v| s.want_job(v));
+        }
+    }
+
+    /// Answers from the other agents: released exchanges, and job values issued elsewhere.
+    fn poll_shared(&mut self) {
+        let Some(s) = &mut self.shared else { return };
+        let (mut ready, mut jobs) = (Vec::new(), Vec::new());
+        s.poll(&mut ready, &mut jobs);
+        self.join(ready);
+        let Emitter { shared, joins, logs, outputs } = self;
+        for (value, span, service) in jobs {
+            joins.issued_elsewhere(value, service, span, &mut |ex, joined| {
+                if let Some(s) = shared.as_mut() {
+                    s.passed(&ex, false);
+                }
+                Self::pass(logs, outputs, ex, joined)
+            });
+        }
     }
 
     /// Through the log join when there is one, then the outputs.
@@ -183,7 +234,13 @@ impl Emitter {
     }
 
     fn tick(&mut self, now_ns: u64) {
-        let Emitter { joins, logs, outputs } = self;
+        self.poll_shared();
+        if let Some(s) = &mut self.shared {
+            let mut ready = Vec::new();
+            s.tick(now_ns, &mut ready);
+            self.join(ready);
+        }
+        let Emitter { joins, logs, outputs, .. } = self;
         joins.expire_pending(now_ns, &mut |ex, joined| Self::pass(logs, outputs, ex, joined));
         joins.expire(now_ns);
         if let Some(l) = logs {
@@ -195,7 +252,13 @@ impl Emitter {
     }
 
     fn finish(&mut self) {
-        let Emitter { joins, logs, outputs } = self;
+        self.poll_shared();
+        if let Some(s) = &mut self.shared {
+            let mut ready = Vec::new();
+            s.finish(&mut ready);
+            self.join(ready);
+        }
+        let Emitter { joins, logs, outputs, .. } = self;
         joins.finish(&mut |ex, joined| Self::pass(logs, outputs, ex, joined));
         if let Some(l) = logs {
             l.finish(&mut |o| outputs.log_out(o));
@@ -294,6 +357,7 @@ impl EventSink for HttpPipeline {
                     _ => {}
                 }
             }
+            emitter.poll_shared();
             tracker.handle(event, &mut |t| {
                 if let (Some(logs), Tracked::Request(seen)) = (&mut emitter.logs, &t) {
                     logs.request_seen(seen);

@@ -55,4 +55,4 @@ async def health(request: Request) -> JSONResponse:
 
 
 if __name__ == "__main__":
-    uvicorn.run(mcp.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    uvicorn.run(mcp.streamable_http_app(), host=os.environ.get("TRACEO_MCP_HOST", "127.0.0.1"), port=int(sys.argv[1]), log_level="warning")

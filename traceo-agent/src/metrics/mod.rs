@@ -8,6 +8,7 @@ mod jobs;
 mod logs;
 mod mcp;
 pub mod server;
+mod shared_state;
 mod text_format;
 mod tls;
 
@@ -20,6 +21,7 @@ pub use container::ContainerMetrics;
 pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
 pub use jobs::JobMetrics;
 pub use mcp::McpMetrics;
+pub use shared_state::SharedStateMetrics;
 pub use tls::TlsMetrics;
 
 /// Limits of the HTTP families.
@@ -46,6 +48,7 @@ pub struct Metrics {
     pub db: crate::db::DbMetrics,
     pub logs: logs::LogMetrics,
     pub containers: ContainerMetrics,
+    pub shared_state: SharedStateMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -60,7 +63,8 @@ impl Metrics {
         let db = crate::db::DbMetrics::register(&mut registry);
         let logs = logs::LogMetrics::register(&mut registry);
         let containers = ContainerMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, db, logs, containers, agent }
+        let shared_state = SharedStateMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, db, logs, containers, shared_state, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

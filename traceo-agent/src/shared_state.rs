@@ -1,0 +1,650 @@
+//! `--shared-state redis://HOST:PORT[/DB]`: agents on different hosts meet in Redis.
+//!
+//! - Connections: each client span is published under its connection as the client sees it
+//!   and its position on it (`traceo:conn:CLIENT>SERVER#SEQ:DIGEST` = trace and span id;
+//!   see `conn_key`). A server
+//!   span that starts a trace on this host (its client is not traced here) is held while the
+//!   far side's key is looked up; found, it becomes that client span's child, and what this
+//!   host already put in its trace moves with it (the move is published as
+//!   `traceo:trace:OLD` = NEW, for a far side that read the old id).
+//! - Jobs: an issued join key is published (`traceo:job:VALUE` = trace, span, service); a
+//!   request naming a value not issued here asks for it while the join stage holds it.
+//!
+//! The pipeline thread never waits: requests go through a bounded queue to a task on the
+//! tokio runtime (full: dropped and counted), answers come back on a channel read at each
+//! event and tick. Only ids and service names are written. A lookup that finds nothing
+//! leaves the span as this host saw it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::correlate::{SpanId, TraceId};
+use crate::http::{Exchange, Link, Role, SpanRef};
+
+/// How long a server span waits for its far side's key (the client publishes when its
+/// exchange completes, after the server answered).
+const LOOKUP_HOLD: Duration = Duration::from_millis(1500);
+/// How long a span waits for its trace's root to be decided (a root completes last).
+const CHILD_HOLD_NS: u64 = 5_000_000_000;
+/// Exchanges held at most; past it, new ones pass as they are.
+const MAX_HELD: usize = 4096;
+const QUEUE: usize = 1024;
+const MAX_RECENT: usize = 65_536;
+/// Connection keys live this long in Redis.
+const CONN_TTL_S: u64 = 120;
+
+pub use crate::metrics::SharedStateMetrics as Counts;
+
+enum Request {
+    Publish {
+        key: String,
+        value: String,
+        ttl_s: u64,
+    },
+    /// Look up `key` until found or `deadline` (a connection's answer follows a moved trace).
+    Lookup {
+        what: Wanted,
+        key: String,
+        deadline: Instant,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Wanted {
+    Conn(TraceId),
+    Job(String),
+}
+
+enum Answer {
+    Conn(TraceId, Option<SpanRef>),
+    Job(String, Option<(SpanRef, String)>),
+}
+
+/// The pipeline's side.
+pub struct SharedState {
+    tx: tokio::sync::mpsc::Sender<Request>,
+    answers: std::sync::mpsc::Receiver<Answer>,
+    pub counts: Arc<Counts>,
+    job_ttl_s: u64,
+    /// Server roots waiting for their far side, with what came of their trace meanwhile.
+    pending: HashMap<TraceId, (u64, Exchange, Vec<Exchange>)>,
+    /// Spans whose trace's root has not passed yet.
+    waiting: HashMap<TraceId, (u64, Vec<Exchange>)>,
+    held: usize,
+    settled: Recent<TraceId, ()>,
+    moved: Recent<TraceId, TraceId>,
+    jobs_asked: Recent<String, ()>,
+    /// Client spans made parents here since `take_remote_parents` (for the joins).
+    remote_parents: Vec<SpanRef>,
+}
+
+impl SharedState {
+    /// Start the Redis task on the current tokio runtime.
+    pub fn start(url: &str, job_ttl_s: u64, counts: Counts) -> anyhow::Result<SharedState> {
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--shared-state {url}: {e}"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (atx, answers) = std::sync::mpsc::channel();
+        let counts = Arc::new(counts);
+        tokio::spawn(serve(Arc::new(Store::new(client, counts.clone())), rx, atx));
+        Ok(SharedState {
+            tx,
+            answers,
+            counts,
+            job_ttl_s: job_ttl_s.max(1),
+            pending: HashMap::new(),
+            waiting: HashMap::new(),
+            held: 0,
+            settled: Recent::new(),
+            moved: Recent::new(),
+            jobs_asked: Recent::new(),
+            remote_parents: Vec::new(),
+        })
+    }
+
+    fn send(&self, r: Request) -> bool {
+        let sent = self.tx.try_send(r).is_ok();
+        if !sent {
+            self.counts.dropped.inc();
+        }
+        sent
+    }
+
+    fn publish_conn(&self, ex: &Exchange) {
+        if let (Role::Client, Some(key), Some(t)) = (ex.role, conn_key(ex, false), &ex.trace) {
+            self.send(Request::Publish { key, value: span_value(t.trace_id, t.span_id), ttl_s: CONN_TTL_S });
+        }
+    }
+
+    /// An exchange from the correlator: the exchanges ready to go on (now or released).
+    pub fn observe(&mut self, mut ex: Exchange, ready: &mut Vec<Exchange>) {
+        let Some(t) = ex.trace.as_mut() else { return ready.push(ex) };
+        let trace = t.trace_id;
+        if let Some(&to) = self.moved.get(&trace) {
+            t.trace_id = to;
+            return ready.push(ex);
+        }
+        if self.settled.get(&trace).is_some() || self.held >= MAX_HELD {
+            return ready.push(ex);
+        }
+        // Held from here on: publish now with the trace id known so far (a far side that
+        // reads it before the move follows `traceo:trace:OLD`); again once final.
+        if self.pending.contains_key(&trace) {
+            self.publish_conn(&ex);
+            if let Some((_, _, children)) = self.pending.get_mut(&trace) {
+                children.push(ex);
+            }
+            self.held += 1;
+            return;
+        }
+        // A server span whose parent came in its `traceparent` is this host's root of a trace
+        // begun elsewhere: nothing to look up, and nothing here to wait for.
+        let propagated = ex.role == Role::Server && t.link == Some(Link::Propagated);
+        if propagated {
+            self.settle(trace, ready);
+            return ready.push(ex);
+        }
+        if t.parent.is_some() {
+            self.publish_conn(&ex);
+            let at = arrival(&ex);
+            self.waiting.entry(trace).or_insert((at, Vec::new())).1.push(ex);
+            self.held += 1;
+            return;
+        }
+        let lookup = (ex.role == Role::Server).then(|| conn_key(&ex, true)).flatten();
+        let deadline = Instant::now() + LOOKUP_HOLD;
+        if let Some(key) = lookup {
+            if self.send(Request::Lookup { what: Wanted::Conn(trace), key, deadline }) {
+                let (_, children) = self.waiting.remove(&trace).unwrap_or_default();
+                self.held += 1;
+                self.pending.insert(trace, (arrival(&ex), ex, children));
+                return;
+            }
+        }
+        self.settle(trace, ready);
+        ready.push(ex);
+    }
+
+    fn settle(&mut self, trace: TraceId, ready: &mut Vec<Exchange>) {
+        self.settled.insert(trace, ());
+        if let Some((_, children)) = self.waiting.remove(&trace) {
+            self.held -= children.len();
+            ready.extend(children);
+        }
+    }
+
+    /// The far side's client span for a pending root: found, the root becomes its child
+    /// and the root's trace moves into the client's.
+    fn answered(&mut self, trace: TraceId, found: Option<SpanRef>, ready: &mut Vec<Exchange>) {
+        let Some((_, mut root, children)) = self.pending.remove(&trace) else { return };
+        self.held -= 1 + children.len();
+        if let (Some(client), Some(t)) = (found, root.trace.as_mut()) {
+            t.trace_id = client.trace_id;
+            t.parent = Some(client.span_id);
+            t.link = Some(Link::Connection);
+            self.moved.insert(trace, client.trace_id);
+            self.remote_parents.push(client);
+            let value = client.trace_id.to_string();
+            self.send(Request::Publish { key: format!("traceo:trace:{trace}"), value, ttl_s: CONN_TTL_S });
+        } else {
+            self.settled.insert(trace, ());
+        }
+        ready.push(root);
+        for mut c in children {
+            if let (Some(&to), Some(t)) = (self.moved.get(&trace), c.trace.as_mut()) {
+                t.trace_id = to;
+            }
+            ready.push(c);
+        }
+    }
+
+    /// Answers that came back: exchanges released, and remote job origins for the joins.
+    pub fn poll(&mut self, ready: &mut Vec<Exchange>, jobs: &mut Vec<(String, SpanRef, String)>) {
+        while let Ok(a) = self.answers.try_recv() {
+            match a {
+                Answer::Conn(trace, found) => self.answered(trace, found, ready),
+                Answer::Job(value, Some((span, service))) => jobs.push((value, span, service)),
+                // Asked again by the next request naming it (Redis may be back).
+                Answer::Job(value, None) => self.jobs_asked.remove(&value),
+            }
+        }
+    }
+
+    /// The far parents found since the last call: they never pass this host's pipeline.
+    pub fn take_remote_parents(&mut self) -> Vec<SpanRef> {
+        std::mem::take(&mut self.remote_parents)
+    }
+
+    /// Release what waited too long (its root never came, or no answer came).
+    pub fn tick(&mut self, now_ns: u64, ready: &mut Vec<Exchange>) {
+        let old: Vec<TraceId> = self
+            .waiting
+            .iter()
+            .filter(|(_, (at, _))| now_ns.saturating_sub(*at) > CHILD_HOLD_NS)
+            .map(|(t, _)| *t)
+            .collect();
+        old.into_iter().for_each(|t| self.settle(t, ready));
+        let late = 2 * LOOKUP_HOLD.as_nanos() as u64 + 1_000_000_000;
+        let stuck: Vec<TraceId> =
+            self.pending.iter().filter(|(_, (at, ..))| now_ns.saturating_sub(*at) > late).map(|(t, _)| *t).collect();
+        stuck.into_iter().for_each(|t| self.answered(t, None, ready));
+    }
+
+    pub fn finish(&mut self, ready: &mut Vec<Exchange>) {
+        let pending: Vec<TraceId> = self.pending.keys().copied().collect();
+        pending.into_iter().for_each(|t| self.answered(t, None, ready));
+        let waiting: Vec<TraceId> = self.waiting.keys().copied().collect();
+        waiting.into_iter().for_each(|t| self.settle(t, ready));
+    }
+
+    /// After the joins, with final ids: client spans (again), issued job keys.
+    pub fn passed(&mut self, ex: &Exchange, issued: bool) {
+        self.publish_conn(ex);
+        if let (true, Some(value), Some(t)) = (issued, &ex.job_id, &ex.trace) {
+            let value_out = format!("{} {}", span_value(t.trace_id, t.span_id), ex.service);
+            self.send(Request::Publish { key: format!("traceo:job:{value}"), value: value_out, ttl_s: self.job_ttl_s });
+        }
+    }
+
+    /// A request named a job value not issued here: ask the other agents (once).
+    pub fn want_job(&mut self, value: String) {
+        if self.jobs_asked.get(&value).is_some() {
+            return;
+        }
+        self.jobs_asked.insert(value.clone(), ());
+        let key = format!("traceo:job:{value}");
+        self.send(Request::Lookup { what: Wanted::Job(value), key, deadline: Instant::now() + LOOKUP_HOLD });
+    }
+}
+
+fn arrival(ex: &Exchange) -> u64 {
+    ex.response_last_ns.unwrap_or(ex.request_last_ns)
+}
+
+fn span_value(trace: TraceId, span: SpanId) -> String {
+    format!("{trace}-{span}")
+}
+
+fn parse_span(s: &str) -> Option<SpanRef> {
+    let (t, sp) = s.split_once('-')?;
+    Some(SpanRef { trace_id: TraceId::parse(t)?, span_id: SpanId::parse(sp)? })
+}
+
+/// The connection as both ends name it (client > server), the request's position on it, and
+/// a digest of its request line and body size (so that two agents counting positions
+/// differently cannot meet on another request; the digest keeps the target out of Redis).
+/// `None` where the position is not comparable: no addresses, loopback (both ends are on
+/// this host, stitched locally), a connection open before the agent came (its positions
+/// count from there) or one that lost bytes.
+fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
+    if ex.flags.midstream || ex.flags.after_loss || ex.flags.parse_error || ex.db.is_some() {
+        return None;
+    }
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (local, peer) = (canon(ex.local?), canon(ex.peer?));
+    if local.ip().is_loopback() || peer.ip().is_loopback() {
+        return None;
+    }
+    let (client, srv) = if server { (peer, local) } else { (local, peer) };
+    let line = format!("{} {} {}", ex.method, ex.target, ex.request_body_bytes);
+    Some(format!("traceo:conn:{client}>{srv}#{}:{:016x}", ex.request_seq, fnv1a(line.as_bytes())))
+}
+
+/// FNV-1a, 64 bits: stable across builds and hosts (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Redis, reconnected on demand; failures counted and logged once.
+struct Store {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<(Option<redis::aio::MultiplexedConnection>, Option<Instant>)>,
+    counts: Arc<Counts>,
+    warned: AtomicBool,
+}
+
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Store {
+    fn new(client: redis::Client, counts: Arc<Counts>) -> Store {
+        Store { client, conn: tokio::sync::Mutex::new((None, None)), counts, warned: AtomicBool::new(false) }
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) {
+        self.counts.errors.inc();
+        if !self.warned.swap(true, Relaxed) {
+            log::warn!("shared state: {what}: {e} (host-local tracing goes on; errors are counted)");
+        } else {
+            log::debug!("shared state: {what}: {e}");
+        }
+    }
+
+    /// A connection, or `None` (at most one connection attempt a second).
+    async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = &guard.0 {
+            return Some(c.clone());
+        }
+        if guard.1.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return None;
+        }
+        guard.1 = Some(Instant::now());
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_multiplexed_async_connection()).await {
+            Ok(Ok(c)) => {
+                if self.warned.swap(false, Relaxed) {
+                    log::info!("shared state: connected again");
+                }
+                guard.0 = Some(c.clone());
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                self.failed("cannot connect", e);
+                None
+            }
+            Err(_) => {
+                self.failed("cannot connect", "timed out");
+                None
+            }
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, query: Query) -> Result<T, ()> {
+        let Some(mut c) = self.connection().await else {
+            self.counts.errors.inc();
+            return Err(());
+        };
+        let sent = async {
+            match query {
+                Query::One(cmd) => cmd.query_async::<T>(&mut c).await,
+                Query::Many(pipe) => pipe.query_async::<T>(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.conn.lock().await.0 = None;
+                self.failed("command failed", e);
+                Err(())
+            }
+            Err(_) => {
+                self.conn.lock().await.0 = None;
+                self.failed("command failed", "timed out");
+                Err(())
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, ()> {
+        self.run(Query::One(redis::cmd("GET").arg(key).clone())).await
+    }
+
+    /// Polls `key` until found or `deadline` (the far side may publish a little later).
+    async fn lookup(&self, what: Wanted, key: String, deadline: Instant) -> Answer {
+        self.counts.lookups.inc();
+        let mut wait = Duration::from_millis(50);
+        let found = loop {
+            if let Ok(Some(v)) = self.get(&key).await {
+                break Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            tokio::time::sleep(wait.min(deadline - now)).await;
+            wait = (wait * 2).min(Duration::from_millis(400));
+        };
+        let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
+        counter.inc();
+        match what {
+            Wanted::Conn(trace) => {
+                let mut span = found.as_deref().and_then(parse_span);
+                // The client's trace may have moved since it published (a hop or two).
+                for _ in 0..2 {
+                    let Some(s) = span.as_mut() else { break };
+                    match self.get(&format!("traceo:trace:{}", s.trace_id)).await {
+                        Ok(Some(to)) => match TraceId::parse(&to) {
+                            Some(t) => s.trace_id = t,
+                            None => break,
+                        },
+                        _ => break,
+                    }
+                }
+                Answer::Conn(trace, span)
+            }
+            Wanted::Job(value) => {
+                let origin = found.as_deref().and_then(|v| {
+                    let (span, service) = v.split_once(' ')?;
+                    Some((parse_span(span)?, service.to_owned()))
+                });
+                Answer::Job(value, origin)
+            }
+        }
+    }
+}
+
+enum Query {
+    One(redis::Cmd),
+    Many(redis::Pipeline),
+}
+
+/// Publishes waiting together go in one round trip.
+const MAX_BATCH: usize = 256;
+/// Lookups polling Redis at once at most; past it, a lookup misses at once (counted dropped).
+const MAX_LOOKUPS: usize = 2048;
+
+async fn serve(
+    store: Arc<Store>,
+    mut rx: tokio::sync::mpsc::Receiver<Request>,
+    answers: std::sync::mpsc::Sender<Answer>,
+) {
+    let lookups = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS));
+    while let Some(first) = rx.recv().await {
+        let (mut pipe, mut n) = (redis::pipe(), 0);
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match r {
+                Request::Publish { key, value, ttl_s } => {
+                    pipe.cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s).ignore();
+                    n += 1;
+                }
+                Request::Lookup { what, key, deadline } => match lookups.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (store, answers) = (store.clone(), answers.clone());
+                        tokio::spawn(async move {
+                            let _ = answers.send(store.lookup(what, key, deadline).await);
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        store.counts.dropped.inc();
+                        let _ = answers.send(match what {
+                            Wanted::Conn(trace) => Answer::Conn(trace, None),
+                            Wanted::Job(value) => Answer::Job(value, None),
+                        });
+                    }
+                },
+            }
+            if n < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if n > 0 {
+            let _: Result<(), ()> = store.run(Query::Many(pipe)).await;
+        }
+    }
+}
+
+/// A bounded map forgetting its oldest entries first.
+struct Recent<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+}
+
+impl<K: Clone + Eq + std::hash::Hash, V> Recent<K, V> {
+    fn new() -> Self {
+        Recent { map: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MAX_RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// Forget `key` (its place in the order goes when it comes up).
+    fn remove(&mut self, key: &K) {
+        self.map.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::TraceContext;
+    use crate::http::tests::script::*;
+
+    impl SharedState {
+        /// The pipeline's side alone: what it sends, and a way to answer.
+        fn detached() -> (SharedState, tokio::sync::mpsc::Receiver<Request>, std::sync::mpsc::Sender<Answer>) {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+            let (atx, answers) = std::sync::mpsc::channel();
+            let s = SharedState {
+                tx,
+                answers,
+                counts: Arc::new(Counts::default()),
+                job_ttl_s: 60,
+                pending: HashMap::new(),
+                waiting: HashMap::new(),
+                held: 0,
+                settled: Recent::new(),
+                moved: Recent::new(),
+                jobs_asked: Recent::new(),
+                remote_parents: Vec::new(),
+            };
+            (s, rx, atx)
+        }
+    }
+
+    fn a(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// An exchange of `role` between `local` and `peer`, span `span` of `trace` under `parent`.
+    fn ex(server: bool, local: &str, peer: &str, trace: u8, span: u8, parent: Option<u8>) -> Exchange {
+        let mut s = if server { Script::accepted(1) } else { Script::connected(1) };
+        if server {
+            s.recv(&post("/api/v1/jobs", "a,b")).send(&ok("{}"));
+        } else {
+            s.send(&post("/api/v1/jobs", "a,b")).recv(&ok("{}"));
+        }
+        let (xs, _) = run_with(Default::default(), &s.take());
+        let mut x = one(&xs).clone();
+        (x.local, x.peer) = (a(local), a(peer));
+        let parent = parent.map(|p| SpanId([p; 8]));
+        let link = parent.map(|_| Link::Thread);
+        x.trace = Some(TraceContext {
+            trace_id: TraceId([trace; 16]),
+            span_id: SpanId([span; 8]),
+            parent,
+            link,
+            trace_state: None,
+        });
+        x
+    }
+
+    fn sent(rx: &mut tokio::sync::mpsc::Receiver<Request>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| match r {
+                Request::Publish { key, value, .. } => format!("SET {key} {value}"),
+                Request::Lookup { key, .. } => format!("GET {key}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_ends_name_the_connection_and_request_alike() {
+        let client = ex(false, "10.1.0.2:40000", "10.1.0.1:8000", 1, 1, None);
+        let server = ex(true, "[::ffff:10.1.0.1]:8000", "[::ffff:10.1.0.2]:40000", 2, 2, None);
+        let key = conn_key(&client, false).expect("a key");
+        assert_eq!(Some(&key), conn_key(&server, true).as_ref());
+        assert!(key.starts_with("traceo:conn:10.1.0.2:40000>10.1.0.1:8000#0:"), "{key}");
+        assert!(!key.contains("/api"), "the target stays out of Redis: {key}");
+        let mut other = server.clone();
+        other.target = "/api/v1/other".into();
+        assert_ne!(conn_key(&other, true), Some(key));
+        let mut midstream = server.clone();
+        midstream.flags.midstream = true;
+        assert_eq!(conn_key(&midstream, true), None, "positions count from the agent's start");
+        let lo = ex(true, "127.0.0.1:8000", "127.0.0.1:40000", 2, 2, None);
+        assert_eq!(conn_key(&lo, true), None, "loopback is stitched on the host");
+    }
+
+    #[test]
+    fn a_found_client_span_becomes_the_parent_and_the_trace_moves() {
+        let (mut s, mut rx, answer) = SharedState::detached();
+        let mut ready = Vec::new();
+        // A call the server made (completes first), then the server span that starts the trace.
+        s.observe(ex(false, "10.1.0.1:41000", "10.1.0.3:9000", 7, 2, Some(1)), &mut ready);
+        s.observe(ex(true, "10.1.0.1:8000", "10.1.0.2:40000", 7, 1, None), &mut ready);
+        assert!(ready.is_empty(), "both held for the far side");
+        let reqs = sent(&mut rx);
+        assert!(reqs[0].starts_with("SET traceo:conn:10.1.0.1:41000>10.1.0.3:9000#0:"), "{reqs:?}");
+        assert!(reqs[1].starts_with("GET traceo:conn:10.1.0.2:40000>10.1.0.1:8000#0:"), "{reqs:?}");
+        let client = SpanRef { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]) };
+        answer.send(Answer::Conn(TraceId([7; 16]), Some(client))).unwrap();
+        s.poll(&mut ready, &mut Vec::new());
+        let [root, child] = &ready[..] else { panic!("{ready:?}") };
+        let t = root.trace.as_ref().unwrap();
+        assert_eq!((t.trace_id, t.parent, t.link), (client.trace_id, Some(client.span_id), Some(Link::Connection)));
+        assert_eq!(child.trace_id(), Some(client.trace_id));
+        assert_eq!(child.parent_span_id(), Some(SpanId([1; 8])), "its own parent kept");
+        assert_eq!(sent(&mut rx), [format!("SET traceo:trace:{} {}", TraceId([7; 16]), client.trace_id)]);
+        // Later spans of the old trace follow at once.
+        ready.clear();
+        s.observe(ex(false, "10.1.0.1:41001", "10.1.0.3:9000", 7, 3, Some(1)), &mut ready);
+        assert_eq!(ready[0].trace_id(), Some(client.trace_id));
+        assert_eq!(s.held, 0);
+    }
+
+    #[test]
+    fn a_miss_leaves_the_trace_as_it_was_and_loopback_roots_do_not_wait() {
+        let (mut s, _rx, answer) = SharedState::detached();
+        let mut ready = Vec::new();
+        s.observe(ex(true, "10.1.0.1:8000", "10.1.0.2:40000", 7, 1, None), &mut ready);
+        answer.send(Answer::Conn(TraceId([7; 16]), None)).unwrap();
+        s.poll(&mut ready, &mut Vec::new());
+        let t = ready[0].trace.as_ref().unwrap();
+        assert_eq!((t.trace_id, t.parent, t.link), (TraceId([7; 16]), None, None), "never a guess");
+        s.observe(ex(false, "10.1.0.1:41000", "10.1.0.3:9000", 7, 2, Some(1)), &mut ready);
+        assert_eq!(ready.len(), 2, "its trace is settled: no wait");
+        // A child waits for its root; a root on loopback settles at once and releases it.
+        ready.clear();
+        s.observe(ex(false, "10.1.0.1:41002", "10.1.0.3:9000", 8, 2, Some(1)), &mut ready);
+        assert!(ready.is_empty());
+        s.observe(ex(true, "127.0.0.1:8000", "127.0.0.1:40000", 8, 1, None), &mut ready);
+        assert_eq!(ready.len(), 2);
+        // A child whose root never comes goes on as it is after the hold.
+        ready.clear();
+        s.observe(ex(false, "10.1.0.1:41003", "10.1.0.3:9000", 9, 2, Some(1)), &mut ready);
+        s.tick(u64::MAX, &mut ready);
+        assert_eq!((ready.len(), s.held), (1, 0));
+        // A server span continuing a propagated trace does not wait, nor do its calls.
+        ready.clear();
+        let mut continued = ex(true, "10.1.0.1:8000", "10.1.0.2:40001", 10, 1, Some(5));
+        continued.trace.as_mut().unwrap().link = Some(Link::Propagated);
+        s.observe(continued, &mut ready);
+        s.observe(ex(false, "10.1.0.1:41004", "10.1.0.3:9000", 10, 2, Some(1)), &mut ready);
+        assert_eq!((ready.len(), s.held), (2, 0));
+    }
+}

@@ -22,12 +22,12 @@
 //! issue, at most `HOLD_NS`, before it is counted as a webhook without upload.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
 
 use serde_json::Value;
 
 use crate::correlate::{SpanId, TraceId};
 use crate::http::{Exchange, Link, Role, SpanRef};
+use crate::recent::Recent;
 
 /// What a join decided for one exchange.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,35 +85,6 @@ pub struct Joins {
 const HOLD_NS: u64 = 2_000_000_000;
 /// Exchanges waiting at most; beyond, the oldest is decided as referring.
 const MAX_PENDING: usize = 4096;
-/// Moved traces and seen spans remembered at most.
-const MAX_RECENT: usize = 65_536;
-
-/// A bounded map forgetting its oldest entries first.
-struct Recent<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-}
-
-impl<K: Copy + Eq + Hash, V> Recent<K, V> {
-    fn new() -> Self {
-        Recent { map: HashMap::new(), order: VecDeque::new() }
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        if self.map.insert(key, value).is_none() {
-            self.order.push_back(key);
-        }
-        while self.order.len() > MAX_RECENT {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
-    }
-}
 
 /// Values longer than this are not keys (and are never stored).
 const MAX_VALUE_LEN: usize = 128;

@@ -28,6 +28,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod output;
 pub mod procfs;
+pub mod recent;
 pub mod record;
 pub mod runtime;
 pub mod scrub;

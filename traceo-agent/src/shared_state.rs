@@ -15,7 +15,7 @@
 //! event and tick. Only ids and service names are written. A lookup that finds nothing
 //! leaves the span as this host saw it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::correlate::{SpanId, TraceId};
 use crate::http::{Exchange, Link, Role, SpanRef};
+use crate::recent::Recent;
 
 /// How long a server span waits for its far side's key (the client publishes when its
 /// exchange completes, after the server answered).
@@ -32,7 +33,6 @@ const CHILD_HOLD_NS: u64 = 5_000_000_000;
 /// Exchanges held at most; past it, new ones pass as they are.
 const MAX_HELD: usize = 4096;
 const QUEUE: usize = 1024;
-const MAX_RECENT: usize = 65_536;
 /// Connection keys live this long in Redis.
 const CONN_TTL_S: u64 = 120;
 
@@ -89,7 +89,17 @@ impl SharedState {
         let (atx, answers) = std::sync::mpsc::channel();
         let counts = Arc::new(counts);
         tokio::spawn(serve(Arc::new(Store::new(client, counts.clone())), rx, atx));
-        Ok(SharedState {
+        Ok(SharedState::with(tx, answers, counts, job_ttl_s))
+    }
+
+    /// The pipeline's side of the channels given.
+    fn with(
+        tx: tokio::sync::mpsc::Sender<Request>,
+        answers: std::sync::mpsc::Receiver<Answer>,
+        counts: Arc<Counts>,
+        job_ttl_s: u64,
+    ) -> SharedState {
+        SharedState {
             tx,
             answers,
             counts,
@@ -101,7 +111,7 @@ impl SharedState {
             moved: Recent::new(),
             jobs_asked: Recent::new(),
             remote_parents: Vec::new(),
-        })
+        }
     }
 
     fn send(&self, r: Request) -> bool {
@@ -476,38 +486,6 @@ async fn serve(
     }
 }
 
-/// A bounded map forgetting its oldest entries first.
-struct Recent<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
-}
-
-impl<K: Clone + Eq + std::hash::Hash, V> Recent<K, V> {
-    fn new() -> Self {
-        Recent { map: HashMap::new(), order: VecDeque::new() }
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        if self.map.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
-        }
-        while self.order.len() > MAX_RECENT {
-            if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
-            }
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
-    }
-
-    /// Forget `key` (its place in the order goes when it comes up).
-    fn remove(&mut self, key: &K) {
-        self.map.remove(key);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,19 +497,7 @@ mod tests {
         fn detached() -> (SharedState, tokio::sync::mpsc::Receiver<Request>, std::sync::mpsc::Sender<Answer>) {
             let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
             let (atx, answers) = std::sync::mpsc::channel();
-            let s = SharedState {
-                tx,
-                answers,
-                counts: Arc::new(Counts::default()),
-                job_ttl_s: 60,
-                pending: HashMap::new(),
-                waiting: HashMap::new(),
-                held: 0,
-                settled: Recent::new(),
-                moved: Recent::new(),
-                jobs_asked: Recent::new(),
-                remote_parents: Vec::new(),
-            };
+            let s = SharedState::with(tx, answers, Arc::new(Counts::default()), 60);
             (s, rx, atx)
         }
     }

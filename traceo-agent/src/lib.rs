@@ -19,6 +19,7 @@ pub mod db;
 pub mod decode;
 pub mod event_json;
 pub mod events;
+pub mod findings;
 pub mod http;
 pub mod joins;
 pub mod live;

@@ -69,8 +69,8 @@ pub struct Runtimes {
     processes: HashMap<u32, Runtime>,
     /// Processes whose plan is asked for and not back yet.
     pending: std::collections::HashSet<u32>,
-    /// Descriptions logged at info level already.
-    logged: std::collections::HashSet<String>,
+    /// What was found, logged per process (the first few per finding at info).
+    logged: crate::findings::FindingLog<String>,
 }
 
 impl Runtimes {
@@ -99,9 +99,8 @@ impl Runtimes {
         if self.processes.get(&pid) != Some(&runtime) && runtime != Runtime::Other {
             let comm = crate::procfs::comm(pid).unwrap_or_default();
             let description = runtime.describe();
-            // Once per finding at info: a service forking hundreds of children logs it once.
-            let level = if self.logged.insert(description.clone()) { log::Level::Info } else { log::Level::Debug };
-            log::log!(level, "pid {pid} ({comm}): {description}");
+            let message = format!("pid {pid} ({comm}): {description}");
+            self.logged.log(description, log::Level::Info, &message);
         }
         self.processes.insert(pid, runtime);
     }

@@ -95,9 +95,8 @@ pub struct TlsProbes {
     failed_for: HashSet<(u32, FileId)>,
     /// Processes classified: what was found, and when.
     processes: HashMap<u32, (Visibility, u64)>,
-    /// What was logged at info level already (by what was found: one line per kind of
-    /// process, not one per forked child).
-    logged: HashSet<Visibility>,
+    /// What was found, logged per process (the first few per finding at info).
+    logged: crate::findings::FindingLog<Visibility>,
     refreshes: u64,
     pub stats: TlsProbeStats,
 }
@@ -111,7 +110,7 @@ impl TlsProbes {
             failed: HashSet::new(),
             failed_for: HashSet::new(),
             processes: HashMap::new(),
-            logged: HashSet::new(),
+            logged: Default::default(),
             refreshes: 0,
             stats: TlsProbeStats::default(),
         };
@@ -192,9 +191,7 @@ impl TlsProbes {
                 Visibility::None => None,
             };
             if let Some((level, message)) = message {
-                // Once per finding: a service forking hundreds of children logs it once.
-                let level = if self.logged.insert(visibility.clone()) { level } else { log::Level::Debug };
-                log::log!(level, "{message}");
+                self.logged.log(visibility.clone(), level, &message);
             }
         }
         let refreshes = self.refreshes;

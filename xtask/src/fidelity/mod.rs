@@ -297,7 +297,8 @@ impl Harness<'_> {
         let front_runtime = log
             .iter()
             .filter_map(|l| l.split_once(&said).and_then(|(_, rest)| rest.split_once("): ")).map(|(_, rt)| rt))
-            .next_back()
+            // Its runtime line, not its TLS one (`... uses OpenSSL (PATH): ...`).
+            .rfind(|rt| rt.starts_with("python"))
             .map(str::to_owned);
         drop(log);
         let mut run = ScenarioRun {

@@ -232,6 +232,9 @@ pub struct ConfigFile {
     pub series_ttl: Option<u64>,
     pub otlp_endpoint: Option<String>,
     pub shared_state: Option<String>,
+    /// `--db-keys`.
+    #[serde(default)]
+    pub db_keys: bool,
 }
 
 impl ConfigFile {
@@ -261,6 +264,8 @@ pub struct Selection {
     pub series_ttl: Option<u64>,
     pub otlp_endpoint: Option<String>,
     pub shared_state: Option<String>,
+    /// The config file's `db-keys` (`--db-keys` turns it on too).
+    pub db_keys: bool,
 }
 
 impl SelectionArgs {
@@ -300,6 +305,7 @@ impl SelectionArgs {
             series_ttl: file.series_ttl,
             otlp_endpoint: file.otlp_endpoint,
             shared_state: file.shared_state,
+            db_keys: file.db_keys,
         })
     }
 }
@@ -325,7 +331,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\nshared-state = \"redis://r:6379/2\"\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\ndb-keys = true\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\nshared-state = \"redis://r:6379/2\"\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -336,6 +342,7 @@ mod tests {
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
         assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert!(sel.db_keys);
         assert_eq!(sel.shared_state.as_deref(), Some("redis://r:6379/2"));
         assert_eq!(
             (sel.log_records.as_deref(), sel.log_files.as_slice()),

@@ -116,6 +116,8 @@ fn log_records(arg: Option<&str>, file: Option<&str>, when_full: WhenFull) -> an
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
+    // The config file's `db-keys` (the flag turns it on too).
+    let http = HttpArgs { db_keys: args.http.db_keys || sel.db_keys, ..args.http.clone() };
     let out = LineSink::open(args.log.as_deref().or(sel.log.as_deref()), WhenFull::Drop)?;
     let defaults = MetricsConfig::default();
     let max_series = args.max_series.or(sel.max_series).unwrap_or(defaults.max_series);
@@ -146,8 +148,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let records = log_records(args.log_records.as_deref(), sel.log_records.as_deref(), WhenFull::Drop)?;
     // With --events the log writes are printed as events.
     let capture_logs = !records.is_off();
-    let mut sink =
-        output_sink(args.events, services, &args.http, crate::procfs::clock_offset_ns(), exports, out, records)?;
+    let mut sink = output_sink(args.events, services, &http, crate::procfs::clock_offset_ns(), exports, out, records)?;
     let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready, capture_logs };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);

@@ -4,6 +4,11 @@
 //! through the engine's upload to the webhook's far end, each with the right parents and none
 //! crossed. With Redis stopped the agents go on tracing host-locally and count the misses and
 //! errors; started again, the cross-host traces resume.
+//!
+//! Each side calls the other through NAT, as through a Kubernetes Service: a virtual address
+//! translated to the real one (DNAT) and the caller's address replaced (SNAT), so the two
+//! agents see different addresses and ports for one connection and meet by the TCP sequence
+//! numbers they read in the kernel.
 
 mod support;
 
@@ -20,6 +25,11 @@ use support::*;
 struct TwoHosts {
     ns: [String; 2],
     ip: [String; 2],
+    /// Each host's second address, the one its outbound calls are translated to (SNAT).
+    alt: [String; 2],
+    /// The virtual ("Service") address of each host, port 80, translated to a real port.
+    vip: [String; 2],
+    dev: [String; 2],
 }
 
 impl TwoHosts {
@@ -32,7 +42,9 @@ impl TwoHosts {
         for n in &ns {
             let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
         }
-        let hosts = TwoHosts { ns, ip };
+        let alt = [format!("10.77.{net}.3"), format!("10.77.{net}.4")];
+        let vip = [format!("10.96.{net}.10"), format!("10.96.{net}.11")];
+        let hosts = TwoHosts { ns, ip, alt, vip, dev: veth.clone() };
         let run = |args: &[&str]| {
             let ok = Command::new("ip").args(args).status().expect("ip").success();
             assert!(ok, "ip {args:?} failed");
@@ -47,7 +59,29 @@ impl TwoHosts {
             run(&["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]);
             run(&["-n", ns, "link", "set", dev, "up"]);
         }
+        for h in 0..2 {
+            let (ns, dev) = (&hosts.ns[h], &hosts.dev[h]);
+            run(&["-n", ns, "addr", "add", &format!("{}/24", hosts.alt[h]), "dev", dev]);
+            run(&["-n", ns, "route", "add", &format!("{}/32", hosts.vip[1 - h]), "dev", dev]);
+        }
         hosts
+    }
+
+    /// Host `from` reaches `to_port` on the other host as `vip:80` (DNAT), its calls leaving
+    /// from its second address (SNAT), as a pod calling a Service through kube-proxy.
+    fn service(&self, from: usize, to_port: u16) -> String {
+        let (to_ip, vip) = (&self.ip[1 - from], &self.vip[1 - from]);
+        let rules = format!(
+            "table ip traceo_nat {{\n\
+             chain out {{ type nat hook output priority -100; ip daddr {vip} tcp dport 80 dnat to {to_ip}:{to_port}; }}\n\
+             chain post {{ type nat hook postrouting priority 100; ip daddr {to_ip} tcp dport {to_port} snat to {}; }}\n}}\n",
+            self.alt[from]
+        );
+        let mut nft = self.exec(from, &["nft", "-f", "-"]).stdin(Stdio::piped()).spawn().expect("nft");
+        use std::io::Write;
+        nft.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "nft rules in {}: {rules}", self.ns[from]);
+        format!("http://{vip}:80")
     }
 
     fn exec(&self, host: usize, args: &[&str]) -> Command {
@@ -191,11 +225,13 @@ fn two_hosts_one_trace_through_redis() {
     if !require_root("multihost") || !require_python("multihost") {
         return;
     }
-    if Command::new("redis-server").arg("--version").output().is_err() {
-        let why = "multihost: no redis-server (cargo xtask setup installs it)";
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}");
-        return;
+    for (tool, flag) in [("redis-server", "--version"), ("nft", "--version")] {
+        if Command::new(tool).arg(flag).output().is_err() {
+            let why = format!("multihost: no {tool} (cargo xtask setup installs it)");
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
     }
     let started = Instant::now();
     let dir = temp_dir("multihost");
@@ -205,8 +241,9 @@ fn two_hosts_one_trace_through_redis() {
     let (engine_port, mcp_port) = (free_port(), free_port());
     let py = python();
     let stack = repo().join("tests/apps/traceo_stack");
-    let engine_url = format!("http://{}:{engine_port}", hosts.ip[ENGINE]);
-    let webhook_url = format!("http://{}:{mcp_port}/webhooks/job-complete", hosts.ip[MCP]);
+    // Through NAT both ways: neither agent sees the addresses the other does.
+    let engine_url = hosts.service(MCP, engine_port);
+    let webhook_url = format!("{}/webhooks/job-complete", hosts.service(ENGINE, mcp_port));
     let _engine = Proc::spawn(
         hosts
             .exec(ENGINE, &[py.to_str().unwrap(), "-m", "uvicorn", "engine:app", "--host", "0.0.0.0"])
@@ -257,6 +294,10 @@ fn two_hosts_one_trace_through_redis() {
     let mut traces = std::collections::HashSet::new();
     for id in &jobs {
         let j = job(id, &e, &m);
+        // NAT: the caller saw the Service address, the callee the caller's translated one.
+        assert_eq!(j.call["peer"], format!("{}:80", hosts.vip[ENGINE]), "{id}");
+        assert!(j.upload["peer"].as_str().is_some_and(|p| p.starts_with(&format!("{}:", hosts.alt[MCP]))), "{id}");
+        assert_eq!(j.hook_out["peer"], format!("{}:80", hosts.vip[MCP]), "{id}");
         assert_one_trace(id, &j);
         assert!(traces.insert(j.call["trace_id"].clone()), "{id}: trace shared with another job (crossed)");
     }
@@ -349,7 +390,9 @@ fn two_hosts_one_trace_through_redis() {
         let value = redis_cli(redis_port, &["GET", key]);
         let value = value.trim();
         let ok = match key.split(':').nth(1) {
-            Some("conn") | Some("trace") => id(value),
+            // Connections meet by TCP sequence numbers (addresses differ through NAT).
+            Some("conn") => key.starts_with("traceo:conn:tcp:") && id(value),
+            Some("trace") => id(value),
             Some("job") => value.split_once(' ').is_some_and(|(ids, svc)| id(ids) && svc == "engine"),
             _ => false,
         };

@@ -73,6 +73,7 @@ fn exchange(role: Role, n: u8, parts: &[&[u8]], flags: u8, parentless: bool) -> 
         request_ctx: 0,
         response_ctx: 0,
         response_tid: 1,
+        tcp_seq: None,
         mcp: None,
         db: None,
         exception: None,

@@ -117,6 +117,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             trace_all: false,
             capture_logs: true,
             log_files: true,
+            read_tcp_seq: true,
         }) {
             Ok(_) => {
                 let n = PROGRAMS.len() + loader::programs::uprobe_programs().count();
@@ -196,6 +197,7 @@ pub async fn bench_floor() -> anyhow::Result<()> {
         trace_all: false,
         capture_logs: false,
         log_files: false,
+        read_tcp_seq: false,
     })?;
     probes.attach_floor()?;
     log::info!("ready: probes attached (floor only)");

@@ -145,11 +145,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         },
     };
+    let read_tcp_seq = exports.shared.is_some();
     let records = log_records(args.log_records.as_deref(), sel.log_records.as_deref(), WhenFull::Drop)?;
     // With --events the log writes are printed as events.
     let capture_logs = !records.is_off();
     let mut sink = output_sink(args.events, services, &http, crate::procfs::clock_offset_ns(), exports, out, records)?;
-    let opts = LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready, capture_logs };
+    let opts =
+        LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready, capture_logs, read_tcp_seq };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
     Ok(())

@@ -157,6 +157,7 @@ impl Decoder {
             after_loss: flags & data_flags::AFTER_LOSS != 0,
             payload: self.copy(payload),
             task_ctx: field!(task_ctx, u64),
+            tcp_seq: if flags & data_flags::TCP_SEQ != 0 { Some(field!(tcp_seq, u32)) } else { None },
         }))
     }
 

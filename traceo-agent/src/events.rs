@@ -72,6 +72,9 @@ pub struct Data {
     /// The runtime context of the calling thread (CPython: its current
     /// `contextvars.Context`, one per asyncio task); 0 when unknown.
     pub task_ctx: u64,
+    /// The TCP sequence number of the first byte moved, when the kernel read it (a TCP
+    /// socket, `--shared-state` on): the same on both ends, through NAT.
+    pub tcp_seq: Option<u32>,
 }
 
 /// A traced CPython process created an asyncio task.

@@ -39,6 +39,8 @@ pub struct LiveOptions {
     pub ready: Readiness,
     /// Capture the traced processes' stdout/stderr (`--log-records`, or `record` with it).
     pub capture_logs: bool,
+    /// Read TCP sequence numbers in the kernel (`--shared-state` keys connections by them).
+    pub read_tcp_seq: bool,
 }
 
 pub fn record_meta(sel: &Selection) -> RecordMeta {
@@ -123,6 +125,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         trace_all,
         capture_logs: opts.capture_logs,
         log_files: opts.capture_logs && !sel.log_files.is_empty(),
+        read_tcp_seq: opts.read_tcp_seq,
     };
     let mut probes = loader::load(&opts_load)?;
     probes.spawn_logger()?;

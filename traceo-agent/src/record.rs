@@ -163,7 +163,8 @@ fn family_code(f: Family) -> u16 {
 /// Proc = meta, parent_pid u32 (0 = none), comm str.
 /// Version 2: Data and Conn end with task_ctx u64 (Conn then after_loss u8); Listen is a
 /// Conn body; Task = meta, parent_ctx u64, child_ctx u64, task u64, then entry_ns u64 (added
-/// later: a body without it was entered when it returned).
+/// later: a body without it was entered when it returned). Data then ends with tcp_seq u32
+/// when the kernel read one (added later: a body without it has none).
 fn encode(event: &Event, b: &mut Vec<u8>) {
     match event {
         Event::Data(d) | Event::LogWrite(d) => {
@@ -189,6 +190,9 @@ fn encode(event: &Event, b: &mut Vec<u8>) {
             b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             b.extend_from_slice(&payload);
             b.extend_from_slice(&d.task_ctx.to_le_bytes());
+            if let Some(seq) = d.tcp_seq {
+                b.extend_from_slice(&seq.to_le_bytes());
+            }
         }
         Event::Task(t) => {
             b.push(TAG_TASK);
@@ -300,6 +304,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
             let payload = Bytes::copy_from_slice(c.take(n)?);
             // Version 1 bodies end at the payload.
             let task_ctx = if c.0.len() >= 8 { c.u64()? } else { 0 };
+            let tcp_seq = if c.0.len() >= 4 { Some(c.u32()?) } else { None };
             let data = Data {
                 meta,
                 conn_id,
@@ -316,6 +321,7 @@ fn decode_v1(tag: u8, body: &[u8]) -> anyhow::Result<Event> {
                 after_loss: flags & 8 != 0,
                 payload,
                 task_ctx,
+                tcp_seq,
             };
             if tag == TAG_LOG_WRITE { Event::LogWrite(data) } else { Event::Data(data) }
         }
@@ -507,6 +513,7 @@ pub(crate) mod tests_support {
                 after_loss: false,
                 payload: Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
                 task_ctx: 0x7f00_1234,
+                tcp_seq: Some(0xfffe_0001),
             }),
             Event::Data(Data {
                 meta: Meta { service: None, ..meta(7) },
@@ -524,6 +531,7 @@ pub(crate) mod tests_support {
                 after_loss: false,
                 payload: Bytes::new(),
                 task_ctx: 0,
+                tcp_seq: None,
             }),
             Event::ConnClose(Conn { how: None, local: None, peer: None, after_loss: true, ..conn.clone() }),
             Event::Fork(Proc { meta: meta(8), parent_pid: Some(7), comm: "python3".into() }),

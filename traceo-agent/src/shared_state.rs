@@ -1,8 +1,8 @@
 //! `--shared-state redis://HOST:PORT[/DB]`: agents on different hosts meet in Redis.
 //!
-//! - Connections: each client span is published under its connection as the client sees it
-//!   and its position on it (`traceo:conn:CLIENT>SERVER#SEQ:DIGEST` = trace and span id;
-//!   see `conn_key`). A server
+//! - Connections: each client span is published under the TCP sequence numbers of its
+//!   request and response (`traceo:conn:tcp:HASH` = trace and span id; without them,
+//!   its connection as the client sees it and its position on it; see `conn_key`). A server
 //!   span that starts a trace on this host (its client is not traced here) is held while the
 //!   far side's key is looked up; found, it becomes that client span's child, and what this
 //!   host already put in its trace moves with it (the move is published as
@@ -282,14 +282,24 @@ fn parse_span(s: &str) -> Option<SpanRef> {
     Some(SpanRef { trace_id: TraceId::parse(t)?, span_id: SpanId::parse(sp)? })
 }
 
-/// The connection as both ends name it (client > server), the request's position on it, and
-/// a digest of its request line and body size (so that two agents counting positions
-/// differently cannot meet on another request; the digest keeps the target out of Redis).
-/// `None` where the position is not comparable: no addresses, loopback (both ends are on
-/// this host, stitched locally), a connection open before the agent came (its positions
-/// count from there) or one that lost bytes.
+/// Where both ends of one exchange meet, plus a digest of its request line and body size
+/// (so that a coincidence of positions cannot meet another request; the digest keeps the
+/// target out of Redis).
+///
+/// - The TCP sequence numbers of the request's and the response's first bytes, when the
+///   kernel read them (plaintext over TCP): both ends number the bytes alike, and NAT (a
+///   Kubernetes Service, a masquerading node) rewrites addresses and ports but not them.
+///   They start from each connection's random initial numbers, 64 bits in all, so two
+///   exchanges meet by chance about once in 2^64 even before the digest. Only a SHA-256 of
+///   numbers and request goes to Redis: a live connection's numbers are no one else's business.
+/// - Else (TLS plaintext, whose bytes are not the TCP stream's) the connection as both ends
+///   name it and the request's position on it: right only where no NAT sits between them.
+///
+/// `None` where nothing is comparable: no addresses, loopback (both ends are on this host,
+/// stitched locally), a parse that lost its place, and for positions a connection open
+/// before the agent came (they count from there).
 fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
-    if ex.flags.midstream || ex.flags.after_loss || ex.flags.parse_error || ex.db.is_some() {
+    if ex.flags.after_loss || ex.flags.parse_error || ex.db.is_some() {
         return None;
     }
     let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -297,9 +307,23 @@ fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
     if local.ip().is_loopback() || peer.ip().is_loopback() {
         return None;
     }
-    let (client, srv) = if server { (peer, local) } else { (local, peer) };
     let line = format!("{} {} {}", ex.method, ex.target, ex.request_body_bytes);
-    Some(format!("traceo:conn:{client}>{srv}#{}:{:016x}", ex.request_seq, fnv1a(line.as_bytes())))
+    let digest = fnv1a(line.as_bytes());
+    if let Some([request, response]) = ex.tcp_seq {
+        use sha2::Digest;
+        let hash = sha2::Sha256::new()
+            .chain_update(request.to_be_bytes())
+            .chain_update(response.to_be_bytes())
+            .chain_update(line.as_bytes())
+            .finalize();
+        let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+        return Some(format!("traceo:conn:tcp:{hex}"));
+    }
+    if ex.flags.midstream {
+        return None;
+    }
+    let (client, srv) = if server { (peer, local) } else { (local, peer) };
+    Some(format!("traceo:conn:{client}>{srv}#{}:{digest:016x}", ex.request_seq))
 }
 
 /// FNV-1a, 64 bits: stable across builds and hosts (unlike `DefaultHasher`).
@@ -554,6 +578,30 @@ mod tests {
         assert_eq!(conn_key(&midstream, true), None, "positions count from the agent's start");
         let lo = ex(true, "127.0.0.1:8000", "127.0.0.1:40000", 2, 2, None);
         assert_eq!(conn_key(&lo, true), None, "loopback is stitched on the host");
+    }
+
+    #[test]
+    fn tcp_sequence_numbers_meet_through_nat() {
+        // The client called a Service address; NAT rewrote both ends on the way.
+        let mut client = ex(false, "10.1.0.2:40000", "10.96.0.10:80", 1, 1, None);
+        let mut server = ex(true, "10.1.0.1:8000", "192.168.7.1:33000", 2, 2, None);
+        assert_ne!(conn_key(&client, false), conn_key(&server, true), "addresses alone cannot meet");
+        (client.tcp_seq, server.tcp_seq) = (Some([0xdead_beef, 7]), Some([0xdead_beef, 7]));
+        let key = conn_key(&client, false).expect("a key");
+        assert!(key.starts_with("traceo:conn:tcp:") && key.len() == 16 + 32, "{key}");
+        assert!(!key.contains("deadbeef") && !key.contains("/api"), "no numbers, no target: {key}");
+        assert_eq!(conn_key(&server, true), Some(key.clone()));
+        // The numbers are absolute: a connection open before the agent came meets too.
+        let mut midstream = server.clone();
+        midstream.flags.midstream = true;
+        assert_eq!(conn_key(&midstream, true), Some(key.clone()));
+        // Another exchange (other numbers, or the same numbers and another request) does not.
+        let mut other = server.clone();
+        other.tcp_seq = Some([0xdead_beef, 8]);
+        assert_ne!(conn_key(&other, true), Some(key.clone()));
+        other.tcp_seq = server.tcp_seq;
+        other.target = "/api/v1/other".into();
+        assert_ne!(conn_key(&other, true), Some(key));
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub mod data_flags {
     /// An earlier data event of this connection was lost (ring buffer full): what the agent
     /// holds of the connection may be out of step with its bytes.
     pub const AFTER_LOSS: u8 = 8;
+    /// `tcp_seq` holds the TCP sequence number of the first byte moved (a TCP socket, read
+    /// when `ProbeSettings::read_tcp_seq` is on).
+    pub const TCP_SEQ: u8 = 16;
 }
 
 /// How a connection came to be known. Numbered explicitly; append only.
@@ -284,7 +287,10 @@ pub struct DataEvent {
     pub direction: u8,
     /// Bits of [`data_flags`].
     pub flags: u8,
-    pub _pad: u32,
+    /// With [`data_flags::TCP_SEQ`]: the TCP sequence number of the first byte the call
+    /// moved (`tcp_sock.write_seq` before a send, `copied_seq` before a receive). Both ends of
+    /// a connection number its bytes alike, whatever NAT rewrote on the way.
+    pub tcp_seq: u32,
     /// The runtime context the calling thread was running at the syscall (CPython: the
     /// address of its current `contextvars.Context`, which each asyncio task has its own
     /// of); 0 when unknown or not a supported runtime.
@@ -433,6 +439,13 @@ pub struct KernelOffsets {
     pub sk_type: u64,
     /// `task_struct.thread.fsbase` (unsigned long): a user thread's thread pointer.
     pub task_fsbase: u64,
+    /// `tcp_sock.write_seq` (u32): sequence number of the next byte the process sends.
+    pub tcp_write_seq: u64,
+    /// `tcp_sock.copied_seq` (u32): sequence number of the next byte the process reads.
+    pub tcp_copied_seq: u64,
+    /// `sock.sk_protocol` (u16); 0 on kernels where it is a bitfield (they predate MPTCP).
+    pub sk_protocol: u64,
+    pub _pad: u64,
 }
 
 /// Run-time settings of the programs, set once at load as a frozen global.
@@ -454,6 +467,10 @@ pub struct ProbeSettings {
     /// 1: also emit them for writes to the regular files in the `LOG_FILES` map
     /// (`--log-file`).
     pub log_files: u32,
+    /// 1: read the TCP sequence number at each data syscall on a TCP socket
+    /// (`DataEvent::tcp_seq`; `--shared-state` keys cross-host stitching by it).
+    pub read_tcp_seq: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -480,7 +497,7 @@ mod tests {
 
     #[test]
     fn data_event_has_no_padding_holes() {
-        // header 24 + 5 * 8 + fd 4 + captured 4 + syscall 2 + direction 1 + flags 1 + pad 4
+        // header 24 + 5 * 8 + fd 4 + captured 4 + syscall 2 + direction 1 + flags 1 + tcp_seq 4
         // + task_ctx 8
         assert_eq!(DATA_EVENT_HEADER_LEN, 24 + 40 + 16 + 8);
         assert_eq!(size_of::<DataEvent>(), DATA_EVENT_HEADER_LEN + MAX_CAPTURE);
@@ -492,10 +509,10 @@ mod tests {
         assert_eq!(size_of::<ConnEvent>(), 24 + 8 + 8 + 4 + 2 + 2 + 32 + 4 + 4 + COMM_LEN + 8);
         assert_eq!(size_of::<RuntimeProc>(), 8 + size_of::<PyLayout>());
         assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
-        assert_eq!(size_of::<KernelOffsets>(), 18 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 22 * 8);
         assert_eq!(size_of::<TaskEvent>(), 24 + 4 * 8);
         assert_eq!(size_of::<PyLayout>(), 16);
-        assert_eq!(size_of::<ProbeSettings>(), 24);
+        assert_eq!(size_of::<ProbeSettings>(), 32);
     }
 
     #[test]

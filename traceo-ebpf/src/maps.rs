@@ -108,7 +108,9 @@ pub struct SyscallArgs {
     pub syscall: u16,
     /// 1 when `buf` points at an iovec array.
     pub vectored: u8,
-    pub _pad: [u8; 5],
+    /// 1 when `tcp_seq` was read (see `DataEvent::tcp_seq`).
+    pub has_seq: u8,
+    pub tcp_seq: u32,
     /// The thread's runtime context at enter (see `DataEvent::task_ctx`).
     pub task_ctx: u64,
 }

@@ -27,6 +27,8 @@ const APT_TEST: &[&str] = &[
     "redis-server",
     "systemd",
     "iproute2",
+    // NAT between the multi-host test's namespaces (a Service address, a masquerade).
+    "nftables",
 ];
 /// rotel ships a Rust OTLP collector binary: the third-party collector of the span tests.
 const PIP_TEST: &[&str] = &[

@@ -18,6 +18,7 @@ fn seg(bytes: &[u8], t: u64) -> Segment {
         start_ns: t,
         end_ns: t + 1,
         task_ctx: 0,
+        seq_end: None,
     }
 }
 
@@ -238,7 +239,15 @@ fn redis_large_value_with_uncaptured_bytes_keeps_framing() {
     let mut ev = Vec::new();
     p.parse(Egress, seg(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n", 1), &mut ev);
     p.parse(Ingress, seg(b"$100000\r\nabc", 2), &mut ev);
-    let gap = Segment { kind: SegKind::Gap(100_000 - 3 + 2), pid: 7, tid: 8, start_ns: 3, end_ns: 4, task_ctx: 0 };
+    let gap = Segment {
+        kind: SegKind::Gap(100_000 - 3 + 2),
+        pid: 7,
+        tid: 8,
+        start_ns: 3,
+        end_ns: 4,
+        task_ctx: 0,
+        seq_end: None,
+    };
     p.parse(Ingress, gap, &mut ev);
     p.parse(Ingress, seg(b"+PONG\r\n", 5), &mut ev);
     let done: Vec<_> =

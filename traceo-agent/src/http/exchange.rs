@@ -172,6 +172,9 @@ pub struct Exchange {
     pub peer: Option<SocketAddr>,
     /// Seen as TLS plaintext (HTTPS).
     pub tls: bool,
+    /// TCP sequence numbers of the request's and the response's first bytes, when the kernel
+    /// read both (`--shared-state`): the same at both ends of the connection, through NAT.
+    pub tcp_seq: Option<[u32; 2]>,
     pub method: String,
     /// Redacted.
     pub target: String,
@@ -313,6 +316,7 @@ impl Exchange {
             local: conn.local,
             peer: conn.peer,
             tls: conn.tls,
+            tcp_seq: req.tcp_seq.zip(resp.tcp_seq.filter(|_| answered)).map(|(q, r)| [q, r]),
             method: req.method.unwrap_or_default(),
             route: routes.route(&scope, &target, resp.status),
             target,

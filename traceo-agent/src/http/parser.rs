@@ -70,6 +70,9 @@ pub struct Segment {
     pub end_ns: u64,
     /// The runtime context of the thread that moved these bytes (`Data::task_ctx`).
     pub task_ctx: u64,
+    /// The TCP sequence number just past this piece (`Data::tcp_seq` + its length), so
+    /// that what is left of it after any `advance` still knows where it starts.
+    pub seq_end: Option<u32>,
 }
 
 impl Segment {
@@ -80,18 +83,20 @@ impl Segment {
             Direction::Egress => d.enter_ns,
             Direction::Ingress => d.exit_ns,
         };
-        let seg = |kind| Segment {
+        let seg = |kind, upto: u64| Segment {
             kind,
             pid: d.meta.pid,
             tid: d.meta.tid,
             start_ns,
             end_ns: d.exit_ns,
             task_ctx: d.task_ctx,
+            // TCP numbers bytes modulo 2^32.
+            seq_end: d.tcp_seq.map(|s| s.wrapping_add(upto as u32)),
         };
         let captured = d.payload.len() as u64;
         if d.total_len == 0 && captured == 0 {
             return match d.direction {
-                Direction::Ingress => [Some(seg(SegKind::Eof)), None],
+                Direction::Ingress => [Some(seg(SegKind::Eof, 0)), None],
                 Direction::Egress => [None, None],
             };
         }
@@ -100,9 +105,20 @@ impl Segment {
         let keep = usize::try_from(moved.min(captured)).unwrap_or(usize::MAX);
         let bytes = d.payload.slice(..keep.min(d.payload.len()));
         let missing = moved.saturating_sub(bytes.len() as u64);
-        let first = (!bytes.is_empty()).then(|| seg(SegKind::Bytes(bytes)));
-        let second = (missing > 0).then(|| seg(SegKind::Gap(missing)));
+        let upto = bytes.len() as u64;
+        let first = (!bytes.is_empty()).then(|| seg(SegKind::Bytes(bytes), upto));
+        let second = (missing > 0).then(|| seg(SegKind::Gap(missing), moved));
         [first, second]
+    }
+
+    /// The TCP sequence number of the first byte left in this piece, when known.
+    pub fn seq(&self) -> Option<u32> {
+        let left = match &self.kind {
+            SegKind::Bytes(b) => b.len() as u64,
+            SegKind::Gap(n) => *n,
+            SegKind::Eof => 0,
+        };
+        self.seq_end.map(|end| end.wrapping_sub(left as u32))
     }
 
     /// Captured bytes held (for buffer accounting).
@@ -219,6 +235,8 @@ pub struct HttpMessage {
     pub end_ns: u64,
     /// The runtime context that wrote or read its first bytes (`Data::task_ctx`).
     pub task_ctx: u64,
+    /// The TCP sequence number of its first byte, when the kernel read it.
+    pub tcp_seq: Option<u32>,
     /// Some bytes were not captured, or the stream ended before the message did.
     pub truncated: bool,
     pub parse_error: bool,

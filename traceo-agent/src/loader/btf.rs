@@ -229,6 +229,11 @@ pub fn kernel_offsets(btf: &Btf) -> Result<traceo_ebpf_common::KernelOffsets> {
         sk_v6_rcv_saddr: f("sk_v6_rcv_saddr", "sock.__sk_common.skc_v6_rcv_saddr", 16)?,
         sk_type: f("sk_type", "sock.sk_type", 2)?,
         task_fsbase: f("task_fsbase", "task_struct.thread.fsbase", 8)?,
+        tcp_write_seq: f("tcp_write_seq", "tcp_sock.write_seq", 4)?,
+        tcp_copied_seq: f("tcp_copied_seq", "tcp_sock.copied_seq", 4)?,
+        // Optional: a bitfield before 5.6 (no MPTCP then, so the check is not needed).
+        sk_protocol: f("sk_protocol", "sock.sk_protocol", 2).unwrap_or(0),
+        _pad: 0,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct LoadOptions {
     pub capture_logs: bool,
     /// Also capture writes to the files in `LOG_FILES` (`--log-file`).
     pub log_files: bool,
+    /// Read the TCP sequence number at each data syscall (`--shared-state`'s stitching key).
+    pub read_tcp_seq: bool,
 }
 
 /// The embedded object, or an error that says how to build it.
@@ -120,6 +122,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         fork_child_pid_offset: tracefs::field_offset(&tracefs, "sched", "sched_process_fork", "child_pid")?,
         capture_logs: opts.capture_logs as u32,
         log_files: opts.log_files as u32,
+        read_tcp_seq: opts.read_tcp_seq as u32,
+        _pad: 0,
     };
     check_ring_buffer_mib(opts.ring_buffer_mib)?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;

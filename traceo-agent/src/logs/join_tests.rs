@@ -49,6 +49,7 @@ fn write(tid: u32, ts: u64, ctx: u64, text: &str) -> Data {
         after_loss: false,
         payload: bytes::Bytes::copy_from_slice(text.as_bytes()),
         task_ctx: ctx,
+        tcp_seq: None,
     }
 }
 

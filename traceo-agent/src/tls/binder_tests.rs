@@ -41,6 +41,7 @@ impl Run {
             after_loss: false,
             payload: Bytes::copy_from_slice(payload),
             task_ctx: 0,
+            tcp_seq: None,
         }
     }
 

@@ -127,7 +127,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         service: cur.service,
         syscall: CONNECT,
         vectored: 0,
-        _pad: [0; 5],
+        has_seq: 0,
+        tcp_seq: 0,
         task_ctx: 0,
     };
     if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {

@@ -24,7 +24,7 @@ use crate::{
         CONNECT, DATA_SCRATCH, EVENTS, LOG_FILES, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count,
         submit_flags,
     },
-    socket::{WalkError, regular_file_ino, socket_of_fd},
+    socket::{WalkError, regular_file_ino, socket_of_fd, tcp_seq},
 };
 
 /// Ring buffer bytes data events leave to the other events (see `emit`).
@@ -60,6 +60,9 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
         }
     };
     announce_if_new(&cur, &sock, fd);
+    let ingress = matches!(syscall, syscall::READ | syscall::READV | syscall::RECVFROM | syscall::RECVMSG);
+    // Only when asked (`--shared-state`): three more reads per call.
+    let seq = if setting!(read_tcp_seq) != 0 { tcp_seq(&sock, !ingress) } else { None };
     let args = SyscallArgs {
         conn_id: sock.ino,
         buf,
@@ -70,7 +73,8 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
         service: cur.service,
         syscall,
         vectored,
-        _pad: [0; 5],
+        has_seq: seq.is_some() as u8,
+        tcp_seq: seq.unwrap_or(0),
         task_ctx: crate::runtime::current_context(&cur),
     };
     if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
@@ -95,7 +99,8 @@ fn park_log(cur: &crate::filter::Current, fd: i64, buf: u64, count_or_iovcnt: u6
         service: cur.service,
         syscall,
         vectored,
-        _pad: [0; 5],
+        has_seq: 0,
+        tcp_seq: 0,
         task_ctx: crate::runtime::current_context(cur),
     };
     if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
@@ -230,6 +235,9 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     if lossy && unsafe { LOSSY_CONNS.get(&args.conn_id) }.is_some() {
         flags |= data_flags::AFTER_LOSS;
     }
+    if args.has_seq != 0 {
+        flags |= data_flags::TCP_SEQ;
+    }
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let event_kind = if log { kind::LOG_WRITE } else { kind::DATA };
@@ -244,7 +252,7 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     ev.syscall = args.syscall;
     ev.direction = dir;
     ev.flags = flags;
-    ev._pad = 0;
+    ev.tcp_seq = args.tcp_seq;
     ev.task_ctx = args.task_ctx;
     let size = DATA_EVENT_HEADER_LEN as u32 + (captured & MASK);
     // Data never takes the ring's last CONTROL_RESERVE bytes: those keep room for the small

@@ -38,7 +38,8 @@ fn enter(ctx: &ProbeContext, call: u16, ex: bool) -> u32 {
         service: cur.service,
         syscall: call,
         vectored: 0,
-        _pad: [0; 5],
+        has_seq: 0,
+        tcp_seq: 0,
         task_ctx: crate::runtime::current_context(&cur),
     };
     if TLS_ARGS.insert(&cur.tid, &args, 0).is_err() {

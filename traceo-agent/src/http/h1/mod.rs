@@ -358,7 +358,8 @@ impl ProtocolParser for Http1Parser {
     fn finish(&mut self, out: &mut Vec<Output>) {
         if !self.stopped() {
             for d in DIRS {
-                let eof = Segment { kind: SegKind::Eof, pid: 0, tid: 0, start_ns: 0, end_ns: 0, task_ctx: 0 };
+                let eof =
+                    Segment { kind: SegKind::Eof, pid: 0, tid: 0, start_ns: 0, end_ns: 0, task_ctx: 0, seq_end: None };
                 self.queues[idx(d)].push(eof);
             }
             self.pump(out);

@@ -326,6 +326,7 @@ impl Reader {
             pid: seg.pid,
             tid: seg.tid,
             task_ctx: seg.task_ctx,
+            tcp_seq: seg.seq(),
             start_ns: seg.start_ns,
             end_ns: seg.end_ns,
             truncated: matches!(seg.kind, SegKind::Gap(_)),

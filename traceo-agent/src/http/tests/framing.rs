@@ -287,3 +287,33 @@ fn invalid_chunk_size_is_a_parse_error() {
     let d = xs.iter().find(|x| x.target == "/d").unwrap_or_else(|| panic!("{:#?}", summary(&xs)));
     assert_eq!(d.status, Some(200), "the connection recovers");
 }
+
+/// Each message knows the TCP sequence number of its first byte, also when it starts inside
+/// a read (pipelining), after uncaptured bytes, or with the numbers wrapping past 2^32.
+#[test]
+fn every_message_knows_its_first_bytes_tcp_sequence_number() {
+    let (sent0, received0) = (u32::MAX - 20, 7_000);
+    let mut s = Script::accepted(1);
+    s.with_tcp_seq(sent0, received0);
+    let (a, b, c) = (get("/a"), post("/b", "12345"), get("/c"));
+    s.recv(&[a.clone(), b.clone()].concat());
+    s.pieces(Direction::Ingress, &c, 3);
+    let (ra, rb) = (status(200, "A"), status(201, "BB"));
+    s.send(&ra);
+    s.send_truncated(&rb, 4);
+    let rc = status(404, "CCC");
+    s.send(&rc);
+    let (xs, _) = run(&s.take());
+    let n = |v: &[u8]| v.len() as u32;
+    let want = [
+        [received0, sent0],
+        [received0 + n(&a), sent0.wrapping_add(n(&ra))],
+        [received0 + n(&a) + n(&b), sent0.wrapping_add(n(&ra) + n(&rb))],
+    ];
+    let got: Vec<_> = xs.iter().map(|x| x.tcp_seq).collect();
+    assert_eq!(got, want.map(Some), "{xs:#?}");
+    // Without numbers from the kernel there are none.
+    let mut s = Script::accepted(2);
+    s.recv(&a).send(&ra);
+    assert_eq!(run(&s.take()).0[0].tcp_seq, None);
+}

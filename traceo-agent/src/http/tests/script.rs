@@ -22,6 +22,9 @@ pub struct Script {
     pub pid: u32,
     pub tid: u32,
     pub service: Option<u32>,
+    /// The TCP sequence number of the next byte sent and received, when the events carry
+    /// them (`with_tcp_seq`).
+    pub tcp_seq: Option<[u32; 2]>,
 }
 
 pub fn addr(s: &str) -> SocketAddr {
@@ -38,7 +41,14 @@ impl Script {
             pid: PID,
             tid: TID,
             service: None,
+            tcp_seq: None,
         }
+    }
+
+    /// From here on, events carry TCP sequence numbers, starting at `sent` and `received`.
+    pub fn with_tcp_seq(&mut self, sent: u32, received: u32) -> &mut Self {
+        self.tcp_seq = Some([sent, received]);
+        self
     }
 
     /// The process accepted the connection (it will be the server).
@@ -89,6 +99,11 @@ impl Script {
         let enter_ns = self.now_ns;
         let exit_ns = enter_ns + SYSCALL_NS;
         self.now_ns += STEP_NS;
+        let at = usize::from(dir == Direction::Ingress);
+        let tcp_seq = self.tcp_seq.map(|s| s[at]);
+        if let Some(s) = &mut self.tcp_seq {
+            s[at] = s[at].wrapping_add(total_len as u32);
+        }
         let d = Data {
             meta: self.meta(exit_ns),
             conn_id: self.conn_id,
@@ -105,6 +120,7 @@ impl Script {
             after_loss: false,
             payload: Bytes::copy_from_slice(payload),
             task_ctx: 0,
+            tcp_seq,
         };
         self.events.push(Event::Data(d));
         self

@@ -68,6 +68,8 @@ impl Gen {
     ) -> Event {
         let meta = self.meta();
         let total_len = payload.len() as u64 + extra;
+        // Sequence numbers near the wrap, on some events only (they may disagree with the lengths).
+        let tcp_seq = (conn_id % 3 != 0).then_some((meta.ts_ns as u32) ^ 0xffff_ff00);
         Event::Data(Data {
             enter_ns: meta.ts_ns - 1_000,
             exit_ns: meta.ts_ns,
@@ -84,6 +86,7 @@ impl Gen {
             after_loss: loss,
             payload: if syscall == Syscall::Sendfile { Bytes::new() } else { Bytes::copy_from_slice(payload) },
             task_ctx: 0,
+            tcp_seq,
         })
     }
 }

@@ -4,8 +4,9 @@
 //! job's path as the agent saw it (a tree by span once spans are on) and the key metric
 //! lines. The agent also joins the services' own log lines to their requests (`--log-records`):
 //! each job's records are printed under its trace, and a failed job must show its log lines
-//! and the engine's traceback there (checked). Everything it starts is stopped at the end or
-//! on Ctrl-C.
+//! and the engine's traceback there (checked). The engine writes the seed's audit rows to a
+//! PostgreSQL server the demo starts: each job's trace must hold its INSERTs (checked).
+//! Everything it starts is stopped at the end or on Ctrl-C.
 
 use std::{
     net::TcpStream,
@@ -57,7 +58,14 @@ impl Row {
         let minutes = ts.split(':').nth(1).and_then(|m| m.parse::<f64>().ok()).unwrap_or(0.0);
         (minutes * 60.0 + secs) * 1000.0
     }
+    fn is_operation(&self) -> bool {
+        self.x["kind"] == "operation"
+    }
     fn name(&self) -> String {
+        if self.is_operation() {
+            let collection = self.x["collection"].as_str().map(|c| format!(" {c}")).unwrap_or_default();
+            return format!("{}{collection}", self.s("operation"));
+        }
         let mcp = &self.x["mcp"]["messages"][0];
         match (mcp["method"].as_str(), mcp["tool"].as_str()) {
             (Some(m), Some(t)) => format!("{m} {t}"),
@@ -73,7 +81,7 @@ impl Row {
             self.s("service"),
             self.s("direction"),
             self.name(),
-            self.s("status"),
+            if self.is_operation() { self.s("status_code").replace("null", "ok") } else { self.s("status") },
             self.x["duration_ms"].as_f64().unwrap_or(f64::NAN),
         )
     }
@@ -116,6 +124,8 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     let exchanges = dir.join("exchanges.jsonl");
     let records_file = dir.join("records.jsonl");
     let stack = root().join("tests/apps/traceo_stack");
+    let pg_port = free_port()?;
+    let pg = procs::postgres(&dir.join("pg"), pg_port)?;
 
     println!(
         "== the Traceo stack: engine (FastAPI) on 127.0.0.1:{engine_port}, MCP server (official MCP SDK) on 127.0.0.1:{mcp_port}"
@@ -127,6 +137,13 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     engine_cmd
         .args(["-m", "uvicorn", "engine:app", "--host", "127.0.0.1", "--port", &engine_port.to_string()])
         .env("TRACEO_WEBHOOK_URL", format!("http://127.0.0.1:{mcp_port}/webhooks/job-complete"));
+    match &pg {
+        Ok(_) => {
+            println!("== PostgreSQL on 127.0.0.1:{pg_port}: the engine writes its audit rows there (asyncpg pool)");
+            engine_cmd.env("TRACEO_DATABASE_URL", format!("postgresql://postgres@127.0.0.1:{pg_port}/postgres"));
+        }
+        Err(why) => println!("== no audit rows: {why}"),
+    }
     quiet(&mut engine_cmd);
     let _engine = Proc::spawn(&mut engine_cmd)?;
     let mut mcp_cmd = Command::new(python);
@@ -205,6 +222,8 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
     let mut crossed = Vec::new();
     // Failed jobs whose trace lacks their log lines or the engine's traceback.
     let mut unlogged = Vec::new();
+    // Jobs whose trace lacks its two audit INSERTs (created, then completed or failed).
+    let mut unaudited = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         // One trace per job once spans are on; until then, the exchanges that carry the job id.
         let trace = rows.iter().find(|r| r.s("job_id") == *job).map(|r| r.s("trace_id")).filter(|t| t != "null");
@@ -219,6 +238,10 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
         let tool_calls = group.iter().filter(|r| r.name() == "tools/call upload_csv").count();
         let others =
             group.iter().filter(|r| !matches!(r.s("job_id").as_str(), "null") && r.s("job_id") != *job).count();
+        let audits = group.iter().filter(|r| r.name() == "INSERT audit_logs" && r.s("status_code") == "null").count();
+        if pg.is_ok() && audits != 2 {
+            unaudited.push(format!("{job}: {audits} audit INSERTs in its trace"));
+        }
         if uploads != 1 || tool_calls != 1 || others != 0 {
             crossed.push(format!(
                 "{job}: {uploads} uploads, {tool_calls} upload_csv calls, {others} exchanges of other jobs"
@@ -298,6 +321,13 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
         "\n== failed jobs whose trace holds their log lines and the engine's traceback: {} of {failed}",
         failed - unlogged.len()
     );
+    if pg.is_ok() {
+        println!(
+            "== jobs whose trace holds their two audit INSERTs (PostgreSQL, no change to the engine): {} of {}",
+            jobs.len() - unaudited.len(),
+            jobs.len()
+        );
+    }
     println!("\n== key metric lines (Prometheus scrapes these from /metrics)");
     for line in metrics.lines().filter(|l| {
         [
@@ -310,15 +340,22 @@ pub fn run(agent: &Path, python: &Path, concurrent: Option<u32>) -> anyhow::Resu
         .any(|p| l.starts_with(p))
             || (l.starts_with("traceo_http_requests_total") && l.contains("direction=\"server\""))
             || l.starts_with("traceo_exceptions_total")
+            || (l.starts_with("traceo_db_client_operation_duration_seconds_count") && l.contains("audit_logs"))
     }) {
         println!("{line}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(pg);
+    if std::env::var_os("TRACEO_DEMO_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     if failed == 0 {
         bail!("no job failed: the malformed CSV should have failed its job");
     }
     if !unlogged.is_empty() {
         bail!("failed jobs without their log lines and traceback in their trace: {unlogged:?}");
+    }
+    if !unaudited.is_empty() {
+        bail!("jobs without their audit rows in their trace: {unaudited:?}");
     }
     Ok(())
 }

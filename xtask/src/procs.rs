@@ -248,3 +248,40 @@ pub fn wrk(url: &str, connections: u32, seconds: u32) -> anyhow::Result<WrkResul
         .context("wrk printed no rate")?;
     Ok(WrkResult { requests, rps, p50_ms: ms("50%").unwrap_or(f64::NAN), p99_ms: ms("99%").unwrap_or(f64::NAN) })
 }
+
+/// A throwaway PostgreSQL cluster in `dir` (trust authentication, user `postgres`) on
+/// 127.0.0.1:`port`, run as the `postgres` user (initdb refuses root). `None`, with the
+/// reason, when the Debian package is not installed or this is not root.
+pub fn postgres(dir: &Path, port: u16) -> anyhow::Result<Result<Proc, String>> {
+    let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path().join("bin"))).filter(|b| b.join("initdb").exists()).collect())
+        .unwrap_or_default();
+    bins.sort();
+    let Some(bin) = bins.pop() else { return Ok(Err("no PostgreSQL (apt install postgresql)".into())) };
+    // SAFETY: a plain query.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(Err("not root (PostgreSQL is run as its own user)".into()));
+    }
+    let data = dir.join("pgdata");
+    std::fs::create_dir_all(&data)?;
+    crate::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+    let as_postgres = |program: &str| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c
+    };
+    crate::run(
+        as_postgres("initdb").arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust"]).stdout(Stdio::null()),
+    )?;
+    let server = Proc::spawn(
+        as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    wait_for_port(port)?;
+    Ok(Ok(server))
+}

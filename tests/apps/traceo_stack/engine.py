@@ -9,7 +9,10 @@ A background task parses the CSV (every row must have as many fields as the head
 must be at least one data row) and, when the job ends, POSTs {"job_id", "status", ...} to the
 webhook at TRACEO_WEBHOOK_URL. Like the seed's engine, it logs with the stdlib logger
 (default format, stderr) and no correlation id: a failed ingest leaves its lines and the
-parser's traceback. Run: uvicorn engine:app --port N
+parser's traceback. With TRACEO_DATABASE_URL (postgresql://...) it also writes the seed's
+audit rows, one per mutation (job created, job completed or failed), to `audit_logs` through
+an asyncpg pool; the rows carry the job id, nothing ties them to the request.
+Run: uvicorn engine:app --port N
 """
 import asyncio
 import csv
@@ -18,6 +21,7 @@ import logging
 import os
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import BackgroundTasks, FastAPI, HTTPException, UploadFile
@@ -26,7 +30,33 @@ from fastapi.responses import PlainTextResponse
 logging.basicConfig(level=logging.INFO)
 log = logging.getLogger("engine.jobs")
 
-app = FastAPI(title="traceo-engine")
+DATABASE_URL = os.environ.get("TRACEO_DATABASE_URL")
+DB: dict = {}
+
+
+@asynccontextmanager
+async def lifespan(_app):
+    if DATABASE_URL:
+        import asyncpg
+
+        DB["pool"] = await asyncpg.create_pool(DATABASE_URL, min_size=2, max_size=4)
+        await DB["pool"].execute(
+            "CREATE TABLE IF NOT EXISTS audit_logs (id serial PRIMARY KEY, job_id text NOT NULL, "
+            "action text NOT NULL, detail text, at timestamptz NOT NULL DEFAULT now())"
+        )
+    yield
+    if "pool" in DB:
+        await DB["pool"].close()
+
+
+async def audit(job_id: str, action: str, detail: str) -> None:
+    if "pool" in DB:
+        await DB["pool"].execute(
+            "INSERT INTO audit_logs (job_id, action, detail) VALUES ($1, $2, $3)", job_id, action, detail
+        )
+
+
+app = FastAPI(title="traceo-engine", lifespan=lifespan)
 JOBS: dict[str, dict] = {}
 STARTED = time.time()
 WEBHOOK_URL = os.environ.get("TRACEO_WEBHOOK_URL", "http://127.0.0.1:8001/webhooks/job-complete")
@@ -56,6 +86,7 @@ async def process(job_id: str, data: bytes) -> None:
         job["status"] = "failed"
         job["error"] = str(e)
         log.exception("ingest %s failed", job_id)
+    await audit(job_id, f"job.{job['status']}", job.get("error", f"{job.get('rows')} rows"))
     async with httpx.AsyncClient(timeout=10) as client:
         await client.post(WEBHOOK_URL, json={"job_id": job_id, **job})
 
@@ -66,6 +97,7 @@ async def create_job(file: UploadFile, background: BackgroundTasks) -> dict:
     job_id = uuid.uuid4().hex
     JOBS[job_id] = {"status": "pending", "filename": file.filename, "bytes": len(data)}
     log.info("upload %s accepted as job %s", file.filename, job_id)
+    await audit(job_id, "job.created", file.filename or "")
     background.add_task(process, job_id, data)
     return {"job_id": job_id}
 

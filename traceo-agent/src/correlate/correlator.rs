@@ -32,7 +32,7 @@ use super::ids::{IdGen, TraceId};
 use super::node::{Done, Id, Node, Parent, Resolved, State, Wait};
 use super::pairs::{ConnPairs, PairKey, client_key, server_key};
 use super::parent::{Answered, Inbound, Pick, Signal, pick_at_start, task_match};
-use super::tasks::TaskLineage;
+use super::tasks::{Incarnation, TaskLineage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorrelateConfig {
@@ -103,6 +103,9 @@ pub struct Correlator {
     deadlines: VecDeque<(u64, Id)>,
     /// (forget-after time, request), in completion order.
     linger: VecDeque<(u64, Id)>,
+    /// The latest inbound request each task incarnation (whose creation was seen) answered,
+    /// while it lingers: for the calls that task makes after answering (`after_answer`).
+    answered: HashMap<(u32, Incarnation), Id>,
     ready: Vec<Exchange>,
     now_ns: u64,
     stats: CorrelateStats,
@@ -126,6 +129,7 @@ impl Correlator {
             outbound_by_value: HashMap::new(),
             deadlines: VecDeque::new(),
             linger: VecDeque::new(),
+            answered: HashMap::new(),
             ready: Vec::new(),
             now_ns: 0,
             stats: CorrelateStats::default(),
@@ -277,10 +281,13 @@ impl Correlator {
         let cands = self.inbound_views(self.inbound.get(&pid).map(Vec::as_slice).unwrap_or_default());
         match pick_at_start(tid, start, &n.carried, &cands, Signal::of(ctx)) {
             Pick::Certain(parent, link) => self.decide(id, Parent::Local(parent), Some(link)),
-            Pick::None => {
-                let (parent, link) = self.client_fallback(id);
-                self.decide(id, parent, link);
-            }
+            Pick::None => match self.after_answer(id) {
+                Some(parent) => self.decide(id, Parent::Local(parent), Some(Link::Task)),
+                None => {
+                    let (parent, link) = self.client_fallback(id);
+                    self.decide(id, parent, link);
+                }
+            },
             Pick::Task(list) => {
                 for c in &list {
                     if let Some(cn) = self.nodes.get_mut(c) {
@@ -355,6 +362,9 @@ impl Correlator {
             let (parent, link) = self.server_fallback(id);
             self.decide(id, parent, link);
         }
+        if let Some(by) = answered_by.filter(|by| role == Role::Server && by.1 != 0) {
+            self.answered.insert((pid, by), id);
+        }
         let done = Done { end_ns: end, answered_by };
         if let Some(ex) = self.nodes.get_mut(&id).and_then(|n| n.complete(ex, done)) {
             self.ready.push(ex);
@@ -422,10 +432,47 @@ impl Correlator {
             Some((parent, _)) if open == 0 => return self.decide(id, Parent::Local(parent), Some(Link::Task)),
             _ => {}
         }
+        // Every candidate answered, none by the call's task: it may be finishing one it
+        // answered before (with candidates still open, it may be about to serve one of them).
+        if open == 0 {
+            if let Some(parent) = self.after_answer(id) {
+                return self.decide(id, Parent::Local(parent), Some(Link::Task));
+            }
+        }
         if open == 0 || force {
             let cands = cands.clone();
             self.decide_ambiguous(id, &cands);
         }
+    }
+
+    /// A call made after its task answered a request, and caused by it: Starlette's background
+    /// tasks (the seed's audit write after the 202) run in the request's task after the
+    /// response. Certain when the call's own task incarnation answered request R before the
+    /// call, as R was the last it answered (a task serves one request at a time: a per-request
+    /// task serves only R, a per-connection task had not begun the next, which would be in
+    /// flight). Or when an ancestor answered R and created the call's line of tasks while
+    /// serving R (between R's start and its answer). Only incarnations whose creation was seen:
+    /// a thread's base context answers request after request.
+    fn after_answer(&self, id: Id) -> Option<Id> {
+        let n = self.nodes.get(&id)?;
+        if Signal::of(n.task_ctx) != Signal::Task {
+            return None;
+        }
+        let chain = self.lineage.ancestry(n.pid, n.task_ctx, n.start_ns, n.tid);
+        // When each link of the chain was made: the call itself, then each task's creation.
+        let made_at = std::iter::once(n.start_ns).chain(chain.iter().map(|c| c.1));
+        for (depth, (inc, at)) in chain.iter().zip(made_at).enumerate() {
+            if inc.1 == 0 {
+                break;
+            }
+            let Some(&r) = self.answered.get(&(n.pid, *inc)) else { continue };
+            let Some((start, done)) = self.nodes.get(&r).and_then(|rn| Some((rn.start_ns, rn.state.done()?))) else {
+                continue;
+            };
+            let certain = if depth == 0 { done.end_ns < at } else { start <= at && at <= done.end_ns };
+            return certain.then_some(r);
+        }
+        None
     }
 
     /// No certain parent among `cands`: the call starts its own trace (unless it carries a
@@ -589,6 +636,11 @@ impl Correlator {
 
     fn remove(&mut self, id: Id) {
         let Some(n) = self.nodes.remove(&id) else { return };
+        if let Some(by) = n.state.done().and_then(|d| d.answered_by) {
+            if self.answered.get(&(n.pid, by)) == Some(&id) {
+                self.answered.remove(&(n.pid, by));
+            }
+        }
         if self.by_request.get(&n.request) == Some(&id) {
             self.by_request.remove(&n.request);
         }

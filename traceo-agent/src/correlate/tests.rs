@@ -347,6 +347,44 @@ fn a_task_created_while_serving_a_request_belongs_to_it() {
 }
 
 #[test]
+fn work_a_task_does_after_answering_belongs_to_the_request_it_answered() {
+    // /in is answered at 2_000 by its task 0xA (born at 500); the task then writes an audit
+    // row (a background task, after the 202) at 3_000, while /other (task 0xC) is in flight.
+    let inbound = req(1, Role::Server, 100, 10, "/in", 1_000, 2_000).task(0xA);
+    let other = req(2, Role::Server, 100, 10, "/other", 2_500, 9_500).task(0xC);
+    let after = req(3, Role::Client, 100, 10, "/after", 3_000, 3_500).task(0xA);
+    // 0xB, created by 0xA while serving /in, still works after the answer; 0xD, created by
+    // 0xA after it (nothing in flight for 0xA then), is not tied to /in.
+    let child_call = req(4, Role::Client, 100, 10, "/child-after", 3_100, 3_600).task(0xB);
+    let late_child_call = req(5, Role::Client, 100, 10, "/late-child", 3_200, 3_700).task(0xD);
+    // The loop's base context 0x1 (creation never seen) answered /base: no after-answer link.
+    let base = req(6, Role::Server, 100, 10, "/base", 1_200, 1_900).task(0x1);
+    let base_call = req(7, Role::Client, 100, 10, "/base-after", 3_300, 3_800).task(0x1);
+    let mut r = Run::new();
+    let born = |child, parent, ts_ns: u64| born(child, parent, (ts_ns - 1, ts_ns));
+    r.observe(born(0xA, 0x1, 500));
+    r.observe(born(0xC, 0x1, 2_400));
+    r.observe(born(0xB, 0xA, 1_500));
+    r.observe(born(0xD, 0xA, 2_800));
+    r.push(inbound.seen()).push(base.seen()).push(base.done()).push(inbound.done()).push(other.seen());
+    for c in [&after, &child_call, &late_child_call, &base_call] {
+        r.push(c.seen()).push(c.done());
+    }
+    r.push(other.done());
+    r.assert_child("/after", "/in", Link::Task);
+    r.assert_child("/child-after", "/in", Link::Task);
+    let x = r.by_target();
+    for orphan in ["/late-child", "/base-after"] {
+        assert_eq!(x[orphan].parent_span_id(), None, "{orphan}: {:?}", x[orphan].link());
+    }
+    // With nothing in flight at all, the same rule.
+    let mut r = Run::new();
+    r.observe(born(0xA, 0x1, 500));
+    r.push(inbound.seen()).push(inbound.done()).push(after.seen()).push(after.done());
+    r.assert_child("/after", "/in", Link::Task);
+}
+
+#[test]
 fn a_propagated_header_or_correlation_value_ties_the_call() {
     let a = req(1, Role::Server, 100, 10, "/a", 1_000, 9_000).header("traceparent", TP);
     let b = req(2, Role::Server, 100, 10, "/b", 1_100, 9_000).header("x-request-id", "req-b");

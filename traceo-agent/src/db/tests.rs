@@ -175,6 +175,21 @@ fn postgres_session_joined_midway_is_recognised_and_read() {
     );
 }
 
+/// Through the whole tracker: a pool connection opened before the agent came (announced as
+/// existing) is read as PostgreSQL, not claimed by HTTP's lenient midstream parser.
+#[test]
+fn a_pool_connection_open_before_the_agent_is_read_as_postgres() {
+    use crate::http::tests::script::{Script, run};
+    let mut s = Script::opened(1, crate::events::OpenHow::Existing);
+    for (d, b) in &pg_conversation()[4..] {
+        s.data(*d, b, b.len() as u64, crate::events::Syscall::Write);
+    }
+    let (xs, stats) = run(&s.take());
+    let names: Vec<_> = xs.iter().filter_map(|x| x.db.as_ref()).map(|op| op.span_name()).collect();
+    assert_eq!(names, ["SELECT audit_logs", "SELECT audit_logs", "INSERT users"], "{xs:#?}");
+    assert_eq!((stats.db_connections, stats.exchanges), (1, 0));
+}
+
 fn redis_conversation() -> Vec<(Direction, Vec<u8>)> {
     vec![
         (Egress, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n".to_vec()),

@@ -108,22 +108,21 @@ impl Conn {
             Proto::Detecting(mut det, parser) => match det.push(dir, seg, parser.as_ref()) {
                 Verdict::Undecided => self.proto = Proto::Detecting(det, parser),
                 Verdict::NoMatch(held) => match crate::db::detect(&held, ctx.db) {
-                    Some(db) => {
-                        ctx.stats.db_connections += 1;
-                        let mut db = Box::new(db);
-                        for (d, s) in held {
-                            db.feed(d, s, &self.info, ctx.routes, ctx.out);
-                        }
-                        self.proto = Proto::Db(db);
-                    }
+                    Some(db) => self.start_db(db, held, ctx),
                     None => ctx.stats.non_http_connections += 1,
                 },
-                Verdict::Match(held) => {
-                    self.proto = Proto::Active(parser);
-                    for (d, s) in held {
-                        self.feed(d, s, ctx);
+                // A connection joined midway (open before the agent came: a database pool
+                // opened at startup) passes HTTP's lenient midstream check whatever it carries:
+                // a database session is recognised first.
+                Verdict::Match(held) => match self.info.midstream.then(|| crate::db::detect(&held, ctx.db)).flatten() {
+                    Some(db) => self.start_db(db, held, ctx),
+                    None => {
+                        self.proto = Proto::Active(parser);
+                        for (d, s) in held {
+                            self.feed(d, s, ctx);
+                        }
                     }
-                }
+                },
             },
             Proto::Active(parser) => {
                 self.proto = Proto::Active(parser);
@@ -135,6 +134,15 @@ impl Conn {
             }
             Proto::Ignored => {}
         }
+    }
+
+    fn start_db(&mut self, db: crate::db::DbConn, held: Vec<(Direction, Segment)>, ctx: &mut Ctx<'_>) {
+        ctx.stats.db_connections += 1;
+        let mut db = Box::new(db);
+        for (d, s) in held {
+            db.feed(d, s, &self.info, ctx.routes, ctx.out);
+        }
+        self.proto = Proto::Db(db);
     }
 
     fn feed(&mut self, dir: Direction, seg: Segment, ctx: &mut Ctx<'_>) {

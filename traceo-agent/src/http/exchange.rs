@@ -36,7 +36,8 @@ pub enum Link {
     /// The only inbound request in flight on the thread (or in the process) that made the call.
     Thread,
     /// The runtime task that made the call serves the request, or descends from the task
-    /// that does (asyncio: the same context, or task lineage from it).
+    /// that does (asyncio: the same context, or task lineage from it), or answered it just
+    /// before (work after the response: background tasks).
     Task,
     /// Not a parent: several inbound requests could have made the call and nothing certain
     /// tells which, so the call starts its own trace with span links to them.

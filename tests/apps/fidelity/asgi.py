@@ -1,5 +1,7 @@
 """What the fidelity ASGI apps share: the lifespan protocol, reading the request, and a
-plain-text answer. `route(scope)` returns (status, body)."""
+plain-text answer. `route(scope)` returns (status, body) or (status, body, after): `after()`
+is awaited once the response is sent, in the request's task (as Starlette runs background
+tasks)."""
 
 
 async def serve(scope, receive, send, route, startup=None, shutdown=None):
@@ -18,7 +20,9 @@ async def serve(scope, receive, send, route, startup=None, shutdown=None):
     more = True
     while more:
         more = (await receive()).get("more_body", False)
-    status, body = await route(scope)
+    status, body, *after = await route(scope)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+    for work in after:
+        await work()

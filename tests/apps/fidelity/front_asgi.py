@@ -8,6 +8,8 @@ the first sleep is left out, so the request's task creates its tasks in its firs
 With FIDELITY_LOGS=1 (the log-correlation scenario): the handler logs a record before its
 call and one after, and a child task it creates and awaits logs one, each naming the request
 (`fidelity req=ID where=...`, stdlib logging to stderr), so their trace ids can be scored.
+With FIDELITY_AFTER=1: the request is answered at once and its task makes the call after
+the response (a background task, as Starlette runs them).
 """
 import asyncio
 import logging
@@ -24,6 +26,7 @@ BACKEND = os.environ["FIDELITY_BACKEND"]
 FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
 EAGER = os.environ.get("FIDELITY_EAGER") == "1"
 LOGS = os.environ.get("FIDELITY_LOGS") == "1"
+AFTER = os.environ.get("FIDELITY_AFTER") == "1"
 state = {}
 log = logging.getLogger("fidelity")
 if LOGS:
@@ -66,6 +69,8 @@ async def route(scope):
     if scope["path"] != "/call":
         return 404, b"not found"
     req = parse_qs(scope["query_string"].decode()).get("req", [""])[0]
+    if AFTER:
+        return 202, f"accepted {req}".encode(), lambda: handle(req)
     await handle(req)
     return 200, f"called {req}".encode()
 

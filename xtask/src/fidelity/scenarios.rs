@@ -23,6 +23,8 @@ enum Front {
         fanout: bool,
         /// Tasks start eagerly (`asyncio.eager_task_factory`, CPython 3.12+).
         eager: bool,
+        /// The call is made after the response, by the request's task (a background task).
+        after: bool,
     },
     Aiohttp {
         fanout: bool,
@@ -51,14 +53,14 @@ pub struct Scenario {
 /// Any CPython the harness runs.
 const ANY: (u32, u32) = (3, 9);
 
-pub const SCENARIOS: [Scenario; 12] = [
+pub const SCENARIOS: [Scenario; 13] = [
     Scenario {
         name: "asyncio_uvicorn",
         fanout: 1,
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false },
     },
     Scenario {
         name: "uvloop_uvicorn",
@@ -66,7 +68,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false },
+        front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false, after: false },
     },
     Scenario {
         name: "aiohttp",
@@ -82,7 +84,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: false, after: false },
     },
     // gather_fanout with eager tasks: each task's first step (often its call) runs inside
     // `Task.__init__`, before the task-creation probe's return.
@@ -92,7 +94,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         recall_target: RECALL,
         since: (3, 12),
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: true },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: true, after: false },
     },
     // The same on aiohttp, whose client sends on a pooled connection without suspending
     // first: with eager tasks most calls are sent inside `Task.__init__`.
@@ -103,6 +105,16 @@ pub const SCENARIOS: [Scenario; 12] = [
         since: (3, 12),
         logs: &[],
         front: Front::Aiohttp { fanout: true, eager: true },
+    },
+    // Work after the response (Starlette's background tasks, the seed's audit write): the
+    // request's task answers, then calls the backend.
+    Scenario {
+        name: "after_response",
+        fanout: 1,
+        recall_target: RECALL,
+        since: ANY,
+        logs: &[],
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: true },
     },
     // The control: a thread per connection. No target: it should simply be right.
     Scenario { name: "threaded", fanout: 1, recall_target: None, since: ANY, logs: &[], front: Front::Threaded },
@@ -117,7 +129,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         recall_target: RECALL,
         since: ANY,
         logs: &["handler", "child", "after-call"],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false },
     },
     Scenario {
         name: "logs_threaded",
@@ -180,10 +192,11 @@ impl Scenario {
             cmd
         };
         let mut cmd = match self.front {
-            Front::Uvicorn { event_loop, fanout, eager } => {
+            Front::Uvicorn { event_loop, fanout, eager, after } => {
                 let mut cmd = uvicorn(python, "front_asgi:app", port, event_loop);
                 cmd.env("FIDELITY_FANOUT", if fanout { "1" } else { "0" });
                 cmd.env("FIDELITY_EAGER", if eager { "1" } else { "0" });
+                cmd.env("FIDELITY_AFTER", if after { "1" } else { "0" });
                 cmd
             }
             Front::Aiohttp { fanout, eager } => {

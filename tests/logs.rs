@@ -448,3 +448,52 @@ fn json_records_keep_their_fields_and_carry_their_request() {
     eprintln!("sync handler records tied: {sync_tied} of {S}");
     assert_eq!(sync_tied, 0, "thread-pool records are documented as not tied");
 }
+
+/// A service whose stdout and stderr are a unix stream socket, as systemd connects them to
+/// the journal: its records are captured and joined as from a pipe or a tty, and the
+/// socket's reader (here standing in for journald) still gets every byte.
+#[test]
+fn records_written_to_a_journal_socket_are_captured_and_joined() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::process::Stdio;
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let dir = temp_dir("logs-journal");
+    let port = free_port();
+    let listener = UnixListener::bind(dir.join("stdout.sock")).expect("bind the journal socket");
+    let writer = UnixStream::connect(dir.join("stdout.sock")).expect("connect");
+    let (mut reader, _) = listener.accept().expect("accept");
+    let journal = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut got).expect("read the journal socket");
+        got
+    });
+    let out = std::os::fd::OwnedFd::from(writer.try_clone().expect("dup"));
+    let app = Proc::spawn(
+        Command::new(python())
+            .args(["-m", "uvicorn", "log_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--no-access-log")
+            .env("PYTHONUNBUFFERED", "1")
+            .current_dir(repo().join("tests/apps"))
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(std::os::fd::OwnedFd::from(writer))),
+    );
+    wait_for_port(port);
+    let agent = LogAgent::start(&dir, port, &[]);
+    const N: usize = 40;
+    load(port, "/work", N, 20, 0);
+    let (exchanges, records, _) = agent.finish(Duration::from_secs(5));
+    drop(app);
+    let written = String::from_utf8_lossy(&journal.join().expect("the journal reader")).into_owned();
+    assert!(written.contains("[rid:"), "the app wrote nothing to its socket: {written:?}");
+    let by_rid = by_rid(&exchanges);
+    let named: Vec<&Value> = records.iter().filter(|r| r["message"].as_str().and_then(rid_of).is_some()).collect();
+    assert_eq!(named.len(), 2 * N, "records from the journal socket naming their request: {records:?}");
+    for r in named {
+        let rid = r["message"].as_str().and_then(rid_of).expect("a request id");
+        assert_eq!((r["stream"].as_str(), r["logger"].as_str()), (Some("stderr"), Some("shop.orders")), "{r}");
+        assert_eq!(r["trace_id"], by_rid[&rid]["trace_id"], "{r}");
+    }
+    assert!(exchanges.iter().all(|x| x["kind"] == "exchange"), "the socket is not read as a connection");
+}

@@ -95,6 +95,8 @@ pub struct HttpPipeline {
     emitter: Emitter,
     /// Services with an in-flight gauge, so one whose connections all ended reads 0.
     in_flight_services: HashSet<String>,
+    /// With log records on: stdout/stderr sockets (the journal's), whose writes are logs.
+    stdio: Option<crate::logs::stdio_socket::StdioSockets>,
 }
 
 /// Everything downstream of the correlator, for one resolved exchange at a time: the job
@@ -152,6 +154,7 @@ impl HttpPipeline {
                 },
             },
             in_flight_services: HashSet::new(),
+            stdio: None,
         }
     }
 
@@ -169,6 +172,7 @@ impl HttpPipeline {
         export: Option<crate::logs::otlp::LogExport>,
     ) -> Self {
         self.emitter.logs = Some(logs);
+        self.stdio = Some(Default::default());
         self.emitter.outputs.records = records;
         self.emitter.outputs.log_export = export;
         self
@@ -346,6 +350,8 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+        let as_log = self.stdio.as_mut().and_then(|s| s.log_write(event));
+        let event = as_log.as_ref().unwrap_or(event);
         let HttpPipeline { tls, tracker, correlator, emitter, .. } = self;
         tls.process(event, &mut |event| {
             correlator.observe(event);
@@ -369,7 +375,7 @@ impl EventSink for HttpPipeline {
     }
 
     fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let HttpPipeline { tls, tracker, correlator, emitter, in_flight_services } = self;
+        let HttpPipeline { tls, tracker, correlator, emitter, in_flight_services, .. } = self;
         tls.expire(now_ns);
         tracker.expire(now_ns, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         correlator.tick(now_ns, &mut |ex| emitter.emit(ex));

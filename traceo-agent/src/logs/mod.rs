@@ -1,6 +1,7 @@
 //! The traced services' own log records, joined to their traces (`--log-records`).
 //!
-//! Log-write events (what a traced process wrote to a non-socket stdout or stderr) ->
+//! Log-write events (what a traced process wrote to its stdout or stderr, a socket there
+//! included: `stdio_socket`, or to a `--log-file`) ->
 //! redacted -> `assemble` (lines, tracebacks whole) -> `parse` (severity, logger, message,
 //! fields; the exception of a traceback) -> `join` (the request whose thread or task wrote
 //! the record, by the same rules as the spans' parents; none when nothing certain says) ->
@@ -11,6 +12,7 @@ pub mod join;
 pub mod otlp;
 pub mod parse;
 pub mod redact;
+pub mod stdio_socket;
 
 use serde_json::{Map, Value};
 

@@ -34,6 +34,7 @@ pub mod record;
 pub mod runtime;
 pub mod scrub;
 pub mod selector;
+pub mod sentry;
 pub mod shared_state;
 pub mod sink;
 pub mod source;

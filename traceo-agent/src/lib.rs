@@ -10,6 +10,7 @@
 //! - `live`, `check`, `commands`: the subcommands
 
 pub mod attach;
+pub mod census;
 pub mod check;
 pub mod cli;
 pub mod commands;

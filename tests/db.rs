@@ -49,6 +49,11 @@ fn ready(test: &str) -> bool {
 
 /// A private PostgreSQL cluster (run as the `postgres` user: initdb refuses root).
 fn postgres(dir: &Path, port: u16) -> Proc {
+    postgres_with(dir, port, &[])
+}
+
+/// The same, with extra `-c name=value` settings.
+fn postgres_with(dir: &Path, port: u16, settings: &[String]) -> Proc {
     let bin = pg_bin().expect("postgresql");
     let data = dir.join("pgdata");
     std::fs::create_dir_all(&data).expect("pgdata");
@@ -72,6 +77,7 @@ fn postgres(dir: &Path, port: u16) -> Proc {
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
             .arg(dir)
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -224,4 +230,70 @@ fn fifty_concurrent_requests_each_own_their_queries() {
         metrics.contains("traceo_db_client_operation_duration_seconds_count{service=\"app\",db_system_name=\"postgresql\",db_operation_name=\"INSERT\",db_collection_name=\"items\",db_response_status_code=\"23505\"}"),
         "{metrics}"
     );
+}
+
+/// libpq over TLS (`sslmode=require`) against a server with `ssl=on` and a self-signed
+/// certificate: the socket carries ciphertext, and the session is read from the OpenSSL
+/// probes' plaintext.
+#[test]
+fn a_psql_session_over_tls_is_read_in_plaintext() {
+    if !ready("db_tls") {
+        return;
+    }
+    let dir = temp_dir("db-tls");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success(), "openssl req");
+    let pg_port = free_port();
+    let settings =
+        ["ssl=on".to_owned(), format!("ssl_cert_file={}", cert.display()), format!("ssl_key_file={}", key.display())];
+    // The server refuses a key others can read; postgres_with gives the folder to its user.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
+    let _pg = postgres_with(&dir, pg_port, &settings);
+
+    let (mut agent, log, metrics_port) = start_agent(&dir, &["psql=comm:psql".to_owned()]);
+    let conninfo = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres sslmode=require");
+    let out = Command::new("psql")
+        .arg(&conninfo)
+        .args(["-X", "-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+        .args(["-c", "SELECT 'tls-canary' AS x, 41 + 1"])
+        .output()
+        .expect("psql");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    // The server says the session was encrypted: the wire carried no plaintext.
+    assert_eq!(said.lines().next(), Some("t"), "{said}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ops = loop {
+        let ops: Vec<Value> = json_lines(&log).into_iter().filter(|l| l["kind"] == "operation").collect();
+        if ops.len() >= 2 || Instant::now() > deadline {
+            break ops;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let metrics = scrape(metrics_port);
+    agent.stop();
+
+    let texts: Vec<&str> = ops.iter().filter_map(|o| o["query_text"].as_str()).collect();
+    assert!(texts.iter().any(|t| t.contains("pg_stat_ssl")), "{ops:#?}");
+    let canary = ops
+        .iter()
+        .find(|o| o["query_text"] == "SELECT ? AS x, ? + ?")
+        .unwrap_or_else(|| panic!("the second statement, sanitised: {ops:#?}"));
+    assert_eq!(canary["db_system"], "postgresql");
+    assert_eq!(canary["db_namespace"], "postgres");
+    assert_eq!(canary["rows"], 1);
+    assert_eq!(canary["tls"], true, "read as TLS plaintext: {canary}");
+    assert_eq!(port_of(&canary["peer"]), pg_port);
+    assert!(metric_sum(&metrics, "traceo_tls_plaintext_events_total") > 0.0, "{metrics}");
+    assert!(!std::fs::read_to_string(&log).unwrap_or_default().contains("tls-canary"), "a literal left the agent");
 }

@@ -7,7 +7,8 @@
 //! trace parent, bit 5 the client's, bit 6 the key is `id` as well as `job_id`.
 //! Each input makes three exchanges through MCP parsing and one `Joins`: the server end
 //! (which may issue a key), the client end of the same bytes, and a later server request
-//! (a webhook or a poll) whose body is the first one's response.
+//! (a webhook or a poll) whose body is the first one's response. Every piece is also read
+//! as a Sentry envelope (`sentry::parse`).
 
 #![no_main]
 
@@ -77,12 +78,17 @@ fn exchange(role: Role, n: u8, parts: &[&[u8]], flags: u8, parentless: bool) -> 
         mcp: None,
         db: None,
         exception: None,
+        sentry_event_id: None,
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else { return };
     let parts = common::pieces(rest);
+    // Sentry envelopes are request bodies too (plain or gzip): never a panic.
+    for part in &parts {
+        let _ = traceo_agent::sentry::parse(part);
+    }
     let keys = if flags & 0x40 != 0 { vec!["job_id".to_owned(), "id".to_owned()] } else { vec!["job_id".to_owned()] };
     let mut joins = Joins::new(keys, 3_600_000_000_000, 8);
     let clock = WallClock { offset_ns: 0 };

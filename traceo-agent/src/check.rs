@@ -1,9 +1,13 @@
-//! `traceo-agent check`: what this kernel offers and what the agent will use.
+//! `traceo-agent check`: what this kernel offers and what the agent will use; with
+//! `--service`, what the selected processes use (TLS library, runtime) and, watched for
+//! `--observe` seconds, which protocols they speak (`census`).
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use crate::{
+    census::Census,
     cli::CheckArgs,
+    live::LiveOptions,
     loader::{self, LoadOptions, programs::PROGRAMS, tracefs},
     tls::{
         Visibility,
@@ -36,7 +40,7 @@ fn exists(p: &str) -> bool {
 }
 
 /// Prints the report; an error when capture cannot work here.
-pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
+pub async fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let mut r = Report { failed: false };
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     r.line(None, "kernel", release.trim());
@@ -140,7 +144,34 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     if r.failed {
         anyhow::bail!("capture cannot work on this host: see the FAIL lines above");
     }
+    if !args.services.is_empty() && args.observe > 0 {
+        observe(args).await?;
+    }
     println!("capture can work on this host");
+    Ok(())
+}
+
+/// `--observe`: trace the selected processes a while and list the protocols each spoke.
+async fn observe(args: &CheckArgs) -> anyhow::Result<()> {
+    let selection = crate::cli::SelectionArgs { services: args.services.clone(), ..Default::default() };
+    let mut sel = selection.resolve()?;
+    // Protocols need no runtime context.
+    sel.runtime = false;
+    let names = sel.services.iter().map(|s| s.name.clone()).collect();
+    let mut census = Census::new(names);
+    let opts = LiveOptions { duration: Some(Duration::from_secs(args.observe)), ..LiveOptions::default() };
+    println!();
+    println!("observing the selected processes for {} s ...", args.observe);
+    crate::live::trace(&sel, opts, &mut census).await?;
+    let report = census.report();
+    if report.is_empty() {
+        println!("info  protocols                    no traffic from the selected processes");
+    }
+    for (pid, service, protocols) in report {
+        let comm = crate::procfs::comm(pid).unwrap_or_default();
+        let what = format!("protocols of {} pid {pid}", service.as_deref().unwrap_or("?"));
+        println!("info  {what:<28} {comm}: {}", protocols.join(", "));
+    }
     Ok(())
 }
 

@@ -53,6 +53,10 @@ pub struct CheckArgs {
     /// whether its HTTPS is visible to the agent. Repeatable.
     #[arg(long = "service", value_name = "NAME=SELECTOR")]
     pub services: Vec<ServiceSpec>,
+    /// With --service: trace those processes this many seconds and list the protocols each
+    /// spoke (http, postgresql, redis, tls, other). 0: do not observe.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    pub observe: u64,
 }
 
 /// Which processes to trace and how much to capture.

@@ -10,6 +10,7 @@
 //! - `live`, `check`, `commands`: the subcommands
 
 pub mod attach;
+pub mod census;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -34,6 +35,7 @@ pub mod record;
 pub mod runtime;
 pub mod scrub;
 pub mod selector;
+pub mod sentry;
 pub mod shared_state;
 pub mod sink;
 pub mod source;

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => commands::run(args).await,
             Command::Record(args) => commands::record(args).await,
             Command::Replay(args) => commands::replay(args).await,
-            Command::Check(args) => check::run(&args),
+            Command::Check(args) => check::run(&args).await,
             Command::BenchFloor => check::bench_floor().await,
         }
     });

@@ -18,6 +18,7 @@ use crate::{
     metrics::{Metrics, Observation, PipelineCounts},
     output::LineSink,
     record::RecordWriter,
+    sentry::{SentryConfig, SentryJoin, SentryOut},
     shared_state::SharedState,
     spans::SpanOutput,
     tls::TlsBinder,
@@ -87,7 +88,8 @@ impl EventSink for Recorder {
 
 /// The HTTP pipeline: events -> TLS plaintext tied to its connection, ciphertext dropped
 /// (tls) -> exchanges (tracker) -> trace ids (correlator) -> MCP content and job joins ->
-/// metrics, JSON lines and spans (emitter).
+/// log records -> Sentry events tied to failed requests -> metrics, JSON lines and spans
+/// (emitter).
 pub struct HttpPipeline {
     tls: TlsBinder,
     tracker: ConnTracker,
@@ -112,6 +114,10 @@ struct Emitter {
 }
 
 struct Outputs {
+    /// Holds failed server exchanges a while for the Sentry event reported for them.
+    sentry: SentryJoin,
+    /// What the Sentry stage let go of, written out at once (kept to reuse its allocation).
+    sentry_out: Vec<SentryOut>,
     clock: WallClock,
     metrics: Option<Arc<Metrics>>,
     out: LineSink,
@@ -144,6 +150,8 @@ impl HttpPipeline {
                 joins,
                 logs: None,
                 outputs: Outputs {
+                    sentry: SentryJoin::new(SentryConfig::default()),
+                    sentry_out: Vec::new(),
                     clock,
                     metrics,
                     out,
@@ -171,6 +179,9 @@ impl HttpPipeline {
         records: LineSink,
         export: Option<crate::logs::otlp::LogExport>,
     ) -> Self {
+        // Server exchanges reach the Sentry stage up to the log join's grace (plus a tick) later.
+        let upstream_ns = logs.grace_ns() + 1_000_000_000;
+        self.emitter.outputs.sentry = SentryJoin::new(SentryConfig::after_upstream(upstream_ns));
         self.emitter.logs = Some(logs);
         self.stdio = Some(Default::default());
         self.emitter.outputs.records = records;
@@ -233,7 +244,7 @@ impl Emitter {
     fn pass(logs: &mut Option<LogJoin>, outputs: &mut Outputs, ex: Exchange, joined: Option<JoinEvent>) {
         match logs {
             Some(l) => l.exchange(ex, joined, &mut |o| outputs.log_out(o)),
-            None => outputs.write(&ex, joined),
+            None => outputs.write(ex, joined),
         }
     }
 
@@ -253,6 +264,7 @@ impl Emitter {
                 m.logs.update(&l.stats);
             }
         }
+        outputs.sentry_tick(Some(now_ns));
     }
 
     fn finish(&mut self) {
@@ -270,12 +282,46 @@ impl Emitter {
                 m.logs.update(&l.stats);
             }
         }
+        outputs.sentry_tick(None);
     }
 }
 
 impl Outputs {
-    /// Metrics (the trace id is set, so duration exemplars carry it), the JSON line, the span.
-    fn write(&mut self, ex: &Exchange, joined: Option<JoinEvent>) {
+    /// Metrics at once (the trace id is set, so duration exemplars carry it); the JSON line
+    /// and the span once the Sentry stage lets the exchange go (a failed request may wait for
+    /// its event's id).
+    fn write(&mut self, ex: Exchange, joined: Option<JoinEvent>) {
+        self.measure(&ex, joined);
+        let mut out = std::mem::take(&mut self.sentry_out);
+        self.sentry.observe(ex, &mut |o| out.push(o));
+        self.sentry_passed(out);
+    }
+
+    /// The Sentry stage's deadlines at `now_ns`; `None`: the end, let everything go.
+    fn sentry_tick(&mut self, now_ns: Option<u64>) {
+        let mut out = std::mem::take(&mut self.sentry_out);
+        match now_ns {
+            Some(now) => self.sentry.tick(now, &mut |o| out.push(o)),
+            None => self.sentry.finish(&mut |o| out.push(o)),
+        }
+        self.sentry_passed(out);
+    }
+
+    fn sentry_passed(&mut self, mut out: Vec<SentryOut>) {
+        for o in out.drain(..) {
+            match o {
+                SentryOut::Exchange(ex) => self.export(&ex),
+                SentryOut::Event { service, matched } => {
+                    if let Some(m) = &self.metrics {
+                        m.sentry.event(&service, matched);
+                    }
+                }
+            }
+        }
+        self.sentry_out = out;
+    }
+
+    fn measure(&mut self, ex: &Exchange, joined: Option<JoinEvent>) {
         if let Some(m) = &self.metrics {
             // Metrics exist only live: the pid is a process on this host now.
             m.containers.observe(&ex.service, ex.pid);
@@ -290,6 +336,9 @@ impl Outputs {
                 m.jobs.observe_callback(after, ex.job_status.as_deref());
             }
         }
+    }
+
+    fn export(&mut self, ex: &Exchange) {
         if self.failed.is_none() && !self.out.is_off() {
             self.failed = self.out.line(&ex.to_json_line(&self.clock)).err();
         }
@@ -302,8 +351,8 @@ impl Outputs {
     fn log_out(&mut self, o: LogOut) {
         match o {
             LogOut::Exchange(ex, joined, records) => {
-                self.write(&ex, joined);
                 let owner = Owner::of(&ex);
+                self.write(ex, joined);
                 records.iter().for_each(|r| self.record(r, Some(&owner)));
             }
             LogOut::Record(r, owner) => self.record(&r, owner.as_ref()),

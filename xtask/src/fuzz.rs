@@ -316,6 +316,15 @@ const HTTP_SEEDS: &[(u8, &[&[u8]])] = &[
 
 /// (flags, [request body, response body, target, request job-id, response x-job-id, session]).
 const MCP_SEEDS: &[(u8, &[&[u8]])] = &[
+    // Sentry envelopes (`sentry::parse` reads every piece), plain and gzip-compressed.
+    (
+        0,
+        &[
+            b"{\"event_id\":\"91f876988c0b4f6f804b9a94ff30e458\"}\n{\"type\":\"event\",\"length\":130}\n{\"level\":\"error\",\"exception\":{\"values\":[{\"type\":\"ValueError\",\"value\":\"boom\"}]},\"request\":{\"url\":\"http://h/fail/1\",\"method\":\"GET\"}}\n",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03=\x8eA\x0e\x820\x14D\xf7\x1c\xe3\xafMZB\xc5\xb6{\xe2\x05\x8c\x1bc\x0c\xe0\xaf\x90\x14\x8a\xf5C4\xa4w\xb7%\xc6\xed\xbcy\x93Y\x01\x17\x1c\xe9\xd6\xdfA\x83\xca\x8d<\x94J\xca\x967\xc2\x94Fr\xd1\xa8Z\x09c\x0a\x8eb/!d+\xd0g\xc2\xd8\xdd4\xd8\x81\xc5\xf1A\x1d\xe8\xbc\xe0\x89\xda\x98\xdb\x84\xbdw>b|\xb78Q\xefF\xd0+,\xb5\x9d\xf1\x05\xfa\xf2_9\xa7\xa4\xfau7\x1c\xc3\xc6\xb9\x01\xc25\xec\xc0\xe33\x0a\x94\xdc\xd9\xa7\xd9\x8eh\xd2\x8cu\xcc\xd4\xbdey\x94\x06\xa4\xce\xa5\xf3\xc7\xea\x04!d_-\xc1\xe4\x0c\xd1\x00\x00\x00",
+            b"/api/42/envelope/",
+        ],
+    ),
     (
         0,
         &[

@@ -49,6 +49,8 @@ const PIP_TEST: &[&str] = &[
     "kubernetes-validate==1.37.*",
     // The log tests' gunicorn app (sync and gthread workers, their access log).
     "gunicorn==27.*",
+    // The Sentry test's app reports its exceptions with the real SDK (tests/sentry.rs).
+    "sentry-sdk==2.*",
 ];
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
     cargo install bpf-linker@0.13.0 --locked --no-default-features --features llvm-22";

@@ -269,6 +269,8 @@ pub fn json_line(ex: &Exchange, op: &DbOp, clock: &WallClock) -> String {
         "link": ex.link().map(|l| l.as_str()),
         "conn_id": ex.conn_id,
         "flags": ex.flags.names(),
+        // Read as TLS plaintext from the OpenSSL probes (libpq with sslmode=require).
+        "tls": ex.tls,
     });
     // serde_json keeps insertion order only with `preserve_order`; the keys are fixed either way.
     v.to_string()

@@ -222,6 +222,8 @@ pub struct Exchange {
     pub db: Option<Box<crate::db::DbOp>>,
     /// The exception a traceback written while serving it reports (`--log-records`).
     pub exception: Option<crate::logs::ExceptionInfo>,
+    /// The Sentry event the process reported for this request (`sentry::join`).
+    pub sentry_event_id: Option<String>,
 }
 
 /// A request read (server) or sent (client) in full, announced before its exchange completes
@@ -342,6 +344,7 @@ impl Exchange {
             mcp: None,
             db: None,
             exception: None,
+            sentry_event_id: None,
             candidates: Vec::new(),
             request_ctx: conn.request_ctx(req.task_ctx, request_seq),
             response_ctx: if answered { resp.task_ctx } else { 0 },

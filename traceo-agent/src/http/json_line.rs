@@ -160,6 +160,9 @@ impl Exchange {
         if let Some(e) = &self.exception {
             o.field("exception", serde_json::json!({"type": e.kind, "message": e.message}));
         }
+        if let Some(id) = &self.sentry_event_id {
+            o.field("sentry_event_id", Value::from(id.as_str()));
+        }
         if let Some(mcp) = &self.mcp {
             o.field("mcp", serde_json::to_value(mcp).unwrap_or(Value::Null));
         }

@@ -180,6 +180,11 @@ pub struct LogJoin {
 }
 
 impl LogJoin {
+    /// How long a server exchange is held for its records (later stages wait for it).
+    pub fn grace_ns(&self) -> u64 {
+        self.cfg.grace_ns
+    }
+
     pub fn new(mut cfg: LogJoinConfig, service_names: Vec<String>) -> LogJoin {
         LogJoin {
             assembler: Assembler::new(std::mem::take(&mut cfg.assembler)),

@@ -7,6 +7,7 @@ mod http;
 mod jobs;
 mod logs;
 mod mcp;
+mod sentry;
 pub mod server;
 mod shared_state;
 mod text_format;
@@ -21,6 +22,7 @@ pub use container::ContainerMetrics;
 pub use http::{HttpMetrics, OVERFLOW_ROUTE, Observation};
 pub use jobs::JobMetrics;
 pub use mcp::McpMetrics;
+pub use sentry::SentryMetrics;
 pub use shared_state::SharedStateMetrics;
 pub use tls::TlsMetrics;
 
@@ -49,6 +51,7 @@ pub struct Metrics {
     pub logs: logs::LogMetrics,
     pub containers: ContainerMetrics,
     pub shared_state: SharedStateMetrics,
+    pub sentry: SentryMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -64,7 +67,8 @@ impl Metrics {
         let logs = logs::LogMetrics::register(&mut registry);
         let containers = ContainerMetrics::register(&mut registry);
         let shared_state = SharedStateMetrics::register(&mut registry);
-        Metrics { registry, http, mcp, jobs, tls, db, logs, containers, shared_state, agent }
+        let sentry = SentryMetrics::register(&mut registry);
+        Metrics { registry, http, mcp, jobs, tls, db, logs, containers, shared_state, sentry, agent }
     }
 
     /// The Prometheus text format (0.0.4) exposition, without exemplars.

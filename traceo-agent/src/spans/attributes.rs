@@ -166,6 +166,9 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
     if let Some(p) = ex.propagated {
         out.push(kv("traceo.propagated", Value::BoolValue(p)));
     }
+    if let Some(id) = &ex.sentry_event_id {
+        out.push(string("sentry.event_id", id.as_str()));
+    }
     header_attributes(&mut out, "http.request.header", ex.request_headers.iter());
     header_attributes(&mut out, "http.response.header", ex.response_headers.iter());
     out

@@ -137,14 +137,17 @@ fn span_links(ex: &Exchange) -> Vec<SpanLink> {
 fn exception_event(ex: &Exchange, at_unix_ns: u64) -> Vec<SpanEvent> {
     let Some(e) = &ex.exception else { return Vec::new() };
     let s = super::attributes::string;
+    let mut attributes = vec![
+        s("exception.type", e.kind.as_str()),
+        s("exception.message", e.message.as_str()),
+        s("exception.stacktrace", e.stacktrace.as_str()),
+    ];
+    // The same exception as Sentry recorded it (`sentry::join`).
+    attributes.extend(ex.sentry_event_id.as_deref().map(|id| s("sentry.event_id", id)));
     vec![SpanEvent {
         time_unix_nano: at_unix_ns,
         name: "exception".to_owned(),
-        attributes: vec![
-            s("exception.type", e.kind.as_str()),
-            s("exception.message", e.message.as_str()),
-            s("exception.stacktrace", e.stacktrace.as_str()),
-        ],
+        attributes,
         dropped_attributes_count: 0,
     }]
 }

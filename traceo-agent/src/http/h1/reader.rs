@@ -132,7 +132,16 @@ impl Reader {
         if let Some(m) = &mut self.msg {
             m.upgraded = upgraded;
         }
-        let body = Body::new(framing, lim.body_prefix_bytes, lim.max_head_bytes);
+        // A Sentry envelope is read whole when the capture allows (`sentry`).
+        let envelope = self.msg.as_ref().is_some_and(|m| {
+            crate::sentry::is_envelope_request(m.method.as_deref().unwrap_or(""), m.target.as_deref().unwrap_or(""))
+        });
+        let prefix = if envelope {
+            crate::sentry::ENVELOPE_PREFIX_BYTES.max(lim.body_prefix_bytes)
+        } else {
+            lim.body_prefix_bytes
+        };
+        let body = Body::new(framing, prefix, lim.max_head_bytes);
         if body.is_done() {
             return self.complete(body, false);
         }

@@ -1,0 +1,45 @@
+//! Sentry error events tied to the requests that raised them. A traced process using a
+//! Sentry SDK posts each event as an *envelope* (`POST /api/<project>/envelope/`); the agent
+//! sees that client exchange like any other. `envelope` reads what it needs from the body
+//! (gzip-decoded when the SDK compressed it), and `join` gives the event's id to the one
+//! failed server exchange of the same process it describes, or counts it unmatched.
+//!
+//! Only the event id ever leaves the agent (`sentry.event_id`): exception messages,
+//! breadcrumbs, user data and the rest of the event are read in memory and dropped.
+
+mod envelope;
+mod join;
+
+pub use envelope::{Parsed, SentryEvent, parse};
+pub use join::{SentryConfig, SentryJoin, SentryOut, SentryStats};
+
+/// Body bytes kept for an envelope request (the default prefix is smaller than a typical
+/// compressed error event; the kernel capture still bounds what arrives).
+pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
+
+/// `POST /api/<project id>/envelope/` (query allowed: older SDKs put their key there).
+pub fn is_envelope_request(method: &str, target: &str) -> bool {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let Some(rest) = path.strip_prefix("/api/") else { return false };
+    let Some((project, tail)) = rest.split_once('/') else { return false };
+    method.eq_ignore_ascii_case("POST")
+        && !project.is_empty()
+        && project.bytes().all(|b| b.is_ascii_digit())
+        && (tail == "envelope/" || tail == "envelope")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_envelope_request;
+
+    #[test]
+    fn envelope_targets() {
+        assert!(is_envelope_request("POST", "/api/42/envelope/"));
+        assert!(is_envelope_request("post", "/api/1/envelope/?sentry_key=*"));
+        assert!(!is_envelope_request("GET", "/api/42/envelope/"));
+        assert!(!is_envelope_request("POST", "/api/42/store/"));
+        assert!(!is_envelope_request("POST", "/api/x/envelope/"));
+        assert!(!is_envelope_request("POST", "/api//envelope/"));
+        assert!(!is_envelope_request("POST", "/api/42/envelope/extra"));
+    }
+}

@@ -414,8 +414,11 @@ impl EventSink for HttpPipeline {
             }
             emitter.poll_shared();
             tracker.handle(event, &mut |t| {
-                if let (Some(logs), Tracked::Request(seen)) = (&mut emitter.logs, &t) {
-                    logs.request_seen(seen);
+                if let Tracked::Request(seen) = &t {
+                    if let Some(logs) = &mut emitter.logs {
+                        logs.request_seen(seen);
+                    }
+                    emitter.outputs.sentry.request_seen(seen);
                 }
                 correlator.push(t, &mut |ex| emitter.emit(ex))
             });

@@ -80,6 +80,7 @@ impl Req {
             start_ns: self.start,
             headers: self.kept(),
             task_ctx: self.ctx,
+            shape: 0,
         })
     }
 

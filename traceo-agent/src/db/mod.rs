@@ -202,6 +202,7 @@ impl DbConn {
                         start_ns: m.start_ns,
                         headers: Default::default(),
                         task_ctx: info.request_ctx(m.task_ctx, seq),
+                        shape: 0,
                     }));
                 }
                 OpEvent::Done(op) => {

@@ -228,6 +228,13 @@ impl Conn {
             start_ns: req.start_ns,
             headers: req.headers.clone(),
             task_ctx: self.info.request_ctx(req.task_ctx, self.requests_seen),
+            shape: match role {
+                Role::Server => crate::sentry::request_shape(
+                    req.method.as_deref().unwrap_or_default(),
+                    req.target.as_deref().unwrap_or_default(),
+                ),
+                Role::Client => 0,
+            },
         };
         self.requests_seen += 1;
         (ctx.out)(Tracked::Request(seen));

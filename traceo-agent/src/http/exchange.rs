@@ -243,6 +243,9 @@ pub struct RequestSeen {
     pub headers: KeptHeaders,
     /// As [`Exchange::request_ctx`].
     pub task_ctx: u64,
+    /// A server request's method and path (`sentry::request_shape`; 0 for clients): a
+    /// request still in flight that a Sentry event could describe keeps the event untied.
+    pub shape: u64,
 }
 
 impl RequestSeen {
@@ -260,6 +263,7 @@ impl RequestSeen {
             start_ns: ex.request_first_ns,
             headers: ex.request_headers.clone(),
             task_ctx: ex.request_ctx,
+            shape: 0,
         }
     }
 }

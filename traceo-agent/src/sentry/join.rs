@@ -4,7 +4,9 @@
 //! `request`, answered with a 5xx, started before the envelope was sent and ended at most
 //! `window_ns` before it, whose traceback (when the agent read one: `--log-records`) names
 //! the event's exception type, and not tied to another event yet. Several candidates, or one
-//! already passed on: unmatched (counted), never a guess.
+//! already passed on: unmatched (counted), never a guess. So is a server request of the
+//! process still in flight with the event's method and path, begun before the envelope was
+//! sent: it failed too, perhaps, and the event may be its own (`request_seen`).
 //!
 //! Timing: the SDK sends the envelope from a background thread after the exception left the
 //! app, so the event usually reaches this stage after its exchange. Every 5xx server
@@ -14,10 +16,13 @@
 //! soon as an event is tied to it.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::envelope::{Parsed, SentryEvent};
-use crate::http::{Exchange, Role};
+use crate::http::{Exchange, RequestSeen, Role};
+
+/// Server requests remembered in flight at most (past it, new ones are not).
+const MAX_IN_FLIGHT: usize = 65_536;
 
 #[derive(Clone, Debug)]
 pub struct SentryConfig {
@@ -125,6 +130,9 @@ pub struct SentryJoin {
     /// one of them cannot be tied, and makes the others ambiguous).
     passed: VecDeque<Shape>,
     pending: VecDeque<Pending>,
+    /// Server requests seen and not yet passed through this stage: (connection, position)
+    /// -> (pid, `request_shape`, first byte).
+    in_flight: HashMap<(u64, u64), (u32, u64, u64)>,
     pub stats: SentryStats,
 }
 
@@ -135,11 +143,22 @@ impl SentryJoin {
             held: VecDeque::new(),
             passed: VecDeque::new(),
             pending: VecDeque::new(),
+            in_flight: HashMap::new(),
             stats: SentryStats::default(),
         }
     }
 
+    /// A server request began (the tracker's announcement, before its exchange completes).
+    pub fn request_seen(&mut self, seen: &RequestSeen) {
+        if seen.role == Role::Server && self.in_flight.len() < MAX_IN_FLIGHT {
+            self.in_flight.insert((seen.conn_id, seen.seq), (seen.pid, seen.shape, seen.start_ns));
+        }
+    }
+
     pub fn observe(&mut self, ex: Exchange, out: &mut dyn FnMut(SentryOut)) {
+        if ex.role == Role::Server {
+            self.in_flight.remove(&(ex.conn_id, ex.request_seq));
+        }
         if ex.db.is_none() && ex.role == Role::Server && ex.status.is_some_and(|s| s >= 500) {
             let shape = Shape::of(&ex);
             let deadline_ns = shape.end_ns.saturating_add(self.cfg.hold_ns);
@@ -200,6 +219,8 @@ impl SentryJoin {
         while self.passed.front().is_some_and(|s| s.end_ns < horizon) {
             self.passed.pop_front();
         }
+        // A request never answered (its exchange may never come): forgotten after the window.
+        self.in_flight.retain(|_, &mut (_, _, start)| start >= horizon);
     }
 
     pub fn finish(&mut self, out: &mut dyn FnMut(SentryOut)) {
@@ -227,7 +248,10 @@ impl SentryJoin {
         let held: Vec<usize> = (0..self.held.len()).filter(|&i| self.held[i].shape.fits(p, ev, w)).collect();
         let passed = self.passed.iter().filter(|s| s.fits(p, ev, w)).count();
         let [i] = held[..] else { return false };
-        if passed > 0 {
+        let (Some(method), Some(path)) = (&ev.request_method, &ev.request_path) else { return false };
+        let shape = super::request_shape(method, path);
+        let open = self.in_flight.values().any(|&(pid, s, start)| pid == p.pid && s == shape && start <= p.sent_ns);
+        if passed > 0 || open {
             return false;
         }
         let mut h = self.held.remove(i).expect("in range");
@@ -257,7 +281,7 @@ impl SentryJoin {
 }
 
 /// `%XX` escapes decoded (the SDK reports the decoded path; the wire carries it raw).
-fn percent_decoded(p: &str) -> Cow<'_, [u8]> {
+pub(super) fn percent_decoded(p: &str) -> Cow<'_, [u8]> {
     let b = p.as_bytes();
     if !b.contains(&b'%') {
         return Cow::Borrowed(b);

@@ -198,3 +198,31 @@ fn percent_escapes_compare_decoded() {
     assert_eq!(&*percent_decoded("/a%20b/%zz"), b"/a b/%zz");
     assert_eq!(&*percent_decoded("/%"), b"/%");
 }
+
+#[test]
+fn a_twin_still_in_flight_keeps_the_event_untied() {
+    // /fail/3 failed on two connections at once: one answered, the other still in flight when
+    // the envelope is decided. The event may be the second one's: no tie.
+    let mut join = SentryJoin::new(SentryConfig::default());
+    let mut ids = Vec::new();
+    let mut out = |o: SentryOut| {
+        if let SentryOut::Exchange(ex) = o {
+            ids.push(ex.sentry_event_id.clone());
+        }
+    };
+    let answered = server(1, "/fail/3", 500, S, S + 10);
+    let mut twin = RequestSeen::of(&server(2, "/fail/3?x=1", 500, S + 5, S + 50 * S));
+    (twin.role, twin.shape) = (Role::Server, crate::sentry::request_shape("GET", "/fail/%33"));
+    for seen in [RequestSeen::of(&answered), twin] {
+        join.request_seen(&seen);
+    }
+    join.observe(answered, &mut out);
+    join.observe(envelope(4, 3, "/fail/3", "ValueError", S + 30), &mut out);
+    join.tick(10 * S, &mut out);
+    assert_eq!((join.stats.matched, join.stats.unmatched), (0, 1));
+    // Without the twin in flight the same event is tied.
+    let (passed, events) =
+        run_join(vec![server(1, "/fail/3", 500, S, S + 10), envelope(4, 3, "/fail/3", "ValueError", S + 30)], 100 * S);
+    assert_eq!((events, passed[1].1.clone()), ((1, 0), Some(id(3))), "{passed:?}");
+    assert_eq!(ids, [None, None], "the envelope, then the answered twin untied");
+}

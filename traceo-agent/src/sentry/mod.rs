@@ -17,6 +17,15 @@ pub use join::{SentryConfig, SentryJoin, SentryOut, SentryStats};
 /// compressed error event; the kernel capture still bounds what arrives).
 pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
 
+/// A digest of a request's method and path (query and fragment left out, `%XX` decoded, as
+/// the SDK reports it): what a Sentry event names of the request it describes.
+pub fn request_shape(method: &str, target: &str) -> u64 {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let digest = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    let h = method.to_ascii_uppercase().as_bytes().iter().fold(0xcbf2_9ce4_8422_2325, digest);
+    join::percent_decoded(path).iter().fold(digest(h, &b' '), digest)
+}
+
 /// `POST /api/<project id>/envelope/` (query allowed: older SDKs put their key there).
 pub fn is_envelope_request(method: &str, target: &str) -> bool {
     let path = target.split(['?', '#']).next().unwrap_or("");

@@ -99,8 +99,11 @@ fn uploads_tool_calls_and_webhooks_are_traced_and_joined_by_job_id() {
         // The tool's task descends from the task that answers the tools/call request: `task`.
         assert_eq!(call["link"], "task", "{call}");
         assert_eq!(call["trace_id"], trace, "{call}");
+        // The engine sends the webhook from a background task of the upload's own request task,
+        // after its 202: the task rule finds the upload (the job join agrees, by job id).
+        assert_eq!(webhook_out["job_id"], *job_id, "{webhook_out}");
         for (child, parent, link) in
-            [(&upload, &call, "connection"), (&webhook_out, &upload, "job"), (&webhook_in, &webhook_out, "connection")]
+            [(&upload, &call, "connection"), (&webhook_out, &upload, "task"), (&webhook_in, &webhook_out, "connection")]
         {
             assert_eq!(child["trace_id"], trace, "{child}");
             assert_eq!(child["parent_span_id"], parent["span_id"], "{child}");

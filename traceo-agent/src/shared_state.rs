@@ -5,8 +5,12 @@
 //!   its connection as the client sees it and its position on it; see `conn_key`). A server
 //!   span that starts a trace on this host (its client is not traced here) is held while the
 //!   far side's key is looked up; found, it becomes that client span's child, and what this
-//!   host already put in its trace moves with it (the move is published as
-//!   `traceo:trace:OLD` = NEW, for a far side that read the old id).
+//!   host already put in its trace moves with it.
+//! - Provisional ids: a client span held while its trace's root is undecided is published at
+//!   once, marked provisional (`TRACE-SPAN?`), so that far sides need not wait for the root.
+//!   When the root is decided the trace's final id is published (`traceo:trace:OLD` = NEW, or
+//!   = OLD when it stays), and a far side that read a provisional value waits for that before
+//!   it takes the trace id: never a provisional id as fact.
 //! - Jobs: an issued join key is published (`traceo:job:VALUE` = trace, span, service); a
 //!   request naming a value not issued here asks for it while the join stage holds it.
 //!
@@ -35,6 +39,9 @@ const MAX_HELD: usize = 4096;
 const QUEUE: usize = 1024;
 /// Connection keys live this long in Redis.
 const CONN_TTL_S: u64 = 120;
+/// How long a far side that read a provisional value waits for its trace's final id (the
+/// root's own lookup, then its hold for children).
+const FINAL_HOLD: Duration = Duration::from_millis(4000);
 
 pub use crate::metrics::SharedStateMetrics as Counts;
 
@@ -77,6 +84,8 @@ pub struct SharedState {
     settled: Recent<TraceId, ()>,
     moved: Recent<TraceId, TraceId>,
     jobs_asked: Recent<String, ()>,
+    /// Traces with provisionally published client spans: their final id is published.
+    provisional: Recent<TraceId, ()>,
     /// Client spans made parents here since `take_remote_parents` (for the joins).
     remote_parents: Vec<SpanRef>,
 }
@@ -110,6 +119,7 @@ impl SharedState {
             settled: Recent::new(),
             moved: Recent::new(),
             jobs_asked: Recent::new(),
+            provisional: Recent::new(),
             remote_parents: Vec::new(),
         }
     }
@@ -122,9 +132,24 @@ impl SharedState {
         sent
     }
 
-    fn publish_conn(&self, ex: &Exchange) {
+    /// A client span under its connection key; `provisional` while its trace may yet move.
+    fn publish_conn(&mut self, ex: &Exchange, provisional: bool) {
         if let (Role::Client, Some(key), Some(t)) = (ex.role, conn_key(ex, false), &ex.trace) {
-            self.send(Request::Publish { key, value: span_value(t.trace_id, t.span_id), ttl_s: CONN_TTL_S });
+            let mut value = span_value(t.trace_id, t.span_id);
+            if provisional {
+                value.push('?');
+                self.provisional.insert(t.trace_id, ());
+            }
+            self.send(Request::Publish { key, value, ttl_s: CONN_TTL_S });
+        }
+    }
+
+    /// `trace` is decided (moved to `to`, or staying): for far sides that read it provisional.
+    fn publish_final(&mut self, trace: TraceId, to: TraceId) {
+        if self.provisional.get(&trace).is_some() {
+            self.provisional.remove(&trace);
+            let key = format!("traceo:trace:{trace}");
+            self.send(Request::Publish { key, value: to.to_string(), ttl_s: CONN_TTL_S });
         }
     }
 
@@ -139,10 +164,9 @@ impl SharedState {
         if self.settled.get(&trace).is_some() || self.held >= MAX_HELD {
             return ready.push(ex);
         }
-        // Held from here on: publish now with the trace id known so far (a far side that
-        // reads it before the move follows `traceo:trace:OLD`); again once final.
+        // Held from here on: publish now, provisional (its trace may move); again once final.
         if self.pending.contains_key(&trace) {
-            self.publish_conn(&ex);
+            self.publish_conn(&ex, true);
             if let Some((_, _, children)) = self.pending.get_mut(&trace) {
                 children.push(ex);
             }
@@ -157,7 +181,7 @@ impl SharedState {
             return ready.push(ex);
         }
         if t.parent.is_some() {
-            self.publish_conn(&ex);
+            self.publish_conn(&ex, true);
             let at = arrival(&ex);
             self.waiting.entry(trace).or_insert((at, Vec::new())).1.push(ex);
             self.held += 1;
@@ -179,6 +203,7 @@ impl SharedState {
 
     fn settle(&mut self, trace: TraceId, ready: &mut Vec<Exchange>) {
         self.settled.insert(trace, ());
+        self.publish_final(trace, trace);
         if let Some((_, children)) = self.waiting.remove(&trace) {
             self.held -= children.len();
             ready.extend(children);
@@ -196,10 +221,12 @@ impl SharedState {
             t.link = Some(Link::Connection);
             self.moved.insert(trace, client.trace_id);
             self.remote_parents.push(client);
-            let value = client.trace_id.to_string();
-            self.send(Request::Publish { key: format!("traceo:trace:{trace}"), value, ttl_s: CONN_TTL_S });
+            // Always: a far side may have read this host's spans under the old id.
+            self.provisional.insert(trace, ());
+            self.publish_final(trace, client.trace_id);
         } else {
             self.settled.insert(trace, ());
+            self.publish_final(trace, trace);
         }
         ready.push(root);
         for mut c in children {
@@ -236,7 +263,8 @@ impl SharedState {
             .map(|(t, _)| *t)
             .collect();
         old.into_iter().for_each(|t| self.settle(t, ready));
-        let late = 2 * LOOKUP_HOLD.as_nanos() as u64 + 1_000_000_000;
+        // A lookup polls the key, then perhaps the final id of a provisional value.
+        let late = (LOOKUP_HOLD + FINAL_HOLD).as_nanos() as u64 + 1_000_000_000;
         let stuck: Vec<TraceId> =
             self.pending.iter().filter(|(_, (at, ..))| now_ns.saturating_sub(*at) > late).map(|(t, _)| *t).collect();
         stuck.into_iter().for_each(|t| self.answered(t, None, ready));
@@ -251,7 +279,7 @@ impl SharedState {
 
     /// After the joins, with final ids: client spans (again), issued job keys.
     pub fn passed(&mut self, ex: &Exchange, issued: bool) {
-        self.publish_conn(ex);
+        self.publish_conn(ex, false);
         if let (true, Some(value), Some(t)) = (issued, &ex.job_id, &ex.trace) {
             let value_out = format!("{} {}", span_value(t.trace_id, t.span_id), ex.service);
             self.send(Request::Publish { key: format!("traceo:job:{value}"), value: value_out, ttl_s: self.job_ttl_s });
@@ -414,33 +442,50 @@ impl Store {
         self.run(Query::One(redis::cmd("GET").arg(key).clone())).await
     }
 
-    /// Polls `key` until found or `deadline` (the far side may publish a little later).
-    async fn lookup(&self, what: Wanted, key: String, deadline: Instant) -> Answer {
-        self.counts.lookups.inc();
+    /// `key`'s value, polled until found or `deadline`.
+    async fn poll(&self, key: &str, deadline: Instant) -> Option<String> {
         let mut wait = Duration::from_millis(50);
-        let found = loop {
-            if let Ok(Some(v)) = self.get(&key).await {
-                break Some(v);
+        loop {
+            if let Ok(Some(v)) = self.get(key).await {
+                return Some(v);
             }
             let now = Instant::now();
             if now >= deadline {
-                break None;
+                return None;
             }
             tokio::time::sleep(wait.min(deadline - now)).await;
             wait = (wait * 2).min(Duration::from_millis(400));
-        };
+        }
+    }
+
+    /// Polls `key` until found or `deadline` (the far side may publish a little later).
+    async fn lookup(&self, what: Wanted, key: String, deadline: Instant) -> Answer {
+        self.counts.lookups.inc();
+        let found = self.poll(&key, deadline).await;
         let counter = if found.is_some() { &self.counts.hits } else { &self.counts.misses };
         counter.inc();
         match what {
             Wanted::Conn(trace) => {
-                let mut span = found.as_deref().and_then(parse_span);
-                // The client's trace may have moved since it published (a hop or two).
+                let provisional = found.as_deref().is_some_and(|v| v.ends_with('?'));
+                let mut span = found.as_deref().and_then(|v| parse_span(v.trim_end_matches('?')));
+                if provisional {
+                    if let Some(s) = span.as_mut() {
+                        // The far side's trace was undecided: wait for its final id, or give up.
+                        match self.poll(&format!("traceo:trace:{}", s.trace_id), Instant::now() + FINAL_HOLD).await {
+                            Some(to) if TraceId::parse(&to).is_some() => {
+                                s.trace_id = TraceId::parse(&to).expect("checked")
+                            }
+                            _ => span = None,
+                        }
+                    }
+                }
+                // The client's trace may have moved again since (a hop or two).
                 for _ in 0..2 {
                     let Some(s) = span.as_mut() else { break };
                     match self.get(&format!("traceo:trace:{}", s.trace_id)).await {
                         Ok(Some(to)) => match TraceId::parse(&to) {
-                            Some(t) => s.trace_id = t,
-                            None => break,
+                            Some(t) if t != s.trace_id => s.trace_id = t,
+                            _ => break,
                         },
                         _ => break,
                     }
@@ -614,6 +659,7 @@ mod tests {
         assert!(ready.is_empty(), "both held for the far side");
         let reqs = sent(&mut rx);
         assert!(reqs[0].starts_with("SET traceo:conn:10.1.0.1:41000>10.1.0.3:9000#0:"), "{reqs:?}");
+        assert!(reqs[0].ends_with('?'), "published while its root is undecided: provisional: {reqs:?}");
         assert!(reqs[1].starts_with("GET traceo:conn:10.1.0.2:40000>10.1.0.1:8000#0:"), "{reqs:?}");
         let client = SpanRef { trace_id: TraceId([9; 16]), span_id: SpanId([9; 8]) };
         answer.send(Answer::Conn(TraceId([7; 16]), Some(client))).unwrap();
@@ -640,6 +686,14 @@ mod tests {
         s.poll(&mut ready, &mut Vec::new());
         let t = ready[0].trace.as_ref().unwrap();
         assert_eq!((t.trace_id, t.parent, t.link), (TraceId([7; 16]), None, None), "never a guess");
+        // A provisional child of another trace, then its root's miss: the id is final as it is.
+        let (mut s2, mut rx2, answer2) = SharedState::detached();
+        s2.observe(ex(false, "10.1.0.1:41005", "10.1.0.3:9000", 5, 2, Some(1)), &mut Vec::new());
+        s2.observe(ex(true, "10.1.0.1:8000", "10.1.0.2:40005", 5, 1, None), &mut Vec::new());
+        answer2.send(Answer::Conn(TraceId([5; 16]), None)).unwrap();
+        s2.poll(&mut Vec::new(), &mut Vec::new());
+        let last = sent(&mut rx2).pop();
+        assert_eq!(last, Some(format!("SET traceo:trace:{0} {0}", TraceId([5; 16]))));
         s.observe(ex(false, "10.1.0.1:41000", "10.1.0.3:9000", 7, 2, Some(1)), &mut ready);
         assert_eq!(ready.len(), 2, "its trace is settled: no wait");
         // A child waits for its root; a root on loopback settles at once and releases it.

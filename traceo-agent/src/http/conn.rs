@@ -17,6 +17,9 @@ pub struct Ctx<'a> {
     pub out: &'a mut dyn FnMut(Tracked),
     /// How database operations are described.
     pub db: &'a crate::db::DbOptions,
+    /// The parser's outputs, reused across connections: one per connection would keep its
+    /// capacity (a few hundred bytes) for every idle keep-alive connection.
+    pub scratch: &'a mut Vec<Output>,
 }
 
 enum Proto {
@@ -38,7 +41,6 @@ pub struct Conn {
     pub opened: bool,
     proto: Proto,
     pairing: Pairing,
-    scratch: Vec<Output>,
     /// Requests announced and exchanges emitted: pairing is first in, first out, so the n-th
     /// exchange answers the n-th announced request.
     requests_seen: u64,
@@ -66,7 +68,6 @@ impl Conn {
             proto,
             pairing: Pairing::default(),
             resynced_after_loss: false,
-            scratch: Vec::new(),
             requests_seen: 0,
             exchanges_out: 0,
         }
@@ -146,12 +147,13 @@ impl Conn {
     }
 
     fn feed(&mut self, dir: Direction, seg: Segment, ctx: &mut Ctx<'_>) {
-        let mut outputs = std::mem::take(&mut self.scratch);
+        let mut outputs = std::mem::take(ctx.scratch);
         if let Proto::Active(p) = &mut self.proto {
             p.parse(dir, seg, &mut outputs);
         }
         self.handle(&mut outputs, ctx);
-        self.scratch = outputs;
+        outputs.clear();
+        *ctx.scratch = outputs;
     }
 
     /// The connection ended (close, exit, expiry, eviction): flush everything.
@@ -162,13 +164,14 @@ impl Conn {
             db.finish(&self.info, ctx.routes, ctx.out);
         }
         if let Proto::Active(p) = &mut self.proto {
-            let mut outputs = std::mem::take(&mut self.scratch);
+            let mut outputs = std::mem::take(ctx.scratch);
             p.finish(&mut outputs);
             if self.info.lossy {
                 // A head cut by the kernel's loss is that loss (counted), not an unfinished head.
                 outputs.retain(|o| !matches!(o, Output::Error(ParseErrorKind::IncompleteHead)));
             }
             self.handle_as(role, &mut outputs, ctx);
+            *ctx.scratch = outputs;
         }
         let (unanswered, unpaired) = self.pairing.flush();
         ctx.stats.unpaired_responses += unpaired as u64;

@@ -59,6 +59,8 @@ pub struct ConnTracker {
     conns: Lru<Conn>,
     stats: TrackerStats,
     db: crate::db::DbOptions,
+    /// Parser outputs, shared by the connections (see `Ctx::scratch`).
+    scratch: Vec<super::parser::Output>,
 }
 
 impl ConnTracker {
@@ -77,6 +79,7 @@ impl ConnTracker {
             conns: Lru::new(cfg.max_connections),
             stats: TrackerStats::default(),
             db: cfg.db,
+            scratch: Vec::new(),
         }
     }
 
@@ -121,10 +124,10 @@ impl ConnTracker {
                 if d.after_loss {
                     self.resync_after_loss(d.conn_id, out);
                 }
-                let Self { conns, stats, routes, db, .. } = self;
+                let Self { conns, stats, routes, db, scratch, .. } = self;
                 if let Some(conn) = conns.get_mut(d.conn_id) {
                     conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
-                    let mut ctx = Ctx { stats, routes, out, db };
+                    let mut ctx = Ctx { stats, routes, out, db, scratch };
                     conn.on_data(d, &mut ctx);
                 }
             }
@@ -195,10 +198,10 @@ impl ConnTracker {
     /// response) and start over at the next start line; its next exchange is flagged too.
     fn resync_after_loss(&mut self, conn_id: u64, out: &mut impl FnMut(Tracked)) {
         let midstream_parser = self.parser(true);
-        let Self { conns, stats, routes, db, .. } = self;
+        let Self { conns, stats, routes, db, scratch, .. } = self;
         let Some(conn) = conns.get_mut(conn_id) else { return };
         stats.loss_resyncs += 1;
-        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out, db });
+        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out, db, scratch });
     }
 
     fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Tracked)) {
@@ -213,7 +216,8 @@ impl ConnTracker {
     }
 
     fn end(&mut self, mut conn: Conn, out: &mut impl FnMut(Tracked)) {
-        let mut ctx = Ctx { stats: &mut self.stats, routes: &self.routes, out, db: &self.db };
+        let mut ctx =
+            Ctx { stats: &mut self.stats, routes: &self.routes, out, db: &self.db, scratch: &mut self.scratch };
         conn.finish(&mut ctx);
     }
 

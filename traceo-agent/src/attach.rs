@@ -79,11 +79,13 @@ pub struct Planner {
     elf: HashMap<FileId, ElfTls>,
     measured: HashMap<FileId, Result<python::Measured, String>>,
     symbols: SymbolOffsets,
+    /// `--thread-pools`.
+    thread_pools: bool,
 }
 
 impl Planner {
-    pub fn new(symbols: SymbolOffsets) -> Planner {
-        Planner { elf: HashMap::new(), measured: HashMap::new(), symbols }
+    pub fn new(symbols: SymbolOffsets, thread_pools: bool) -> Planner {
+        Planner { elf: HashMap::new(), measured: HashMap::new(), symbols, thread_pools }
     }
 
     /// The slow part for one process.
@@ -92,7 +94,7 @@ impl Planner {
             pid,
             exe: exe_of(pid),
             tls: wants.tls.then(|| classify(pid, &mut self.elf, &self.symbols)),
-            runtime: wants.runtime.then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols)),
+            runtime: wants.runtime.then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols, self.thread_pools)),
         }
     }
 }
@@ -207,7 +209,7 @@ mod tests {
 
     #[test]
     fn the_worker_plans_this_process() {
-        let mut w = AttachWorker::start(Planner::new(SymbolOffsets::default()), Counter::default()).unwrap();
+        let mut w = AttachWorker::start(Planner::new(SymbolOffsets::default(), false), Counter::default()).unwrap();
         let me = std::process::id();
         assert!(w.request(me, Wants { tls: true, runtime: true }));
         let plan = w.plans.blocking_recv().expect("a plan");

@@ -215,7 +215,7 @@ fn tls_report(r: &mut Report, args: &CheckArgs) {
             None => "exited".to_owned(),
         };
         r.line(None, &what, detail);
-        let runtime = crate::runtime::describe_plan(&crate::runtime::plan(pid, &mut measured));
+        let runtime = crate::runtime::describe_plan(&crate::runtime::plan(pid, &mut measured, true));
         r.line(None, &format!("runtime of {} pid {pid}", args.services[service as usize].name), runtime);
     }
 }

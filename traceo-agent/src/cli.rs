@@ -85,6 +85,16 @@ pub struct SelectionArgs {
     /// asyncio task or proxied request.
     #[arg(long)]
     pub no_runtime: bool,
+    /// Also follow CPython thread pools: work `asyncio.to_thread` or anyio's
+    /// `to_thread.run_sync` (Starlette's `run_in_threadpool`, FastAPI's sync handlers and
+    /// dependencies) runs on a pool thread belongs to the task that handed it over. A probe
+    /// on `contextvars.copy_context` costs two uprobe traps per call (about 32 us on a VM):
+    /// one per hand-off under uvloop, but several per request on asyncio's default loop,
+    /// whose every callback copies a context; and probes are per file, so every process
+    /// using that interpreter's `_contextvars` module pays them. Off: calls made on pool
+    /// threads get no runtime parent.
+    #[arg(long)]
+    pub thread_pools: bool,
     /// With `--log-records` (or `record --logs`): also capture what the traced processes
     /// write to the files matching this glob (their log files), checked every second.
     /// Repeatable.
@@ -227,6 +237,8 @@ pub struct ConfigFile {
     pub no_tls: bool,
     #[serde(default)]
     pub no_runtime: bool,
+    #[serde(default)]
+    pub thread_pools: bool,
     pub log: Option<String>,
     pub log_records: Option<String>,
     #[serde(default)]
@@ -258,6 +270,8 @@ pub struct Selection {
     pub tls: bool,
     /// Track runtimes (asyncio tasks, nginx upstreams).
     pub runtime: bool,
+    /// Follow CPython thread pools (context copies); only with `runtime`.
+    pub thread_pools: bool,
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
     pub log_records: Option<String>,
@@ -295,12 +309,18 @@ impl SelectionArgs {
         }
         let ring_buffer_mib = self.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(4);
         crate::loader::check_ring_buffer_mib(ring_buffer_mib)?;
+        let runtime = !(self.no_runtime || file.no_runtime);
+        let thread_pools = self.thread_pools || file.thread_pools;
+        if thread_pools && !runtime {
+            anyhow::bail!("--thread-pools follows the runtime's context copies: it cannot go with --no-runtime (drop one)");
+        }
         Ok(Selection {
             services,
             capture_bytes,
             ring_buffer_mib,
             tls: !(self.no_tls || file.no_tls),
-            runtime: !(self.no_runtime || file.no_runtime),
+            runtime,
+            thread_pools,
             log: file.log,
             log_records: file.log_records,
             log_files: if self.log_file.is_empty() { file.log_file } else { self.log_file.clone() },
@@ -359,6 +379,7 @@ mod tests {
             ring_buffer_mib: Some(16),
             no_tls: false,
             no_runtime: false,
+            thread_pools: false,
             services: vec!["mcp=pid:1".parse().unwrap()],
             log_file: vec!["/srv/*.log".into()],
         };

@@ -77,7 +77,8 @@ pub struct Data {
     pub tcp_seq: Option<u32>,
 }
 
-/// A traced CPython process created an asyncio task.
+/// A traced CPython process created an asyncio task (or, with `--thread-pools`, copied a
+/// context).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskCreated {
     pub meta: Meta,
@@ -85,11 +86,18 @@ pub struct TaskCreated {
     pub parent_ctx: u64,
     /// The context the new task runs its steps in.
     pub child_ctx: u64,
-    /// The task object's address.
+    /// The task object's address; 0 for a context copy (`--thread-pools`).
     pub task: u64,
     /// When `Task.__init__` was entered (`meta.ts_ns` is its return): an eager task (3.12+)
     /// runs its first step in between, on the creating thread.
     pub entry_ns: u64,
+}
+
+impl TaskCreated {
+    /// A context copied for a thread pool (`contextvars.copy_context()`), not a task.
+    pub fn is_copy(&self) -> bool {
+        self.task == 0
+    }
 }
 
 /// How a connection became known.

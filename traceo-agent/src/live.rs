@@ -153,7 +153,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
     let track_runtimes = sel.runtime && !trace_all;
     // The processes already running are planned here, before "ready" (their probes are in
     // when the agent says so); every later plan is made on the attach worker.
-    let mut planner = crate::attach::Planner::new(probes.symbol_offsets());
+    let mut planner = crate::attach::Planner::new(probes.symbol_offsets(), sel.thread_pools);
     if let Some(tls) = &mut tls {
         // Everything when everything is traced: once, at start (later processes are covered
         // by the system's libssl, probed above).

@@ -352,7 +352,9 @@ pub struct TaskEvent {
     pub parent_ctx: u64,
     /// The new task's own context (`task_context`).
     pub child_ctx: u64,
-    /// The task object's address (for diagnostics).
+    /// The task object's address (for diagnostics); 0 for a context copy
+    /// (`contextvars.copy_context()`, followed with `--thread-pools`): `child_ctx` is then the
+    /// copy, which a thread pool's worker runs its work in.
     pub task: u64,
     /// `bpf_ktime_get_ns()` when `__init__` was entered (the header's time is its return): an
     /// eager task's first step runs in between, on the creating thread.
@@ -370,6 +372,11 @@ pub mod runtime_kind {
 /// Set on a `task_ctx` that names an inbound connection (its inode number) rather than a
 /// runtime context address: the call serves the request in flight on that connection.
 pub const CONN_CTX: u64 = 1 << 63;
+
+/// Set on a CPython context the thread never entered with `Context.run` (a thread's base
+/// context), when [`PyLayout::context_entered`] is read: no copy's lineage applies to it,
+/// even when it sits at the address of a copy that was freed.
+pub const BASE_CTX: u64 = 1;
 
 /// A traced process whose runtime the programs read (`RUNTIME_PROCS`, key: tgid).
 #[repr(C)]
@@ -396,6 +403,10 @@ pub struct PyLayout {
     pub context: u32,
     /// The C `TaskObj.task_context`.
     pub task_context: u32,
+    /// `PyContext.ctx_entered` (an int, 1 inside `Context.run`); 0: not read (only needed
+    /// when context copies are followed, `--thread-pools`).
+    pub context_entered: u32,
+    pub _pad: u32,
 }
 
 /// Kernel struct member offsets, read by the agent from /sys/kernel/btf/vmlinux and handed

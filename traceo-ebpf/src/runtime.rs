@@ -8,7 +8,7 @@
 //! in a context of its own. So the context's address names the task at the syscall.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
-use traceo_ebpf_common::{runtime_kind, stat};
+use traceo_ebpf_common::{BASE_CTX, runtime_kind, stat};
 
 use crate::{
     filter::Current,
@@ -33,7 +33,15 @@ pub fn current_context(cur: &Current) -> u64 {
         count(stat::RUNTIME_READ_FAILED);
         return 0;
     };
-    context_at(fs, layout.tstate_slot as u64, layout.thread_id as u64, layout.context as u64)
+    let ctx = context_at(fs, layout.tstate_slot as u64, layout.thread_id as u64, layout.context as u64);
+    if layout.context_entered == 0 || ctx == 0 {
+        return ctx;
+    }
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_user((ctx + layout.context_entered as u64) as *const u32) } {
+        Ok(0) => ctx | BASE_CTX,
+        _ => ctx,
+    }
 }
 
 /// `task_struct.thread.fsbase` of the current task.

@@ -10,14 +10,19 @@ call and one after, and a child task it creates and awaits logs one, each naming
 (`fidelity req=ID where=...`, stdlib logging to stderr), so their trace ids can be scored.
 With FIDELITY_AFTER=1: the request is answered at once and its task makes the call after
 the response (a background task, as Starlette runs them).
+With FIDELITY_POOL=1: the call is made on a thread pool with a shared sync httpx.Client, half
+the requests through asyncio.to_thread, half through anyio.to_thread.run_sync (what
+Starlette's run_in_threadpool and FastAPI's sync handlers use), picked by the id's CRC.
 """
 import asyncio
 import logging
 import os
 import sys
 import random
+import zlib
 from urllib.parse import parse_qs
 
+import anyio.to_thread
 import httpx
 
 from asgi import serve
@@ -27,6 +32,7 @@ FANOUT = os.environ.get("FIDELITY_FANOUT") == "1"
 EAGER = os.environ.get("FIDELITY_EAGER") == "1"
 LOGS = os.environ.get("FIDELITY_LOGS") == "1"
 AFTER = os.environ.get("FIDELITY_AFTER") == "1"
+POOL = os.environ.get("FIDELITY_POOL") == "1"
 state = {}
 log = logging.getLogger("fidelity")
 if LOGS:
@@ -42,7 +48,17 @@ async def child(req):
     log.info("fidelity req=%s where=child", req)
 
 
+def sync_leaf(req, k):
+    r = state["sync"].get(f"{BACKEND}/leaf", params={"from": req, "k": str(k)})
+    r.raise_for_status()
+    return r.status_code
+
+
 async def leaf(req, k):
+    if POOL:
+        if zlib.crc32(req.encode()) % 2:
+            return await asyncio.to_thread(sync_leaf, req, k)
+        return await anyio.to_thread.run_sync(sync_leaf, req, k)
     r = await state["client"].get(f"{BACKEND}/leaf", params={"from": req, "k": str(k)})
     r.raise_for_status()
     return r.status_code
@@ -77,6 +93,8 @@ async def route(scope):
 
 async def startup():
     state["client"] = httpx.AsyncClient(timeout=30)
+    if POOL:
+        state["sync"] = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=50))
     if EAGER:
         # 3.12+: a new task runs its first step inside create_task (in Task.__init__).
         asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
@@ -84,6 +102,8 @@ async def startup():
 
 async def shutdown():
     await state["client"].aclose()
+    if POOL:
+        state["sync"].close()
 
 
 async def app(scope, receive, send):

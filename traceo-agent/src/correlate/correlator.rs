@@ -149,7 +149,7 @@ impl Correlator {
     pub fn observe(&mut self, event: &Event) {
         self.now_ns = self.now_ns.max(event.meta().ts_ns);
         if let Event::Task(t) = event {
-            self.lineage.created(t.meta.pid, t.meta.tid, t.child_ctx, t.parent_ctx, (t.entry_ns, t.meta.ts_ns));
+            self.lineage.record(t);
         }
         self.pairs.observe(event);
     }

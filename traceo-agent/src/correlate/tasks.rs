@@ -7,6 +7,13 @@
 //! incarnations: the task created at T in context C was created by the code then running in
 //! C's incarnation as of T.
 //!
+//! With `--thread-pools`, copies of a context (`contextvars.copy_context()`, what
+//! `asyncio.to_thread` and anyio's `to_thread.run_sync` run the pool thread's work in) are
+//! born too, with the opposite rule: a copy counts only for code running on a thread other
+//! than the one that made it. On its own thread a copy is a loop callback's context (the
+//! default loop copies one for every callback), which says nothing certain about a request,
+//! so there the chain stops as it did before copies were seen.
+//!
 //! A creation spans `Task.__init__`, from entry to return. An eager task (3.12+) runs its
 //! first step in between, on the creating thread, so there the new incarnation counts from
 //! the entry; on any other thread only from the return (the task cannot run there before,
@@ -29,12 +36,20 @@ struct Birth {
     created_ns: u64,
     tid: u32,
     parent_ctx: u64,
+    /// A context copy rather than a task's context.
+    copy: bool,
 }
 
 impl Birth {
     /// Whether the incarnation exists for code running on `tid` at `at_ns`.
     fn seen_from(&self, at_ns: u64, tid: u32) -> bool {
         (if tid == self.tid { self.entry_ns } else { self.created_ns }) <= at_ns
+    }
+
+    /// Whether the birth names what runs on `tid` at its address: a task runs on the thread
+    /// that created it (its loop's), a copy is followed only onto another thread (a pool's).
+    fn holds_on(&self, tid: u32) -> bool {
+        self.copy != (tid == self.tid)
     }
 }
 
@@ -51,9 +66,25 @@ impl TaskLineage {
         TaskLineage { births: HashMap::new(), order: VecDeque::new(), cap: cap.max(1), forgotten: 0 }
     }
 
+    /// What the kernel reported: a task created or a context copied.
+    pub fn record(&mut self, t: &crate::events::TaskCreated) {
+        let (pid, tid) = (t.meta.pid, t.meta.tid);
+        let times = (t.entry_ns, t.meta.ts_ns);
+        self.born(pid, tid, t.child_ctx, t.parent_ctx, times, t.is_copy());
+    }
+
     /// A task of `pid` was created by thread `tid` in context `parent` (its `__init__` ran
     /// from `entry_ns` to `ts_ns`) and runs in `child`.
-    pub fn created(&mut self, pid: u32, tid: u32, child: u64, parent: u64, (entry_ns, ts_ns): (u64, u64)) {
+    pub fn created(&mut self, pid: u32, tid: u32, child: u64, parent: u64, times: (u64, u64)) {
+        self.born(pid, tid, child, parent, times, false);
+    }
+
+    /// Thread `tid` of `pid`, running in `parent`, copied it into `child` at `ts_ns`.
+    pub fn copied(&mut self, pid: u32, tid: u32, child: u64, parent: u64, ts_ns: u64) {
+        self.born(pid, tid, child, parent, (ts_ns, ts_ns), true);
+    }
+
+    fn born(&mut self, pid: u32, tid: u32, child: u64, parent: u64, (entry_ns, ts_ns): (u64, u64), copy: bool) {
         while self.order.len() >= self.cap {
             let Some(key) = self.order.pop_front() else { break };
             if let Some(list) = self.births.get_mut(&key) {
@@ -64,7 +95,7 @@ impl TaskLineage {
             }
             self.forgotten += 1;
         }
-        let birth = Birth { entry_ns: entry_ns.min(ts_ns), created_ns: ts_ns, tid, parent_ctx: parent };
+        let birth = Birth { entry_ns: entry_ns.min(ts_ns), created_ns: ts_ns, tid, parent_ctx: parent, copy };
         self.births.entry((pid, child)).or_default().push(birth);
         self.order.push_back((pid, child));
     }
@@ -75,25 +106,19 @@ impl TaskLineage {
         (ctx, self.birth(pid, ctx, at_ns, tid).map_or(0, |b| b.created_ns))
     }
 
-    /// The thread that created the incarnation of `ctx` running on `tid` at `at_ns`, if its
-    /// creation was seen.
-    fn born_on(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<u32> {
-        self.birth(pid, ctx, at_ns, tid).map(|b| b.tid)
-    }
-
+    /// The latest birth of `ctx` seen from `tid` at `at_ns`, if it names what runs there
+    /// (see [`Birth::holds_on`]; otherwise the context's origin is unknown).
     fn birth(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<Birth> {
-        self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()
+        let birth = self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()?;
+        birth.holds_on(tid).then_some(birth)
     }
 
     /// `ctx` as of `at_ns` on `tid`, then the incarnation that created it, and so on up.
     ///
     /// A task runs on its loop's thread. A context on another thread at the address of a
-    /// task's (a copy made for a thread pool, e.g. `to_thread`, placed where a finished task's
-    /// context was freed) is not that task: its lineage is unknown.
+    /// task's (a pool thread's context placed where a finished task's context was freed) is
+    /// not that task: its lineage is unknown, unless a copy made there for the pool is seen.
     pub fn ancestry(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Vec<Incarnation> {
-        if self.born_on(pid, ctx, at_ns, tid).is_some_and(|t| t != tid) {
-            return vec![(ctx, 0)];
-        }
         let mut chain = Vec::new();
         let (mut ctx, mut at, mut tid) = (ctx, at_ns, tid);
         while ctx != 0 && chain.len() < MAX_DEPTH {
@@ -143,9 +168,9 @@ mod tests {
         l.created(7, T, 0xB, 0xE, (100, 200));
         assert_eq!(l.ancestry(7, 0xB, 150, T), vec![(0xB, 200), (0xE, 100), (0x1, 0)]);
         assert_eq!(l.incarnation(7, 0xB, 150, T), (0xB, 200));
-        // Another thread cannot run the new task before `__init__` returns.
-        assert_eq!(l.incarnation(7, 0xB, 150, T + 1), (0xB, 20));
-        assert_eq!(l.incarnation(7, 0xB, 200, T + 1), (0xB, 200));
+        // A task runs on its loop's thread only: elsewhere its address names nothing known.
+        assert_eq!(l.incarnation(7, 0xB, 150, T + 1), (0xB, 0));
+        assert_eq!(l.incarnation(7, 0xB, 200, T + 1), (0xB, 0));
         // Nested: 0xB's first step creates 0xC at 160..170: 0xB's incarnation as of 160 on T
         // is the new one.
         l.created(7, T, 0xC, 0xB, (160, 170));
@@ -161,6 +186,39 @@ mod tests {
         l.created(7, T, 0xB, 0xA, (19, 20));
         assert_eq!(l.ancestry(7, 0xB, 50, T + 1), vec![(0xB, 0)]);
         assert_eq!(l.ancestry(7, 0xB, 50, T), vec![(0xB, 20), (0xA, 10), (0x1, 0)]);
+    }
+
+    #[test]
+    fn a_copy_made_for_a_pool_thread_leads_to_the_task_that_made_it() {
+        let mut l = TaskLineage::new(100);
+        // Request task 0xA (born 10) copies its context into 0xD at 20 (`to_thread`); pool
+        // thread T + 1 runs the work in 0xD from 25.
+        l.created(7, T, 0xA, 0x1, (9, 10));
+        l.copied(7, T, 0xD, 0xA, 20);
+        assert_eq!(l.ancestry(7, 0xD, 25, T + 1), vec![(0xD, 20), (0xA, 10), (0x1, 0)]);
+        // Not before the copy exists.
+        assert_eq!(l.ancestry(7, 0xD, 15, T + 1), vec![(0xD, 0)]);
+        // On the loop's own thread a copy is a callback's context: no lineage from it.
+        assert_eq!(l.ancestry(7, 0xD, 25, T), vec![(0xD, 0)]);
+        // A copy's parent that is itself a copy made on the loop thread stops the chain there.
+        l.copied(7, T, 0xE, 0x5, 30);
+        l.copied(7, T, 0x5, 0xA, 28);
+        assert_eq!(l.ancestry(7, 0xE, 35, T + 1), vec![(0xE, 30), (0x5, 0)]);
+        // A task born later at the copy's address replaces it, on every thread.
+        l.created(7, T, 0xD, 0x1, (40, 41));
+        assert_eq!(l.ancestry(7, 0xD, 45, T + 1), vec![(0xD, 0)]);
+        assert_eq!(l.ancestry(7, 0xD, 45, T), vec![(0xD, 41), (0x1, 0)]);
+    }
+
+    #[test]
+    fn a_base_context_is_no_copy() {
+        let mut l = TaskLineage::new(100);
+        // The kernel tags a context no `Context.run` entered (a thread's own): even at a
+        // freed copy's address it never matches the copy.
+        l.created(7, T, 0xA, 0x1, (9, 10));
+        l.copied(7, T, 0xD0, 0xA, 20);
+        let base = 0xD0 | traceo_ebpf_common::BASE_CTX;
+        assert_eq!(l.ancestry(7, base, 25, T + 1), vec![(base, 0)]);
     }
 
     #[test]

@@ -281,7 +281,7 @@ fn born(child: u64, parent: u64, (entry, ret): (u64, u64)) -> Event {
         meta: Meta { pid: 100, tid: 10, service: None, ts_ns: ret },
         parent_ctx: parent,
         child_ctx: child,
-        task: 0,
+        task: 0x7000, // a task object (0 would be a context copy)
         entry_ns: entry,
     })
 }

@@ -48,15 +48,19 @@ pub const SSL_FUNCTIONS: &[(&str, &str)] = &[
 /// The uretprobe program shared by every `SSL_FUNCTIONS` entry.
 pub const SSL_RETURN: &str = "ssl_return";
 
-/// asyncio task creation in a CPython `_asyncio` module: (entry, return) programs, both on
-/// `runtime::python::TASK_INIT_SYMBOL`.
-pub const TASK_INIT: (&str, &str) = ("py_task_init", "py_task_init_return");
+/// asyncio task creation in a CPython `_asyncio` module: the programs on
+/// `runtime::python::TASK_INIT_SYMBOL`, the return probe first (attached in this order).
+pub const TASK_INIT: &[&str] = &["py_task_init_return", "py_task_init"];
 
-/// nginx's `ngx_http_upstream_init`: (entry, return) programs.
-pub const NGINX_UPSTREAM_INIT: (&str, &str) = ("ngx_upstream_init", "ngx_upstream_init_return");
+/// `contextvars.copy_context` in a CPython `_contextvars` module (`--thread-pools`): only a
+/// return program (`runtime::python::CONTEXT_COPY_SYMBOL`).
+pub const CONTEXT_COPY: &[&str] = &["py_context_copy_return"];
+
+/// nginx's `ngx_http_upstream_init`: return, then entry program.
+pub const NGINX_UPSTREAM_INIT: &[&str] = &["ngx_upstream_init_return", "ngx_upstream_init"];
 
 /// Every uprobe program, for loading.
 pub fn uprobe_programs() -> impl Iterator<Item = &'static str> {
-    let runtime = [TASK_INIT.0, TASK_INIT.1, NGINX_UPSTREAM_INIT.0, NGINX_UPSTREAM_INIT.1];
+    let runtime = [TASK_INIT, CONTEXT_COPY, NGINX_UPSTREAM_INIT].into_iter().flatten().copied();
     SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN]).chain(runtime)
 }

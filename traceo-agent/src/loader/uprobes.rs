@@ -102,26 +102,24 @@ impl Probes {
         })
     }
 
-    /// Probe `symbol` in `file` for traced process `user` with an (entry, return) pair.
+    /// Probe `symbol` in `file` for traced process `user` with `programs`, in that order
+    /// (the return probe first, as for OpenSSL: an entry never waits for a return program
+    /// that is not there yet).
     pub fn hold_runtime_probe(
         &mut self,
         file: &Path,
         symbol: &'static str,
-        (entry, ret): (&'static str, &'static str),
+        programs: &'static [&'static str],
         user: u32,
     ) -> anyhow::Result<()> {
         self.hold(file, ProbeSet::Runtime(symbol), Some(user), |probes, links| {
-            // The return probe first, as for OpenSSL.
-            links.push(
-                probes
-                    .attach_uprobe(ret, symbol, file)
-                    .with_context(|| format!("no {symbol} in {}", file.display()))?,
-            );
-            links.push(
-                probes
-                    .attach_uprobe(entry, symbol, file)
-                    .with_context(|| format!("probing {symbol} in {}", file.display()))?,
-            );
+            for program in programs {
+                links.push(
+                    probes
+                        .attach_uprobe(program, symbol, file)
+                        .with_context(|| format!("probing {symbol} in {}", file.display()))?,
+                );
+            }
             Ok(vec![symbol])
         })
         .map(drop)

@@ -203,7 +203,7 @@ impl LogJoin {
     }
 
     pub fn task(&mut self, t: &TaskCreated) {
-        self.lineage.created(t.meta.pid, t.meta.tid, t.child_ctx, t.parent_ctx, (t.entry_ns, t.meta.ts_ns));
+        self.lineage.record(t);
     }
 
     pub fn exited(&mut self, pid: u32) {

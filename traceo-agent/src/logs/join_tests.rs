@@ -145,21 +145,21 @@ fn an_asyncio_task_owns_its_records_and_its_traceback_reaches_the_exchange() {
         meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 140 },
         parent_ctx: 1,
         child_ctx: 0xA,
-        task: 0,
+        task: 0x7000, // a task object (0 would be a context copy)
         entry_ns: 139,
     });
     j.task(&TaskCreated {
         meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 160 },
         parent_ctx: 1,
         child_ctx: 0xB,
-        task: 0,
+        task: 0x7000, // a task object (0 would be a context copy)
         entry_ns: 159,
     });
     j.task(&TaskCreated {
         meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 200 },
         parent_ctx: 0xB,
         child_ctx: 0xC,
-        task: 0,
+        task: 0x7000, // a task object (0 would be a context copy)
         entry_ns: 199,
     });
     let (a, b) = (exchange(1, 10, 100, 500, 0xA, 200), exchange(2, 10, 150, 600, 0xB, 500));
@@ -198,7 +198,7 @@ fn a_context_on_another_thread_at_a_finished_tasks_address_is_not_that_task() {
         meta: Meta { pid: PID, tid: 10, service: None, ts_ns: 140 },
         parent_ctx: 1,
         child_ctx: 0xA,
-        task: 0,
+        task: 0x7000, // a task object (0 would be a context copy)
         entry_ns: 139,
     });
     let a = exchange(1, 10, 100, 500, 0xA, 200);

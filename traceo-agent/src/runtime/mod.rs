@@ -33,8 +33,9 @@ pub enum Runtime {
     /// connection ends, a thread serving one request).
     Other,
     /// CPython whose current context is read at each socket syscall; `tasks` when the task
-    /// probe is attached too (lineage of tasks created while serving a request).
-    Python { version: String, tasks: bool, note: Option<String> },
+    /// probe is attached too (lineage of tasks created while serving a request);
+    /// `thread_pools` with `--thread-pools`: whether the context-copy probe is attached.
+    Python { version: String, tasks: bool, note: Option<String>, thread_pools: Option<Result<(), String>> },
     /// CPython the agent could not measure (named why).
     PythonUnsupported(String),
     /// nginx with its upstream probe (`Err`: why not).
@@ -45,13 +46,23 @@ impl Runtime {
     pub fn describe(&self) -> String {
         match self {
             Runtime::Other => "no runtime tracking (parents from threads, connections and headers)".into(),
-            Runtime::Python { version, tasks: true, .. } => {
-                format!("python{version} asyncio: task tracking on (context per task, task lineage)")
+            Runtime::Python { version, tasks, note, thread_pools } => {
+                let tasks = if *tasks {
+                    "task tracking on (context per task, task lineage)".to_owned()
+                } else {
+                    format!("context per task on, task lineage off ({})", note.as_deref().unwrap_or("no task probe"))
+                };
+                let pools = match thread_pools {
+                    None => "",
+                    Some(Ok(())) => "; thread pools followed (to_thread, run_in_threadpool)",
+                    Some(Err(_)) => "; thread pools not followed",
+                };
+                let why = match thread_pools {
+                    Some(Err(why)) => format!(" ({why})"),
+                    _ => String::new(),
+                };
+                format!("python{version} asyncio: {tasks}{pools}{why}")
             }
-            Runtime::Python { version, tasks: false, note } => format!(
-                "python{version} asyncio: context per task on, task lineage off ({})",
-                note.as_deref().unwrap_or("no task probe")
-            ),
             Runtime::PythonUnsupported(why) => format!("python: no task tracking ({why})"),
             Runtime::Nginx(Ok(())) => "nginx: upstream requests tied to their client requests".into(),
             Runtime::Nginx(Err(why)) => format!("nginx: upstream tracking off ({why})"),
@@ -131,8 +142,16 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
     match plan {
         Plan::Other => Runtime::Other,
         Plan::Unsupported(why) => Runtime::PythonUnsupported(why),
-        Plan::Python { measured, module, note } => {
-            let rt = RuntimeProc { kind: runtime_kind::PYTHON, _pad: 0, python: measured.layout() };
+        Plan::Python { measured, module, note, copies } => {
+            let thread_pools = copies.map(|found| {
+                found.and_then(|file| {
+                    probes
+                        .hold_runtime_probe(&file, python::CONTEXT_COPY_SYMBOL, programs::CONTEXT_COPY, pid)
+                        .map_err(|e| format!("{e:#}"))
+                })
+            });
+            let layout = measured.layout(matches!(thread_pools, Some(Ok(()))));
+            let rt = RuntimeProc { kind: runtime_kind::PYTHON, _pad: 0, python: layout };
             if let Err(e) = probes.set_runtime(pid, rt) {
                 return Runtime::PythonUnsupported(format!("kernel map: {e:#}"));
             }
@@ -145,7 +164,7 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
                     }
                 }
             };
-            Runtime::Python { version: measured.version, tasks, note }
+            Runtime::Python { version: measured.version, tasks, note, thread_pools }
         }
         Plan::Nginx(Err(why)) => Runtime::Nginx(Err(why)),
         Plan::Nginx(Ok(exe)) => {
@@ -167,6 +186,9 @@ pub enum Plan {
         measured: python::Measured,
         module: Option<PathBuf>,
         note: Option<String>,
+        /// With `--thread-pools`: the `_contextvars` file to probe for context copies, or why
+        /// there is none.
+        copies: Option<Result<PathBuf, String>>,
     },
     Unsupported(String),
     /// nginx: its executable (through /proc/PID/root), or why it cannot be probed.
@@ -179,11 +201,17 @@ pub fn plan_with_offsets(
     pid: u32,
     measured: &mut HashMap<FileId, Result<python::Measured, String>>,
     symbols: &crate::loader::symbols::SymbolOffsets,
+    thread_pools: bool,
 ) -> Plan {
-    let p = plan(pid, measured);
+    let p = plan(pid, measured, thread_pools);
     match &p {
-        Plan::Python { module: Some(module), .. } => {
-            let _ = symbols.offset(module, python::TASK_INIT_SYMBOL);
+        Plan::Python { module, copies, .. } => {
+            if let Some(module) = module {
+                let _ = symbols.offset(module, python::TASK_INIT_SYMBOL);
+            }
+            if let Some(Ok(file)) = copies {
+                let _ = symbols.offset(file, python::CONTEXT_COPY_SYMBOL);
+            }
         }
         Plan::Nginx(Ok(exe)) => {
             let _ = symbols.offset(exe, NGINX_UPSTREAM_SYMBOL);
@@ -193,8 +221,9 @@ pub fn plan_with_offsets(
     p
 }
 
-/// Look at `pid`: measure its interpreter once per executable (`measured` caches).
-pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, String>>) -> Plan {
+/// Look at `pid`: measure its interpreter once per executable (`measured` caches);
+/// `thread_pools`: find where context copies are made too.
+pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, String>>, thread_pools: bool) -> Plan {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let Ok(target) = std::fs::read_link(&exe) else { return Plan::Other };
     let root = Path::new("/proc").join(pid.to_string()).join("root");
@@ -231,7 +260,24 @@ pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, St
             }
         }
     };
-    Plan::Python { measured: m, module, note }
+    let copies = thread_pools.then(|| copies_module(&root, &m));
+    Plan::Python { measured: m, module, note, copies }
+}
+
+/// The `_contextvars` file whose copy function the thread-pool probe goes on, or why not.
+fn copies_module(root: &Path, m: &python::Measured) -> Result<PathBuf, String> {
+    if m.context_entered.is_none() {
+        return Err("PyContext.ctx_entered not found".into());
+    }
+    let Some(file) = &m.contextvars_module else {
+        return Err("_contextvars is built into the interpreter".into());
+    };
+    let module = root.join(file.trim_start_matches('/'));
+    if python::has_symbol(&module, python::CONTEXT_COPY_SYMBOL) {
+        Ok(module)
+    } else {
+        Err(format!("{file} is stripped: no {} symbol", python::CONTEXT_COPY_SYMBOL))
+    }
 }
 
 /// One line for `check --service`.
@@ -239,9 +285,14 @@ pub fn describe_plan(plan: &Plan) -> String {
     match plan {
         Plan::Other => Runtime::Other.describe(),
         Plan::Unsupported(why) => Runtime::PythonUnsupported(why.clone()).describe(),
-        Plan::Python { measured, module, note } => {
+        Plan::Python { measured, module, note, copies } => {
             let version = measured.version.clone();
-            Runtime::Python { version, tasks: module.is_some(), note: note.clone() }.describe()
+            let line = Runtime::Python { version, tasks: module.is_some(), note: note.clone(), thread_pools: None };
+            match copies {
+                None => line.describe(),
+                Some(Ok(_)) => format!("{}; thread pools can be followed (--thread-pools)", line.describe()),
+                Some(Err(why)) => format!("{}; thread pools cannot be followed ({why})", line.describe()),
+            }
         }
         Plan::Nginx(found) => Runtime::Nginx(found.as_ref().map(|_| ()).map_err(Clone::clone)).describe(),
     }

@@ -15,6 +15,9 @@ const LAYOUT_SCRIPT: &str = include_str!("python_layout.py");
 /// The C Task's init (the `tp_init` slot, so never inlined away): a local symbol of the
 /// `_asyncio` extension module, present unless the file is stripped.
 pub const TASK_INIT_SYMBOL: &str = "_asyncio_Task___init__";
+/// `contextvars.copy_context` (its method-table entry, so never inlined away): a local
+/// symbol of the `_contextvars` extension module.
+pub const CONTEXT_COPY_SYMBOL: &str = "_contextvars_copy_context";
 
 /// What the measuring script reports.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -24,17 +27,27 @@ pub struct Measured {
     pub thread_id: u32,
     pub context: u32,
     pub task_context: Option<u32>,
+    /// `PyContext.ctx_entered` (None: not found, so context copies are not followed).
+    #[serde(default)]
+    pub context_entered: Option<u32>,
     /// The `_asyncio` extension module file (None when built into the interpreter).
     pub asyncio_module: Option<String>,
+    /// The `_contextvars` extension module file (None when built in).
+    #[serde(default)]
+    pub contextvars_module: Option<String>,
 }
 
 impl Measured {
-    pub fn layout(&self) -> PyLayout {
+    /// What the programs read; `copies`: whether context copies are followed (the entered
+    /// flag is then read at each syscall).
+    pub fn layout(&self, copies: bool) -> PyLayout {
         PyLayout {
             tstate_slot: self.tstate_slot,
             thread_id: self.thread_id,
             context: self.context,
             task_context: self.task_context.unwrap_or(0),
+            context_entered: if copies { self.context_entered.unwrap_or(0) } else { 0 },
+            _pad: 0,
         }
     }
 }
@@ -106,5 +119,6 @@ mod tests {
         assert!(m.tstate_slot.is_multiple_of(8) && m.tstate_slot < 0x1000, "{m:?}");
         assert!(m.context.is_multiple_of(8) && m.context < 0x400, "{m:?}");
         assert!(m.task_context.is_some(), "{m:?}");
+        assert!(m.context_entered.is_some_and(|o| o >= 16 && o < 0x40), "{m:?}");
     }
 }

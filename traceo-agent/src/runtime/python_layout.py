@@ -7,6 +7,8 @@
 #   thread_id:   offset of PyThreadState.thread_id (== pthread_self() == fs base: a check).
 #   context:     offset of PyThreadState.context (the contextvars.Context being run).
 #   task_context: offset of the C Task's task_context (each asyncio task runs in its own).
+#   context_entered: offset of PyContext.ctx_entered (an int: 1 inside Context.run, 0 for a
+#                thread's base context).
 # Prints one JSON object; errors go to stderr with a non-zero exit.
 import asyncio, contextvars, ctypes, json, sys, threading
 
@@ -63,6 +65,12 @@ def main():
     context = sorted(ctx_offs[0] & ctx_offs[1])
     if not context:
         sys.exit("PyThreadState.context not found")
+    # The one 4-byte field of a fresh copy that is 0 outside its run and 1 inside.
+    ctx = contextvars.copy_context()
+    outside = read(id(ctx), 0x40)
+    inside = ctx.run(lambda: read(id(ctx), 0x40))
+    entered = [i for i in range(16, 0x40, 4)
+               if outside[i:i + 4] == b"\0\0\0\0" and inside[i:i + 4] == b"\1\0\0\0"]
 
     async def probe():
         # A fresh task holds one Context: its own (no callbacks yet).
@@ -79,7 +87,9 @@ def main():
         "thread_id": tid[0],
         "context": context[0],
         "task_context": task_context[0] if task_context else None,
+        "context_entered": entered[0] if len(entered) == 1 else None,
         "asyncio_module": getattr(sys.modules.get("_asyncio"), "__file__", None),
+        "contextvars_module": getattr(sys.modules.get("_contextvars"), "__file__", None),
     }))
 
 

@@ -69,3 +69,27 @@ pub fn py_task_init_return(ctx: RetProbeContext) -> u32 {
     entry.submit(submit_flags());
     0
 }
+
+/// `contextvars.copy_context()` returned (a uretprobe on the `_contextvars` module's
+/// function, attached with `--thread-pools`): `asyncio.to_thread` and anyio's
+/// `to_thread.run_sync` (Starlette's `run_in_threadpool`, FastAPI's sync handlers) copy the
+/// calling task's context and run the work in the copy on a pool thread. The copy does not
+/// switch contexts, so the thread's current context at the return is the one copied.
+#[uretprobe]
+pub fn py_context_copy_return(ctx: RetProbeContext) -> u32 {
+    let Some(cur) = traced() else { return 0 };
+    let copy: u64 = ctx.ret();
+    if copy == 0 {
+        return 0;
+    }
+    let parent = current_context(&cur);
+    let Some(mut entry) = EVENTS.reserve::<TaskEvent>(0) else {
+        count(stat::RING_FULL_TASK);
+        return 0;
+    };
+    let header = cur.header(kind::TASK_CREATED);
+    let entry_ns = header.ts_ns;
+    entry.write(TaskEvent { header, parent_ctx: parent, child_ctx: copy, task: 0, entry_ns });
+    entry.submit(submit_flags());
+    0
+}

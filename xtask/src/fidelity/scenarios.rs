@@ -25,6 +25,8 @@ enum Front {
         eager: bool,
         /// The call is made after the response, by the request's task (a background task).
         after: bool,
+        /// The call is made on a thread pool (`to_thread`); the agent follows context copies.
+        pool: bool,
     },
     Aiohttp {
         fanout: bool,
@@ -53,14 +55,14 @@ pub struct Scenario {
 /// Any CPython the harness runs.
 const ANY: (u32, u32) = (3, 9);
 
-pub const SCENARIOS: [Scenario; 13] = [
+pub const SCENARIOS: [Scenario; 15] = [
     Scenario {
         name: "asyncio_uvicorn",
         fanout: 1,
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false, pool: false },
     },
     Scenario {
         name: "uvloop_uvicorn",
@@ -68,7 +70,7 @@ pub const SCENARIOS: [Scenario; 13] = [
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false, after: false },
+        front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false, after: false, pool: false },
     },
     Scenario {
         name: "aiohttp",
@@ -84,7 +86,7 @@ pub const SCENARIOS: [Scenario; 13] = [
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: false, after: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: false, after: false, pool: false },
     },
     // gather_fanout with eager tasks: each task's first step (often its call) runs inside
     // `Task.__init__`, before the task-creation probe's return.
@@ -94,7 +96,7 @@ pub const SCENARIOS: [Scenario; 13] = [
         recall_target: RECALL,
         since: (3, 12),
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: true, after: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: true, eager: true, after: false, pool: false },
     },
     // The same on aiohttp, whose client sends on a pooled connection without suspending
     // first: with eager tasks most calls are sent inside `Task.__init__`.
@@ -114,7 +116,26 @@ pub const SCENARIOS: [Scenario; 13] = [
         recall_target: RECALL,
         since: ANY,
         logs: &[],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: true },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: true, pool: false },
+    },
+    // The call made on a thread pool (`asyncio.to_thread`, anyio's `to_thread.run_sync` as
+    // FastAPI's sync handlers do) with a sync client, the agent run with `--thread-pools`:
+    // under uvloop (what uvicorn picks when installed) and on the default loop.
+    Scenario {
+        name: "thread_pool_uvloop",
+        fanout: 1,
+        recall_target: RECALL,
+        since: ANY,
+        logs: &[],
+        front: Front::Uvicorn { event_loop: "uvloop", fanout: false, eager: false, after: false, pool: true },
+    },
+    Scenario {
+        name: "thread_pool_asyncio",
+        fanout: 1,
+        recall_target: RECALL,
+        since: ANY,
+        logs: &[],
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false, pool: true },
     },
     // The control: a thread per connection. No target: it should simply be right.
     Scenario { name: "threaded", fanout: 1, recall_target: None, since: ANY, logs: &[], front: Front::Threaded },
@@ -192,8 +213,9 @@ impl Scenario {
             cmd
         };
         let mut cmd = match self.front {
-            Front::Uvicorn { event_loop, fanout, eager, after } => {
+            Front::Uvicorn { event_loop, fanout, eager, after, pool } => {
                 let mut cmd = uvicorn(python, "front_asgi:app", port, event_loop);
+                cmd.env("FIDELITY_POOL", if pool { "1" } else { "0" });
                 cmd.env("FIDELITY_FANOUT", if fanout { "1" } else { "0" });
                 cmd.env("FIDELITY_EAGER", if eager { "1" } else { "0" });
                 cmd.env("FIDELITY_AFTER", if after { "1" } else { "0" });
@@ -241,6 +263,7 @@ impl Scenario {
     pub fn agent_args(&self) -> &'static [&'static str] {
         match self.front {
             Front::Mcp => &["--header", "X-Fidelity-Req"],
+            Front::Uvicorn { pool: true, .. } => &["--thread-pools"],
             _ => &[],
         }
     }

@@ -497,3 +497,69 @@ fn records_written_to_a_journal_socket_are_captured_and_joined() {
     }
     assert!(exchanges.iter().all(|x| x["kind"] == "exchange"), "the socket is not read as a connection");
 }
+
+/// Thread pools (`--thread-pools`): a FastAPI sync handler (Starlette's `run_in_threadpool`)
+/// and an async handler calling `asyncio.to_thread`, each logging and calling /leaf from the
+/// pool thread, 20 in flight. With the option, every call's parent and every record's trace
+/// is its own request's; without it, none is guessed.
+#[test]
+fn thread_pool_work_belongs_to_the_request_that_handed_it_over() {
+    if !require_root("logs") || !require_python("logs") {
+        return;
+    }
+    let port = free_port();
+    let app = uvicorn_app("pool_app:app", port, 1, &[("POOL_PORT", &port.to_string())]);
+    const N: usize = 40;
+    // (right parents, wrong parents, records with their request's trace, wrong records).
+    let score = |dir: &std::path::Path, extra: &[&str], first: usize| {
+        let agent = LogAgent::start(dir, port, extra);
+        load(port, "/sync", N, 20, first);
+        load(port, "/to_thread", N, 20, first + N);
+        let (exchanges, records, _) = agent.finish(Duration::from_secs(5));
+        let server: HashMap<String, &Value> = exchanges
+            .iter()
+            .filter(|e| e["direction"] == "server" && e["correlation_id"].is_string())
+            .map(|e| (e["correlation_id"].as_str().unwrap_or_default().to_owned(), e))
+            .collect();
+        assert!(server.len() >= 2 * N * 95 / 100, "only {} server exchanges", server.len());
+        let (mut right, mut wrong) = (0, Vec::new());
+        for call in exchanges.iter().filter(|e| e["direction"] == "client") {
+            let target = call["target"].as_str().unwrap_or_default();
+            let Some(rid) = target.split("from=").nth(1) else { continue };
+            if call["parent_span_id"].is_null() {
+                continue;
+            }
+            match server.get(rid) {
+                Some(s) if s["span_id"] == call["parent_span_id"] && s["trace_id"] == call["trace_id"] => right += 1,
+                _ => wrong.push(call.to_string()),
+            }
+        }
+        let (mut tied, mut crossed) = (0, Vec::new());
+        for r in &records {
+            let Some(rid) = r["message"].as_str().filter(|m| m.starts_with("pool ")).and_then(rid_of) else {
+                continue;
+            };
+            if r["trace_id"].is_null() {
+                continue;
+            }
+            match server.get(&rid) {
+                Some(s) if s["trace_id"] == r["trace_id"] => tied += 1,
+                _ => crossed.push(r.to_string()),
+            }
+        }
+        (right, wrong, tied, crossed)
+    };
+
+    let (right, wrong, tied, crossed) = score(&temp_dir("logs-pools"), &["--thread-pools"], 0);
+    assert!(wrong.is_empty(), "{} calls got another request's parent:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(crossed.is_empty(), "{} records got another request's trace:\n{}", crossed.len(), crossed.join("\n"));
+    assert!(right * 100 >= 2 * N * 95, "only {right} of {} pool calls got their request as parent", 2 * N);
+    // Two records per request.
+    assert!(tied * 100 >= 4 * N * 95, "only {tied} of {} pool records got their request's trace", 4 * N);
+
+    // Without the option the pool threads' work is not followed: never a wrong link.
+    let (right, wrong, tied, crossed) = score(&temp_dir("logs-no-pools"), &[], 1000);
+    assert!(wrong.is_empty() && crossed.is_empty(), "a guess without --thread-pools:\n{wrong:?}\n{crossed:?}");
+    assert!(right < N && tied < 2 * N, "pool work tied without --thread-pools ({right} calls, {tied} records)");
+    drop(app);
+}

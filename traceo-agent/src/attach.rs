@@ -94,7 +94,9 @@ impl Planner {
             pid,
             exe: exe_of(pid),
             tls: wants.tls.then(|| classify(pid, &mut self.elf, &self.symbols)),
-            runtime: wants.runtime.then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols, self.thread_pools)),
+            runtime: wants
+                .runtime
+                .then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols, self.thread_pools)),
         }
     }
 }

@@ -312,7 +312,9 @@ impl SelectionArgs {
         let runtime = !(self.no_runtime || file.no_runtime);
         let thread_pools = self.thread_pools || file.thread_pools;
         if thread_pools && !runtime {
-            anyhow::bail!("--thread-pools follows the runtime's context copies: it cannot go with --no-runtime (drop one)");
+            anyhow::bail!(
+                "--thread-pools follows the runtime's context copies: it cannot go with --no-runtime (drop one)"
+            );
         }
         Ok(Selection {
             services,

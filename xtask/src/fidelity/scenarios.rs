@@ -150,7 +150,7 @@ pub const SCENARIOS: [Scenario; 15] = [
         recall_target: RECALL,
         since: ANY,
         logs: &["handler", "child", "after-call"],
-        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false },
+        front: Front::Uvicorn { event_loop: "asyncio", fanout: false, eager: false, after: false, pool: false },
     },
     Scenario {
         name: "logs_threaded",

@@ -13,6 +13,8 @@ mod join;
 pub use envelope::{Parsed, SentryEvent, parse};
 pub use join::{SentryConfig, SentryJoin, SentryOut, SentryStats};
 
+use crate::fnv;
+
 /// Body bytes kept for an envelope request (the default prefix is smaller than a typical
 /// compressed error event; the kernel capture still bounds what arrives).
 pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
@@ -21,9 +23,8 @@ pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
 /// the SDK reports it): what a Sentry event names of the request it describes.
 pub fn request_shape(method: &str, target: &str) -> u64 {
     let path = target.split(['?', '#']).next().unwrap_or("");
-    let digest = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    let h = method.to_ascii_uppercase().as_bytes().iter().fold(0xcbf2_9ce4_8422_2325, digest);
-    join::percent_decoded(path).iter().fold(digest(h, &b' '), digest)
+    let h = fnv::extend(fnv::START, method.to_ascii_uppercase().as_bytes());
+    fnv::extend(fnv::step(h, b' '), &join::percent_decoded(path))
 }
 
 /// `POST /api/<project id>/envelope/` (query allowed: older SDKs put their key there).

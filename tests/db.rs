@@ -9,7 +9,7 @@ mod support;
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,13 +19,6 @@ use support::*;
 
 const N: usize = 50;
 
-fn pg_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| Some(e.ok()?.path().join("bin"))).collect();
-    dirs.sort();
-    dirs.pop().filter(|d| d.join("initdb").exists())
-}
-
 fn ready(test: &str) -> bool {
     if !(require_root(test) && require_python(test)) {
         return false;
@@ -34,7 +27,7 @@ fn ready(test: &str) -> bool {
         .args(["-c", "import asyncpg, redis, fastapi"])
         .output()
         .is_ok_and(|o| o.status.success());
-    let servers = pg_bin().is_some() && Path::new("/usr/bin/redis-server").exists();
+    let servers = pg::bin().is_some() && Path::new("/usr/bin/redis-server").exists();
     if !(deps && servers) {
         let why =
             format!("{test} needs postgresql, redis-server and asyncpg/redis in the venv: run `cargo xtask setup`");
@@ -54,33 +47,8 @@ fn postgres(dir: &Path, port: u16) -> Proc {
 
 /// The same, with extra `-c name=value` settings.
 fn postgres_with(dir: &Path, port: u16, settings: &[String]) -> Proc {
-    let bin = pg_bin().expect("postgresql");
-    let data = dir.join("pgdata");
-    std::fs::create_dir_all(&data).expect("pgdata");
-    let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
-    assert!(chown.success());
-    let init = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("initdb"))
-        .args(["-D"])
-        .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
-        .stdout(Stdio::null())
-        .output()
-        .expect("initdb");
-    assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
-    let p = Proc::spawn(
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
-            .arg(dir)
-            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let bin = pg::bin().expect("postgresql");
+    let p = Proc::spawn(&mut pg::cluster(&bin, dir, port, settings).unwrap_or_else(|e| panic!("{e}")));
     wait_for_port(port);
     p
 }

@@ -8,6 +8,8 @@
 //! sent, the app's replies, the file sizes: tests/fixtures/README.md) and from the raw bytes on
 //! the wire (`replay --events`), never from the exchange layer's own output.
 
+#[path = "golden_db_scenarios.rs"]
+mod db_scenarios;
 #[path = "golden_scenarios.rs"]
 mod scenarios;
 mod support;
@@ -176,8 +178,8 @@ const SCENARIOS: &[(&str, Check)] = &[
     ("no_content_204", scenarios::no_content_204),
     ("not_modified_304", scenarios::not_modified_304),
     ("pipelining", scenarios::pipelining),
-    ("postgres_asyncpg", scenarios::postgres_asyncpg),
-    ("redis_py", scenarios::redis_py),
+    ("postgres_asyncpg", db_scenarios::postgres_asyncpg),
+    ("redis_py", db_scenarios::redis_py),
     ("streaming", scenarios::streaming),
     ("upload_5mib", scenarios::upload_5mib),
 ];

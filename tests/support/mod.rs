@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod cgroup;
 pub mod otlp;
+pub mod pg;
 pub mod prometheus;
 pub mod tls;
 

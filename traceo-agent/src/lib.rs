@@ -21,6 +21,7 @@ pub mod decode;
 pub mod event_json;
 pub mod events;
 pub mod findings;
+pub mod fnv;
 pub mod http;
 pub mod joins;
 pub mod live;

@@ -336,7 +336,7 @@ fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
         return None;
     }
     let line = format!("{} {} {}", ex.method, ex.target, ex.request_body_bytes);
-    let digest = fnv1a(line.as_bytes());
+    let digest = crate::fnv::fnv1a(line.as_bytes());
     if let Some([request, response]) = ex.tcp_seq {
         use sha2::Digest;
         let hash = sha2::Sha256::new()
@@ -352,11 +352,6 @@ fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
     }
     let (client, srv) = if server { (peer, local) } else { (local, peer) };
     Some(format!("traceo:conn:{client}>{srv}#{}:{digest:016x}", ex.request_seq))
-}
-
-/// FNV-1a, 64 bits: stable across builds and hosts (unlike `DefaultHasher`).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Redis, reconnected on demand; failures counted and logged once.

@@ -17,6 +17,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+// Shared with the live database tests.
+#[path = "../../tests/support/pg.rs"]
+mod pg;
+
 /// Process groups still running, for the Ctrl-C handler (0 = free slot).
 static GROUPS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
 
@@ -253,35 +257,12 @@ pub fn wrk(url: &str, connections: u32, seconds: u32) -> anyhow::Result<WrkResul
 /// 127.0.0.1:`port`, run as the `postgres` user (initdb refuses root). `None`, with the
 /// reason, when the Debian package is not installed or this is not root.
 pub fn postgres(dir: &Path, port: u16) -> anyhow::Result<Result<Proc, String>> {
-    let mut bins: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| Some(e.ok()?.path().join("bin"))).filter(|b| b.join("initdb").exists()).collect())
-        .unwrap_or_default();
-    bins.sort();
-    let Some(bin) = bins.pop() else { return Ok(Err("no PostgreSQL (apt install postgresql)".into())) };
+    let Some(bin) = pg::bin() else { return Ok(Err("no PostgreSQL (apt install postgresql)".into())) };
     // SAFETY: a plain query.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(Err("not root (PostgreSQL is run as its own user)".into()));
     }
-    let data = dir.join("pgdata");
-    std::fs::create_dir_all(&data)?;
-    crate::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
-    let as_postgres = |program: &str| {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
-        c
-    };
-    crate::run(
-        as_postgres("initdb").arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust"]).stdout(Stdio::null()),
-    )?;
-    let server = Proc::spawn(
-        as_postgres("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
+    let server = Proc::spawn(&mut pg::cluster(&bin, dir, port, &[]).map_err(anyhow::Error::msg)?)?;
     wait_for_port(port)?;
     Ok(Ok(server))
 }

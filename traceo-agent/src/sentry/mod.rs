@@ -13,6 +13,8 @@ mod join;
 pub use envelope::{Parsed, SentryEvent, parse};
 pub use join::{SentryConfig, SentryJoin, SentryOut, SentryStats};
 
+use crate::fnv;
+
 /// Body bytes kept for an envelope request (the default prefix is smaller than a typical
 /// compressed error event; the kernel capture still bounds what arrives).
 pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
@@ -21,9 +23,9 @@ pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
 /// the SDK reports it): what a Sentry event names of the request it describes.
 pub fn request_shape(method: &str, target: &str) -> u64 {
     let path = target.split(['?', '#']).next().unwrap_or("");
-    let digest = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    let h = method.to_ascii_uppercase().as_bytes().iter().fold(0xcbf2_9ce4_8422_2325, digest);
-    join::percent_decoded(path).iter().fold(digest(h, &b' '), digest)
+    // Upper-cased byte by byte: no allocation per server request.
+    let h = method.bytes().fold(fnv::START, |h, b| fnv::step(h, b.to_ascii_uppercase()));
+    fnv::extend(fnv::step(h, b' '), &join::percent_decoded(path))
 }
 
 /// `POST /api/<project id>/envelope/` (query allowed: older SDKs put their key there).
@@ -39,7 +41,32 @@ pub fn is_envelope_request(method: &str, target: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_envelope_request;
+    use super::{is_envelope_request, request_shape};
+
+    #[test]
+    fn request_shape_is_the_digest_it_always_was() {
+        // The function as it was before the method was upper-cased byte by byte (into an
+        // owned copy then), its FNV-1a written out.
+        let before = |method: &str, target: &str| {
+            let path = target.split(['?', '#']).next().unwrap_or("");
+            let digest = |h: u64, b: &u8| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            let h = method.to_ascii_uppercase().as_bytes().iter().fold(0xcbf2_9ce4_8422_2325, digest);
+            super::join::percent_decoded(path).iter().fold(digest(h, &b' '), digest)
+        };
+        for (method, target) in [
+            ("GET", "/fail/%33"),
+            ("get", "/fail/3?x=1"),
+            ("Post", "/api/42/envelope/#frag"),
+            ("pAtCh", "/a%20b/%zz"),
+            ("", ""),
+            ("DELETE", "/"),
+            ("gét", "/é?q"),
+        ] {
+            assert_eq!(request_shape(method, target), before(method, target), "{method} {target}");
+        }
+        assert_eq!(request_shape("get", "/fail/%33"), request_shape("GET", "/fail/3"));
+        assert_eq!(request_shape("GET", "/fail/3"), 0x0fe4_4d39_7c76_e340, "FNV-1a of `GET /fail/3`");
+    }
 
     #[test]
     fn envelope_targets() {

@@ -99,6 +99,9 @@ pub struct HttpPipeline {
     in_flight_services: HashSet<String>,
     /// With log records on: stdout/stderr sockets (the journal's), whose writes are logs.
     stdio: Option<crate::logs::stdio_socket::StdioSockets>,
+    /// `--node-inject`: the injected script's markers, which tie outbound writes to their
+    /// inbound requests.
+    node: Option<crate::runtime::node_marks::NodeMarks>,
 }
 
 /// Everything downstream of the correlator, for one resolved exchange at a time: the job
@@ -163,12 +166,19 @@ impl HttpPipeline {
             },
             in_flight_services: HashSet::new(),
             stdio: None,
+            node: None,
         }
     }
 
     /// Also look up and publish cross-host parents and job keys (`--shared-state`).
     pub fn with_shared_state(mut self, shared: SharedState) -> Self {
         self.emitter.shared = Some(shared);
+        self
+    }
+
+    /// Also read the markers of `--node-inject`, sent to 127.0.0.1:`sink_port`.
+    pub fn with_node_marks(mut self, sink_port: u16) -> Self {
+        self.node = Some(crate::runtime::node_marks::NodeMarks::new(sink_port));
         self
     }
 
@@ -399,6 +409,13 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
 
 impl EventSink for HttpPipeline {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+        use crate::runtime::node_marks::Pass;
+        let marked = match self.node.as_mut().map(|n| n.pass(event)) {
+            Some(Pass::Drop) => return self.emitter.outputs.result(),
+            Some(Pass::Replace(event)) => Some(event),
+            Some(Pass::Keep) | None => None,
+        };
+        let event = marked.as_ref().unwrap_or(event);
         let as_log = self.stdio.as_mut().and_then(|s| s.log_write(event));
         let event = as_log.as_ref().unwrap_or(event);
         let HttpPipeline { tls, tracker, correlator, emitter, .. } = self;
@@ -464,6 +481,9 @@ impl EventSink for HttpPipeline {
             let c = spans.counts();
             counts.spans_exported = c.exported.load(std::sync::atomic::Ordering::Relaxed);
             counts.spans_dropped = c.dropped().to_vec();
+        }
+        if let Some(node) = &self.node {
+            counts.node_markers = node.stats.by_reason().to_vec();
         }
     }
 

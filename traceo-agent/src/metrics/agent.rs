@@ -61,6 +61,8 @@ pub struct PipelineCounts {
     pub spans_exported: u64,
     /// Spans dropped by reason (monotonic).
     pub spans_dropped: Vec<(&'static str, u64)>,
+    /// `--node-inject` markers by outcome (monotonic).
+    pub node_markers: Vec<(&'static str, u64)>,
     /// The TLS stage's totals (plaintext bound, ciphertext kept out, opaque connections).
     pub tls: crate::tls::TlsStats,
     /// Where the OpenSSL probes are attached (set by the live loop).
@@ -86,6 +88,7 @@ pub struct AgentMetrics {
     correlation_dropped: Family<ReasonLabel, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<ReasonLabel, Counter>,
+    node_markers: Family<ReasonLabel, Counter>,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
     last: std::sync::Mutex<(PipelineCounts, f64)>,
@@ -135,6 +138,7 @@ impl AgentMetrics {
             correlation_dropped: Family::default(),
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
+            node_markers: Family::default(),
             cpu_seconds: Counter::default(),
             resident_bytes: Gauge::default(),
             last: Default::default(),
@@ -225,6 +229,13 @@ impl AgentMetrics {
             "Spans not exported, by reason (queue_full, export_failed, rejected)",
             m.spans_dropped.clone(),
         );
+        r.register(
+            "traceo_agent_node_markers",
+            "Markers of the script --node-inject puts in Node.js processes, by outcome: applied (a \
+             write tied to its inbound request), late (its write was not the next on its fd and \
+             thread, in time), unknown_inbound, malformed",
+            m.node_markers.clone(),
+        );
         r.register_with_unit("traceo_agent_cpu", "CPU time used by the agent", Unit::Seconds, m.cpu_seconds.clone());
         r.register_with_unit(
             "traceo_agent_resident_memory",
@@ -298,13 +309,13 @@ impl AgentMetrics {
             }
         }
         self.spans_exported.inc_by(now.spans_exported.saturating_sub(before.spans_exported));
-        for (name, value) in &now.spans_dropped {
-            follow(
-                &self.spans_dropped,
-                ReasonLabel { reason: (*name).into() },
-                *value,
-                prior(&before.spans_dropped, name),
-            );
+        for (family, now, before) in [
+            (&self.spans_dropped, &now.spans_dropped, &before.spans_dropped),
+            (&self.node_markers, &now.node_markers, &before.node_markers),
+        ] {
+            for (name, value) in now {
+                follow(family, ReasonLabel { reason: (*name).into() }, *value, prior(before, name));
+            }
         }
         *before = now.clone();
         if let Some((cpu, rss)) = own_usage() {

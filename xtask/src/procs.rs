@@ -1,6 +1,6 @@
-//! Starting, measuring and stopping the processes the demo, the benchmark and the fidelity
-//! harness need: the agent, nginx, uvicorn, wrk. Every child runs in its own process group, killed with it
-//! when dropped or on Ctrl-C.
+//! Starting, measuring and stopping the processes the demo, the benchmark, the soak and the
+//! fidelity harness need: the agent, nginx, uvicorn, wrk, an OTLP collector. Every child runs
+//! in its own process group, killed with it when dropped or on Ctrl-C.
 
 use std::{
     io::{BufRead, BufReader},
@@ -210,6 +210,29 @@ pub fn uvicorn(python: &Path, apps: &Path, port: u16) -> anyhow::Result<Proc> {
             .stderr(Stdio::null()),
     )?;
     wait_for_port(port)?;
+    Ok(p)
+}
+
+/// A rotel collector (the `rotel` Python package's binary) receiving OTLP on 127.0.0.1:`grpc`
+/// (gRPC) and `http`, discarding what it receives; it logs to `dir/rotel.log`.
+pub fn rotel(python: &Path, dir: &Path, grpc: u16, http: u16) -> anyhow::Result<Proc> {
+    let out = Command::new(python)
+        .args(["-c", "import pathlib, rotel; print(pathlib.Path(rotel.__file__).parent / 'rotel-agent')"])
+        .output()?;
+    let binary = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("rotel.log"))?;
+    let p = Proc::spawn(
+        Command::new(binary)
+            .arg("start")
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--exporter", "blackhole"])
+            .arg("--pid-file")
+            .arg(dir.join("rotel.pid"))
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )?;
+    wait_for_port(grpc)?;
     Ok(p)
 }
 

@@ -92,27 +92,6 @@ fn sample(agent_pid: u32, metrics_port: u16, t_s: f64, collector: &'static str) 
     (s, text)
 }
 
-fn rotel(python: &Path, dir: &Path, grpc: u16, http: u16) -> anyhow::Result<Proc> {
-    let out = Command::new(python)
-        .args(["-c", "import pathlib, rotel; print(pathlib.Path(rotel.__file__).parent / 'rotel-agent')"])
-        .output()?;
-    let binary = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("rotel.log"))?;
-    let p = Proc::spawn(
-        Command::new(binary)
-            .arg("start")
-            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args(["--exporter", "blackhole"])
-            .arg("--pid-file")
-            .arg(dir.join("rotel.pid"))
-            .stdout(log.try_clone()?)
-            .stderr(log),
-    )?;
-    wait_for_port(grpc)?;
-    Ok(p)
-}
-
 fn json_line_of(mut p: Proc, what: &str) -> anyhow::Result<Value> {
     let mut out = String::new();
     p.0.stdout.take().context("piped")?.read_to_string(&mut out)?;
@@ -187,7 +166,7 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
             .stderr(fs::File::create(dir.join("gunicorn.log"))?),
     )?;
     wait_for_port(gp)?;
-    let mut collector = Some(rotel(python, &dir, op, oh)?);
+    let mut collector = Some(procs::rotel(python, &dir, op, oh)?);
     let mut churn = Proc::spawn(
         Command::new(python)
             .arg(apps.join("churn.py"))
@@ -238,7 +217,7 @@ pub fn run_soak(agent: &Path, python: &Path, settings: &Settings) -> anyhow::Res
             eprintln!("xtask: collector stopped at {t:.0} s");
         }
         if t >= up_at && collector.is_none() {
-            collector = Some(rotel(python, &dir, op, oh)?);
+            collector = Some(procs::rotel(python, &dir, op, oh)?);
             eprintln!("xtask: collector back at {t:.0} s");
         }
         let state = if collector.is_some() { "up" } else { "down" };

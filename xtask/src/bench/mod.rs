@@ -4,8 +4,10 @@
 //!    1 KiB), and only an empty program on the same tracepoints (the floor).
 //! 2. OpenSSL probe cost per SSL_write + SSL_read pair (a Python loop over memory BIOs): no
 //!    agent, agent running (probes on every libssl) but not selecting it, traced.
-//! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced and traced, alternated.
-//! 4. Agent cost at that load: CPU per 1,000 exchanges, peak RSS, kernel losses, missed exchanges.
+//! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced, with only the
+//!    floor's empty programs, traced, and traced with OTLP export to a rotel collector, alternated.
+//! 4. Agent cost at that load, OTLP export off and on: CPU per exchange, peak RSS, kernel
+//!    losses, missed exchanges (and spans exported or dropped).
 //! 5. Capacity: the highest exchange rate (over a few wrk loads) with nothing lost or missed.
 //! 6. Memory at scale: agent RSS with 10,000 idle keep-alive connections to a traced nginx.
 //! 7. Log records: a loop of 64-byte `write`s to a file the agent does not select, with no
@@ -322,52 +324,163 @@ fn traced_agent(agent_bin: &Path, service: &str, port: u16, extra: &[&str]) -> a
     Ok((agent(agent_bin, &args)?, metrics_port))
 }
 
-/// Untraced and traced wrk runs alternated; agent cost from the traced ones.
+/// What the agent paid over the traced wrk runs of one arm.
+#[derive(Default)]
+struct AgentCost {
+    cpu: f64,
+    exchanges: f64,
+    lost: f64,
+    missed: f64,
+    peak_rss: u64,
+    spans_exported: f64,
+    spans_dropped: f64,
+}
+
+impl AgentCost {
+    /// A wrk run against the server on `port` traced with `extra` options, its cost added.
+    fn traced_wrk(
+        &mut self,
+        agent_bin: &Path,
+        name: &str,
+        url: &str,
+        port: u16,
+        (conns, secs): (u32, u32),
+        extra: &[&str],
+    ) -> anyhow::Result<WrkResult> {
+        let (mut a, metrics_port) = traced_agent(agent_bin, name, port, extra)?;
+        let cpu0 = cpu_seconds(a.pid());
+        let requests = |text: &str| metric_sum(text, "traceo_http_requests_total", &format!("service=\"{name}\""));
+        let spans = |text: &str| {
+            (
+                metric_sum(text, "traceo_agent_spans_exported_total", ""),
+                metric_sum(text, "traceo_agent_spans_dropped_total", ""),
+            )
+        };
+        let text = scrape(metrics_port);
+        let (before, spans0) = (requests(&text), spans(&text));
+        let r = wrk(url, conns, secs)?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut text = scrape(metrics_port);
+        // With export on, spans leave after their correlation hold and the exporter's batch
+        // interval: wait until each exchange's span is exported or dropped (or the counts stop
+        // moving, at most 10 s more) so the CPU of exporting them is counted.
+        let exporting = extra.contains(&"--otlp-endpoint");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = -1.0;
+        while exporting && Instant::now() < deadline {
+            let (out, dropped) = spans(&text);
+            let done = out + dropped - spans0.0 - spans0.1;
+            if done >= requests(&text) - before || done == last {
+                break;
+            }
+            last = done;
+            std::thread::sleep(Duration::from_millis(500));
+            text = scrape(metrics_port);
+        }
+        let seen = requests(&text) - before;
+        let (out, dropped) = spans(&text);
+        self.cpu += cpu_seconds(a.pid()) - cpu0;
+        self.peak_rss = self.peak_rss.max(status_bytes(a.pid(), "VmHWM:"));
+        self.lost += metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
+        self.exchanges += seen;
+        self.missed += (r.requests as f64 - seen).max(0.0);
+        self.spans_exported += out - spans0.0;
+        self.spans_dropped += dropped - spans0.1;
+        a.interrupt();
+        Ok(r)
+    }
+
+    fn json(&self) -> Value {
+        let per_exchange = |scale: f64| if self.exchanges > 0.0 { self.cpu / self.exchanges * scale } else { f64::NAN };
+        json!({
+            "agent_cpu_us_per_exchange": per_exchange(1e6),
+            "agent_cpu_s_per_1000_exchanges": per_exchange(1000.0),
+            "agent_peak_rss_mib": self.peak_rss as f64 / (1 << 20) as f64,
+            "events_lost": self.lost, "exchanges_missed": self.missed, "exchanges_seen": self.exchanges,
+            "spans_exported": self.spans_exported, "spans_dropped": self.spans_dropped,
+        })
+    }
+}
+
+/// The arms of a server's measurement besides untraced and traced.
+struct Arms<'a> {
+    /// The agent's extra options in every traced arm.
+    extra: &'a [&'a str],
+    /// Only the floor's empty programs attached (`bench-floor`): what any syscall-tracepoint
+    /// design costs the server on this kernel, the base issue #16's throughput target is set on.
+    floor: bool,
+    /// Traced again with spans exported to this OTLP/gRPC endpoint.
+    otlp: Option<&'a str>,
+}
+
+/// Untraced, floor-only, traced and traced with OTLP export wrk runs alternated (one of each
+/// a round, so drift on a shared machine hits every arm alike); agent cost from the traced ones.
 fn server_overhead(
     agent_bin: &Path,
     name: &str,
     url: &str,
     port: u16,
     s: &Settings,
-    extra: &[&str],
+    arms: &Arms,
 ) -> anyhow::Result<Value> {
     let (rounds, secs, conns) = if s.quick { (1, 2, 16) } else { (3, 5, 32) };
-    let (mut plain, mut traced): (Vec<WrkResult>, Vec<WrkResult>) = (vec![], vec![]);
-    let (mut cpu, mut exchanges, mut lost, mut missed, mut peak_rss) = (0.0, 0.0, 0.0, 0.0, 0u64);
+    let (mut plain, mut floor, mut traced, mut exported) = (vec![], vec![], vec![], vec![]);
+    let (mut cost, mut otlp_cost) = (AgentCost::default(), AgentCost::default());
+    let otlp_extra: Vec<&str> = arms.otlp.map_or(vec![], |ep| [arms.extra, &["--otlp-endpoint", ep][..]].concat());
     for round in 0..rounds {
+        let mut line = format!("bench: {name} round {round}:");
+        let mut note = |arm: &str, r: &WrkResult| line.push_str(&format!(" {arm} {:.0} req/s,", r.rps));
         plain.push(wrk(url, conns, secs)?);
-        let (mut a, metrics_port) = traced_agent(agent_bin, name, port, extra)?;
-        let cpu0 = cpu_seconds(a.pid());
-        let before = metric_sum(&scrape(metrics_port), "traceo_http_requests_total", &format!("service=\"{name}\""));
-        let r = wrk(url, conns, secs)?;
-        std::thread::sleep(Duration::from_millis(1500));
-        let text = scrape(metrics_port);
-        let seen = metric_sum(&text, "traceo_http_requests_total", &format!("service=\"{name}\"")) - before;
-        cpu += cpu_seconds(a.pid()) - cpu0;
-        peak_rss = peak_rss.max(status_bytes(a.pid(), "VmHWM:"));
-        lost += metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
-        exchanges += seen;
-        missed += (r.requests as f64 - seen).max(0.0);
-        eprintln!(
-            "bench: {name} round {round}: untraced {:.0} req/s, traced {:.0} req/s, agent saw {seen} of {}",
-            plain[round].rps, r.rps, r.requests
-        );
-        a.interrupt();
-        traced.push(r);
+        note("untraced", &plain[round]);
+        if arms.floor {
+            let mut a = agent(agent_bin, &["bench-floor"])?;
+            floor.push(wrk(url, conns, secs)?);
+            a.interrupt();
+            note("floor-only", &floor[round]);
+        }
+        let seen = cost.exchanges;
+        traced.push(cost.traced_wrk(agent_bin, name, url, port, (conns, secs), arms.extra)?);
+        note("traced", &traced[round]);
+        if arms.otlp.is_some() {
+            exported.push(otlp_cost.traced_wrk(agent_bin, name, url, port, (conns, secs), &otlp_extra)?);
+            note("traced with OTLP export", &exported[round]);
+        }
+        eprintln!("{line} agent saw {} of {}", cost.exchanges - seen, traced[round].requests);
     }
     let rps = |v: &[WrkResult]| median(v.iter().map(|r| r.rps).collect());
     let p = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
-    Ok(json!({
+    let mut out = json!({
         "untraced_rps": rps(&plain), "traced_rps": rps(&traced),
         "throughput_ratio": rps(&traced) / rps(&plain),
         "p50_ms": {"untraced": p(&plain, |r| r.p50_ms), "traced": p(&traced, |r| r.p50_ms)},
         "p99_ms": {"untraced": p(&plain, |r| r.p99_ms), "traced": p(&traced, |r| r.p99_ms)},
-        "agent_cpu_us_per_exchange": if exchanges > 0.0 { cpu / exchanges * 1e6 } else { f64::NAN },
-        "agent_cpu_s_per_1000_exchanges": if exchanges > 0.0 { cpu / exchanges * 1000.0 } else { f64::NAN },
-        "agent_peak_rss_mib": peak_rss as f64 / (1 << 20) as f64,
-        "events_lost": lost, "exchanges_missed": missed, "exchanges_seen": exchanges,
         "connections": conns, "seconds": secs, "rounds": rounds,
-    }))
+    });
+    merge(&mut out, cost.json());
+    if arms.floor {
+        merge(
+            &mut out,
+            json!({
+                "floor_rps": rps(&floor),
+                "floor_over_untraced": rps(&floor) / rps(&plain),
+                "traced_over_floor": rps(&traced) / rps(&floor),
+                "floor_p50_ms": p(&floor, |r| r.p50_ms), "floor_p99_ms": p(&floor, |r| r.p99_ms),
+            }),
+        );
+    }
+    if arms.otlp.is_some() {
+        let mut o = json!({"traced_rps": rps(&exported), "throughput_ratio": rps(&exported) / rps(&plain)});
+        merge(&mut o, otlp_cost.json());
+        out["otlp"] = o;
+    }
+    Ok(out)
+}
+
+/// `extra`'s fields added to the object `into`.
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+        into.extend(extra);
+    }
 }
 
 /// The highest exchange rate over a few loads at which nothing was lost or missed.
@@ -442,10 +555,16 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let syscalls = syscall_costs(agent_bin, s)?;
     let ssl = ssl_costs(agent_bin, python, &dir, s)?;
 
+    // A real OTLP receiver for the export arms, up through both servers' runs.
+    let (grpc_port, http_port) = (free_port()?, free_port()?);
+    let collector = procs::rotel(python, &dir, grpc_port, http_port)?;
+    let otlp = format!("http://127.0.0.1:{grpc_port}");
+    let arms = Arms { extra: &[], floor: true, otlp: Some(&otlp) };
+
     let nginx_port = free_port()?;
     let nginx = procs::nginx(&dir, nginx_port)?;
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/hello.txt");
-    let nginx_result = server_overhead(agent_bin, "nginx", &nginx_url, nginx_port, s, &[])?;
+    let nginx_result = server_overhead(agent_bin, "nginx", &nginx_url, nginx_port, s, &arms)?;
     let cap = capacity(agent_bin, &nginx_url, nginx_port, s)?;
     let scale = memory_at_scale(agent_bin, python, nginx_port, s)?;
     drop(nginx);
@@ -453,10 +572,12 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let uv_port = free_port()?;
     let uv = procs::uvicorn(python, &crate::root().join("tests/apps"), uv_port)?;
     let uv_url = format!("http://127.0.0.1:{uv_port}/hello");
-    let uv_result = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &[])?;
+    let uv_result = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &arms)?;
     // The same with runtime tracking off: what the asyncio task contexts and lineage cost.
-    let uv_plain = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &["--no-runtime"])?;
+    let no_runtime = Arms { extra: &["--no-runtime"], floor: false, otlp: None };
+    let uv_plain = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &no_runtime)?;
     drop(uv);
+    drop(collector);
     let logs = log_costs(agent_bin, &dir, s)?;
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -532,6 +653,20 @@ fn print_table(r: &Value) {
             target,
             key != "nginx" || ratio >= 0.97,
         );
+        if s.get("floor_rps").is_some() {
+            println!(
+                "{:<58} {:>12}",
+                format!("{server}: floor-only / untraced throughput"),
+                format!("{:.3}", f(&s["floor_over_untraced"]))
+            );
+            let over_floor = f(&s["traced_over_floor"]);
+            row(
+                &format!("{server}: traced / floor-only throughput"),
+                format!("{over_floor:.3}"),
+                if key == "nginx" { ">= 0.90 (#16)" } else { "(report)" },
+                key != "nginx" || over_floor >= 0.90,
+            );
+        }
         println!(
             "{:<58} {:>12}",
             format!("{server}: p50 / p99 latency delta (ms)"),
@@ -547,6 +682,25 @@ fn print_table(r: &Value) {
             "<= 10",
             f(&s["agent_cpu_us_per_exchange"]) <= 10.0,
         );
+        let o = &s["otlp"];
+        if o.is_object() {
+            row(
+                &format!("{server}: agent CPU per exchange, OTLP export on (us)"),
+                format!("{:.1}", f(&o["agent_cpu_us_per_exchange"])),
+                "<= 3 (#16)",
+                f(&o["agent_cpu_us_per_exchange"]) <= 3.0,
+            );
+            println!(
+                "{:<58} {:>12}",
+                format!("{server}: OTLP on: traced / untraced, spans out / dropped"),
+                format!(
+                    "{:.3}, {:.0} / {:.0}",
+                    f(&o["throughput_ratio"]),
+                    f(&o["spans_exported"]),
+                    f(&o["spans_dropped"])
+                )
+            );
+        }
         println!(
             "{:<58} {:>12}",
             format!("{server}: agent CPU s per 1,000 exchanges"),

@@ -119,6 +119,6 @@ mod tests {
         assert!(m.tstate_slot.is_multiple_of(8) && m.tstate_slot < 0x1000, "{m:?}");
         assert!(m.context.is_multiple_of(8) && m.context < 0x400, "{m:?}");
         assert!(m.task_context.is_some(), "{m:?}");
-        assert!(m.context_entered.is_some_and(|o| o >= 16 && o < 0x40), "{m:?}");
+        assert!(m.context_entered.is_some_and(|o| (16..0x40).contains(&o)), "{m:?}");
     }
 }

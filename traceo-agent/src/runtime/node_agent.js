@@ -12,7 +12,11 @@
 (() => {
   const load = typeof require === "function" ? require : process.mainModule && process.mainModule.require.bind(process.mainModule);
   if (!load) return "no require";
-  if (globalThis.__traceoNode) return "already injected";
+  if (globalThis.__traceoNode) {
+    // Injected by an earlier agent run: markers go to this run's sink from now on.
+    globalThis.__traceoNode.connect(__TRACEO_SINK_PORT__);
+    return "already injected";
+  }
   const { AsyncLocalStorage } = load("async_hooks");
   const net = load("net");
   const http = load("http");
@@ -22,20 +26,26 @@
   globalThis.__traceoNode = state;
   const MAGIC = Buffer.from("TRACEOND");
 
-  const sink = net.connect(__TRACEO_SINK_PORT__, "127.0.0.1");
-  sink.setNoDelay(true);
-  sink.on("connect", () => { state.ready = true; });
-  sink.on("error", () => {});
-  sink.on("close", () => { state.ready = false; });
-  sink.on("data", () => {});
-  sink.unref();
-  state.sink = sink;
+  state.connect = (port) => {
+    if (state.sink) state.sink.destroy();
+    state.ready = false;
+    const sink = net.connect(port, "127.0.0.1");
+    sink.setNoDelay(true);
+    sink.on("connect", () => { state.ready = state.sink === sink; });
+    sink.on("error", () => {});
+    sink.on("close", () => { if (state.sink === sink) state.ready = false; });
+    sink.on("data", () => {});
+    sink.unref();
+    state.sink = sink;
+  };
+  state.connect(__TRACEO_SINK_PORT__);
 
   const writeGeneric = net.Socket.prototype._writeGeneric;
   net.Socket.prototype._writeGeneric = function (writev, data, encoding, cb) {
     try {
       const store = als.getStore();
       const handle = this._handle;
+      const sink = state.sink;
       if (store !== undefined && this !== sink && !this.server && !this.connecting && handle && handle.fd >= 0 && handle.fd !== store.fd) {
         // Marked only when both writes go out now, in this order: nothing queued on either
         // handle (libuv then writes at once, inside this call).

@@ -69,6 +69,17 @@ pub fn listening_sockets() -> HashMap<u64, u16> {
     out
 }
 
+/// Listening TCP sockets of the agent's own network namespace: inode -> port.
+pub fn own_namespace_listening_sockets() -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/self/net/{table}")) {
+            parse_listening(&text, &mut out);
+        }
+    }
+    out
+}
+
 /// Rows: `sl local_address rem_address st ... inode`; LISTEN is state 0A.
 fn parse_listening(text: &str, out: &mut HashMap<u64, u16>) {
     for line in text.lines().skip(1) {

@@ -9,6 +9,7 @@
 //!
 //! Per process, one [`Runtime`]; logged once when it changes and shown by `check`.
 
+pub mod node;
 pub mod node_marks;
 pub mod python;
 

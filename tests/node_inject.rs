@@ -225,6 +225,83 @@ fn markers_flow_after_injection_and_the_inspector_closes() {
     assert!(alive(pid));
 }
 
+/// The whole path: `traceo-agent run --node-inject` on the fidelity front, 40 requests at 20
+/// in flight, each calling the backend on a kept-alive connection after a random sleep. Every
+/// call's parent is its own request's server span (ground truth: `from=` carries the id).
+#[test]
+fn the_agent_ties_each_node_call_to_its_own_request() {
+    if !(require_root("node_inject") && require_node("node_inject")) {
+        return;
+    }
+    let Some(_port) = inspector_port() else { return };
+    let (backend_port, front_port) = (free_port(), free_port());
+    let _backend = Proc::spawn(Command::new("node").args(["-e", BACKEND, &backend_port.to_string()]));
+    let front = Proc::spawn(
+        Command::new("node")
+            .arg(repo().join("tests/apps/fidelity/front_node.js"))
+            .arg(front_port.to_string())
+            .env("FIDELITY_BACKEND", format!("http://127.0.0.1:{backend_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for_port(backend_port);
+    wait_for_port(front_port);
+    let dir = temp_dir("node-inject-agent");
+    let log = dir.join("exchanges.jsonl");
+    let service = format!("front=pid:{}", front.pid());
+    let mut agent = Agent::run(&[
+        "--service",
+        &service,
+        "--node-inject",
+        "--log",
+        log.to_str().expect("utf-8"),
+        "--metrics-addr",
+        "off",
+    ]);
+    assert!(
+        agent.log.iter().any(|l| l.contains("script injected through the inspector")),
+        "not injected; agent log:\n{}",
+        agent.log.join("\n")
+    );
+    assert!(!listens_on(front.pid(), node::INSPECTOR_PORT), "the inspector must be closed");
+    const N: usize = 40;
+    std::thread::scope(|s| {
+        for worker in 0..20 {
+            s.spawn(move || {
+                let mut client = TcpStream::connect(("127.0.0.1", front_port)).expect("connect front");
+                for i in (worker..N).step_by(20) {
+                    assert_eq!(get(&mut client, &format!("/call?req=n{i}")), format!("called n{i}"));
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    agent.stop();
+    let exchanges = json_lines(&log);
+    let server: HashMap<String, &serde_json::Value> = exchanges
+        .iter()
+        .filter(|e| e["direction"] == "server")
+        .filter_map(|e| Some((e["target"].as_str()?.strip_prefix("/call?req=")?.to_owned(), e)))
+        .collect();
+    assert_eq!(server.len(), N, "server exchanges");
+    let (mut right, mut wrong) = (0, Vec::new());
+    for call in exchanges.iter().filter(|e| e["direction"] == "client") {
+        let Some(id) = call["target"].as_str().and_then(|t| t.split("from=").nth(1)).and_then(|t| t.split('&').next())
+        else {
+            continue;
+        };
+        if call["parent_span_id"].is_null() {
+            continue;
+        }
+        match server.get(id) {
+            Some(s) if s["span_id"] == call["parent_span_id"] && s["trace_id"] == call["trace_id"] => right += 1,
+            _ => wrong.push(call.to_string()),
+        }
+    }
+    assert!(wrong.is_empty(), "calls with another request's parent:\n{}", wrong.join("\n"));
+    assert!(right * 100 >= N * 90, "only {right} of {N} calls got their request as parent");
+}
+
 #[test]
 fn a_process_that_is_not_node_is_never_signalled() {
     let mut sleep = Proc::spawn(Command::new("sleep").arg("30"));

@@ -79,13 +79,12 @@ pub struct Planner {
     elf: HashMap<FileId, ElfTls>,
     measured: HashMap<FileId, Result<python::Measured, String>>,
     symbols: SymbolOffsets,
-    /// `--thread-pools`.
-    thread_pools: bool,
+    options: runtime::Options,
 }
 
 impl Planner {
-    pub fn new(symbols: SymbolOffsets, thread_pools: bool) -> Planner {
-        Planner { elf: HashMap::new(), measured: HashMap::new(), symbols, thread_pools }
+    pub fn new(symbols: SymbolOffsets, options: runtime::Options) -> Planner {
+        Planner { elf: HashMap::new(), measured: HashMap::new(), symbols, options }
     }
 
     /// The slow part for one process.
@@ -96,7 +95,7 @@ impl Planner {
             tls: wants.tls.then(|| classify(pid, &mut self.elf, &self.symbols)),
             runtime: wants
                 .runtime
-                .then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols, self.thread_pools)),
+                .then(|| runtime::plan_with_offsets(pid, &mut self.measured, &self.symbols, self.options)),
         }
     }
 }
@@ -211,7 +210,8 @@ mod tests {
 
     #[test]
     fn the_worker_plans_this_process() {
-        let mut w = AttachWorker::start(Planner::new(SymbolOffsets::default(), false), Counter::default()).unwrap();
+        let mut w = AttachWorker::start(Planner::new(SymbolOffsets::default(), Default::default()), Counter::default())
+            .unwrap();
         let me = std::process::id();
         assert!(w.request(me, Wants { tls: true, runtime: true }));
         let plan = w.plans.blocking_recv().expect("a plan");

@@ -95,6 +95,15 @@ pub struct SelectionArgs {
     /// threads get no runtime parent.
     #[arg(long)]
     pub thread_pools: bool,
+    /// Tie Node.js outbound calls to the requests they serve: inject a small script into each
+    /// traced node process through its inspector (SIGUSR1 opens it on 127.0.0.1:9229, closed
+    /// again at once; never for a process that is not positively Node.js, that handles
+    /// SIGUSR1 itself, or whose port 9229 another process holds). The script keeps each
+    /// request in an AsyncLocalStorage and, before each outbound write, sends the agent the
+    /// two socket fds (never data). It stays until the process restarts. Off: concurrent
+    /// calls of a node process get no parent.
+    #[arg(long)]
+    pub node_inject: bool,
     /// With `--log-records` (or `record --logs`): also capture what the traced processes
     /// write to the files matching this glob (their log files), checked every second.
     /// Repeatable.
@@ -239,6 +248,8 @@ pub struct ConfigFile {
     pub no_runtime: bool,
     #[serde(default)]
     pub thread_pools: bool,
+    #[serde(default)]
+    pub node_inject: bool,
     pub log: Option<String>,
     pub log_records: Option<String>,
     #[serde(default)]
@@ -272,6 +283,8 @@ pub struct Selection {
     pub runtime: bool,
     /// Follow CPython thread pools (context copies); only with `runtime`.
     pub thread_pools: bool,
+    /// Inject the Node.js marker script; only with `runtime`.
+    pub node_inject: bool,
     /// Options of `run` and `replay` from the config file (the command line wins).
     pub log: Option<String>,
     pub log_records: Option<String>,
@@ -316,6 +329,10 @@ impl SelectionArgs {
                 "--thread-pools follows the runtime's context copies: it cannot go with --no-runtime (drop one)"
             );
         }
+        let node_inject = self.node_inject || file.node_inject;
+        if node_inject && !runtime {
+            anyhow::bail!("--node-inject is runtime tracking: it cannot go with --no-runtime (drop one)");
+        }
         Ok(Selection {
             services,
             capture_bytes,
@@ -323,6 +340,7 @@ impl SelectionArgs {
             tls: !(self.no_tls || file.no_tls),
             runtime,
             thread_pools,
+            node_inject,
             log: file.log,
             log_records: file.log_records,
             log_files: if self.log_file.is_empty() { file.log_file } else { self.log_file.clone() },
@@ -382,6 +400,7 @@ mod tests {
             no_tls: false,
             no_runtime: false,
             thread_pools: false,
+            node_inject: false,
             services: vec!["mcp=pid:1".parse().unwrap()],
             log_file: vec!["/srv/*.log".into()],
         };

@@ -71,6 +71,8 @@ struct Exports {
     host: HostFacts,
     /// `--shared-state`: the other hosts' agents, through Redis (live only).
     shared: Option<crate::shared_state::SharedState>,
+    /// `--node-inject`: the marker sink's port (live only).
+    node_sink: Option<u16>,
 }
 
 /// `--events` prints kernel events; otherwise the HTTP pipeline prints exchanges (and
@@ -98,6 +100,9 @@ fn output_sink(
         HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
     if let Some(shared) = exports.shared {
         pipeline = pipeline.with_shared_state(shared);
+    }
+    if let Some(port) = exports.node_sink {
+        pipeline = pipeline.with_node_marks(port);
     }
     if records.is_off() {
         return Ok(Box::new(pipeline));
@@ -144,14 +149,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(crate::shared_state::SharedState::start(url, args.http.join_ttl_secs, counts)?)
             }
         },
+        node_sink: if sel.node_inject { Some(crate::runtime::node_marks::start_sink()?) } else { None },
     };
+    let node_sink = exports.node_sink;
     let read_tcp_seq = exports.shared.is_some();
     let records = log_records(args.log_records.as_deref(), sel.log_records.as_deref(), WhenFull::Drop)?;
     // With --events the log writes are printed as events.
     let capture_logs = !records.is_off();
     let mut sink = output_sink(args.events, services, &http, crate::procfs::clock_offset_ns(), exports, out, records)?;
-    let opts =
-        LiveOptions { duration: seconds(args.duration)?, metrics: Some(metrics), ready, capture_logs, read_tcp_seq };
+    let opts = LiveOptions {
+        duration: seconds(args.duration)?,
+        metrics: Some(metrics),
+        ready,
+        capture_logs,
+        read_tcp_seq,
+        node_sink,
+    };
     let summary = live::trace(&sel, opts, sink.as_mut()).await?;
     log::info!("{} events", summary.events);
     Ok(())
@@ -177,6 +190,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         otlp: spans::endpoint(args.otlp.endpoint.as_deref(), None),
         host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
         shared: None,
+        node_sink: None,
     };
     let records = log_records(args.log_records.as_deref(), None, WhenFull::Wait)?;
     let mut sink = output_sink(args.events, meta.services, &args.http, meta.clock_offset_ns, exports, out, records)?;

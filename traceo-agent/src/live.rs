@@ -41,6 +41,8 @@ pub struct LiveOptions {
     pub capture_logs: bool,
     /// Read TCP sequence numbers in the kernel (`--shared-state` keys connections by them).
     pub read_tcp_seq: bool,
+    /// `--node-inject`: the port of the marker sink the injected scripts write to.
+    pub node_sink: Option<u16>,
 }
 
 pub fn record_meta(sel: &Selection) -> RecordMeta {
@@ -153,7 +155,10 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
     let track_runtimes = sel.runtime && !trace_all;
     // The processes already running are planned here, before "ready" (their probes are in
     // when the agent says so); every later plan is made on the attach worker.
-    let mut planner = crate::attach::Planner::new(probes.symbol_offsets(), sel.thread_pools);
+    let mut planner = crate::attach::Planner::new(
+        probes.symbol_offsets(),
+        crate::runtime::Options { thread_pools: sel.thread_pools, node_sink: opts.node_sink },
+    );
     if let Some(tls) = &mut tls {
         // Everything when everything is traced: once, at start (later processes are covered
         // by the system's libssl, probed above).

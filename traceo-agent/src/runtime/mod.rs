@@ -6,6 +6,8 @@
 //!   task), and task lineage from a probe on task creation (`python`).
 //! - nginx: a probe on `ngx_http_upstream_init` names the client connection each upstream
 //!   connect or request serves.
+//! - Node.js (`--node-inject`): a script evaluated through the inspector marks each outbound
+//!   write with its inbound connection (`node`, `node_marks`).
 //!
 //! Per process, one [`Runtime`]; logged once when it changes and shown by `check`.
 
@@ -25,6 +27,15 @@ use crate::{
     tls::libraries::FileId,
 };
 
+/// What the runtime tracking was asked to do beyond the default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// `--thread-pools`.
+    pub thread_pools: bool,
+    /// `--node-inject`: the marker sink's port.
+    pub node_sink: Option<u16>,
+}
+
 /// nginx's function that starts the upstream part of a proxied request (exported).
 pub const NGINX_UPSTREAM_SYMBOL: &str = "ngx_http_upstream_init";
 
@@ -42,6 +53,9 @@ pub enum Runtime {
     PythonUnsupported(String),
     /// nginx with its upstream probe (`Err`: why not).
     Nginx(Result<(), String>),
+    /// Node.js: whether the marker script was injected (`None`: not asked, `--node-inject`
+    /// is off).
+    Node(Option<Result<(), String>>),
 }
 
 impl Runtime {
@@ -68,6 +82,13 @@ impl Runtime {
             Runtime::PythonUnsupported(why) => format!("python: no task tracking ({why})"),
             Runtime::Nginx(Ok(())) => "nginx: upstream requests tied to their client requests".into(),
             Runtime::Nginx(Err(why)) => format!("nginx: upstream tracking off ({why})"),
+            Runtime::Node(None) => {
+                "node: no runtime tracking (--node-inject ties outbound calls to their requests)".into()
+            }
+            Runtime::Node(Some(Ok(()))) => {
+                "node: outbound calls tied to their requests (script injected through the inspector)".into()
+            }
+            Runtime::Node(Some(Err(why))) => format!("node: script not injected ({why})"),
         }
     }
 }
@@ -169,6 +190,7 @@ fn apply(probes: &mut Probes, pid: u32, plan: Plan) -> Runtime {
             Runtime::Python { version: measured.version, tasks, note, thread_pools }
         }
         Plan::Nginx(Err(why)) => Runtime::Nginx(Err(why)),
+        Plan::Node { injected, .. } => Runtime::Node(injected),
         Plan::Nginx(Ok(exe)) => {
             let attached =
                 probes.hold_runtime_probe(&exe, NGINX_UPSTREAM_SYMBOL, programs::NGINX_UPSTREAM_INIT, pid).and_then(
@@ -195,6 +217,12 @@ pub enum Plan {
     Unsupported(String),
     /// nginx: its executable (through /proc/PID/root), or why it cannot be probed.
     Nginx(Result<PathBuf, String>),
+    /// Node.js: identified (its executable) or not (why); `injected`: the marker script's
+    /// injection, when asked for.
+    Node {
+        found: Result<PathBuf, String>,
+        injected: Option<Result<(), String>>,
+    },
 }
 
 /// [`plan`], then the offsets of the symbols it will probe resolved into `symbols` (so the
@@ -203,9 +231,12 @@ pub fn plan_with_offsets(
     pid: u32,
     measured: &mut HashMap<FileId, Result<python::Measured, String>>,
     symbols: &crate::loader::symbols::SymbolOffsets,
-    thread_pools: bool,
+    options: Options,
 ) -> Plan {
-    let p = plan(pid, measured, thread_pools);
+    let mut p = plan(pid, measured, options.thread_pools);
+    if let (Plan::Node { found: Ok(_), injected }, Some(port)) = (&mut p, options.node_sink) {
+        *injected = Some(node::inject(pid, port));
+    }
     match &p {
         Plan::Python { module, copies, .. } => {
             if let Some(module) = module {
@@ -236,6 +267,9 @@ pub fn plan(pid: u32, measured: &mut HashMap<FileId, Result<python::Measured, St
         } else {
             Err(format!("{} does not export {NGINX_UPSTREAM_SYMBOL}", target.display()))
         });
+    }
+    if target.file_name().is_some_and(|n| n == "node" || n == "nodejs") {
+        return Plan::Node { found: node::identify(pid), injected: None };
     }
     if !python::is_python(&target) {
         return Plan::Other;
@@ -297,5 +331,7 @@ pub fn describe_plan(plan: &Plan) -> String {
             }
         }
         Plan::Nginx(found) => Runtime::Nginx(found.as_ref().map(|_| ()).map_err(Clone::clone)).describe(),
+        Plan::Node { found: Err(why), .. } => format!("node: not identified as Node.js ({why})"),
+        Plan::Node { injected, .. } => Runtime::Node(injected.clone()).describe(),
     }
 }

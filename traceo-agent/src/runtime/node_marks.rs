@@ -26,6 +26,43 @@ const WINDOW_NS: u64 = 50_000_000;
 const MAX_FDS: usize = 65_536;
 const MAX_PENDING: usize = 4_096;
 
+/// Scripts connected to the sink at most (one per injected process); later ones are closed.
+const MAX_SCRIPTS: usize = 256;
+
+/// Listen on 127.0.0.1 (a port the kernel picks) for the injected scripts and throw away what
+/// they send: the markers are read from the probes' copy of each write (which orders them
+/// with the outbound writes), the sink only keeps the scripts' writes from blocking.
+pub fn start_sink() -> anyhow::Result<u16> {
+    use std::io::Read as _;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| anyhow::anyhow!("--node-inject: cannot listen on 127.0.0.1 for markers: {e}"))?;
+    let port = listener.local_addr()?.port();
+    let open = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new().name("traceo-node-sink".into()).spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if open.load(Ordering::Relaxed) >= MAX_SCRIPTS {
+                continue;
+            }
+            open.fetch_add(1, Ordering::Relaxed);
+            let open = open.clone();
+            let drained = std::thread::Builder::new().name("traceo-node-marks".into()).spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+            if drained.is_err() {
+                log::warn!("--node-inject: no thread to read a script's markers; its writes will wait");
+            }
+        }
+    })?;
+    Ok(port)
+}
+
 /// What becomes of an event.
 pub enum Pass {
     Keep,
@@ -144,7 +181,7 @@ impl NodeMarks {
 
     fn markers(&mut self, d: &Data) {
         let bytes = &d.payload[..];
-        if bytes.len() % MARKER_LEN != 0 || d.truncated || d.read_failed {
+        if !bytes.len().is_multiple_of(MARKER_LEN) || d.truncated || d.read_failed {
             self.stats.malformed += 1;
             return;
         }

@@ -259,11 +259,13 @@ impl Scenario {
         }
     }
 
-    /// Extra agent arguments: MCP requests are told apart by the session's header.
+    /// Extra agent arguments: MCP requests are told apart by the session's header; thread
+    /// pools and Node.js are followed on request.
     pub fn agent_args(&self) -> &'static [&'static str] {
         match self.front {
             Front::Mcp => &["--header", "X-Fidelity-Req"],
             Front::Uvicorn { pool: true, .. } => &["--thread-pools"],
+            Front::Node => &["--node-inject"],
             _ => &[],
         }
     }

@@ -172,6 +172,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let sel = args.selection.resolve()?;
+    if sel.node_inject {
+        anyhow::bail!("--node-inject works with `run` only (its markers are read live): drop it from `record`");
+    }
     let writer = RecordWriter::create(&args.out, &live::record_meta(&sel))?;
     let mut sink = Recorder { writer: Some(writer), last_progress: Instant::now() };
     let opts = LiveOptions { duration: seconds(args.duration)?, capture_logs: args.logs, ..LiveOptions::default() };

@@ -111,6 +111,32 @@ fn get(stream: &mut TcpStream, path: &str) -> String {
 const BACKEND: &str = "const s = require('http').createServer((q, r) => r.end('leaf'));\
                        s.keepAliveTimeout = 60000; s.listen(Number(process.argv[1]), '127.0.0.1');";
 
+/// The fidelity front on Node.js and its backend, both listening.
+struct NodeFront {
+    _backend: Proc,
+    front: Proc,
+    backend_port: u16,
+    front_port: u16,
+}
+
+impl NodeFront {
+    fn start() -> NodeFront {
+        let (backend_port, front_port) = (free_port(), free_port());
+        let backend = Proc::spawn(Command::new("node").args(["-e", BACKEND, &backend_port.to_string()]));
+        let front = Proc::spawn(
+            Command::new("node")
+                .arg(repo().join("tests/apps/fidelity/front_node.js"))
+                .arg(front_port.to_string())
+                .env("FIDELITY_BACKEND", format!("http://127.0.0.1:{backend_port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_for_port(backend_port);
+        wait_for_port(front_port);
+        NodeFront { _backend: backend, front, backend_port, front_port }
+    }
+}
+
 /// The tests that use 127.0.0.1:9229 take turns; `None` (skip) when it is not free.
 fn inspector_port() -> Option<std::sync::MutexGuard<'static, ()>> {
     static PORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -148,18 +174,7 @@ fn markers_flow_after_injection_and_the_inspector_closes() {
         return;
     }
     let Some(_port) = inspector_port() else { return };
-    let (backend_port, front_port) = (free_port(), free_port());
-    let _backend = Proc::spawn(Command::new("node").args(["-e", BACKEND, &backend_port.to_string()]));
-    let front = Proc::spawn(
-        Command::new("node")
-            .arg(repo().join("tests/apps/fidelity/front_node.js"))
-            .arg(front_port.to_string())
-            .env("FIDELITY_BACKEND", format!("http://127.0.0.1:{backend_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(backend_port);
-    wait_for_port(front_port);
+    let NodeFront { _backend, front, backend_port, front_port } = NodeFront::start();
     let pid = front.pid();
     let sink = TcpListener::bind("127.0.0.1:0").expect("sink");
     let sink_port = sink.local_addr().expect("sink addr").port();
@@ -234,18 +249,7 @@ fn the_agent_ties_each_node_call_to_its_own_request() {
         return;
     }
     let Some(_port) = inspector_port() else { return };
-    let (backend_port, front_port) = (free_port(), free_port());
-    let _backend = Proc::spawn(Command::new("node").args(["-e", BACKEND, &backend_port.to_string()]));
-    let front = Proc::spawn(
-        Command::new("node")
-            .arg(repo().join("tests/apps/fidelity/front_node.js"))
-            .arg(front_port.to_string())
-            .env("FIDELITY_BACKEND", format!("http://127.0.0.1:{backend_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for_port(backend_port);
-    wait_for_port(front_port);
+    let NodeFront { _backend, front, front_port, .. } = NodeFront::start();
     let dir = temp_dir("node-inject-agent");
     let log = dir.join("exchanges.jsonl");
     let service = format!("front=pid:{}", front.pid());

@@ -139,6 +139,38 @@ impl Family {
     }
 }
 
+#[cfg(test)]
+impl Data {
+    /// A whole, untruncated call of `payload` for unit tests (no context, no sequence number).
+    pub fn sample(
+        meta: Meta,
+        (conn_id, fd): (u64, i32),
+        syscall: Syscall,
+        direction: Direction,
+        (enter_ns, exit_ns): (u64, u64),
+        payload: &[u8],
+    ) -> Data {
+        Data {
+            meta,
+            conn_id,
+            fd,
+            syscall,
+            direction,
+            enter_ns,
+            exit_ns,
+            ret: payload.len() as i64,
+            total_len: payload.len() as u64,
+            truncated: false,
+            read_failed: false,
+            no_payload: false,
+            after_loss: false,
+            payload: bytes::Bytes::copy_from_slice(payload),
+            task_ctx: 0,
+            tcp_seq: None,
+        }
+    }
+}
+
 /// A connection opened or closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conn {

@@ -252,24 +252,7 @@ mod tests {
     }
 
     fn data(fd: i32, conn_id: u64, direction: Direction, tid: u32, at: u64, payload: &[u8]) -> Event {
-        Event::Data(Data {
-            meta: meta(tid, at),
-            conn_id,
-            fd,
-            syscall: Syscall::Write,
-            direction,
-            enter_ns: at,
-            exit_ns: at + 1,
-            ret: payload.len() as i64,
-            total_len: payload.len() as u64,
-            truncated: false,
-            read_failed: false,
-            no_payload: false,
-            after_loss: false,
-            payload: bytes::Bytes::copy_from_slice(payload),
-            task_ctx: 0,
-            tcp_seq: None,
-        })
+        Event::Data(Data::sample(meta(tid, at), (conn_id, fd), Syscall::Write, direction, (at, at + 1), payload))
     }
 
     fn marker(inbound: i32, outbound: i32) -> Vec<u8> {

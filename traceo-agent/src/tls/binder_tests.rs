@@ -1,5 +1,3 @@
-use bytes::Bytes;
-
 use super::*;
 use crate::events::{Conn, Family, Meta, OpenHow, Syscall};
 
@@ -25,24 +23,8 @@ impl Run {
 
     fn data(&mut self, tid: u32, conn_id: u64, syscall: Syscall, dir: Direction, payload: &[u8]) -> Data {
         self.now += 10;
-        Data {
-            meta: Meta { pid: PID, tid, service: None, ts_ns: self.now + 5 },
-            conn_id,
-            fd: 5,
-            syscall,
-            direction: dir,
-            enter_ns: self.now,
-            exit_ns: self.now + 5,
-            ret: payload.len() as i64,
-            total_len: payload.len() as u64,
-            truncated: false,
-            read_failed: false,
-            no_payload: false,
-            after_loss: false,
-            payload: Bytes::copy_from_slice(payload),
-            task_ctx: 0,
-            tcp_seq: None,
-        }
+        let meta = Meta { pid: PID, tid, service: None, ts_ns: self.now + 5 };
+        Data::sample(meta, (conn_id, 5), syscall, dir, (self.now, self.now + 5), payload)
     }
 
     fn socket(&mut self, tid: u32, conn: u64, dir: Direction, payload: &[u8]) {

@@ -201,10 +201,25 @@ pub fn nginx_with(dir: &Path, port: u16, http: &str) -> anyhow::Result<Proc> {
 }
 
 pub fn uvicorn(python: &Path, apps: &Path, port: u16) -> anyhow::Result<Proc> {
+    uvicorn_app(python, apps, "echo_app:app", port, &[], &[])
+}
+
+/// uvicorn serving `app` from the folder `apps` on `port`, with more `args` (`--loop uvloop`)
+/// and `env`.
+pub fn uvicorn_app(
+    python: &Path,
+    apps: &Path,
+    app: &str,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
     let p = Proc::spawn(
         Command::new(python)
-            .args(["-m", "uvicorn", "echo_app:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-m", "uvicorn", app, "--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--no-access-log")
+            .args(args)
+            .envs(env.iter().copied())
             .current_dir(apps)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -246,7 +261,16 @@ pub struct WrkResult {
 }
 
 pub fn wrk(url: &str, connections: u32, seconds: u32) -> anyhow::Result<WrkResult> {
-    let out = Command::new("wrk")
+    wrk_with(url, connections, seconds, None)
+}
+
+/// [`wrk`] with a Lua `script` (`-s`) shaping the requests.
+pub fn wrk_with(url: &str, connections: u32, seconds: u32, script: Option<&Path>) -> anyhow::Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    let out = cmd
         .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
         .output()
         .context("run wrk")?;

@@ -146,9 +146,9 @@ pub fn test_dependencies() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-/// Load generators and servers for `cargo xtask bench`.
+/// Load generators and servers for `cargo xtask bench` (Node.js: its runtime-option arms).
 pub fn bench_dependencies() -> anyhow::Result<()> {
-    apt_install(&["nginx-light", "wrk", "curl", "openssl"])
+    apt_install(&["nginx-light", "wrk", "curl", "openssl", "nodejs"])
 }
 
 /// The fidelity harness's Node.js front (nginx and the Python fronts come with the tests').

@@ -13,6 +13,8 @@ the response (a background task, as Starlette runs them).
 With FIDELITY_POOL=1: the call is made on a thread pool with a shared sync httpx.Client, half
 the requests through asyncio.to_thread, half through anyio.to_thread.run_sync (what
 Starlette's run_in_threadpool and FastAPI's sync handlers use), picked by the id's CRC.
+With FIDELITY_NO_SLEEP=1: the handler's sleeps are left out (a throughput benchmark's front:
+`cargo xtask bench`).
 """
 import asyncio
 import logging
@@ -33,6 +35,7 @@ EAGER = os.environ.get("FIDELITY_EAGER") == "1"
 LOGS = os.environ.get("FIDELITY_LOGS") == "1"
 AFTER = os.environ.get("FIDELITY_AFTER") == "1"
 POOL = os.environ.get("FIDELITY_POOL") == "1"
+NO_SLEEP = os.environ.get("FIDELITY_NO_SLEEP") == "1"
 state = {}
 log = logging.getLogger("fidelity")
 if LOGS:
@@ -65,7 +68,7 @@ async def leaf(req, k):
 
 
 async def handle(req):
-    if not EAGER:
+    if not (EAGER or NO_SLEEP):
         await asyncio.sleep(random.uniform(0, 0.020))
     if LOGS:
         log.info("fidelity req=%s where=handler", req)
@@ -78,7 +81,8 @@ async def handle(req):
         await leaf(req, 0)
     if LOGS:
         log.warning("fidelity req=%s where=after-call", req)
-    await asyncio.sleep(random.uniform(0, 0.010))
+    if not NO_SLEEP:
+        await asyncio.sleep(random.uniform(0, 0.010))
 
 
 async def route(scope):

@@ -1,12 +1,14 @@
 // The fidelity front on Node.js (builtin modules only): an http server calling the backend
 // with http.request and a keep-alive http.Agent. GET /call?req=ID as in front_asgi.py.
-// Run: node front_node.js PORT (FIDELITY_BACKEND names the backend).
+// Run: node front_node.js PORT (FIDELITY_BACKEND names the backend). FIDELITY_NO_SLEEP=1 leaves
+// the sleeps out (a throughput benchmark's front: `cargo xtask bench`).
 "use strict";
 const http = require("http");
 
 const backend = new URL(process.env.FIDELITY_BACKEND);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 200 });
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const noSleep = process.env.FIDELITY_NO_SLEEP === "1";
+const sleep = (ms) => (noSleep ? undefined : new Promise((resolve) => setTimeout(resolve, ms)));
 
 function leaf(req) {
   const path = `/leaf?from=${encodeURIComponent(req)}&k=0`;

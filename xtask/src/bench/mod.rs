@@ -6,6 +6,9 @@
 //!    agent, agent running (probes on every libssl) but not selecting it, traced.
 //! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced, with only the
 //!    floor's empty programs, traced, and traced with OTLP export to a rotel collector, alternated.
+//!    Then the runtime options (issue #12): uvicorn with calls on a thread pool (uvloop,
+//!    asyncio) without and with `--thread-pools`, a Node.js front without and with
+//!    `--node-inject`, with the agent's CPU per exchange and the front's per request.
 //! 4. Agent cost at that load, OTLP export off and on: CPU per exchange, peak RSS, kernel
 //!    losses, missed exchanges (and spans exported or dropped).
 //! 5. Capacity: the highest exchange rate (over a few wrk loads) with nothing lost or missed.
@@ -25,7 +28,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::procs::{self, Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wrk};
+use crate::procs::{
+    self, Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wait_for_port, wrk,
+    wrk_with,
+};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
@@ -313,22 +319,77 @@ fn ssl_costs(agent_bin: &Path, python: &Path, dir: &Path, s: &Settings) -> anyho
     }))
 }
 
-/// The agent tracing the server on `port` as `service`, with its metrics on a free port and
-/// `extra` options.
-fn traced_agent(agent_bin: &Path, service: &str, port: u16, extra: &[&str]) -> anyhow::Result<(Proc, u16)> {
+/// The agent tracing the processes `selector` matches (`port:N`, `pid:N`) as `service`, with
+/// its metrics on a free port and `extra` options. With the process's `pid`, also waited for
+/// until its runtime is planned (on the attach worker, after the agent is ready: a CPython
+/// measured, `--node-inject`'s script injected), so that one-time work is not counted as the
+/// arm's cost.
+fn traced_agent(
+    agent_bin: &Path,
+    service: &str,
+    selector: &str,
+    pid: Option<u32>,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, u16)> {
     let metrics_port = free_port()?;
-    let service = format!("{service}=port:{port}");
+    let service = format!("{service}={selector}");
     let metrics = format!("127.0.0.1:{metrics_port}");
     let mut args = vec!["run", "--service", &service, "--log", "off", "--metrics-addr", &metrics];
     args.extend_from_slice(extra);
-    Ok((agent(agent_bin, &args)?, metrics_port))
+    let (a, log) = procs::agent_logged(agent_bin, &args)?;
+    let Some(pid) = pid else { return Ok((a, metrics_port)) };
+    // The runtime's line: `pid N (COMM): DESCRIPTION` (other findings name the pid too).
+    let at = format!("pid {pid} (");
+    let planned = |l: &String| {
+        l.split_once(&at).is_some_and(|(_, r)| r.split_once(')').is_some_and(|(_, r)| r.starts_with(": ")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = log.lock().expect("log lock");
+        if let Some(line) = lines.iter().find(|l| planned(l)) {
+            let injected = line.contains("script injected through the inspector");
+            anyhow::ensure!(injected || !extra.contains(&"--node-inject"), "--node-inject: {line}");
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("bench: pid {pid}'s runtime not planned after 20 s; measuring anyway");
+            break;
+        }
+        drop(lines);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((a, metrics_port))
+}
+
+/// A server as one arm loads it.
+struct Target<'a> {
+    /// The service name the agent gives it.
+    name: &'a str,
+    url: String,
+    /// How the agent selects it.
+    selector: String,
+    /// Its pid, when its own CPU is measured.
+    pid: Option<u32>,
+    /// wrk's script (each request its own query), if any.
+    script: Option<&'a Path>,
+}
+
+/// A wrk run against `target` with (connections, seconds), and the server's CPU seconds over
+/// it (0 when not measured).
+fn load(target: &Target, (conns, secs): (u32, u32)) -> anyhow::Result<(WrkResult, f64)> {
+    let cpu0 = target.pid.map_or(0.0, cpu_seconds);
+    let r = wrk_with(&target.url, conns, secs, target.script)?;
+    Ok((r, target.pid.map_or(0.0, cpu_seconds) - cpu0))
 }
 
 /// What the agent paid over the traced wrk runs of one arm.
 #[derive(Default)]
 struct AgentCost {
     cpu: f64,
+    /// Exchanges seen, server and client side (a front's call to its backend is one).
     exchanges: f64,
+    /// Server-side exchanges seen (one per request served).
+    served: f64,
     lost: f64,
     missed: f64,
     peak_rss: u64,
@@ -337,28 +398,31 @@ struct AgentCost {
 }
 
 impl AgentCost {
-    /// A wrk run against the server on `port` traced with `extra` options, its cost added.
+    /// A wrk run against `target` traced with `extra` options, its cost added; the server's
+    /// CPU seconds over the run.
     fn traced_wrk(
         &mut self,
         agent_bin: &Path,
-        name: &str,
-        url: &str,
-        port: u16,
-        (conns, secs): (u32, u32),
+        target: &Target,
+        shape: (u32, u32),
         extra: &[&str],
-    ) -> anyhow::Result<WrkResult> {
-        let (mut a, metrics_port) = traced_agent(agent_bin, name, port, extra)?;
+    ) -> anyhow::Result<(WrkResult, f64)> {
+        let name = target.name;
+        let (mut a, metrics_port) = traced_agent(agent_bin, name, &target.selector, target.pid, extra)?;
         let cpu0 = cpu_seconds(a.pid());
-        let requests = |text: &str| metric_sum(text, "traceo_http_requests_total", &format!("service=\"{name}\""));
+        let requests = |text: &str, side: &str| {
+            metric_sum(text, "traceo_http_requests_total", &format!("service=\"{name}\"{side}"))
+        };
         let spans = |text: &str| {
             (
                 metric_sum(text, "traceo_agent_spans_exported_total", ""),
                 metric_sum(text, "traceo_agent_spans_dropped_total", ""),
             )
         };
+        let server = ",direction=\"server\"";
         let text = scrape(metrics_port);
-        let (before, spans0) = (requests(&text), spans(&text));
-        let r = wrk(url, conns, secs)?;
+        let (before, served0, spans0) = (requests(&text, ""), requests(&text, server), spans(&text));
+        let (r, server_cpu) = load(target, shape)?;
         std::thread::sleep(Duration::from_millis(1500));
         let mut text = scrape(metrics_port);
         // With export on, spans leave after their correlation hold and the exporter's batch
@@ -370,31 +434,34 @@ impl AgentCost {
         while exporting && Instant::now() < deadline {
             let (out, dropped) = spans(&text);
             let done = out + dropped - spans0.0 - spans0.1;
-            if done >= requests(&text) - before || done == last {
+            if done >= requests(&text, "") - before || done == last {
                 break;
             }
             last = done;
             std::thread::sleep(Duration::from_millis(500));
             text = scrape(metrics_port);
         }
-        let seen = requests(&text) - before;
+        let seen = requests(&text, "") - before;
+        let served = requests(&text, server) - served0;
         let (out, dropped) = spans(&text);
         self.cpu += cpu_seconds(a.pid()) - cpu0;
         self.peak_rss = self.peak_rss.max(status_bytes(a.pid(), "VmHWM:"));
         self.lost += metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
         self.exchanges += seen;
-        self.missed += (r.requests as f64 - seen).max(0.0);
+        self.served += served;
+        self.missed += (r.requests as f64 - served).max(0.0);
         self.spans_exported += out - spans0.0;
         self.spans_dropped += dropped - spans0.1;
         a.interrupt();
-        Ok(r)
+        Ok((r, server_cpu))
     }
 
     fn json(&self) -> Value {
-        let per_exchange = |scale: f64| if self.exchanges > 0.0 { self.cpu / self.exchanges * scale } else { f64::NAN };
+        let per = |n: f64, scale: f64| if n > 0.0 { self.cpu / n * scale } else { f64::NAN };
         json!({
-            "agent_cpu_us_per_exchange": per_exchange(1e6),
-            "agent_cpu_s_per_1000_exchanges": per_exchange(1000.0),
+            "agent_cpu_us_per_exchange": per(self.exchanges, 1e6),
+            "agent_cpu_us_per_request": per(self.served, 1e6),
+            "agent_cpu_s_per_1000_exchanges": per(self.exchanges, 1000.0),
             "agent_peak_rss_mib": self.peak_rss as f64 / (1 << 20) as f64,
             "events_lost": self.lost, "exchanges_missed": self.missed, "exchanges_seen": self.exchanges,
             "spans_exported": self.spans_exported, "spans_dropped": self.spans_dropped,
@@ -402,76 +469,153 @@ impl AgentCost {
     }
 }
 
-/// The arms of a server's measurement besides untraced and traced.
+/// One arm's runs over the rounds: wrk's results, the server's CPU and, traced, the agent's.
+#[derive(Default)]
+struct ArmRuns {
+    wrk: Vec<WrkResult>,
+    server_cpu: f64,
+    cost: AgentCost,
+}
+
+impl ArmRuns {
+    /// One run's result added; its rate.
+    fn add(&mut self, (r, server_cpu): (WrkResult, f64)) -> f64 {
+        self.server_cpu += server_cpu;
+        self.wrk.push(r);
+        self.wrk[self.wrk.len() - 1].rps
+    }
+
+    fn median(&self, f: fn(&WrkResult) -> f64) -> f64 {
+        median(self.wrk.iter().map(f).collect())
+    }
+
+    fn rps(&self) -> f64 {
+        self.median(|r| r.rps)
+    }
+
+    /// The server's CPU per request (us).
+    fn server_cpu_us(&self) -> f64 {
+        self.server_cpu / self.wrk.iter().map(|r| r.requests).sum::<u64>() as f64 * 1e6
+    }
+}
+
+/// The arms of a server's measurement besides untraced.
 struct Arms<'a> {
-    /// The agent's extra options in every traced arm.
-    extra: &'a [&'a str],
     /// Only the floor's empty programs attached (`bench-floor`): what any syscall-tracepoint
     /// design costs the server on this kernel, the base issue #16's throughput target is set on.
     floor: bool,
-    /// Traced again with spans exported to this OTLP/gRPC endpoint.
-    otlp: Option<&'a str>,
+    /// The traced arms: a name and the agent's options. The server's top-level figures
+    /// (`traced_rps`, `throughput_ratio`, the agent's cost) are the first's; each other is an
+    /// object of its own under its name, compared with untraced and with the first.
+    traced: &'a [(&'a str, &'a [&'a str])],
 }
 
-/// Untraced, floor-only, traced and traced with OTLP export wrk runs alternated (one of each
-/// a round, so drift on a shared machine hits every arm alike); agent cost from the traced ones.
-fn server_overhead(
-    agent_bin: &Path,
-    name: &str,
-    url: &str,
-    port: u16,
-    s: &Settings,
-    arms: &Arms,
-) -> anyhow::Result<Value> {
-    let (rounds, secs, conns) = if s.quick { (1, 2, 16) } else { (3, 5, 32) };
-    let (mut plain, mut floor, mut traced, mut exported) = (vec![], vec![], vec![], vec![]);
-    let (mut cost, mut otlp_cost) = (AgentCost::default(), AgentCost::default());
-    let otlp_extra: Vec<&str> = arms.otlp.map_or(vec![], |ep| [arms.extra, &["--otlp-endpoint", ep][..]].concat());
-    for round in 0..rounds {
-        let mut line = format!("bench: {name} round {round}:");
-        let mut note = |arm: &str, r: &WrkResult| line.push_str(&format!(" {arm} {:.0} req/s,", r.rps));
-        plain.push(wrk(url, conns, secs)?);
-        note("untraced", &plain[round]);
-        if arms.floor {
-            let mut a = agent(agent_bin, &["bench-floor"])?;
-            floor.push(wrk(url, conns, secs)?);
-            a.interrupt();
-            note("floor-only", &floor[round]);
+/// How every arm reaches the server.
+enum Serving<'a> {
+    /// One process for every arm, selected by its port (`pid`: its CPU is measured).
+    Shared { url: String, port: u16, pid: Option<u32> },
+    /// A new process for each arm (`start`: it and its port; `path`: the URL's), warmed up
+    /// untraced for a second, selected by its pid and its CPU measured: for an option that
+    /// leaves something in the process for its life (`--node-inject`'s script).
+    Fresh { start: &'a dyn Fn() -> anyhow::Result<(Proc, u16)>, path: &'a str },
+}
+
+/// A server the arms load: its service name, how it is reached, wrk's script if any.
+struct Server<'a> {
+    name: &'a str,
+    serving: Serving<'a>,
+    script: Option<&'a Path>,
+}
+
+impl Server<'_> {
+    /// The server for one arm, and its process when fresh (to keep until the arm is done).
+    fn arm(&self, conns: u32) -> anyhow::Result<(Target<'_>, Option<Proc>)> {
+        let target =
+            |url: String, selector: String, pid| Target { name: self.name, url, selector, pid, script: self.script };
+        match &self.serving {
+            Serving::Shared { url, port, pid } => Ok((target(url.clone(), format!("port:{port}"), *pid), None)),
+            Serving::Fresh { start, path } => {
+                let (p, port) = start()?;
+                let url = format!("http://127.0.0.1:{port}{path}");
+                wrk_with(&url, conns, 1, self.script)?;
+                Ok((target(url, format!("pid:{}", p.pid()), Some(p.pid())), Some(p)))
+            }
         }
-        let seen = cost.exchanges;
-        traced.push(cost.traced_wrk(agent_bin, name, url, port, (conns, secs), arms.extra)?);
-        note("traced", &traced[round]);
-        if arms.otlp.is_some() {
-            exported.push(otlp_cost.traced_wrk(agent_bin, name, url, port, (conns, secs), &otlp_extra)?);
-            note("traced with OTLP export", &exported[round]);
-        }
-        eprintln!("{line} agent saw {} of {}", cost.exchanges - seen, traced[round].requests);
     }
-    let rps = |v: &[WrkResult]| median(v.iter().map(|r| r.rps).collect());
-    let p = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
+
+    fn measures_cpu(&self) -> bool {
+        !matches!(self.serving, Serving::Shared { pid: None, .. })
+    }
+}
+
+/// Untraced, floor-only and the traced arms' wrk runs alternated (one of each a round, so
+/// drift on a shared machine hits every arm alike); agent cost from the traced ones.
+fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms) -> anyhow::Result<Value> {
+    let (rounds, secs, conns) = if s.quick { (1, 2, 16) } else { (3, 5, 32) };
+    let shape = (conns, secs);
+    let (mut plain, mut floor) = (ArmRuns::default(), ArmRuns::default());
+    let mut traced: Vec<ArmRuns> = arms.traced.iter().map(|_| ArmRuns::default()).collect();
+    for round in 0..rounds {
+        let mut line = format!("bench: {} round {round}:", server.name);
+        // A fresh server lives until the end of its arm's block.
+        {
+            let (target, _fresh) = server.arm(conns)?;
+            line.push_str(&format!(" untraced {:.0} req/s,", plain.add(load(&target, shape)?)));
+        }
+        if arms.floor {
+            let (target, _fresh) = server.arm(conns)?;
+            let mut a = agent(agent_bin, &["bench-floor"])?;
+            let rps = floor.add(load(&target, shape)?);
+            a.interrupt();
+            line.push_str(&format!(" floor-only {rps:.0} req/s,"));
+        }
+        for ((key, extra), runs) in arms.traced.iter().zip(&mut traced) {
+            let (target, _fresh) = server.arm(conns)?;
+            let served = runs.cost.served;
+            let run = runs.cost.traced_wrk(agent_bin, &target, shape, extra)?;
+            let rps = runs.add(run);
+            let label = if *key == "traced" { "traced".to_owned() } else { format!("traced with {key}") };
+            let requests = runs.wrk[round].requests;
+            line.push_str(&format!(" {label} {rps:.0} req/s (agent saw {} of {requests}),", runs.cost.served - served));
+        }
+        eprintln!("{}", line.trim_end_matches(','));
+    }
+    let first = &traced[0];
+    let p50: fn(&WrkResult) -> f64 = |r| r.p50_ms;
+    let p99: fn(&WrkResult) -> f64 = |r| r.p99_ms;
     let mut out = json!({
-        "untraced_rps": rps(&plain), "traced_rps": rps(&traced),
-        "throughput_ratio": rps(&traced) / rps(&plain),
-        "p50_ms": {"untraced": p(&plain, |r| r.p50_ms), "traced": p(&traced, |r| r.p50_ms)},
-        "p99_ms": {"untraced": p(&plain, |r| r.p99_ms), "traced": p(&traced, |r| r.p99_ms)},
+        "untraced_rps": plain.rps(), "traced_rps": first.rps(),
+        "throughput_ratio": first.rps() / plain.rps(),
+        "p50_ms": {"untraced": plain.median(p50), "traced": first.median(p50)},
+        "p99_ms": {"untraced": plain.median(p99), "traced": first.median(p99)},
         "connections": conns, "seconds": secs, "rounds": rounds,
     });
-    merge(&mut out, cost.json());
+    merge(&mut out, first.cost.json());
+    if server.measures_cpu() {
+        out["server_cpu_us_per_request"] = json!({"untraced": plain.server_cpu_us(), "traced": first.server_cpu_us()});
+    }
     if arms.floor {
         merge(
             &mut out,
             json!({
-                "floor_rps": rps(&floor),
-                "floor_over_untraced": rps(&floor) / rps(&plain),
-                "traced_over_floor": rps(&traced) / rps(&floor),
-                "floor_p50_ms": p(&floor, |r| r.p50_ms), "floor_p99_ms": p(&floor, |r| r.p99_ms),
+                "floor_rps": floor.rps(),
+                "floor_over_untraced": floor.rps() / plain.rps(),
+                "traced_over_floor": first.rps() / floor.rps(),
+                "floor_p50_ms": floor.median(p50), "floor_p99_ms": floor.median(p99),
             }),
         );
     }
-    if arms.otlp.is_some() {
-        let mut o = json!({"traced_rps": rps(&exported), "throughput_ratio": rps(&exported) / rps(&plain)});
-        merge(&mut o, otlp_cost.json());
-        out["otlp"] = o;
+    for ((key, _), runs) in arms.traced.iter().zip(&traced).skip(1) {
+        let mut o = json!({
+            "traced_rps": runs.rps(), "throughput_ratio": runs.rps() / plain.rps(),
+            "over_traced": runs.rps() / first.rps(),
+            "p50_ms": runs.median(p50), "p99_ms": runs.median(p99),
+        });
+        merge(&mut o, runs.cost.json());
+        if server.measures_cpu() {
+            o["server_cpu_us_per_request"] = json!(runs.server_cpu_us());
+        }
+        out[*key] = o;
     }
     Ok(out)
 }
@@ -490,7 +634,7 @@ fn capacity(agent_bin: &Path, url: &str, port: u16, s: &Settings) -> anyhow::Res
     let mut steps = vec![];
     let mut best = 0.0f64;
     for &conns in loads {
-        let (mut a, metrics_port) = traced_agent(agent_bin, "cap", port, &[])?;
+        let (mut a, metrics_port) = traced_agent(agent_bin, "cap", &format!("port:{port}"), None, &[])?;
         let r = wrk(url, conns, secs)?;
         std::thread::sleep(Duration::from_millis(1500));
         let text = scrape(metrics_port);
@@ -513,7 +657,7 @@ fn capacity(agent_bin: &Path, url: &str, port: u16, s: &Settings) -> anyhow::Res
 /// Agent RSS with many idle keep-alive connections open to a traced nginx.
 fn memory_at_scale(agent_bin: &Path, python: &Path, port: u16, s: &Settings) -> anyhow::Result<Value> {
     let n = if s.quick { 1000 } else { 10_000 };
-    let (a, metrics_port) = traced_agent(agent_bin, "scale", port, &[])?;
+    let (a, metrics_port) = traced_agent(agent_bin, "scale", &format!("port:{port}"), None, &[])?;
     let rss_before = status_bytes(a.pid(), "VmRSS:");
     let mut clients = Proc::spawn(
         Command::new(python)
@@ -543,6 +687,59 @@ fn memory_at_scale(agent_bin: &Path, python: &Path, port: u16, s: &Settings) -> 
     }))
 }
 
+/// wrk's script for the fidelity fronts: each request its own id (`front_asgi.py` picks the
+/// thread pool by the id's CRC: half go through `asyncio.to_thread`, half through anyio's).
+const FRONT_SCRIPT: &str =
+    "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, \"/call?req=r\" .. n)\nend\n";
+
+/// The backend the fronts call: Node.js answering `leaf` at once (the port is its argument).
+const LEAF: &str = "require('http').createServer((q, r) => r.end('leaf')).listen(+process.argv[1], '127.0.0.1')";
+
+/// Node.js running `args` with `env` (its output discarded), waited for until `port` listens.
+fn node(args: &[&str], env: &[(&str, &str)], port: u16) -> anyhow::Result<Proc> {
+    let p = Proc::spawn(
+        Command::new("node").args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::null()),
+    )?;
+    wait_for_port(port)?;
+    Ok(p)
+}
+
+/// The runtime options' cost side by side (issue #12), on the fidelity fronts with their sleeps
+/// left out (`FIDELITY_NO_SLEEP=1`), each request calling a Node.js leaf (not traced) over
+/// keep-alive connections, the front's own CPU measured: uvicorn with each call on a thread
+/// pool (`FIDELITY_POOL=1`) on uvloop and on the default asyncio loop, untraced, traced and
+/// traced with `--thread-pools`; the Node.js front untraced, traced and traced with
+/// `--node-inject`, a fresh front for each arm (the script stays in a process for its life).
+fn runtime_options(agent_bin: &Path, python: &Path, dir: &Path, s: &Settings) -> anyhow::Result<[Value; 3]> {
+    let script = dir.join("front.lua");
+    std::fs::write(&script, FRONT_SCRIPT)?;
+    let leaf_port = free_port()?;
+    let _leaf = node(&["-e", LEAF, &leaf_port.to_string()], &[], leaf_port)?;
+    let backend = format!("http://127.0.0.1:{leaf_port}");
+    let env = [("FIDELITY_NO_SLEEP", "1"), ("FIDELITY_BACKEND", &backend)];
+    let apps = crate::root().join("tests/apps/fidelity");
+    let pools = Arms { floor: false, traced: &[("traced", &[]), ("thread_pools", &["--thread-pools"])] };
+    let mut out = vec![];
+    for (name, event_loop) in [("uvicorn-pool-uvloop", "uvloop"), ("uvicorn-pool-asyncio", "asyncio")] {
+        let port = free_port()?;
+        let env = [env[0], env[1], ("FIDELITY_POOL", "1")];
+        let front = procs::uvicorn_app(python, &apps, "front_asgi:app", port, &["--loop", event_loop], &env)?;
+        let url = format!("http://127.0.0.1:{port}/call?req=0");
+        let serving = Serving::Shared { url, port, pid: Some(front.pid()) };
+        out.push(server_overhead(agent_bin, &Server { name, serving, script: Some(&script) }, s, &pools)?);
+    }
+    let front_js = apps.join("front_node.js");
+    let front_js = front_js.to_str().context("a UTF-8 path")?;
+    let start = || {
+        let port = free_port()?;
+        Ok((node(&[front_js, &port.to_string()], &env, port)?, port))
+    };
+    let serving = Serving::Fresh { start: &start, path: "/call?req=0" };
+    let inject = Arms { floor: false, traced: &[("traced", &[]), ("node_inject", &["--node-inject"])] };
+    out.push(server_overhead(agent_bin, &Server { name: "node-front", serving, script: Some(&script) }, s, &inject)?);
+    Ok(out.try_into().expect("three servers"))
+}
+
 pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
@@ -559,12 +756,18 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let (grpc_port, http_port) = (free_port()?, free_port()?);
     let collector = procs::rotel(python, &dir, grpc_port, http_port)?;
     let otlp = format!("http://127.0.0.1:{grpc_port}");
-    let arms = Arms { extra: &[], floor: true, otlp: Some(&otlp) };
+    let with_otlp: &[&str] = &["--otlp-endpoint", &otlp];
+    let arms = Arms { floor: true, traced: &[("traced", &[]), ("otlp", with_otlp)] };
+    let shared = |name, url: &str, port| Server {
+        name,
+        serving: Serving::Shared { url: url.to_owned(), port, pid: None },
+        script: None,
+    };
 
     let nginx_port = free_port()?;
     let nginx = procs::nginx(&dir, nginx_port)?;
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/hello.txt");
-    let nginx_result = server_overhead(agent_bin, "nginx", &nginx_url, nginx_port, s, &arms)?;
+    let nginx_result = server_overhead(agent_bin, &shared("nginx", &nginx_url, nginx_port), s, &arms)?;
     let cap = capacity(agent_bin, &nginx_url, nginx_port, s)?;
     let scale = memory_at_scale(agent_bin, python, nginx_port, s)?;
     drop(nginx);
@@ -572,12 +775,13 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let uv_port = free_port()?;
     let uv = procs::uvicorn(python, &crate::root().join("tests/apps"), uv_port)?;
     let uv_url = format!("http://127.0.0.1:{uv_port}/hello");
-    let uv_result = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &arms)?;
+    let uv_result = server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port), s, &arms)?;
     // The same with runtime tracking off: what the asyncio task contexts and lineage cost.
-    let no_runtime = Arms { extra: &["--no-runtime"], floor: false, otlp: None };
-    let uv_plain = server_overhead(agent_bin, "uvicorn", &uv_url, uv_port, s, &no_runtime)?;
+    let no_runtime = Arms { floor: false, traced: &[("traced", &["--no-runtime"])] };
+    let uv_plain = server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port), s, &no_runtime)?;
     drop(uv);
     drop(collector);
+    let options = runtime_options(agent_bin, python, &dir, s)?;
     let logs = log_costs(agent_bin, &dir, s)?;
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -586,7 +790,8 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "seconds": started.elapsed().as_secs_f64(),
-        "syscall": syscalls, "ssl": ssl, "nginx": nginx_result, "uvicorn": uv_result, "uvicorn_no_runtime": uv_plain, "capacity": cap, "memory_at_scale": scale, "logs": logs,
+        "syscall": syscalls, "ssl": ssl, "nginx": nginx_result, "uvicorn": uv_result, "uvicorn_no_runtime": uv_plain,
+        "uvicorn_pools_uvloop": options[0], "uvicorn_pools_asyncio": options[1], "node": options[2], "capacity": cap, "memory_at_scale": scale, "logs": logs,
     });
     print_table(&report);
     let out = crate::root().join("target/bench");
@@ -716,6 +921,45 @@ fn print_table(r: &Value) {
             format!("{:.0} / {:.0}", f(&s["events_lost"]), f(&s["exchanges_missed"])),
             "0 / 0",
             f(&s["events_lost"]) == 0.0 && f(&s["exchanges_missed"]) == 0.0,
+        );
+    }
+    for (key, server, option, flag) in [
+        ("uvicorn_pools_uvloop", "uvicorn uvloop, calls on a thread pool", "thread_pools", "--thread-pools"),
+        ("uvicorn_pools_asyncio", "uvicorn asyncio, calls on a thread pool", "thread_pools", "--thread-pools"),
+        ("node", "node front (a fresh process each arm)", "node_inject", "--node-inject"),
+    ] {
+        let (s, o) = (&r[key], &r[key][option]);
+        let line = |what: &str, value: String| println!("{:<58} {value:>12}", format!("  {what}"));
+        println!("{:<58} {:>12}", format!("{server}, untraced (req/s)"), format!("{:.0}", f(&s["untraced_rps"])));
+        line("traced / untraced throughput", format!("{:.3}", f(&s["throughput_ratio"])));
+        line(&format!("traced with {flag} / traced throughput"), format!("{:.3}", f(&o["over_traced"])));
+        line(
+            &format!("p50 untraced / traced / {flag} (ms)"),
+            format!("{:.2} / {:.2} / {:.2}", f(&s["p50_ms"]["untraced"]), f(&s["p50_ms"]["traced"]), f(&o["p50_ms"])),
+        );
+        line(
+            &format!("agent CPU per exchange, traced / {flag} (us)"),
+            format!("{:.1} / {:.1}", f(&s["agent_cpu_us_per_exchange"]), f(&o["agent_cpu_us_per_exchange"])),
+        );
+        let cpu = &s["server_cpu_us_per_request"];
+        line(
+            &format!("server CPU per request, untraced / traced / {flag} (us)"),
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                f(&cpu["untraced"]),
+                f(&cpu["traced"]),
+                f(&o["server_cpu_us_per_request"])
+            ),
+        );
+        line(
+            &format!("events lost / exchanges missed, traced, {flag}"),
+            format!(
+                "{:.0} / {:.0}, {:.0} / {:.0}",
+                f(&s["events_lost"]),
+                f(&s["exchanges_missed"]),
+                f(&o["events_lost"]),
+                f(&o["exchanges_missed"])
+            ),
         );
     }
     let cap = f(&r["capacity"]["max_clean_exchanges_per_s"]);

@@ -40,7 +40,11 @@ pub fn current_context(cur: &Current) -> u64 {
     // SAFETY: as above.
     match unsafe { bpf_probe_read_user((ctx + layout.context_entered as u64) as *const u32) } {
         Ok(0) => ctx | BASE_CTX,
-        _ => ctx,
+        Ok(_) => ctx,
+        Err(_) => {
+            count(stat::RUNTIME_READ_FAILED);
+            0
+        }
     }
 }
 

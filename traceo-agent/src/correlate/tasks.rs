@@ -9,10 +9,13 @@
 //!
 //! With `--thread-pools`, copies of a context (`contextvars.copy_context()`, what
 //! `asyncio.to_thread` and anyio's `to_thread.run_sync` run the pool thread's work in) are
-//! born too, with the opposite rule: a copy counts only for code running on a thread other
-//! than the one that made it. On its own thread a copy is a loop callback's context (the
-//! default loop copies one for every callback), which says nothing certain about a request,
-//! so there the chain stops as it did before copies were seen.
+//! born too, and followed only from a loop thread to a pool thread: made by a thread that has
+//! created tasks (a loop's), used on a thread that never has (a pool's). On the making
+//! thread a copy is a loop callback's context (the default loop copies one for every
+//! callback), which says nothing certain about a request; and a context another loop's
+//! thread runs, or one made off a loop (`call_soon_threadsafe` from a worker), may sit at a
+//! freed copy's address without being that copy (contexts copied in C are not reported).
+//! Everywhere else the chain stops at a copy as it did before copies were seen.
 //!
 //! A creation spans `Task.__init__`, from entry to return. An eager task (3.12+) runs its
 //! first step in between, on the creating thread, so there the new incarnation counts from
@@ -20,7 +23,7 @@
 //! and the address's previous task may still be finishing there until it was freed, which
 //! happened before the entry: the creating thread holds the GIL from entry to allocation).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// (context address, creation time or 0 when not seen).
 pub type Incarnation = (u64, u64);
@@ -46,24 +49,31 @@ impl Birth {
         (if tid == self.tid { self.entry_ns } else { self.created_ns }) <= at_ns
     }
 
-    /// Whether the birth names what runs on `tid` at its address: a task runs on the thread
-    /// that created it (its loop's), a copy is followed only onto another thread (a pool's).
-    fn holds_on(&self, tid: u32) -> bool {
-        self.copy != (tid == self.tid)
-    }
 }
 
 /// Births per (process, context), bounded: the oldest are forgotten first.
 pub struct TaskLineage {
     births: HashMap<(u32, u64), Vec<Birth>>,
     order: VecDeque<(u32, u64)>,
+    /// Threads seen creating tasks: event loops' (bounded by [`MAX_LOOP_THREADS`]).
+    loop_threads: HashSet<(u32, u32)>,
     cap: usize,
     pub forgotten: u64,
 }
 
+/// Loop threads remembered at most; past it new ones are not, and copies they make are
+/// not followed (a missing parent, never a wrong one).
+const MAX_LOOP_THREADS: usize = 4096;
+
 impl TaskLineage {
     pub fn new(cap: usize) -> TaskLineage {
-        TaskLineage { births: HashMap::new(), order: VecDeque::new(), cap: cap.max(1), forgotten: 0 }
+        TaskLineage {
+            births: HashMap::new(),
+            order: VecDeque::new(),
+            loop_threads: HashSet::new(),
+            cap: cap.max(1),
+            forgotten: 0,
+        }
     }
 
     /// What the kernel reported: a task created or a context copied.
@@ -95,22 +105,28 @@ impl TaskLineage {
             }
             self.forgotten += 1;
         }
+        if !copy && self.loop_threads.len() < MAX_LOOP_THREADS {
+            self.loop_threads.insert((pid, tid));
+        }
         let birth = Birth { entry_ns: entry_ns.min(ts_ns), created_ns: ts_ns, tid, parent_ctx: parent, copy };
         self.births.entry((pid, child)).or_default().push(birth);
         self.order.push_back((pid, child));
     }
 
     /// The incarnation of `ctx` running on thread `tid` at `at_ns`: its latest birth seen
-    /// from there.
+    /// from there (a task's; a copy answers no request, so its address names none).
     pub fn incarnation(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Incarnation {
-        (ctx, self.birth(pid, ctx, at_ns, tid).map_or(0, |b| b.created_ns))
+        (ctx, self.latest(pid, ctx, at_ns, tid).filter(|b| !b.copy).map_or(0, |b| b.created_ns))
     }
 
-    /// The latest birth of `ctx` seen from `tid` at `at_ns`, if it names what runs there
-    /// (see [`Birth::holds_on`]; otherwise the context's origin is unknown).
-    fn birth(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<Birth> {
-        let birth = self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()?;
-        birth.holds_on(tid).then_some(birth)
+    fn latest(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<Birth> {
+        self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()
+    }
+
+    /// Whether a copy's birth names what runs on `tid` at its address: made on a loop
+    /// thread, used on a thread that never created a task.
+    fn copy_holds(&self, pid: u32, b: &Birth, tid: u32) -> bool {
+        b.tid != tid && self.loop_threads.contains(&(pid, b.tid)) && !self.loop_threads.contains(&(pid, tid))
     }
 
     /// `ctx` as of `at_ns` on `tid`, then the incarnation that created it, and so on up.
@@ -122,7 +138,12 @@ impl TaskLineage {
         let mut chain = Vec::new();
         let (mut ctx, mut at, mut tid) = (ctx, at_ns, tid);
         while ctx != 0 && chain.len() < MAX_DEPTH {
-            let birth = self.birth(pid, ctx, at, tid);
+            let birth = self.latest(pid, ctx, at, tid).filter(|b| match b.copy {
+                true => self.copy_holds(pid, b, tid),
+                // Where the call runs (the chain's start), a task's context on another
+                // thread is not that task; further up, creations are followed as recorded.
+                false => !chain.is_empty() || b.tid == tid,
+            });
             chain.push((ctx, birth.map_or(0, |b| b.created_ns)));
             let Some(b) = birth else { break };
             // The parent context was the creating thread's when `__init__` was entered.
@@ -168,9 +189,9 @@ mod tests {
         l.created(7, T, 0xB, 0xE, (100, 200));
         assert_eq!(l.ancestry(7, 0xB, 150, T), vec![(0xB, 200), (0xE, 100), (0x1, 0)]);
         assert_eq!(l.incarnation(7, 0xB, 150, T), (0xB, 200));
-        // A task runs on its loop's thread only: elsewhere its address names nothing known.
-        assert_eq!(l.incarnation(7, 0xB, 150, T + 1), (0xB, 0));
-        assert_eq!(l.incarnation(7, 0xB, 200, T + 1), (0xB, 0));
+        // Another thread cannot run the new task before `__init__` returns.
+        assert_eq!(l.incarnation(7, 0xB, 150, T + 1), (0xB, 20));
+        assert_eq!(l.incarnation(7, 0xB, 200, T + 1), (0xB, 200));
         // Nested: 0xB's first step creates 0xC at 160..170: 0xB's incarnation as of 160 on T
         // is the new one.
         l.created(7, T, 0xC, 0xB, (160, 170));
@@ -204,21 +225,20 @@ mod tests {
         l.copied(7, T, 0xE, 0x5, 30);
         l.copied(7, T, 0x5, 0xA, 28);
         assert_eq!(l.ancestry(7, 0xE, 35, T + 1), vec![(0xE, 30), (0x5, 0)]);
+        // A copy made off a loop (a worker's `call_soon_threadsafe`) is followed nowhere.
+        l.copied(7, T + 1, 0xF, 0xD, 50);
+        assert_eq!(l.ancestry(7, 0xF, 55, T), vec![(0xF, 0)]);
+        assert_eq!(l.ancestry(7, 0xF, 55, T + 2), vec![(0xF, 0)]);
+        // Nor onto another loop's thread (one that creates tasks): a context there at a freed
+        // copy's address may be any callback's.
+        l.created(7, T + 3, 0x30, 0x3, (1, 2));
+        assert_eq!(l.ancestry(7, 0xD, 60, T + 3), vec![(0xD, 0)]);
+        // A copy answers no request.
+        assert_eq!(l.incarnation(7, 0xE, 60, T), (0xE, 0));
         // A task born later at the copy's address replaces it, on every thread.
         l.created(7, T, 0xD, 0x1, (40, 41));
         assert_eq!(l.ancestry(7, 0xD, 45, T + 1), vec![(0xD, 0)]);
         assert_eq!(l.ancestry(7, 0xD, 45, T), vec![(0xD, 41), (0x1, 0)]);
-    }
-
-    #[test]
-    fn a_base_context_is_no_copy() {
-        let mut l = TaskLineage::new(100);
-        // The kernel tags a context no `Context.run` entered (a thread's own): even at a
-        // freed copy's address it never matches the copy.
-        l.created(7, T, 0xA, 0x1, (9, 10));
-        l.copied(7, T, 0xD0, 0xA, 20);
-        let base = 0xD0 | traceo_ebpf_common::BASE_CTX;
-        assert_eq!(l.ancestry(7, base, 25, T + 1), vec![(base, 0)]);
     }
 
     #[test]

@@ -69,6 +69,8 @@ fn alive(pid: u32) -> bool {
 
 /// One keep-alive GET on `stream`; the body (sized or chunked).
 fn get(stream: &mut TcpStream, path: &str) -> String {
+    // A front that stops answering fails the test instead of hanging it.
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: front\r\n\r\n").expect("send request");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let (mut length, mut chunked) = (0, false);
@@ -214,9 +216,11 @@ fn markers_flow_after_injection_and_the_inspector_closes() {
     let sockets = tcp_sockets();
     let mut inbound = HashSet::new();
     for marker in &seen {
-        assert_eq!(&marker[..8], b"TRACEOND");
-        let in_fd = u32::from_le_bytes(marker[8..12].try_into().expect("4 bytes"));
-        let out_fd = u32::from_le_bytes(marker[12..16].try_into().expect("4 bytes"));
+        assert_eq!(&marker[..4], b"TRCN");
+        let in_fd = u32::from_le_bytes(marker[4..8].try_into().expect("4 bytes"));
+        let out_fd = u32::from_le_bytes(marker[8..12].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(marker[12..16].try_into().expect("4 bytes"));
+        assert!(len > 30 && len < 1000, "marked length {len} is not a GET request's");
         assert_ne!(in_fd, out_fd);
         let conn = |fd| {
             let inode = socket_inode(pid, fd).unwrap_or_else(|| panic!("fd {fd} of the front is not a socket"));

@@ -1,15 +1,17 @@
 //! The markers of the script `--node-inject` puts in Node.js processes (`node_agent.js`):
-//! before an outbound socket write made while a request is handled, the script writes 16
-//! bytes to the agent's marker sink over loopback TCP: `TRACEOND`, the inbound socket's fd
-//! and the outbound socket's fd. The data probes see that write, then (same thread, a few
-//! microseconds later) the outbound write itself. This stage, ahead of the tracker, gives that
-//! one write the inbound connection as its runtime context (`CONN_CTX`, as nginx's upstream
-//! probe does), so the call's parent is the request in flight on that connection.
+//! before an outbound HTTP request's bytes are written while the inbound request it serves is
+//! certain, the script writes 16 bytes to the agent's marker sink over loopback TCP: `TRCN`,
+//! the inbound socket's fd, the outbound socket's fd and the length about to be written. The
+//! data probes see that write, then (same thread, a few microseconds later) the outbound
+//! write itself. This stage, ahead of the tracker, gives that one write the inbound
+//! connection as its runtime context (`CONN_CTX`, as nginx's upstream probe does), so the
+//! call's parent is the request in flight on that connection.
 //!
 //! A marker names a write only if that write is the next one on its fd, on the marker's
-//! thread, within [`WINDOW_NS`]; anything else is counted and the write keeps no context
-//! (its call gets no parent rather than a stale one). The sink connection itself never
-//! reaches the tracker.
+//! thread, within [`WINDOW_NS`], moves no more than the marked length, and no event of the
+//! process was lost in between; anything else is counted and the write keeps no context (its
+//! call gets no parent rather than a stale one). The sink connection never reaches the
+//! tracker.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +20,7 @@ use std::{
 
 use crate::events::{Data, Direction, Event, OpenHow};
 
-pub const MAGIC: &[u8; 8] = b"TRACEOND";
+pub const MAGIC: &[u8; 4] = b"TRCN";
 const MARKER_LEN: usize = 16;
 /// The marker and its write are made in one JavaScript call: far less than this apart.
 const WINDOW_NS: u64 = 50_000_000;
@@ -75,6 +77,8 @@ pub enum Pass {
 #[derive(Clone, Copy)]
 struct Pending {
     inbound_fd: i32,
+    /// Bytes the marked write was to move.
+    len: u64,
     tid: u32,
     at_ns: u64,
 }
@@ -186,17 +190,17 @@ impl NodeMarks {
             return;
         }
         for m in bytes.chunks_exact(MARKER_LEN) {
-            if &m[..8] != MAGIC {
+            if &m[..4] != MAGIC {
                 self.stats.malformed += 1;
                 continue;
             }
-            let fd = |at: usize| i32::from_le_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]]);
-            let (inbound_fd, outbound_fd) = (fd(8), fd(12));
+            let word = |at: usize| u32::from_le_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]]);
+            let (inbound_fd, outbound_fd, len) = (word(4) as i32, word(8) as i32, u64::from(word(12)));
             if self.pending.len() >= MAX_PENDING {
                 self.stats.late += self.pending.len() as u64;
                 self.pending.clear();
             }
-            let marker = Pending { inbound_fd, tid: d.meta.tid, at_ns: d.exit_ns };
+            let marker = Pending { inbound_fd, len, tid: d.meta.tid, at_ns: d.exit_ns };
             if self.pending.insert((d.meta.pid, outbound_fd), marker).is_some() {
                 self.stats.late += 1;
             }
@@ -205,11 +209,25 @@ impl NodeMarks {
 
     fn data(&mut self, d: &Data) -> Pass {
         self.remember(d.meta.pid, d.fd, d.conn_id);
+        if d.after_loss {
+            // The marked write may be among what was lost: no marker of the process is trusted.
+            let pid = d.meta.pid;
+            let before = self.pending.len();
+            self.pending.retain(|(p, _), _| *p != pid);
+            self.stats.late += (before - self.pending.len()) as u64;
+            return Pass::Keep;
+        }
         if d.direction != Direction::Egress {
             return Pass::Keep;
         }
         let Some(marker) = self.pending.remove(&(d.meta.pid, d.fd)) else { return Pass::Keep };
-        if marker.tid != d.meta.tid || d.enter_ns < marker.at_ns || d.enter_ns - marker.at_ns > WINDOW_NS {
+        let moved = d.total_len;
+        if marker.tid != d.meta.tid
+            || d.enter_ns < marker.at_ns
+            || d.enter_ns - marker.at_ns > WINDOW_NS
+            || moved == 0
+            || moved > marker.len
+        {
             self.stats.late += 1;
             return Pass::Keep;
         }
@@ -255,10 +273,16 @@ mod tests {
         Event::Data(Data::sample(meta(tid, at), (conn_id, fd), Syscall::Write, direction, (at, at + 1), payload))
     }
 
+    /// A marker for a write of up to 64 bytes.
     fn marker(inbound: i32, outbound: i32) -> Vec<u8> {
+        marker_of(inbound, outbound, 64)
+    }
+
+    fn marker_of(inbound: i32, outbound: i32, len: u32) -> Vec<u8> {
         let mut m = MAGIC.to_vec();
-        m.extend_from_slice(&(inbound as u32).to_le_bytes());
-        m.extend_from_slice(&(outbound as u32).to_le_bytes());
+        for word in [inbound as u32, outbound as u32, len] {
+            m.extend_from_slice(&word.to_le_bytes());
+        }
         m
     }
 
@@ -300,7 +324,16 @@ mod tests {
         assert!(ctx(n.pass(&data(30, 300, Direction::Egress, PID, 301, b"GET /"))).is_none());
         // Garbage on the sink.
         n.pass(&data(9, 900, Direction::Egress, PID, 400, b"not a marker"));
-        assert_eq!(n.stats, MarkerStats { applied: 0, late: 2, unknown_inbound: 1, malformed: 1 });
+        // A write longer than the one marked is another one (the marked write was lost).
+        n.pass(&data(9, 900, Direction::Egress, PID, 500, &marker_of(20, 30, 3)));
+        assert!(ctx(n.pass(&data(30, 300, Direction::Egress, PID, 501, b"GET /"))).is_none());
+        // A loss in the process: its markers are dropped.
+        n.pass(&data(9, 900, Direction::Egress, PID, 600, &marker(20, 30)));
+        let Event::Data(mut lossy) = data(31, 310, Direction::Ingress, PID, 601, b"x") else { unreachable!() };
+        lossy.after_loss = true;
+        n.pass(&Event::Data(lossy));
+        assert!(ctx(n.pass(&data(30, 300, Direction::Egress, PID, 602, b"GET /"))).is_none());
+        assert_eq!(n.stats, MarkerStats { applied: 0, late: 4, unknown_inbound: 1, malformed: 1 });
     }
 
     #[test]

@@ -11,18 +11,20 @@
 //! 3. An inspector already on 127.0.0.1:9229 owned by the process (found through the
 //!    listening socket's inode in its fds) is used as is and left open (the operator opened
 //!    it); one owned by another process is a refusal. Flags that move or disable the
-//!    inspector (`--inspect*`, `--inspect-port`, `--disable-sigusr1`, on the command line
-//!    or in `NODE_OPTIONS`) are refusals when no such inspector listens.
+//!    inspector (`--inspect*`, `--inspect-port`, `--disable-sigusr1`, `--inspect-publish-uid`
+//!    without `http`, on the command line or in `NODE_OPTIONS`) are refusals when no such
+//!    inspector listens.
 //! 4. Before SIGUSR1: the process catches it (`SigCgt`, waited for up to 500 ms since Node
 //!    installs its handler just after start) and JavaScript has no handler of its own
 //!    (`process.on('SIGUSR1')` goes through libuv, whose `uv__signal_tree` is read from
 //!    /proc/PID/mem: such a handler would run instead of the inspector opening). The signal
 //!    goes through a pidfd taken before the checks, so a reused pid is never signalled.
-//! 5. After SIGUSR1, 127.0.0.1:9229 must listen and be the process's own socket; then the
-//!    inspector itself must say `process.pid` is the process.
+//! 5. After SIGUSR1, 127.0.0.1:9229 must listen and be the process's own socket (checked
+//!    again right before every connection); then the inspector itself must say `process.pid`
+//!    is the process. Nothing else is evaluated through a session that failed these checks.
 //! 6. The inspector the agent opened is closed with `process._debugEnd()` on every path, and
-//!    9229 checked to be closed; if it opens only after the agent gave up waiting, a watcher
-//!    closes it when it appears.
+//!    9229 checked to be closed; if it opens only after the agent gave up waiting, or a close
+//!    fails, a watcher keeps closing it (through checked sessions only) for a while.
 //!
 //! The script's output never leaves this module except as its short status.
 
@@ -112,7 +114,10 @@ pub fn inject(pid: u32, sink_port: u16) -> Result<(), String> {
         Ok(session) => run_script(session, sink_port),
         Err(why) => Err(why.clone()),
     };
-    let closed = close_inspector(pid, session.ok());
+    let closed = close_inspector(pid, session.ok()).inspect_err(|why| {
+        log::error!("{why}");
+        watch_and_close(pid, started, true);
+    });
     match (outcome, closed) {
         (Ok(()), Ok(())) => Ok(()),
         (Ok(()), Err(close)) => Err(close),
@@ -211,6 +216,9 @@ struct InspectorFlags {
     disable_sigusr1: bool,
     /// `--inspect-port`/`--debug-port` naming anything but 127.0.0.1:9229 (as written).
     moved: Option<String>,
+    /// `--inspect-publish-uid` without `http` (as written): no `/json/list` to find the
+    /// inspector's WebSocket through, to use or to close it.
+    unpublished: Option<String>,
 }
 
 impl InspectorFlags {
@@ -250,6 +258,13 @@ impl InspectorFlags {
                         flags.moved.get_or_insert_with(|| format!("{name}={value}"));
                     }
                 }
+                "--inspect-publish-uid" => {
+                    let value = value.or_else(|| args.next().map(str::to_owned)).unwrap_or_default();
+                    // Node splits the value on ',' and trims nothing.
+                    if !value.split(',').any(|destination| destination == "http") {
+                        flags.unpublished.get_or_insert_with(|| format!("{name}={value}"));
+                    }
+                }
                 _ => {}
             }
         }
@@ -269,6 +284,12 @@ impl InspectorFlags {
         }
         if let Some(flag) = &self.moved {
             return Some(format!("its inspector is moved ({flag}); only 127.0.0.1:{INSPECTOR_PORT} is supported"));
+        }
+        if let Some(flag) = &self.unpublished {
+            return Some(format!(
+                "started with {flag}: its inspector would serve no /json/list, so it could neither be used \
+                 nor closed again"
+            ));
         }
         None
     }
@@ -387,7 +408,7 @@ fn wait_for_own_inspector(pid: u32, started: u64) -> Result<(), String> {
             return Err(format!("pid {pid} exited after SIGUSR1"));
         }
         if Instant::now() >= deadline {
-            watch_for_late_inspector(pid, started);
+            watch_and_close(pid, started, false);
             return Err(format!(
                 "the inspector did not open within {} s of SIGUSR1 (it will be closed if it opens later)",
                 OPEN_WAIT.as_secs()
@@ -397,19 +418,35 @@ fn wait_for_own_inspector(pid: u32, started: u64) -> Result<(), String> {
     }
 }
 
-/// A loaded process may open its inspector after the agent stopped waiting: close it then.
-fn watch_for_late_inspector(pid: u32, started: u64) {
+/// Close, for up to [`LATE_OPEN_WATCH`], the inspector the agent opened in `pid` (the process
+/// started at `started`, which the agent signalled): `open_now` false, a loaded process may
+/// open it after the agent stopped waiting; true, a close failed and it is still open. Every
+/// attempt goes through a session that passed [`open_session`]'s checks; once the inspector
+/// is seen closed the watch ends, so one the application opens later is left alone.
+fn watch_and_close(pid: u32, started: u64, open_now: bool) {
     let watch = move || {
         let deadline = Instant::now() + LATE_OPEN_WATCH;
+        let mut opened = open_now;
+        let mut last = None;
         while Instant::now() < deadline && procfs::start_time(pid) == Some(started) {
             if inspector_owner_of(pid) == Owner::Pid(pid) {
+                opened = true;
                 match close_inspector(pid, None) {
-                    Ok(()) => log::info!("node pid {pid}: its inspector opened late and is closed again"),
-                    Err(why) => log::error!("node pid {pid}: {why}"),
+                    Ok(()) => {
+                        log::info!("node pid {pid}: the inspector the agent opened is closed (retried)");
+                        return;
+                    }
+                    Err(why) => last = Some(why),
                 }
+            } else if opened {
+                log::info!("node pid {pid}: the inspector the agent opened is closed");
                 return;
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+        let still_open = || procfs::start_time(pid) == Some(started) && inspector_owner_of(pid) == Owner::Pid(pid);
+        if let Some(why) = last.filter(|_| still_open()) {
+            log::error!("node pid {pid}: gave up closing it after {} s: {why}", LATE_OPEN_WATCH.as_secs());
         }
     };
     if let Err(e) = std::thread::Builder::new().name("node-inspector-watch".into()).spawn(watch) {
@@ -417,9 +454,23 @@ fn watch_for_late_inspector(pid: u32, started: u64) {
     }
 }
 
-/// A session with `pid`'s inspector, after it says it is `pid`.
+/// Ok when 127.0.0.1:9229 is a socket `pid` holds.
+fn owns_inspector_port(pid: u32) -> Result<(), String> {
+    match inspector_owner_of(pid) {
+        Owner::Pid(owner) if owner == pid => Ok(()),
+        Owner::Pid(other) => Err(format!("127.0.0.1:{INSPECTOR_PORT} is pid {other}'s, not {pid}'s")),
+        Owner::Unknown => Err(format!("127.0.0.1:{INSPECTOR_PORT} is held by a process not visible here")),
+        Owner::Nobody => Err(format!("nothing listens on 127.0.0.1:{INSPECTOR_PORT}")),
+    }
+}
+
+/// A session with `pid`'s inspector: 9229 checked to be `pid`'s socket right before each
+/// connection, then the inspector must say `process.pid` is `pid`. Nothing but that
+/// `process.pid` is ever evaluated through a session that did not come from here.
 fn open_session(pid: u32) -> Result<inspector::Session, String> {
+    owns_inspector_port(pid)?;
     let path = inspector::debugger_path(INSPECTOR_PORT, IO_TIMEOUT)?;
+    owns_inspector_port(pid)?;
     let mut session = inspector::Session::open(INSPECTOR_PORT, &path, IO_TIMEOUT)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| format!("pid {pid} is gone"))?;
     let expected = namespace_pid(&status).unwrap_or(pid);
@@ -443,12 +494,12 @@ fn run_script(session: &mut inspector::Session, sink_port: u16) -> Result<(), St
 }
 
 /// Close the inspector the agent opened (`process._debugEnd()`) and check 9229 is closed.
+/// `session`: one from [`open_session`]; without one, a fresh one from it (never a session
+/// that did not pass its checks: if none does, nothing is evaluated and this is an Err).
 fn close_inspector(pid: u32, session: Option<inspector::Session>) -> Result<(), String> {
     let session = match session {
         Some(session) => Ok(session),
-        // A fresh session to a socket checked to be `pid`'s.
-        None => inspector::debugger_path(INSPECTOR_PORT, IO_TIMEOUT)
-            .and_then(|path| inspector::Session::open(INSPECTOR_PORT, &path, IO_TIMEOUT)),
+        None => open_session(pid),
     };
     let reached = session.map(|mut s| s.evaluate_briefly("process._debugEnd()", Duration::from_millis(500)));
     let deadline = Instant::now() + CLOSE_WAIT;
@@ -456,14 +507,17 @@ fn close_inspector(pid: u32, session: Option<inspector::Session>) -> Result<(), 
         if Instant::now() >= deadline {
             let how = match reached {
                 Ok(()) => "process._debugEnd() did not close it".to_owned(),
-                Err(why) => format!("it could not be closed ({why})"),
+                Err(why) => format!(
+                    "it cannot be closed safely: no session to it passed the pid and socket checks ({why}), \
+                     so nothing was evaluated in it"
+                ),
             };
-            let why = format!(
+            return Err(format!(
                 "THE INSPECTOR OF PID {pid} IS STILL OPEN on 127.0.0.1:{INSPECTOR_PORT}: {how}; \
-                 anything in its network namespace can run code in it until it is restarted"
-            );
-            log::error!("{why}");
-            return Err(why);
+                 anything in its network namespace can run code in it until it is closed or the process \
+                 restarted (the agent retries closing it for {} s)",
+                LATE_OPEN_WATCH.as_secs()
+            ));
         }
         std::thread::sleep(POLL);
     }
@@ -508,6 +562,27 @@ mod tests {
         assert_eq!(parse(&["--debug-port=0.0.0.0:9229"]).moved.as_deref(), Some("--debug-port=0.0.0.0:9229"));
         assert!(parse(&["--disable-sigusr1"]).refusal().is_some_and(|r| r.contains("--disable-sigusr1")));
         assert!(parse(&["--inspect"]).refusal().is_some_and(|r| r.contains("--inspect")));
+        // --inspect-publish-uid: refused unless `http` is one of its destinations.
+        for published in [&["--inspect-publish-uid=stderr,http"][..], &["--inspect-publish-uid", "http"]] {
+            assert_eq!(parse(published), InspectorFlags::default(), "{published:?}");
+        }
+        assert_eq!(
+            parse(&["--inspect-publish-uid=stderr"]).unpublished.as_deref(),
+            Some("--inspect-publish-uid=stderr")
+        );
+        assert_eq!(
+            parse(&["--inspect_publish_uid", "stderr"]).unpublished.as_deref(),
+            Some("--inspect-publish-uid=stderr")
+        );
+        assert!(parse(&["--inspect-publish-uid="]).unpublished.is_some());
+        assert!(parse(&["--inspect-publish-uid=stderr, http"]).unpublished.is_some(), "Node trims nothing");
+        // NODE_OPTIONS' words come after the command line's: any occurrence without http refuses.
+        assert!(parse(&["a.js", "--inspect-publish-uid=http", "--inspect-publish-uid=stderr"]).unpublished.is_some());
+        assert!(
+            parse(&["--inspect-publish-uid=stderr"])
+                .refusal()
+                .is_some_and(|r| r.contains("--inspect-publish-uid=stderr") && r.contains("/json/list"))
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 /// Largest HTTP answer or WebSocket message accepted (the listing and evaluate answers are
 /// small; anything bigger is not an inspector).
 const MAX_MESSAGE: u64 = 1 << 20;
+/// Largest HTTP head accepted (the listing's and the WebSocket handshake's).
+const MAX_HEAD: usize = 16 * 1024;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -48,7 +50,7 @@ pub fn debugger_path(port: u16, timeout: Duration) -> Result<String, String> {
     loop {
         // The answer is complete once the headers and Content-Length bytes of body are in.
         if let Some((head_len, Some(length))) = http_head(&data) {
-            if data.len() >= head_len + length {
+            if data.len() >= body_end(head_len, length)? {
                 break;
             }
         }
@@ -57,7 +59,7 @@ pub fn debugger_path(port: u16, timeout: Duration) -> Result<String, String> {
             Ok(n) => data.extend_from_slice(&buf[..n]),
             Err(e) => return Err(format!("inspector listing: {e}")),
         }
-        if data.len() as u64 > MAX_MESSAGE {
+        if data.len() as u64 > MAX_MESSAGE || (data.len() > MAX_HEAD && http_head(&data).is_none()) {
             return Err("inspector listing too large: not Node's inspector".into());
         }
     }
@@ -66,8 +68,20 @@ pub fn debugger_path(port: u16, timeout: Duration) -> Result<String, String> {
     if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
         return Err("inspector listing: not a 200 answer (is 127.0.0.1:9229 Node's inspector?)".into());
     }
-    let end = length.map_or(data.len(), |l| (head_len + l).min(data.len()));
+    let end = match length {
+        Some(length) => body_end(head_len, length)?.min(data.len()),
+        None => data.len(),
+    };
     parse_list(&data[head_len..end])
+}
+
+/// Where a body of `length` bytes (a Content-Length: whatever listens may send any number)
+/// ends after a head of `head_len` bytes; one above [`MAX_MESSAGE`] is refused.
+fn body_end(head_len: usize, length: usize) -> Result<usize, String> {
+    if length as u64 > MAX_MESSAGE {
+        return Err("inspector listing too large: not Node's inspector".into());
+    }
+    head_len.checked_add(length).ok_or_else(|| "inspector listing: Content-Length overflows".into())
 }
 
 /// Length of the HTTP head (through the blank line) and its Content-Length, once complete.
@@ -156,6 +170,17 @@ pub fn decode_head(data: &[u8]) -> Option<FrameHead> {
     Some(FrameHead { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, mask, len, head_len: at })
 }
 
+/// Header plus payload bytes of the frame `head` starts, when its payload and the `so_far`
+/// bytes of message already joined stay within [`MAX_MESSAGE`] (the payload length is a
+/// 64-bit number from the wire: checked before any arithmetic on it).
+fn frame_total(head: &FrameHead, so_far: usize) -> Option<usize> {
+    let joined = (so_far as u64).checked_add(head.len)?;
+    if head.len > MAX_MESSAGE || joined > MAX_MESSAGE {
+        return None;
+    }
+    head.head_len.checked_add(usize::try_from(head.len).ok()?)
+}
+
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -211,7 +236,7 @@ impl Session {
             if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
             }
-            if data.len() > 16 * 1024 {
+            if data.len() > MAX_HEAD {
                 return Err("inspector handshake: answer too large".into());
             }
             match read_some(&mut stream, &mut buf, deadline) {
@@ -253,10 +278,8 @@ impl Session {
                 let want = self.pending.len() + 1;
                 self.fill(want, deadline)?;
             };
-            if head.len + message.len() as u64 > MAX_MESSAGE {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "inspector message too large"));
-            }
-            let total = head.head_len + head.len as usize;
+            let total = frame_total(&head, message.len())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "inspector message too large"))?;
             self.fill(total, deadline)?;
             let mut payload: Vec<u8> = self.pending.drain(..total).skip(head.head_len).collect();
             if let Some(mask) = head.mask {
@@ -392,6 +415,104 @@ mod tests {
         assert_eq!(http_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"), None);
         assert_eq!(http_head(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]"), Some((38, Some(2))));
         assert_eq!(http_head(b"HTTP/1.1 200 OK\r\n\r\n"), Some((19, None)));
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_without_overflow() {
+        let max = MAX_MESSAGE as usize;
+        assert_eq!(body_end(38, 2), Ok(40));
+        assert_eq!(body_end(38, max), Ok(38 + max));
+        assert!(body_end(38, max + 1).is_err());
+        assert!(body_end(38, usize::MAX).is_err());
+        assert!(body_end(usize::MAX, 1).is_err());
+        let head = |len: u64| FrameHead { fin: true, opcode: TEXT, mask: None, len, head_len: 10 };
+        assert_eq!(frame_total(&head(5), 0), Some(15));
+        assert_eq!(frame_total(&head(MAX_MESSAGE), 0), Some(10 + max));
+        assert_eq!(frame_total(&head(MAX_MESSAGE), 1), None, "fragments joined past the cap");
+        assert_eq!(frame_total(&head(MAX_MESSAGE + 1), 0), None);
+        assert_eq!(frame_total(&head(u64::MAX), 0), None);
+        assert_eq!(frame_total(&head(u64::MAX), usize::MAX), None);
+        assert_eq!(frame_total(&head(u64::MAX - 3), 5), None, "a sum that would wrap");
+        assert_eq!(frame_total(&head(1), usize::MAX), None);
+    }
+
+    /// A one-connection server on 127.0.0.1 answering whatever it is sent with `answer`.
+    fn hostile_server(answer: Vec<u8>) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(&answer);
+            // Held open (not closed) so a client waiting for more runs into its own limits.
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        port
+    }
+
+    const SHORT: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_hostile_listing_is_an_error_not_a_panic() {
+        for length in [u64::MAX.to_string(), (usize::MAX - 10).to_string(), (MAX_MESSAGE + 1).to_string()] {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n[]");
+            let why = debugger_path(hostile_server(answer.into_bytes()), SHORT).expect_err("huge Content-Length");
+            assert!(why.contains("too large"), "{why}");
+        }
+        // A head that never ends.
+        let why = debugger_path(hostile_server(vec![b'a'; MAX_HEAD + 10]), SHORT).expect_err("endless head");
+        assert!(why.contains("too large"), "{why}");
+        // Not UTF-8, not HTTP, not JSON.
+        let mut junk = b"HTTP/1.1 200 \xff\xfe\r\nContent-Length: 3\r\n\r\n".to_vec();
+        junk.extend_from_slice(&[0xff, 0x00, 0xfe]);
+        assert!(debugger_path(hostile_server(junk), SHORT).is_err());
+        assert!(debugger_path(hostile_server(b"\x00\xff\r\n\r\n".to_vec()), SHORT).is_err());
+        // A body shorter than its Content-Length, then closed.
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n[]".to_vec();
+        assert!(debugger_path(hostile_server(short), SHORT).is_err());
+    }
+
+    /// A session to a server whose handshake answer is followed by `frames`.
+    fn hostile_session(frames: &[u8]) -> Session {
+        let mut answer = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        answer.extend_from_slice(frames);
+        Session::open(hostile_server(answer), "/x", SHORT).expect("handshake")
+    }
+
+    #[test]
+    fn hostile_frames_are_errors_not_panics() {
+        let mut frames = Vec::new();
+        // 64-bit lengths that overflow any sum, above the cap, and just above it.
+        for len in [u64::MAX, u64::MAX - 1, 1 << 63, MAX_MESSAGE + 1] {
+            let mut frame = vec![0x81, 127];
+            frame.extend_from_slice(&len.to_be_bytes());
+            frames.push(frame);
+        }
+        // Masked (servers must not mask: accepted, not a panic) with an overflowing length.
+        let mut masked = vec![0x81, 0x80 | 127];
+        masked.extend_from_slice(&u64::MAX.to_be_bytes());
+        masked.extend_from_slice(&[1, 2, 3, 4]);
+        frames.push(masked);
+        // Fragments whose joined length passes the cap.
+        let mut fragments = Vec::new();
+        for _ in 0..2 {
+            fragments.extend_from_slice(&[0x01, 127]);
+            fragments.extend_from_slice(&(MAX_MESSAGE / 2 + 1).to_be_bytes());
+            fragments.resize(fragments.len() + (MAX_MESSAGE / 2 + 1) as usize, b'x');
+        }
+        frames.push(fragments);
+        for frame in frames {
+            let mut session = hostile_session(&frame);
+            let why = session.read_message(Instant::now() + SHORT).expect_err("hostile frame");
+            assert_eq!(why.kind(), io::ErrorKind::InvalidData, "{why}");
+        }
+        // Not UTF-8, not JSON, a masked reserved opcode, then a truncated frame: skipped or
+        // errors until the deadline, never a panic.
+        let mut junk = vec![0x81, 3, 0xff, 0xfe, 0x00, 0x83, 0x81, 9, 9, 9, 9, b'z', 0x81, 126, 0x00];
+        junk.extend_from_slice(&[0x81, 20, b'{']);
+        let mut session = hostile_session(&junk);
+        assert!(session.evaluate("1", false, Duration::from_millis(300)).is_err());
     }
 
     #[test]

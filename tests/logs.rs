@@ -560,6 +560,10 @@ fn thread_pool_work_belongs_to_the_request_that_handed_it_over() {
     // Without the option the pool threads' work is not followed: never a wrong link.
     let (right, wrong, tied, crossed) = score(&temp_dir("logs-no-pools"), &[], 1000);
     assert!(wrong.is_empty() && crossed.is_empty(), "a guess without --thread-pools:\n{wrong:?}\n{crossed:?}");
-    assert!(right < N && tied < 2 * N, "pool work tied without --thread-pools ({right} calls, {tied} records)");
+    // Only a request alone in flight can give its call a parent without the option.
+    assert!(
+        right * 4 < 2 * N && tied * 4 < 4 * N,
+        "pool work tied without --thread-pools ({right} calls, {tied} records)"
+    );
     drop(app);
 }

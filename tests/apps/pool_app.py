@@ -1,4 +1,4 @@
-"""A FastAPI app whose work runs on thread pools (tests/thread_pools.rs): a sync handler (run
+"""A FastAPI app whose work runs on thread pools (tests/logs.rs): a sync handler (run
 by Starlette's run_in_threadpool, i.e. anyio's to_thread.run_sync) and an async handler that
 hands a sync function to asyncio.to_thread. Both log and call /leaf on this same app with a
 shared sync httpx.Client, from the pool thread. Every record and call names its request id

@@ -96,12 +96,13 @@ pub struct SelectionArgs {
     #[arg(long)]
     pub thread_pools: bool,
     /// Tie Node.js outbound calls to the requests they serve: inject a small script into each
-    /// traced node process through its inspector (SIGUSR1 opens it on 127.0.0.1:9229, closed
-    /// again at once; never for a process that is not positively Node.js, that handles
+    /// traced node process through its inspector (SIGUSR1 opens it on 127.0.0.1:9229 for
+    /// about a second; never for a process that is not positively Node.js, that handles
     /// SIGUSR1 itself, or whose port 9229 another process holds). The script keeps each
-    /// request in an AsyncLocalStorage and, before each outbound write, sends the agent the
-    /// two socket fds (never data). It stays until the process restarts. Off: concurrent
-    /// calls of a node process get no parent.
+    /// request in an AsyncLocalStorage and, before an outbound HTTP request's write, sends the
+    /// agent two socket fds and a length (never data). It stays until the process restarts and
+    /// costs the process CPU (Node's promise hooks). Off: concurrent calls of a node process
+    /// get no parent.
     #[arg(long)]
     pub node_inject: bool,
     /// With `--log-records` (or `record --logs`): also capture what the traced processes

@@ -48,7 +48,6 @@ impl Birth {
     fn seen_from(&self, at_ns: u64, tid: u32) -> bool {
         (if tid == self.tid { self.entry_ns } else { self.created_ns }) <= at_ns
     }
-
 }
 
 /// Births per (process, context), bounded: the oldest are forgotten first.

@@ -234,8 +234,11 @@ pub fn plan_with_offsets(
     options: Options,
 ) -> Plan {
     let mut p = plan(pid, measured, options.thread_pools);
-    if let (Plan::Node { found: Ok(_), injected }, Some(port)) = (&mut p, options.node_sink) {
-        *injected = Some(node::inject(pid, port));
+    if let (Plan::Node { found, injected }, Some(port)) = (&mut p, options.node_sink) {
+        *injected = Some(match found {
+            Ok(_) => node::inject(pid, port),
+            Err(why) => Err(format!("not identified as Node.js: {why}")),
+        });
     }
     match &p {
         Plan::Python { module, copies, .. } => {

@@ -522,7 +522,7 @@ mod tests {
         assert_eq!(size_of::<ProcEvent>(), 24 + 4 + 4 + COMM_LEN);
         assert_eq!(size_of::<KernelOffsets>(), 22 * 8);
         assert_eq!(size_of::<TaskEvent>(), 24 + 4 * 8);
-        assert_eq!(size_of::<PyLayout>(), 16);
+        assert_eq!(size_of::<PyLayout>(), 24);
         assert_eq!(size_of::<ProbeSettings>(), 32);
     }
 

@@ -217,14 +217,18 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                             // nor its probes' files held for it.
                             probes.forget_runtime(pid);
                         }
+                        // A new program (or process) is planned; a listen only when its process
+                        // was not: planning again may act on it (`--node-inject` opens the
+                        // inspector, itself a listen).
+                        let replan = track_runtimes && (matches!(event, Event::Exec(_)) || !runtimes.known(pid));
                         let wants = crate::attach::Wants {
                             tls: tls.as_mut().is_some_and(|t| t.track(&mut probes, pid)),
-                            runtime: track_runtimes,
+                            runtime: replan,
                         };
-                        if track_runtimes {
+                        if replan {
                             runtimes.track(pid);
                         }
-                        if !attacher.request(pid, wants) && track_runtimes {
+                        if !attacher.request(pid, wants) && replan {
                             runtimes.not_asked(pid);
                         }
                     }

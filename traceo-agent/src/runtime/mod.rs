@@ -114,6 +114,11 @@ impl Runtimes {
         self.pending.insert(pid);
     }
 
+    /// Whether `pid`'s runtime is planned or being planned.
+    pub fn known(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid) || self.pending.contains(&pid)
+    }
+
     /// The worker could not take `pid`'s request (its queue was full): asked again at the
     /// next refresh (as a process not planned yet; its map entry was cleared at its exec,
     /// or it has none yet).

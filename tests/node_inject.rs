@@ -119,11 +119,14 @@ struct NodeFront {
     front: Proc,
     backend_port: u16,
     front_port: u16,
+    /// The front's stderr, where Node notes each opening of its inspector.
+    stderr: std::path::PathBuf,
 }
 
 impl NodeFront {
     fn start() -> NodeFront {
         let (backend_port, front_port) = (free_port(), free_port());
+        let stderr = temp_dir("node-front").join("stderr");
         let backend = Proc::spawn(Command::new("node").args(["-e", BACKEND, &backend_port.to_string()]));
         let front = Proc::spawn(
             Command::new("node")
@@ -131,11 +134,11 @@ impl NodeFront {
                 .arg(front_port.to_string())
                 .env("FIDELITY_BACKEND", format!("http://127.0.0.1:{backend_port}"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stderr(std::fs::File::create(&stderr).expect("front stderr")),
         );
         wait_for_port(backend_port);
         wait_for_port(front_port);
-        NodeFront { _backend: backend, front, backend_port, front_port }
+        NodeFront { _backend: backend, front, backend_port, front_port, stderr }
     }
 }
 
@@ -176,7 +179,7 @@ fn markers_flow_after_injection_and_the_inspector_closes() {
         return;
     }
     let Some(_port) = inspector_port() else { return };
-    let NodeFront { _backend, front, backend_port, front_port } = NodeFront::start();
+    let NodeFront { _backend, front, backend_port, front_port, .. } = NodeFront::start();
     let pid = front.pid();
     let sink = TcpListener::bind("127.0.0.1:0").expect("sink");
     let sink_port = sink.local_addr().expect("sink addr").port();
@@ -253,7 +256,7 @@ fn the_agent_ties_each_node_call_to_its_own_request() {
         return;
     }
     let Some(_port) = inspector_port() else { return };
-    let NodeFront { _backend, front, front_port, .. } = NodeFront::start();
+    let NodeFront { _backend, front, front_port, stderr, .. } = NodeFront::start();
     let dir = temp_dir("node-inject-agent");
     let log = dir.join("exchanges.jsonl");
     let service = format!("front=pid:{}", front.pid());
@@ -285,6 +288,9 @@ fn the_agent_ties_each_node_call_to_its_own_request() {
     });
     std::thread::sleep(Duration::from_secs(3));
     agent.stop();
+    // Injected once: the inspector's own listen must not make the agent inject again.
+    let opened = std::fs::read_to_string(&stderr).unwrap_or_default().matches("Debugger listening on").count();
+    assert_eq!(opened, 1, "the inspector was opened {opened} times");
     let exchanges = json_lines(&log);
     let server: HashMap<String, &serde_json::Value> = exchanges
         .iter()

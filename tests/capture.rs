@@ -326,6 +326,17 @@ fn every_data_syscall_is_captured_in_order() {
     let received = String::from_utf8(stream(&events, &open["conn_id"], "ingress")).unwrap();
     assert_eq!(received.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{received:?}");
     assert!(data.iter().all(|e| e["len"] == e["captured"]), "small messages are captured whole");
+    // A send's start is its entry (what orders it before the peer's read of it), a receive's
+    // its return.
+    for e in &data {
+        let (enter, exit) = (e["enter_ns"].as_u64().unwrap(), e["exit_ns"].as_u64().unwrap());
+        if e["direction"] == "egress" {
+            assert!(enter < exit, "a send's entry time: {e}");
+            assert!(e["flags"].as_array().unwrap().is_empty(), "{e}");
+        } else {
+            assert_eq!(enter, exit, "{e}");
+        }
+    }
 }
 
 #[test]

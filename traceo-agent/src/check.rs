@@ -106,6 +106,15 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<()> {
         },
     );
     r.line(None, "fentry/fexit", "not needed (tracepoints only)");
+    r.line(
+        Some(cfg!(target_arch = "x86_64")),
+        "syscall arguments at exit",
+        if cfg!(target_arch = "x86_64") {
+            "read from the saved registers (raw tracepoint sys_exit, x86-64 layout)"
+        } else {
+            "only the x86-64 register layout is known: this build cannot trace socket syscalls"
+        },
+    );
     let object = loader::object();
     r.line(
         Some(object.is_ok()),
@@ -124,7 +133,8 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<()> {
             read_tcp_seq: true,
         }) {
             Ok(_) => {
-                let n = PROGRAMS.len() + loader::programs::uprobe_programs().count();
+                let n =
+                    PROGRAMS.len() + loader::programs::RAW_PROGRAMS.len() + loader::programs::uprobe_programs().count();
                 r.line(Some(true), "verifier + ring buffer", format!("all {n} programs load"))
             }
             Err(e) => r.line(Some(false), "verifier + ring buffer", format!("{e:#}")),
@@ -136,6 +146,7 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<()> {
         PROGRAMS
             .iter()
             .map(|(c, n)| format!("{c}:{n}"))
+            .chain(loader::programs::RAW_PROGRAMS.iter().map(|(tp, _)| format!("raw_tracepoint:{tp}")))
             .chain(loader::programs::SSL_FUNCTIONS.iter().map(|(f, _)| format!("uprobe+uretprobe:libssl:{f}")))
             .chain([format!("uprobe+uretprobe:_asyncio:{}", crate::runtime::python::TASK_INIT_SYMBOL)])
             .collect::<Vec<_>>()

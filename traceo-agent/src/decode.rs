@@ -154,7 +154,9 @@ impl Decoder {
             truncated: flags & data_flags::TRUNCATED != 0,
             read_failed: flags & data_flags::READ_FAILED != 0,
             no_payload: flags & data_flags::NO_PAYLOAD != 0,
-            after_loss: flags & data_flags::AFTER_LOSS != 0,
+            // An egress call whose start is unknown cannot be ordered against its peer's
+            // read: handled as after a loss (the connection resynchronises, nothing guessed).
+            after_loss: flags & (data_flags::AFTER_LOSS | data_flags::NO_ENTRY_TIME) != 0,
             payload: self.copy(payload),
             task_ctx: field!(task_ctx, u64),
             tcp_seq: if flags & data_flags::TCP_SEQ != 0 { Some(field!(tcp_seq, u32)) } else { None },
@@ -246,6 +248,18 @@ pub(crate) mod tests {
         assert_eq!(d.direction, Direction::Ingress);
         assert!(d.truncated && !d.no_payload && !d.read_failed);
         assert_eq!(&d.payload[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn a_send_whose_start_is_unknown_resynchronises_its_connection() {
+        let send = |flags| {
+            let raw = raw_data(b"GET / HTTP/1.1\r\n\r\n", direction::EGRESS, syscall::WRITE, flags);
+            let Event::Data(d) = Decoder::default().decode(&raw).expect("decodes") else { panic!("not data") };
+            d.after_loss
+        };
+        assert!(!send(0));
+        assert!(send(data_flags::NO_ENTRY_TIME), "handled as after a loss: never paired on a guessed start");
+        assert!(send(data_flags::AFTER_LOSS));
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub mod data_flags {
     /// `tcp_seq` holds the TCP sequence number of the first byte moved (a TCP socket, read
     /// when `ProbeSettings::read_tcp_seq` is on).
     pub const TCP_SEQ: u8 = 16;
+    /// Egress only: the call's entry was not seen, `enter_ns` is its exit. When it started
+    /// is unknown, so the agent resynchronises the connection rather than pair on a guess.
+    pub const NO_ENTRY_TIME: u8 = 32;
 }
 
 /// How a connection came to be known. Numbered explicitly; append only.
@@ -185,6 +188,9 @@ pub mod family {
     pub const INET6: u16 = 10;
 }
 
+/// Slots of the per-thread egress entry times (index: tid modulo this; a power of two).
+pub const ENTRY_SLOTS: u32 = 1 << 16;
+
 /// Indices of the per-CPU `STATS` counters. Numbered explicitly; append only.
 pub mod stat {
     /// Data events dropped because the ring buffer was full.
@@ -197,7 +203,7 @@ pub mod stat {
     pub const READ_USER_FAILED: u32 = 3;
     /// Walking task -> file -> socket failed (kernel read fault, racing close).
     pub const SOCKET_WALK_FAILED: u32 = 4;
-    /// The per-thread syscall argument map was full: the call was not traced.
+    /// The per-thread OpenSSL argument map was full: the call was not traced.
     pub const ARGS_MAP_FULL: u32 = 5;
     /// Unused since traced processes live in the flag array (kept: indices are never reused).
     pub const RESERVED_6: u32 = 6;
@@ -219,7 +225,10 @@ pub mod stat {
     pub const LOG_EVENTS: u32 = 13;
     /// Log-write events dropped because the ring buffer was full.
     pub const RING_FULL_LOG: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// An egress syscall whose entry was not seen (in flight when the agent attached, or its
+    /// thread's entry slot taken by another's): sent flagged `NO_ENTRY_TIME`.
+    pub const ENTRY_UNSEEN: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Each counter's name (the agent's log and metric labels), in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -238,6 +247,7 @@ pub mod stat {
         "task_init_unpaired",
         "log_events",
         "ring_full_log",
+        "entry_unseen",
     ];
 
     /// The counters of events lost because the ring buffer was full.
@@ -481,7 +491,9 @@ pub struct ProbeSettings {
     /// 1: read the TCP sequence number at each data syscall on a TCP socket
     /// (`DataEvent::tcp_seq`; `--shared-state` keys cross-host stitching by it).
     pub read_tcp_seq: u32,
-    pub _pad: u32,
+    /// The ring buffer's size in bytes (what `BPF_RB_RING_SIZE` would answer, without the
+    /// helper call per event).
+    pub ring_bytes: u32,
 }
 
 #[cfg(feature = "user")]

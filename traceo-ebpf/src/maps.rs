@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use traceo_ebpf_common::{DataEvent, MAX_CAPTURE, PID_FLAGS_BLOCK, RuntimeProc, stat};
+use traceo_ebpf_common::{DataEvent, ENTRY_SLOTS, MAX_CAPTURE, PID_FLAGS_BLOCK, RuntimeProc, stat};
 
 /// All events, to the agent. The agent sets its size at load (`--ring-buffer-mib`).
 #[map]
@@ -18,7 +18,12 @@ const WAKEUP_BYTES: u64 = 512 * 1024;
 /// Flags for submitting an event: wake the agent only past `WAKEUP_BYTES` of backlog.
 #[inline(always)]
 pub fn submit_flags() -> u64 {
-    let waiting = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    submit_flags_for(EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64))
+}
+
+/// [`submit_flags`] when the caller already queried the bytes `waiting`.
+#[inline(always)]
+pub fn submit_flags_for(waiting: u64) -> u64 {
     if waiting >= WAKEUP_BYTES {
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -56,21 +61,24 @@ pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, 
 #[map]
 pub static KNOWN_CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
-/// The socket this CPU last announced or found announced: consecutive syscalls on one
-/// connection skip the `KNOWN_CONNS` lookup. Inode numbers are not reused soon, so a stale
-/// entry (its socket closed) can only cost a lookup, never hide a new socket.
+/// Sockets this CPU announced or found announced lately, at `ino % RECENT_CONNS`: syscalls on
+/// the connections a server is busy with skip the `KNOWN_CONNS` lookup. Inode numbers are
+/// not reused soon, so a stale entry (its socket closed) can only cost a lookup, never hide
+/// a new socket.
 #[map]
-pub static LAST_KNOWN_CONN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static RECENT_CONNS: PerCpuArray<[u64; RECENT_CONNS_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Arguments of a syscall in flight, from its enter probe to its exit probe (key: tid).
-/// A plain preallocated hash: cheaper per update than an LRU, and entries are removed by
-/// the exit probe (a full map is counted, not silently evicted).
+pub const RECENT_CONNS_LEN: usize = 64;
+
+/// (tid, entry time) of the egress syscall each thread is in, at `tid % ENTRY_SLOTS`: when a
+/// client began sending is what orders its request before the server's read of it (their
+/// exits can come in either order). An array slot is a plain store where a hash insert and
+/// delete cost hundreds of nanoseconds; the tid in it tells a slot taken by another thread.
 #[map]
-pub static SYSCALL_ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+pub static EGRESS_ENTRY: Array<[u64; 2]> = Array::with_max_entries(ENTRY_SLOTS, 0);
 
 /// Arguments of an OpenSSL read/write in flight, from its uprobe to its uretprobe (key: tid).
-/// Apart from `SYSCALL_ARGS`: the socket syscall made inside the SSL call uses that one. An
-/// LRU: a thread that dies inside an SSL call leaves its entry behind, and the uprobe trap
+/// An LRU: a thread that dies inside an SSL call leaves its entry behind, and the uprobe trap
 /// costs far more than the LRU's bookkeeping.
 #[map]
 pub static TLS_ARGS: LruHashMap<u32, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
@@ -91,7 +99,8 @@ pub struct DataScratch {
     pub _slack: [u8; 3 * MAX_CAPTURE],
 }
 
-/// What an enter probe leaves for its exit probe.
+/// What `emit` needs of a call beside its result (an OpenSSL uprobe parks it for its
+/// uretprobe).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallArgs {
@@ -136,9 +145,6 @@ pub static TASK_INIT: LruHashMap<[u64; 2], [u64; 3]> = LruHashMap::with_max_entr
 /// the files matching the glob). Looked up only when that option is on.
 #[map]
 pub static LOG_FILES: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
-
-/// `SyscallArgs::syscall` of a connect in flight (not a data syscall).
-pub const CONNECT: u16 = 0x100;
 
 /// Add one to a per-CPU counter.
 #[inline(always)]

@@ -11,7 +11,9 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, UProbe, trace_point::TracePointLinkId},
+    programs::{
+        Program, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
 use traceo_ebpf_common::{KernelOffsets, MAX_CAPTURE, MAX_SERVICES, PID_FLAGS_BLOCK, ProbeSettings, RuntimeProc, stat};
 
@@ -94,6 +96,7 @@ pub fn check_ring_buffer_mib(mib: u32) -> anyhow::Result<()> {
 pub struct Probes {
     ebpf: Ebpf,
     links: Vec<(&'static str, TracePointLinkId)>,
+    raw_links: Vec<(&'static str, RawTracePointLinkId)>,
     /// OpenSSL and runtime probes, by file.
     uprobes: uprobes::SharedUprobes,
     /// Symbol offsets resolved once per file.
@@ -106,6 +109,10 @@ pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// Load the object and let the verifier check every program; nothing is attached yet.
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
+    if !cfg!(target_arch = "x86_64") {
+        // `sys_exit` reads syscall arguments from the saved registers, laid out per arch.
+        bail!("this build reads syscall arguments with the x86-64 register layout: run it on x86-64");
+    }
     let object = object()?;
     require_privileges()?;
     raise_memlock();
@@ -123,7 +130,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         capture_logs: opts.capture_logs as u32,
         log_files: opts.log_files as u32,
         read_tcp_seq: opts.read_tcp_seq as u32,
-        _pad: 0,
+        ring_bytes: opts.ring_buffer_mib << 20,
     };
     check_ring_buffer_mib(opts.ring_buffer_mib)?;
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
@@ -138,28 +145,35 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     // The logger owns the log map: it must outlive program loading.
     let logger =
         aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("kernel-side logging unavailable: {e}")).ok();
-    for name in programs::PROGRAMS.iter().map(|(_, name)| *name).chain([programs::FLOOR]) {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| {
-                format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`")
-            })?
-            .try_into()?;
-        program.load().with_context(|| format!("the kernel's verifier rejected {name}"))?;
-    }
-    for name in programs::uprobe_programs() {
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .with_context(|| {
-                format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`")
-            })?
-            .try_into()?;
-        program.load().with_context(|| format!("the kernel's verifier rejected {name}"))?;
+    let tracepoints = programs::PROGRAMS.iter().chain(programs::RAW_PROGRAMS).map(|(_, name)| *name);
+    for name in tracepoints.chain([programs::FLOOR, programs::RAW_FLOOR]).chain(programs::uprobe_programs()) {
+        load_program(&mut ebpf, name)?;
     }
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes { ebpf, links: Vec::new(), uprobes: Default::default(), symbols: Default::default(), logger })
+    Ok(Probes {
+        ebpf,
+        links: Vec::new(),
+        raw_links: Vec::new(),
+        uprobes: Default::default(),
+        symbols: Default::default(),
+        logger,
+    })
+}
+
+/// Let the verifier check one program of the object.
+fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+    let program = ebpf.program_mut(name).with_context(|| {
+        format!("program {name} missing from the kernel object: rebuild it with `cargo xtask build-ebpf`")
+    })?;
+    let loaded = match program {
+        Program::TracePoint(p) => p.load(),
+        Program::RawTracePoint(p) => p.load(),
+        Program::UProbe(p) => p.load(),
+        other => bail!("program {name} is a {:?}, not a probe the agent attaches", other.prog_type()),
+    };
+    loaded.with_context(|| format!("the kernel's verifier rejected {name}"))
 }
 
 impl Probes {
@@ -172,7 +186,14 @@ impl Probes {
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             self.links.push((name, link));
         }
-        log::info!("attached {} programs", self.links.len());
+        for (tracepoint, name) in programs::RAW_PROGRAMS {
+            let program: &mut RawTracePoint = self.ebpf.program_mut(name).expect("loaded above").try_into()?;
+            let link = program
+                .attach(tracepoint)
+                .with_context(|| format!("attaching {name} to raw tracepoint {tracepoint}"))?;
+            self.raw_links.push((name, link));
+        }
+        log::info!("attached {} programs", self.links.len() + self.raw_links.len());
         Ok(())
     }
 
@@ -184,6 +205,14 @@ impl Probes {
             let link =
                 program.attach(category, name).with_context(|| format!("attaching floor to {category}:{name}"))?;
             self.links.push((programs::FLOOR, link));
+        }
+        let program: &mut RawTracePoint =
+            self.ebpf.program_mut(programs::RAW_FLOOR).context("no raw floor program")?.try_into()?;
+        for (tracepoint, _) in programs::RAW_PROGRAMS {
+            let link = program
+                .attach(tracepoint)
+                .with_context(|| format!("attaching the floor to raw tracepoint {tracepoint}"))?;
+            self.raw_links.push((programs::RAW_FLOOR, link));
         }
         Ok(())
     }
@@ -239,7 +268,7 @@ impl Probes {
     pub fn detach(&mut self) {
         let started = std::time::Instant::now();
         let uprobes: Vec<_> = self.uprobes.drain().collect();
-        let count = self.links.len() + uprobes.len();
+        let count = self.links.len() + self.raw_links.len() + uprobes.len();
         let owned_uprobes: Vec<_> =
             uprobes.into_iter().filter_map(|(name, link)| self.take_uprobe_link(name, link)).collect();
         let mut owned_tracepoints = Vec::new();
@@ -248,6 +277,14 @@ impl Probes {
                 match program.take_link(link) {
                     Ok(l) => owned_tracepoints.push(l),
                     Err(e) => log::warn!("detaching {name}: {e}"),
+                }
+            }
+        }
+        // One raw link: released here, its programs stop at once.
+        for (name, link) in self.raw_links.drain(..) {
+            if let Ok(program) = <&mut RawTracePoint>::try_from(self.ebpf.program_mut(name).expect("loaded")) {
+                if let Err(e) = program.detach(link) {
+                    log::warn!("detaching {name}: {e}");
                 }
             }
         }

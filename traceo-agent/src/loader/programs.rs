@@ -1,39 +1,29 @@
 //! The programs in the kernel object and where each attaches. Tracepoint program names equal
 //! tracepoint names, so these tables are the whole attach plan.
 
-/// The empty program the benchmark attaches everywhere instead (its cost floor).
-pub const FLOOR: &str = "floor";
-
-/// (tracepoint category, program and tracepoint name)
+/// (tracepoint category, program and tracepoint name): the egress syscalls' entries (their
+/// time only), close (its fd must still be open), listen (every process's) and the process
+/// lifecycle.
 pub const PROGRAMS: &[(&str, &str)] = &[
-    ("syscalls", "sys_exit_accept"),
-    ("syscalls", "sys_exit_accept4"),
-    ("syscalls", "sys_enter_connect"),
-    ("syscalls", "sys_exit_connect"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_enter_sendfile64"),
     ("syscalls", "sys_enter_close"),
     ("syscalls", "sys_enter_listen"),
-    ("syscalls", "sys_enter_read"),
-    ("syscalls", "sys_exit_read"),
-    ("syscalls", "sys_enter_write"),
-    ("syscalls", "sys_exit_write"),
-    ("syscalls", "sys_enter_readv"),
-    ("syscalls", "sys_exit_readv"),
-    ("syscalls", "sys_enter_writev"),
-    ("syscalls", "sys_exit_writev"),
-    ("syscalls", "sys_enter_sendto"),
-    ("syscalls", "sys_exit_sendto"),
-    ("syscalls", "sys_enter_recvfrom"),
-    ("syscalls", "sys_exit_recvfrom"),
-    ("syscalls", "sys_enter_sendmsg"),
-    ("syscalls", "sys_exit_sendmsg"),
-    ("syscalls", "sys_enter_recvmsg"),
-    ("syscalls", "sys_exit_recvmsg"),
-    ("syscalls", "sys_enter_sendfile64"),
-    ("syscalls", "sys_exit_sendfile64"),
     ("sched", "sched_process_fork"),
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
 ];
+
+/// (raw tracepoint, program): `sys_exit` takes every data syscall, accept and connect, with
+/// their arguments read from the saved registers (no enter program).
+pub const RAW_PROGRAMS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
+
+/// The empty programs the benchmark attaches instead, to the same hooks (its cost floor).
+pub const FLOOR: &str = "floor";
+pub const RAW_FLOOR: &str = "floor_sys_exit";
 
 /// OpenSSL functions probed in each libssl file: (symbol, entry program). `SSL_RETURN` is
 /// attached to every one of them as a uretprobe. The first two are required: a library

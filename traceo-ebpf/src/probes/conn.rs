@@ -1,16 +1,17 @@
-//! Connection lifecycle: accept, connect, close, and first sight of an older socket.
+//! Connection lifecycle: accept, connect (from `syscall_exit`), listen, close, and first
+//! sight of an older socket.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use traceo_ebpf_common::{ConnEvent, kind, open_how, stat};
 
-use super::{syscall_arg, syscall_ret};
+use super::syscall_arg;
 use crate::{
-    filter::{Current, maybe_traced, traced},
-    maps::{CONNECT, EVENTS, KNOWN_CONNS, LAST_KNOWN_CONN, SYSCALL_ARGS, SyscallArgs, count, submit_flags},
+    filter::{Current, traced},
+    maps::{EVENTS, KNOWN_CONNS, RECENT_CONNS, RECENT_CONNS_LEN, count, submit_flags},
     socket::{SocketFile, WalkError, fill_addresses, socket_of_fd},
 };
 
@@ -66,29 +67,39 @@ pub fn announce(cur: &Current, sock: &SocketFile, fd: i64, how: u8, ret: i64) {
 /// Announce `sock` as EXISTING unless it was announced before.
 #[inline(always)]
 pub fn announce_if_new(cur: &Current, sock: &SocketFile, fd: i64) {
-    let last = LAST_KNOWN_CONN.get_ptr_mut(0);
-    // SAFETY: this CPU's slot, for the duration of the program.
-    if last.is_some_and(|p| unsafe { *p } == sock.ino) {
+    let slot = RECENT_CONNS
+        .get_ptr_mut(0)
+        // SAFETY: this CPU's value, for the duration of the program; the index is masked.
+        .map(|recent| unsafe { (*recent).as_mut_ptr().add(sock.ino as usize & (RECENT_CONNS_LEN - 1)) });
+    // SAFETY: as above.
+    if slot.is_some_and(|p| unsafe { *p } == sock.ino) {
         return;
     }
     // SAFETY: only tests for presence.
     if unsafe { KNOWN_CONNS.get(&sock.ino) }.is_none() {
         announce(cur, sock, fd, open_how::EXISTING, 0);
     }
-    if let Some(p) = last {
+    if let Some(p) = slot {
         // SAFETY: as above.
         unsafe { *p = sock.ino };
     }
 }
 
+/// accept/accept4 returned `fd`: a new connection.
 #[inline(always)]
-fn on_accept_exit(ctx: &TracePointContext) {
-    let fd = syscall_ret(ctx);
-    if fd < 0 {
-        return;
+pub fn on_accept(cur: &Current, fd: i64) {
+    if fd >= 0 {
+        announce_fd(cur, fd, open_how::ACCEPTED, fd);
     }
-    let Some(cur) = traced() else { return };
-    announce_fd(&cur, fd, open_how::ACCEPTED, fd);
+}
+
+/// connect on `fd` returned `ret`: by then the tuple is filled. A non-blocking connect
+/// returns EINPROGRESS with the tuple already set.
+#[inline(always)]
+pub fn on_connect(cur: &Current, fd: i64, ret: i64) {
+    if ret == 0 || ret == -EINPROGRESS {
+        announce_fd(cur, fd, open_how::CONNECTED, ret);
+    }
 }
 
 /// Announce the socket behind `fd` (a new connection); count a failed walk.
@@ -99,65 +110,6 @@ fn announce_fd(cur: &Current, fd: i64, how: u8, ret: i64) {
         Err(WalkError::Failed) => count(stat::SOCKET_WALK_FAILED),
         Err(WalkError::NotSocket) => {}
     }
-}
-
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx);
-    0
-}
-
-/// connect: remember the fd; the tuple is filled only by the time connect returns.
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let Some(cur) = traced() else { return 0 };
-    let args = SyscallArgs {
-        conn_id: 0,
-        buf: 0,
-        count: 0,
-        // SAFETY: helper call without arguments.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: syscall_arg(&ctx, 0) as i32,
-        service: cur.service,
-        syscall: CONNECT,
-        vectored: 0,
-        has_seq: 0,
-        tcp_seq: 0,
-        task_ctx: 0,
-    };
-    if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
-        count(stat::ARGS_MAP_FULL);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    // Untraced processes stop here, before any hash lookup.
-    if !maybe_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    // SAFETY: copied out at once.
-    let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
-        return 0;
-    };
-    let _ = SYSCALL_ARGS.remove(&tid);
-    let ret = syscall_ret(&ctx);
-    // A non-blocking connect returns EINPROGRESS with the tuple already set.
-    if args.syscall != CONNECT || (ret != 0 && ret != -EINPROGRESS) {
-        return 0;
-    }
-    let cur = Current { pid: (pid_tgid >> 32) as u32, tid, service: args.service };
-    announce_fd(&cur, args.fd as i64, open_how::CONNECTED, ret);
-    0
 }
 
 /// listen: every process's (listens are rare), so a `port:` selector matches a server the

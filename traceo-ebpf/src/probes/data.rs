@@ -1,28 +1,28 @@
 //! Data syscalls: the bytes that cross a socket, captured at syscall exit.
 //!
-//! Enter probes filter (traced process, socket fd), announce sockets not seen before and
-//! park the arguments per thread; exit probes copy up to `capture_bytes` of what the call
+//! `syscall_exit` hands each traced data syscall's arguments and result here: filter the
+//! socket fd, announce sockets not seen before, copy up to `capture_bytes` of what the call
 //! actually moved and emit one `DataEvent` of just that size.
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_probe_read_user,
         generated::{self, bpf_ktime_get_ns},
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use traceo_ebpf_common::{
-    DATA_EVENT_HEADER_LEN, EventHeader, MAX_CAPTURE, MAX_IOVECS, data_flags, direction, kind, stat, syscall,
+    DATA_EVENT_HEADER_LEN, ENTRY_SLOTS, EventHeader, MAX_CAPTURE, MAX_IOVECS, data_flags, direction, kind, stat,
+    syscall,
 };
 
-use super::{conn::announce_if_new, syscall_arg, syscall_ret};
+use super::conn::announce_if_new;
 use crate::{
-    filter::{maybe_traced, traced},
+    filter::{Current, traced},
     globals::setting,
     maps::{
-        CONNECT, DATA_SCRATCH, EVENTS, LOG_FILES, LOSS_SEEN, LOSSY_CONNS, SYSCALL_ARGS, SyscallArgs, count,
-        submit_flags,
+        DATA_SCRATCH, EGRESS_ENTRY, EVENTS, LOG_FILES, LOSS_SEEN, LOSSY_CONNS, SyscallArgs, count, submit_flags_for,
     },
     socket::{WalkError, regular_file_ino, socket_of_fd, tcp_seq},
 };
@@ -34,22 +34,49 @@ const CONTROL_RESERVE: u64 = 64 * 1024;
 /// MAX_CAPTURE, and the scratch slack covers offset + length under the mask.
 const MASK: u32 = 2 * MAX_CAPTURE as u32 - 1;
 
-/// Common enter path: filter, announce, park the arguments.
+/// A data syscall's arguments, as read from the registers at its exit.
+pub struct Call {
+    pub fd: i64,
+    /// The user buffer, or the iovec array of a vectored call.
+    pub buf: u64,
+    /// The buffer length, or the iovec count of a vectored call.
+    pub count: u64,
+    /// One of `traceo_ebpf_common::syscall`.
+    pub syscall: u16,
+    /// 1 when `buf` points at an iovec array.
+    pub vectored: u8,
+}
+
 #[inline(always)]
-fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
-    let Some(cur) = traced() else { return };
-    let fd = fd as i32 as i64;
-    let sock = match socket_of_fd(fd) {
+fn is_ingress(syscall: u16) -> bool {
+    matches!(syscall, syscall::READ | syscall::READV | syscall::RECVFROM | syscall::RECVMSG)
+}
+
+/// Errors move no bytes; a zero-byte receive is the peer's EOF and worth reporting.
+#[inline(always)]
+pub fn moved_nothing(syscall: u16, ret: i64) -> bool {
+    ret < 0 || (ret == 0 && !is_ingress(syscall))
+}
+
+/// A traced data syscall returned `ret`: emit what it moved over a socket (or, for a write
+/// to a non-socket stdout/stderr or a `--log-file`, the process's log output).
+#[inline(always)]
+pub fn on_exit(cur: &Current, call: &Call, ret: i64) {
+    if moved_nothing(call.syscall, ret) {
+        return;
+    }
+    let ingress = is_ingress(call.syscall);
+    let sock = match socket_of_fd(call.fd) {
         Ok(sock) => sock,
         Err(WalkError::NotSocket) => {
             // stdout/stderr that is not a socket (tty, pipe, file): the process's own log
             // output. Two compares for every other non-socket fd; nothing when logs are off.
-            if syscall == syscall::WRITE || syscall == syscall::WRITEV {
+            if !ingress && call.syscall != syscall::SENDFILE && setting!(capture_logs) != 0 {
                 // `--log-file`: a second walk and a lookup, only when that option is on.
                 // SAFETY: only tests for presence.
-                let log_file = || regular_file_ino(fd).is_some_and(|ino| unsafe { LOG_FILES.get(&ino) }.is_some());
-                if fd == 1 || fd == 2 || (setting!(log_files) != 0 && log_file()) {
-                    park_log(&cur, fd, buf, count_or_iovcnt, syscall, vectored);
+                let log_file = || regular_file_ino(call.fd).is_some_and(|ino| unsafe { LOG_FILES.get(&ino) }.is_some());
+                if call.fd == 1 || call.fd == 2 || (setting!(log_files) != 0 && log_file()) {
+                    emit(cur, &args(cur, call, LOG_CONN, None), ret, direction::EGRESS);
                 }
             }
             return;
@@ -59,71 +86,82 @@ fn enter(fd: u64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
             return;
         }
     };
-    announce_if_new(&cur, &sock, fd);
-    let ingress = matches!(syscall, syscall::READ | syscall::READV | syscall::RECVFROM | syscall::RECVMSG);
-    // Only when asked (`--shared-state`): three more reads per call.
-    let seq = if setting!(read_tcp_seq) != 0 { tcp_seq(&sock, !ingress) } else { None };
-    let args = SyscallArgs {
-        conn_id: sock.ino,
-        buf,
-        count: count_or_iovcnt,
-        // SAFETY: helper call without arguments.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: fd as i32,
+    announce_if_new(cur, &sock, call.fd);
+    // Only when asked (`--shared-state`): three more reads per call. At exit the number has
+    // moved past the call's bytes: the first byte's is `ret` before it.
+    let seq = if setting!(read_tcp_seq) != 0 {
+        tcp_seq(&sock, !ingress).map(|seq| seq.wrapping_sub(ret as u32))
+    } else {
+        None
+    };
+    emit(cur, &args(cur, call, sock.ino, seq), ret, if ingress { direction::INGRESS } else { direction::EGRESS });
+}
+
+/// What `emit` needs of a syscall: its call's arguments, the connection, the thread's
+/// runtime context (the same at exit as at entry: the thread ran no user code in between)
+/// and, for egress, when the call began.
+#[inline(always)]
+fn args(cur: &Current, call: &Call, conn_id: u64, seq: Option<u32>) -> SyscallArgs {
+    SyscallArgs {
+        conn_id,
+        buf: call.buf,
+        count: call.count,
+        enter_ns: if is_ingress(call.syscall) { 0 } else { egress_entry(cur.tid) },
+        fd: call.fd as i32,
         service: cur.service,
-        syscall,
-        vectored,
+        syscall: call.syscall,
+        vectored: call.vectored,
         has_seq: seq.is_some() as u8,
         tcp_seq: seq.unwrap_or(0),
-        task_ctx: crate::runtime::current_context(&cur),
-    };
-    if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
-        count(stat::ARGS_MAP_FULL);
+        task_ctx: crate::runtime::current_context(cur),
     }
 }
 
-/// A write to non-socket stdout/stderr: parked like a socket write, with `conn_id` 0
-/// (`LOG_CONN`), so the exit probe emits a log-write event instead of a data event.
+/// The entry time `egress_enter` left for thread `tid`, taking it (a later call whose entry
+/// is missed must not find it); `u64::MAX` when the slot is another thread's or empty.
 #[inline(always)]
-fn park_log(cur: &crate::filter::Current, fd: i64, buf: u64, count_or_iovcnt: u64, syscall: u16, vectored: u8) {
-    if setting!(capture_logs) == 0 {
-        return;
-    }
-    let args = SyscallArgs {
-        conn_id: LOG_CONN,
-        buf,
-        count: count_or_iovcnt,
-        // SAFETY: helper call without arguments.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: fd as i32,
-        service: cur.service,
-        syscall,
-        vectored,
-        has_seq: 0,
-        tcp_seq: 0,
-        task_ctx: crate::runtime::current_context(cur),
+fn egress_entry(tid: u32) -> u64 {
+    let Some(slot) = EGRESS_ENTRY.get_ptr_mut(tid & (ENTRY_SLOTS - 1)) else {
+        return NO_ENTRY;
     };
-    if SYSCALL_ARGS.insert(&cur.tid, &args, 0).is_err() {
-        count(stat::ARGS_MAP_FULL);
+    // SAFETY: a map value; a racing writer can only make the tid test fail.
+    unsafe {
+        if (*slot)[0] != tid as u64 {
+            return NO_ENTRY;
+        }
+        (*slot)[0] = 0;
+        (*slot)[1]
     }
 }
+
+/// `SyscallArgs::enter_ns` of an egress call whose entry was not seen.
+const NO_ENTRY: u64 = u64::MAX;
+
+/// An egress syscall began: note when, for its exit (`egress_entry`).
+#[inline(always)]
+fn egress_enter() {
+    let Some(cur) = traced() else { return };
+    if let Some(slot) = EGRESS_ENTRY.get_ptr_mut(cur.tid & (ENTRY_SLOTS - 1)) {
+        // SAFETY: a map value, written whole by this thread's entry only.
+        unsafe { *slot = [cur.tid as u64, bpf_ktime_get_ns()] };
+    }
+}
+
+/// The egress syscalls' entry tracepoints: only the time is kept.
+macro_rules! egress_entries {
+    ($($name:ident),*) => {$(
+        #[tracepoint]
+        pub fn $name(_ctx: TracePointContext) -> u32 {
+            egress_enter();
+            0
+        }
+    )*};
+}
+
+egress_entries!(sys_enter_write, sys_enter_writev, sys_enter_sendto, sys_enter_sendmsg, sys_enter_sendfile64);
 
 /// `SyscallArgs::conn_id` of a log write: no socket has inode 0, no `SSL *` is null.
 const LOG_CONN: u64 = 0;
-
-/// sendmsg/recvmsg: the iovec array and its length sit in the user's `struct user_msghdr`
-/// (msg_iov at byte 16, msg_iovlen at byte 24).
-#[inline(always)]
-fn enter_msg(ctx: &TracePointContext, syscall: u16) {
-    let msg = syscall_arg(ctx, 1);
-    // SAFETY: probe reads of user memory fail cleanly on a bad pointer.
-    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
-    let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
-    match (iov, iovlen) {
-        (Ok(iov), Ok(iovlen)) => enter(syscall_arg(ctx, 0), iov, iovlen, syscall, 1),
-        _ => count(stat::READ_USER_FAILED),
-    }
-}
 
 /// Copy `len` user bytes into the payload at `offset`; false when the read failed.
 #[inline(always)]
@@ -164,41 +202,12 @@ fn copy_payload(data: *mut u8, args: &SyscallArgs, limit: u32) -> (u32, bool) {
     (copied, false)
 }
 
-/// Common exit path: match the enter probe's arguments and emit what the call moved.
-#[inline(always)]
-fn exit(ctx: &TracePointContext) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    // Untraced processes stop here, before any hash lookup.
-    if !maybe_traced((pid_tgid >> 32) as u32) {
-        return;
-    }
-    // SAFETY: copied out at once.
-    let Some(args) = (unsafe { SYSCALL_ARGS.get(&tid) }).copied() else {
-        return;
-    };
-    let _ = SYSCALL_ARGS.remove(&tid);
-    if args.syscall == CONNECT {
-        return;
-    }
-    let ret = syscall_ret(ctx);
-    let dir = match args.syscall {
-        syscall::READ | syscall::READV | syscall::RECVFROM | syscall::RECVMSG => direction::INGRESS,
-        _ => direction::EGRESS,
-    };
-    // Errors move no bytes; a zero-byte receive is the peer's EOF and worth reporting.
-    if ret < 0 || (ret == 0 && dir == direction::EGRESS) {
-        return;
-    }
-    emit(pid_tgid, &args, ret, dir);
-}
-
-/// Build the event in the per-CPU scratch and send `header + captured`: `moved` bytes went
+/// Build the event in the per-CPU scratch and send `header + captured`: `ret` bytes went
 /// through `args.buf` (or its iovecs). Shared by the syscall and the OpenSSL probes; true
-/// when the event was sent.
+/// when the event was sent. `args.enter_ns` 0 stands for the return time (an ingress call's
+/// entry is when it began waiting, not when data came), `NO_ENTRY` for an unseen entry.
 #[inline(always)]
-pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool {
-    let tid = pid_tgid as u32;
+pub(super) fn emit(cur: &Current, args: &SyscallArgs, ret: i64, dir: u8) -> bool {
     // SAFETY: helper call without arguments.
     let cpu = unsafe { generated::bpf_get_smp_processor_id() };
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(cpu) else {
@@ -241,9 +250,17 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let event_kind = if log { kind::LOG_WRITE } else { kind::DATA };
-    ev.header = EventHeader { kind: event_kind, pid: (pid_tgid >> 32) as u32, tid, service: args.service, ts_ns: now };
+    ev.header = EventHeader { kind: event_kind, pid: cur.pid, tid: cur.tid, service: args.service, ts_ns: now };
     ev.conn_id = args.conn_id;
-    ev.enter_ns = args.enter_ns;
+    ev.enter_ns = match args.enter_ns {
+        0 => now,
+        NO_ENTRY => {
+            flags |= data_flags::NO_ENTRY_TIME;
+            count(stat::ENTRY_UNSEEN);
+            now
+        }
+        at => at,
+    };
     ev.exit_ns = now;
     ev.ret = ret;
     ev.total_len = ret as u64;
@@ -259,8 +276,7 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     // connection, process and task events, so a close (which says whether its connection
     // lost data) still gets through when data is being dropped.
     let used = EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
-    let ring = EVENTS.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64);
-    let sent = if used + size as u64 + CONTROL_RESERVE > ring {
+    let sent = if used + size as u64 + CONTROL_RESERVE > setting!(ring_bytes) as u64 {
         -1
     } else {
         // SAFETY: `size` is within the scratch value (header + payload + slack).
@@ -269,7 +285,7 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
                 core::ptr::addr_of!(EVENTS).cast_mut().cast(),
                 (ev as *mut traceo_ebpf_common::DataEvent).cast(),
                 size as u64,
-                submit_flags(),
+                submit_flags_for(used),
             )
         }
     };
@@ -292,73 +308,3 @@ pub(super) fn emit(pid_tgid: u64, args: &SyscallArgs, ret: i64, dir: u8) -> bool
     }
     sent == 0
 }
-
-/// `fn(fd, buf, count)` syscalls: read, write, sendto, recvfrom (args 0, 1, 2).
-macro_rules! plain {
-    ($enter:ident, $id:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), $id, 0);
-            0
-        }
-    };
-}
-
-/// `fn(fd, iov, iovcnt)` syscalls: readv, writev.
-macro_rules! vectored {
-    ($enter:ident, $id:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(syscall_arg(&ctx, 0), syscall_arg(&ctx, 1), syscall_arg(&ctx, 2), $id, 1);
-            0
-        }
-    };
-}
-
-macro_rules! exits {
-    ($($exit:ident),*) => {$(
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx);
-            0
-        }
-    )*};
-}
-
-plain!(sys_enter_read, syscall::READ);
-plain!(sys_enter_write, syscall::WRITE);
-plain!(sys_enter_sendto, syscall::SENDTO);
-plain!(sys_enter_recvfrom, syscall::RECVFROM);
-vectored!(sys_enter_readv, syscall::READV);
-vectored!(sys_enter_writev, syscall::WRITEV);
-
-#[tracepoint]
-pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    enter_msg(&ctx, syscall::SENDMSG);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    enter_msg(&ctx, syscall::RECVMSG);
-    0
-}
-
-/// sendfile64(out_fd, in_fd, offset, count): only the length is ever known.
-#[tracepoint]
-pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter(syscall_arg(&ctx, 0), 0, syscall_arg(&ctx, 3), syscall::SENDFILE, 0);
-    0
-}
-
-exits!(
-    sys_exit_read,
-    sys_exit_write,
-    sys_exit_sendto,
-    sys_exit_recvfrom,
-    sys_exit_readv,
-    sys_exit_writev,
-    sys_exit_sendmsg,
-    sys_exit_recvmsg,
-    sys_exit_sendfile64
-);

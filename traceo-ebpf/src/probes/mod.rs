@@ -1,4 +1,4 @@
-//! Tracepoint and uprobe programs, one file per probe family. Each `#[tracepoint]` entry is
+//! Tracepoint, raw tracepoint and uprobe programs, one file per probe family. Each entry is
 //! thin and named after the tracepoint it attaches to, so the agent can attach by name.
 
 mod conn;
@@ -6,6 +6,7 @@ mod data;
 mod floor;
 mod nginx;
 mod process;
+mod syscall_exit;
 mod task;
 mod tls;
 
@@ -16,11 +17,4 @@ use aya_ebpf::programs::TracePointContext;
 fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: the tracepoint record is at least this long for every syscall we attach to.
     unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(u64::MAX)
-}
-
-/// Return value of a `syscalls:sys_exit_*` record.
-#[inline(always)]
-fn syscall_ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: `long ret` at byte 16 of every sys_exit record.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
 }

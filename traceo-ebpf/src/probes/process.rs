@@ -12,7 +12,7 @@ use traceo_ebpf_common::{ProcEvent, kind, stat};
 use crate::{
     filter::{Current, pid_flag, traced},
     globals::setting,
-    maps::{EVENTS, SYSCALL_ARGS, count, submit_flags},
+    maps::{EVENTS, count, submit_flags},
 };
 
 #[inline(always)]
@@ -79,8 +79,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if setting!(trace_all) != 0 {
         return 0;
     }
-    // A syscall cut short by the exit leaves its arguments behind.
-    let _ = SYSCALL_ARGS.remove(&cur.tid);
     if let Some(flag) = pid_flag(cur.tid) {
         // SAFETY: a byte inside the map value. Thread ids get flags from the fork probe too.
         unsafe { *flag = 0 };

@@ -1,7 +1,6 @@
 //! OpenSSL plaintext: uprobes on `SSL_read`, `SSL_write` and their `_ex` forms in libssl.
 //!
-//! The entry probe parks the call's arguments per thread (a map apart from the syscall
-//! one: the socket syscall the SSL call makes inside would overwrite them); the single
+//! The entry probe parks the call's arguments per thread; the single
 //! return probe, attached to all four functions, copies what the call moved and emits a
 //! `DataEvent` with syscall `SSL_READ`/`SSL_WRITE` and the `SSL *` as its `conn_id`. Which
 //! socket that SSL object talks over is the agent's business: it sees the thread's socket
@@ -102,7 +101,8 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     }
     let dir = if args.syscall == syscall::SSL_READ { direction::INGRESS } else { direction::EGRESS };
     let args = SyscallArgs { count: 0, ..args };
-    if emit(pid_tgid, &args, moved, dir) {
+    let cur = crate::filter::Current { pid: (pid_tgid >> 32) as u32, tid, service: args.service };
+    if emit(&cur, &args, moved, dir) {
         count(stat::TLS_EVENTS);
     }
     0

@@ -22,7 +22,7 @@
 //! `evicted` when it was still in flight), completed ones are kept `hold_ns` for late
 //! children, and the connection index is capped (`pairs`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use crate::events::Event;
 use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
@@ -30,6 +30,7 @@ use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
 use super::context::Carried;
 use super::ids::{IdGen, TraceId};
 use super::node::{Done, Id, Node, Parent, Resolved, State, Wait};
+use super::nodes::Nodes;
 use super::pairs::{ConnPairs, PairKey, client_key, server_key};
 use super::parent::{Answered, Inbound, Pick, Signal, pick_at_start, task_match};
 use super::tasks::{Incarnation, TaskLineage};
@@ -90,7 +91,7 @@ fn link_index(link: Link) -> usize {
 pub struct Correlator {
     cfg: CorrelateConfig,
     ids: IdGen,
-    nodes: BTreeMap<Id, Node>,
+    nodes: Nodes,
     next_id: Id,
     by_request: HashMap<(u64, u64), Id>,
     /// Inbound requests in flight, by process.
@@ -120,9 +121,9 @@ impl Correlator {
         Correlator {
             pairs: ConnPairs::new(cfg.max_connections),
             lineage: TaskLineage::new(cfg.max_tasks),
+            nodes: Nodes::new(cfg.max_requests),
             cfg,
             ids,
-            nodes: BTreeMap::new(),
             next_id: 0,
             by_request: HashMap::new(),
             inbound: HashMap::new(),
@@ -189,7 +190,7 @@ impl Correlator {
 
     /// The end of the events: resolve everything with what is known, emit what is held.
     pub fn finish(&mut self, out: &mut impl FnMut(Exchange)) {
-        let ids: Vec<Id> = self.nodes.keys().copied().collect();
+        let ids: Vec<Id> = self.nodes.keys().collect();
         ids.into_iter().for_each(|id| self.force(id));
         self.ready.drain(..).for_each(&mut *out);
     }
@@ -201,7 +202,7 @@ impl Correlator {
             return id;
         }
         while self.nodes.len() >= self.cfg.max_requests.max(1) {
-            let Some(oldest) = self.nodes.keys().next().copied() else { break };
+            let Some(oldest) = self.nodes.keys().next() else { break };
             self.evict(oldest);
         }
         let id = self.next_id;
@@ -647,7 +648,7 @@ impl Correlator {
         self.unindex(id, n.role, n.pid, n.pair, n.carried.correlation_id.as_deref());
         if let State::Held { exchange, .. } = n.state {
             // Unreachable after `force`, but never lose an exchange.
-            self.ready.push(exchange);
+            self.ready.push(*exchange);
         }
     }
 }

@@ -7,6 +7,7 @@ mod context;
 mod correlator;
 mod ids;
 mod node;
+mod nodes;
 mod pairs;
 mod parent;
 mod tasks;

@@ -4,17 +4,15 @@
 //! db.response.status_code, db.response.returned_rows, server.address/port; a failed
 //! operation has error.type and an error status.
 
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
-
 use crate::http::Exchange;
-use crate::spans::{kv, string as s};
+use crate::spans::Attrs;
 
 use super::DbOp;
 
 /// The operation's attributes; `spans::span` builds the span around them (kind CLIENT, the
 /// name from `DbOp::span_name`, an error status from `DbOp::error_type`).
-pub fn attributes(ex: &Exchange, op: &DbOp) -> Vec<KeyValue> {
-    let mut out = vec![s("db.system.name", op.system.as_str())];
+pub fn attributes(ex: &Exchange, op: &DbOp, out: &mut impl Attrs) {
+    out.str("db.system.name", op.system.as_str());
     let opt = [
         ("db.namespace", &op.namespace),
         ("db.operation.name", &op.operation),
@@ -24,21 +22,20 @@ pub fn attributes(ex: &Exchange, op: &DbOp) -> Vec<KeyValue> {
     ];
     for (k, v) in opt {
         if let Some(v) = v {
-            out.push(s(k, v));
+            out.str(k, v);
         }
     }
     if let Some(rows) = op.rows {
-        out.push(kv("db.response.returned_rows", Value::IntValue(i64::try_from(rows).unwrap_or(i64::MAX))));
+        out.int("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX));
     }
     if let Some(peer) = ex.peer {
-        out.push(s("server.address", peer.ip().to_canonical().to_string()));
-        out.push(kv("server.port", Value::IntValue(i64::from(peer.port()))));
+        out.str("server.address", &peer.ip().to_canonical().to_string());
+        out.int("server.port", peer.port());
     }
     if let Some(e) = op.error_type() {
-        out.push(s("error.type", e));
+        out.str("error.type", &e);
     }
     if let Some(link) = ex.link() {
-        out.push(s("traceo.link", link.as_str()));
+        out.str("traceo.link", link.as_str());
     }
-    out
 }

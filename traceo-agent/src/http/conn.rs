@@ -156,6 +156,14 @@ impl Conn {
         *ctx.scratch = outputs;
     }
 
+    /// Nothing happened on it for a while: give back room kept from earlier messages.
+    pub fn release_idle(&mut self) {
+        if let Proto::Active(parser) = &mut self.proto {
+            parser.release_idle();
+        }
+        self.pairing.release_if_empty();
+    }
+
     /// The connection ended (close, exit, expiry, eviction): flush everything.
     pub fn finish(&mut self, ctx: &mut Ctx<'_>) {
         // Taken before the parser's finish, which forgets which side sent the requests.

@@ -24,6 +24,11 @@ impl<V> Lru<V> {
         self.map.values().map(|(v, _)| v)
     }
 
+    /// Every value, mutable, in no particular order (does not touch recency).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.map.values_mut().map(|(v, _)| v)
+    }
+
     /// The value for `key`, marked as just used.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
         let next = self.next_tick();

@@ -23,6 +23,15 @@ pub struct Pairing {
 }
 
 impl Pairing {
+    /// Free the room kept from earlier messages if none waits (an idle connection).
+    pub fn release_if_empty(&mut self) {
+        for q in [&mut self.requests, &mut self.responses] {
+            if q.is_empty() && q.capacity() > 0 {
+                *q = VecDeque::new();
+            }
+        }
+    }
+
     pub fn push(&mut self, msg: HttpMessage) -> Option<Pair> {
         match msg.kind {
             Kind::Request => self.requests.push_back(msg),

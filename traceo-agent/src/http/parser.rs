@@ -272,4 +272,7 @@ pub trait ProtocolParser: Send {
     fn reset(&mut self);
     /// Which direction carries requests, once known.
     fn request_direction(&self) -> Option<Direction>;
+    /// The connection is idle: give back queue room kept from earlier messages (10,000
+    /// idle keep-alive connections kept a few KiB each).
+    fn release_idle(&mut self) {}
 }

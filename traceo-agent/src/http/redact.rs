@@ -36,8 +36,23 @@ const SECRET_QUERY_PARTS: [&str; 16] = [
 
 /// Is a header with this name (any case) a secret?
 pub fn is_secret_header(name: &str) -> bool {
-    let lower = name.trim().to_ascii_lowercase();
-    SECRET_HEADERS.contains(&lower.as_str()) || SECRET_HEADER_PARTS.iter().any(|p| lower.contains(p))
+    // Lower-cased on the stack: this runs for header names on the parse path.
+    let name = name.trim().as_bytes();
+    let mut stack = [0u8; 64];
+    let heap;
+    let lower: &[u8] = match stack.get_mut(..name.len()) {
+        Some(b) => {
+            b.copy_from_slice(name);
+            b.make_ascii_lowercase();
+            b
+        }
+        None => {
+            heap = name.to_ascii_lowercase();
+            &heap
+        }
+    };
+    SECRET_HEADERS.iter().any(|s| s.as_bytes() == lower)
+        || SECRET_HEADER_PARTS.iter().any(|p| lower.windows(p.len()).any(|w| w == p.as_bytes()))
 }
 
 /// Does a query key (any case, percent-encoded or not) name a secret?
@@ -50,6 +65,10 @@ pub fn is_secret_query_key(key: &str) -> bool {
 /// carry sessions far more often than anything else) and URL user-info replaced by
 /// [`REDACTED`].
 pub fn redact_target(target: &str) -> String {
+    // Nothing to redact without a query, a path parameter or user-info (most targets).
+    if !target.contains(['?', ';', '@']) {
+        return target.to_owned();
+    }
     let (before_query, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -164,6 +183,10 @@ mod tests {
         for name in ["Host", "User-Agent", "X-Request-ID", "Content-Type", "traceparent"] {
             assert!(!is_secret_header(name), "{name} should not be secret");
         }
+        // Names longer than the stack buffer, and padded ones.
+        let long = "X-Vendor-".repeat(10);
+        assert!(is_secret_header(&format!("{long}Auth-Token")) && !is_secret_header(&long));
+        assert!(is_secret_header(" Cookie ") && !is_secret_header(""));
     }
 
     #[test]
@@ -176,6 +199,9 @@ mod tests {
             ("/a?password=hunter2", "/a?password=REDACTED"),
             ("/a?flag&page=2", "/a?flag&page=2"),
             ("/plain", "/plain"),
+            ("/a/b/c.txt", "/a/b/c.txt"),
+            ("http://example.com/x", "http://example.com/x"),
+            ("http://bob@example.com/x", "http://REDACTED@example.com/x"),
             ("http://bob:pw@example.com/x?q=1", "http://REDACTED@example.com/x?q=1"),
             (
                 "/a?pwd=1&pass=2&sig=3&jwt=4&code=5&page=6",

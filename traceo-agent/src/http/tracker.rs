@@ -15,6 +15,8 @@ use super::stats::TrackerStats;
 
 /// `SOCK_STREAM`.
 const SOCK_STREAM: u16 = 1;
+/// A connection quiet this long gives back its queues' room (`Conn::release_idle`).
+const RELEASE_AFTER_NS: u64 = 1_000_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackerConfig {
@@ -149,6 +151,8 @@ impl ConnTracker {
             self.end(conn, out);
         }
         self.stats.active_connections = self.conns.len() as u64;
+        let quiet = now_ns.saturating_sub(RELEASE_AFTER_NS);
+        self.conns.values_mut().filter(|c| c.last_ns < quiet).for_each(Conn::release_idle);
     }
 
     /// Flush everything (end of a replay, shutdown).

@@ -184,13 +184,15 @@ fn server_address<'a>(o: &Observation<'a>) -> &'a str {
     if o.server { "" } else { o.server_address.unwrap_or_default() }
 }
 
-/// Hash of an observation's label values (with `route` standing for its route).
-fn series_hash(o: &Observation<'_>, route: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (o.service, o.server, o.method, route, o.status, server_address(o), o.tls).hash(&mut h);
-    h.finish()
+/// Hash of an observation's label values (with `route` standing for its route): foldhash,
+/// seeded per process (SipHash was most of the lookup's cost).
+fn series_hash(state: &foldhash::fast::RandomState, o: &Observation<'_>, route: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    state.hash_one((o.service, o.server, o.method, route, o.status, server_address(o), o.tls))
 }
+
+/// The series map's keys are those hashes already: hashing them again need only be cheap.
+type SeriesMap = HashMap<u64, Vec<Series>, foldhash::fast::RandomState>;
 
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
@@ -201,7 +203,8 @@ pub struct HttpMetrics {
     overflow: Counter,
     config: MetricsConfig,
     /// Label sets in use by hash (a collision shares the bucket), and how many in all.
-    series: Mutex<(HashMap<u64, Vec<Series>>, usize)>,
+    series: Mutex<(SeriesMap, usize)>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl HttpMetrics {
@@ -226,7 +229,8 @@ impl HttpMetrics {
             propagation,
             overflow,
             config,
-            series: Mutex::new((HashMap::new(), 0)),
+            series: Mutex::new((SeriesMap::default(), 0)),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -257,16 +261,19 @@ impl HttpMetrics {
     pub fn observe(&self, o: &Observation<'_>) {
         let mut guard = self.series.lock().expect("metrics lock");
         let (series, count) = &mut *guard;
-        let mut route = o.route;
-        let mut hash = series_hash(o, route);
-        let known = series.get(&hash).is_some_and(|b| b.iter().any(|s| s.matches(o, route)));
-        if !known && *count >= self.config.max_series {
+        let hash = series_hash(&self.hasher, o, o.route);
+        // A known label set (nearly every exchange) is found with one lookup and one match.
+        if let Some(s) = series.get_mut(&hash).and_then(|b| b.iter_mut().find(|s| s.matches(o, o.route))) {
+            return self.record(s, o);
+        }
+        let (route, hash) = if *count >= self.config.max_series {
             // Past the cap, new label sets fold into one overflow route (itself at most one
             // set past the cap per remaining label combination).
-            route = OVERFLOW_ROUTE;
-            hash = series_hash(o, route);
             self.overflow.inc();
-        }
+            (OVERFLOW_ROUTE, series_hash(&self.hasher, o, OVERFLOW_ROUTE))
+        } else {
+            (o.route, hash)
+        };
         let bucket = series.entry(hash).or_default();
         let index = match bucket.iter().position(|s| s.matches(o, route)) {
             Some(i) => i,
@@ -276,7 +283,10 @@ impl HttpMetrics {
                 bucket.len() - 1
             }
         };
-        let s = &mut bucket[index];
+        self.record(&mut bucket[index], o);
+    }
+
+    fn record(&self, s: &mut Series, o: &Observation<'_>) {
         s.last_seen = Instant::now();
         s.requests.inc();
         if let Some(duration) = o.duration_s {

@@ -16,8 +16,33 @@ pub fn string(key: &str, v: impl Into<String>) -> KeyValue {
     kv(key, Value::StringValue(v.into()))
 }
 
-fn int(key: &str, v: impl Into<i64>) -> KeyValue {
-    kv(key, Value::IntValue(v.into()))
+/// Where attributes go: prost `KeyValue`s (tests, resources, log records) or protobuf bytes
+/// (`wire::WireAttrs`, the export path), from the one description of each.
+pub trait Attrs {
+    fn str(&mut self, key: &str, v: &str);
+    fn int(&mut self, key: &str, v: impl Into<i64>);
+    fn bool(&mut self, key: &str, v: bool);
+    /// A one-string array (a kept header's value).
+    fn str_array(&mut self, key: &str, v: &str);
+}
+
+impl Attrs for Vec<KeyValue> {
+    fn str(&mut self, key: &str, v: &str) {
+        self.push(string(key, v));
+    }
+
+    fn int(&mut self, key: &str, v: impl Into<i64>) {
+        self.push(kv(key, Value::IntValue(v.into())));
+    }
+
+    fn bool(&mut self, key: &str, v: bool) {
+        self.push(kv(key, Value::BoolValue(v)));
+    }
+
+    fn str_array(&mut self, key: &str, v: &str) {
+        let values = vec![AnyValue { value: Some(Value::StringValue(v.to_owned())) }];
+        self.push(kv(key, Value::ArrayValue(ArrayValue { values })));
+    }
 }
 
 /// Methods the conventions name; others are `_OTHER` with the original kept.
@@ -70,38 +95,42 @@ pub fn error_type(ex: &Exchange) -> Option<String> {
     }
 }
 
-fn address(out: &mut Vec<KeyValue>, prefix: &str, addr: Option<SocketAddr>) {
+/// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span).
+fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<SocketAddr>) {
     if let Some(a) = addr {
-        out.push(string(&format!("{prefix}.address"), a.ip().to_canonical().to_string()));
-        out.push(int(&format!("{prefix}.port"), a.port()));
+        out.str(keys[0], &a.ip().to_canonical().to_string());
+        out.int(keys[1], i64::from(a.port()));
     }
 }
 
-pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
-    let mut out = Vec::with_capacity(24);
+const SERVER: [&str; 2] = ["server.address", "server.port"];
+const CLIENT: [&str; 2] = ["client.address", "client.port"];
+const PEER: [&str; 2] = ["network.peer.address", "network.peer.port"];
+
+pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
     let method = ex.method.as_str();
     if KNOWN_METHODS.contains(&method) {
-        out.push(string("http.request.method", method));
+        out.str("http.request.method", method);
     } else {
-        out.push(string("http.request.method", "_OTHER"));
-        out.push(string("http.request.method_original", method));
+        out.str("http.request.method", "_OTHER");
+        out.str("http.request.method_original", method);
     }
     let (path, query) = path_and_query(&ex.target);
-    out.push(string("url.path", path));
+    out.str("url.path", path);
     if let Some(q) = query {
         // The target was redacted by the parser (`http::redact_target`).
-        out.push(string("url.query", q));
+        out.str("url.query", q);
     }
     let scheme = if ex.tls { "https" } else { "http" };
-    out.push(string("url.scheme", scheme));
+    out.str("url.scheme", scheme);
     if ex.tls {
-        out.push(kv("tls.established", Value::BoolValue(true)));
+        out.bool("tls.established", true);
     }
     if let Some(v) = ex.version {
-        out.push(string("network.protocol.version", v.as_str()));
+        out.str("network.protocol.version", v.as_str());
     }
     if let Some(s) = ex.status {
-        out.push(int("http.response.status_code", s));
+        out.int("http.response.status_code", s);
     }
     // The server's name: the Host header, else the socket address it was reached at.
     let server_socket = match ex.role {
@@ -110,17 +139,17 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
     };
     match ex.host().map(host_port) {
         Some((host, port)) => {
-            out.push(string("server.address", host));
+            out.str("server.address", host);
             if let Some(p) = port.or(server_socket.map(|a| a.port())) {
-                out.push(int("server.port", p));
+                out.int("server.port", p);
             }
         }
-        None => address(&mut out, "server", server_socket),
+        None => address(out, SERVER, server_socket),
     }
     match ex.role {
         Role::Server => {
-            out.push(string("http.route", ex.route.as_str()));
-            address(&mut out, "client", ex.peer);
+            out.str("http.route", ex.route.as_str());
+            address(out, CLIENT, ex.peer);
         }
         Role::Client => {
             let authority = ex.host().map(str::to_owned).or(ex.peer.map(|a| a.to_string()));
@@ -131,76 +160,74 @@ pub fn span_attributes(ex: &Exchange) -> Vec<KeyValue> {
                 } else {
                     format!("{scheme}://{authority}{}", ex.target)
                 };
-                out.push(string("url.full", full));
+                out.str("url.full", &full);
             }
-            out.push(string("url.template", ex.route.as_str()));
+            out.str("url.template", ex.route.as_str());
         }
     }
-    address(&mut out, "network.peer", ex.peer);
+    address(out, PEER, ex.peer);
     if let Some(ua) = ex.user_agent() {
-        out.push(string("user_agent.original", ua));
+        out.str("user_agent.original", ua);
     }
-    out.push(int("http.request.body.size", i64::try_from(ex.request_body_bytes).unwrap_or(i64::MAX)));
+    out.int("http.request.body.size", i64::try_from(ex.request_body_bytes).unwrap_or(i64::MAX));
     if let Some(n) = ex.response_body_bytes {
-        out.push(int("http.response.body.size", i64::try_from(n).unwrap_or(i64::MAX)));
+        out.int("http.response.body.size", i64::try_from(n).unwrap_or(i64::MAX));
     }
     if let Some(e) = error_type(ex) {
-        out.push(string("error.type", e));
+        out.str("error.type", &e);
     }
-    out.push(int("thread.id", ex.tid));
+    out.int("thread.id", ex.tid);
     if let Some(id) = ex.correlation_id() {
-        out.push(string("traceo.correlation_id", id));
+        out.str("traceo.correlation_id", id);
     }
     if let Some(link) = ex.link() {
-        out.push(string("traceo.link", link.as_str()));
+        out.str("traceo.link", link.as_str());
     }
     if let Some(job) = &ex.job_id {
-        out.push(string("traceo.job_id", job.as_str()));
+        out.str("traceo.job_id", job.as_str());
     }
     if let Some(status) = &ex.job_status {
-        out.push(string("traceo.job.status", status.as_str()));
+        out.str("traceo.job.status", status.as_str());
     }
     if let Some(mcp) = &ex.mcp {
-        mcp_attributes(&mut out, mcp);
+        mcp_attributes(out, mcp);
     }
     if let Some(p) = ex.propagated {
-        out.push(kv("traceo.propagated", Value::BoolValue(p)));
+        out.bool("traceo.propagated", p);
     }
     if let Some(id) = &ex.sentry_event_id {
-        out.push(string("sentry.event_id", id.as_str()));
+        out.str("sentry.event_id", id.as_str());
     }
-    header_attributes(&mut out, "http.request.header", ex.request_headers.iter());
-    header_attributes(&mut out, "http.response.header", ex.response_headers.iter());
-    out
+    header_attributes(out, "http.request.header", ex.request_headers.iter());
+    header_attributes(out, "http.response.header", ex.response_headers.iter());
 }
 
 /// MCP JSON-RPC facts (the first message of a batch; `mcp.batch.size` says there were more).
-fn mcp_attributes(out: &mut Vec<KeyValue>, mcp: &crate::mcp::McpInfo) {
+fn mcp_attributes(out: &mut impl Attrs, mcp: &crate::mcp::McpInfo) {
     let Some(first) = mcp.messages.first() else { return };
-    out.push(string("mcp.method.name", first.method.as_str()));
+    out.str("mcp.method.name", first.method.as_str());
     if let Some(tool) = &first.tool {
-        out.push(string("mcp.tool.name", tool.as_str()));
+        out.str("mcp.tool.name", tool.as_str());
     }
     if let Some(id) = &first.id {
-        out.push(string("jsonrpc.request.id", id.as_str()));
+        out.str("jsonrpc.request.id", id.as_str());
     }
     if let Some(code) = first.error_code {
-        out.push(int("rpc.jsonrpc.error_code", code));
+        out.int("rpc.jsonrpc.error_code", code);
     }
-    out.push(string("mcp.outcome", first.outcome.as_str()));
+    out.str("mcp.outcome", first.outcome.as_str());
     if let Some(session) = &mcp.session_id {
-        out.push(string("mcp.session.id", session.as_str()));
+        out.str("mcp.session.id", session.as_str());
     }
     if mcp.messages.len() > 1 {
-        out.push(int("mcp.batch.size", mcp.messages.len() as i64));
+        out.int("mcp.batch.size", mcp.messages.len() as i64);
     }
 }
 
 /// Headers the user asked to keep (`--header`), as `http.request.header.<name>` arrays.
-fn header_attributes<'a>(out: &mut Vec<KeyValue>, prefix: &str, headers: impl Iterator<Item = (&'a str, &'a str)>) {
+fn header_attributes<'a>(out: &mut impl Attrs, prefix: &str, headers: impl Iterator<Item = (&'a str, &'a str)>) {
     for (name, value) in headers.filter(|(n, _)| HeaderSelection::is_extra(n) && !is_secret_header(n)) {
-        let values = vec![AnyValue { value: Some(Value::StringValue(value.to_owned())) }];
-        out.push(kv(&format!("{prefix}.{name}"), Value::ArrayValue(ArrayValue { values })));
+        out.str_array(&format!("{prefix}.{name}"), value);
     }
 }
 

@@ -14,9 +14,10 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use crate::http::{Exchange, Role, SpanRef, WallClock};
+use crate::http::{Exchange, Role, SpanRef, TraceContext, WallClock};
 
-use super::attributes::{error_type, kv, span_attributes};
+use super::attributes::{Attrs, error_type, kv, span_attributes};
+use super::wire::{self, WireAttrs};
 
 /// W3C "sampled": every exchange is recorded.
 const SAMPLED: u32 = 0x01;
@@ -42,27 +43,30 @@ pub struct HostFacts {
 pub struct SpanBuilder {
     clock: WallClock,
     host: HostFacts,
-    resources: HashMap<(String, u32), Arc<ResourceEntry>>,
+    /// By pid, then service (a process may serve several): looked up without a key String.
+    resources: HashMap<u32, Vec<Arc<ResourceEntry>>>,
+    cached: usize,
 }
 
 impl SpanBuilder {
     pub fn new(clock: WallClock, host: HostFacts) -> SpanBuilder {
-        SpanBuilder { clock, host, resources: HashMap::new() }
+        SpanBuilder { clock, host, resources: HashMap::new(), cached: 0 }
     }
 
-    /// The span of an exchange the correlation stage gave ids to (`None` otherwise).
-    pub fn build(&mut self, ex: &Exchange) -> Option<(Arc<ResourceEntry>, Span)> {
-        let span = span(ex, &self.clock)?;
-        Some((self.resource(&ex.service, ex.pid), span))
+    /// The encoded span of an exchange the correlation stage gave ids to (`None` otherwise).
+    pub fn build(&mut self, ex: &Exchange) -> Option<(Arc<ResourceEntry>, Vec<u8>)> {
+        let mut buf = Vec::with_capacity(1024);
+        encode_span(ex, &self.clock, &mut buf).then_some(())?;
+        Some((self.resource(&ex.service, ex.pid), buf))
     }
 
     pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
-        let key = (service.to_owned(), pid);
-        if let Some(r) = self.resources.get(&key) {
+        if let Some(r) = self.resources.get(&pid).and_then(|rs| rs.iter().find(|r| r.service == service)) {
             return r.clone();
         }
-        if self.resources.len() >= MAX_RESOURCES {
+        if self.cached >= MAX_RESOURCES {
             self.resources.clear();
+            self.cached = 0;
         }
         let exe = if self.host.live { process_executable_name(pid) } else { None };
         let mut resource = resource(service, pid, exe.as_deref(), self.host.host_name.as_deref());
@@ -74,7 +78,8 @@ impl SpanBuilder {
                 .extend(facts.attributes().into_iter().map(|(k, v)| kv(k, Value::StringValue(v.to_owned()))));
         }
         let entry = Arc::new(ResourceEntry { service: service.to_owned(), pid, resource });
-        self.resources.insert(key, entry.clone());
+        self.resources.entry(pid).or_default().push(entry.clone());
+        self.cached += 1;
         entry
     }
 }
@@ -117,56 +122,98 @@ pub fn span_name(ex: &Exchange) -> String {
     if ex.route.is_empty() { method.to_owned() } else { format!("{method} {}", ex.route) }
 }
 
-/// A joined exchange links to the span that issued its job key (the upload); a call left
-/// ambiguous links to each request that could have made it (`traceo.link=candidate`).
-fn span_links(ex: &Exchange) -> Vec<SpanLink> {
-    let link = |to: &SpanRef, attributes| SpanLink {
-        trace_id: to.trace_id.0.to_vec(),
-        span_id: to.span_id.0.to_vec(),
-        flags: SAMPLED,
-        attributes,
-        ..SpanLink::default()
-    };
-    let candidate = || vec![super::attributes::string("traceo.link", "candidate")];
-    let job = ex.job_origin.iter().map(|o| link(o, Vec::new()));
-    job.chain(ex.candidates.iter().map(|c| link(c, candidate()))).collect()
+/// What a span is made of besides its attributes, worked out once for either encoding.
+struct Parts<'a> {
+    trace: &'a TraceContext,
+    name: String,
+    kind: SpanKind,
+    start: u64,
+    end: u64,
+    /// `error.type`: an error status with this message.
+    error: Option<String>,
 }
 
-/// The exception a traceback written while serving it reported, per the OTel semantic
-/// conventions for exceptions (at the span's end: when it was written is not kept).
-fn exception_event(ex: &Exchange, at_unix_ns: u64) -> Vec<SpanEvent> {
-    let Some(e) = &ex.exception else { return Vec::new() };
-    let s = super::attributes::string;
-    let mut attributes = vec![
-        s("exception.type", e.kind.as_str()),
-        s("exception.message", e.message.as_str()),
-        s("exception.stacktrace", e.stacktrace.as_str()),
-    ];
-    // The same exception as Sentry recorded it (`sentry::join`).
-    attributes.extend(ex.sentry_event_id.as_deref().map(|id| s("sentry.event_id", id)));
-    vec![SpanEvent {
-        time_unix_nano: at_unix_ns,
-        name: "exception".to_owned(),
-        attributes,
-        dropped_attributes_count: 0,
-    }]
-}
-
-pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
+fn parts<'a>(ex: &'a Exchange, clock: &WallClock) -> Option<Parts<'a>> {
     let trace = ex.trace.as_ref()?;
     let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
     // A database operation is a CLIENT span with the database conventions' name and attributes.
-    let (name, kind, error, attributes) = match &ex.db {
-        Some(op) => (op.span_name(), SpanKind::Client, op.error_type(), crate::db::span::attributes(ex, op)),
+    let (name, kind, error) = match &ex.db {
+        Some(op) => (op.span_name(), SpanKind::Client, op.error_type()),
         None => {
             let kind = match ex.role {
                 Role::Server => SpanKind::Server,
                 Role::Client => SpanKind::Client,
             };
-            (span_name(ex), kind, error_type(ex), span_attributes(ex))
+            (span_name(ex), kind, error_type(ex))
         }
     };
-    let status = match error {
+    let (start, end) = (nanos(clock, ex.request_first_ns), nanos(clock, end_ns));
+    Some(Parts { trace, name, kind, start, end, error })
+}
+
+fn attributes(ex: &Exchange, out: &mut impl Attrs) {
+    match &ex.db {
+        Some(op) => crate::db::span::attributes(ex, op, out),
+        None => span_attributes(ex, out),
+    }
+}
+
+/// A joined exchange links to the span that issued its job key (the upload); a call left
+/// ambiguous links to each request that could have made it (`traceo.link=candidate`, the
+/// `bool`).
+fn links(ex: &Exchange) -> impl Iterator<Item = (&SpanRef, bool)> {
+    ex.job_origin.iter().map(|o| (o, false)).chain(ex.candidates.iter().map(|c| (c, true)))
+}
+
+fn link_attributes(candidate: bool, out: &mut impl Attrs) {
+    if candidate {
+        out.str("traceo.link", "candidate");
+    }
+}
+
+/// The exception a traceback written while serving it reported, per the OTel semantic
+/// conventions for exceptions (one event at the span's end: when it was written is not kept).
+fn exception_attributes(ex: &Exchange, out: &mut impl Attrs) {
+    let Some(e) = &ex.exception else { return };
+    out.str("exception.type", &e.kind);
+    out.str("exception.message", &e.message);
+    out.str("exception.stacktrace", &e.stacktrace);
+    // The same exception as Sentry recorded it (`sentry::join`).
+    if let Some(id) = &ex.sentry_event_id {
+        out.str("sentry.event_id", id);
+    }
+}
+
+/// The span as prost's struct (tests; the export path uses `encode_span`).
+pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
+    let p = parts(ex, clock)?;
+    let trace = p.trace;
+    let mut attrs = Vec::with_capacity(24);
+    attributes(ex, &mut attrs);
+    let links = links(ex)
+        .map(|(to, candidate)| {
+            let mut attributes = Vec::new();
+            link_attributes(candidate, &mut attributes);
+            SpanLink {
+                trace_id: to.trace_id.0.to_vec(),
+                span_id: to.span_id.0.to_vec(),
+                flags: SAMPLED,
+                attributes,
+                ..SpanLink::default()
+            }
+        })
+        .collect();
+    let events = ex
+        .exception
+        .as_ref()
+        .map(|_| {
+            let mut attributes = Vec::new();
+            exception_attributes(ex, &mut attributes);
+            SpanEvent { time_unix_nano: p.end, name: "exception".to_owned(), attributes, dropped_attributes_count: 0 }
+        })
+        .into_iter()
+        .collect();
+    let status = match p.error {
         Some(e) => Status { code: StatusCode::Error as i32, message: e },
         None => Status::default(),
     };
@@ -176,14 +223,54 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         trace_state: trace.trace_state.clone().unwrap_or_default(),
         parent_span_id: trace.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
         flags: SAMPLED,
-        name,
-        kind: kind as i32,
-        start_time_unix_nano: nanos(clock, ex.request_first_ns),
-        end_time_unix_nano: nanos(clock, end_ns),
-        attributes,
-        links: span_links(ex),
-        events: exception_event(ex, nanos(clock, end_ns)),
+        name: p.name,
+        kind: p.kind as i32,
+        start_time_unix_nano: p.start,
+        end_time_unix_nano: p.end,
+        attributes: attrs,
+        links,
+        events,
         status: Some(status),
         ..Span::default()
     })
+}
+
+/// The span as an encoded `Span` message, the bytes prost would write for `span`'s struct
+/// (fields in tag order, as prost-derive sorts them; see `wire`).
+pub fn encode_span(ex: &Exchange, clock: &WallClock, buf: &mut Vec<u8>) -> bool {
+    let Some(p) = parts(ex, clock) else { return false };
+    let t = p.trace;
+    wire::opt_bytes(buf, 1, &t.trace_id.0);
+    wire::opt_bytes(buf, 2, &t.span_id.0);
+    wire::opt_bytes(buf, 3, t.trace_state.as_deref().unwrap_or_default().as_bytes());
+    wire::opt_bytes(buf, 4, t.parent.as_ref().map_or(&[][..], |p| &p.0[..]));
+    wire::opt_bytes(buf, 5, p.name.as_bytes());
+    wire::opt_varint(buf, 6, p.kind as u64);
+    wire::opt_fixed64(buf, 7, p.start);
+    wire::opt_fixed64(buf, 8, p.end);
+    attributes(ex, &mut WireAttrs { buf, field: 9 });
+    if ex.exception.is_some() {
+        wire::message(buf, 11, |b| {
+            wire::opt_fixed64(b, 1, p.end);
+            wire::opt_bytes(b, 2, b"exception");
+            exception_attributes(ex, &mut WireAttrs { buf: b, field: 3 });
+        });
+    }
+    for (to, candidate) in links(ex) {
+        wire::message(buf, 13, |b| {
+            wire::opt_bytes(b, 1, &to.trace_id.0);
+            wire::opt_bytes(b, 2, &to.span_id.0);
+            link_attributes(candidate, &mut WireAttrs { buf: b, field: 4 });
+            wire::opt_fixed32(b, 6, SAMPLED);
+        });
+    }
+    // Status { message = 2, code = 3 }, always present.
+    wire::message(buf, 15, |b| {
+        if let Some(e) = &p.error {
+            wire::opt_bytes(b, 2, e.as_bytes());
+            wire::opt_varint(b, 3, StatusCode::Error as u64);
+        }
+    });
+    wire::opt_fixed32(buf, 16, SAMPLED);
+    true
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,15 +22,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     common::v1::InstrumentationScope,
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
 
 use super::build::ResourceEntry;
+use super::wire;
 
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
@@ -91,15 +92,15 @@ pub trait Signal: Send + 'static {
     ) -> impl std::future::Future<Output = Result<u64, tonic::Status>>;
 }
 
-/// OTLP traces.
+/// OTLP traces, each span already encoded (`build::encode_span`).
 pub struct Spans;
 
 impl Signal for Spans {
-    type Item = Span;
+    type Item = Vec<u8>;
     const WHAT: &'static str = "spans";
     async fn export(channel: Channel, items: Vec<Item>) -> Result<u64, tonic::Status> {
-        let resp = TraceServiceClient::new(channel).export(request(items)).await?;
-        Ok(resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
+        let resp = super::grpc::export_traces(channel, request(items)).await?;
+        Ok(resp.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
     }
 }
 
@@ -115,10 +116,35 @@ impl Signal for Logs {
     }
 }
 
-type Item = (Arc<ResourceEntry>, Span);
+type Item = (Arc<ResourceEntry>, Vec<u8>);
+
+/// The exporter thread is woken once this many items wait (woken per span, the two threads
+/// spent more on it than on encoding), and takes what waits at least this often otherwise.
+const WAKE_AT: usize = 64;
+const DRAIN: Duration = Duration::from_millis(50);
+
+/// Items queued for the exporter thread, and whether the pipeline is done with them.
+struct Inbox<I> {
+    items: Vec<(Arc<ResourceEntry>, I)>,
+    closed: bool,
+}
+
+/// The queue between the pipeline and the exporter thread.
+struct Queue<I> {
+    inbox: Mutex<Inbox<I>>,
+    wake: Notify,
+}
+
+impl<I> Queue<I> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox<I>> {
+        // A panic while holding it leaves a plain Vec and a flag: still sound to use.
+        self.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 pub struct Exporter<S: Signal = Spans> {
-    tx: Option<mpsc::Sender<(Arc<ResourceEntry>, S::Item)>>,
+    queue: Option<Arc<Queue<S::Item>>>,
+    max_queue: usize,
     counts: Arc<ExportCounts>,
     thread: Option<JoinHandle<()>>,
     finished: std::sync::mpsc::Receiver<()>,
@@ -143,7 +169,9 @@ pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
 impl<S: Signal> Exporter<S> {
     pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter<S>> {
         let endpoint = parse_endpoint(&cfg.endpoint)?.connect_timeout(Duration::from_secs(2)).timeout(cfg.timeout);
-        let (tx, rx) = mpsc::channel(cfg.max_queue.max(1));
+        let queue =
+            Arc::new(Queue { inbox: Mutex::new(Inbox { items: Vec::new(), closed: false }), wake: Notify::new() });
+        let rx = queue.clone();
         let counts = Arc::new(ExportCounts::default());
         let (done_tx, finished) = std::sync::mpsc::channel();
         let worker =
@@ -159,7 +187,14 @@ impl<S: Signal> Exporter<S> {
             })
             .context("cannot start the OTLP export thread")?;
         log::info!("exporting {} over OTLP/gRPC to {}", S::WHAT, cfg.endpoint);
-        Ok(Exporter { tx: Some(tx), counts, thread: Some(thread), finished, endpoint: cfg.endpoint })
+        Ok(Exporter {
+            queue: Some(queue),
+            max_queue: cfg.max_queue.max(1),
+            counts,
+            thread: Some(thread),
+            finished,
+            endpoint: cfg.endpoint,
+        })
     }
 
     pub fn counts(&self) -> &Arc<ExportCounts> {
@@ -167,18 +202,31 @@ impl<S: Signal> Exporter<S> {
     }
 
     /// Queue a span; never waits (a full queue drops it, counted).
-    pub fn send(&self, resource: Arc<ResourceEntry>, span: S::Item) {
-        let Some(tx) = &self.tx else { return };
-        if tx.try_send((resource, span)).is_err() {
+    pub fn send(&mut self, resource: Arc<ResourceEntry>, span: S::Item) {
+        let Some(queue) = &self.queue else { return };
+        let mut inbox = queue.lock();
+        if inbox.items.len() >= self.max_queue {
+            drop(inbox);
             self.counts.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        inbox.items.push((resource, span));
+        let wake = inbox.items.len() == WAKE_AT;
+        drop(inbox);
+        if wake {
+            queue.wake.notify_one();
         }
     }
 
     /// Send what is queued, waiting at most `timeout`; what is left then is lost.
     pub fn shutdown(&mut self, timeout: Duration) {
-        let Some(tx) = self.tx.take() else { return };
-        let pending = tx.max_capacity() - tx.capacity();
-        drop(tx);
+        let Some(queue) = self.queue.take() else { return };
+        let pending = {
+            let mut inbox = queue.lock();
+            inbox.closed = true;
+            inbox.items.len()
+        };
+        queue.wake.notify_one();
         match self.finished.recv_timeout(timeout) {
             Ok(()) => {
                 if let Some(t) = self.thread.take() {
@@ -212,28 +260,39 @@ struct Worker<S: Signal> {
 }
 
 impl<S: Signal> Worker<S> {
-    async fn run(mut self, endpoint: Endpoint, mut rx: mpsc::Receiver<(Arc<ResourceEntry>, S::Item)>) {
+    async fn run(mut self, endpoint: Endpoint, queue: Arc<Queue<S::Item>>) {
         // Lazy: the endpoint may be down now and come up later; tonic reconnects.
         let mut client = endpoint.connect_lazy();
         let mut batch: Vec<(Arc<ResourceEntry>, S::Item)> = Vec::with_capacity(self.cfg.max_batch);
         let mut timer = tokio::time::interval(self.cfg.interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = tokio::time::interval(DRAIN);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut taken = Vec::new();
         loop {
             tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => {
-                        batch.push(item);
-                        if batch.len() >= self.cfg.max_batch {
-                            self.export(&mut client, &mut batch).await;
-                        }
-                    }
-                    None => break,
-                },
+                _ = queue.wake.notified() => {}
+                _ = drain.tick() => {}
                 _ = timer.tick() => {
                     if !batch.is_empty() {
                         self.export(&mut client, &mut batch).await;
                     }
+                    continue;
                 }
+            }
+            let closed = {
+                let mut inbox = queue.lock();
+                std::mem::swap(&mut inbox.items, &mut taken);
+                inbox.closed
+            };
+            batch.append(&mut taken);
+            while batch.len() >= self.cfg.max_batch {
+                let rest = batch.split_off(self.cfg.max_batch);
+                self.export(&mut client, &mut batch).await;
+                batch = rest;
+            }
+            if closed {
+                break;
             }
         }
         while !batch.is_empty() {
@@ -271,44 +330,56 @@ impl<S: Signal> Worker<S> {
     }
 }
 
-/// One request, spans grouped under their resources.
-pub fn request(items: Vec<Item>) -> ExportTraceServiceRequest {
-    let scope =
-        InstrumentationScope { name: "traceo".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
-    let mut groups: Vec<(Arc<ResourceEntry>, Vec<Span>)> = Vec::new();
-    let mut index: HashMap<(String, u32), usize> = HashMap::new();
-    for (resource, span) in items {
-        let i = *index.entry((resource.service.clone(), resource.pid)).or_insert_with(|| {
-            groups.push((resource.clone(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].1.push(span);
+fn scope() -> InstrumentationScope {
+    InstrumentationScope { name: "traceo".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }
+}
+
+/// Items grouped under their resources, in the order each resource first came.
+fn group<I>(items: Vec<(Arc<ResourceEntry>, I)>) -> Vec<(Arc<ResourceEntry>, Vec<I>)> {
+    let mut groups: Vec<(Arc<ResourceEntry>, Vec<I>)> = Vec::new();
+    // By pid, then the few services of that pid compared: no key String per item.
+    let mut by_pid: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (resource, item) in items {
+        let same = by_pid.entry(resource.pid).or_default();
+        let i = match same.iter().copied().find(|&i| groups[i].0.service == resource.service) {
+            Some(i) => i,
+            None => {
+                same.push(groups.len());
+                groups.push((resource, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[i].1.push(item);
     }
-    let resource_spans = groups
-        .into_iter()
-        .map(|(r, spans)| ResourceSpans {
-            resource: Some(r.resource.clone()),
-            scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans, ..Default::default() }],
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest { resource_spans }
+    groups
+}
+
+/// One encoded `ExportTraceServiceRequest`, spans grouped under their resources:
+/// `resource_spans = 1 { resource = 1, scope_spans = 2 { scope = 1, spans = 2 } }`.
+pub fn request(items: Vec<Item>) -> Vec<u8> {
+    let scope = scope().encode_to_vec();
+    let field = |len: usize| 1 + wire::varint_len(len as u64) + len;
+    let mut out = Vec::new();
+    for (r, spans) in group(items) {
+        let resource = r.resource.encode_to_vec();
+        let scope_spans = field(scope.len()) + spans.iter().map(|s| field(s.len())).sum::<usize>();
+        let resource_spans = field(resource.len()) + field(scope_spans);
+        out.reserve(field(resource_spans));
+        wire::bytes_header(&mut out, 1, resource_spans);
+        wire::bytes(&mut out, 1, &resource);
+        wire::bytes_header(&mut out, 2, scope_spans);
+        wire::bytes(&mut out, 1, &scope);
+        for span in &spans {
+            wire::bytes(&mut out, 2, span);
+        }
+    }
+    out
 }
 
 /// One logs request, records grouped under their resources.
 pub fn logs_request(items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> ExportLogsServiceRequest {
-    let scope =
-        InstrumentationScope { name: "traceo".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
-    let mut groups: Vec<(Arc<ResourceEntry>, Vec<LogRecord>)> = Vec::new();
-    let mut index: HashMap<(String, u32), usize> = HashMap::new();
-    for (resource, record) in items {
-        let i = *index.entry((resource.service.clone(), resource.pid)).or_insert_with(|| {
-            groups.push((resource.clone(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].1.push(record);
-    }
-    let resource_logs = groups
+    let scope = scope();
+    let resource_logs = group(items)
         .into_iter()
         .map(|(r, log_records)| ResourceLogs {
             resource: Some(r.resource.clone()),

@@ -1,15 +1,18 @@
 //! OpenTelemetry spans from exchanges: `attributes` (HTTP semantic conventions), `build`
-//! (span, kind, ids, timestamps, resource), `export` (bounded queue, batches, OTLP/gRPC).
+//! (span, kind, ids, timestamps, resource), `wire` (the span's protobuf bytes), `export`
+//! (bounded queue, batches, OTLP/gRPC).
 
 mod attributes;
 mod build;
 mod export;
+mod grpc;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use attributes::{error_type, kv, path_and_query, span_attributes, string};
-pub use build::{HostFacts, ResourceEntry, SpanBuilder, resource, span, span_name};
+pub use attributes::{Attrs, error_type, kv, path_and_query, span_attributes, string};
+pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
 pub use export::{ExportConfig, ExportCounts, Exporter, Logs, Spans, logs_request, parse_endpoint, request};
 
 use crate::http::{Exchange, WallClock};

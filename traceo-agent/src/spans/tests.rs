@@ -3,16 +3,31 @@
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::{
-    common::v1::{KeyValue, any_value::Value},
-    trace::v1::{Span, span::SpanKind, status::StatusCode},
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{InstrumentationScope, KeyValue, any_value::Value},
+    trace::v1::{ResourceSpans, ScopeSpans, Span, span::SpanKind, status::StatusCode},
 };
+use prost::Message as _;
 
 use crate::correlate::{CorrelateConfig, Correlator, IdGen};
 use crate::events::Event;
 use crate::http::tests::script::{Script, get, ok};
 use crate::http::{ConnTracker, Exchange, TrackerConfig, WallClock};
 
-use super::{ResourceEntry, request, resource, span};
+use super::{ResourceEntry, request, resource};
+
+/// The prost span of an exchange, checked against the export path's bytes for it: the
+/// same message, byte for byte.
+fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
+    let mut wire = Vec::new();
+    let encoded = super::encode_span(ex, clock, &mut wire);
+    let sp = super::span(ex, clock);
+    assert_eq!(encoded, sp.is_some());
+    if let Some(sp) = &sp {
+        assert_eq!(wire, sp.encode_to_vec(), "encode_span differs from prost for {sp:?}");
+    }
+    sp
+}
 
 const CLOCK: WallClock = WallClock { offset_ns: 1_700_000_000_000_000_000 };
 
@@ -181,11 +196,77 @@ fn one_resource_per_traced_process_and_spans_grouped_under_it() {
     };
     let (a, b) = (entry("engine", 1), entry("mcp", 2));
     let named = |n: &str| Span { name: n.into(), ..Span::default() };
-    let req = request(vec![(a.clone(), named("1")), (b, named("2")), (a, named("3"))]);
+    // A process serving two services has a resource for each.
+    let c = entry("admin", 1);
+    let items =
+        vec![(a.clone(), named("1")), (b, named("2")), (c.clone(), named("4")), (a, named("3")), (c, named("5"))];
+    let bytes = request(items.iter().map(|(r, s)| (r.clone(), s.encode_to_vec())).collect());
+    assert_eq!(bytes, prost_request(items).encode_to_vec(), "the request prost would have sent");
+    let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("a request");
     let groups: Vec<Vec<&str>> =
         req.resource_spans.iter().map(|rs| rs.scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect()).collect();
-    assert_eq!(groups, [vec!["1", "3"], vec!["2"]]);
+    assert_eq!(groups, [vec!["1", "3"], vec!["2"], vec!["4", "5"]]);
     assert_eq!(req.resource_spans[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("traceo"));
+}
+
+/// The request as the generated client used to build it, for the byte comparison.
+fn prost_request(items: Vec<(Arc<ResourceEntry>, Span)>) -> ExportTraceServiceRequest {
+    let scope =
+        InstrumentationScope { name: "traceo".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+    let mut groups: Vec<(Arc<ResourceEntry>, Vec<Span>)> = Vec::new();
+    for (r, span) in items {
+        match groups.iter_mut().find(|(g, _)| g.service == r.service && g.pid == r.pid) {
+            Some((_, spans)) => spans.push(span),
+            None => groups.push((r, vec![span])),
+        }
+    }
+    let resource_spans = groups
+        .into_iter()
+        .map(|(r, spans)| ResourceSpans {
+            resource: Some(r.resource.clone()),
+            scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans, ..Default::default() }],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+#[test]
+fn every_part_of_a_span_encodes_as_prost_does() {
+    use crate::correlate::{SpanId, TraceId};
+    use crate::http::SpanRef;
+    let mut s = Script::accepted(1);
+    s.recv(SECRET_REQUEST.as_bytes());
+    s.send(b"HTTP/1.1 500 Oops\r\nX-Tenant: r\r\nContent-Length: 4\r\n\r\ndown");
+    let cfg = TrackerConfig { extra_headers: vec!["X-Tenant".into()], ..Default::default() };
+    let base = exchanges(cfg, &s.take()).remove(0);
+    let to = |n: u8| SpanRef { trace_id: TraceId([n; 16]), span_id: SpanId([n; 8]) };
+    let mut x = base.clone();
+    let trace = x.trace.as_mut().expect("ids");
+    trace.parent = Some(SpanId([7; 8]));
+    trace.trace_state = Some("congo=t61rcWkgMzE".into());
+    x.exception = Some(crate::logs::ExceptionInfo {
+        kind: "ValueError".into(),
+        message: "bad".into(),
+        stacktrace: "Traceback (most recent call last):\n".repeat(20),
+    });
+    x.sentry_event_id = Some("e1".into());
+    x.job_origin = Some(to(1));
+    x.candidates = vec![to(2), to(3)];
+    x.propagated = Some(false);
+    x.job_id = Some("job-1".into());
+    x.job_status = Some("done".into());
+    x.tls = true;
+    let sp = span(&x, &CLOCK).expect("ids");
+    assert_eq!((sp.events.len(), sp.links.len(), sp.parent_span_id.len()), (1, 3, 8));
+    assert!(attr(&sp, "http.response.header.x-tenant").is_some());
+    // An unknown method, a status below 500, no body size.
+    let mut y = base;
+    y.method = "BREW".into();
+    y.status = Some(418);
+    y.response_body_bytes = None;
+    y.propagated = Some(true);
+    assert_eq!(text(&span(&y, &CLOCK).expect("ids"), "http.request.method").as_deref(), Some("_OTHER"));
 }
 
 #[test]
@@ -211,4 +292,12 @@ fn mcp_spans_are_named_for_the_tool_and_a_failed_call_is_an_error() {
     assert_eq!(text(&span, "mcp.outcome").as_deref(), Some("tool_error"));
     assert_eq!(text(&span, "error.type").as_deref(), Some("tool_error"), "a failure inside a 200 is an error");
     assert_eq!(span.status.as_ref().map(|s| s.code), Some(StatusCode::Error as i32));
+}
+
+#[test]
+fn resources_are_cached_per_process_and_service() {
+    let mut b = super::SpanBuilder::new(CLOCK, super::HostFacts { host_name: None, live: false });
+    let (a, again, other) = (b.resource("engine", 1), b.resource("engine", 1), b.resource("admin", 1));
+    assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &other));
+    assert_eq!((other.service.as_str(), other.pid), ("admin", 1));
 }

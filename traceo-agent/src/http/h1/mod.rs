@@ -327,6 +327,13 @@ impl ProtocolParser for Http1Parser {
         "http/1"
     }
 
+    fn release_idle(&mut self) {
+        self.queues.iter_mut().for_each(SegQueue::release_if_empty);
+        if self.awaiting.is_empty() && self.awaiting.capacity() > 0 {
+            self.awaiting = VecDeque::new();
+        }
+    }
+
     fn check(&self, _dir: Direction, head: &[u8]) -> Check {
         if self.midstream {
             // Mid-message bytes can be anything; only reject what is surely something else.

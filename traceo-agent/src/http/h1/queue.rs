@@ -17,6 +17,13 @@ impl SegQueue {
         self.segs.push_back(seg);
     }
 
+    /// Free the room kept from earlier segments if none waits.
+    pub fn release_if_empty(&mut self) {
+        if self.segs.is_empty() && self.segs.capacity() > 0 {
+            self.segs = VecDeque::new();
+        }
+    }
+
     pub fn front(&self) -> Option<&Segment> {
         self.segs.front()
     }

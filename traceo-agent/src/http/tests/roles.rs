@@ -183,6 +183,26 @@ fn idle_connections_expire_and_exit_flushes() {
 }
 
 #[test]
+fn a_keep_alive_connection_quiet_between_and_during_exchanges_parses_the_same() {
+    let mut s = Script::accepted(1);
+    let mut steps = vec![s.recv(&get("/a")).send(&ok("a")).take(), s.recv(&get("/b")).take()];
+    steps.push(s.send(&ok("b")).recv(&get("/c")).send(&ok("c")).close().take());
+    let mut tracker = ConnTracker::new(TrackerConfig::default());
+    let mut xs = Vec::new();
+    for events in &steps {
+        for ev in events {
+            tracker.handle(ev, &mut |x| xs.extend(x.into_exchange()));
+        }
+        // Quiet past RELEASE_AFTER_NS (the second time with /b waiting for its answer).
+        tracker.expire(s.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange()));
+    }
+    tracker.finish(&mut |x| xs.extend(x.into_exchange()));
+    let (plain, _) = run(&steps.concat());
+    assert_eq!(xs, plain);
+    assert_eq!(xs.len(), 3);
+}
+
+#[test]
 fn lru_cap_evicts_and_flushes_the_oldest_connection() {
     let cfg = TrackerConfig { max_connections: 2, ..Default::default() };
     let mut events = Vec::new();

@@ -47,6 +47,10 @@ enum Task {
         /// Fewer rounds and shorter runs (a smoke check, about a minute).
         #[arg(long)]
         quick: bool,
+        /// Run only this section (repeatable): syscall, ssl, nginx (with capacity and memory at
+        /// scale), uvicorn, options (--thread-pools, --node-inject) or logs. All by default.
+        #[arg(long = "only", value_name = "SECTION", value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
+        only: Vec<String>,
     },
     /// Precision and recall of the agent's parent links at 1, 10 and 50 requests in flight,
     /// against ground truth in the requests (as root); writes target/fidelity/fidelity.json.
@@ -219,12 +223,12 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             demo::run(&agent_binary("release"), &python, concurrent)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             let python = setup::test_dependencies()?;
             setup::bench_dependencies()?;
             build_ebpf()?;
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
-            bench::run(&agent_binary("release"), &python, &bench::Settings { quick })
+            bench::run(&agent_binary("release"), &python, &bench::Settings { quick, only })
         }
         Task::Fidelity { quick, report_only, scenarios, agent, pythons } => {
             let python = setup::test_dependencies()?;

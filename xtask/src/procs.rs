@@ -122,6 +122,15 @@ pub fn agent_logged(binary: &Path, args: &[&str]) -> anyhow::Result<(Proc, Arc<M
     Ok((p, log))
 }
 
+/// The one child process of `pid` (nginx's worker), if it has exactly one.
+pub fn only_child(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    match children.split_whitespace().map(str::parse).collect::<Result<Vec<u32>, _>>().ok()?[..] {
+        [child] => Some(child),
+        _ => None,
+    }
+}
+
 /// CPU seconds (user + system) of a process.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };

@@ -1,11 +1,13 @@
 //! `cargo xtask bench`: the cost of tracing, measured side by side in one run.
 //!
-//! 1. Per-syscall cost of a send/recv loop: no agent, agent not selecting it, traced (64 B and
-//!    1 KiB), and only an empty program on the same tracepoints (the floor).
+//! 1. Per-syscall cost of a send/recv loop (the loop thread's own CPU time): no agent, agent
+//!    not selecting it, traced (64 B and 1 KiB), and only empty programs on the same hooks
+//!    (the floor).
 //! 2. OpenSSL probe cost per SSL_write + SSL_read pair (a Python loop over memory BIOs): no
 //!    agent, agent running (probes on every libssl) but not selecting it, traced.
 //! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced, with only the
-//!    floor's empty programs, traced, and traced with OTLP export to a rotel collector, alternated.
+//!    floor's empty programs, traced, and traced with OTLP export to a rotel collector, alternated,
+//!    with the server's own CPU per request (nginx's worker, uvicorn).
 //!    Then the runtime options (issue #12): uvicorn with calls on a thread pool (uvloop,
 //!    asyncio) without and with `--thread-pools`, a Node.js front without and with
 //!    `--node-inject`, with the agent's CPU per exchange and the front's per request.
@@ -17,308 +19,45 @@
 //!    agent, traced without and with `--log-records` (and with `--log-file` selecting other
 //!    files); and the agent's CPU per captured log record (the loop writing lines to stderr).
 //!
-//! Prints a table and writes `target/bench/bench.json`.
+//! `--only SECTION` runs part of it. Prints a table and writes `target/bench/bench.json`.
 
 pub mod syscall_loop;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    process::{ChildStdout, Command, Stdio},
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use crate::procs::{
-    self, Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wait_for_port, wrk,
-    wrk_with,
+    self, Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wrk, wrk_with,
 };
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 
+mod loops;
+mod options;
 mod table;
 
 pub struct Settings {
     pub quick: bool,
+    /// Run only these sections (`SECTIONS`); all when empty.
+    pub only: Vec<String>,
+}
+
+/// The bench's sections, for `--only`.
+pub const SECTIONS: &[&str] = &["syscall", "ssl", "nginx", "uvicorn", "options", "logs"];
+
+impl Settings {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
-}
-
-/// A loop program started and waiting: it has printed `ready` and times its loop, printing ns
-/// per iteration, once it reads a line.
-struct LoopProc {
-    proc: Proc,
-    out: BufReader<ChildStdout>,
-}
-
-impl LoopProc {
-    fn start(cmd: &mut Command) -> anyhow::Result<LoopProc> {
-        let mut proc = Proc::spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()))?;
-        let mut out = BufReader::new(proc.0.stdout.take().expect("piped"));
-        let mut line = String::new();
-        out.read_line(&mut line)?;
-        anyhow::ensure!(line.trim() == "ready", "{cmd:?} said {line:?}");
-        Ok(LoopProc { proc, out })
-    }
-
-    /// Run the timed loop; its ns per iteration.
-    fn go(mut self) -> anyhow::Result<f64> {
-        writeln!(self.proc.0.stdin.as_mut().expect("piped"), "go")?;
-        let mut line = String::new();
-        self.out.read_line(&mut line)?;
-        line.trim().parse().with_context(|| format!("the loop printed {line:?}"))
-    }
-}
-
-/// The agent a loop measurement runs under: none, running but not selecting `pid`, tracing
-/// `pid`, or only the empty programs (the floor). Metrics served on `metrics` (or `off`).
-fn mode_agent(agent_bin: &Path, mode: &str, pid: u32, metrics: &str) -> anyhow::Result<Option<Proc>> {
-    let run =
-        |service: &str| agent(agent_bin, &["run", "--service", service, "--log", "off", "--metrics-addr", metrics]);
-    Ok(match mode {
-        "none" => None,
-        "unselected" => Some(run("none=comm:traceo-nomatch")?),
-        // Tracing another process (`traceo-holder`, started by the caller): the system's
-        // libssl is then probed, for every process that calls it.
-        "beside" => Some(run("holder=comm:traceo-holder")?),
-        "traced" => Some(run(&format!("bench=pid:{pid}"))?),
-        "floor" => Some(agent(agent_bin, &["bench-floor"])?),
-        other => bail!("unknown mode {other}"),
-    })
-}
-
-/// One timed run of the syscall loop under `mode`; ns per syscall.
-fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<f64> {
-    let lp = LoopProc::start(Command::new(std::env::current_exe()?).args([
-        "bench-loop",
-        "--size",
-        &size.to_string(),
-        "--iterations",
-        &iterations.to_string(),
-    ]))?;
-    let mut running = mode_agent(agent_bin, mode, lp.proc.pid(), "off")?;
-    let ns = lp.go()?;
-    if let Some(a) = running.as_mut() {
-        a.interrupt();
-    }
-    Ok(ns)
-}
-
-fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
-    let (rounds, iterations) = if s.quick { (1, 30_000) } else { (3, 200_000) };
-    let cases = [("none", 64), ("unselected", 64), ("floor", 64), ("traced", 64), ("traced", 1024), ("none", 1024)];
-    let mut samples: Vec<Vec<f64>> = vec![vec![]; cases.len()];
-    for round in 0..rounds {
-        for (i, (mode, size)) in cases.iter().enumerate() {
-            let ns = loop_once(agent_bin, mode, *size, iterations)?;
-            eprintln!("bench: syscall loop round {round} {mode} {size} B: {ns:.0} ns/syscall");
-            samples[i].push(ns);
-        }
-    }
-    let m: Vec<f64> = samples.into_iter().map(median).collect();
-    Ok(json!({
-        "ns_per_syscall": {"none": m[0], "unselected": m[1], "floor": m[2], "traced_64b": m[3], "traced_1kib": m[4], "none_1kib": m[5]},
-        "added_ns": {
-            "unselected": m[1] - m[0],
-            "floor": m[2] - m[0],
-            "unselected_over_floor": m[1] - m[2],
-            "traced_64b": m[3] - m[0],
-            "traced_1kib": m[4] - m[5],
-        },
-        "rounds": rounds, "iterations": iterations,
-    }))
-}
-
-/// One timed run of the write loop (`bench-loop --write TARGET`, its stderr to `stderr`)
-/// under `mode`: ns per write, and with the agent tracing it with `--log-records` the records
-/// it counted and the agent's CPU seconds from the loop's start until they were counted.
-fn write_once(
-    agent_bin: &Path,
-    dir: &Path,
-    mode: &str,
-    target: &str,
-    iterations: u64,
-) -> anyhow::Result<(f64, f64, f64, f64)> {
-    let stderr = std::fs::File::create(dir.join("loop-stderr.log"))?;
-    let lp = LoopProc::start(
-        Command::new(std::env::current_exe()?)
-            .args(["bench-loop", "--size", "64", "--iterations", &iterations.to_string(), "--write", target])
-            .stderr(stderr),
-    )?;
-    let metrics_port = free_port()?;
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let service = format!("bench=pid:{}", lp.proc.pid());
-    let other = format!("{}/not-this-*.log", dir.display());
-    let mut args = vec!["run", "--service", &service, "--log", "off", "--metrics-addr", &metrics];
-    match mode {
-        "none" => {}
-        "traced" => {}
-        "log_records" => args.extend(["--log-records", "/dev/null"]),
-        "log_file" => args.extend(["--log-records", "/dev/null", "--log-file", &other]),
-        other => bail!("unknown mode {other}"),
-    }
-    let mut running = if mode == "none" { None } else { Some(agent(agent_bin, &args)?) };
-    let cpu0 = running.as_ref().map_or(0.0, |a| cpu_seconds(a.pid()));
-    let ns = lp.go()?;
-    let (mut records, mut lost, mut cpu) = (0.0, 0.0, 0.0);
-    if let Some(a) = running.as_mut() {
-        if mode != "traced" {
-            // Records complete after 200 ms of quiet; counted on the agent's next tick (1 s).
-            std::thread::sleep(Duration::from_millis(2500));
-            let text = scrape(metrics_port);
-            records = metric_sum(&text, "traceo_log_records_total", "");
-            lost = metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
-        }
-        cpu = cpu_seconds(a.pid()) - cpu0;
-        a.interrupt();
-    }
-    Ok((ns, records, lost, cpu))
-}
-
-/// The write loop's untimed first writes (records too).
-const WARM_UP_WRITES: u64 = 100;
-
-/// What log capture costs: a traced process writing a lot to a file not selected (no agent,
-/// traced without `--log-records`, with it, with `--log-file` selecting other files), and the
-/// agent's CPU per captured record (the same loop writing its lines to stderr, a file).
-fn log_costs(agent_bin: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Value> {
-    let (rounds, iterations, records_n) = if s.quick { (1, 30_000, 20_000) } else { (3, 200_000, 100_000) };
-    let bulk = dir.join("bulk.dat");
-    let bulk = bulk.to_str().context("a UTF-8 path")?;
-    let modes = ["none", "traced", "log_records", "log_file"];
-    let mut samples: Vec<Vec<f64>> = vec![vec![]; modes.len()];
-    let (mut per_record, mut lost, mut counted, mut stderr_ns) = (vec![], 0.0f64, f64::INFINITY, vec![]);
-    for round in 0..rounds {
-        for (i, mode) in modes.iter().enumerate() {
-            let (ns, _, _, _) = write_once(agent_bin, dir, mode, bulk, iterations)?;
-            let _ = std::fs::remove_file(bulk);
-            eprintln!("bench: file write loop round {round} {mode}: {ns:.0} ns/write");
-            samples[i].push(ns);
-        }
-        let (ns, records, dropped, cpu) = write_once(agent_bin, dir, "log_records", "-", records_n)?;
-        eprintln!(
-            "bench: log records round {round}: {records} of {records_n} lines counted, {:.1} us agent CPU each, {ns:.0} ns/write",
-            cpu / records.max(1.0) * 1e6
-        );
-        anyhow::ensure!(records > 0.0, "the agent counted no log record of the loop's stderr");
-        per_record.push(cpu / records * 1e6);
-        stderr_ns.push(ns);
-        lost = lost.max(dropped);
-        counted = counted.min(records);
-    }
-    let m: Vec<f64> = samples.into_iter().map(median).collect();
-    Ok(json!({
-        "ns_per_write_unselected_file": {"none": m[0], "traced": m[1], "log_records": m[2], "log_file": m[3]},
-        "added_ns": {"traced": m[1] - m[0], "log_records": m[2] - m[0], "log_file": m[3] - m[0],
-                     "log_records_over_traced": m[2] - m[1], "log_file_over_traced": m[3] - m[1]},
-        "agent_cpu_us_per_record": median(per_record),
-        "ns_per_captured_write": median(stderr_ns),
-        "records_counted_min": counted, "records_written": records_n + WARM_UP_WRITES, "events_lost_max": lost,
-        "rounds": rounds, "iterations": iterations,
-    }))
-}
-
-/// A throwaway self-signed certificate and key for the SSL loop's server side, in `dir`.
-fn self_signed(dir: &Path) -> anyhow::Result<[PathBuf; 2]> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-days", "1", "-subj", "/CN=traceo-bench", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("run openssl")?;
-    anyhow::ensure!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok([cert, key])
-}
-
-/// One timed run of the SSL loop under `mode`: ns per SSL_write + SSL_read pair and, traced,
-/// the plaintext events the agent received and the ones the kernel lost.
-fn ssl_once(
-    agent_bin: &Path,
-    python: &Path,
-    mode: &str,
-    cert_key: &[PathBuf; 2],
-    iterations: u64,
-    batches: u32,
-) -> anyhow::Result<(f64, f64, f64)> {
-    let lp = LoopProc::start(
-        Command::new(python)
-            .arg(crate::root().join("xtask/src/bench/ssl_loop.py"))
-            .args(cert_key)
-            .args([iterations.to_string(), batches.to_string()]),
-    )?;
-    let metrics_port = free_port()?;
-    let mut running = mode_agent(agent_bin, mode, lp.proc.pid(), &format!("127.0.0.1:{metrics_port}"))?;
-    let ns = lp.go()?;
-    let (mut events, mut lost) = (0.0, 0.0);
-    if let Some(a) = running.as_mut() {
-        if mode == "traced" {
-            // Over memory BIOs with no socket no chunk can be tied to a connection, so the
-            // agent drops them all as unbound once their hold expires: the kernel side (probe,
-            // copy, ring buffer) has still run in full, which is the cost measured. The counts
-            // come on the agent's ticks, behind the loop on a loaded machine: read them until
-            // every call is accounted for or they stop moving (at most 15 s).
-            let calls = (2 * iterations * u64::from(batches)) as f64;
-            let deadline = std::time::Instant::now() + Duration::from_secs(15);
-            let mut last = -1.0;
-            loop {
-                std::thread::sleep(Duration::from_millis(1500));
-                let text = scrape(metrics_port);
-                events = metric_sum(&text, "traceo_tls_unbound_events", "")
-                    + metric_sum(&text, "traceo_tls_plaintext_events", "");
-                lost = metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
-                if events + lost >= calls || events + lost == last || std::time::Instant::now() > deadline {
-                    break;
-                }
-                last = events + lost;
-            }
-        }
-        a.interrupt();
-    }
-    Ok((ns, events, lost))
-}
-
-/// Cost of the OpenSSL uprobes per SSL_write + SSL_read pair (64 B): no agent, the agent
-/// running but selecting nothing, the agent tracing another process that uses the same
-/// libssl (the probes are per file: this process takes the trap), and tracing it.
-fn ssl_costs(agent_bin: &Path, python: &Path, dir: &Path, s: &Settings) -> anyhow::Result<Value> {
-    let (rounds, iterations, batches) = if s.quick { (1, 10_000, 3) } else { (3, 50_000, 5) };
-    let cert_key = self_signed(dir)?;
-    // The traced process of the "beside" arm: any process (the system's libssl is held for
-    // every traced process, before it maps it), named for its selector.
-    let holder_exe = dir.join("traceo-holder");
-    std::fs::copy("/bin/sleep", &holder_exe).context("copy /bin/sleep")?;
-    let _holder = Proc::spawn(Command::new(&holder_exe).arg("3600"))?;
-    let modes = ["none", "unselected", "beside", "traced"];
-    let mut samples: Vec<Vec<f64>> = vec![vec![]; modes.len()];
-    let (mut events, mut lost) = (f64::INFINITY, 0.0f64);
-    for round in 0..rounds {
-        for (i, mode) in modes.iter().enumerate() {
-            let (ns, seen, dropped) = ssl_once(agent_bin, python, mode, &cert_key, iterations, batches)?;
-            eprintln!("bench: SSL loop round {round} {mode}: {ns:.0} ns/pair");
-            samples[i].push(ns);
-            if *mode == "traced" {
-                events = events.min(seen + dropped);
-                lost = lost.max(dropped);
-            }
-        }
-    }
-    // Each timed pair is two probed calls, each an event (received or lost): fewer means the
-    // probes were not hit (e.g. a Python with OpenSSL linked in statically) and the figures
-    // measure nothing.
-    let calls = (2 * iterations * u64::from(batches)) as f64;
-    anyhow::ensure!(events >= calls, "the traced SSL loop made {calls} SSL calls but only {events} events came");
-    let m: Vec<f64> = samples.into_iter().map(median).collect();
-    Ok(json!({
-        "ns_per_pair": {"none": m[0], "unselected": m[1], "beside": m[2], "traced": m[3]},
-        "added_ns": {"unselected": m[1] - m[0], "beside": m[2] - m[0], "traced": m[3] - m[0]},
-        "traced_events_min": events, "traced_events_lost_max": lost,
-        "rounds": rounds, "iterations": iterations, "batches": batches,
-    }))
 }
 
 /// The agent tracing the processes `selector` matches (`port:N`, `pid:N`) as `service`, with
@@ -339,7 +78,8 @@ fn traced_agent(
     let mut args = vec!["run", "--service", &service, "--log", "off", "--metrics-addr", &metrics];
     args.extend_from_slice(extra);
     let (a, log) = procs::agent_logged(agent_bin, &args)?;
-    let Some(pid) = pid else { return Ok((a, metrics_port)) };
+    // `--no-runtime` plans nothing, so there is no line to wait for.
+    let Some(pid) = pid.filter(|_| !extra.contains(&"--no-runtime")) else { return Ok((a, metrics_port)) };
     // The runtime's line: `pid N (COMM): DESCRIPTION` (other findings name the pid too).
     let at = format!("pid {pid} (");
     let planned = |l: &String| {
@@ -595,6 +335,9 @@ fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms)
     merge(&mut out, first.cost.json());
     if server.measures_cpu() {
         out["server_cpu_us_per_request"] = json!({"untraced": plain.server_cpu_us(), "traced": first.server_cpu_us()});
+        if arms.floor {
+            out["server_cpu_us_per_request"]["floor"] = json!(floor.server_cpu_us());
+        }
     }
     if arms.floor {
         merge(
@@ -689,59 +432,6 @@ fn memory_at_scale(agent_bin: &Path, python: &Path, port: u16, s: &Settings) -> 
     }))
 }
 
-/// wrk's script for the fidelity fronts: each request its own id (`front_asgi.py` picks the
-/// thread pool by the id's CRC: half go through `asyncio.to_thread`, half through anyio's).
-const FRONT_SCRIPT: &str =
-    "local n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format(nil, \"/call?req=r\" .. n)\nend\n";
-
-/// The backend the fronts call: Node.js answering `leaf` at once (the port is its argument).
-const LEAF: &str = "require('http').createServer((q, r) => r.end('leaf')).listen(+process.argv[1], '127.0.0.1')";
-
-/// Node.js running `args` with `env` (its output discarded), waited for until `port` listens.
-fn node(args: &[&str], env: &[(&str, &str)], port: u16) -> anyhow::Result<Proc> {
-    let p = Proc::spawn(
-        Command::new("node").args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::null()),
-    )?;
-    wait_for_port(port)?;
-    Ok(p)
-}
-
-/// The runtime options' cost side by side (issue #12), on the fidelity fronts with their sleeps
-/// left out (`FIDELITY_NO_SLEEP=1`), each request calling a Node.js leaf (not traced) over
-/// keep-alive connections, the front's own CPU measured: uvicorn with each call on a thread
-/// pool (`FIDELITY_POOL=1`) on uvloop and on the default asyncio loop, untraced, traced and
-/// traced with `--thread-pools`; the Node.js front untraced, traced and traced with
-/// `--node-inject`, a fresh front for each arm (the script stays in a process for its life).
-fn runtime_options(agent_bin: &Path, python: &Path, dir: &Path, s: &Settings) -> anyhow::Result<[Value; 3]> {
-    let script = dir.join("front.lua");
-    std::fs::write(&script, FRONT_SCRIPT)?;
-    let leaf_port = free_port()?;
-    let _leaf = node(&["-e", LEAF, &leaf_port.to_string()], &[], leaf_port)?;
-    let backend = format!("http://127.0.0.1:{leaf_port}");
-    let env = [("FIDELITY_NO_SLEEP", "1"), ("FIDELITY_BACKEND", &backend)];
-    let apps = crate::root().join("tests/apps/fidelity");
-    let pools = Arms { floor: false, traced: &[("traced", &[]), ("thread_pools", &["--thread-pools"])] };
-    let mut out = vec![];
-    for (name, event_loop) in [("uvicorn-pool-uvloop", "uvloop"), ("uvicorn-pool-asyncio", "asyncio")] {
-        let port = free_port()?;
-        let env = [env[0], env[1], ("FIDELITY_POOL", "1")];
-        let front = procs::uvicorn_app(python, &apps, "front_asgi:app", port, &["--loop", event_loop], &env)?;
-        let url = format!("http://127.0.0.1:{port}/call?req=0");
-        let serving = Serving::Shared { url, port, pid: Some(front.pid()) };
-        out.push(server_overhead(agent_bin, &Server { name, serving, script: Some(&script) }, s, &pools)?);
-    }
-    let front_js = apps.join("front_node.js");
-    let front_js = front_js.to_str().context("a UTF-8 path")?;
-    let start = || {
-        let port = free_port()?;
-        Ok((node(&[front_js, &port.to_string()], &env, port)?, port))
-    };
-    let serving = Serving::Fresh { start: &start, path: "/call?req=0" };
-    let inject = Arms { floor: false, traced: &[("traced", &[]), ("node_inject", &["--node-inject"])] };
-    out.push(server_overhead(agent_bin, &Server { name: "node-front", serving, script: Some(&script) }, s, &inject)?);
-    Ok(out.try_into().expect("three servers"))
-}
-
 pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> {
     // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
@@ -751,50 +441,70 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("traceo-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let syscalls = syscall_costs(agent_bin, s)?;
-    let ssl = ssl_costs(agent_bin, python, &dir, s)?;
-
-    // A real OTLP receiver for the export arms, up through both servers' runs.
-    let (grpc_port, http_port) = (free_port()?, free_port()?);
-    let collector = procs::rotel(python, &dir, grpc_port, http_port)?;
-    let otlp = format!("http://127.0.0.1:{grpc_port}");
-    let with_otlp: &[&str] = &["--otlp-endpoint", &otlp];
-    let arms = Arms { floor: true, traced: &[("traced", &[]), ("otlp", with_otlp)] };
-    let shared = |name, url: &str, port| Server {
-        name,
-        serving: Serving::Shared { url: url.to_owned(), port, pid: None },
-        script: None,
-    };
-
-    let nginx_port = free_port()?;
-    let nginx = procs::nginx(&dir, nginx_port)?;
-    let nginx_url = format!("http://127.0.0.1:{nginx_port}/hello.txt");
-    let nginx_result = server_overhead(agent_bin, &shared("nginx", &nginx_url, nginx_port), s, &arms)?;
-    let cap = capacity(agent_bin, &nginx_url, nginx_port, s)?;
-    let scale = memory_at_scale(agent_bin, python, nginx_port, s)?;
-    drop(nginx);
-
-    let uv_port = free_port()?;
-    let uv = procs::uvicorn(python, &crate::root().join("tests/apps"), uv_port)?;
-    let uv_url = format!("http://127.0.0.1:{uv_port}/hello");
-    let uv_result = server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port), s, &arms)?;
-    // The same with runtime tracking off: what the asyncio task contexts and lineage cost.
-    let no_runtime = Arms { floor: false, traced: &[("traced", &["--no-runtime"])] };
-    let uv_plain = server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port), s, &no_runtime)?;
-    drop(uv);
-    drop(collector);
-    let options = runtime_options(agent_bin, python, &dir, s)?;
-    let logs = log_costs(agent_bin, &dir, s)?;
-    let _ = std::fs::remove_dir_all(&dir);
-
-    let report = json!({
+    let mut report = json!({
         "quick": s.quick,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "seconds": started.elapsed().as_secs_f64(),
-        "syscall": syscalls, "ssl": ssl, "nginx": nginx_result, "uvicorn": uv_result, "uvicorn_no_runtime": uv_plain,
-        "uvicorn_pools_uvloop": options[0], "uvicorn_pools_asyncio": options[1], "node": options[2], "capacity": cap, "memory_at_scale": scale, "logs": logs,
     });
+    if s.runs("syscall") {
+        report["syscall"] = loops::syscall_costs(agent_bin, s)?;
+    }
+    if s.runs("ssl") {
+        report["ssl"] = loops::ssl_costs(agent_bin, python, &dir, s)?;
+    }
+
+    if s.runs("nginx") || s.runs("uvicorn") {
+        // A real OTLP receiver for the export arms, up through both servers' runs.
+        let (grpc_port, http_port) = (free_port()?, free_port()?);
+        let collector = procs::rotel(python, &dir, grpc_port, http_port)?;
+        let otlp = format!("http://127.0.0.1:{grpc_port}");
+        let with_otlp: &[&str] = &["--otlp-endpoint", &otlp];
+        let arms = Arms { floor: true, traced: &[("traced", &[]), ("otlp", with_otlp)] };
+        let shared = |name, url: &str, port, pid| Server {
+            name,
+            serving: Serving::Shared { url: url.to_owned(), port, pid },
+            script: None,
+        };
+        if s.runs("nginx") {
+            let nginx_port = free_port()?;
+            let nginx = procs::nginx(&dir, nginx_port)?;
+            let nginx_url = format!("http://127.0.0.1:{nginx_port}/hello.txt");
+            // The worker's own CPU: what the probes cost the server apart from the agent's
+            // competing for the same CPUs.
+            let worker = (0..40).find_map(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                procs::only_child(nginx.pid())
+            });
+            report["nginx"] = server_overhead(agent_bin, &shared("nginx", &nginx_url, nginx_port, worker), s, &arms)?;
+            report["capacity"] = capacity(agent_bin, &nginx_url, nginx_port, s)?;
+            report["memory_at_scale"] = memory_at_scale(agent_bin, python, nginx_port, s)?;
+            drop(nginx);
+        }
+        if s.runs("uvicorn") {
+            let uv_port = free_port()?;
+            let uv = procs::uvicorn(python, &crate::root().join("tests/apps"), uv_port)?;
+            let uv_url = format!("http://127.0.0.1:{uv_port}/hello");
+            let pid = Some(uv.pid());
+            report["uvicorn"] = server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port, pid), s, &arms)?;
+            // The same with runtime tracking off: what the asyncio task contexts and lineage cost.
+            let no_runtime = Arms { floor: false, traced: &[("traced", &["--no-runtime"])] };
+            report["uvicorn_no_runtime"] =
+                server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port, pid), s, &no_runtime)?;
+            drop(uv);
+        }
+        drop(collector);
+    }
+    if s.runs("options") {
+        let [uvloop, asyncio, node] = options::runtime_options(agent_bin, python, &dir, s)?;
+        report["uvicorn_pools_uvloop"] = uvloop;
+        report["uvicorn_pools_asyncio"] = asyncio;
+        report["node"] = node;
+    }
+    if s.runs("logs") {
+        report["logs"] = loops::log_costs(agent_bin, &dir, s)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report["seconds"] = json!(started.elapsed().as_secs_f64());
     table::print_table(&report);
     let out = crate::root().join("target/bench");
     std::fs::create_dir_all(&out)?;

@@ -2,11 +2,23 @@
 
 use serde_json::Value;
 
+/// The value at `v` as a float (NaN when absent).
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// A measure with no target.
+fn info(name: &str, value: String) {
+    println!("{name:<58} {value:>12}");
+}
+
+/// A measure with its target and verdict.
+fn row(name: &str, value: String, target: &str, ok: bool) {
+    println!("{name:<58} {value:>12} {target:>14} {:>7}", if ok { "met" } else { "MISSED" });
+}
+
+/// Print the sections `r` holds (`bench --only` runs some of them).
 pub fn print_table(r: &Value) {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    let sc = &r["syscall"];
-    let added = &sc["added_ns"];
     println!(
         "\ntraceo benchmark ({} CPUs, kernel {}{})",
         r["cpus"],
@@ -14,30 +26,54 @@ pub fn print_table(r: &Value) {
         if r["quick"] == true { ", --quick" } else { "" }
     );
     println!("{:<58} {:>12} {:>14} {:>7}", "measure", "measured", "target", "");
-    let row = |name: &str, value: String, target: &str, ok: bool| {
-        println!("{name:<58} {value:>12} {target:>14} {:>7}", verdict(ok))
-    };
-    println!("{:<58} {:>12}", "syscall, no agent (ns)", format!("{:.0}", f(&sc["ns_per_syscall"]["none"])));
-    println!("{:<58} {:>12}", "empty-program floor, added (ns)", format!("{:.0}", f(&added["floor"])));
-    row(
-        "untraced process, added over the floor (ns)",
-        format!("{:.0}", f(&added["unselected_over_floor"])),
-        "<= 30",
-        f(&added["unselected_over_floor"]) <= 30.0,
-    );
-    row(
-        "traced socket syscall, 64 B, added (ns)",
-        format!("{:.0}", f(&added["traced_64b"])),
-        "<= 250",
-        f(&added["traced_64b"]) <= 250.0,
-    );
-    row(
-        "traced socket syscall, 1 KiB, added (ns)",
-        format!("{:.0}", f(&added["traced_1kib"])),
-        "<= 1000",
-        f(&added["traced_1kib"]) <= 1000.0,
-    );
-    let ssl = &r["ssl"];
+    if r.get("syscall").is_some() {
+        syscalls(&r["syscall"]);
+    }
+    if r.get("ssl").is_some() {
+        ssl(&r["ssl"]);
+    }
+    for (key, server) in [("nginx", "nginx"), ("uvicorn", "uvicorn"), ("uvicorn_no_runtime", "uvicorn --no-runtime")] {
+        if r.get(key).is_some() {
+            server_arms(&r[key], key, server);
+        }
+    }
+    for (key, server, option, flag) in [
+        ("uvicorn_pools_uvloop", "uvicorn uvloop, calls on a thread pool", "thread_pools", "--thread-pools"),
+        ("uvicorn_pools_asyncio", "uvicorn asyncio, calls on a thread pool", "thread_pools", "--thread-pools"),
+        ("node", "node front (a fresh process each arm)", "node_inject", "--node-inject"),
+    ] {
+        if r.get(key).is_some() {
+            runtime_option(&r[key], server, option, flag);
+        }
+    }
+    if r.get("capacity").is_some() {
+        capacity(r);
+    }
+    if r.get("logs").is_some() {
+        logs(&r["logs"]);
+    }
+}
+
+/// The syscall loop: each traced cost as a ratio of the empty-program floor's (#16).
+fn syscalls(sc: &Value) {
+    let added = &sc["added_ns"];
+    let floor = f(&added["floor"]);
+    info("syscall, no agent (ns)", format!("{:.0}", f(&sc["ns_per_syscall"]["none"])));
+    info("empty-program floor, added (ns)", format!("{floor:.0}"));
+    let unselected = f(&added["unselected"]) / floor;
+    row("untraced process, added / the floor's", format!("{unselected:.2}"), "<= 1.10 (#16)", unselected <= 1.10);
+    for (key, what, bound) in [("traced_64b", "64 B", 2.0), ("traced_1kib", "1 KiB", 2.5)] {
+        let ratio = f(&added[key]) / floor;
+        row(
+            &format!("traced socket syscall, {what}: added / the floor's"),
+            format!("{ratio:.2} ({:.0} ns)", f(&added[key])),
+            &format!("<= {bound:.1} (#16)"),
+            ratio <= bound,
+        );
+    }
+}
+
+fn ssl(ssl: &Value) {
     let pair = |key: &str| format!("{:.0}", f(&ssl["added_ns"][key]));
     println!(
         "{:<58} {:>12}",
@@ -49,130 +85,137 @@ pub fn print_table(r: &Value) {
         println!("{:<58} {:>12}", "  untraced, a traced process on the same libssl (ns)", pair("beside"));
     }
     println!("{:<58} {:>12}", "OpenSSL probes, traced process, added per pair (ns)", pair("traced"));
-    for (key, server) in [("nginx", "nginx"), ("uvicorn", "uvicorn"), ("uvicorn_no_runtime", "uvicorn --no-runtime")] {
-        let s = &r[key];
-        let ratio = f(&s["throughput_ratio"]);
-        let target = if key == "nginx" { ">= 0.97" } else { "(report)" };
-        row(
-            &format!("{server}: traced / untraced throughput"),
-            format!("{ratio:.3}"),
-            target,
-            key != "nginx" || ratio >= 0.97,
-        );
-        if s.get("floor_rps").is_some() {
-            println!(
-                "{:<58} {:>12}",
-                format!("{server}: floor-only / untraced throughput"),
-                format!("{:.3}", f(&s["floor_over_untraced"]))
-            );
-            let over_floor = f(&s["traced_over_floor"]);
-            row(
-                &format!("{server}: traced / floor-only throughput"),
-                format!("{over_floor:.3}"),
-                if key == "nginx" { ">= 0.90 (#16)" } else { "(report)" },
-                key != "nginx" || over_floor >= 0.90,
-            );
-        }
+}
+
+/// One server's arms: throughput against untraced and floor-only, latency, agent cost, loss.
+fn server_arms(s: &Value, key: &str, server: &str) {
+    let ratio = f(&s["throughput_ratio"]);
+    // #16: uvicorn against untraced; nginx against its floor (below), the syscall hooks'
+    // physical limit being a large share of a static file server's work.
+    let target = if key == "uvicorn" { ">= 0.98 (#16)" } else { "(report)" };
+    row(
+        &format!("{server}: traced / untraced throughput"),
+        format!("{ratio:.3}"),
+        target,
+        key != "uvicorn" || ratio >= 0.98,
+    );
+    if s.get("floor_rps").is_some() {
         println!(
             "{:<58} {:>12}",
-            format!("{server}: p50 / p99 latency delta (ms)"),
-            format!(
-                "{:+.3} / {:+.3}",
-                f(&s["p50_ms"]["traced"]) - f(&s["p50_ms"]["untraced"]),
-                f(&s["p99_ms"]["traced"]) - f(&s["p99_ms"]["untraced"])
-            )
+            format!("{server}: floor-only / untraced throughput"),
+            format!("{:.3}", f(&s["floor_over_untraced"]))
         );
+        let over_floor = f(&s["traced_over_floor"]);
         row(
-            &format!("{server}: agent CPU per exchange (us)"),
-            format!("{:.1}", f(&s["agent_cpu_us_per_exchange"])),
-            "<= 10",
-            f(&s["agent_cpu_us_per_exchange"]) <= 10.0,
-        );
-        let o = &s["otlp"];
-        if o.is_object() {
-            row(
-                &format!("{server}: agent CPU per exchange, OTLP export on (us)"),
-                format!("{:.1}", f(&o["agent_cpu_us_per_exchange"])),
-                "<= 3 (#16)",
-                f(&o["agent_cpu_us_per_exchange"]) <= 3.0,
-            );
-            println!(
-                "{:<58} {:>12}",
-                format!("{server}: OTLP on: traced / untraced, spans out / dropped"),
-                format!(
-                    "{:.3}, {:.0} / {:.0}",
-                    f(&o["throughput_ratio"]),
-                    f(&o["spans_exported"]),
-                    f(&o["spans_dropped"])
-                )
-            );
-        }
-        println!(
-            "{:<58} {:>12}",
-            format!("{server}: agent CPU s per 1,000 exchanges"),
-            format!("{:.4}", f(&s["agent_cpu_s_per_1000_exchanges"]))
-        );
-        println!(
-            "{:<58} {:>12}",
-            format!("{server}: agent peak RSS (MiB)"),
-            format!("{:.1}", f(&s["agent_peak_rss_mib"]))
-        );
-        row(
-            &format!("{server}: events lost / exchanges missed"),
-            format!("{:.0} / {:.0}", f(&s["events_lost"]), f(&s["exchanges_missed"])),
-            "0 / 0",
-            f(&s["events_lost"]) == 0.0 && f(&s["exchanges_missed"]) == 0.0,
+            &format!("{server}: traced / floor-only throughput"),
+            format!("{over_floor:.3}"),
+            if key == "nginx" { ">= 0.90 (#16)" } else { "(report)" },
+            key != "nginx" || over_floor >= 0.90,
         );
     }
-    for (key, server, option, flag) in [
-        ("uvicorn_pools_uvloop", "uvicorn uvloop, calls on a thread pool", "thread_pools", "--thread-pools"),
-        ("uvicorn_pools_asyncio", "uvicorn asyncio, calls on a thread pool", "thread_pools", "--thread-pools"),
-        ("node", "node front (a fresh process each arm)", "node_inject", "--node-inject"),
-    ] {
-        let (s, o) = (&r[key], &r[key][option]);
-        let line = |what: &str, value: String| println!("{:<58} {value:>12}", format!("  {what}"));
-        println!("{:<58} {:>12}", format!("{server}, untraced (req/s)"), format!("{:.0}", f(&s["untraced_rps"])));
-        line("traced / untraced throughput", format!("{:.3}", f(&s["throughput_ratio"])));
-        line(&format!("traced with {flag} / traced throughput"), format!("{:.3}", f(&o["over_traced"])));
-        line(
-            &format!("p50 untraced / traced / {flag} (ms)"),
-            format!("{:.2} / {:.2} / {:.2}", f(&s["p50_ms"]["untraced"]), f(&s["p50_ms"]["traced"]), f(&o["p50_ms"])),
+    println!(
+        "{:<58} {:>12}",
+        format!("{server}: p50 / p99 latency delta (ms)"),
+        format!(
+            "{:+.3} / {:+.3}",
+            f(&s["p50_ms"]["traced"]) - f(&s["p50_ms"]["untraced"]),
+            f(&s["p99_ms"]["traced"]) - f(&s["p99_ms"]["untraced"])
+        )
+    );
+    row(
+        &format!("{server}: agent CPU per exchange (us)"),
+        format!("{:.1}", f(&s["agent_cpu_us_per_exchange"])),
+        "<= 3 (#16)",
+        f(&s["agent_cpu_us_per_exchange"]) <= 3.0,
+    );
+    let o = &s["otlp"];
+    if o.is_object() {
+        row(
+            &format!("{server}: agent CPU per exchange, OTLP export on (us)"),
+            format!("{:.1}", f(&o["agent_cpu_us_per_exchange"])),
+            "<= 3 (#16)",
+            f(&o["agent_cpu_us_per_exchange"]) <= 3.0,
         );
-        line(
-            &format!("agent CPU per exchange, traced / {flag} (us)"),
-            format!("{:.1} / {:.1}", f(&s["agent_cpu_us_per_exchange"]), f(&o["agent_cpu_us_per_exchange"])),
-        );
-        let cpu = &s["server_cpu_us_per_request"];
-        line(
-            &format!("server CPU per request, untraced / traced / {flag} (us)"),
-            format!(
-                "{:.0} / {:.0} / {:.0}",
-                f(&cpu["untraced"]),
-                f(&cpu["traced"]),
-                f(&o["server_cpu_us_per_request"])
-            ),
-        );
-        line(
-            &format!("events lost / exchanges missed, traced, {flag}"),
-            format!(
-                "{:.0} / {:.0}, {:.0} / {:.0}",
-                f(&s["events_lost"]),
-                f(&s["exchanges_missed"]),
-                f(&o["events_lost"]),
-                f(&o["exchanges_missed"])
-            ),
+        println!(
+            "{:<58} {:>12}",
+            format!("{server}: OTLP on: traced / untraced, spans out / dropped"),
+            format!("{:.3}, {:.0} / {:.0}", f(&o["throughput_ratio"]), f(&o["spans_exported"]), f(&o["spans_dropped"]))
         );
     }
+    println!(
+        "{:<58} {:>12}",
+        format!("{server}: agent CPU s per 1,000 exchanges"),
+        format!("{:.4}", f(&s["agent_cpu_s_per_1000_exchanges"]))
+    );
+    let cpu = &s["server_cpu_us_per_request"];
+    if cpu.get("floor").is_some() {
+        info(
+            &format!("{server}: server CPU per request, untraced / floor / traced (us)"),
+            format!("{:.1} / {:.1} / {:.1}", f(&cpu["untraced"]), f(&cpu["floor"]), f(&cpu["traced"])),
+        );
+    } else if cpu.is_object() {
+        info(
+            &format!("{server}: server CPU per request, untraced / traced (us)"),
+            format!("{:.1} / {:.1}", f(&cpu["untraced"]), f(&cpu["traced"])),
+        );
+    }
+    let rss = f(&s["agent_peak_rss_mib"]);
+    row(&format!("{server}: agent peak RSS (MiB)"), format!("{rss:.1}"), "<= 64 (#16)", rss <= 64.0);
+    row(
+        &format!("{server}: events lost / exchanges missed"),
+        format!("{:.0} / {:.0}", f(&s["events_lost"]), f(&s["exchanges_missed"])),
+        "0 / 0",
+        f(&s["events_lost"]) == 0.0 && f(&s["exchanges_missed"]) == 0.0,
+    );
+}
+
+/// A runtime option's arm beside the plain traced one.
+fn runtime_option(s: &Value, server: &str, option: &str, flag: &str) {
+    let o = &s[option];
+    let line = |what: &str, value: String| println!("{:<58} {value:>12}", format!("  {what}"));
+    println!("{:<58} {:>12}", format!("{server}, untraced (req/s)"), format!("{:.0}", f(&s["untraced_rps"])));
+    line("traced / untraced throughput", format!("{:.3}", f(&s["throughput_ratio"])));
+    line(&format!("traced with {flag} / traced throughput"), format!("{:.3}", f(&o["over_traced"])));
+    line(
+        &format!("p50 untraced / traced / {flag} (ms)"),
+        format!("{:.2} / {:.2} / {:.2}", f(&s["p50_ms"]["untraced"]), f(&s["p50_ms"]["traced"]), f(&o["p50_ms"])),
+    );
+    line(
+        &format!("agent CPU per exchange, traced / {flag} (us)"),
+        format!("{:.1} / {:.1}", f(&s["agent_cpu_us_per_exchange"]), f(&o["agent_cpu_us_per_exchange"])),
+    );
+    let cpu = &s["server_cpu_us_per_request"];
+    line(
+        &format!("server CPU per request, untraced / traced / {flag} (us)"),
+        format!("{:.0} / {:.0} / {:.0}", f(&cpu["untraced"]), f(&cpu["traced"]), f(&o["server_cpu_us_per_request"])),
+    );
+    line(
+        &format!("events lost / exchanges missed, traced, {flag}"),
+        format!(
+            "{:.0} / {:.0}, {:.0} / {:.0}",
+            f(&s["events_lost"]),
+            f(&s["exchanges_missed"]),
+            f(&o["events_lost"]),
+            f(&o["exchanges_missed"])
+        ),
+    );
+}
+
+/// Capacity and memory (the nginx section's).
+fn capacity(r: &Value) {
     let cap = f(&r["capacity"]["max_clean_exchanges_per_s"]);
     row("capacity: max exchanges/s with no loss (over tested loads)", format!("{cap:.0}"), ">= 20000", cap >= 20_000.0);
     let m = &r["memory_at_scale"];
     row(
         &format!("agent RSS with {} idle keep-alive connections (MiB)", m["connections"]),
         format!("{:.1}", f(&m["agent_rss_mib"])),
-        "<= 64",
-        f(&m["agent_rss_mib"]) <= 64.0,
+        "<= 32 (#16)",
+        f(&m["agent_rss_mib"]) <= 32.0,
     );
-    let l = &r["logs"];
+}
+
+/// What log capture costs a write.
+fn logs(l: &Value) {
     let w = &l["ns_per_write_unselected_file"];
     println!("{:<58} {:>12}", "64 B write to an unselected file, no agent (ns)", format!("{:.0}", f(&w["none"])));
     for (key, what) in [

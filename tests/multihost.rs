@@ -190,7 +190,11 @@ fn assert_one_trace(id: &str, j: &Job) {
     {
         assert_eq!(&child["trace_id"], trace, "{id}: {child}");
         assert_eq!(child["parent_span_id"], parent["span_id"], "{id}: {child}");
-        assert_eq!(child["link"], link, "{id}: {child}");
+        // The correlator keeps an answered upload as a task parent for 2 s (`hold_ns`); on a
+        // loaded machine the job can finish later than that, and then the job join (the
+        // engine's own upload issued the id) gives the same parent. Either is evidence.
+        let by_job = link == "task" && child["link"] == "job";
+        assert!(child["link"] == link || by_job, "{id}: {child}");
     }
     // The webhook's far end joined the job the other host issued (a join says how it ended).
     assert!(j.hook_in["job_status"].is_string(), "{id}: {}", j.hook_in);

@@ -231,22 +231,43 @@ fn tls_report(r: &mut Report, args: &CheckArgs) {
     }
 }
 
-/// `bench-floor`: the empty program on every tracepoint, until a signal.
-pub async fn bench_floor() -> anyhow::Result<()> {
+/// `bench-floor`: the empty program on every tracepoint, until a signal; with `bound_pid`,
+/// the bound program at syscall exit for that process, its records drained and dropped.
+pub async fn bench_floor(bound_pid: Option<u32>) -> anyhow::Result<()> {
     let mut probes = loader::load(&LoadOptions {
-        capture_bytes: 1,
-        ring_buffer_mib: 1,
+        capture_bytes: traceo_ebpf_common::MAX_CAPTURE as u32,
+        ring_buffer_mib: 4,
         trace_all: false,
         capture_logs: false,
         log_files: false,
         read_tcp_seq: false,
     })?;
-    probes.attach_floor()?;
+    probes.attach_floor(bound_pid.is_some())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut drain = None;
+    if let Some(pid) = bound_pid {
+        let mut pids = probes.take_traced_pids()?;
+        pids.insert(pid, 0)?;
+        let mut ring = probes.take_ring()?;
+        let stop = stop.clone();
+        // Polled like the agent's reader (the programs do not wake it); kept until the end.
+        drain = Some(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while ring.next().is_some() {}
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(pids);
+        }));
+    }
     log::info!("ready: probes attached (floor only)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(drain) = drain {
+        let _ = drain.join();
     }
     probes.detach();
     Ok(())

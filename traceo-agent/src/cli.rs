@@ -44,7 +44,15 @@ pub enum Command {
     /// Benchmark baseline: attach only an empty program to the same tracepoints, until
     /// Ctrl-C or SIGTERM (used by `cargo xtask bench`).
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor(BenchFloorArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct BenchFloorArgs {
+    /// Attach the bound program instead of the empty one at syscall exit, capturing this
+    /// pid's socket data minimally (and discarding it from the ring buffer).
+    #[arg(long, value_name = "PID")]
+    pub bound_pid: Option<u32>,
 }
 
 #[derive(Args, Debug, Default, Clone)]

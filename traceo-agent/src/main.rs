@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
             Command::Record(args) => commands::record(args).await,
             Command::Replay(args) => commands::replay(args).await,
             Command::Check(args) => check::run(&args).await,
-            Command::BenchFloor => check::bench_floor().await,
+            Command::BenchFloor(args) => check::bench_floor(args.bound_pid).await,
         }
     });
     match result {

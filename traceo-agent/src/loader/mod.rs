@@ -146,7 +146,10 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
     let logger =
         aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("kernel-side logging unavailable: {e}")).ok();
     let tracepoints = programs::PROGRAMS.iter().chain(programs::RAW_PROGRAMS).map(|(_, name)| *name);
-    for name in tracepoints.chain([programs::FLOOR, programs::RAW_FLOOR]).chain(programs::uprobe_programs()) {
+    for name in tracepoints
+        .chain([programs::FLOOR, programs::RAW_FLOOR, programs::RAW_BOUND])
+        .chain(programs::uprobe_programs())
+    {
         load_program(&mut ebpf, name)?;
     }
     // Parsing the kernel's BTF leaves megabytes of freed heap behind; hand them back.
@@ -197,8 +200,9 @@ impl Probes {
         Ok(())
     }
 
-    /// Attach only the empty `floor` program to every tracepoint (benchmark baseline).
-    pub fn attach_floor(&mut self) -> anyhow::Result<()> {
+    /// Attach only the empty `floor` program to every tracepoint (benchmark baseline); with
+    /// `bound`, the bound program at syscall exit instead of the empty one.
+    pub fn attach_floor(&mut self, bound: bool) -> anyhow::Result<()> {
         let program: &mut TracePoint =
             self.ebpf.program_mut(programs::FLOOR).context("no floor program")?.try_into()?;
         for (category, name) in programs::PROGRAMS {
@@ -206,13 +210,13 @@ impl Probes {
                 program.attach(category, name).with_context(|| format!("attaching floor to {category}:{name}"))?;
             self.links.push((programs::FLOOR, link));
         }
-        let program: &mut RawTracePoint =
-            self.ebpf.program_mut(programs::RAW_FLOOR).context("no raw floor program")?.try_into()?;
+        let name = if bound { programs::RAW_BOUND } else { programs::RAW_FLOOR };
+        let program: &mut RawTracePoint = self.ebpf.program_mut(name).context("no raw floor program")?.try_into()?;
         for (tracepoint, _) in programs::RAW_PROGRAMS {
             let link = program
                 .attach(tracepoint)
-                .with_context(|| format!("attaching the floor to raw tracepoint {tracepoint}"))?;
-            self.raw_links.push((programs::RAW_FLOOR, link));
+                .with_context(|| format!("attaching {name} to raw tracepoint {tracepoint}"))?;
+            self.raw_links.push((name, link));
         }
         Ok(())
     }

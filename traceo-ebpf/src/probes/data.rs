@@ -165,7 +165,7 @@ const LOG_CONN: u64 = 0;
 
 /// Copy `len` user bytes into the payload at `offset`; false when the read failed.
 #[inline(always)]
-fn read_user_into(data: *mut u8, offset: u32, len: u32, src: u64) -> bool {
+pub(super) fn read_user_into(data: *mut u8, offset: u32, len: u32, src: u64) -> bool {
     // black_box: LLVM proves these bounds from the callers' checks and would drop the masks,
     // but the verifier cannot follow that proof across loop iterations.
     let (offset, len) = (core::hint::black_box(offset), core::hint::black_box(len));

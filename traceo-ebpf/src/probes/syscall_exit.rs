@@ -19,23 +19,23 @@ use crate::{filter::traced, maps::count};
 
 /// x86-64 `struct pt_regs` from `r10` (byte 56) to `orig_ax` (byte 120): one read.
 #[repr(C)]
-struct Regs {
+pub(super) struct Regs {
     r10: u64,
     _r9: u64,
     _r8: u64,
     _ax: u64,
     _cx: u64,
-    dx: u64,
-    si: u64,
-    di: u64,
+    pub(super) dx: u64,
+    pub(super) si: u64,
+    pub(super) di: u64,
     /// The syscall number.
-    orig_ax: u64,
+    pub(super) orig_ax: u64,
 }
 
-const REGS_AT: u64 = 56;
+pub(super) const REGS_AT: u64 = 56;
 
 /// x86-64 syscall numbers (`arch/x86/entry/syscalls/syscall_64.tbl`).
-mod nr {
+pub(super) mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
     pub const READV: u64 = 19;
@@ -89,11 +89,5 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
         nr::CONNECT => conn::on_connect(&cur, r.di as i32 as i64, ret),
         _ => {}
     }
-    0
-}
-
-/// The empty program on the same hook, for `cargo xtask bench`'s floor.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn floor_sys_exit(_ctx: RawTracePointContext) -> u32 {
     0
 }

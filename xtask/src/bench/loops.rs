@@ -53,6 +53,8 @@ fn mode_agent(agent_bin: &Path, mode: &str, pid: u32, metrics: &str) -> anyhow::
         "beside" => Some(run("holder=comm:traceo-holder")?),
         "traced" => Some(run(&format!("bench=pid:{pid}"))?),
         "floor" => Some(agent(agent_bin, &["bench-floor"])?),
+        // The least capturing program in place of the real ones (see probes/floor.rs).
+        "bound" => Some(agent(agent_bin, &["bench-floor", "--bound-pid", &pid.to_string()])?),
         other => bail!("unknown mode {other}"),
     })
 }
@@ -76,7 +78,16 @@ fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyh
 
 pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
     let (rounds, iterations) = if s.quick { (1, 30_000) } else { (5, 200_000) };
-    let cases = [("none", 64), ("unselected", 64), ("floor", 64), ("traced", 64), ("traced", 1024), ("none", 1024)];
+    let cases = [
+        ("none", 64),
+        ("unselected", 64),
+        ("floor", 64),
+        ("traced", 64),
+        ("traced", 1024),
+        ("none", 1024),
+        ("bound", 64),
+        ("bound", 1024),
+    ];
     let mut samples: Vec<Vec<f64>> = vec![vec![]; cases.len()];
     for round in 0..rounds {
         for (i, (mode, size)) in cases.iter().enumerate() {
@@ -87,13 +98,16 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
     }
     let m: Vec<f64> = samples.into_iter().map(median).collect();
     Ok(json!({
-        "ns_per_syscall": {"none": m[0], "unselected": m[1], "floor": m[2], "traced_64b": m[3], "traced_1kib": m[4], "none_1kib": m[5]},
+        "ns_per_syscall": {"none": m[0], "unselected": m[1], "floor": m[2], "traced_64b": m[3], "traced_1kib": m[4], "none_1kib": m[5],
+                           "bound_64b": m[6], "bound_1kib": m[7]},
         "added_ns": {
             "unselected": m[1] - m[0],
             "floor": m[2] - m[0],
             "unselected_over_floor": m[1] - m[2],
             "traced_64b": m[3] - m[0],
             "traced_1kib": m[4] - m[5],
+            "bound_64b": m[6] - m[0],
+            "bound_1kib": m[7] - m[5],
         },
         "rounds": rounds, "iterations": iterations,
     }))

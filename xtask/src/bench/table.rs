@@ -60,6 +60,11 @@ fn syscalls(sc: &Value) {
     let floor = f(&added["floor"]);
     info("syscall, no agent (ns)", format!("{:.0}", f(&sc["ns_per_syscall"]["none"])));
     info("empty-program floor, added (ns)", format!("{floor:.0}"));
+    if floor <= 0.0 {
+        // Noise larger than the floor itself: no ratio to it means anything.
+        info("  (floor within noise: rerun on an idle machine for the ratios)", String::new());
+        return;
+    }
     let unselected = f(&added["unselected"]) / floor;
     row("untraced process, added / the floor's", format!("{unselected:.2}"), "<= 1.10 (#16)", unselected <= 1.10);
     for (key, what, bound) in [("traced_64b", "64 B", 2.0), ("traced_1kib", "1 KiB", 2.5)] {
@@ -70,6 +75,18 @@ fn syscalls(sc: &Value) {
             &format!("<= {bound:.1} (#16)"),
             ratio <= bound,
         );
+    }
+    // The least capturing program (process, socket, copy, ring record; nothing else): how far
+    // the floor's ratio can go down with capture at the syscall on this kernel.
+    if added.get("bound_64b").is_some() {
+        for (key, bound_key, what) in [("traced_64b", "bound_64b", "64 B"), ("traced_1kib", "bound_1kib", "1 KiB")] {
+            let bound = f(&added[bound_key]);
+            info(
+                &format!("  least capturing program, {what}: added / the floor's"),
+                format!("{:.2} ({bound:.0} ns)", bound / floor),
+            );
+            info(&format!("  traced / least capturing, {what}"), format!("{:.2}", f(&added[key]) / bound));
+        }
     }
 }
 

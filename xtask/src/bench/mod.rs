@@ -137,6 +137,8 @@ struct AgentCost {
     peak_rss: u64,
     spans_exported: f64,
     spans_dropped: f64,
+    /// asyncio task creations the probes reported (each one `Task.__init__` entry + return).
+    tasks: f64,
 }
 
 impl AgentCost {
@@ -162,8 +164,10 @@ impl AgentCost {
             )
         };
         let server = ",direction=\"server\"";
+        let tasks = |text: &str| metric_sum(text, "traceo_agent_events_read_total", "kind=\"task\"");
         let text = scrape(metrics_port);
-        let (before, served0, spans0) = (requests(&text, ""), requests(&text, server), spans(&text));
+        let (before, served0, spans0, tasks0) =
+            (requests(&text, ""), requests(&text, server), spans(&text), tasks(&text));
         let (r, server_cpu) = load(target, shape)?;
         std::thread::sleep(Duration::from_millis(1500));
         let mut text = scrape(metrics_port);
@@ -194,6 +198,7 @@ impl AgentCost {
         self.missed += (r.requests as f64 - served).max(0.0);
         self.spans_exported += out - spans0.0;
         self.spans_dropped += dropped - spans0.1;
+        self.tasks += tasks(&text) - tasks0;
         a.interrupt();
         Ok((r, server_cpu))
     }
@@ -207,6 +212,7 @@ impl AgentCost {
             "agent_peak_rss_mib": self.peak_rss as f64 / (1 << 20) as f64,
             "events_lost": self.lost, "exchanges_missed": self.missed, "exchanges_seen": self.exchanges,
             "spans_exported": self.spans_exported, "spans_dropped": self.spans_dropped,
+            "tasks_per_request": if self.served > 0.0 { self.tasks / self.served } else { 0.0 },
         })
     }
 }

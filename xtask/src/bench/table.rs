@@ -37,6 +37,9 @@ pub fn print_table(r: &Value) {
             server_arms(&r[key], key, server);
         }
     }
+    if r.get("uvicorn").is_some() && r.get("uvicorn_no_runtime").is_some() {
+        task_probe_bound(&r["uvicorn"], &r["uvicorn_no_runtime"]);
+    }
     for (key, server, option, flag) in [
         ("uvicorn_pools_uvloop", "uvicorn uvloop, calls on a thread pool", "thread_pools", "--thread-pools"),
         ("uvicorn_pools_asyncio", "uvicorn asyncio, calls on a thread pool", "thread_pools", "--thread-pools"),
@@ -102,6 +105,25 @@ fn ssl(ssl: &Value) {
         println!("{:<58} {:>12}", "  untraced, a traced process on the same libssl (ns)", pair("beside"));
     }
     println!("{:<58} {:>12}", "OpenSSL probes, traced process, added per pair (ns)", pair("traced"));
+}
+
+/// What asyncio task tracking costs uvicorn per request, from its traced arms with and
+/// without it, and the throughput ceiling it leaves even at one probe hit per task.
+fn task_probe_bound(traced: &Value, no_runtime: &Value) {
+    let tasks = f(&traced["tasks_per_request"]);
+    let cpu = |s: &Value, arm: &str| f(&s["server_cpu_us_per_request"][arm]);
+    let (untraced, with, without) = (cpu(traced, "untraced"), cpu(traced, "traced"), cpu(no_runtime, "traced"));
+    if tasks <= 0.0 || with <= without {
+        return;
+    }
+    // Each task is two probe hits (`Task.__init__` entry and return).
+    let per_hit = (with - without) / (2.0 * tasks);
+    info("uvicorn: asyncio tasks per request (2 probe hits each)", format!("{tasks:.2}"));
+    info("uvicorn: server CPU per task probe hit (us)", format!("{per_hit:.1}"));
+    info(
+        "uvicorn: traced / untraced ceiling at 1 hit per task (CPU)",
+        format!("{:.3}", untraced / (without + tasks * per_hit)),
+    );
 }
 
 /// One server's arms: throughput against untraced and floor-only, latency, agent cost, loss.

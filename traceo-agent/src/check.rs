@@ -250,10 +250,13 @@ pub async fn bench_floor(bound_pid: Option<u32>) -> anyhow::Result<()> {
         pids.insert(pid, 0)?;
         let mut ring = probes.take_ring()?;
         let stop = stop.clone();
-        // Polled like the agent's reader (the programs do not wake it); kept until the end.
+        // Polled like the agent's reader (the programs do not wake it), and every byte read as
+        // the agent reads them: the cache lines then move between the CPUs as they do traced.
         drain = Some(std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                while ring.next().is_some() {}
+                while let Some(record) = ring.next() {
+                    std::hint::black_box(record.iter().fold(0u8, |a, b| a ^ b));
+                }
                 std::thread::sleep(Duration::from_millis(1));
             }
             drop(pids);

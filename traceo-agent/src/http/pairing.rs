@@ -45,10 +45,25 @@ impl Pairing {
 
     pub fn push(&mut self, msg: HttpMessage) -> Option<Pair> {
         let q = self.queues.get_or_insert_with(Box::default);
-        match msg.kind {
-            Kind::Request => q.requests.push_back(msg),
-            Kind::Response => q.responses.push_back(msg),
+        let (mine, theirs) = match msg.kind {
+            Kind::Request => (&mut q.requests, &mut q.responses),
+            Kind::Response => (&mut q.responses, &mut q.requests),
+        };
+        // Its counterpart waits and none of its own kind is ahead of it: the pair that queueing
+        // it would make, without room for it (one queue fewer per connection).
+        if mine.is_empty() {
+            if let Some(other) = theirs.pop_front() {
+                return Some(match msg.kind {
+                    Kind::Request => (msg, Some(other)),
+                    Kind::Response => (other, Some(msg)),
+                });
+            }
         }
+        // Room for one at first (a queue's first growth is to four), more as pipelining needs.
+        if mine.capacity() == 0 {
+            mine.reserve_exact(1);
+        }
+        mine.push_back(msg);
         if !q.requests.is_empty() && !q.responses.is_empty() {
             if let (Some(req), Some(resp)) = (q.requests.pop_front(), q.responses.pop_front()) {
                 return Some((req, Some(resp)));

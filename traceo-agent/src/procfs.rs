@@ -61,36 +61,57 @@ pub fn listening_sockets() -> HashMap<u64, u16> {
     }
     for dir in tables {
         for table in ["tcp", "tcp6"] {
-            if let Ok(text) = fs::read_to_string(format!("{dir}/{table}")) {
-                parse_listening(&text, &mut out);
-            }
+            read_listening(&format!("{dir}/{table}"), &mut out);
         }
     }
     out
+}
+
+/// A `tcp`/`tcp6` table's listening sockets, read a line at a time: with thousands of
+/// connections a table is megabytes, and reading it whole at every rescan kept that much
+/// resident in the scanning thread's heap.
+fn read_listening(path: &str, out: &mut HashMap<u64, u16>) {
+    let Ok(file) = fs::File::open(path) else { return };
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = String::new();
+    let mut header = true;
+    loop {
+        line.clear();
+        match std::io::BufRead::read_line(&mut reader, &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if header => header = false,
+            Ok(_) => parse_listening_row(&line, out),
+        }
+    }
 }
 
 /// Listening TCP sockets of the agent's own network namespace: inode -> port.
 pub fn own_namespace_listening_sockets() -> HashMap<u64, u16> {
     let mut out = HashMap::new();
     for table in ["tcp", "tcp6"] {
-        if let Ok(text) = fs::read_to_string(format!("/proc/self/net/{table}")) {
-            parse_listening(&text, &mut out);
-        }
+        read_listening(&format!("/proc/self/net/{table}"), &mut out);
     }
     out
 }
 
-/// Rows: `sl local_address rem_address st ... inode`; LISTEN is state 0A.
+/// Rows after the header: `sl local_address rem_address st ... inode`; LISTEN is state 0A.
+#[cfg(test)]
 fn parse_listening(text: &str, out: &mut HashMap<u64, u16>) {
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 10 || cols[3] != "0A" {
-            continue;
-        }
-        let port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-        if let (Some(port), Ok(inode)) = (port, cols[9].parse()) {
-            out.insert(inode, port);
-        }
+    text.lines().skip(1).for_each(|line| parse_listening_row(line, out));
+}
+
+/// One row: `sl local_address rem_address st ... inode`; LISTEN is state 0A.
+fn parse_listening_row(line: &str, out: &mut HashMap<u64, u16>) {
+    let mut cols = line.split_whitespace();
+    let (Some(local), Some(state), Some(inode)) = (cols.nth(1), cols.nth(1), cols.nth(5)) else {
+        return;
+    };
+    if state != "0A" {
+        return;
+    }
+    let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    if let (Some(port), Ok(inode)) = (port, inode.parse()) {
+        out.insert(inode, port);
     }
 }
 

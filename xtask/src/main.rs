@@ -48,7 +48,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Run only this section (repeatable): syscall, ssl, nginx (with capacity and memory at
-        /// scale), uvicorn, options (--thread-pools, --node-inject) or logs. All by default.
+        /// scale), memory (memory at scale alone), uvicorn, options (--thread-pools,
+        /// --node-inject) or logs. All by default.
         #[arg(long = "only", value_name = "SECTION", value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
         only: Vec<String>,
     },

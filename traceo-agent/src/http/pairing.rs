@@ -16,6 +16,12 @@ pub type Pair = (HttpMessage, Option<HttpMessage>);
 
 #[derive(Debug, Default)]
 pub struct Pairing {
+    /// `None` while nothing waits and nothing was dropped: an idle connection keeps no queues.
+    queues: Option<Box<Queues>>,
+}
+
+#[derive(Debug, Default)]
+struct Queues {
     requests: VecDeque<HttpMessage>,
     responses: VecDeque<HttpMessage>,
     /// Responses dropped for lack of room.
@@ -25,7 +31,12 @@ pub struct Pairing {
 impl Pairing {
     /// Free the room kept from earlier messages if none waits (an idle connection).
     pub fn release_if_empty(&mut self) {
-        for q in [&mut self.requests, &mut self.responses] {
+        let Some(q) = &mut self.queues else { return };
+        if q.requests.is_empty() && q.responses.is_empty() && q.dropped == 0 {
+            self.queues = None;
+            return;
+        }
+        for q in [&mut q.requests, &mut q.responses] {
             if q.is_empty() && q.capacity() > 0 {
                 *q = VecDeque::new();
             }
@@ -33,37 +44,53 @@ impl Pairing {
     }
 
     pub fn push(&mut self, msg: HttpMessage) -> Option<Pair> {
-        match msg.kind {
-            Kind::Request => self.requests.push_back(msg),
-            Kind::Response => self.responses.push_back(msg),
+        let q = self.queues.get_or_insert_with(Box::default);
+        let (mine, theirs) = match msg.kind {
+            Kind::Request => (&mut q.requests, &mut q.responses),
+            Kind::Response => (&mut q.responses, &mut q.requests),
+        };
+        // Its counterpart waits and none of its own kind is ahead of it: the pair that queueing
+        // it would make, without room for it (one queue fewer per connection).
+        if mine.is_empty() {
+            if let Some(other) = theirs.pop_front() {
+                return Some(match msg.kind {
+                    Kind::Request => (msg, Some(other)),
+                    Kind::Response => (other, Some(msg)),
+                });
+            }
         }
-        if !self.requests.is_empty() && !self.responses.is_empty() {
-            if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front()) {
+        // Room for one at first (a queue's first growth is to four), more as pipelining needs.
+        if mine.capacity() == 0 {
+            mine.reserve_exact(1);
+        }
+        mine.push_back(msg);
+        if !q.requests.is_empty() && !q.responses.is_empty() {
+            if let (Some(req), Some(resp)) = (q.requests.pop_front(), q.responses.pop_front()) {
                 return Some((req, Some(resp)));
             }
         }
-        if self.requests.len() > MAX_QUEUED {
-            if let Some(req) = self.requests.pop_front() {
+        if q.requests.len() > MAX_QUEUED {
+            if let Some(req) = q.requests.pop_front() {
                 return Some((req, None));
             }
         }
-        if self.responses.len() > MAX_QUEUED {
-            self.responses.pop_front();
-            self.dropped += 1;
+        if q.responses.len() > MAX_QUEUED {
+            q.responses.pop_front();
+            q.dropped += 1;
         }
         None
     }
 
     /// Complete requests still waiting for their response.
     pub fn pending_requests(&self) -> usize {
-        self.requests.len()
+        self.queues.as_ref().map_or(0, |q| q.requests.len())
     }
 
     /// The connection ended: requests left unanswered, and how many responses had no request.
     pub fn flush(&mut self) -> (Vec<HttpMessage>, usize) {
-        let unpaired = self.responses.len() + std::mem::take(&mut self.dropped);
-        self.responses.clear();
-        (self.requests.drain(..).collect(), unpaired)
+        let Some(mut q) = self.queues.take() else { return (Vec::new(), 0) };
+        let unpaired = q.responses.len() + q.dropped;
+        (q.requests.drain(..).collect(), unpaired)
     }
 }
 

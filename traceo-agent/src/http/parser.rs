@@ -257,6 +257,16 @@ pub enum Output {
     NotThisProtocol,
 }
 
+/// A parser between messages with nothing held or awaited: all it takes to rebuild it in
+/// the same state, so an idle connection need not keep the parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rest {
+    /// The direction that carries requests.
+    pub requests: Direction,
+    /// The connection was joined midway (`reset` starts over that way).
+    pub midstream: bool,
+}
+
 /// A parser for one connection, both directions.
 pub trait ProtocolParser: Send {
     /// Short protocol name for logs.
@@ -275,4 +285,9 @@ pub trait ProtocolParser: Send {
     /// The connection is idle: give back queue room kept from earlier messages (10,000
     /// idle keep-alive connections kept a few KiB each).
     fn release_idle(&mut self) {}
+    /// At rest: what rebuilds this parser in its present state (`None` while it holds or
+    /// awaits anything).
+    fn rest(&self) -> Option<Rest> {
+        None
+    }
 }

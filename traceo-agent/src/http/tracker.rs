@@ -54,7 +54,9 @@ impl Default for TrackerConfig {
 }
 
 pub struct ConnTracker {
-    service_names: Vec<String>,
+    service_names: Vec<Arc<str>>,
+    /// The name of connections of no configured service and no known command.
+    unknown: Arc<str>,
     idle_timeout_ns: u64,
     limits: Limits,
     routes: RouteNormalizer,
@@ -74,7 +76,8 @@ impl ConnTracker {
             headers: Arc::new(HeaderSelection::new(&cfg.extra_headers)),
         };
         ConnTracker {
-            service_names: cfg.service_names,
+            service_names: cfg.service_names.iter().map(|n| Arc::from(n.as_str())).collect(),
+            unknown: Arc::from("unknown"),
             idle_timeout_ns: cfg.idle_timeout_ns,
             limits,
             routes: RouteNormalizer::new(&cfg.routes),
@@ -90,7 +93,7 @@ impl ConnTracker {
         let mut out = std::collections::HashMap::new();
         for conn in self.conns.values() {
             let n = conn.in_flight_server_requests() as u64;
-            *out.entry(conn.info.service.as_str()).or_insert(0) += n;
+            *out.entry(&*conn.info.service).or_insert(0) += n;
         }
         out
     }
@@ -126,10 +129,10 @@ impl ConnTracker {
                 if d.after_loss {
                     self.resync_after_loss(d.conn_id, out);
                 }
-                let Self { conns, stats, routes, db, scratch, .. } = self;
+                let Self { conns, stats, routes, db, scratch, limits, .. } = self;
                 if let Some(conn) = conns.get_mut(d.conn_id) {
                     conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
-                    let mut ctx = Ctx { stats, routes, out, db, scratch };
+                    let mut ctx = Ctx { stats, routes, out, db, scratch, limits };
                     conn.on_data(d, &mut ctx);
                 }
             }
@@ -153,6 +156,13 @@ impl ConnTracker {
         self.stats.active_connections = self.conns.len() as u64;
         let quiet = now_ns.saturating_sub(RELEASE_AFTER_NS);
         self.conns.values_mut().filter(|c| c.last_ns < quiet).for_each(Conn::release_idle);
+    }
+
+    /// Every connection gives back what it can as if idle (tests: resting must not change
+    /// what is reconstructed).
+    #[cfg(test)]
+    pub fn release_all_idle(&mut self) {
+        self.conns.values_mut().for_each(Conn::release_idle);
     }
 
     /// Flush everything (end of a replay, shutdown).
@@ -202,10 +212,10 @@ impl ConnTracker {
     /// response) and start over at the next start line; its next exchange is flagged too.
     fn resync_after_loss(&mut self, conn_id: u64, out: &mut impl FnMut(Tracked)) {
         let midstream_parser = self.parser(true);
-        let Self { conns, stats, routes, db, scratch, .. } = self;
+        let Self { conns, stats, routes, db, scratch, limits, .. } = self;
         let Some(conn) = conns.get_mut(conn_id) else { return };
         stats.loss_resyncs += 1;
-        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out, db, scratch });
+        conn.resync_after_loss(midstream_parser, &mut Ctx { stats, routes, out, db, scratch, limits });
     }
 
     fn insert(&mut self, conn_id: u64, conn: Conn, out: &mut impl FnMut(Tracked)) {
@@ -220,8 +230,14 @@ impl ConnTracker {
     }
 
     fn end(&mut self, mut conn: Conn, out: &mut impl FnMut(Tracked)) {
-        let mut ctx =
-            Ctx { stats: &mut self.stats, routes: &self.routes, out, db: &self.db, scratch: &mut self.scratch };
+        let mut ctx = Ctx {
+            stats: &mut self.stats,
+            routes: &self.routes,
+            out,
+            db: &self.db,
+            scratch: &mut self.scratch,
+            limits: &self.limits,
+        };
         conn.finish(&mut ctx);
     }
 
@@ -233,8 +249,8 @@ impl ConnTracker {
         let configured = meta.service.and_then(|i| usize::try_from(i).ok()).and_then(|i| self.service_names.get(i));
         let service = match (configured, open) {
             (Some(name), _) => name.clone(),
-            (None, Some(c)) if !c.comm.is_empty() => c.comm.clone(),
-            _ => "unknown".to_string(),
+            (None, Some(c)) if !c.comm.is_empty() => Arc::from(c.comm.as_str()),
+            _ => self.unknown.clone(),
         };
         let (local, peer) = (open.and_then(|c| c.local), open.and_then(|c| c.peer));
         let opened_ctx = open.map_or(0, |c| c.task_ctx);

@@ -47,7 +47,7 @@ pub struct Settings {
 }
 
 /// The bench's sections, for `--only`.
-pub const SECTIONS: &[&str] = &["syscall", "ssl", "nginx", "uvicorn", "options", "logs"];
+pub const SECTIONS: &[&str] = &["syscall", "ssl", "nginx", "memory", "uvicorn", "options", "logs"];
 
 impl Settings {
     fn runs(&self, section: &str) -> bool {
@@ -499,6 +499,12 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
             drop(uv);
         }
         drop(collector);
+    } else if s.runs("memory") {
+        // Memory at scale alone (`nginx` runs it too), without the throughput arms.
+        let nginx_port = free_port()?;
+        let nginx = procs::nginx(&dir, nginx_port)?;
+        report["memory_at_scale"] = memory_at_scale(agent_bin, python, nginx_port, s)?;
+        drop(nginx);
     }
     if s.runs("options") {
         let [uvloop, asyncio, node] = options::runtime_options(agent_bin, python, &dir, s)?;

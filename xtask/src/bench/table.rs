@@ -50,7 +50,10 @@ pub fn print_table(r: &Value) {
         }
     }
     if r.get("capacity").is_some() {
-        capacity(r);
+        capacity(&r["capacity"]);
+    }
+    if r.get("memory_at_scale").is_some() {
+        memory(&r["memory_at_scale"]);
     }
     if r.get("logs").is_some() {
         logs(&r["logs"]);
@@ -240,11 +243,14 @@ fn runtime_option(s: &Value, server: &str, option: &str, flag: &str) {
     );
 }
 
-/// Capacity and memory (the nginx section's).
-fn capacity(r: &Value) {
-    let cap = f(&r["capacity"]["max_clean_exchanges_per_s"]);
+/// Capacity (the nginx section's).
+fn capacity(c: &Value) {
+    let cap = f(&c["max_clean_exchanges_per_s"]);
     row("capacity: max exchanges/s with no loss (over tested loads)", format!("{cap:.0}"), ">= 20000", cap >= 20_000.0);
-    let m = &r["memory_at_scale"];
+}
+
+/// Memory at scale (the nginx section's, or the memory section alone).
+fn memory(m: &Value) {
     row(
         &format!("agent RSS with {} idle keep-alive connections (MiB)", m["connections"]),
         format!("{:.1}", f(&m["agent_rss_mib"])),

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use crate::events::Direction;
 
-use super::parser::{CHECK_BYTES, Check, HttpMessage, Kind, Output, ProtocolParser, SegKind, Segment};
+use super::parser::{CHECK_BYTES, Check, HttpMessage, Kind, Output, ProtocolParser, Rest, SegKind, Segment};
 use body::BodyFraming;
 use head::{Framing, Start};
 use queue::SegQueue;
@@ -94,6 +94,15 @@ impl Http1Parser {
             gave_up: false,
             scanned_without_role: 0,
         }
+    }
+
+    /// The parser that `rest` described: roles known, both readers at a message boundary,
+    /// nothing queued or awaited.
+    pub fn woken(lim: Limits, rest: Rest) -> Self {
+        let mut p = Http1Parser::new(lim, rest.midstream);
+        p.readers = [Reader::new(None), Reader::new(None)];
+        p.set_role(rest.requests);
+        p
     }
 
     fn stopped(&self) -> bool {
@@ -332,6 +341,24 @@ impl ProtocolParser for Http1Parser {
         if self.awaiting.is_empty() && self.awaiting.capacity() > 0 {
             self.awaiting = VecDeque::new();
         }
+    }
+
+    fn rest(&self) -> Option<Rest> {
+        // Which side asks is known (then how many bytes were scanned without knowing no
+        // longer matters), both readers wait for a start line holding nothing, nothing is
+        // queued, no response is awaited, no protocol switch pending: `woken` rebuilds this.
+        let requests = self.requests?;
+        let kinds = [(requests, Kind::Request), (other(requests), Kind::Response)];
+        let readers_rest = kinds.iter().all(|&(d, k)| {
+            let r = &self.readers[idx(d)];
+            r.kind() == Some(k) && r.at_rest()
+        });
+        let idle = readers_rest
+            && self.queues.iter().all(|q| q.is_empty() && q.bytes() == 0)
+            && self.awaiting.is_empty()
+            && !self.upgrade_pending
+            && !self.stopped();
+        idle.then_some(Rest { requests, midstream: self.midstream })
     }
 
     fn check(&self, _dir: Direction, head: &[u8]) -> Check {

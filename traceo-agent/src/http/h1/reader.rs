@@ -106,6 +106,11 @@ impl Reader {
         self.state == State::Boundary
     }
 
+    /// At a boundary holding nothing: the same as `Reader::new(self.kind())`.
+    pub fn at_rest(&self) -> bool {
+        self.state == State::Boundary && self.msg.is_none() && self.scanner.is_empty()
+    }
+
     pub fn stop(&mut self) {
         self.state = State::Stopped;
         self.msg = None;

@@ -24,6 +24,11 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// No earlier bytes carried.
+    pub fn is_empty(&self) -> bool {
+        self.carry.is_empty()
+    }
+
     /// Scan `bytes` (continuing the carry). On a match, returns its kind and the stream from
     /// the start line on; otherwise every byte is consumed.
     pub fn scan(&mut self, bytes: &Bytes, want: Want) -> Option<(Kind, Bytes)> {

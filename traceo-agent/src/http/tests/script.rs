@@ -189,15 +189,25 @@ impl Script {
     }
 }
 
-/// Replay `events` through a tracker, then flush it.
+/// Replay `events` through a tracker, then flush it. Replayed again with every connection
+/// released as if idle after each event (parsers let go between messages, queues given
+/// back): what comes out must be the same.
 pub fn run_with(cfg: TrackerConfig, events: &[Event]) -> (Vec<Exchange>, TrackerStats) {
-    let mut tracker = ConnTracker::new(cfg);
-    let mut out = Vec::new();
-    for ev in events {
-        tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
-    }
-    tracker.finish(&mut |x| out.extend(x.into_exchange()));
-    (out, tracker.stats().clone())
+    let replay = |cfg, rest: bool| {
+        let mut tracker = ConnTracker::new(cfg);
+        let mut out = Vec::new();
+        for ev in events {
+            tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
+            if rest {
+                tracker.release_all_idle();
+            }
+        }
+        tracker.finish(&mut |x| out.extend(x.into_exchange()));
+        (out, tracker.stats().clone())
+    };
+    let kept = replay(cfg.clone(), false);
+    assert_eq!(replay(cfg, true), kept, "resting idle connections changed the result");
+    kept
 }
 
 pub fn run(events: &[Event]) -> (Vec<Exchange>, TrackerStats) {

@@ -29,11 +29,20 @@ fn wakeups(pid: u32) -> u64 {
         .sum()
 }
 
+/// The idle test measures the agent's CPU while nothing it traces moves: the other tests here
+/// drive load (their execs, listens and sockets reach every agent), so they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn an_idle_agent_costs_almost_nothing() {
     if !require_root("idle_agent") || !require_python("idle_agent") {
         return;
     }
+    let _alone = alone();
     let dir = temp_dir("idle-agent");
     let port = free_port();
     let _api = uvicorn(port, 1);
@@ -80,6 +89,7 @@ fn a_path_scanner_keeps_series_and_the_metrics_page_bounded() {
     if !require_root("scanner") || !require_python("scanner") {
         return;
     }
+    let _alone = alone();
     let dir = temp_dir("scanner");
     // One app that answers 404 to unknown paths, one that answers 200 to everything.
     let (p404, p200) = (free_port(), free_port());
@@ -199,6 +209,7 @@ fn scrapers_that_do_not_read_never_stall_tracing_nor_the_agents_end() {
     if !require_root("stalled_scrapers") || !require_python("stalled_scrapers") {
         return;
     }
+    let _alone = alone();
     let dir = temp_dir("stalled-scrapers");
     let port = free_port();
     let _spa = uvicorn_app("catchall_app:app", port, 1, &[]);

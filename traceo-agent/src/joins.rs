@@ -431,11 +431,7 @@ fn query_param(target: &str, key: &str) -> Option<String> {
 /// [`Joins::new`].
 fn header(ex: &Exchange, names: &[String; 3], request: bool) -> Option<String> {
     let headers = if request { &ex.request_headers } else { &ex.response_headers };
-    names
-        .iter()
-        .find_map(|name| headers.get(name))
-        .filter(|v| valid(v))
-        .map(str::to_owned)
+    names.iter().find_map(|name| headers.get(name)).filter(|v| valid(v)).map(str::to_owned)
 }
 
 #[cfg(test)]

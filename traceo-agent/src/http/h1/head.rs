@@ -116,7 +116,9 @@ pub enum StartFacts {
 impl Start {
     pub fn facts(&self) -> StartFacts {
         match self {
-            Start::Request { method, .. } => StartFacts::Request { head: method == "HEAD", connect: method == "CONNECT" },
+            Start::Request { method, .. } => {
+                StartFacts::Request { head: method == "HEAD", connect: method == "CONNECT" }
+            }
             Start::Response { status, .. } => StartFacts::Response { status: *status },
         }
     }

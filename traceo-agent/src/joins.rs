@@ -63,6 +63,8 @@ pub struct JoinStats {
 
 pub struct Joins {
     keys: Vec<String>,
+    /// Each key's header names: `job_id`, `job-id`, `x-job-id` (made once, not per exchange).
+    key_headers: Vec<[String; 3]>,
     ttl_ns: u64,
     max_values: usize,
     values: HashMap<String, Origin>,
@@ -71,7 +73,7 @@ pub struct Joins {
     /// Traces moved into a job's trace: former trace id -> the job's.
     moved: Recent<TraceId, TraceId>,
     /// Spans passed on recently (span id -> final trace id), to tell whether a parent came.
-    seen: Recent<SpanId, TraceId>,
+    seen: Recent<SpanId, TraceId, foldhash::fast::RandomState>,
     /// Joined exchanges waiting for their parent (arrival time, exchange, event).
     pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
     /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
@@ -91,8 +93,16 @@ const MAX_VALUE_LEN: usize = 128;
 
 impl Joins {
     pub fn new(keys: Vec<String>, ttl_ns: u64, max_values: usize) -> Joins {
+        let key_headers = keys
+            .iter()
+            .map(|k| {
+                let dashed = k.replace('_', "-");
+                [k.clone(), dashed.clone(), format!("x-{dashed}")]
+            })
+            .collect();
         Joins {
             keys,
+            key_headers,
             ttl_ns,
             max_values,
             values: HashMap::new(),
@@ -109,18 +119,20 @@ impl Joins {
     /// Take one completed exchange: issue, join, or neither (sets `ex.job_id`), place it in
     /// its trace, and pass it on with what happened, now or once its parent has come.
     pub fn observe(&mut self, ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
-        if let Some((value, None)) = self.carried(&ex) {
-            if self.awaiting.len() >= MAX_PENDING {
-                if let Some((_, _, old)) = self.awaiting.pop_front() {
-                    self.decide(old, out);
+        match self.carried(&ex) {
+            Some((value, None)) => {
+                if self.awaiting.len() >= MAX_PENDING {
+                    if let Some((_, _, old)) = self.awaiting.pop_front() {
+                        self.decide(old, out);
+                    }
                 }
+                let at = ex.response_last_ns.unwrap_or(ex.request_last_ns);
+                self.wanted.push(value.clone());
+                self.awaiting.push_back((at, value, ex));
             }
-            let at = ex.response_last_ns.unwrap_or(ex.request_last_ns);
-            self.wanted.push(value.clone());
-            self.awaiting.push_back((at, value, ex));
-            return;
+            // Nothing changed since `carried` looked: decide on what it found.
+            carried => self.decide_carrying(ex, carried, out),
         }
-        self.decide(ex, out);
     }
 
     /// A parent on another host (`--shared-state`): it will not pass here, nothing waits for it.
@@ -155,8 +167,19 @@ impl Joins {
         }
     }
 
-    fn decide(&mut self, mut ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
-        let event = self.classify(&mut ex);
+    fn decide(&mut self, ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+        let carried = self.carried(&ex);
+        self.decide_carrying(ex, carried, out);
+    }
+
+    /// [`Self::decide`] with what [`Self::carried`] found in `ex` now.
+    fn decide_carrying(
+        &mut self,
+        mut ex: Exchange,
+        carried: Option<(String, Option<Origin>)>,
+        out: &mut impl FnMut(Exchange, Option<JoinEvent>),
+    ) {
+        let event = self.classify(&mut ex, carried);
         if event == Some(JoinEvent::Issued) {
             let value = ex.job_id.clone();
             self.pass(ex, event, out);
@@ -189,18 +212,21 @@ impl Joins {
 
     /// Place `ex` in its trace and pass it on, then whatever waited for it as a parent.
     fn pass(&mut self, ex: Exchange, event: Option<JoinEvent>, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
-        let mut stack = vec![(ex, event)];
-        while let Some((mut ex, event)) = stack.pop() {
+        let mut stack = Vec::new();
+        let mut next = Some((ex, event));
+        while let Some((mut ex, event)) = next.take().or_else(|| stack.pop()) {
             if let Some(t) = &mut ex.trace {
                 if let Some(&job_trace) = self.moved.get(&t.trace_id) {
                     t.trace_id = job_trace;
                 }
                 self.seen.insert(t.span_id, t.trace_id);
                 let span = Some(t.span_id);
-                let (children, rest): (VecDeque<_>, VecDeque<_>) =
-                    self.pending.drain(..).partition(|(_, c, _)| c.parent_span_id() == span);
-                self.pending = rest;
-                stack.extend(children.into_iter().map(|(_, c, e)| (c, e)));
+                if self.pending.iter().any(|(_, c, _)| c.parent_span_id() == span) {
+                    let (children, rest): (VecDeque<_>, VecDeque<_>) =
+                        self.pending.drain(..).partition(|(_, c, _)| c.parent_span_id() == span);
+                    self.pending = rest;
+                    stack.extend(children.into_iter().map(|(_, c, e)| (c, e)));
+                }
             }
             out(ex, event);
         }
@@ -230,8 +256,8 @@ impl Joins {
         }
     }
 
-    fn classify(&mut self, ex: &mut Exchange) -> Option<JoinEvent> {
-        if let Some((value, origin)) = self.carried(ex) {
+    fn classify(&mut self, ex: &mut Exchange, carried: Option<(String, Option<Origin>)>) -> Option<JoinEvent> {
+        if let Some((value, origin)) = carried {
             ex.job_id = Some(value.clone());
             let Some(origin) = origin else {
                 self.stats.webhook_without_upload += 1;
@@ -326,7 +352,7 @@ impl Joins {
     /// A key value in the response (JSON body field or header).
     fn issued(&self, ex: &Exchange) -> Option<String> {
         let body = json_body(&ex.response_body_prefix).and_then(|b| find_key(&b, &self.keys, 4));
-        body.or_else(|| self.keys.iter().find_map(|k| header(ex, k, false)))
+        body.or_else(|| self.key_headers.iter().find_map(|k| header(ex, k, false)))
     }
 
     /// The first known value the request carries, with its origin; or a value under a key
@@ -339,17 +365,21 @@ impl Joins {
             .as_ref()
             .and_then(|b| find_key(b, &self.keys, 0))
             .or_else(|| self.keys.iter().find_map(|k| query_param(&ex.target, k)))
-            .or_else(|| self.keys.iter().find_map(|k| header(ex, k, true)));
+            .or_else(|| self.key_headers.iter().find_map(|k| header(ex, k, true)));
         if let Some(v) = named {
             let origin = self.values.get(&v).cloned();
             return Some((v, origin));
         }
-        let known = |v: String| Some((v.clone(), Some(self.values.get(&v)?.clone())));
-        if let Some(found) = body.as_ref().and_then(|b| find_key(b, &self.keys, 4)).and_then(known) {
+        if self.values.is_empty() {
+            // Only known values join from here on.
+            return None;
+        }
+        let known = |v: &str| self.values.get_key_value(v).map(|(k, o)| (k.clone(), Some(o.clone())));
+        if let Some(found) = body.as_ref().and_then(|b| find_key(b, &self.keys, 4)).and_then(|v| known(&v)) {
             return Some(found);
         }
         let path = ex.target.split('?').next().unwrap_or("");
-        path.split('/').filter(|s| !s.is_empty()).find_map(|seg| known(seg.to_owned()))
+        path.split('/').filter(|s| !s.is_empty()).find_map(known)
     }
 }
 
@@ -397,15 +427,11 @@ fn query_param(target: &str, key: &str) -> Option<String> {
     })
 }
 
-/// The key as a header: `job_id`, `job-id` or `x-job-id` (any case).
-fn header(ex: &Exchange, key: &str, request: bool) -> Option<String> {
+/// The key as a header: `job_id`, `job-id` or `x-job-id` (any case), the names made by
+/// [`Joins::new`].
+fn header(ex: &Exchange, names: &[String; 3], request: bool) -> Option<String> {
     let headers = if request { &ex.request_headers } else { &ex.response_headers };
-    let dashed = key.replace('_', "-");
-    [key.to_owned(), dashed.clone(), format!("x-{dashed}")]
-        .iter()
-        .find_map(|name| headers.get(name))
-        .filter(|v| valid(v))
-        .map(str::to_owned)
+    names.iter().find_map(|name| headers.get(name)).filter(|v| valid(v)).map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -1,24 +1,25 @@
 //! A bounded map that forgets its oldest entries first: what the joins and the shared state
 //! remember of moved traces, seen spans and asked keys.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::collections::{HashMap, VecDeque, hash_map::RandomState};
+use std::hash::{BuildHasher, Hash};
 
 /// Entries kept at most.
 const MAX_RECENT: usize = 65_536;
 
-pub struct Recent<K, V> {
-    map: HashMap<K, V>,
+/// `S`: the map's hasher (a fast one where the keys are the agent's own, e.g. its span ids).
+pub struct Recent<K, V, S = RandomState> {
+    map: HashMap<K, V, S>,
     order: VecDeque<K>,
 }
 
-impl<K: Clone + Eq + Hash, V> Default for Recent<K, V> {
+impl<K: Clone + Eq + Hash, V, S: BuildHasher + Default> Default for Recent<K, V, S> {
     fn default() -> Self {
-        Recent { map: HashMap::new(), order: VecDeque::new() }
+        Recent { map: HashMap::default(), order: VecDeque::new() }
     }
 }
 
-impl<K: Clone + Eq + Hash, V> Recent<K, V> {
+impl<K: Clone + Eq + Hash, V, S: BuildHasher + Default> Recent<K, V, S> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,7 +51,7 @@ mod tests {
 
     #[test]
     fn the_oldest_entries_go_first() {
-        let mut r = Recent::new();
+        let mut r: Recent<u64, u64> = Recent::new();
         for i in 0..MAX_RECENT as u64 + 2 {
             r.insert(i, i * 2);
         }

@@ -205,11 +205,14 @@ impl Emitter {
     /// joined exchange ends up in); then the outputs.
     fn emit(&mut self, mut ex: Exchange) {
         ex.mcp = crate::mcp::parse(&ex);
+        let Some(shared) = &mut self.shared else {
+            // No shared state: straight to the joins (no batch to gather).
+            let Emitter { joins, logs, outputs, .. } = self;
+            joins.observe(ex, &mut |ex, joined| Self::pass(logs, outputs, ex, joined));
+            return;
+        };
         let mut ready = Vec::new();
-        match &mut self.shared {
-            Some(shared) => shared.observe(ex, &mut ready),
-            None => ready.push(ex),
-        }
+        shared.observe(ex, &mut ready);
         self.join(ready);
     }
 

@@ -52,6 +52,10 @@ enum Task {
         /// --node-inject) or logs. All by default.
         #[arg(long = "only", value_name = "SECTION", value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
         only: Vec<String>,
+        /// Measure this agent binary instead of building and measuring target/release's
+        /// (A/B comparisons of two builds under the same conditions).
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
     },
     /// Precision and recall of the agent's parent links at 1, 10 and 50 requests in flight,
     /// against ground truth in the requests (as root); writes target/fidelity/fidelity.json.
@@ -224,12 +228,18 @@ fn task(task: Task) -> anyhow::Result<()> {
             run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
             demo::run(&agent_binary("release"), &python, concurrent)
         }
-        Task::Bench { quick, only } => {
+        Task::Bench { quick, only, agent } => {
             let python = setup::test_dependencies()?;
             setup::bench_dependencies()?;
             build_ebpf()?;
-            run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
-            bench::run(&agent_binary("release"), &python, &bench::Settings { quick, only })
+            let agent = match agent {
+                Some(path) => path,
+                None => {
+                    run(cargo().current_dir(root()).args(["build", "--release", "-p", "traceo-agent"]))?;
+                    agent_binary("release")
+                }
+            };
+            bench::run(&agent, &python, &bench::Settings { quick, only })
         }
         Task::Fidelity { quick, report_only, scenarios, agent, pythons } => {
             let python = setup::test_dependencies()?;

@@ -88,14 +88,17 @@ fn link_index(link: Link) -> usize {
     Link::ALL.iter().position(|l| *l == link).unwrap_or(0)
 }
 
+/// The maps keyed by the agent's own integers (connection and request ids, pids): a fast hash.
+type FastHash = foldhash::fast::RandomState;
+
 pub struct Correlator {
     cfg: CorrelateConfig,
     ids: IdGen,
     nodes: Nodes,
     next_id: Id,
-    by_request: HashMap<(u64, u64), Id>,
+    by_request: HashMap<(u64, u64), Id, FastHash>,
     /// Inbound requests in flight, by process.
-    inbound: HashMap<u32, Vec<Id>>,
+    inbound: HashMap<u32, Vec<Id>, FastHash>,
     /// Outbound requests in flight that carry a correlation value, by value.
     outbound_by_value: HashMap<String, Vec<Id>>,
     pairs: ConnPairs<Id>,
@@ -106,7 +109,7 @@ pub struct Correlator {
     linger: VecDeque<(u64, Id)>,
     /// The latest inbound request each task incarnation (whose creation was seen) answered,
     /// while it lingers: for the calls that task makes after answering (`after_answer`).
-    answered: HashMap<(u32, Incarnation), Id>,
+    answered: HashMap<(u32, Incarnation), Id, FastHash>,
     ready: Vec<Exchange>,
     now_ns: u64,
     stats: CorrelateStats,
@@ -125,12 +128,12 @@ impl Correlator {
             cfg,
             ids,
             next_id: 0,
-            by_request: HashMap::new(),
-            inbound: HashMap::new(),
+            by_request: HashMap::default(),
+            inbound: HashMap::default(),
             outbound_by_value: HashMap::new(),
             deadlines: VecDeque::new(),
             linger: VecDeque::new(),
-            answered: HashMap::new(),
+            answered: HashMap::default(),
             ready: Vec::new(),
             now_ns: 0,
             stats: CorrelateStats::default(),

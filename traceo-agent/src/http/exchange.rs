@@ -312,9 +312,9 @@ impl Exchange {
         let resp = resp.unwrap_or_default();
         let answered = !flags.no_response;
         // The server that answered: this service, or (a client's call) the address it called.
-        let scope = match role {
-            Role::Server => conn.service.to_string(),
-            Role::Client => format!("{}>{}", conn.service, conn.peer.map(|p| p.to_string()).unwrap_or_default()),
+        let scope: std::borrow::Cow<'_, str> = match role {
+            Role::Server => (&*conn.service).into(),
+            Role::Client => format!("{}>{}", conn.service, conn.peer.map(|p| p.to_string()).unwrap_or_default()).into(),
         };
         Exchange {
             service: conn.service.to_string(),

@@ -66,15 +66,15 @@ impl KeptHeaders {
             return;
         }
         let text = String::from_utf8_lossy(value);
-        let mut text = text.trim().to_string();
+        let mut text = text.trim();
         if text.len() > MAX_VALUE_BYTES {
             let mut cut = MAX_VALUE_BYTES;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
-            text.truncate(cut);
+            text = text.get(..cut).unwrap_or_default();
         }
-        let text = super::redact::redact_header_value(&text);
+        let text = super::redact::redact_header_value(text);
         self.0.push((name.to_ascii_lowercase(), text));
     }
 

@@ -1,18 +1,26 @@
 //! A capped map from connection id to state, evicting the least recently used.
+//!
+//! Recency is a queue of (tick, key) uses: a use appends one and the map keeps each key's
+//! latest tick, so entries whose tick is not their key's latest are stale and skipped (and
+//! compacted away once they outnumber the live ones). A use costs one hash lookup and a
+//! push, not a tree removal and insertion.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+
+/// Connection ids are the agent's own (kernel socket identities), not input: a fast hash.
+type Map<V> = HashMap<u64, (V, u64), foldhash::fast::RandomState>;
 
 pub struct Lru<V> {
-    map: HashMap<u64, (V, u64)>,
-    /// Use tick -> key; the smallest tick is the least recently used.
-    order: BTreeMap<u64, u64>,
+    map: Map<V>,
+    /// (use tick, key), oldest first; stale where the tick is not the key's latest.
+    order: VecDeque<(u64, u64)>,
     tick: u64,
     cap: usize,
 }
 
 impl<V> Lru<V> {
     pub fn new(cap: usize) -> Self {
-        Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0, cap: cap.max(1) }
+        Lru { map: Map::default(), order: VecDeque::new(), tick: 0, cap: cap.max(1) }
     }
 
     pub fn len(&self) -> usize {
@@ -31,11 +39,16 @@ impl<V> Lru<V> {
 
     /// The value for `key`, marked as just used.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        let next = self.next_tick();
+        self.compact();
+        let next = self.tick.wrapping_add(1);
         let (v, tick) = self.map.get_mut(&key)?;
-        self.order.remove(tick);
+        self.tick = next;
+        match self.order.back_mut() {
+            // Already the latest use: it stays where it is.
+            Some(last) if *last == (*tick, key) => last.0 = next,
+            _ => self.order.push_back((next, key)),
+        }
         *tick = next;
-        self.order.insert(next, key);
         Some(v)
     }
 
@@ -45,27 +58,47 @@ impl<V> Lru<V> {
         let replaced = self.remove(key);
         let evicted = if self.map.len() >= self.cap { self.pop_oldest() } else { None };
         let tick = self.next_tick();
+        self.compact();
         self.map.insert(key, (v, tick));
-        self.order.insert(tick, key);
+        self.order.push_back((tick, key));
         (replaced, evicted)
     }
 
     pub fn remove(&mut self, key: u64) -> Option<V> {
-        let (v, tick) = self.map.remove(&key)?;
-        self.order.remove(&tick);
-        Some(v)
+        // Its queue entries go stale (skipped, compacted later).
+        self.map.remove(&key).map(|(v, _)| v)
     }
 
     pub fn pop_oldest(&mut self) -> Option<(u64, V)> {
-        let (_, key) = self.order.pop_first()?;
-        self.map.remove(&key).map(|(v, _)| (key, v))
+        while let Some((tick, key)) = self.order.pop_front() {
+            if self.is_live(tick, key) {
+                return self.map.remove(&key).map(|(v, _)| (key, v));
+            }
+        }
+        None
     }
 
     /// Remove and return every entry for which `pred` holds, oldest first.
     pub fn drain_where(&mut self, mut pred: impl FnMut(&V) -> bool) -> Vec<(u64, V)> {
-        let keys: Vec<u64> =
-            self.order.values().copied().filter(|k| self.map.get(k).is_some_and(|(v, _)| pred(v))).collect();
+        let keys: Vec<u64> = self
+            .order
+            .iter()
+            .filter(|&&(t, k)| self.map.get(&k).is_some_and(|(v, tick)| *tick == t && pred(v)))
+            .map(|&(_, k)| k)
+            .collect();
         keys.into_iter().filter_map(|k| self.remove(k).map(|v| (k, v))).collect()
+    }
+
+    fn is_live(&self, tick: u64, key: u64) -> bool {
+        self.map.get(&key).is_some_and(|&(_, t)| t == tick)
+    }
+
+    /// Drop stale queue entries once they outnumber the live ones (amortised O(1) a use).
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|&(t, k)| map.get(&k).is_some_and(|&(_, tick)| tick == t));
+        }
     }
 
     fn next_tick(&mut self) -> u64 {

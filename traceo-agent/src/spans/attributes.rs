@@ -98,8 +98,68 @@ pub fn error_type(ex: &Exchange) -> Option<String> {
 /// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span).
 fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<SocketAddr>) {
     if let Some(a) = addr {
-        out.str(keys[0], &a.ip().to_canonical().to_string());
+        let mut text = IpText::default();
+        text.put(a.ip().to_canonical());
+        out.str(keys[0], text.as_str());
         out.int(keys[1], i64::from(a.port()));
+    }
+}
+
+/// An IP address's text (what `Display` writes), on the stack: no allocation per span.
+struct IpText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText { buf: [0; 64], len: 0 }
+    }
+}
+
+impl IpText {
+    fn put(&mut self, ip: std::net::IpAddr) {
+        match ip {
+            // Dotted decimal, as `Ipv4Addr`'s `Display` writes it (without its formatter).
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                let _ = std::fmt::Write::write_fmt(self, format_args!("{v6}"));
+            }
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -228,6 +288,35 @@ fn mcp_attributes(out: &mut impl Attrs, mcp: &crate::mcp::McpInfo) {
 fn header_attributes<'a>(out: &mut impl Attrs, prefix: &str, headers: impl Iterator<Item = (&'a str, &'a str)>) {
     for (name, value) in headers.filter(|(n, _)| HeaderSelection::is_extra(n) && !is_secret_header(n)) {
         out.str_array(&format!("{prefix}.{name}"), value);
+    }
+}
+
+#[cfg(test)]
+mod ip_text_tests {
+    use super::IpText;
+
+    #[test]
+    fn ip_text_is_display() {
+        let ips: [std::net::IpAddr; 7] = [
+            "0.0.0.0".parse().unwrap_or_else(|e| panic!("{e}")),
+            "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}")),
+            "10.20.255.9".parse().unwrap_or_else(|e| panic!("{e}")),
+            "192.168.100.199".parse().unwrap_or_else(|e| panic!("{e}")),
+            "::1".parse().unwrap_or_else(|e| panic!("{e}")),
+            "2001:db8::8a2e:370:7334".parse().unwrap_or_else(|e| panic!("{e}")),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap_or_else(|e| panic!("{e}")),
+        ];
+        for ip in ips {
+            let mut t = IpText::default();
+            t.put(ip);
+            assert_eq!(t.as_str(), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(n, 0, n, 255 - n));
+            let mut t = IpText::default();
+            t.put(ip);
+            assert_eq!(t.as_str(), ip.to_string());
+        }
     }
 }
 

@@ -88,6 +88,42 @@ pub fn parse_start(buf: &[u8], kind: Kind) -> Line<(Start, usize)> {
     }
 }
 
+/// Whether `buf` starts with a valid start line, without building it (the head is parsed
+/// whole once its blank line is in).
+pub fn check_start(buf: &[u8], kind: Kind) -> Line<()> {
+    match kind {
+        Kind::Request => match request_line(buf) {
+            Line::Yes(_) => Line::Yes(()),
+            Line::No => Line::No,
+            Line::Partial => Line::Partial,
+        },
+        Kind::Response => match status_line(buf) {
+            Line::Yes(_) => Line::Yes(()),
+            Line::No => Line::No,
+            Line::Partial => Line::Partial,
+        },
+    }
+}
+
+/// What the connection frames a message by: whether a request is HEAD or CONNECT, a
+/// response's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFacts {
+    Request { head: bool, connect: bool },
+    Response { status: u16 },
+}
+
+impl Start {
+    pub fn facts(&self) -> StartFacts {
+        match self {
+            Start::Request { method, .. } => {
+                StartFacts::Request { head: method == "HEAD", connect: method == "CONNECT" }
+            }
+            Start::Response { status, .. } => StartFacts::Response { status: *status },
+        }
+    }
+}
+
 /// A target as exchanges keep it: redacted, cut to [`MAX_STORED_TARGET`] bytes.
 fn stored_target(raw: &[u8]) -> String {
     let raw = String::from_utf8_lossy(raw.get(..MAX_STORED_TARGET * 2).unwrap_or(raw));
@@ -191,8 +227,26 @@ fn trim(b: &[u8]) -> &[u8] {
     b.get(start..end).unwrap_or_default()
 }
 
+/// RFC 9110 `tchar`s.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric();
+        c += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    !s.is_empty() && s.bytes().all(|c| TCHAR[usize::from(c)])
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::events::Direction;
 
 use super::parser::{CHECK_BYTES, Check, HttpMessage, Kind, Output, ProtocolParser, Rest, SegKind, Segment};
 use body::BodyFraming;
-use head::{Framing, Start};
+use head::{Framing, StartFacts};
 use queue::SegQueue;
 use reader::{Reader, ReaderEvent};
 use startline::{Class, classify};
@@ -237,7 +237,7 @@ impl Http1Parser {
                 }
             }
             ReaderEvent::Head { start, framing, start_ns } => {
-                let (body, upgraded) = self.frame(&start, framing, start_ns);
+                let (body, upgraded) = self.frame(start, framing, start_ns);
                 let done = self.readers[idx(d)].set_framing(body, upgraded, &self.lim);
                 if let Some(msg) = done {
                     self.complete(msg, out);
@@ -262,10 +262,10 @@ impl Http1Parser {
 
     /// How a message's body is framed, and whether it switches protocols. Updates the
     /// requests-awaiting-response queue.
-    fn frame(&mut self, start: &Start, f: Framing, start_ns: u64) -> (BodyFraming, bool) {
+    fn frame(&mut self, start: StartFacts, f: Framing, start_ns: u64) -> (BodyFraming, bool) {
         match start {
-            Start::Request { method, .. } => {
-                let a = Awaiting { head: method == "HEAD", connect: method == "CONNECT", upgrade: f.upgrade, start_ns };
+            StartFacts::Request { head, connect } => {
+                let a = Awaiting { head, connect, upgrade: f.upgrade, start_ns };
                 self.upgrade_pending |= a.connect || a.upgrade;
                 self.awaiting.push_back(a);
                 let body = match (f.chunked, f.content_length) {
@@ -275,8 +275,7 @@ impl Http1Parser {
                 };
                 (body, false)
             }
-            Start::Response { status, .. } => {
-                let status = *status;
+            StartFacts::Response { status } => {
                 let req = self.awaiting.front().copied();
                 let (head, connect) = req.map_or((false, false), |a| (a.head, a.connect));
                 let interim = (100..200).contains(&status) && status != 101;

@@ -8,7 +8,9 @@ use crate::http::headers::HeaderSelection;
 use crate::http::parser::{HttpMessage, Kind, ParseErrorKind, SegKind, Segment};
 
 use super::body::{Body, BodyFraming};
-use super::head::{Framing, Start, bad_start, find_blank_line, overlong_start, parse_head, parse_start};
+use super::head::{
+    Framing, Start, StartFacts, bad_start, check_start, find_blank_line, overlong_start, parse_head, parse_start,
+};
 use super::resync::{Scanner, Want};
 use super::startline::Line;
 
@@ -37,7 +39,7 @@ impl Default for Limits {
 pub enum ReaderEvent {
     /// A head is complete; the connection must answer with `set_framing`.
     Head {
-        start: Start,
+        start: StartFacts,
         framing: Framing,
         start_ns: u64,
     },
@@ -225,54 +227,62 @@ impl Reader {
         };
         self.touch(seg);
         let old = buf.len();
-        buf.extend_from_slice(&bytes);
+        // A head that starts in this segment is read from the segment itself; bytes are
+        // copied only when the head continues in a later one.
+        let direct = old == 0;
+        if !direct {
+            buf.extend_from_slice(&bytes);
+        }
+        let data: &[u8] = if direct { &bytes } else { &buf };
         if !line_ok {
-            match parse_start(&buf, kind) {
-                Line::Yes(_) => line_ok = true,
+            match check_start(data, kind) {
+                Line::Yes(()) => line_ok = true,
                 Line::Partial => {}
                 Line::No => {
                     seg.consume_all();
-                    if let (Kind::Request, Some(start)) = (kind, overlong_start(&buf)) {
+                    if let (Kind::Request, Some(start)) = (kind, overlong_start(data)) {
                         if let Some(m) = &mut self.msg {
-                            apply_start(m, &start);
+                            apply_start(m, start);
                         }
                         return Some(self.fail(ParseErrorKind::RequestLineTooLong, false));
                     }
-                    self.keep_start(&buf, kind);
+                    self.keep_start(data, kind);
                     return Some(self.fail(bad_start(kind), false));
                 }
             }
         }
-        let Some(end) = find_blank_line(&buf, old.saturating_sub(2)) else {
+        let Some(end) = find_blank_line(data, old.saturating_sub(2)) else {
             seg.consume_all();
-            if buf.len() > lim.max_head_bytes {
-                self.keep_start(&buf, kind);
+            if data.len() > lim.max_head_bytes {
+                self.keep_start(data, kind);
                 return Some(self.fail(ParseErrorKind::HeaderTooLarge, false));
             }
+            let buf = if direct { bytes.to_vec() } else { buf };
             self.state = State::Head { buf, line_ok };
             return None;
         };
         seg.advance(end.saturating_sub(old));
         if end > lim.max_head_bytes {
-            self.keep_start(&buf, kind);
+            self.keep_start(data, kind);
             return Some(self.fail(ParseErrorKind::HeaderTooLarge, false));
         }
-        match parse_head(buf.get(..end).unwrap_or_default(), kind, &lim.headers) {
+        match parse_head(data.get(..end).unwrap_or_default(), kind, &lim.headers) {
             Ok(head) => {
                 let mut start_ns = seg.start_ns;
+                let facts = head.start.facts();
                 if let Some(m) = &mut self.msg {
-                    apply_start(m, &head.start);
+                    apply_start(m, head.start);
                     m.headers = head.headers;
                     start_ns = m.start_ns;
                 }
                 self.state = State::AwaitFraming;
-                Some(ReaderEvent::Head { start: head.start, framing: head.framing, start_ns })
+                Some(ReaderEvent::Head { start: facts, framing: head.framing, start_ns })
             }
             Err(e) => {
-                if let (Some(m), Some(start)) = (&mut self.msg, &e.start) {
+                let known = e.start.is_some();
+                if let (Some(m), Some(start)) = (&mut self.msg, e.start) {
                     apply_start(m, start);
                 }
-                let known = e.start.is_some();
                 if !known {
                     self.msg = self.msg.take().filter(|_| kind == Kind::Response);
                 }
@@ -357,7 +367,7 @@ impl Reader {
     /// A head failed after its start line: keep what the start line says.
     fn keep_start(&mut self, buf: &[u8], kind: Kind) {
         match (parse_start(buf, kind), &mut self.msg) {
-            (Line::Yes((start, _)), Some(m)) => apply_start(m, &start),
+            (Line::Yes((start, _)), Some(m)) => apply_start(m, start),
             // A request is only worth reporting once its request line is known.
             _ if kind == Kind::Request => self.msg = None,
             _ => {}
@@ -387,16 +397,16 @@ impl Reader {
     }
 }
 
-fn apply_start(m: &mut HttpMessage, start: &Start) {
+fn apply_start(m: &mut HttpMessage, start: Start) {
     match start {
         Start::Request { method, target, version } => {
-            m.method = Some(method.clone());
-            m.target = Some(target.clone());
-            m.version = Some(*version);
+            m.method = Some(method);
+            m.target = Some(target);
+            m.version = Some(version);
         }
         Start::Response { version, status } => {
-            m.status = Some(*status);
-            m.version = Some(*version);
+            m.status = Some(status);
+            m.version = Some(version);
         }
     }
 }

@@ -1,18 +1,21 @@
 //! A capped map from connection id to state, evicting the least recently used.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 pub struct Lru<V> {
     map: HashMap<u64, (V, u64)>,
-    /// Use tick -> key; the smallest tick is the least recently used.
-    order: BTreeMap<u64, u64>,
+    /// (tick, key) in use order, oldest first. An entry whose tick is no longer its key's
+    /// (used again since, or removed) is stale, skipped and compacted away. One contiguous
+    /// buffer: a tree's nodes, allocated as connections open, stayed scattered through the
+    /// heap among what the opening burst freed, and kept its pages resident.
+    order: VecDeque<(u64, u64)>,
     tick: u64,
     cap: usize,
 }
 
 impl<V> Lru<V> {
     pub fn new(cap: usize) -> Self {
-        Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0, cap: cap.max(1) }
+        Lru { map: HashMap::new(), order: VecDeque::new(), tick: 0, cap: cap.max(1) }
     }
 
     pub fn len(&self) -> usize {
@@ -31,11 +34,15 @@ impl<V> Lru<V> {
 
     /// The value for `key`, marked as just used.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        let next = self.next_tick();
+        self.compact();
+        let back = self.order.back().copied();
         let (v, tick) = self.map.get_mut(&key)?;
-        self.order.remove(tick);
-        *tick = next;
-        self.order.insert(next, key);
+        if back != Some((*tick, key)) {
+            // Not already the most recent (events come in runs per connection): record the use.
+            self.tick = self.tick.wrapping_add(1);
+            *tick = self.tick;
+            self.order.push_back((self.tick, key));
+        }
         Some(v)
     }
 
@@ -46,26 +53,51 @@ impl<V> Lru<V> {
         let evicted = if self.map.len() >= self.cap { self.pop_oldest() } else { None };
         let tick = self.next_tick();
         self.map.insert(key, (v, tick));
-        self.order.insert(tick, key);
+        self.order.push_back((tick, key));
+        self.compact();
         (replaced, evicted)
     }
 
     pub fn remove(&mut self, key: u64) -> Option<V> {
-        let (v, tick) = self.map.remove(&key)?;
-        self.order.remove(&tick);
+        let (v, _) = self.map.remove(&key)?;
+        self.compact();
         Some(v)
     }
 
     pub fn pop_oldest(&mut self) -> Option<(u64, V)> {
-        let (_, key) = self.order.pop_first()?;
-        self.map.remove(&key).map(|(v, _)| (key, v))
+        while let Some((tick, key)) = self.order.pop_front() {
+            if self.current(tick, key) {
+                return self.map.remove(&key).map(|(v, _)| (key, v));
+            }
+        }
+        None
     }
 
     /// Remove and return every entry for which `pred` holds, oldest first.
     pub fn drain_where(&mut self, mut pred: impl FnMut(&V) -> bool) -> Vec<(u64, V)> {
-        let keys: Vec<u64> =
-            self.order.values().copied().filter(|k| self.map.get(k).is_some_and(|(v, _)| pred(v))).collect();
+        let keys: Vec<u64> = (self.order.iter())
+            .filter(|&&(tick, k)| self.map.get(&k).is_some_and(|(v, t)| *t == tick && pred(v)))
+            .map(|&(_, k)| k)
+            .collect();
         keys.into_iter().filter_map(|k| self.remove(k).map(|v| (k, v))).collect()
+    }
+
+    /// Is `tick` still `key`'s last use?
+    fn current(&self, tick: u64, key: u64) -> bool {
+        self.map.get(&key).is_some_and(|(_, t)| *t == tick)
+    }
+
+    /// Drop stale entries once they outnumber the live ones (amortized: at least as many
+    /// uses as entries kept come between two compactions).
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.map.len() + 64 {
+            return;
+        }
+        let map = &self.map;
+        self.order.retain(|&(tick, key)| map.get(&key).is_some_and(|(_, t)| *t == tick));
+        if self.order.capacity() > 4 * self.order.len() + 256 {
+            self.order.shrink_to(2 * self.order.len() + 64);
+        }
     }
 
     fn next_tick(&mut self) -> u64 {
@@ -93,5 +125,56 @@ mod tests {
         assert_eq!(drained, vec![(3, "c2")]);
         assert_eq!(lru.pop_oldest(), Some((1, "a")));
         assert_eq!(lru.len(), 0);
+    }
+
+    #[test]
+    fn matches_a_plain_recency_list_through_compactions() {
+        // A reference: keys most recent last.
+        let (mut lru, mut model) = (Lru::new(50), Vec::<u64>::new());
+        let mut x: u64 = 12345;
+        for step in 0..20_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let key = (x >> 33) % 80;
+            match (x >> 20) % 10 {
+                0..=5 => {
+                    let found = lru.get_mut(key).map(|v| *v);
+                    let at = model.iter().position(|&k| k == key);
+                    assert_eq!(found, at.map(|_| key));
+                    if let Some(i) = at {
+                        model.remove(i);
+                        model.push(key);
+                    }
+                }
+                6..=7 => {
+                    let (replaced, evicted) = lru.insert(key, key);
+                    let at = model.iter().position(|&k| k == key);
+                    assert_eq!(replaced, at.map(|_| key));
+                    if let Some(i) = at {
+                        model.remove(i);
+                    }
+                    let gone = (model.len() >= 50).then(|| model.remove(0));
+                    assert_eq!(evicted, gone.map(|k| (k, k)));
+                    model.push(key);
+                }
+                8 => {
+                    let at = model.iter().position(|&k| k == key);
+                    assert_eq!(lru.remove(key), at.map(|i| model.remove(i)));
+                }
+                _ if step % 7 == 0 => {
+                    let drained = lru.drain_where(|v| v % 3 == 0);
+                    let expect: Vec<(u64, u64)> = model.iter().filter(|&&k| k % 3 == 0).map(|&k| (k, k)).collect();
+                    model.retain(|k| k % 3 != 0);
+                    assert_eq!(drained, expect);
+                }
+                _ => {}
+            }
+            assert_eq!(lru.len(), model.len());
+            assert!(lru.order.len() <= 2 * lru.len() + 66, "stale entries are compacted away");
+        }
+        let mut rest = Vec::new();
+        while let Some((k, _)) = lru.pop_oldest() {
+            rest.push(k);
+        }
+        assert_eq!(rest, model);
     }
 }

@@ -8,21 +8,39 @@ use std::net::SocketAddr;
 use crate::events::{Conn, Event, Family};
 
 /// (client address, server address), IPv4-mapped IPv6 addresses folded to IPv4 so a
-/// dual-stack server's view matches an IPv4 client's.
-pub type PairKey = (SocketAddr, SocketAddr);
+/// dual-stack server's view matches an IPv4 client's. Packed (IP as 16 bytes, port): a
+/// `SocketAddr` pair is 64 bytes, and two maps hold a key per traced connection (10,000
+/// idle connections kept 2.5 MB of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairKey([u8; 36]);
 
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
+/// The address as 18 bytes: the IP as IPv6 (IPv4 mapped, which is the same address the
+/// `SocketAddr` pair compared equal to after folding) and the port. Flow info and scope are
+/// dropped, as folding did.
+fn pack(a: SocketAddr, out: &mut [u8]) {
+    let ip = match a.ip().to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    out[..16].copy_from_slice(&ip.octets());
+    out[16..18].copy_from_slice(&a.port().to_be_bytes());
+}
+
+fn key(client: SocketAddr, server: SocketAddr) -> PairKey {
+    let mut k = [0u8; 36];
+    pack(client, &mut k[..18]);
+    pack(server, &mut k[18..]);
+    PairKey(k)
 }
 
 /// The connection as the client sees it.
 pub fn client_key(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option<PairKey> {
-    Some((canonical(local?), canonical(peer?)))
+    Some(key(local?, peer?))
 }
 
 /// The connection as the server sees it.
 pub fn server_key(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option<PairKey> {
-    Some((canonical(peer?), canonical(local?)))
+    Some(key(peer?, local?))
 }
 
 /// HTTP/1.x requests on one connection do not overlap, so a few entries per side suffice.
@@ -203,11 +221,24 @@ mod tests {
         let server = server_key(Some(a("[::ffff:127.0.0.1]:8000")), Some(a("[::ffff:127.0.0.1]:40000")));
         assert_eq!(client, server);
         assert_eq!(client_key(None, Some(a("127.0.0.1:1"))), None);
+        // Distinct connections stay distinct: addresses, ports, families, directions.
+        let k = |l: &str, p: &str| client_key(Some(a(l)), Some(a(p))).unwrap();
+        let base = k("127.0.0.1:40000", "127.0.0.1:8000");
+        for other in [
+            k("127.0.0.2:40000", "127.0.0.1:8000"),
+            k("127.0.0.1:40001", "127.0.0.1:8000"),
+            k("127.0.0.1:40000", "127.0.0.1:8001"),
+            k("127.0.0.1:8000", "127.0.0.1:40000"),
+            k("[::1]:40000", "127.0.0.1:8000"),
+            k("[::7f00:1]:40000", "127.0.0.1:8000"),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 
     #[test]
     fn requests_match_in_either_order() {
-        let key = (a("127.0.0.1:40000"), a("127.0.0.1:8000"));
+        let key = client_key(Some(a("127.0.0.1:40000")), Some(a("127.0.0.1:8000"))).unwrap();
         let mut p: ConnPairs<u32> = ConnPairs::new(16);
         // Client first.
         assert_eq!(p.client_started(key, 100, 1), None);
@@ -233,7 +264,7 @@ mod tests {
     fn traced_connections_follow_opens_closes_and_exits_within_a_cap() {
         let mut p: ConnPairs<u32> = ConnPairs::new(2);
         p.observe(&open(1, 10, "127.0.0.1:40000", "127.0.0.1:8000"));
-        let key = (a("127.0.0.1:40000"), a("127.0.0.1:8000"));
+        let key = client_key(Some(a("127.0.0.1:40000")), Some(a("127.0.0.1:8000"))).unwrap();
         assert!(p.client_traced(&key));
         let exit =
             Proc { meta: Meta { pid: 10, tid: 10, service: None, ts_ns: 2 }, parent_pid: None, comm: "x".into() };

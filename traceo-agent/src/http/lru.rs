@@ -127,4 +127,59 @@ mod tests {
         assert_eq!(lru.pop_oldest(), Some((1, "a")));
         assert_eq!(lru.len(), 0);
     }
+
+    #[test]
+        fn matches_a_plain_recency_list_through_compactions() {
+        // A reference: keys most recent last.
+        let (mut lru, mut model) = (Lru::new(50), Vec::<u64>::new());
+        let mut x: u64 = 12345;
+        for step in 0..20_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let key = (x >> 33) % 80;
+            match (x >> 20) % 10 {
+                0..=5 => {
+                    let found = lru.get_mut(key).map(|v| *v);
+                    let at = model.iter().position(|&k| k == key);
+                    assert_eq!(found, at.map(|_| key));
+                    if let Some(i) = at {
+                        model.remove(i);
+                        model.push(key);
+                    }
+                }
+                6..=7 => {
+                    let (replaced, evicted) = lru.insert(key, key);
+                    let at = model.iter().position(|&k| k == key);
+                    assert_eq!(replaced, at.map(|_| key));
+                    if let Some(i) = at {
+                        model.remove(i);
+                    }
+                    let gone = (model.len() >= 50).then(|| model.remove(0));
+                    assert_eq!(evicted, gone.map(|k| (k, k)));
+                    model.push(key);
+                }
+                8 => {
+                    let at = model.iter().position(|&k| k == key);
+                    assert_eq!(lru.remove(key), at.map(|i| model.remove(i)));
+                }
+                _ if step % 7 == 0 => {
+                    let drained = lru.drain_where(|v| v % 3 == 0);
+                    let expect: Vec<(u64, u64)> = model.iter().filter(|&&k| k % 3 == 0).map(|&k| (k, k)).collect();
+                    model.retain(|k| k % 3 != 0);
+                    assert_eq!(drained, expect);
+                }
+                _ => {}
+            }
+            assert_eq!(lru.len(), model.len());
+            // A use compacts first: right after one, stale entries are at most the live ones
+            // plus the slack (removals only leave theirs for the next use to compact).
+            if (x >> 20) % 10 <= 7 {
+                assert!(lru.order.len() <= 2 * lru.len() + 66, "stale entries are compacted away");
+            }
+        }
+        let mut rest = Vec::new();
+        while let Some((k, _)) = lru.pop_oldest() {
+            rest.push(k);
+        }
+        assert_eq!(rest, model);
+    }
 }

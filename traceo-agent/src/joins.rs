@@ -75,9 +75,9 @@ pub struct Joins {
     /// Spans passed on recently (span id -> final trace id), to tell whether a parent came.
     seen: Recent<SpanId, TraceId, foldhash::fast::RandomState>,
     /// Joined exchanges waiting for their parent (arrival time, exchange, event).
-    pending: VecDeque<(u64, Exchange, Option<JoinEvent>)>,
+    pending: VecDeque<(u64, Box<Exchange>, Option<JoinEvent>)>,
     /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
-    awaiting: VecDeque<(u64, String, Exchange)>,
+    awaiting: VecDeque<(u64, String, Box<Exchange>)>,
     /// Values that started waiting since `take_wanted` (for `--shared-state` to ask).
     wanted: Vec<String>,
     pub stats: JoinStats,
@@ -118,7 +118,7 @@ impl Joins {
 
     /// Take one completed exchange: issue, join, or neither (sets `ex.job_id`), place it in
     /// its trace, and pass it on with what happened, now or once its parent has come.
-    pub fn observe(&mut self, ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+    pub fn observe(&mut self, ex: Box<Exchange>, out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>)) {
         match self.carried(&ex) {
             Some((value, None)) => {
                 if self.awaiting.len() >= MAX_PENDING {
@@ -152,7 +152,7 @@ impl Joins {
         value: String,
         service: String,
         span: SpanRef,
-        out: &mut impl FnMut(Exchange, Option<JoinEvent>),
+        out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>),
     ) {
         if self.values.contains_key(&value) {
             return;
@@ -167,7 +167,7 @@ impl Joins {
         }
     }
 
-    fn decide(&mut self, ex: Exchange, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+    fn decide(&mut self, ex: Box<Exchange>, out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>)) {
         let carried = self.carried(&ex);
         self.decide_carrying(ex, carried, out);
     }
@@ -175,9 +175,9 @@ impl Joins {
     /// [`Self::decide`] with what [`Self::carried`] found in `ex` now.
     fn decide_carrying(
         &mut self,
-        mut ex: Exchange,
+        mut ex: Box<Exchange>,
         carried: Option<(String, Option<Origin>)>,
-        out: &mut impl FnMut(Exchange, Option<JoinEvent>),
+        out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>),
     ) {
         let event = self.classify(&mut ex, carried);
         if event == Some(JoinEvent::Issued) {
@@ -211,7 +211,12 @@ impl Joins {
     }
 
     /// Place `ex` in its trace and pass it on, then whatever waited for it as a parent.
-    fn pass(&mut self, ex: Exchange, event: Option<JoinEvent>, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+    fn pass(
+        &mut self,
+        ex: Box<Exchange>,
+        event: Option<JoinEvent>,
+        out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>),
+    ) {
         let mut stack = Vec::new();
         let mut next = Some((ex, event));
         while let Some((mut ex, event)) = next.take().or_else(|| stack.pop()) {
@@ -233,7 +238,7 @@ impl Joins {
     }
 
     /// Those that waited too long for their parent: referring, as they are.
-    pub fn expire_pending(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+    pub fn expire_pending(&mut self, now_ns: u64, out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>)) {
         while self.awaiting.front().is_some_and(|(at, ..)| now_ns.saturating_sub(*at) > HOLD_NS) {
             if let Some((_, _, ex)) = self.awaiting.pop_front() {
                 self.decide(ex, out);
@@ -247,7 +252,7 @@ impl Joins {
     }
 
     /// The end: pass on everything still waiting.
-    pub fn finish(&mut self, out: &mut impl FnMut(Exchange, Option<JoinEvent>)) {
+    pub fn finish(&mut self, out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>)) {
         while let Some((_, _, ex)) = self.awaiting.pop_front() {
             self.decide(ex, out);
         }
@@ -442,7 +447,7 @@ mod tests {
 
     /// One exchange of `service`: the process received (server) or sent (client) `request`
     /// and the other direction carried `response`.
-    fn exchange(service_idx: u32, server: bool, request: &[u8], response: &[u8]) -> Exchange {
+    fn exchange(service_idx: u32, server: bool, request: &[u8], response: &[u8]) -> Box<Exchange> {
         let mut s = if server { Script::accepted(1) } else { Script::connected(1) };
         s.service = Some(service_idx);
         if let Some(crate::events::Event::ConnOpen(open)) = s.events.first_mut() {
@@ -456,7 +461,7 @@ mod tests {
         let cfg =
             crate::http::TrackerConfig { service_names: vec!["engine".into(), "mcp".into()], ..Default::default() };
         let (xs, _) = run_with(cfg, &s.take());
-        one(&xs).clone()
+        Box::new(one(&xs).clone())
     }
 
     fn json_response(body: &str) -> Vec<u8> {
@@ -480,13 +485,19 @@ mod tests {
     const S_FAR: SpanId = SpanId([0x5b; 8]);
 
     /// `ex` as span `span` of trace `trace`, under `parent` (found through `link`).
-    fn traced(mut ex: Exchange, trace: TraceId, span: SpanId, parent: Option<SpanId>, link: Option<Link>) -> Exchange {
+    fn traced(
+        mut ex: Box<Exchange>,
+        trace: TraceId,
+        span: SpanId,
+        parent: Option<SpanId>,
+        link: Option<Link>,
+    ) -> Box<Exchange> {
         ex.trace = Some(TraceContext { trace_id: trace, span_id: span, parent, link, trace_state: None });
         ex
     }
 
     /// Observe an exchange that waits for nothing; `ex` becomes what was passed on.
-    fn observe(joins: &mut Joins, ex: &mut Exchange) -> Option<JoinEvent> {
+    fn observe(joins: &mut Joins, ex: &mut Box<Exchange>) -> Option<JoinEvent> {
         let mut got = None;
         joins.observe(ex.clone(), &mut |x, e| got = Some((x, e)));
         let (x, e) = got.expect("passed on at once");

@@ -77,9 +77,10 @@ pub struct SharedState {
     pub counts: Arc<Counts>,
     job_ttl_s: u64,
     /// Server roots waiting for their far side, with what came of their trace meanwhile.
-    pending: HashMap<TraceId, (u64, Exchange, Vec<Exchange>)>,
+    #[allow(clippy::type_complexity)]
+    pending: HashMap<TraceId, (u64, Box<Exchange>, Vec<Box<Exchange>>)>,
     /// Spans whose trace's root has not passed yet.
-    waiting: HashMap<TraceId, (u64, Vec<Exchange>)>,
+    waiting: HashMap<TraceId, (u64, Vec<Box<Exchange>>)>,
     held: usize,
     settled: Recent<TraceId, ()>,
     moved: Recent<TraceId, TraceId>,
@@ -154,7 +155,7 @@ impl SharedState {
     }
 
     /// An exchange from the correlator: the exchanges ready to go on (now or released).
-    pub fn observe(&mut self, mut ex: Exchange, ready: &mut Vec<Exchange>) {
+    pub fn observe(&mut self, mut ex: Box<Exchange>, ready: &mut Vec<Box<Exchange>>) {
         let Some(t) = ex.trace.as_mut() else { return ready.push(ex) };
         let trace = t.trace_id;
         if let Some(&to) = self.moved.get(&trace) {
@@ -201,7 +202,7 @@ impl SharedState {
         ready.push(ex);
     }
 
-    fn settle(&mut self, trace: TraceId, ready: &mut Vec<Exchange>) {
+    fn settle(&mut self, trace: TraceId, ready: &mut Vec<Box<Exchange>>) {
         self.settled.insert(trace, ());
         self.publish_final(trace, trace);
         if let Some((_, children)) = self.waiting.remove(&trace) {
@@ -212,7 +213,7 @@ impl SharedState {
 
     /// The far side's client span for a pending root: found, the root becomes its child
     /// and the root's trace moves into the client's.
-    fn answered(&mut self, trace: TraceId, found: Option<SpanRef>, ready: &mut Vec<Exchange>) {
+    fn answered(&mut self, trace: TraceId, found: Option<SpanRef>, ready: &mut Vec<Box<Exchange>>) {
         let Some((_, mut root, children)) = self.pending.remove(&trace) else { return };
         self.held -= 1 + children.len();
         if let (Some(client), Some(t)) = (found, root.trace.as_mut()) {
@@ -238,7 +239,7 @@ impl SharedState {
     }
 
     /// Answers that came back: exchanges released, and remote job origins for the joins.
-    pub fn poll(&mut self, ready: &mut Vec<Exchange>, jobs: &mut Vec<(String, SpanRef, String)>) {
+    pub fn poll(&mut self, ready: &mut Vec<Box<Exchange>>, jobs: &mut Vec<(String, SpanRef, String)>) {
         while let Ok(a) = self.answers.try_recv() {
             match a {
                 Answer::Conn(trace, found) => self.answered(trace, found, ready),
@@ -255,7 +256,7 @@ impl SharedState {
     }
 
     /// Release what waited too long (its root never came, or no answer came).
-    pub fn tick(&mut self, now_ns: u64, ready: &mut Vec<Exchange>) {
+    pub fn tick(&mut self, now_ns: u64, ready: &mut Vec<Box<Exchange>>) {
         let old: Vec<TraceId> = self
             .waiting
             .iter()
@@ -270,7 +271,7 @@ impl SharedState {
         stuck.into_iter().for_each(|t| self.answered(t, None, ready));
     }
 
-    pub fn finish(&mut self, ready: &mut Vec<Exchange>) {
+    pub fn finish(&mut self, ready: &mut Vec<Box<Exchange>>) {
         let pending: Vec<TraceId> = self.pending.keys().copied().collect();
         pending.into_iter().for_each(|t| self.answered(t, None, ready));
         let waiting: Vec<TraceId> = self.waiting.keys().copied().collect();

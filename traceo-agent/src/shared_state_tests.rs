@@ -19,7 +19,7 @@ fn a(s: &str) -> Option<SocketAddr> {
 }
 
 /// An exchange of `role` between `local` and `peer`, span `span` of `trace` under `parent`.
-fn ex(server: bool, local: &str, peer: &str, trace: u8, span: u8, parent: Option<u8>) -> Exchange {
+fn ex(server: bool, local: &str, peer: &str, trace: u8, span: u8, parent: Option<u8>) -> Box<Exchange> {
     let mut s = if server { Script::accepted(1) } else { Script::connected(1) };
     if server {
         s.recv(&post("/api/v1/jobs", "a,b")).send(&ok("{}"));
@@ -38,7 +38,7 @@ fn ex(server: bool, local: &str, peer: &str, trace: u8, span: u8, parent: Option
         link,
         trace_state: None,
     });
-    x
+    Box::new(x)
 }
 
 fn sent(rx: &mut tokio::sync::mpsc::Receiver<Request>) -> Vec<String> {

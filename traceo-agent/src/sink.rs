@@ -203,7 +203,7 @@ impl HttpPipeline {
 impl Emitter {
     /// MCP content read from the bodies; the job key joined (see `joins` for which trace a
     /// joined exchange ends up in); then the outputs.
-    fn emit(&mut self, mut ex: Exchange) {
+    fn emit(&mut self, mut ex: Box<Exchange>) {
         ex.mcp = crate::mcp::parse(&ex);
         let Some(shared) = &mut self.shared else {
             // No shared state: straight to the joins (no batch to gather).
@@ -218,7 +218,7 @@ impl Emitter {
 
     /// The job joins, then the outputs; with shared state, what was issued is published
     /// and values nobody here issued are asked for.
-    fn join(&mut self, ready: Vec<Exchange>) {
+    fn join(&mut self, ready: Vec<Box<Exchange>>) {
         let Emitter { shared, joins, logs, outputs } = self;
         if let Some(s) = shared.as_mut() {
             s.take_remote_parents().into_iter().for_each(|p| joins.seen_elsewhere(p));
@@ -254,7 +254,7 @@ impl Emitter {
     }
 
     /// Through the log join when there is one, then the outputs.
-    fn pass(logs: &mut Option<LogJoin>, outputs: &mut Outputs, ex: Exchange, joined: Option<JoinEvent>) {
+    fn pass(logs: &mut Option<LogJoin>, outputs: &mut Outputs, ex: Box<Exchange>, joined: Option<JoinEvent>) {
         match logs {
             Some(l) => l.exchange(ex, joined, &mut |o| outputs.log_out(o)),
             None => outputs.write(ex, joined),
@@ -303,7 +303,7 @@ impl Outputs {
     /// Metrics at once (the trace id is set, so duration exemplars carry it); the JSON line
     /// and the span once the Sentry stage lets the exchange go (a failed request may wait for
     /// its event's id).
-    fn write(&mut self, ex: Exchange, joined: Option<JoinEvent>) {
+    fn write(&mut self, ex: Box<Exchange>, joined: Option<JoinEvent>) {
         self.measure(&ex, joined);
         let mut out = std::mem::take(&mut self.sentry_out);
         self.sentry.observe(ex, &mut |o| out.push(o));

@@ -110,7 +110,7 @@ pub struct Correlator {
     /// The latest inbound request each task incarnation (whose creation was seen) answered,
     /// while it lingers: for the calls that task makes after answering (`after_answer`).
     answered: HashMap<(u32, Incarnation), Id, FastHash>,
-    ready: Vec<Exchange>,
+    ready: Vec<Box<Exchange>>,
     now_ns: u64,
     stats: CorrelateStats,
 }
@@ -159,7 +159,7 @@ impl Correlator {
     }
 
     /// Take what the tracker reports; exchanges come out through `out` once resolved.
-    pub fn push(&mut self, tracked: Tracked, out: &mut impl FnMut(Exchange)) {
+    pub fn push(&mut self, tracked: Tracked, out: &mut impl FnMut(Box<Exchange>)) {
         match tracked {
             Tracked::Request(seen) => {
                 self.seen(&seen);
@@ -170,7 +170,7 @@ impl Correlator {
     }
 
     /// Time passes: settle what can be, resolve what waited too long, forget old requests.
-    pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Exchange)) {
+    pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Box<Exchange>)) {
         self.now_ns = self.now_ns.max(now_ns);
         while let Some(&(at, id)) = self.deadlines.front() {
             if at > self.now_ns {
@@ -192,7 +192,7 @@ impl Correlator {
     }
 
     /// The end of the events: resolve everything with what is known, emit what is held.
-    pub fn finish(&mut self, out: &mut impl FnMut(Exchange)) {
+    pub fn finish(&mut self, out: &mut impl FnMut(Box<Exchange>)) {
         let ids: Vec<Id> = self.nodes.keys().collect();
         ids.into_iter().for_each(|id| self.force(id));
         self.ready.drain(..).for_each(&mut *out);
@@ -337,7 +337,7 @@ impl Correlator {
             .collect()
     }
 
-    fn completed(&mut self, ex: Exchange) {
+    fn completed(&mut self, ex: Box<Exchange>) {
         let end = ex.response_last_ns.unwrap_or(0).max(ex.request_last_ns);
         self.now_ns = self.now_ns.max(end);
         let id = match self.by_request.remove(&(ex.conn_id, ex.request_seq)) {
@@ -651,7 +651,7 @@ impl Correlator {
         self.unindex(id, n.role, n.pid, n.pair, n.carried.correlation_id.as_deref());
         if let State::Held { exchange, .. } = n.state {
             // Unreachable after `force`, but never lose an exchange.
-            self.ready.push(*exchange);
+            self.ready.push(exchange);
         }
     }
 }

@@ -75,9 +75,9 @@ pub(super) enum State {
     Waiting(Wait),
     /// In flight, its trace known (its children can take theirs).
     Resolved(Resolved),
-    /// Completed before its trace was known: the exchange is held until it is. Boxed: only
-    /// a few exchanges wait, and inline it made every node ~1 KiB, which the node map moved
-    /// on each insert and removal (a tenth of the agent's CPU under load).
+    /// Completed before its trace was known: the exchange is held until it is. Kept in the
+    /// box it came in: inline it made every node ~1 KiB, which the node map moved on each
+    /// insert and removal (a tenth of the agent's CPU under load).
     Held { wait: Wait, exchange: Box<Exchange>, done: Done },
     /// Completed and resolved: the exchange was passed on; the node stays for late children.
     Emitted { trace: Resolved, done: Done },
@@ -126,12 +126,12 @@ pub(super) struct Node {
 
 impl Node {
     /// Its trace is known: an exchange held for it goes out with it.
-    pub(super) fn resolve(&mut self, mut trace: Resolved) -> Option<Exchange> {
+    pub(super) fn resolve(&mut self, mut trace: Resolved) -> Option<Box<Exchange>> {
         let (state, out) = match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
             State::Waiting(_) => (State::Resolved(trace), None),
             State::Held { mut exchange, done, .. } => {
                 fill(&mut exchange, self.span_id, &mut trace);
-                (State::Emitted { trace, done }, Some(*exchange))
+                (State::Emitted { trace, done }, Some(exchange))
             }
             // A trace is given once (`decide` and `resolve` check).
             known @ (State::Resolved(_) | State::Emitted { .. }) => (known, None),
@@ -141,18 +141,16 @@ impl Node {
     }
 
     /// Its exchange completed: it goes out now if its trace is known, else it is held.
-    pub(super) fn complete(&mut self, mut exchange: Exchange, done: Done) -> Option<Exchange> {
+    pub(super) fn complete(&mut self, mut exchange: Box<Exchange>, done: Done) -> Option<Box<Exchange>> {
         let (state, out) = match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
-            State::Waiting(wait) => (State::Held { wait, exchange: Box::new(exchange), done }, None),
+            State::Waiting(wait) => (State::Held { wait, exchange, done }, None),
             State::Resolved(mut trace) | State::Emitted { mut trace, .. } => {
                 fill(&mut exchange, self.span_id, &mut trace);
                 (State::Emitted { trace, done }, Some(exchange))
             }
             // A request completes once (its announcement is dropped then); should another
             // exchange come, the earlier one still goes out.
-            State::Held { wait, exchange: earlier, .. } => {
-                (State::Held { wait, exchange: Box::new(exchange), done }, Some(*earlier))
-            }
+            State::Held { wait, exchange: earlier, .. } => (State::Held { wait, exchange, done }, Some(earlier)),
         };
         self.state = state;
         out

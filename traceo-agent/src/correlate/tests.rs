@@ -117,7 +117,14 @@ impl Req {
             task_ctx: self.resp_ctx,
             ..HttpMessage::default()
         };
-        Tracked::Exchange(Exchange::build(&info, self.role, 0, request, Some(response), &RouteNormalizer::new(&[])))
+        Tracked::Exchange(Box::new(Exchange::build(
+            &info,
+            self.role,
+            0,
+            request,
+            Some(response),
+            &RouteNormalizer::new(&[]),
+        )))
     }
 
     /// The connection's open event, for the connection index.
@@ -142,7 +149,7 @@ impl Req {
 /// A correlator and everything it emitted, by target.
 struct Run {
     c: Correlator,
-    out: Vec<Exchange>,
+    out: Vec<Box<Exchange>>,
 }
 
 impl Run {
@@ -176,7 +183,7 @@ impl Run {
     }
 
     fn by_target(&self) -> HashMap<&str, &Exchange> {
-        self.out.iter().map(|x| (x.target.as_str(), x)).collect()
+        self.out.iter().map(|x| (x.target.as_str(), &**x)).collect()
     }
 
     /// `child`'s parent is `parent`, through `link`, in the same trace.

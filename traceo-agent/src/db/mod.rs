@@ -207,7 +207,7 @@ impl DbConn {
                 }
                 OpEvent::Done(op) => {
                     let Some(seq) = self.seqs.pop_front() else { continue };
-                    out(Tracked::Exchange(exchange(op, seq, info, routes)));
+                    out(Tracked::Exchange(Box::new(exchange(op, seq, info, routes))));
                 }
             }
         }

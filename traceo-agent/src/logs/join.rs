@@ -65,11 +65,11 @@ impl Owner {
 }
 
 /// What the stage passes on, in order.
-// An exchange is handed on once, by move.
+// A record is handed on once, by move.
 #[allow(clippy::large_enum_variant)]
 pub enum LogOut {
     /// An exchange with the records written for it.
-    Exchange(Exchange, Option<JoinEvent>, Vec<LogRecord>),
+    Exchange(Box<Exchange>, Option<JoinEvent>, Vec<LogRecord>),
     /// A record on its own: its owner already passed on, or none.
     Record(LogRecord, Option<Owner>),
 }
@@ -113,7 +113,7 @@ struct Req {
 }
 
 struct Held {
-    ex: Exchange,
+    ex: Box<Exchange>,
     joined: Option<JoinEvent>,
     logs: Vec<LogRecord>,
 }
@@ -254,7 +254,7 @@ impl LogJoin {
     }
 
     /// An exchange with its trace (and job) ids: held a while if records may come for it.
-    pub fn exchange(&mut self, ex: Exchange, joined: Option<JoinEvent>, out: &mut impl FnMut(LogOut)) {
+    pub fn exchange(&mut self, ex: Box<Exchange>, joined: Option<JoinEvent>, out: &mut impl FnMut(LogOut)) {
         let end = ex.response_last_ns.unwrap_or(ex.request_last_ns);
         self.now_ns = self.now_ns.max(end);
         self.service_by_pid.entry(ex.pid).or_insert_with(|| ex.service.clone());

@@ -10,7 +10,7 @@ const PID: u32 = 7;
 
 /// A server exchange of conn `conn` on thread `tid`, from `start` to `end`, its response
 /// written by context `ctx`, its trace named by `conn`.
-fn exchange(conn: u64, tid: u32, start: u64, end: u64, ctx: u64, code: u16) -> Exchange {
+fn exchange(conn: u64, tid: u32, start: u64, end: u64, ctx: u64, code: u16) -> Box<Exchange> {
     let mut s = Script::accepted(conn);
     s.recv(&get("/x")).send(&status(code, "x"));
     let mut ex = one(&run(&s.take()).0).clone();
@@ -25,7 +25,7 @@ fn exchange(conn: u64, tid: u32, start: u64, end: u64, ctx: u64, code: u16) -> E
         link: None,
         trace_state: None,
     });
-    ex
+    Box::new(ex)
 }
 
 fn seen(ex: &Exchange) -> RequestSeen {

@@ -51,10 +51,8 @@ impl SentryConfig {
 }
 
 /// What the stage passes on.
-// An exchange is handed on once, by move: boxing would only add an allocation per exchange.
-#[allow(clippy::large_enum_variant)]
 pub enum SentryOut {
-    Exchange(Exchange),
+    Exchange(Box<Exchange>),
     /// A Sentry event was decided: tied to a span, or not.
     Event {
         service: String,
@@ -118,7 +116,7 @@ impl Shape {
 }
 
 struct Held {
-    ex: Exchange,
+    ex: Box<Exchange>,
     shape: Shape,
     deadline_ns: u64,
 }
@@ -155,7 +153,7 @@ impl SentryJoin {
         }
     }
 
-    pub fn observe(&mut self, ex: Exchange, out: &mut dyn FnMut(SentryOut)) {
+    pub fn observe(&mut self, ex: Box<Exchange>, out: &mut dyn FnMut(SentryOut)) {
         if ex.role == Role::Server {
             self.in_flight.remove(&(ex.conn_id, ex.request_seq));
         }

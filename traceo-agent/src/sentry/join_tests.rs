@@ -15,18 +15,18 @@ fn id(n: u8) -> String {
 }
 
 /// A server exchange of `GET path` answered `code`, from `start` to `end`.
-fn server(conn: u64, path: &str, code: u16, start: u64, end: u64) -> Exchange {
+fn server(conn: u64, path: &str, code: u16, start: u64, end: u64) -> Box<Exchange> {
     let mut s = Script::accepted(conn);
     s.recv(&get(path)).send(&status(code, "x"));
     let mut ex = one(&run(&s.take()).0).clone();
     (ex.pid, ex.request_first_ns, ex.request_last_ns) = (PID, start, start + 1);
     (ex.response_first_ns, ex.response_last_ns) = (Some(end - 1), Some(end));
-    ex
+    Box::new(ex)
 }
 
 /// A gzip envelope for an event about `GET path` raising `kind`, posted at `at`, read by the
 /// tracker from the bytes a client sends.
-fn envelope(conn: u64, n: u8, path: &str, kind: &str, at: u64) -> Exchange {
+fn envelope(conn: u64, n: u8, path: &str, kind: &str, at: u64) -> Box<Exchange> {
     let event = serde_json::json!({
         "level": "error", "event_id": id(n),
         "exception": {"values": [{"type": kind, "value": "secret"}]},
@@ -50,7 +50,7 @@ fn envelope(conn: u64, n: u8, path: &str, kind: &str, at: u64) -> Exchange {
     let mut ex = one(&run(&s.take()).0).clone();
     (ex.pid, ex.request_first_ns, ex.request_last_ns) = (PID, at, at + 1);
     (ex.response_first_ns, ex.response_last_ns) = (Some(at + 2), Some(at + 3));
-    ex
+    Box::new(ex)
 }
 
 fn noise(n: usize) -> String {
@@ -67,7 +67,7 @@ fn noise(n: usize) -> String {
 type Passed = Vec<(String, Option<String>)>;
 
 /// Feed the exchanges, tick to `until`, finish: what was passed on, and (matched, unmatched).
-fn run_join(exchanges: Vec<Exchange>, until: u64) -> (Passed, (u64, u64)) {
+fn run_join(exchanges: Vec<Box<Exchange>>, until: u64) -> (Passed, (u64, u64)) {
     let mut join = SentryJoin::new(SentryConfig::default());
     let mut passed = Vec::new();
     let mut events = (0, 0);

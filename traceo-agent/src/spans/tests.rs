@@ -37,10 +37,10 @@ fn exchanges(cfg: TrackerConfig, events: &[Event]) -> Vec<Exchange> {
     let mut out = Vec::new();
     for ev in events {
         correlator.observe(ev);
-        tracker.handle(ev, &mut |t| correlator.push(t, &mut |x| out.push(x)));
+        tracker.handle(ev, &mut |t| correlator.push(t, &mut |x| out.push(*x)));
     }
-    tracker.finish(&mut |t| correlator.push(t, &mut |x| out.push(x)));
-    correlator.finish(&mut |x| out.push(x));
+    tracker.finish(&mut |t| correlator.push(t, &mut |x| out.push(*x)));
+    correlator.finish(&mut |x| out.push(*x));
     out
 }
 

@@ -171,12 +171,12 @@ fn idle_connections_expire_and_exit_flushes() {
     dying.recv(&get("/dying"));
     dying.exit();
     for ev in idle.take().iter().chain(dying.take().iter()) {
-        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange()));
+        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     }
     assert_eq!(xs.iter().map(|x| x.target.as_str()).collect::<Vec<_>>(), vec!["/dying"]);
-    tracker.expire(idle.now_ns + 500_000_000, &mut |x| xs.extend(x.into_exchange()));
+    tracker.expire(idle.now_ns + 500_000_000, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     assert_eq!(xs.len(), 1, "not idle long enough yet");
-    tracker.expire(idle.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange()));
+    tracker.expire(idle.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     assert_eq!(xs.len(), 2);
     assert!(xs[1].flags.no_response && xs[1].target == "/idle");
     assert_eq!(tracker.stats().active_connections, 0);
@@ -191,12 +191,12 @@ fn a_keep_alive_connection_quiet_between_and_during_exchanges_parses_the_same() 
     let mut xs = Vec::new();
     for events in &steps {
         for ev in events {
-            tracker.handle(ev, &mut |x| xs.extend(x.into_exchange()));
+            tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
         }
         // Quiet past RELEASE_AFTER_NS (the second time with /b waiting for its answer).
-        tracker.expire(s.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange()));
+        tracker.expire(s.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     }
-    tracker.finish(&mut |x| xs.extend(x.into_exchange()));
+    tracker.finish(&mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     let (plain, _) = run(&steps.concat());
     assert_eq!(xs, plain);
     assert_eq!(xs.len(), 3);
@@ -214,7 +214,7 @@ fn lru_cap_evicts_and_flushes_the_oldest_connection() {
     let mut tracker = ConnTracker::new(cfg);
     let mut xs = Vec::new();
     for ev in &events {
-        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange()));
+        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     }
     assert_eq!(tracker.stats().evicted_connections, 1);
     assert_eq!(tracker.stats().active_connections, 2);

@@ -197,12 +197,12 @@ pub fn run_with(cfg: TrackerConfig, events: &[Event]) -> (Vec<Exchange>, Tracker
         let mut tracker = ConnTracker::new(cfg);
         let mut out = Vec::new();
         for ev in events {
-            tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
+            tracker.handle(ev, &mut |x| out.extend(x.into_exchange().map(|x| *x)));
             if rest {
                 tracker.release_all_idle();
             }
         }
-        tracker.finish(&mut |x| out.extend(x.into_exchange()));
+        tracker.finish(&mut |x| out.extend(x.into_exchange().map(|x| *x)));
         (out, tracker.stats().clone())
     };
     let kept = replay(cfg.clone(), false);

@@ -19,7 +19,8 @@
 //! so a joined exchange whose parent has not been seen yet waits for it, at most `HOLD_NS`.
 //! Likewise the webhook can reach this stage before its upload (the upload waits upstream
 //! for its own parent's trace), so an exchange naming a value not issued yet waits for the
-//! issue, at most `HOLD_NS`, before it is counted as a webhook without upload.
+//! issue, at most `HOLD_NS` (with `--shared-state`, as long as a lookup of another host's issue
+//! polls), before it is counted as a webhook without upload.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -80,6 +81,9 @@ pub struct Joins {
     awaiting: VecDeque<(u64, String, Box<Exchange>)>,
     /// Values that started waiting since `take_wanted` (for `--shared-state` to ask).
     wanted: Vec<String>,
+    /// How long an exchange naming an unknown value waits for its issue (`HOLD_NS`, longer
+    /// when other hosts may issue it).
+    await_ns: u64,
     pub stats: JoinStats,
 }
 
@@ -112,6 +116,7 @@ impl Joins {
             pending: VecDeque::new(),
             awaiting: VecDeque::new(),
             wanted: Vec::new(),
+            await_ns: HOLD_NS,
             stats: JoinStats::default(),
         }
     }
@@ -138,6 +143,11 @@ impl Joins {
     /// A parent on another host (`--shared-state`): it will not pass here, nothing waits for it.
     pub fn seen_elsewhere(&mut self, parent: SpanRef) {
         self.seen.insert(parent.span_id, parent.trace_id);
+    }
+
+    /// Exchanges naming a value nobody here issued wait `ns` (at least `HOLD_NS`) for it.
+    pub fn hold_awaiting(&mut self, ns: u64) {
+        self.await_ns = ns.max(HOLD_NS);
     }
 
     /// Values that exchanges started waiting for since the last call.
@@ -239,7 +249,7 @@ impl Joins {
 
     /// Those that waited too long for their parent: referring, as they are.
     pub fn expire_pending(&mut self, now_ns: u64, out: &mut impl FnMut(Box<Exchange>, Option<JoinEvent>)) {
-        while self.awaiting.front().is_some_and(|(at, ..)| now_ns.saturating_sub(*at) > HOLD_NS) {
+        while self.awaiting.front().is_some_and(|(at, ..)| now_ns.saturating_sub(*at) > self.await_ns) {
             if let Some((_, _, ex)) = self.awaiting.pop_front() {
                 self.decide(ex, out);
             }

@@ -42,6 +42,11 @@ const CONN_TTL_S: u64 = 120;
 /// How long a far side that read a provisional value waits for its trace's final id (the
 /// root's own lookup, then its hold for children).
 const FINAL_HOLD: Duration = Duration::from_millis(4000);
+/// How long a job value named here is looked for: the issuing host publishes it once its
+/// exchange leaves its own cross-host wait (its far side's key, then perhaps the final id),
+/// and the exchange naming it (a webhook) may arrive before that.
+pub const JOB_LOOKUP_HOLD: Duration =
+    Duration::from_millis(LOOKUP_HOLD.as_millis() as u64 + FINAL_HOLD.as_millis() as u64);
 
 pub use crate::metrics::SharedStateMetrics as Counts;
 
@@ -294,7 +299,7 @@ impl SharedState {
         }
         self.jobs_asked.insert(value.clone(), ());
         let key = format!("traceo:job:{value}");
-        self.send(Request::Lookup { what: Wanted::Job(value), key, deadline: Instant::now() + LOOKUP_HOLD });
+        self.send(Request::Lookup { what: Wanted::Job(value), key, deadline: Instant::now() + JOB_LOOKUP_HOLD });
     }
 }
 

@@ -172,6 +172,8 @@ impl HttpPipeline {
 
     /// Also look up and publish cross-host parents and job keys (`--shared-state`).
     pub fn with_shared_state(mut self, shared: SharedState) -> Self {
+        // A value issued on another host arrives as late as that host's lookup allows.
+        self.emitter.joins.hold_awaiting(crate::shared_state::JOB_LOOKUP_HOLD.as_nanos() as u64);
         self.emitter.shared = Some(shared);
         self
     }

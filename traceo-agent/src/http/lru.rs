@@ -129,7 +129,7 @@ mod tests {
     }
 
     #[test]
-        fn matches_a_plain_recency_list_through_compactions() {
+    fn matches_a_plain_recency_list_through_compactions() {
         // A reference: keys most recent last.
         let (mut lru, mut model) = (Lru::new(50), Vec::<u64>::new());
         let mut x: u64 = 12345;

@@ -35,7 +35,7 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn emit(&mut self, mut ex: Exchange) {
+    fn emit(&mut self, mut ex: Box<Exchange>) {
         ex.mcp = traceo_agent::mcp::parse(&ex);
         let Emitter { joins, clock, exchanges } = self;
         joins.observe(ex, &mut |ex, joined| write(clock, exchanges, &ex, joined.is_some()));

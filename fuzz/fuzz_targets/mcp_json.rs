@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!info.messages.is_empty());
             let _ = info.name();
         }
-        joins.observe(ex, &mut |ex, joined| common::write(&clock, &mut exchanges, &ex, joined.is_some()));
+        joins.observe(Box::new(ex), &mut |ex, joined| common::write(&clock, &mut exchanges, &ex, joined.is_some()));
     }
     joins.expire_pending(u64::MAX / 2, &mut |ex, j| common::write(&clock, &mut exchanges, &ex, j.is_some()));
     joins.finish(&mut |ex, j| common::write(&clock, &mut exchanges, &ex, j.is_some()));

@@ -27,7 +27,6 @@ use std::collections::{HashMap, VecDeque};
 use crate::events::Event;
 use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
 
-use super::context::Carried;
 use super::ids::{IdGen, TraceId};
 use super::node::{Done, Id, Node, Parent, Resolved, State, Wait};
 use super::nodes::Nodes;
@@ -222,7 +221,7 @@ impl Correlator {
             pair,
             start_ns: seen.start_ns,
             span_id: self.ids.span_id(),
-            carried: Carried::from_headers(&seen.headers),
+            carried: seen.carried.clone(),
             task_ctx: seen.task_ctx,
             state: State::Waiting(Wait::New),
             dependents: Vec::new(),

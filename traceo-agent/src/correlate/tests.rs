@@ -8,7 +8,7 @@ use crate::http::{
     ConnInfo, Exchange, HttpMessage, KeptHeaders, Kind, Link, RequestSeen, Role, RouteNormalizer, Tracked,
 };
 
-use super::{CorrelateConfig, Correlator, IdGen, SpanId, TraceId};
+use super::{Carried, CorrelateConfig, Correlator, IdGen, SpanId, TraceId};
 
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -78,7 +78,7 @@ impl Req {
             local: self.local,
             peer: self.peer,
             start_ns: self.start,
-            headers: self.kept(),
+            carried: Carried::from_headers(&self.kept()),
             task_ctx: self.ctx,
             shape: 0,
         })

@@ -200,7 +200,7 @@ impl DbConn {
                         local: info.local,
                         peer: info.peer,
                         start_ns: m.start_ns,
-                        headers: Default::default(),
+                        carried: Default::default(),
                         task_ctx: info.request_ctx(m.task_ctx, seq),
                         shape: 0,
                     }));

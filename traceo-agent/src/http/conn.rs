@@ -264,7 +264,7 @@ impl Conn {
             local: self.info.local,
             peer: self.info.peer,
             start_ns: req.start_ns,
-            headers: req.headers.clone(),
+            carried: crate::correlate::Carried::from_headers(&req.headers),
             task_ctx: self.info.request_ctx(req.task_ctx, self.requests_seen),
             shape: match role {
                 Role::Server => crate::sentry::request_shape(

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::correlate::{SpanId, TraceId};
+use crate::correlate::{Carried, SpanId, TraceId};
 
 use super::headers::KeptHeaders;
 use super::parser::{HttpMessage, Version};
@@ -243,7 +243,8 @@ pub struct RequestSeen {
     pub peer: Option<SocketAddr>,
     /// The request's first byte, as [`Exchange::request_first_ns`].
     pub start_ns: u64,
-    pub headers: KeptHeaders,
+    /// The trace facts of its headers (read here, so the headers are not copied).
+    pub carried: Carried,
     /// As [`Exchange::request_ctx`].
     pub task_ctx: u64,
     /// A server request's method and path (`sentry::request_shape`; 0 for clients): a
@@ -264,7 +265,7 @@ impl RequestSeen {
             local: ex.local,
             peer: ex.peer,
             start_ns: ex.request_first_ns,
-            headers: ex.request_headers.clone(),
+            carried: Carried::from_headers(&ex.request_headers),
             task_ctx: ex.request_ctx,
             shape: 0,
         }

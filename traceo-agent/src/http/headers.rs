@@ -1,6 +1,8 @@
 //! Which headers an exchange keeps: a fixed default set plus the user's extras, never a
 //! secret (see `redact`), values bounded.
 
+use std::sync::Arc;
+
 use super::redact::is_secret_header;
 
 /// Kept by default (lower case).
@@ -23,24 +25,37 @@ const MAX_KEPT: usize = 32;
 /// The names to keep, lower case, secrets removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderSelection {
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
+    /// Bit `n` set when a name is `n` bytes long (below 64): most fields of a head are not
+    /// kept, and their length alone says so.
+    lengths: u64,
 }
 
 impl HeaderSelection {
     pub fn new(extra: &[String]) -> Self {
-        let mut names: Vec<String> = DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect();
+        let mut names: Vec<Arc<str>> = DEFAULT_HEADERS.iter().map(|&s| Arc::from(s)).collect();
         for name in extra {
             let lower = name.trim().to_ascii_lowercase();
-            if !lower.is_empty() && !is_secret_header(&lower) && !names.contains(&lower) {
-                names.push(lower);
+            if !lower.is_empty() && !is_secret_header(&lower) && !names.iter().any(|n| **n == *lower) {
+                names.push(Arc::from(lower));
             }
         }
-        HeaderSelection { names }
+        let lengths = names.iter().filter(|n| n.len() < 64).fold(0, |m, n| m | 1u64 << n.len());
+        HeaderSelection { names, lengths }
+    }
+
+    /// The kept (lower-case) name of a header called `name` (any case), if it is kept. No
+    /// secret is ever kept: `new` leaves them out, and the check is case-blind too.
+    pub fn wanted(&self, name: &[u8]) -> Option<&Arc<str>> {
+        if name.len() < 64 && self.lengths & (1u64 << name.len()) == 0 {
+            return None;
+        }
+        self.names.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(name))
     }
 
     /// Keep a header called `name` (any case)?
     pub fn wants(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(name)) && !is_secret_header(name)
+        self.wanted(name.as_bytes()).is_some()
     }
 
     /// Is `name` one of the user's extras rather than a default?
@@ -55,13 +70,19 @@ impl Default for HeaderSelection {
     }
 }
 
-/// Kept headers of one message, names lower case, in arrival order.
+/// Kept headers of one message, names lower case, in arrival order. The names are shared
+/// with the selection (no allocation per field).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeptHeaders(Vec<(String, String)>);
+pub struct KeptHeaders(Vec<(Arc<str>, String)>);
 
 impl KeptHeaders {
-    /// Keep `value` under `name`; a repeated name keeps its first value.
+    /// Keep `value` under `name` (any case); a repeated name keeps its first value.
     pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.push_kept(&Arc::from(name.to_ascii_lowercase()), value);
+    }
+
+    /// [`Self::push`] with the name as [`HeaderSelection::wanted`] gave it (lower case).
+    pub fn push_kept(&mut self, name: &Arc<str>, value: &[u8]) {
         if self.0.len() >= MAX_KEPT || self.get(name).is_some() {
             return;
         }
@@ -74,8 +95,7 @@ impl KeptHeaders {
             }
             text = text.get(..cut).unwrap_or_default();
         }
-        let text = super::redact::redact_header_value(text);
-        self.0.push((name.to_ascii_lowercase(), text));
+        self.0.push((Arc::clone(name), super::redact::redact_header_value(text)));
     }
 
     /// The value of `name` (any case).
@@ -84,7 +104,7 @@ impl KeptHeaders {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.iter().map(|(n, v)| (&**n, v.as_str()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -110,6 +130,18 @@ mod tests {
         assert!(!sel.wants("x-api-key"));
         assert!(!sel.wants("cookie"));
         assert!(!sel.wants("accept"));
+    }
+
+    #[test]
+    fn names_of_any_length_are_matched_case_blind() {
+        let long = format!("x-{}", "a".repeat(70));
+        let sel = HeaderSelection::new(&[long.to_uppercase(), "X-Tenant".to_string()]);
+        assert_eq!(sel.wanted(long.as_bytes()).map(|n| &**n), Some(long.as_str()));
+        assert_eq!(sel.wanted(b"X-TENANT").map(|n| &**n), Some("x-tenant"));
+        assert_eq!(sel.wanted(b"Content-Type").map(|n| &**n), Some("content-type"));
+        // Same length as a kept name, not kept.
+        assert_eq!(sel.wanted(b"x-tenanT2"), None);
+        assert_eq!(sel.wanted(b"x-tenans"), None);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct HeadError {
 /// from `from` (callers back up over bytes that may start a terminator).
 pub fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while let Some(rel) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+    while let Some(rel) = memchr::memchr(b'\n', buf.get(i..)?) {
         let nl = i + rel;
         match (buf.get(nl + 1), buf.get(nl + 2)) {
             (Some(b'\n'), _) => return Some(nl + 2),
@@ -165,7 +165,7 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
     let mut headers = KeptHeaders::default();
     let mut framing = Framing::default();
     let fields = buf.get(line_len..).unwrap_or_default();
-    for raw in fields.split(|&b| b == b'\n') {
+    for raw in lines(fields) {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
             continue;
@@ -174,17 +174,17 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
             // Obsolete line folding: a continuation of a field we don't need whole.
             continue;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Err(fail(ParseErrorKind::BadHeader));
         };
-        let name_bytes = line.get(..colon).unwrap_or_default();
+        let name = line.get(..colon).unwrap_or_default();
         let value = trim(line.get(colon + 1..).unwrap_or_default());
-        let Some(name) = std::str::from_utf8(name_bytes).ok().filter(|n| is_token(n)) else {
+        if !is_token(name) {
             return Err(fail(ParseErrorKind::BadHeader));
-        };
+        }
         apply_framing(&mut framing, name, value).map_err(fail)?;
-        if sel.wants(name) {
-            headers.push(name, value);
+        if let Some(kept) = sel.wanted(name) {
+            headers.push_kept(kept, value);
         }
     }
     if kind == Kind::Request && framing.transfer_encoding && !framing.chunked {
@@ -194,8 +194,27 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
     Ok(Head { start, headers, framing })
 }
 
-fn apply_framing(f: &mut Framing, name: &str, value: &[u8]) -> Result<(), ParseErrorKind> {
-    if name.eq_ignore_ascii_case("content-length") {
+/// `buf` split at each `\n` (as `split` would), found with memchr: this is the hot loop of
+/// every head.
+fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(buf);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'\n', r) {
+            Some(nl) => {
+                rest = r.get(nl + 1..);
+                r.get(..nl)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+fn apply_framing(f: &mut Framing, name: &[u8], value: &[u8]) -> Result<(), ParseErrorKind> {
+    if name.eq_ignore_ascii_case(b"content-length") {
         // `5, 5` (merged duplicates) is allowed; differing values are not.
         for part in value.split(|&b| b == b',') {
             let n = parse_decimal(trim(part)).ok_or(ParseErrorKind::BadContentLength)?;
@@ -204,11 +223,11 @@ fn apply_framing(f: &mut Framing, name: &str, value: &[u8]) -> Result<(), ParseE
             }
             f.content_length = Some(n);
         }
-    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
         let last = value.split(|&b| b == b',').map(trim).rfind(|c| !c.is_empty());
         f.transfer_encoding = true;
         f.chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-    } else if name.eq_ignore_ascii_case("upgrade") {
+    } else if name.eq_ignore_ascii_case(b"upgrade") {
         f.upgrade = !value.is_empty();
     }
     Ok(())
@@ -245,8 +264,8 @@ const TCHAR: [bool; 256] = {
     t
 };
 
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|c| TCHAR[usize::from(c)])
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&c| TCHAR[usize::from(c)])
 }
 
 #[cfg(test)]

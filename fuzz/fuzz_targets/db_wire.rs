@@ -65,10 +65,15 @@ fuzz_target!(|data: &[u8]| {
             SegKind::Bytes(Bytes::copy_from_slice(bytes))
         };
         t += 1_000;
-        parser.parse(dir, Segment { kind, pid: 1, tid: 1, start_ns: t, end_ns: t + 10, task_ctx: 0, seq_end: None }, &mut events);
+        parser.parse(
+            dir,
+            Segment { kind, pid: 1, tid: 1, start_ns: t, end_ns: t + 10, task_ctx: 0, seq_end: None },
+            &mut events,
+        );
         if ctl & 4 != 0 {
             t += 1_000;
-            let eof = Segment { kind: SegKind::Eof, pid: 1, tid: 1, start_ns: t, end_ns: t, task_ctx: 0, seq_end: None };
+            let eof =
+                Segment { kind: SegKind::Eof, pid: 1, tid: 1, start_ns: t, end_ns: t, task_ctx: 0, seq_end: None };
             parser.parse(dir, eof, &mut events);
         }
         check(&mut events);

@@ -69,7 +69,7 @@ impl Gen {
         let meta = self.meta();
         let total_len = payload.len() as u64 + extra;
         // Sequence numbers near the wrap, on some events only (they may disagree with the lengths).
-        let tcp_seq = (conn_id % 3 != 0).then_some((meta.ts_ns as u32) ^ 0xffff_ff00);
+        let tcp_seq = (!conn_id.is_multiple_of(3)).then_some((meta.ts_ns as u32) ^ 0xffff_ff00);
         Event::Data(Data {
             enter_ns: meta.ts_ns - 1_000,
             exit_ns: meta.ts_ns,

@@ -9,10 +9,6 @@
 //! - `event_json`, `output`: what is printed
 //! - `live`, `check`, `commands`: the subcommands
 
-// An exchange is boxed once, where the tracker makes it, and handed on as the box through
-// the stages; a `Vec<Box<Exchange>>` holds what is moved on as pointers.
-#![allow(clippy::vec_box)]
-
 pub mod attach;
 pub mod census;
 pub mod check;

@@ -85,6 +85,8 @@ pub struct SharedState {
     #[allow(clippy::type_complexity)]
     pending: HashMap<TraceId, (u64, Box<Exchange>, Vec<Box<Exchange>>)>,
     /// Spans whose trace's root has not passed yet.
+    // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+    #[allow(clippy::vec_box)]
     waiting: HashMap<TraceId, (u64, Vec<Box<Exchange>>)>,
     held: usize,
     settled: Recent<TraceId, ()>,
@@ -207,6 +209,8 @@ impl SharedState {
         ready.push(ex);
     }
 
+    // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+    #[allow(clippy::vec_box)]
     fn settle(&mut self, trace: TraceId, ready: &mut Vec<Box<Exchange>>) {
         self.settled.insert(trace, ());
         self.publish_final(trace, trace);
@@ -218,6 +222,8 @@ impl SharedState {
 
     /// The far side's client span for a pending root: found, the root becomes its child
     /// and the root's trace moves into the client's.
+    // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+    #[allow(clippy::vec_box)]
     fn answered(&mut self, trace: TraceId, found: Option<SpanRef>, ready: &mut Vec<Box<Exchange>>) {
         let Some((_, mut root, children)) = self.pending.remove(&trace) else { return };
         self.held -= 1 + children.len();

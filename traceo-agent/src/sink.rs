@@ -220,6 +220,8 @@ impl Emitter {
 
     /// The job joins, then the outputs; with shared state, what was issued is published
     /// and values nobody here issued are asked for.
+    // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+    #[allow(clippy::vec_box)]
     fn join(&mut self, ready: Vec<Box<Exchange>>) {
         let Emitter { shared, joins, logs, outputs } = self;
         if let Some(s) = shared.as_mut() {

@@ -96,6 +96,21 @@ fn build() -> anyhow::Result<()> {
         .env("RUSTC_BOOTSTRAP", "1"))
 }
 
+/// For `cargo xtask lint`: format check and clippy of the targets on the ordinary stable
+/// toolchain (no cargo-fuzz, no `-Z` flags), so a change to the agent's API that breaks them is
+/// seen with the workspace's own lint. `--locked`: their lock must name the agent's dependencies.
+pub fn lint() -> anyhow::Result<()> {
+    let manifest = root().join("fuzz/Cargo.toml");
+    run(cargo().current_dir(root()).args(["fmt", "--all", "--check", "--manifest-path"]).arg(&manifest))?;
+    run(cargo()
+        .current_dir(root())
+        .args(["clippy", "--locked", "--all-targets", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(out_dir())
+        .args(["--", "-D", "warnings"]))
+}
+
 fn binary(name: &str) -> PathBuf {
     out_dir().join("x86_64-unknown-linux-gnu/release").join(name)
 }

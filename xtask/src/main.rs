@@ -120,7 +120,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check and clippy -D warnings on the whole workspace.
+    /// cargo fmt --check and clippy -D warnings on the whole workspace and on the fuzz crate.
     Lint,
     /// Install the toolchain and test dependencies only.
     Setup,
@@ -282,7 +282,9 @@ fn task(task: Task) -> anyhow::Result<()> {
         }
         Task::Lint => {
             run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
-            run(cargo().current_dir(root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+            run(cargo().current_dir(root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+            // The fuzz crate is outside the workspace but built on the agent: lint it too.
+            fuzz::lint()
         }
     }
 }

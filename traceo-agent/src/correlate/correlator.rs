@@ -109,6 +109,8 @@ pub struct Correlator {
     /// The latest inbound request each task incarnation (whose creation was seen) answered,
     /// while it lingers: for the calls that task makes after answering (`after_answer`).
     answered: HashMap<(u32, Incarnation), Id, FastHash>,
+    // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+    #[allow(clippy::vec_box)]
     ready: Vec<Box<Exchange>>,
     now_ns: u64,
     stats: CorrelateStats,

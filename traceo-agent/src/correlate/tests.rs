@@ -149,6 +149,8 @@ impl Req {
 /// A correlator and everything it emitted, by target.
 struct Run {
     c: Correlator,
+    // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+    #[allow(clippy::vec_box)]
     out: Vec<Box<Exchange>>,
 }
 

@@ -24,7 +24,8 @@ pub const RAW_PROGRAMS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
 /// The empty programs the benchmark attaches instead, to the same hooks (its cost floor).
 pub const FLOOR: &str = "floor";
 pub const RAW_FLOOR: &str = "floor_sys_exit";
-/// The least capturing program, at syscall exit in place of `RAW_FLOOR` (the bench's bound).
+/// The least capturing program, at syscall exit in place of `RAW_FLOOR` (the bench's bound);
+/// loaded only when attached (`Probes::attach_floor`), not by `load`.
 pub const RAW_BOUND: &str = "bound_sys_exit";
 
 /// OpenSSL functions probed in each libssl file: (symbol, entry program). `SSL_RETURN` is

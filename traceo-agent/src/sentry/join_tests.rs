@@ -67,6 +67,8 @@ fn noise(n: usize) -> String {
 type Passed = Vec<(String, Option<String>)>;
 
 /// Feed the exchanges, tick to `until`, finish: what was passed on, and (matched, unmatched).
+// Exchanges are boxed once and handed through the stages: moves are pointer-sized.
+#[allow(clippy::vec_box)]
 fn run_join(exchanges: Vec<Box<Exchange>>, until: u64) -> (Passed, (u64, u64)) {
     let mut join = SentryJoin::new(SentryConfig::default());
     let mut passed = Vec::new();

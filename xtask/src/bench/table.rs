@@ -111,7 +111,7 @@ fn ssl(ssl: &Value) {
 }
 
 /// What asyncio task tracking costs uvicorn per request, from its traced arms with and
-/// without it, and the throughput ceiling it leaves even at one probe hit per task.
+/// without it, and the CPU ceiling the task probes alone would leave even at one hit per task.
 fn task_probe_bound(traced: &Value, no_runtime: &Value) {
     let tasks = f(&traced["tasks_per_request"]);
     let cpu = |s: &Value, arm: &str| f(&s["server_cpu_us_per_request"][arm]);
@@ -124,9 +124,15 @@ fn task_probe_bound(traced: &Value, no_runtime: &Value) {
     info("uvicorn: asyncio tasks per request (2 probe hits each)", format!("{tasks:.2}"));
     info("uvicorn: server CPU per task probe hit (us)", format!("{per_hit:.1}"));
     info(
-        "uvicorn: traced / untraced ceiling at 1 hit per task (CPU)",
-        format!("{:.3}", untraced / (without + tasks * per_hit)),
+        "uvicorn: untraced / (untraced + 1 task probe hit per task)",
+        format!("{:.3}", task_probe_ceiling(untraced, tasks, per_hit)),
     );
+}
+
+/// The server's untraced CPU per request over that plus one probe hit per task: the task
+/// probes in isolation (no syscall programs), were a task one trap instead of two.
+fn task_probe_ceiling(untraced_us: f64, tasks_per_request: f64, per_hit_us: f64) -> f64 {
+    untraced_us / (untraced_us + tasks_per_request * per_hit_us)
 }
 
 /// One server's arms: throughput against untraced and floor-only, latency, agent cost, loss.
@@ -285,4 +291,17 @@ fn logs(l: &Value) {
         "log records counted / written, events lost",
         format!("{:.0} / {} , {:.0}", f(&l["records_counted_min"]), l["records_written"], f(&l["events_lost_max"]))
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_probe_ceiling;
+
+    #[test]
+    fn the_task_probe_ceiling_counts_the_untraced_cpu_and_one_hit_per_task_only() {
+        // 100 us untraced, 1 task per request at 2 us a hit: 100 / 102.
+        assert!((task_probe_ceiling(100.0, 1.0, 2.0) - 100.0 / 102.0).abs() < 1e-12);
+        assert!((task_probe_ceiling(50.0, 2.5, 4.0) - 50.0 / 60.0).abs() < 1e-12);
+        assert_eq!(task_probe_ceiling(80.0, 0.0, 5.0), 1.0);
+    }
 }

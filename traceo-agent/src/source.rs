@@ -49,6 +49,11 @@ impl RingSource {
         })
     }
 
+    /// The next event already read from the ring buffer, if any (without reading more).
+    pub fn ready(&mut self) -> Option<Event> {
+        self.pending.pop_front()
+    }
+
     /// Hand over everything already in the ring buffer, without waiting.
     pub fn drain(&mut self, mut sink: impl FnMut(Event) -> anyhow::Result<()>) -> anyhow::Result<()> {
         loop {

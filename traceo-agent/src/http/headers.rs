@@ -83,7 +83,8 @@ impl KeptHeaders {
 
     /// [`Self::push`] with the name as [`HeaderSelection::wanted`] gave it (lower case).
     pub fn push_kept(&mut self, name: &Arc<str>, value: &[u8]) {
-        if self.0.len() >= MAX_KEPT || self.get(name).is_some() {
+        // Kept names are lower case already: compared as they are.
+        if self.0.len() >= MAX_KEPT || self.0.iter().any(|(n, _)| n == name) {
             return;
         }
         let text = String::from_utf8_lossy(value);

@@ -66,7 +66,7 @@ pub fn is_secret_query_key(key: &str) -> bool {
 /// [`REDACTED`].
 pub fn redact_target(target: &str) -> String {
     // Nothing to redact without a query, a path parameter or user-info (most targets).
-    if !target.contains(['?', ';', '@']) {
+    if memchr::memchr3(b'?', b';', b'@', target.as_bytes()).is_none() {
         return target.to_owned();
     }
     let (before_query, query) = match target.split_once('?') {

@@ -70,6 +70,15 @@ impl Default for HeaderSelection {
     }
 }
 
+/// `bytes` as text, invalid sequences replaced: checked whole first (word at a time), as
+/// the header values and targets this reads nearly always are valid.
+pub fn utf8_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// Kept headers of one message, names lower case, in arrival order. The names are shared
 /// with the selection (no allocation per field).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,7 +96,7 @@ impl KeptHeaders {
         if self.0.len() >= MAX_KEPT || self.0.iter().any(|(n, _)| n == name) {
             return;
         }
-        let text = String::from_utf8_lossy(value);
+        let text = utf8_lossy(value);
         let mut text = text.trim();
         if text.len() > MAX_VALUE_BYTES {
             let mut cut = MAX_VALUE_BYTES;

@@ -1,7 +1,7 @@
 //! Parsing a complete HTTP/1.x head (start line + header fields) into what framing needs
 //! and what the exchange keeps.
 
-use crate::http::headers::{HeaderSelection, KeptHeaders};
+use crate::http::headers::{HeaderSelection, KeptHeaders, utf8_lossy};
 use crate::http::parser::{Kind, ParseErrorKind, Version};
 use crate::http::redact::redact_target;
 
@@ -126,7 +126,7 @@ impl Start {
 
 /// A target as exchanges keep it: redacted, cut to [`MAX_STORED_TARGET`] bytes.
 fn stored_target(raw: &[u8]) -> String {
-    let raw = String::from_utf8_lossy(raw.get(..MAX_STORED_TARGET * 2).unwrap_or(raw));
+    let raw = utf8_lossy(raw.get(..MAX_STORED_TARGET * 2).unwrap_or(raw));
     let mut target = redact_target(&raw);
     if target.len() > MAX_STORED_TARGET {
         let mut cut = MAX_STORED_TARGET;

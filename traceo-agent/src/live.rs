@@ -196,40 +196,48 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
         let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         tokio::select! {
             event = source.next_event() => {
-                let Some(event) = event? else { break };
-                lp.deliver(&event)?;
-                // A process that just became traced gets the system's OpenSSL probes before its
-                // first call (cached offsets: only the attach syscalls); what needs files read
-                // (its own libraries, its runtime) is planned on the attach worker.
-                let started = match &event {
-                    Event::Exec(p) | Event::Fork(p) => Some(p.meta.pid),
-                    Event::Listen(c) => Some(c.meta.pid),
-                    Event::Exit(p) => {
-                        attacher.forget(p.meta.pid);
-                        None
-                    }
-                    _ => None,
-                };
-                if let Some(pid) = started {
-                    if lp.tracker.traced().contains_key(&pid) {
-                        if track_runtimes && matches!(event, Event::Exec(_)) {
-                            // A new program: the old one's layout must not be read meanwhile,
-                            // nor its probes' files held for it.
-                            probes.forget_runtime(pid);
+                let Some(first) = event? else { break };
+                // The rest of the batch already read from the ring goes through here, not
+                // through another round of this select: a round polls every branch and reads
+                // the clock (the deadline's sleep is built even when disabled), which cost more
+                // than an event's own handling. A batch is at most `source::BATCH` events, so
+                // ticks, plans and signals wait for a few milliseconds at most.
+                let mut next = Some(first);
+                while let Some(event) = next.take().or_else(|| source.next_pending()) {
+                    lp.deliver(&event)?;
+                    // A process that just became traced gets the system's OpenSSL probes before its
+                    // first call (cached offsets: only the attach syscalls); what needs files read
+                    // (its own libraries, its runtime) is planned on the attach worker.
+                    let started = match &event {
+                        Event::Exec(p) | Event::Fork(p) => Some(p.meta.pid),
+                        Event::Listen(c) => Some(c.meta.pid),
+                        Event::Exit(p) => {
+                            attacher.forget(p.meta.pid);
+                            None
                         }
-                        // A new program (or process) is planned; a listen only when its process
-                        // was not: planning again may act on it (`--node-inject` opens the
-                        // inspector, itself a listen).
-                        let replan = track_runtimes && (matches!(event, Event::Exec(_)) || !runtimes.known(pid));
-                        let wants = crate::attach::Wants {
-                            tls: tls.as_mut().is_some_and(|t| t.track(&mut probes, pid)),
-                            runtime: replan,
-                        };
-                        if replan {
-                            runtimes.track(pid);
-                        }
-                        if !attacher.request(pid, wants) && replan {
-                            runtimes.not_asked(pid);
+                        _ => None,
+                    };
+                    if let Some(pid) = started {
+                        if lp.tracker.traced().contains_key(&pid) {
+                            if track_runtimes && matches!(event, Event::Exec(_)) {
+                                // A new program: the old one's layout must not be read meanwhile,
+                                // nor its probes' files held for it.
+                                probes.forget_runtime(pid);
+                            }
+                            // A new program (or process) is planned; a listen only when its process
+                            // was not: planning again may act on it (`--node-inject` opens the
+                            // inspector, itself a listen).
+                            let replan = track_runtimes && (matches!(event, Event::Exec(_)) || !runtimes.known(pid));
+                            let wants = crate::attach::Wants {
+                                tls: tls.as_mut().is_some_and(|t| t.track(&mut probes, pid)),
+                                runtime: replan,
+                            };
+                            if replan {
+                                runtimes.track(pid);
+                            }
+                            if !attacher.request(pid, wants) && replan {
+                                runtimes.not_asked(pid);
+                            }
                         }
                     }
                 }

@@ -60,6 +60,12 @@ impl RingSource {
         }
     }
 
+    /// The next event of the batch already read from the ring buffer, without reading more
+    /// or waiting (`None` once the batch is through: then `next_event`).
+    pub fn next_pending(&mut self) -> Option<Event> {
+        self.pending.pop_front()
+    }
+
     /// Move up to a batch of records from the ring buffer into `pending`.
     fn fill(&mut self) {
         let ring = self.ring.get_mut();

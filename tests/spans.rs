@@ -165,7 +165,16 @@ fn a_chain_without_headers_is_one_trace_through_a_real_collector() {
         let parent = s.parent_id();
         assert_eq!(line["parent_span_id"], if parent.is_empty() { Value::Null } else { Value::from(parent) });
     }
-    let text = chain.metrics_text();
+    // The agent refreshes its own counters on a 1 s tick: wait for the exported spans.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = chain.metrics_text();
+        let exported = sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 3.0);
+        if exported || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(sample(&text, "traceo_propagation_total{service=\"app1\",outcome=\"absent\"}"), Some(1.0), "{text}");
     assert!(sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 3.0), "{text}");
     assert!(text.contains(&format!("trace_id=\"{}\"", server.trace_id())), "no exemplar with the trace id:\n{text}");

@@ -26,8 +26,9 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::Value;
 
-use crate::correlate::{SpanId, TraceId};
+use crate::correlate::TraceId;
 use crate::http::{Exchange, Link, Role, SpanRef};
+use crate::passed_spans::PassedSpans;
 use crate::recent::Recent;
 
 /// What a join decided for one exchange.
@@ -73,9 +74,8 @@ pub struct Joins {
     order: VecDeque<(u64, String)>,
     /// Traces moved into a job's trace: former trace id -> the job's.
     moved: Recent<TraceId, TraceId>,
-    /// Spans passed on recently, to tell whether a parent came (only whether: no value, so
-    /// the map is half the size; every exchange inserts into it, and its misses cost).
-    seen: Recent<SpanId, (), foldhash::fast::RandomState>,
+    /// Spans passed on recently, to tell whether a parent came.
+    seen: PassedSpans,
     /// Joined exchanges waiting for their parent (arrival time, exchange, event).
     pending: VecDeque<(u64, Box<Exchange>, Option<JoinEvent>)>,
     /// Exchanges naming a value nobody has issued yet (arrival time, value, exchange).
@@ -113,7 +113,7 @@ impl Joins {
             values: HashMap::new(),
             order: VecDeque::new(),
             moved: Recent::new(),
-            seen: Recent::new(),
+            seen: PassedSpans::default(),
             pending: VecDeque::new(),
             awaiting: VecDeque::new(),
             wanted: Vec::new(),
@@ -143,7 +143,7 @@ impl Joins {
 
     /// A parent on another host (`--shared-state`): it will not pass here, nothing waits for it.
     pub fn seen_elsewhere(&mut self, parent: SpanRef) {
-        self.seen.insert(parent.span_id, ());
+        self.seen.insert(parent.span_id);
     }
 
     /// Exchanges naming a value nobody here issued wait `ns` (at least `HOLD_NS`) for it.
@@ -206,7 +206,7 @@ impl Joins {
         let joined = matches!(event, Some(JoinEvent::Joined { .. }));
         let waits = joined
             && ex.trace.as_ref().is_some_and(|t| {
-                t.parent.is_some_and(|p| self.seen.get(&p).is_none()) && self.moved.get(&t.trace_id).is_none()
+                t.parent.is_some_and(|p| !self.seen.contains(p)) && self.moved.get(&t.trace_id).is_none()
             });
         if waits {
             if self.pending.len() >= MAX_PENDING {
@@ -235,7 +235,7 @@ impl Joins {
                 if let Some(&job_trace) = self.moved.get(&t.trace_id) {
                     t.trace_id = job_trace;
                 }
-                self.seen.insert(t.span_id, ());
+                self.seen.insert(t.span_id);
                 let span = Some(t.span_id);
                 if self.pending.iter().any(|(_, c, _)| c.parent_span_id() == span) {
                     let (children, rest): (VecDeque<_>, VecDeque<_>) =
@@ -453,6 +453,7 @@ fn header(ex: &Exchange, names: &[String; 3], request: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::correlate::SpanId;
     use crate::http::TraceContext;
     use crate::http::tests::script::*;
 

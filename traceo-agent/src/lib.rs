@@ -30,6 +30,7 @@ pub mod logs;
 pub mod mcp;
 pub mod metrics;
 pub mod output;
+pub mod passed_spans;
 pub mod procfs;
 pub mod recent;
 pub mod record;

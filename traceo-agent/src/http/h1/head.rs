@@ -164,24 +164,18 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
     let fail = |k| HeadError { kind: k, start: Some(start.clone()) };
     let mut headers = KeptHeaders::default();
     let mut framing = Framing::default();
-    let fields = buf.get(line_len..).unwrap_or_default();
-    for raw in lines(fields) {
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
+    let mut rest = buf.get(line_len..).unwrap_or_default();
+    while let Some(&first) = rest.first() {
+        let (line, next) = split_line(rest);
+        rest = next;
+        if first == b' ' || first == b'\t' || line == b"\r" || line.is_empty() {
+            // Obsolete line folding (a continuation of a field we don't need whole), or
+            // the blank line.
             continue;
         }
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            // Obsolete line folding: a continuation of a field we don't need whole.
-            continue;
-        }
-        let Some(colon) = memchr::memchr(b':', line) else {
+        let Some((name, value)) = field(line) else {
             return Err(fail(ParseErrorKind::BadHeader));
         };
-        let name = line.get(..colon).unwrap_or_default();
-        let value = trim(line.get(colon + 1..).unwrap_or_default());
-        if !is_token(name) {
-            return Err(fail(ParseErrorKind::BadHeader));
-        }
         apply_framing(&mut framing, name, value).map_err(fail)?;
         if let Some(kept) = sel.wanted(name) {
             headers.push_kept(kept, value);
@@ -194,26 +188,30 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
     Ok(Head { start, headers, framing })
 }
 
-/// `buf` split at each `\n` (as `split` would), found with memchr: this is the hot loop of
-/// every head.
-fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(buf);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match memchr::memchr(b'\n', r) {
-            Some(nl) => {
-                rest = r.get(nl + 1..);
-                r.get(..nl)
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
+/// The line at the start of `buf` (without its `\n`) and what follows it: the one memchr
+/// per line of every head.
+fn split_line(buf: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b'\n', buf) {
+        Some(nl) => (buf.get(..nl).unwrap_or_default(), buf.get(nl + 1..).unwrap_or_default()),
+        None => (buf, &[]),
+    }
+}
+
+/// A field line's name (a token up to the first `:`) and trimmed value, read in one pass:
+/// the name is short, so it is scanned byte by byte and checked as it goes.
+fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = line.iter().position(|&c| !TCHAR[usize::from(c)])?;
+    if colon == 0 || line.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((line.get(..colon)?, trim(line.get(colon + 1..)?)))
 }
 
 fn apply_framing(f: &mut Framing, name: &[u8], value: &[u8]) -> Result<(), ParseErrorKind> {
+    // The length tells most fields apart before any case-blind compare.
+    if !matches!(name.len(), 7 | 14 | 17) {
+        return Ok(());
+    }
     if name.eq_ignore_ascii_case(b"content-length") {
         // `5, 5` (merged duplicates) is allowed; differing values are not.
         for part in value.split(|&b| b == b',') {
@@ -263,10 +261,6 @@ const TCHAR: [bool; 256] = {
     }
     t
 };
-
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&c| TCHAR[usize::from(c)])
-}
 
 #[cfg(test)]
 mod tests {

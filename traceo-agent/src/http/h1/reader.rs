@@ -140,8 +140,10 @@ impl Reader {
             m.upgraded = upgraded;
         }
         // A Sentry envelope is read whole when the capture allows (`sentry`).
+        // Methods are stored as `METHODS` spells them: only a POST can be one.
         let envelope = self.msg.as_ref().is_some_and(|m| {
-            crate::sentry::is_envelope_request(m.method.as_deref().unwrap_or(""), m.target.as_deref().unwrap_or(""))
+            m.method.as_deref() == Some("POST")
+                && crate::sentry::is_envelope_request("POST", m.target.as_deref().unwrap_or(""))
         });
         let prefix = if envelope {
             crate::sentry::ENVELOPE_PREFIX_BYTES.max(lim.body_prefix_bytes)

@@ -1,6 +1,10 @@
 //! Parsing a complete HTTP/1.x head (start line + header fields) into what framing needs
 //! and what the exchange keeps.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use crate::http::headers::{HeaderSelection, KeptHeaders, utf8_lossy};
 use crate::http::parser::{Kind, ParseErrorKind, Version};
 use crate::http::redact::redact_target;
@@ -51,18 +55,20 @@ pub struct HeadError {
 }
 
 /// Index just past the blank line ending a head or trailer section in `buf`, searching
-/// from `from` (callers back up over bytes that may start a terminator).
+/// from `from` (callers back up over bytes that may start a terminator). One vector search
+/// for the CRLF form finds most; the bare-LF form is looked for only before it.
 pub fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(rel) = memchr::memchr(b'\n', buf.get(i..)?) {
-        let nl = i + rel;
-        match (buf.get(nl + 1), buf.get(nl + 2)) {
-            (Some(b'\n'), _) => return Some(nl + 2),
-            (Some(b'\r'), Some(b'\n')) => return Some(nl + 3),
-            _ => i = nl + 1,
-        }
+    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
+    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+    let hay = buf.get(from..)?;
+    let crlf = CRLF.find(hay);
+    // A `\n\n` at or past a `\n\r\n` would come later.
+    let before = crlf.map_or(hay, |at| hay.get(..=at).unwrap_or(hay));
+    match (LF.find(before), crlf) {
+        (Some(at), _) => Some(from + at + 2),
+        (None, Some(at)) => Some(from + at + 3),
+        (None, None) => None,
     }
-    None
 }
 
 /// The start line alone, for early validation and for heads that fail later.
@@ -304,5 +310,9 @@ mod tests {
         assert_eq!(find_blank_line(b"a\n\nrest", 0), Some(3));
         assert_eq!(find_blank_line(b"a\r\nb\r\n", 0), None);
         assert_eq!(find_blank_line(b"\n\r\n", 0), Some(3));
+        assert_eq!(find_blank_line(b"a\nb\n\nc\r\n\r\n", 0), Some(5));
+        assert_eq!(find_blank_line(b"a\r\n\r\nb\n\n", 0), Some(5));
+        assert_eq!(find_blank_line(b"a\r\n\r\nb\n\n", 4), Some(8));
+        assert_eq!(find_blank_line(b"ab", 5), None);
     }
 }

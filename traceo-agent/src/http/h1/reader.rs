@@ -9,7 +9,8 @@ use crate::http::parser::{HttpMessage, Kind, ParseErrorKind, SegKind, Segment};
 
 use super::body::{Body, BodyFraming};
 use super::head::{
-    Framing, Start, StartFacts, bad_start, check_start, find_blank_line, overlong_start, parse_head, parse_start,
+    Framing, HeadError, Start, StartFacts, bad_start, check_start, find_blank_line, overlong_start, parse_head,
+    parse_start,
 };
 use super::resync::{Scanner, Want};
 use super::startline::Line;
@@ -236,7 +237,14 @@ impl Reader {
             buf.extend_from_slice(&bytes);
         }
         let data: &[u8] = if direct { &bytes } else { &buf };
-        if !line_ok {
+        let end = find_blank_line(data, old.saturating_sub(2));
+        // A whole head checks its start line as it is parsed: the line is checked alone
+        // only while the head is incomplete, or when that parse failed on the line.
+        let parsed = end
+            .filter(|&e| e <= lim.max_head_bytes)
+            .map(|e| parse_head(data.get(..e).unwrap_or_default(), kind, &lim.headers))
+            .filter(|p| !matches!(p, Err(HeadError { start: None, .. })));
+        if !line_ok && parsed.is_none() {
             match check_start(data, kind) {
                 Line::Yes(()) => line_ok = true,
                 Line::Partial => {}
@@ -253,7 +261,7 @@ impl Reader {
                 }
             }
         }
-        let Some(end) = find_blank_line(data, old.saturating_sub(2)) else {
+        let Some(end) = end else {
             seg.consume_all();
             if data.len() > lim.max_head_bytes {
                 self.keep_start(data, kind);
@@ -268,7 +276,7 @@ impl Reader {
             self.keep_start(data, kind);
             return Some(self.fail(ParseErrorKind::HeaderTooLarge, false));
         }
-        match parse_head(data.get(..end).unwrap_or_default(), kind, &lim.headers) {
+        match parsed.unwrap_or_else(|| parse_head(data.get(..end).unwrap_or_default(), kind, &lim.headers)) {
             Ok(head) => {
                 let mut start_ns = seg.start_ns;
                 let facts = head.start.facts();

@@ -26,9 +26,9 @@ const MAX_KEPT: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderSelection {
     names: Vec<Arc<str>>,
-    /// Bit `n` set when a name is `n` bytes long (below 64): most fields of a head are not
-    /// kept, and their length alone says so.
-    lengths: u64,
+    /// Bit [`slot`] set for each name: most fields of a head are not kept, and their
+    /// length and first letter alone say so.
+    slots: u64,
 }
 
 impl HeaderSelection {
@@ -40,14 +40,14 @@ impl HeaderSelection {
                 names.push(Arc::from(lower));
             }
         }
-        let lengths = names.iter().filter(|n| n.len() < 64).fold(0, |m, n| m | 1u64 << n.len());
-        HeaderSelection { names, lengths }
+        let slots = names.iter().fold(0, |m, n| m | 1u64 << slot(n.as_bytes()));
+        HeaderSelection { names, slots }
     }
 
     /// The kept (lower-case) name of a header called `name` (any case), if it is kept. No
     /// secret is ever kept: `new` leaves them out, and the check is case-blind too.
     pub fn wanted(&self, name: &[u8]) -> Option<&Arc<str>> {
-        if name.len() < 64 && self.lengths & (1u64 << name.len()) == 0 {
+        if self.slots & (1u64 << slot(name)) == 0 {
             return None;
         }
         self.names.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(name))
@@ -63,6 +63,13 @@ impl HeaderSelection {
     pub fn is_extra(name: &str) -> bool {
         !DEFAULT_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(name))
     }
+}
+
+/// A name's bit in [`HeaderSelection`]'s filter: from its length and first letter (any
+/// case), below 64.
+fn slot(name: &[u8]) -> u32 {
+    let first = name.first().map_or(0, u8::to_ascii_lowercase);
+    (name.len() as u32).wrapping_mul(7).wrapping_add(u32::from(first)) & 63
 }
 
 impl Default for HeaderSelection {

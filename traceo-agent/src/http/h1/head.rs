@@ -1,6 +1,10 @@
 //! Parsing a complete HTTP/1.x head (start line + header fields) into what framing needs
 //! and what the exchange keeps.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use crate::http::headers::{HeaderSelection, KeptHeaders, utf8_lossy};
 use crate::http::parser::{Kind, ParseErrorKind, Version};
 use crate::http::redact::redact_target;
@@ -51,18 +55,20 @@ pub struct HeadError {
 }
 
 /// Index just past the blank line ending a head or trailer section in `buf`, searching
-/// from `from` (callers back up over bytes that may start a terminator).
+/// from `from` (callers back up over bytes that may start a terminator). One vector search
+/// for the CRLF form finds most; the bare-LF form is looked for only before it.
 pub fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(rel) = memchr::memchr(b'\n', buf.get(i..)?) {
-        let nl = i + rel;
-        match (buf.get(nl + 1), buf.get(nl + 2)) {
-            (Some(b'\n'), _) => return Some(nl + 2),
-            (Some(b'\r'), Some(b'\n')) => return Some(nl + 3),
-            _ => i = nl + 1,
-        }
+    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
+    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+    let hay = buf.get(from..)?;
+    let crlf = CRLF.find(hay);
+    // A `\n\n` at or past a `\n\r\n` would come later.
+    let before = crlf.map_or(hay, |at| hay.get(..=at).unwrap_or(hay));
+    match (LF.find(before), crlf) {
+        (Some(at), _) => Some(from + at + 2),
+        (None, Some(at)) => Some(from + at + 3),
+        (None, None) => None,
     }
-    None
 }
 
 /// The start line alone, for early validation and for heads that fail later.
@@ -164,24 +170,18 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
     let fail = |k| HeadError { kind: k, start: Some(start.clone()) };
     let mut headers = KeptHeaders::default();
     let mut framing = Framing::default();
-    let fields = buf.get(line_len..).unwrap_or_default();
-    for raw in lines(fields) {
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
+    let mut rest = buf.get(line_len..).unwrap_or_default();
+    while let Some(&first) = rest.first() {
+        let (line, next) = split_line(rest);
+        rest = next;
+        if first == b' ' || first == b'\t' || line == b"\r" || line.is_empty() {
+            // Obsolete line folding (a continuation of a field we don't need whole), or
+            // the blank line.
             continue;
         }
-        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            // Obsolete line folding: a continuation of a field we don't need whole.
-            continue;
-        }
-        let Some(colon) = memchr::memchr(b':', line) else {
+        let Some((name, value)) = field(line) else {
             return Err(fail(ParseErrorKind::BadHeader));
         };
-        let name = line.get(..colon).unwrap_or_default();
-        let value = trim(line.get(colon + 1..).unwrap_or_default());
-        if !is_token(name) {
-            return Err(fail(ParseErrorKind::BadHeader));
-        }
         apply_framing(&mut framing, name, value).map_err(fail)?;
         if let Some(kept) = sel.wanted(name) {
             headers.push_kept(kept, value);
@@ -194,26 +194,30 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
     Ok(Head { start, headers, framing })
 }
 
-/// `buf` split at each `\n` (as `split` would), found with memchr: this is the hot loop of
-/// every head.
-fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(buf);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match memchr::memchr(b'\n', r) {
-            Some(nl) => {
-                rest = r.get(nl + 1..);
-                r.get(..nl)
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
+/// The line at the start of `buf` (without its `\n`) and what follows it: the one memchr
+/// per line of every head.
+fn split_line(buf: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b'\n', buf) {
+        Some(nl) => (buf.get(..nl).unwrap_or_default(), buf.get(nl + 1..).unwrap_or_default()),
+        None => (buf, &[]),
+    }
+}
+
+/// A field line's name (a token up to the first `:`) and trimmed value, read in one pass:
+/// the name is short, so it is scanned byte by byte and checked as it goes.
+fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = line.iter().position(|&c| !TCHAR[usize::from(c)])?;
+    if colon == 0 || line.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((line.get(..colon)?, trim(line.get(colon + 1..)?)))
 }
 
 fn apply_framing(f: &mut Framing, name: &[u8], value: &[u8]) -> Result<(), ParseErrorKind> {
+    // The length tells most fields apart before any case-blind compare.
+    if !matches!(name.len(), 7 | 14 | 17) {
+        return Ok(());
+    }
     if name.eq_ignore_ascii_case(b"content-length") {
         // `5, 5` (merged duplicates) is allowed; differing values are not.
         for part in value.split(|&b| b == b',') {
@@ -264,10 +268,6 @@ const TCHAR: [bool; 256] = {
     t
 };
 
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&c| TCHAR[usize::from(c)])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +310,9 @@ mod tests {
         assert_eq!(find_blank_line(b"a\n\nrest", 0), Some(3));
         assert_eq!(find_blank_line(b"a\r\nb\r\n", 0), None);
         assert_eq!(find_blank_line(b"\n\r\n", 0), Some(3));
+        assert_eq!(find_blank_line(b"a\nb\n\nc\r\n\r\n", 0), Some(5));
+        assert_eq!(find_blank_line(b"a\r\n\r\nb\n\n", 0), Some(5));
+        assert_eq!(find_blank_line(b"a\r\n\r\nb\n\n", 4), Some(8));
+        assert_eq!(find_blank_line(b"ab", 5), None);
     }
 }

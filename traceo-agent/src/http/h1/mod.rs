@@ -238,15 +238,14 @@ impl Http1Parser {
             }
             ReaderEvent::Head { start, framing, start_ns } => {
                 let (body, upgraded) = self.frame(start, framing, start_ns);
-                let done = self.readers[idx(d)].set_framing(body, upgraded, &self.lim);
-                if let Some(msg) = done {
-                    self.complete(msg, out);
+                if self.readers[idx(d)].set_framing(body, upgraded, &self.lim) {
+                    self.complete(d, out);
                 }
             }
-            ReaderEvent::Complete(msg) => self.complete(msg, out),
-            ReaderEvent::Failed { kind, msg, announced } => {
+            ReaderEvent::Complete => self.complete(d, out),
+            ReaderEvent::Failed { kind, announced } => {
                 out.push(Output::Error(kind));
-                let Some(msg) = msg else { return };
+                let Some(msg) = self.readers[idx(d)].take_message() else { return };
                 if !announced {
                     match msg.kind {
                         Kind::Request => self.awaiting.push_back(awaiting_for(&msg)),
@@ -300,7 +299,9 @@ impl Http1Parser {
         }
     }
 
-    fn complete(&mut self, msg: HttpMessage, out: &mut Vec<Output>) {
+    /// `d`'s reader completed its message.
+    fn complete(&mut self, d: Direction, out: &mut Vec<Output>) {
+        let Some(msg) = self.readers[idx(d)].take_message() else { return };
         let interim =
             msg.kind == Kind::Response && msg.status.is_some_and(|s| (100..200).contains(&s)) && !msg.upgraded;
         if msg.upgraded {

@@ -9,7 +9,8 @@ use crate::http::parser::{HttpMessage, Kind, ParseErrorKind, SegKind, Segment};
 
 use super::body::{Body, BodyFraming};
 use super::head::{
-    Framing, Start, StartFacts, bad_start, check_start, find_blank_line, overlong_start, parse_head, parse_start,
+    Framing, HeadError, Start, StartFacts, bad_start, check_start, find_blank_line, overlong_start, parse_head,
+    parse_start,
 };
 use super::resync::{Scanner, Want};
 use super::startline::Line;
@@ -34,23 +35,17 @@ impl Default for Limits {
     }
 }
 
-/// What a step produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a step produced. Small on purpose: a message stays in the reader until the
+/// connection takes it ([`Reader::take_message`]), so no step moves one around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReaderEvent {
     /// A head is complete; the connection must answer with `set_framing`.
-    Head {
-        start: StartFacts,
-        framing: Framing,
-        start_ns: u64,
-    },
-    Complete(HttpMessage),
-    /// The message (if one had started) is given up; the reader is resynchronising.
-    /// `announced`: its head was reported as `Head` earlier.
-    Failed {
-        kind: ParseErrorKind,
-        msg: Option<HttpMessage>,
-        announced: bool,
-    },
+    Head { start: StartFacts, framing: Framing, start_ns: u64 },
+    /// The message is complete: take it.
+    Complete,
+    /// The message (if one had started: take it) is given up; the reader is
+    /// resynchronising. `announced`: its head was reported as `Head` earlier.
+    Failed { kind: ParseErrorKind, announced: bool },
     /// A start line was found again.
     Resynced(Kind),
 }
@@ -121,6 +116,11 @@ impl Reader {
     /// Lose the place (bytes dropped): look for the next start line.
     pub fn resync(&mut self) {
         self.msg = None;
+        self.lose_place();
+    }
+
+    /// Look for the next start line, keeping the message (a failed one is still taken).
+    fn lose_place(&mut self) {
         self.scanner.clear();
         self.state = State::Resync(self.kind.map_or(Want::Either, Want::Only));
     }
@@ -133,15 +133,22 @@ impl Reader {
         }
     }
 
-    /// Answer to `Head`: how the body is framed. Returns the message if it is already
-    /// complete (no body).
-    pub fn set_framing(&mut self, framing: BodyFraming, upgraded: bool, lim: &Limits) -> Option<HttpMessage> {
+    /// The message a `Complete` or `Failed` event announced.
+    pub fn take_message(&mut self) -> Option<HttpMessage> {
+        self.msg.take()
+    }
+
+    /// Answer to `Head`: how the body is framed. True if the message is already complete
+    /// (no body): take it.
+    pub fn set_framing(&mut self, framing: BodyFraming, upgraded: bool, lim: &Limits) -> bool {
         if let Some(m) = &mut self.msg {
             m.upgraded = upgraded;
         }
         // A Sentry envelope is read whole when the capture allows (`sentry`).
+        // Methods are stored as `METHODS` spells them: only a POST can be one.
         let envelope = self.msg.as_ref().is_some_and(|m| {
-            crate::sentry::is_envelope_request(m.method.as_deref().unwrap_or(""), m.target.as_deref().unwrap_or(""))
+            m.method.as_deref() == Some("POST")
+                && crate::sentry::is_envelope_request("POST", m.target.as_deref().unwrap_or(""))
         });
         let prefix = if envelope {
             crate::sentry::ENVELOPE_PREFIX_BYTES.max(lim.body_prefix_bytes)
@@ -153,7 +160,7 @@ impl Reader {
             return self.complete(body, false);
         }
         self.state = State::Body(body);
-        None
+        false
     }
 
     /// Consume part of `seg` (never nothing unless the state changed).
@@ -234,7 +241,14 @@ impl Reader {
             buf.extend_from_slice(&bytes);
         }
         let data: &[u8] = if direct { &bytes } else { &buf };
-        if !line_ok {
+        let end = find_blank_line(data, old.saturating_sub(2));
+        // A whole head checks its start line as it is parsed: the line is checked alone
+        // only while the head is incomplete, or when that parse failed on the line.
+        let parsed = end
+            .filter(|&e| e <= lim.max_head_bytes)
+            .map(|e| parse_head(data.get(..e).unwrap_or_default(), kind, &lim.headers))
+            .filter(|p| !matches!(p, Err(HeadError { start: None, .. })));
+        if !line_ok && parsed.is_none() {
             match check_start(data, kind) {
                 Line::Yes(()) => line_ok = true,
                 Line::Partial => {}
@@ -251,7 +265,7 @@ impl Reader {
                 }
             }
         }
-        let Some(end) = find_blank_line(data, old.saturating_sub(2)) else {
+        let Some(end) = end else {
             seg.consume_all();
             if data.len() > lim.max_head_bytes {
                 self.keep_start(data, kind);
@@ -266,7 +280,7 @@ impl Reader {
             self.keep_start(data, kind);
             return Some(self.fail(ParseErrorKind::HeaderTooLarge, false));
         }
-        match parse_head(data.get(..end).unwrap_or_default(), kind, &lim.headers) {
+        match parsed.unwrap_or_else(|| parse_head(data.get(..end).unwrap_or_default(), kind, &lim.headers)) {
             Ok(head) => {
                 let mut start_ns = seg.start_ns;
                 let facts = head.start.facts();
@@ -303,7 +317,7 @@ impl Reader {
             SegKind::Eof => {
                 seg.consume_all();
                 let clean = body.eof();
-                return self.complete(body, !clean).map(ReaderEvent::Complete);
+                return self.complete(body, !clean).then_some(ReaderEvent::Complete);
             }
         };
         self.touch(seg);
@@ -314,7 +328,7 @@ impl Reader {
                 }
                 Some(self.fail(kind, true))
             }
-            Ok(()) if body.is_done() => self.complete(body, false).map(ReaderEvent::Complete),
+            Ok(()) if body.is_done() => self.complete(body, false).then_some(ReaderEvent::Complete),
             Ok(()) => {
                 self.state = State::Body(body);
                 None
@@ -374,26 +388,26 @@ impl Reader {
         }
     }
 
-    fn complete(&mut self, body: Body, truncated: bool) -> Option<HttpMessage> {
+    /// Finish the message in place; false if there is none.
+    fn complete(&mut self, body: Body, truncated: bool) -> bool {
         self.state = State::Boundary;
-        let mut m = self.msg.take()?;
+        let Some(m) = &mut self.msg else { return false };
         m.body_size = body.size;
         m.truncated |= truncated || body.lost;
         m.body_prefix = body.prefix;
         if m.upgraded {
             self.state = State::Stopped;
         }
-        Some(m)
+        true
     }
 
     fn fail(&mut self, kind: ParseErrorKind, announced: bool) -> ReaderEvent {
-        let msg = self.msg.take().map(|mut m| {
+        if let Some(m) = &mut self.msg {
             m.parse_error = true;
             m.truncated = true;
-            m
-        });
-        self.resync();
-        ReaderEvent::Failed { kind, msg, announced }
+        }
+        self.lose_place();
+        ReaderEvent::Failed { kind, announced }
     }
 }
 

@@ -69,7 +69,7 @@ pub enum Class {
 
 /// `METHOD SP target SP HTTP/1.x CRLF` (a bare LF is tolerated).
 pub fn request_line(buf: &[u8]) -> Line<RequestLine<'_>> {
-    let Some(sp) = buf.iter().take(MAX_METHOD + 1).position(|&b| b == b' ') else {
+    let Some(sp) = within(buf, MAX_METHOD + 1).iter().position(|&b| b == b' ') else {
         let prefix_of_method = buf.len() <= MAX_METHOD && METHODS.iter().any(|m| m.as_bytes().starts_with(buf));
         return if prefix_of_method { Line::Partial } else { Line::No };
     };
@@ -78,7 +78,7 @@ pub fn request_line(buf: &[u8]) -> Line<RequestLine<'_>> {
         return Line::No;
     };
     let rest = buf.get(sp + 1..).unwrap_or_default();
-    let Some(tlen) = rest.iter().take(MAX_TARGET + 1).position(|&b| !is_target_byte(b)) else {
+    let Some(tlen) = within(rest, MAX_TARGET + 1).iter().position(|&b| !is_target_byte(b)) else {
         return if rest.len() > MAX_TARGET { Line::No } else { Line::Partial };
     };
     if tlen == 0 || rest.get(tlen) != Some(&b' ') {
@@ -135,7 +135,7 @@ pub fn status_line(buf: &[u8]) -> Line<StatusLine> {
     let reason_len = match tail.first() {
         Some(b' ') => {
             let reason = tail.get(1..).unwrap_or_default();
-            match reason.iter().take(MAX_REASON + 1).position(|&b| b == b'\r' || b == b'\n') {
+            match within(reason, MAX_REASON + 1).iter().position(|&b| b == b'\r' || b == b'\n') {
                 Some(n) => n + 1,
                 None if reason.len() > MAX_REASON => return Line::No,
                 None => return Line::Partial,
@@ -171,6 +171,12 @@ pub fn classify(head: &[u8]) -> Class {
 
 /// `HTTP/1.0` or `HTTP/1.1`: the version and its length.
 fn version(buf: &[u8]) -> Line<(Version, usize)> {
+    // Whole versions first: one 8-byte compare each.
+    match buf.get(..8) {
+        Some(b"HTTP/1.1") => return Line::Yes((Version::Http11, 8)),
+        Some(b"HTTP/1.0") => return Line::Yes((Version::Http10, 8)),
+        _ => {}
+    }
     const LIT: &[u8] = b"HTTP/1.";
     let n = buf.len().min(LIT.len());
     if buf.get(..n) != LIT.get(..n) {
@@ -182,6 +188,11 @@ fn version(buf: &[u8]) -> Line<(Version, usize)> {
         Some(b'1') => Line::Yes((Version::Http11, LIT.len() + 1)),
         Some(_) => Line::No,
     }
+}
+
+/// At most the first `n` bytes of `buf` (a slice, so searches in it stay plain loops).
+fn within(buf: &[u8], n: usize) -> &[u8] {
+    buf.get(..n).unwrap_or(buf)
 }
 
 /// CRLF or LF: its length.

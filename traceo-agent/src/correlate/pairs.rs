@@ -47,6 +47,11 @@ pub fn server_key(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option
 const MAX_PER_CONNECTION: usize = 8;
 const SOCK_STREAM: u16 = 1;
 
+/// The maps are probed on every request (and every close): a fast hash, seeded per map. The
+/// keys are kernel-reported addresses, and a peer choosing its port cannot aim collisions
+/// at an unknown seed.
+type FastHash = foldhash::fast::RandomState;
+
 /// An unmatched request at one end: when it started, and who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry<K> {
@@ -56,11 +61,11 @@ struct Entry<K> {
 
 pub struct ConnPairs<K> {
     /// Traced TCP connections by their own (local, peer), with the owning pid.
-    open: HashMap<PairKey, (u64, u32)>,
-    open_by_id: HashMap<u64, PairKey>,
+    open: HashMap<PairKey, (u64, u32), FastHash>,
+    open_by_id: HashMap<u64, PairKey, FastHash>,
     max_open: usize,
-    clients: HashMap<PairKey, VecDeque<Entry<K>>>,
-    servers: HashMap<PairKey, VecDeque<Entry<K>>>,
+    clients: HashMap<PairKey, VecDeque<Entry<K>>, FastHash>,
+    servers: HashMap<PairKey, VecDeque<Entry<K>>, FastHash>,
     /// Connections forgotten because `max_open` was reached.
     pub evicted: u64,
 }
@@ -68,11 +73,11 @@ pub struct ConnPairs<K> {
 impl<K: Copy + PartialEq> ConnPairs<K> {
     pub fn new(max_open: usize) -> Self {
         ConnPairs {
-            open: HashMap::new(),
-            open_by_id: HashMap::new(),
+            open: HashMap::default(),
+            open_by_id: HashMap::default(),
             max_open: max_open.max(1),
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: HashMap::default(),
+            servers: HashMap::default(),
             evicted: 0,
         }
     }

@@ -18,9 +18,11 @@ pub struct PairKey([u8; 36]);
 /// `SocketAddr` pair compared equal to after folding) and the port. Flow info and scope are
 /// dropped, as folding did.
 fn pack(a: SocketAddr, out: &mut [u8]) {
-    let ip = match a.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        std::net::IpAddr::V6(v6) => v6,
+    // An IPv6 address is kept as is: canonicalising a mapped one and mapping it back is
+    // the identity.
+    let ip = match a {
+        SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+        SocketAddr::V6(v6) => *v6.ip(),
     };
     out[..16].copy_from_slice(&ip.octets());
     out[16..18].copy_from_slice(&a.port().to_be_bytes());

@@ -463,10 +463,14 @@ impl<R: Read> RecordReader<R> {
                 bail!("damaged record at byte {}: its checksum does not match (the file was altered)", self.offset);
             }
         }
-        let event = decode_v1(self.body[0], &self.body[1..len])
-            .with_context(|| format!("corrupt record at byte {}", self.offset))?;
-        self.offset += (4 + len + crc_len) as u64;
-        Ok(Some(event))
+        // Matched, not `with_context(..)?`: that re-wrapping copied every event once more.
+        match decode_v1(self.body[0], &self.body[1..len]) {
+            Ok(event) => {
+                self.offset += (4 + len + crc_len) as u64;
+                Ok(Some(event))
+            }
+            Err(e) => Err(e.context(format!("corrupt record at byte {}", self.offset))),
+        }
     }
 }
 

@@ -148,11 +148,16 @@ impl FileSource {
 
 impl EventSource for FileSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
-        let event = self.reader.next_event().with_context(|| format!("replaying {}", self.path.display()))?;
-        if event.is_none() && self.reader.truncated_tail {
-            log::warn!("the record file ends inside a record (was the recorder killed?); the rest was replayed");
+        // The result is returned as read: re-wrapping it (`?`, then `Ok`) copied every event twice.
+        let event = self.reader.next_event();
+        match &event {
+            Ok(None) if self.reader.truncated_tail => {
+                log::warn!("the record file ends inside a record (was the recorder killed?); the rest was replayed");
+            }
+            Err(_) => return event.with_context(|| format!("replaying {}", self.path.display())),
+            Ok(_) => {}
         }
-        Ok(event)
+        event
     }
 }
 

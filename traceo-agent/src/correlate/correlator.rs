@@ -22,7 +22,7 @@
 //! `evicted` when it was still in flight), completed ones are kept `hold_ns` for late
 //! children, and the connection index is capped (`pairs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map::Entry};
 
 use crate::events::Event;
 use crate::http::{Exchange, Link, RequestSeen, Role, SpanRef, Tracked};
@@ -87,6 +87,10 @@ fn link_index(link: Link) -> usize {
     Link::ALL.iter().position(|l| *l == link).unwrap_or(0)
 }
 
+/// Processes whose emptied inbound list may be kept, and the largest list kept empty.
+const KEPT_EMPTY_LISTS: usize = 1024;
+const KEPT_LIST_CAPACITY: usize = 64;
+
 /// The maps keyed by the agent's own integers (connection and request ids, pids): a fast hash.
 type FastHash = foldhash::fast::RandomState;
 
@@ -112,6 +116,8 @@ pub struct Correlator {
     // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
     #[allow(clippy::vec_box)]
     ready: Vec<Box<Exchange>>,
+    /// `resolve`'s work list, kept between calls (a parent decided per outbound call).
+    stack: Vec<Id>,
     now_ns: u64,
     stats: CorrelateStats,
 }
@@ -136,6 +142,7 @@ impl Correlator {
             linger: VecDeque::new(),
             answered: HashMap::default(),
             ready: Vec::new(),
+            stack: Vec::new(),
             now_ns: 0,
             stats: CorrelateStats::default(),
         }
@@ -163,7 +170,7 @@ impl Correlator {
     pub fn push(&mut self, tracked: Tracked, out: &mut impl FnMut(Box<Exchange>)) {
         match tracked {
             Tracked::Request(seen) => {
-                self.seen(&seen);
+                self.seen(seen);
             }
             Tracked::Exchange(ex) => self.completed(ex),
         }
@@ -199,17 +206,26 @@ impl Correlator {
         self.ready.drain(..).for_each(&mut *out);
     }
 
-    fn seen(&mut self, seen: &RequestSeen) -> Id {
+    /// Taken by value: its carried context moves into the node (no string copies).
+    fn seen(&mut self, seen: RequestSeen) -> Id {
         self.now_ns = self.now_ns.max(seen.start_ns);
         let request = (seen.conn_id, seen.seq);
-        if let Some(&id) = self.by_request.get(&request) {
-            return id;
-        }
-        while self.nodes.len() >= self.cfg.max_requests.max(1) {
-            let Some(oldest) = self.nodes.keys().next() else { break };
-            self.evict(oldest);
-        }
         let id = self.next_id;
+        // One probe of the map below `max_requests`; at the cap, evicting changes the map,
+        // so it is probed again after.
+        match self.by_request.entry(request) {
+            Entry::Occupied(known) => return *known.get(),
+            Entry::Vacant(slot) if self.nodes.len() < self.cfg.max_requests.max(1) => {
+                slot.insert(id);
+            }
+            Entry::Vacant(_) => {
+                while self.nodes.len() >= self.cfg.max_requests.max(1) {
+                    let Some(oldest) = self.nodes.keys().next() else { break };
+                    self.evict(oldest);
+                }
+                self.by_request.insert(request, id);
+            }
+        }
         self.next_id += 1;
         let (pair, server) = match seen.role {
             Role::Server => (server_key(seen.local, seen.peer), true),
@@ -223,14 +239,13 @@ impl Correlator {
             pair,
             start_ns: seen.start_ns,
             span_id: self.ids.span_id(),
-            carried: seen.carried.clone(),
+            carried: seen.carried,
             task_ctx: seen.task_ctx,
             state: State::Waiting(Wait::New),
             dependents: Vec::new(),
             watchers: Vec::new(),
         };
         self.nodes.insert(id, node);
-        self.by_request.insert(request, id);
         self.deadlines.push_back((self.now_ns.saturating_add(self.cfg.hold_ns), id));
         if server {
             self.server_seen(id)
@@ -345,7 +360,7 @@ impl Correlator {
             Some(id) if self.nodes.contains_key(&id) => id,
             _ => {
                 self.stats.unannounced += 1;
-                let id = self.seen(&RequestSeen::of(&ex));
+                let id = self.seen(RequestSeen::of(&ex));
                 self.by_request.remove(&(ex.conn_id, ex.request_seq));
                 id
             }
@@ -384,7 +399,10 @@ impl Correlator {
         if role == Role::Server {
             if let Some(list) = self.inbound.get_mut(&pid) {
                 list.retain(|x| *x != id);
-                if list.is_empty() {
+                // An emptied list is kept for the process's next request (dropped and made
+                // anew it cost an allocation per request), unless grown large or the map
+                // holds many processes: bounded either way.
+                if list.is_empty() && (list.capacity() > KEPT_LIST_CAPACITY || self.inbound.len() > KEPT_EMPTY_LISTS) {
                     self.inbound.remove(&pid);
                 }
             }
@@ -502,6 +520,10 @@ impl Correlator {
     /// child (the client end of a connection can be reported after the server end), so the
     /// chain of waiting parents above is resolved first, from the top.
     fn force(&mut self, id: Id) {
+        // Most holds expire on a request long resolved: nothing to do, nothing to allocate.
+        if self.nodes.get(&id).and_then(|n| n.state.wait()).is_none() {
+            return;
+        }
         let mut chain = vec![id];
         while let Some(n) = chain.last().and_then(|top| self.nodes.get(top)) {
             let Some(&Wait::Parent(next, _)) = n.state.wait() else { break };
@@ -560,7 +582,10 @@ impl Correlator {
             },
             Parent::Local(p) => {
                 self.set_wait(id, Wait::Parent(p, link));
-                return self.resolve(vec![id]);
+                let mut stack = std::mem::take(&mut self.stack);
+                stack.push(id);
+                self.stack = self.resolve(stack);
+                return;
             }
         };
         let waiting = self.set_trace(id, trace, None);
@@ -568,8 +593,8 @@ impl Correlator {
     }
 
     /// Give each request of `stack` waiting for its parent the parent's trace if it has one,
-    /// then, in turn, everything that waited on it.
-    fn resolve(&mut self, mut stack: Vec<Id>) {
+    /// then, in turn, everything that waited on it. Returns the emptied stack (for reuse).
+    fn resolve(&mut self, mut stack: Vec<Id>) -> Vec<Id> {
         while let Some(id) = stack.pop() {
             let Some(&Wait::Parent(p, link)) = self.nodes.get(&id).and_then(|n| n.state.wait()) else { continue };
             let (trace, parent) = match self.nodes.get_mut(&p) {
@@ -599,6 +624,7 @@ impl Correlator {
             };
             stack.append(&mut self.set_trace(id, trace, parent));
         }
+        stack
     }
 
     /// `id`'s trace is known (from `parent`, a request seen here, if it has one): count it,
@@ -640,19 +666,30 @@ impl Correlator {
     }
 
     fn remove(&mut self, id: Id) {
-        let Some(n) = self.nodes.remove(&id) else { return };
-        if let Some(by) = n.state.done().and_then(|d| d.answered_by) {
-            if self.answered.get(&(n.pid, by)) == Some(&id) {
-                self.answered.remove(&(n.pid, by));
+        // Read in place (moving a node out costs copies); it is dropped in place below.
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let (role, pid, pair, request, done) = (n.role, n.pid, n.pair, n.request, n.state.done());
+        let value = n.carried.correlation_id.take();
+        // Unreachable after `force`, but never lose an exchange.
+        let held = n.take_held();
+        self.nodes.remove(&id);
+        if let Some(by) = done.and_then(|d| d.answered_by) {
+            if self.answered.get(&(pid, by)) == Some(&id) {
+                self.answered.remove(&(pid, by));
             }
         }
-        if self.by_request.get(&n.request) == Some(&id) {
-            self.by_request.remove(&n.request);
+        if done.is_some() {
+            // `completed` dropped it from `by_request` and the indexes, all but a pair still
+            // awaited (nothing indexes a request again once completed).
+            if let Some(key) = pair {
+                self.pairs.forget(&key, id);
+            }
+        } else {
+            if self.by_request.get(&request) == Some(&id) {
+                self.by_request.remove(&request);
+            }
+            self.unindex(id, role, pid, pair, value.as_deref());
         }
-        self.unindex(id, n.role, n.pid, n.pair, n.carried.correlation_id.as_deref());
-        if let State::Held { exchange, .. } = n.state {
-            // Unreachable after `force`, but never lose an exchange.
-            self.ready.push(exchange);
-        }
+        self.ready.extend(held);
     }
 }

@@ -157,6 +157,19 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The exchange held, taken out (the node is being forgotten).
+    pub(super) fn take_held(&mut self) -> Option<Box<Exchange>> {
+        if !matches!(self.state, State::Held { .. }) {
+            return None;
+        }
+        match std::mem::replace(&mut self.state, State::Waiting(Wait::New)) {
+            State::Held { exchange, .. } => Some(exchange),
+            _ => None,
+        }
+    }
+}
+
 /// The exchange's trace context, from its request's.
 pub(super) fn fill(ex: &mut Exchange, span_id: SpanId, trace: &mut Resolved) {
     ex.trace = Some(TraceContext {

@@ -79,14 +79,24 @@ impl Nodes {
         self.get(id).is_some()
     }
 
-    pub(super) fn remove(&mut self, id: &Id) -> Option<Node> {
-        let node = match self.index(*id) {
-            Some(i) => self.slots.get_mut(i)?.take(),
-            None => self.old.remove(id),
-        }?;
-        self.len -= 1;
-        self.trim();
-        Some(node)
+    /// Forget request `id` (whether it was there). Dropped in place: moving a node out costs
+    /// copies of a few hundred bytes; read what is needed through `get_mut` first.
+    pub(super) fn remove(&mut self, id: &Id) -> bool {
+        let found = match self.index(*id) {
+            Some(i) => match self.slots.get_mut(i) {
+                Some(slot @ Some(_)) => {
+                    *slot = None;
+                    true
+                }
+                _ => false,
+            },
+            None => self.old.remove(id).is_some(),
+        };
+        if found {
+            self.len -= 1;
+            self.trim();
+        }
+        found
     }
 
     /// Ids in order, oldest first.
@@ -107,9 +117,11 @@ impl Nodes {
     /// Drop the forgotten slots at the window's front, and give back the room a burst left
     /// (10,000 requests held at once kept about 3 MiB of slots after they were forgotten).
     fn trim(&mut self) {
-        while let Some(None) = self.slots.front() {
-            self.slots.pop_front();
-            self.base += 1;
+        // Drained, not popped: a pop moves each slot (a few hundred bytes) out to drop it.
+        if self.slots.front().is_some_and(Option::is_none) {
+            let gaps = self.slots.iter().take_while(|n| n.is_none()).count();
+            self.slots.drain(..gaps);
+            self.base += gaps as Id;
         }
         let (len, cap) = (self.slots.len(), self.slots.capacity());
         if cap > MIN_KEPT_SLOTS && len < cap / 4 {
@@ -149,17 +161,17 @@ mod tests {
         // 10 and 11 fell out of the window into the old map, still there and in order.
         assert_eq!(n.keys().collect::<Vec<_>>(), vec![10, 11, 12, 13, 14, 15]);
         assert_eq!((n.len(), n.old.len(), n.base), (6, 2, 12));
-        assert_eq!(n.remove(&13).map(|x| x.start_ns), Some(13));
-        assert_eq!(n.remove(&12).map(|x| x.start_ns), Some(12));
+        assert_eq!(n.get(&13).map(|x| x.start_ns), Some(13));
+        assert!(n.remove(&13) && n.remove(&12));
         assert_eq!(n.base, 14);
-        assert!(n.remove(&12).is_none() && !n.contains_key(&13));
+        assert!(!n.remove(&12) && !n.contains_key(&13));
         assert_eq!(n.get(&10).map(|x| x.start_ns), Some(10));
         if let Some(x) = n.get_mut(&15) {
             x.tid = 7;
         }
         assert_eq!(n.values().map(|x| x.tid).collect::<Vec<_>>(), vec![1, 1, 1, 7]);
         for id in [10, 11, 14, 15] {
-            assert!(n.remove(&id).is_some());
+            assert!(n.remove(&id));
         }
         assert_eq!((n.len(), n.keys().next()), (0, None));
         n.insert(20, node(20));

@@ -18,9 +18,11 @@ pub struct PairKey([u8; 36]);
 /// `SocketAddr` pair compared equal to after folding) and the port. Flow info and scope are
 /// dropped, as folding did.
 fn pack(a: SocketAddr, out: &mut [u8]) {
-    let ip = match a.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        std::net::IpAddr::V6(v6) => v6,
+    // An IPv6 address is kept as is: canonicalising a mapped one and mapping it back is
+    // the identity.
+    let ip = match a {
+        SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+        SocketAddr::V6(v6) => *v6.ip(),
     };
     out[..16].copy_from_slice(&ip.octets());
     out[16..18].copy_from_slice(&a.port().to_be_bytes());
@@ -47,6 +49,11 @@ pub fn server_key(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option
 const MAX_PER_CONNECTION: usize = 8;
 const SOCK_STREAM: u16 = 1;
 
+/// The maps are probed on every request (and every close): a fast hash, seeded per map. The
+/// keys are kernel-reported addresses, and a peer choosing its port cannot aim collisions
+/// at an unknown seed.
+type FastHash = foldhash::fast::RandomState;
+
 /// An unmatched request at one end: when it started, and who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry<K> {
@@ -56,11 +63,11 @@ struct Entry<K> {
 
 pub struct ConnPairs<K> {
     /// Traced TCP connections by their own (local, peer), with the owning pid.
-    open: HashMap<PairKey, (u64, u32)>,
-    open_by_id: HashMap<u64, PairKey>,
+    open: HashMap<PairKey, (u64, u32), FastHash>,
+    open_by_id: HashMap<u64, PairKey, FastHash>,
     max_open: usize,
-    clients: HashMap<PairKey, VecDeque<Entry<K>>>,
-    servers: HashMap<PairKey, VecDeque<Entry<K>>>,
+    clients: HashMap<PairKey, VecDeque<Entry<K>>, FastHash>,
+    servers: HashMap<PairKey, VecDeque<Entry<K>>, FastHash>,
     /// Connections forgotten because `max_open` was reached.
     pub evicted: u64,
 }
@@ -68,11 +75,11 @@ pub struct ConnPairs<K> {
 impl<K: Copy + PartialEq> ConnPairs<K> {
     pub fn new(max_open: usize) -> Self {
         ConnPairs {
-            open: HashMap::new(),
-            open_by_id: HashMap::new(),
+            open: HashMap::default(),
+            open_by_id: HashMap::default(),
             max_open: max_open.max(1),
-            clients: HashMap::new(),
-            servers: HashMap::new(),
+            clients: HashMap::default(),
+            servers: HashMap::default(),
             evicted: 0,
         }
     }

@@ -50,12 +50,16 @@ impl Birth {
     }
 }
 
+/// Keyed by pids, thread ids and context addresses (the processes' own integers), probed on
+/// every task event and every answered request: a fast hash, seeded per map.
+type FastHash = foldhash::fast::RandomState;
+
 /// Births per (process, context), bounded: the oldest are forgotten first.
 pub struct TaskLineage {
-    births: HashMap<(u32, u64), Vec<Birth>>,
+    births: HashMap<(u32, u64), Vec<Birth>, FastHash>,
     order: VecDeque<(u32, u64)>,
     /// Threads seen creating tasks: event loops' (bounded by [`MAX_LOOP_THREADS`]).
-    loop_threads: HashSet<(u32, u32)>,
+    loop_threads: HashSet<(u32, u32), FastHash>,
     cap: usize,
     pub forgotten: u64,
 }
@@ -67,9 +71,9 @@ const MAX_LOOP_THREADS: usize = 4096;
 impl TaskLineage {
     pub fn new(cap: usize) -> TaskLineage {
         TaskLineage {
-            births: HashMap::new(),
+            births: HashMap::default(),
             order: VecDeque::new(),
-            loop_threads: HashSet::new(),
+            loop_threads: HashSet::default(),
             cap: cap.max(1),
             forgotten: 0,
         }

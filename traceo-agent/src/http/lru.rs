@@ -1,26 +1,25 @@
 //! A capped map from connection id to state, evicting the least recently used.
 //!
-//! Recency is a queue of (tick, key) uses: a use appends one and the map keeps each key's
-//! latest tick, so entries whose tick is not their key's latest are stale and skipped (and
-//! compacted away once they outnumber the live ones). A use costs one hash lookup and a
-//! push, not a tree removal and insertion.
+//! Recency is a doubly linked list of keys in a vector (freed slots reused), each map entry
+//! knowing its slot: a use is one hash lookup and a few index writes. (A queue of (tick, key)
+//! uses, stale entries skipped and compacted, cost a push per use and a hash lookup per
+//! queued use at each compaction.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 /// Connection ids are the agent's own (kernel socket identities), not input: a fast hash.
-type Map<V> = HashMap<u64, (V, u64), foldhash::fast::RandomState>;
+type Map<V> = HashMap<u64, (V, usize), foldhash::fast::RandomState>;
 
 pub struct Lru<V> {
+    /// Each value with its slot in `order`.
     map: Map<V>,
-    /// (use tick, key), oldest first; stale where the tick is not the key's latest.
-    order: VecDeque<(u64, u64)>,
-    tick: u64,
+    order: Order,
     cap: usize,
 }
 
 impl<V> Lru<V> {
     pub fn new(cap: usize) -> Self {
-        Lru { map: Map::default(), order: VecDeque::new(), tick: 0, cap: cap.max(1) }
+        Lru { map: Map::default(), order: Order::default(), cap: cap.max(1) }
     }
 
     pub fn len(&self) -> usize {
@@ -39,16 +38,8 @@ impl<V> Lru<V> {
 
     /// The value for `key`, marked as just used.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        self.compact();
-        let next = self.tick.wrapping_add(1);
-        let (v, tick) = self.map.get_mut(&key)?;
-        self.tick = next;
-        match self.order.back_mut() {
-            // Already the latest use: it stays where it is.
-            Some(last) if *last == (*tick, key) => last.0 = next,
-            _ => self.order.push_back((next, key)),
-        }
-        *tick = next;
+        let (v, slot) = self.map.get_mut(&key)?;
+        self.order.touch(*slot);
         Some(v)
     }
 
@@ -57,53 +48,121 @@ impl<V> Lru<V> {
     pub fn insert(&mut self, key: u64, v: V) -> (Option<V>, Option<(u64, V)>) {
         let replaced = self.remove(key);
         let evicted = if self.map.len() >= self.cap { self.pop_oldest() } else { None };
-        let tick = self.next_tick();
-        self.compact();
-        self.map.insert(key, (v, tick));
-        self.order.push_back((tick, key));
+        let slot = self.order.push(key);
+        self.map.insert(key, (v, slot));
         (replaced, evicted)
     }
 
     pub fn remove(&mut self, key: u64) -> Option<V> {
-        // Its queue entries go stale (skipped, compacted later).
-        self.map.remove(&key).map(|(v, _)| v)
+        let (v, slot) = self.map.remove(&key)?;
+        self.order.release(slot);
+        Some(v)
     }
 
     pub fn pop_oldest(&mut self) -> Option<(u64, V)> {
-        while let Some((tick, key)) = self.order.pop_front() {
-            if self.is_live(tick, key) {
-                return self.map.remove(&key).map(|(v, _)| (key, v));
-            }
-        }
-        None
+        let key = self.order.oldest()?;
+        self.remove(key).map(|v| (key, v))
     }
 
     /// Remove and return every entry for which `pred` holds, oldest first.
     pub fn drain_where(&mut self, mut pred: impl FnMut(&V) -> bool) -> Vec<(u64, V)> {
-        let keys: Vec<u64> = self
-            .order
-            .iter()
-            .filter(|&&(t, k)| self.map.get(&k).is_some_and(|(v, tick)| *tick == t && pred(v)))
-            .map(|&(_, k)| k)
-            .collect();
+        let keys: Vec<u64> = self.order.keys().filter(|k| self.map.get(k).is_some_and(|(v, _)| pred(v))).collect();
         keys.into_iter().filter_map(|k| self.remove(k).map(|v| (k, v))).collect()
     }
+}
 
-    fn is_live(&self, tick: u64, key: u64) -> bool {
-        self.map.get(&key).is_some_and(|&(_, t)| t == tick)
+/// No slot (the ends of the list).
+const NIL: usize = usize::MAX;
+
+#[derive(Clone, Copy)]
+struct Link {
+    key: u64,
+    prev: usize,
+    next: usize,
+}
+
+/// Keys from least to most recently used. Slots never outnumber the most entries held at
+/// once (at most the cap).
+struct Order {
+    links: Vec<Link>,
+    free: Vec<usize>,
+    head: usize,
+    tail: usize,
+}
+
+impl Default for Order {
+    fn default() -> Self {
+        Order { links: Vec::new(), free: Vec::new(), head: NIL, tail: NIL }
+    }
+}
+
+impl Order {
+    /// Append `key` as the most recent; its slot.
+    fn push(&mut self, key: u64) -> usize {
+        let link = Link { key, prev: NIL, next: NIL };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                if let Some(l) = self.links.get_mut(slot) {
+                    *l = link;
+                }
+                slot
+            }
+            None => {
+                self.links.push(link);
+                self.links.len() - 1
+            }
+        };
+        self.link_tail(slot);
+        slot
     }
 
-    /// Drop stale queue entries once they outnumber the live ones (amortised O(1) a use).
-    fn compact(&mut self) {
-        if self.order.len() > 2 * self.map.len() + 64 {
-            let map = &self.map;
-            self.order.retain(|&(t, k)| map.get(&k).is_some_and(|&(_, tick)| tick == t));
+    /// `slot`'s key was just used.
+    fn touch(&mut self, slot: usize) {
+        if slot != self.tail {
+            self.unlink(slot);
+            self.link_tail(slot);
         }
     }
 
-    fn next_tick(&mut self) -> u64 {
-        self.tick = self.tick.wrapping_add(1);
-        self.tick
+    fn release(&mut self, slot: usize) {
+        self.unlink(slot);
+        self.free.push(slot);
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.links.get(self.head).map(|l| l.key)
+    }
+
+    /// Keys, oldest first.
+    fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::successors(self.links.get(self.head), |l| self.links.get(l.next))
+            .take(self.links.len())
+            .map(|l| l.key)
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let Some(&Link { prev, next, .. }) = self.links.get(slot) else { return };
+        match self.links.get_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.head = next,
+        }
+        match self.links.get_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.tail = prev,
+        }
+    }
+
+    fn link_tail(&mut self, slot: usize) {
+        let tail = self.tail;
+        if let Some(l) = self.links.get_mut(slot) {
+            l.prev = tail;
+            l.next = NIL;
+        }
+        match self.links.get_mut(tail) {
+            Some(t) => t.next = slot,
+            None => self.head = slot,
+        }
+        self.tail = slot;
     }
 }
 
@@ -129,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_a_plain_recency_list_through_compactions() {
+    fn matches_a_plain_recency_list() {
         // A reference: keys most recent last.
         let (mut lru, mut model) = (Lru::new(50), Vec::<u64>::new());
         let mut x: u64 = 12345;
@@ -170,11 +229,8 @@ mod tests {
                 _ => {}
             }
             assert_eq!(lru.len(), model.len());
-            // A use compacts first: right after one, stale entries are at most the live ones
-            // plus the slack (removals only leave theirs for the next use to compact).
-            if (x >> 20) % 10 <= 7 {
-                assert!(lru.order.len() <= 2 * lru.len() + 66, "stale entries are compacted away");
-            }
+            // Slots are reused: never more than the most entries held at once.
+            assert!(lru.order.links.len() <= 50 && lru.order.free.len() + lru.len() == lru.order.links.len());
         }
         let mut rest = Vec::new();
         while let Some((k, _)) = lru.pop_oldest() {

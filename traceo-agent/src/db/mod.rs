@@ -237,7 +237,7 @@ fn exchange(op: Box<DbOp>, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) 
         ..HttpMessage::default()
     });
     let mut ex = Exchange::build(info, Role::Client, seq, req, resp, routes);
-    ex.route = String::new();
+    ex.route = "".into();
     ex.db = Some(op);
     ex
 }

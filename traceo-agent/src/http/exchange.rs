@@ -182,7 +182,8 @@ pub struct Exchange {
     pub method: String,
     /// Redacted.
     pub target: String,
-    pub route: String,
+    /// Shared with the route normaliser's cache (most exchanges repeat a few routes).
+    pub route: Arc<str>,
     pub version: Option<Version>,
     /// `None` without a (parseable) response.
     pub status: Option<u16>,

@@ -119,7 +119,7 @@ impl Exchange {
         o.field("tid", Value::from(self.tid));
         o.field("method", Value::from(self.method.as_str()));
         o.field("target", Value::from(self.target.as_str()));
-        o.field("route", Value::from(self.route.as_str()));
+        o.field("route", Value::from(&*self.route));
         o.field("status", self.status.map_or(Value::Null, Value::from));
         o.field("duration_ms", millis(self.duration_ns()));
         o.field("request_bytes", Value::from(self.request_body_bytes));

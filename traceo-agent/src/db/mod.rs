@@ -250,7 +250,7 @@ pub fn json_line(ex: &Exchange, op: &DbOp, clock: &WallClock) -> String {
     let v = json!({
         "ts": clock.rfc3339(ex.request_first_ns),
         "kind": "operation",
-        "service": ex.service,
+        "service": &*ex.service,
         "direction": "client",
         "pid": ex.pid,
         "tid": ex.tid,

@@ -113,7 +113,7 @@ impl Exchange {
         }
         let mut o = Obj::new();
         o.field("ts", opt_str(clock.rfc3339(self.request_first_ns).as_deref()));
-        o.field("service", Value::from(self.service.as_str()));
+        o.field("service", Value::from(&*self.service));
         o.field("direction", Value::from(self.role.as_str()));
         o.field("pid", Value::from(self.pid));
         o.field("tid", Value::from(self.tid));

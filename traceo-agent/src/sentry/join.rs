@@ -190,7 +190,7 @@ impl SentryJoin {
         let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns);
         Some(Pending {
             pid: ex.pid,
-            service: ex.service.clone(),
+            service: ex.service.to_string(),
             sent_ns: ex.request_first_ns,
             deadline_ns: end_ns.saturating_add(self.cfg.settle_ns),
             event,

@@ -42,13 +42,14 @@ pub fn request_shape(method: &str, target: &str) -> u64 {
 
 /// `POST /api/<project id>/envelope/` (query allowed: older SDKs put their key there).
 pub fn is_envelope_request(method: &str, target: &str) -> bool {
+    // The method first: the parser asks for every message, and few are POSTs.
+    if !method.eq_ignore_ascii_case("POST") {
+        return false;
+    }
     let path = without_query(target);
     let Some(rest) = path.strip_prefix("/api/") else { return false };
     let Some((project, tail)) = rest.split_once('/') else { return false };
-    method.eq_ignore_ascii_case("POST")
-        && !project.is_empty()
-        && project.bytes().all(|b| b.is_ascii_digit())
-        && (tail == "envelope/" || tail == "envelope")
+    !project.is_empty() && project.bytes().all(|b| b.is_ascii_digit()) && (tail == "envelope/" || tail == "envelope")
 }
 
 #[cfg(test)]

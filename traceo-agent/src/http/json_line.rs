@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -39,7 +40,10 @@ struct Obj(Vec<u8>);
 
 impl Obj {
     fn new() -> Self {
-        Obj(Vec::from(*b"{"))
+        // A line is a few hundred bytes: room for one at once, not grown piecewise.
+        let mut line = Vec::with_capacity(LINE_BYTES);
+        line.push(b'{');
+        Obj(line)
     }
 
     /// `"key":`; keys are plain names (no escaping).
@@ -68,11 +72,61 @@ impl Obj {
         };
     }
 
+    /// Bytes (a trace or span id) as a JSON string of lower-case hex; null when unknown.
+    /// Byte by byte through `Display`, ids were the costliest fields of the line.
+    fn hex(&mut self, key: &str, bytes: Option<&[u8]>) {
+        self.key(key);
+        let Some(bytes) = bytes else { return self.0.extend_from_slice(b"null") };
+        let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };
+        self.0.push(b'"');
+        for b in bytes {
+            self.0.extend([digit(b >> 4), digit(b & 0xf)]);
+        }
+        self.0.push(b'"');
+    }
+
+    /// An address as a JSON string (as its `Display`: IPv6 as `[::1]:80`); null when unknown.
+    /// IPv4, the common case, is written digit by digit: `Display` pads through a formatter.
+    fn addr(&mut self, key: &str, a: Option<SocketAddr>) {
+        let Some(SocketAddr::V4(v4)) = a else { return self.plain(key, a) };
+        self.key(key);
+        self.0.push(b'"');
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                self.0.push(b'.');
+            }
+            push_decimal(&mut self.0, octet.into());
+        }
+        self.0.push(b':');
+        push_decimal(&mut self.0, v4.port().into());
+        self.0.push(b'"');
+    }
+
     fn finish(mut self) -> String {
         self.0.push(b'}');
         // Only whole UTF-8 strings went in.
         String::from_utf8(self.0).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
+}
+
+/// Room reserved for one line (nginx's are about 450 bytes).
+const LINE_BYTES: usize = 640;
+
+/// `n` in decimal, as `Display` writes it.
+fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
+    let mut digits = [0_u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
 }
 
 /// Milliseconds with microsecond precision.
@@ -127,11 +181,11 @@ impl Exchange {
         o.field("duration_ms", millis(self.duration_ns()));
         o.field("request_bytes", self.request_body_bytes);
         o.field("response_bytes", self.response_body_bytes);
-        o.plain("local", self.local);
-        o.plain("peer", self.peer);
-        o.plain("trace_id", self.trace_id());
-        o.plain("span_id", self.span_id());
-        o.plain("parent_span_id", self.parent_span_id());
+        o.addr("local", self.local);
+        o.addr("peer", self.peer);
+        o.hex("trace_id", self.trace_id().as_ref().map(|t| &t.0[..]));
+        o.hex("span_id", self.span_id().as_ref().map(|s| &s.0[..]));
+        o.hex("parent_span_id", self.parent_span_id().as_ref().map(|s| &s.0[..]));
         o.field("correlation_id", self.correlation_id());
         o.field("job_id", self.job_id.as_deref());
         o.field("version", self.version.map(|v| v.as_str()));
@@ -176,7 +230,6 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     /// What a field printed as when it was built as a `Value` first.
     fn as_value(key: &str, v: Value) -> String {
@@ -209,5 +262,25 @@ mod tests {
         o.plain("a", "1.2.3.4:5".parse::<SocketAddr>().ok());
         o.plain("b", None::<u8>);
         assert_eq!(o.finish(), r#"{"a":"1.2.3.4:5","b":null}"#);
+    }
+
+    #[test]
+    fn addresses_and_ids_print_as_their_display() {
+        for a in
+            ["0.0.0.0:0", "255.255.255.255:65535", "10.0.0.1:8080", "127.0.0.1:39092", "[::1]:80", "[fe80::1%2]:443"]
+        {
+            let a: SocketAddr = a.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
+            let mut o = Obj::new();
+            o.addr("a", Some(a));
+            assert_eq!(o.finish(), format!(r#"{{"a":"{a}"}}"#));
+        }
+        let mut o = Obj::new();
+        o.addr("a", None);
+        assert_eq!(o.finish(), r#"{"a":null}"#);
+        let t = crate::correlate::TraceId([0, 1, 0x0f, 0x10, 0x7f, 0x80, 0xab, 0xff, 9, 8, 7, 6, 5, 4, 3, 2]);
+        let mut o = Obj::new();
+        o.hex("t", Some(&t.0));
+        o.hex("n", None);
+        assert_eq!(o.finish(), format!(r#"{{"t":"{t}","n":null}}"#));
     }
 }

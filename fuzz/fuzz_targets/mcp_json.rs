@@ -44,7 +44,7 @@ fn exchange(role: Role, n: u8, parts: &[&[u8]], flags: u8, parentless: bool) -> 
         peer: None,
         tls: false,
         method: "POST".into(),
-        route: target.split('?').next().unwrap_or("").to_owned(),
+        route: target.split('?').next().unwrap_or("").into(),
         target,
         version: Some(Version::Http11),
         status: STATUSES[usize::from(flags & 7)],

@@ -279,7 +279,7 @@ impl Joins {
                 self.stats.webhook_without_upload += 1;
                 return Some(JoinEvent::Unknown);
             };
-            let callback = ex.role == Role::Client && ex.service == origin.service && !origin.callback_seen;
+            let callback = ex.role == Role::Client && *ex.service == *origin.service && !origin.callback_seen;
             let after = callback.then(|| ex.request_first_ns.saturating_sub(origin.start_ns));
             if callback {
                 self.stats.joined += 1;
@@ -317,7 +317,7 @@ impl Joins {
             return;
         }
         ex.job_origin = Some(job);
-        if ex.service != origin.service {
+        if *ex.service != *origin.service {
             return;
         }
         if let Some(t) = ex.trace.as_mut().filter(|t| t.parent.is_none()) {
@@ -337,7 +337,7 @@ impl Joins {
             self.forget(&old);
         }
         let origin = Origin {
-            service: ex.service.clone(),
+            service: ex.service.to_string(),
             start_ns: ex.request_first_ns,
             span: ex.trace.as_ref().map(|t| t.span()),
             callback_seen: false,

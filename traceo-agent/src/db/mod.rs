@@ -237,7 +237,7 @@ fn exchange(op: Box<DbOp>, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) 
         ..HttpMessage::default()
     });
     let mut ex = Exchange::build(info, Role::Client, seq, req, resp, routes);
-    ex.route = String::new();
+    ex.route = "".into();
     ex.db = Some(op);
     ex
 }
@@ -250,7 +250,7 @@ pub fn json_line(ex: &Exchange, op: &DbOp, clock: &WallClock) -> String {
     let v = json!({
         "ts": clock.rfc3339(ex.request_first_ns),
         "kind": "operation",
-        "service": ex.service,
+        "service": &*ex.service,
         "direction": "client",
         "pid": ex.pid,
         "tid": ex.tid,

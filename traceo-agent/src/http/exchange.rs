@@ -163,7 +163,8 @@ impl ConnInfo {
 /// began waiting, not when the bytes came); its last byte is the carrying syscall's `exit_ns`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
-    pub service: String,
+    /// The connection's, shared (not copied per exchange).
+    pub service: Arc<str>,
     pub role: Role,
     /// Position of the request on its connection (0 for the first one the agent saw); with
     /// `conn_id` it names the request the tracker announced as [`RequestSeen`].
@@ -182,7 +183,8 @@ pub struct Exchange {
     pub method: String,
     /// Redacted.
     pub target: String,
-    pub route: String,
+    /// Shared with the route normaliser's cache (most exchanges repeat a few routes).
+    pub route: Arc<str>,
     pub version: Option<Version>,
     /// `None` without a (parseable) response.
     pub status: Option<u16>,
@@ -321,8 +323,7 @@ impl Exchange {
             },
         };
         Exchange {
-            // Not `to_string`: through `Display`, that grew the string piecewise.
-            service: String::from(&*conn.service),
+            service: Arc::clone(&conn.service),
             role,
             request_seq,
             pid: req.pid,

@@ -9,6 +9,8 @@
 use std::{
     cell::RefCell,
     collections::{HashMap, HashSet},
+    hash::BuildHasher,
+    sync::Arc,
 };
 
 /// The route of a 404 on a path the server is not known to serve.
@@ -30,13 +32,75 @@ struct Template {
     segments: Vec<Option<String>>,
 }
 
+/// Slots of the settled-route cache (a power of two).
+const SETTLED_SLOTS: usize = 256;
+/// Longer paths are not cached: with scope and route, a slot holds well under 1 KiB.
+const MAX_SETTLED_PATH: usize = 256;
+
 /// Turns targets into routes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RouteNormalizer {
     templates: Vec<Template>,
     /// Heuristic routes that answered something other than 404, by the server that answered
     /// (`scope`: one server's served paths say nothing of another's).
     known: RefCell<Known>,
+    /// Routes that no longer depend on the status, by (scope, path).
+    settled: RefCell<Settled>,
+    /// [`UNMATCHED`], shared by every exchange that gets it.
+    unmatched: Arc<str>,
+}
+
+/// A route is settled for a (scope, path) once it is a template's or known as served in the
+/// scope: `known` only grows, so its route is then the same whatever the status. Most
+/// traffic repeats a few paths: a hit skips normalising and the `known` lookups.
+/// Direct-mapped and overwritten on collision: at most [`SETTLED_SLOTS`] entries, each path at
+/// most [`MAX_SETTLED_PATH`] bytes; a slot's strings are reused, so a miss does not allocate.
+#[derive(Clone, Debug, Default)]
+struct Settled {
+    slots: Vec<SettledRoute>,
+    /// Paths come from peers, but a collision only costs a miss: a fixed fast hash.
+    hasher: foldhash::fast::FixedState,
+}
+
+#[derive(Clone, Debug)]
+struct SettledRoute {
+    scope: String,
+    path: String,
+    route: Arc<str>,
+}
+
+impl Default for SettledRoute {
+    fn default() -> Self {
+        SettledRoute { scope: String::new(), path: String::new(), route: Arc::from("") }
+    }
+}
+
+impl Settled {
+    fn slot(&self, scope: &str, path: &str) -> usize {
+        self.hasher.hash_one((scope, path)) as usize & (SETTLED_SLOTS - 1)
+    }
+
+    fn get(&self, scope: &str, path: &str) -> Option<&Arc<str>> {
+        let e = self.slots.get(self.slot(scope, path))?;
+        (e.path == path && e.scope == scope).then_some(&e.route)
+    }
+
+    fn insert(&mut self, scope: &str, path: &str, route: &Arc<str>) {
+        if path.len() > MAX_SETTLED_PATH {
+            return;
+        }
+        let i = self.slot(scope, path);
+        if self.slots.is_empty() {
+            self.slots.resize_with(SETTLED_SLOTS, SettledRoute::default);
+        }
+        if let Some(e) = self.slots.get_mut(i) {
+            for (s, v) in [(&mut e.scope, scope), (&mut e.path, path)] {
+                s.clear();
+                s.push_str(v);
+            }
+            e.route = Arc::clone(route);
+        }
+    }
 }
 
 /// Served routes by scope, looked up per exchange with borrowed strings (a (scope, route)
@@ -61,6 +125,12 @@ impl Known {
     }
 }
 
+impl Default for RouteNormalizer {
+    fn default() -> Self {
+        RouteNormalizer::new(&[])
+    }
+}
+
 impl RouteNormalizer {
     /// `templates` are tried in order; the first match wins.
     pub fn new(templates: &[String]) -> Self {
@@ -77,32 +147,54 @@ impl RouteNormalizer {
                     .collect(),
             })
             .collect();
-        RouteNormalizer { templates, known: RefCell::default() }
+        RouteNormalizer {
+            templates,
+            known: RefCell::default(),
+            settled: RefCell::default(),
+            unmatched: Arc::from(UNMATCHED),
+        }
     }
 
     /// The route of an answered request: [`UNMATCHED`] for a 404 on a route no template names
     /// and that never answered anything else on this server (`scope` names the server).
-    pub fn route(&self, scope: &str, target: &str, status: Option<u16>) -> String {
-        let route = self.normalize(target);
-        if self.templates.iter().any(|t| t.text == route) {
+    pub fn route(&self, scope: &str, target: &str, status: Option<u16>) -> Arc<str> {
+        let path = path_of(target);
+        if let Some(route) = self.settled.borrow().get(scope, path) {
+            return Arc::clone(route);
+        }
+        let route = self.normalize_path(path);
+        let settled = self.templates.iter().any(|t| t.text == route) || self.learn(scope, &route, status);
+        if settled {
+            let route = Arc::from(route);
+            self.settled.borrow_mut().insert(scope, path, &route);
             return route;
         }
+        if status == Some(404) { Arc::clone(&self.unmatched) } else { route.into() }
+    }
+
+    /// Remembers a heuristic route answered with something other than 404 as served; is it
+    /// served (now or before)?
+    fn learn(&self, scope: &str, route: &str, status: Option<u16>) -> bool {
         let mut known = self.known.borrow_mut();
+        if known.contains(scope, route) {
+            return true;
+        }
         match status {
-            Some(404) if !known.contains(scope, &route) => UNMATCHED.to_owned(),
-            Some(_) => {
-                if known.len < MAX_KNOWN && !known.contains(scope, &route) {
-                    known.insert(scope, &route);
-                }
-                route
+            Some(s) if s != 404 && known.len < MAX_KNOWN => {
+                known.insert(scope, route);
+                true
             }
-            None => route,
+            _ => false,
         }
     }
 
     /// The route of a request target.
     pub fn normalize(&self, target: &str) -> String {
-        let path = path_of(target);
+        self.normalize_path(path_of(target))
+    }
+
+    /// The route of a target's path ([`path_of`]).
+    fn normalize_path(&self, path: &str) -> String {
         let stripped;
         let path = if path.contains(';') {
             stripped = path.split('/').map(|s| s.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("/");
@@ -132,10 +224,20 @@ impl RouteNormalizer {
     }
 }
 
+/// A target without its query and fragment. A byte scan: `find` with a set of chars runs a
+/// general char searcher, several times the cost (this runs per exchange).
+pub fn without_query(target: &str) -> &str {
+    let end = target.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(target.len());
+    target.get(..end).unwrap_or(target)
+}
+
 /// The path of an origin-form or absolute-form target, without query or fragment.
 fn path_of(target: &str) -> &str {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
-    let no_query = target.get(..end).unwrap_or(target);
+    let no_query = without_query(target);
+    // Most targets are origin-form, with no `:` at all.
+    if !no_query.as_bytes().contains(&b':') {
+        return no_query;
+    }
     match scheme_separator(no_query) {
         Some(i) => {
             let rest = no_query.get(i + 3..).unwrap_or_default();
@@ -254,16 +356,59 @@ mod tests {
     fn a_scanners_404s_fold_into_one_route() {
         let n = RouteNormalizer::new(&["/api/v1/jobs/{job_id}".to_string()]);
         let routes: HashSet<String> =
-            (0..1000).map(|i| n.route("s", &format!("/wp-admin{i}/x.php"), Some(404))).collect();
+            (0..1000).map(|i| n.route("s", &format!("/wp-admin{i}/x.php"), Some(404)).to_string()).collect();
         assert_eq!(routes, HashSet::from([UNMATCHED.to_owned()]));
         // A route that answers is served: its 404s keep it (a missing item, not a missing route).
-        assert_eq!(n.route("s", "/items/7", Some(200)), "/items/{id}");
-        assert_eq!(n.route("s", "/items/8", Some(404)), "/items/{id}");
+        assert_eq!(&*n.route("s", "/items/7", Some(200)), "/items/{id}");
+        assert_eq!(&*n.route("s", "/items/8", Some(404)), "/items/{id}");
         // Templates always name their route.
-        assert_eq!(n.route("s", "/api/v1/jobs/nope", Some(404)), "/api/v1/jobs/{job_id}");
+        assert_eq!(&*n.route("s", "/api/v1/jobs/nope", Some(404)), "/api/v1/jobs/{job_id}");
         // What one server serves says nothing of another (a catch-all next to an API).
-        assert_eq!(n.route("catchall", "/aef.php", Some(200)), "/aef.php");
-        assert_eq!(n.route("api", "/aef.php", Some(404)), UNMATCHED);
+        assert_eq!(&*n.route("catchall", "/aef.php", Some(200)), "/aef.php");
+        assert_eq!(&*n.route("api", "/aef.php", Some(404)), UNMATCHED);
+    }
+
+    #[test]
+    fn settled_routes_answer_as_the_rules_do() {
+        // The rules of `route`, without the cache.
+        let n = RouteNormalizer::new(&["/api/{x}".to_string()]);
+        let mut known: HashSet<(String, String)> = HashSet::new();
+        let mut want = |scope: &str, target: &str, status: Option<u16>| {
+            let route = n.normalize(target);
+            if n.templates.iter().any(|t| t.text == route) || known.contains(&(scope.into(), route.clone())) {
+                return route;
+            }
+            match status {
+                Some(404) => UNMATCHED.to_owned(),
+                Some(_) => {
+                    known.insert((scope.into(), route.clone()));
+                    route
+                }
+                None => route,
+            }
+        };
+        let cached = RouteNormalizer::new(&["/api/{x}".to_string()]);
+        let statuses = [Some(404), None, Some(200), Some(404), Some(500)];
+        // More paths than slots, with a long one (not cached) and query strings.
+        let long = format!("/{}", "a".repeat(MAX_SETTLED_PATH + 1));
+        for i in 0..3000_usize {
+            let target = match i % 7 {
+                0 => long.clone(),
+                1 => format!("/api/{i}?q={i}"),
+                2 => format!("/p{}", i % 400),
+                _ => format!("/x/{}/y?z", i % 13),
+            };
+            let scope = ["s", "t", "s>1.2.3.4:80"][i % 3];
+            let status = statuses[(i / 3) % statuses.len()];
+            assert_eq!(&*cached.route(scope, &target, status), want(scope, &target, status), "{i}: {scope} {target}");
+        }
+    }
+
+    #[test]
+    fn without_query_ends_at_the_first_query_or_fragment() {
+        for t in ["", "/", "/a?b#c", "/a#b?c", "?", "#", "/é?q", "/a/b"] {
+            assert_eq!(without_query(t), t.split(['?', '#']).next().unwrap_or(""), "{t:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::events::{Conn as ConnEvent, Event, Meta, OpenHow};
+use crate::events::{Conn as ConnEvent, Data, Event, Meta, OpenHow};
 
 use super::conn::{Conn, Ctx};
 use super::exchange::{ConnInfo, Tracked};
@@ -117,23 +117,14 @@ impl ConnTracker {
                 }
             }
             Event::Data(d) => {
-                if self.conns.get_mut(d.conn_id).is_none() {
-                    // Never saw it open: it was open before we looked.
-                    let info = self.info(d.conn_id, &d.meta, None, true);
-                    let conn = Conn::new(info, d.meta.pid, d.meta.ts_ns, self.parser(true));
-                    self.insert(d.conn_id, conn, out);
-                }
-                if d.syscall.is_tls() {
-                    self.plaintext_from_now_on(d.conn_id);
-                }
-                if d.after_loss {
-                    self.resync_after_loss(d.conn_id, out);
-                }
+                // A known connection with nothing to set up first (nearly every event): one
+                // lookup, not two.
                 let Self { conns, stats, routes, db, scratch, limits, .. } = self;
-                if let Some(conn) = conns.get_mut(d.conn_id) {
-                    conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
-                    let mut ctx = Ctx { stats, routes, out, db, scratch, limits };
-                    conn.on_data(d, &mut ctx);
+                match conns.get_mut(d.conn_id) {
+                    Some(conn) if !d.syscall.is_tls() && !d.after_loss => {
+                        Self::feed(conn, d, &mut Ctx { stats, routes, out, db, scratch, limits })
+                    }
+                    _ => self.data(d, out),
                 }
             }
             Event::Exit(p) => {
@@ -145,6 +136,31 @@ impl ConnTracker {
             Event::Exec(_) | Event::Fork(_) | Event::Task(_) | Event::Listen(_) | Event::LogWrite(_) => {}
         }
         self.stats.active_connections = self.conns.len() as u64;
+    }
+
+    /// Data on a connection first seen now, or that needs setting up first (TLS, a loss).
+    fn data(&mut self, d: &Data, out: &mut impl FnMut(Tracked)) {
+        if self.conns.get_mut(d.conn_id).is_none() {
+            // Never saw it open: it was open before we looked.
+            let info = self.info(d.conn_id, &d.meta, None, true);
+            let conn = Conn::new(info, d.meta.pid, d.meta.ts_ns, self.parser(true));
+            self.insert(d.conn_id, conn, out);
+        }
+        if d.syscall.is_tls() {
+            self.plaintext_from_now_on(d.conn_id);
+        }
+        if d.after_loss {
+            self.resync_after_loss(d.conn_id, out);
+        }
+        let Self { conns, stats, routes, db, scratch, limits, .. } = self;
+        if let Some(conn) = conns.get_mut(d.conn_id) {
+            Self::feed(conn, d, &mut Ctx { stats, routes, out, db, scratch, limits });
+        }
+    }
+
+    fn feed(conn: &mut Conn, d: &Data, ctx: &mut Ctx<'_>) {
+        conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
+        conn.on_data(d, ctx);
     }
 
     /// Flush connections idle since before `now_ns - idle_timeout`.

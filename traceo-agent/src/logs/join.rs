@@ -257,7 +257,7 @@ impl LogJoin {
     pub fn exchange(&mut self, ex: Box<Exchange>, joined: Option<JoinEvent>, out: &mut impl FnMut(LogOut)) {
         let end = ex.response_last_ns.unwrap_or(ex.request_last_ns);
         self.now_ns = self.now_ns.max(end);
-        self.service_by_pid.entry(ex.pid).or_insert_with(|| ex.service.clone());
+        self.service_by_pid.entry(ex.pid).or_insert_with(|| ex.service.to_string());
         if ex.role != Role::Server {
             return out(LogOut::Exchange(ex, joined, Vec::new()));
         }

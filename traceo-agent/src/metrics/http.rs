@@ -232,8 +232,12 @@ pub struct HttpMetrics {
     propagation: Family<PropagationLabels, Counter>,
     overflow: Counter,
     config: MetricsConfig,
-    /// Label sets in use by hash (a collision shares the bucket), and how many in all.
-    series: Mutex<(SeriesMap, usize)>,
+    /// Label sets in use by hash (a collision shares the bucket), how many in all, and the
+    /// time of the latest expiry pass: an exchange's series is seen "now" as of that pass (a
+    /// clock read per exchange cost more than the rest of recording; expiry runs every tick,
+    /// so a series can look idle at most one tick longer than it is, against a TTL of seconds
+    /// to hours).
+    series: Mutex<(SeriesMap, usize, Instant)>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -259,7 +263,7 @@ impl HttpMetrics {
             propagation,
             overflow,
             config,
-            series: Mutex::new((SeriesMap::default(), 0)),
+            series: Mutex::new((SeriesMap::default(), 0, Instant::now())),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -290,11 +294,12 @@ impl HttpMetrics {
 
     pub fn observe(&self, o: &Observation<'_>) {
         let mut guard = self.series.lock().expect("metrics lock");
-        let (series, count) = &mut *guard;
+        let (series, count, now) = &mut *guard;
+        let now = *now;
         let hash = series_hash(&self.hasher, o, o.route);
         // A known label set (nearly every exchange) is found with one lookup and one match.
         if let Some(s) = series.get_mut(&hash).and_then(|b| b.iter_mut().find(|s| s.key.matches(o, o.route))) {
-            return self.record(s, o);
+            return self.record(s, o, now);
         }
         let (route, hash) = if *count >= self.config.max_series {
             // Past the cap, new label sets fold into one overflow route (itself at most one
@@ -313,11 +318,11 @@ impl HttpMetrics {
                 bucket.len() - 1
             }
         };
-        self.record(&mut bucket[index], o);
+        self.record(&mut bucket[index], o, now);
     }
 
-    fn record(&self, s: &mut Series, o: &Observation<'_>) {
-        s.last_seen = Instant::now();
+    fn record(&self, s: &mut Series, o: &Observation<'_>, now: Instant) {
+        s.last_seen = s.last_seen.max(now);
         s.requests.inc();
         if let Some(duration) = o.duration_s {
             let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: ExemplarTraceId(t) });
@@ -340,7 +345,8 @@ impl HttpMetrics {
     pub fn expire(&self, now: Instant) -> usize {
         let ttl = self.config.series_ttl;
         let mut guard = self.series.lock().expect("metrics lock");
-        let (series, count) = &mut *guard;
+        let (series, count, seen_now) = &mut *guard;
+        *seen_now = (*seen_now).max(now);
         let mut dropped = 0;
         series.retain(|_, bucket| {
             bucket.retain(|s| {
@@ -467,5 +473,16 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("/old"), "{text}");
         assert_eq!(m.http.series_count(), 0);
+    }
+
+    #[test]
+    fn a_series_is_seen_as_of_the_latest_expiry_pass() {
+        let m = Metrics::new(MetricsConfig { series_ttl: Duration::from_secs(10), ..Default::default() });
+        let t0 = Instant::now();
+        m.http.observe(&obs("/a", 200, true));
+        assert_eq!(m.http.expire(t0 + Duration::from_secs(5)), 0);
+        m.http.observe(&obs("/a", 200, true));
+        assert_eq!(m.http.expire(t0 + Duration::from_secs(14)), 0, "seen at the pass of +5 s");
+        assert_eq!(m.http.expire(t0 + Duration::from_secs(16)), 1);
     }
 }

@@ -92,7 +92,7 @@ impl Shape {
         Shape {
             pid: ex.pid,
             method: ex.method.clone(),
-            path: ex.target.split(['?', '#']).next().unwrap_or("").to_owned(),
+            path: crate::http::route::without_query(&ex.target).to_owned(),
             exception: ex.exception.as_ref().map(|e| e.kind.clone()),
             start_ns: ex.request_first_ns,
             end_ns: ex.response_last_ns.unwrap_or(ex.request_last_ns),
@@ -190,7 +190,7 @@ impl SentryJoin {
         let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns);
         Some(Pending {
             pid: ex.pid,
-            service: ex.service.clone(),
+            service: ex.service.to_string(),
             sent_ns: ex.request_first_ns,
             deadline_ns: end_ns.saturating_add(self.cfg.settle_ns),
             event,

@@ -13,7 +13,7 @@ mod join;
 pub use envelope::{Parsed, SentryEvent, parse};
 pub use join::{SentryConfig, SentryJoin, SentryOut, SentryStats};
 
-use crate::fnv;
+use crate::{fnv, http::route::without_query};
 
 /// Body bytes kept for an envelope request (the default prefix is smaller than a typical
 /// compressed error event; the kernel capture still bounds what arrives).
@@ -22,21 +22,34 @@ pub const ENVELOPE_PREFIX_BYTES: usize = 64 * 1024;
 /// A digest of a request's method and path (query and fragment left out, `%XX` decoded, as
 /// the SDK reports it): what a Sentry event names of the request it describes.
 pub fn request_shape(method: &str, target: &str) -> u64 {
-    let path = target.split(['?', '#']).next().unwrap_or("");
     // Upper-cased byte by byte: no allocation per server request.
-    let h = method.bytes().fold(fnv::START, |h, b| fnv::step(h, b.to_ascii_uppercase()));
-    fnv::extend(fnv::step(h, b' '), &join::percent_decoded(path))
+    let mut h = method.bytes().fold(fnv::START, |h, b| fnv::step(h, b.to_ascii_uppercase()));
+    h = fnv::step(h, b' ');
+    // One pass over the path, as it comes (per server request): decoded only from its first
+    // escape on (what precedes an escape decodes to itself).
+    for (i, &b) in target.as_bytes().iter().enumerate() {
+        match b {
+            b'?' | b'#' => break,
+            b'%' => {
+                let rest = target.get(i..).map(without_query).unwrap_or_default();
+                return fnv::extend(h, &join::percent_decoded(rest));
+            }
+            _ => h = fnv::step(h, b),
+        }
+    }
+    h
 }
 
 /// `POST /api/<project id>/envelope/` (query allowed: older SDKs put their key there).
 pub fn is_envelope_request(method: &str, target: &str) -> bool {
-    let path = target.split(['?', '#']).next().unwrap_or("");
+    // The method first: the parser asks for every message, and few are POSTs.
+    if !method.eq_ignore_ascii_case("POST") {
+        return false;
+    }
+    let path = without_query(target);
     let Some(rest) = path.strip_prefix("/api/") else { return false };
     let Some((project, tail)) = rest.split_once('/') else { return false };
-    method.eq_ignore_ascii_case("POST")
-        && !project.is_empty()
-        && project.bytes().all(|b| b.is_ascii_digit())
-        && (tail == "envelope/" || tail == "envelope")
+    !project.is_empty() && project.bytes().all(|b| b.is_ascii_digit()) && (tail == "envelope/" || tail == "envelope")
 }
 
 #[cfg(test)]
@@ -61,6 +74,10 @@ mod tests {
             ("", ""),
             ("DELETE", "/"),
             ("gét", "/é?q"),
+            ("GET", "/a%2"),
+            ("GET", "/x?%41"),
+            ("GET", "/%41%42#x%43"),
+            ("GET", "%"),
         ] {
             assert_eq!(request_shape(method, target), before(method, target), "{method} {target}");
         }

@@ -208,7 +208,7 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
     }
     match ex.role {
         Role::Server => {
-            out.str("http.route", ex.route.as_str());
+            out.str("http.route", &ex.route);
             address(out, CLIENT, ex.peer);
         }
         Role::Client => {
@@ -222,7 +222,7 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
                 };
                 out.str("url.full", &full);
             }
-            out.str("url.template", ex.route.as_str());
+            out.str("url.template", &ex.route);
         }
     }
     address(out, PEER, ex.peer);

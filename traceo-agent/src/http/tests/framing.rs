@@ -21,7 +21,7 @@ fn keep_alive_carries_many_exchanges() {
     assert_eq!(got, want);
     assert_eq!(stats.exchanges, 5);
     assert_eq!(stats.total_parse_errors(), 0);
-    assert!(xs.iter().all(|x| x.route == "/items/{id}" && x.flags.names().is_empty()), "{xs:#?}");
+    assert!(xs.iter().all(|x| &*x.route == "/items/{id}" && x.flags.names().is_empty()), "{xs:#?}");
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn server_and_client_roles_and_timestamps() {
     assert_eq!(s.duration_ns(), Some(resp_exit - req_exit));
     assert_eq!(c.request_first_ns, cli_enter);
     assert_eq!(c.response_last_ns, Some(cli_resp_exit));
-    assert_eq!(s.service, "engine", "comm from the open event");
+    assert_eq!(&*s.service, "engine", "comm from the open event");
     assert_eq!(s.local, Some(addr("10.0.0.1:8080")));
 }
 
@@ -73,11 +73,11 @@ fn configured_service_name_wins_over_comm() {
     events.extend(s.take());
     let cfg = TrackerConfig { service_names: vec!["mcp".into(), "engine".into()], ..Default::default() };
     let (xs, _) = run_with(cfg, &events);
-    assert_eq!(one(&xs).service, "engine");
+    assert_eq!(&*one(&xs).service, "engine");
     let mut unknown = Script::unseen(2);
     unknown.recv(&get("/")).send(&ok(""));
     let (xs, _) = run(&unknown.take());
-    assert_eq!(one(&xs).service, "unknown");
+    assert_eq!(&*one(&xs).service, "unknown");
 }
 
 #[test]

@@ -97,9 +97,7 @@ impl Conn {
     }
 
     pub fn on_data(&mut self, d: &Data, ctx: &mut Ctx<'_>) {
-        for seg in Segment::from_data(d).into_iter().flatten() {
-            self.on_segment(d.direction, seg, ctx);
-        }
+        Segment::from_data(d, |seg| self.on_segment(d.direction, seg, ctx));
         let peer_eof = d.direction == Direction::Ingress && d.total_len == 0 && d.payload.is_empty();
         let responses_ended = self.request_direction() == Some(Direction::Egress);
         // A client whose peer closed can get no more responses: flush now. A server may

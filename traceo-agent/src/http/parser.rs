@@ -76,9 +76,10 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// The captured bytes and the uncaptured rest of one data event, in stream order.
+    /// The captured bytes and the uncaptured rest of one data event, each to `each` in
+    /// stream order (not returned: two segments by value were copied twice per event).
     /// An ingress event that moved nothing is the peer's EOF.
-    pub fn from_data(d: &Data) -> [Option<Segment>; 2] {
+    pub fn from_data(d: &Data, mut each: impl FnMut(Segment)) {
         let start_ns = match d.direction {
             Direction::Egress => d.enter_ns,
             Direction::Ingress => d.exit_ns,
@@ -95,10 +96,10 @@ impl Segment {
         };
         let captured = d.payload.len() as u64;
         if d.total_len == 0 && captured == 0 {
-            return match d.direction {
-                Direction::Ingress => [Some(seg(SegKind::Eof, 0)), None],
-                Direction::Egress => [None, None],
-            };
+            if d.direction == Direction::Ingress {
+                each(seg(SegKind::Eof, 0));
+            }
+            return;
         }
         // A payload longer than what moved would be a decoder bug; trust the length.
         let moved = if d.total_len == 0 { captured } else { d.total_len };
@@ -106,9 +107,12 @@ impl Segment {
         let bytes = d.payload.slice(..keep.min(d.payload.len()));
         let missing = moved.saturating_sub(bytes.len() as u64);
         let upto = bytes.len() as u64;
-        let first = (!bytes.is_empty()).then(|| seg(SegKind::Bytes(bytes), upto));
-        let second = (missing > 0).then(|| seg(SegKind::Gap(missing), moved));
-        [first, second]
+        if !bytes.is_empty() {
+            each(seg(SegKind::Bytes(bytes), upto));
+        }
+        if missing > 0 {
+            each(seg(SegKind::Gap(missing), moved));
+        }
     }
 
     /// The TCP sequence number of the first byte left in this piece, when known.

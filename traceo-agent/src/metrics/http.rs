@@ -156,6 +156,9 @@ struct Series {
     request_size: Histogram,
     response_size: Histogram,
     last_seen: Instant,
+    /// Recorded again since the latest expiry pass, which then counts it as seen (a clock read
+    /// per exchange cost more than the rest of recording); a new series has its own time.
+    touched: bool,
 }
 
 /// A series' label values as each exchange compares them: the strings in one allocation
@@ -232,12 +235,8 @@ pub struct HttpMetrics {
     propagation: Family<PropagationLabels, Counter>,
     overflow: Counter,
     config: MetricsConfig,
-    /// Label sets in use by hash (a collision shares the bucket), how many in all, and the
-    /// time of the latest expiry pass: an exchange's series is seen "now" as of that pass (a
-    /// clock read per exchange cost more than the rest of recording; expiry runs every tick,
-    /// so a series can look idle at most one tick longer than it is, against a TTL of seconds
-    /// to hours).
-    series: Mutex<(SeriesMap, usize, Instant)>,
+    /// Label sets in use by hash (a collision shares the bucket), and how many in all.
+    series: Mutex<(SeriesMap, usize)>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -263,7 +262,7 @@ impl HttpMetrics {
             propagation,
             overflow,
             config,
-            series: Mutex::new((SeriesMap::default(), 0, Instant::now())),
+            series: Mutex::new((SeriesMap::default(), 0)),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -289,17 +288,18 @@ impl HttpMetrics {
             labels,
             key: SeriesKey::new(o, route),
             last_seen: Instant::now(),
+            touched: false,
         }
     }
 
     pub fn observe(&self, o: &Observation<'_>) {
         let mut guard = self.series.lock().expect("metrics lock");
-        let (series, count, now) = &mut *guard;
-        let now = *now;
+        let (series, count) = &mut *guard;
         let hash = series_hash(&self.hasher, o, o.route);
         // A known label set (nearly every exchange) is found with one lookup and one match.
         if let Some(s) = series.get_mut(&hash).and_then(|b| b.iter_mut().find(|s| s.key.matches(o, o.route))) {
-            return self.record(s, o, now);
+            s.touched = true;
+            return self.record(s, o);
         }
         let (route, hash) = if *count >= self.config.max_series {
             // Past the cap, new label sets fold into one overflow route (itself at most one
@@ -318,11 +318,10 @@ impl HttpMetrics {
                 bucket.len() - 1
             }
         };
-        self.record(&mut bucket[index], o, now);
+        self.record(&mut bucket[index], o);
     }
 
-    fn record(&self, s: &mut Series, o: &Observation<'_>, now: Instant) {
-        s.last_seen = s.last_seen.max(now);
+    fn record(&self, s: &mut Series, o: &Observation<'_>) {
         s.requests.inc();
         if let Some(duration) = o.duration_s {
             let exemplar = o.trace_id.map(|t| TraceExemplar { trace_id: ExemplarTraceId(t) });
@@ -341,15 +340,18 @@ impl HttpMetrics {
         self.in_flight.get_or_create(&ServiceLabel { service: service.to_owned() }).set(n as i64);
     }
 
-    /// Drop label sets idle for longer than the configured TTL; returns how many.
+    /// Drop label sets idle for longer than the configured TTL; returns how many. A set
+    /// recorded since the last pass is seen as of this one: at most a pass late, never early.
     pub fn expire(&self, now: Instant) -> usize {
         let ttl = self.config.series_ttl;
         let mut guard = self.series.lock().expect("metrics lock");
-        let (series, count, seen_now) = &mut *guard;
-        *seen_now = (*seen_now).max(now);
+        let (series, count) = &mut *guard;
         let mut dropped = 0;
         series.retain(|_, bucket| {
-            bucket.retain(|s| {
+            bucket.retain_mut(|s| {
+                if std::mem::take(&mut s.touched) {
+                    s.last_seen = s.last_seen.max(now);
+                }
                 let stale = now.duration_since(s.last_seen) > ttl;
                 if stale {
                     self.requests.remove(&s.labels);
@@ -476,13 +478,21 @@ mod tests {
     }
 
     #[test]
-    fn a_series_is_seen_as_of_the_latest_expiry_pass() {
+    fn a_series_is_seen_as_of_the_next_expiry_pass() {
         let m = Metrics::new(MetricsConfig { series_ttl: Duration::from_secs(10), ..Default::default() });
         let t0 = Instant::now();
         m.http.observe(&obs("/a", 200, true));
         assert_eq!(m.http.expire(t0 + Duration::from_secs(5)), 0);
         m.http.observe(&obs("/a", 200, true));
-        assert_eq!(m.http.expire(t0 + Duration::from_secs(14)), 0, "seen at the pass of +5 s");
-        assert_eq!(m.http.expire(t0 + Duration::from_secs(16)), 1);
+        assert_eq!(m.http.expire(t0 + Duration::from_secs(14)), 0, "recorded since the last pass: seen at this one");
+        assert_eq!(m.http.expire(t0 + Duration::from_secs(16)), 0, "seen at +14 s");
+        assert_eq!(m.http.expire(t0 + Duration::from_secs(25)), 1);
+        // A series in use is never expired early, whatever the TTL against the tick.
+        let m = Metrics::new(MetricsConfig { series_ttl: Duration::from_secs(1), ..Default::default() });
+        m.http.observe(&obs("/busy", 200, true));
+        for tick in 1..5 {
+            m.http.observe(&obs("/busy", 200, true));
+            assert_eq!(m.http.expire(t0 + Duration::from_millis(1100 * tick)), 0);
+        }
     }
 }

@@ -356,8 +356,9 @@ fn conn_key(ex: &Exchange, server: bool) -> Option<String> {
             .chain_update(response.to_be_bytes())
             .chain_update(line.as_bytes())
             .finalize();
-        let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
-        return Some(format!("traceo:conn:tcp:{hex}"));
+        let mut key = b"traceo:conn:tcp:".to_vec();
+        crate::correlate::push_hex(&mut key, &hash[..16]);
+        return String::from_utf8(key).ok();
     }
     if ex.flags.midstream {
         return None;

@@ -17,6 +17,6 @@ mod tests;
 
 pub use context::{Carried, TraceParent};
 pub use correlator::{CorrelateConfig, CorrelateStats, Correlator};
-pub use ids::{IdGen, SpanId, TraceId};
+pub use ids::{IdGen, SpanId, TraceId, push_hex};
 pub use parent::{Answered, Inbound, Pick, Signal, pick_at_start, task_match};
 pub use tasks::{Incarnation, TaskLineage};

@@ -73,15 +73,11 @@ impl Obj {
     }
 
     /// Bytes (a trace or span id) as a JSON string of lower-case hex; null when unknown.
-    /// Byte by byte through `Display`, ids were the costliest fields of the line.
     fn hex(&mut self, key: &str, bytes: Option<&[u8]>) {
         self.key(key);
         let Some(bytes) = bytes else { return self.0.extend_from_slice(b"null") };
-        let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };
         self.0.push(b'"');
-        for b in bytes {
-            self.0.extend([digit(b >> 4), digit(b & 0xf)]);
-        }
+        crate::correlate::push_hex(&mut self.0, bytes);
         self.0.push(b'"');
     }
 

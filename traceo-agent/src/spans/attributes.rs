@@ -2,6 +2,7 @@
 //! reaches here (secret headers are never kept, bodies never leave the exchange); header
 //! attributes are filtered once more so a secret can never be exported.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
@@ -20,6 +21,8 @@ pub fn string(key: &str, v: impl Into<String>) -> KeyValue {
 /// (`wire::WireAttrs`, the export path), from the one description of each.
 pub trait Attrs {
     fn str(&mut self, key: &str, v: &str);
+    /// A string that is `parts` joined (`url.full`): the wire writes them without joining.
+    fn str_parts(&mut self, key: &str, parts: &[&str]);
     fn int(&mut self, key: &str, v: impl Into<i64>);
     fn bool(&mut self, key: &str, v: bool);
     /// A one-string array (a kept header's value).
@@ -29,6 +32,10 @@ pub trait Attrs {
 impl Attrs for Vec<KeyValue> {
     fn str(&mut self, key: &str, v: &str) {
         self.push(string(key, v));
+    }
+
+    fn str_parts(&mut self, key: &str, parts: &[&str]) {
+        self.push(string(key, parts.concat()));
     }
 
     fn int(&mut self, key: &str, v: impl Into<i64>) {
@@ -77,31 +84,43 @@ fn host_port(host: &str) -> (&str, Option<u16>) {
 }
 
 /// The low-cardinality reason an exchange failed, if it did: a 5xx status, or no (parseable)
-/// response.
-pub fn error_type(ex: &Exchange) -> Option<String> {
+/// response. Borrowed but for a bare status code: nothing allocated per span otherwise.
+pub fn error_type(ex: &Exchange) -> Option<Cow<'_, str>> {
     // A traceback written while serving it names the error better than its status does.
-    let exception = ex.exception.as_ref().map(|e| e.kind.clone());
+    let exception = ex.exception.as_ref().map(|e| Cow::Borrowed(e.kind.as_str()));
     match ex.status {
-        Some(s) if s >= 500 => Some(exception.unwrap_or_else(|| s.to_string())),
+        Some(s) if s >= 500 => Some(exception.unwrap_or_else(|| Cow::Owned(s.to_string()))),
         // An MCP call that failed inside a 2xx answer (isError, or a JSON-RPC error object).
         Some(_) => ex.mcp.as_ref().and_then(|m| {
             m.messages
                 .iter()
                 .find(|msg| matches!(msg.outcome, crate::mcp::Outcome::ToolError | crate::mcp::Outcome::RpcError))
-                .map(|msg| msg.outcome.as_str().to_owned())
+                .map(|msg| Cow::Borrowed(msg.outcome.as_str()))
         }),
-        None if ex.flags.parse_error => Some("parse_error".to_owned()),
-        None => Some(exception.unwrap_or_else(|| "no_response".to_owned())),
+        None if ex.flags.parse_error => Some(Cow::Borrowed("parse_error")),
+        None => Some(exception.unwrap_or(Cow::Borrowed("no_response"))),
+    }
+}
+
+/// A socket address's IP as text (once, though a span may name it twice) and its port.
+pub struct Addr {
+    text: IpText,
+    port: u16,
+}
+
+impl Addr {
+    pub fn new(a: SocketAddr) -> Addr {
+        let mut text = IpText::default();
+        text.put(a.ip().to_canonical());
+        Addr { text, port: a.port() }
     }
 }
 
 /// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span).
-fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<SocketAddr>) {
+pub fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<&Addr>) {
     if let Some(a) = addr {
-        let mut text = IpText::default();
-        text.put(a.ip().to_canonical());
-        out.str(keys[0], text.as_str());
-        out.int(keys[1], i64::from(a.port()));
+        out.str(keys[0], a.text.as_str());
+        out.int(keys[1], i64::from(a.port));
     }
 }
 
@@ -163,7 +182,7 @@ impl std::fmt::Write for IpText {
     }
 }
 
-const SERVER: [&str; 2] = ["server.address", "server.port"];
+pub const SERVER: [&str; 2] = ["server.address", "server.port"];
 const CLIENT: [&str; 2] = ["client.address", "client.port"];
 const PEER: [&str; 2] = ["network.peer.address", "network.peer.port"];
 
@@ -193,6 +212,7 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
         out.int("http.response.status_code", s);
     }
     // The server's name: the Host header, else the socket address it was reached at.
+    let peer = ex.peer.map(Addr::new);
     let server_socket = match ex.role {
         Role::Server => ex.local,
         Role::Client => ex.peer,
@@ -204,28 +224,30 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
                 out.int("server.port", p);
             }
         }
-        None => address(out, SERVER, server_socket),
+        None => match ex.role {
+            Role::Server => address(out, SERVER, ex.local.map(Addr::new).as_ref()),
+            Role::Client => address(out, SERVER, peer.as_ref()),
+        },
     }
     match ex.role {
         Role::Server => {
             out.str("http.route", &ex.route);
-            address(out, CLIENT, ex.peer);
+            address(out, CLIENT, peer.as_ref());
         }
         Role::Client => {
-            let authority = ex.host().map(str::to_owned).or(ex.peer.map(|a| a.to_string()));
+            let authority = ex.host().map(Cow::Borrowed).or(ex.peer.map(|a| Cow::Owned(a.to_string())));
             if let Some(authority) = authority {
                 // A proxy request's target is already absolute.
-                let full = if ex.target.contains("://") {
-                    ex.target.clone()
+                if ex.target.contains("://") {
+                    out.str("url.full", &ex.target);
                 } else {
-                    format!("{scheme}://{authority}{}", ex.target)
-                };
-                out.str("url.full", &full);
+                    out.str_parts("url.full", &[scheme, "://", &authority, &ex.target]);
+                }
             }
             out.str("url.template", &ex.route);
         }
     }
-    address(out, PEER, ex.peer);
+    address(out, PEER, peer.as_ref());
     if let Some(ua) = ex.user_agent() {
         out.str("user_agent.original", ua);
     }

@@ -11,7 +11,7 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use attributes::{Attrs, error_type, kv, path_and_query, span_attributes, string};
+pub use attributes::{Addr, Attrs, SERVER, address, error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
 pub use export::{ExportConfig, ExportCounts, Exporter, Logs, Spans, logs_request, parse_endpoint, request};
 

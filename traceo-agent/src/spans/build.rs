@@ -54,11 +54,11 @@ impl SpanBuilder {
         SpanBuilder { clock, host, resources: HashMap::new(), cached: 0 }
     }
 
-    /// The encoded span of an exchange the correlation stage gave ids to (`None` otherwise).
-    pub fn build(&mut self, ex: &Exchange) -> Option<(Arc<ResourceEntry>, Vec<u8>)> {
-        let mut buf = Vec::with_capacity(1024);
-        encode_span(ex, &self.clock, &mut buf).then_some(())?;
-        Some((self.resource(&ex.service, ex.pid), buf))
+    /// The span of an exchange the correlation stage gave ids to, appended to `buf`, and
+    /// its resource (`None` without ids).
+    pub fn build(&mut self, ex: &Exchange, buf: &mut Vec<u8>) -> Option<Arc<ResourceEntry>> {
+        encode_span(ex, &self.clock, buf).then_some(())?;
+        Some(self.resource(&ex.service, ex.pid))
     }
 
     pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {

@@ -200,7 +200,8 @@ fn one_resource_per_traced_process_and_spans_grouped_under_it() {
     let c = entry("admin", 1);
     let items =
         vec![(a.clone(), named("1")), (b, named("2")), (c.clone(), named("4")), (a, named("3")), (c, named("5"))];
-    let bytes = request(items.iter().map(|(r, s)| (r.clone(), s.encode_to_vec())).collect());
+    let encoded: Vec<_> = items.iter().map(|(r, s)| (r.clone(), s.encode_to_vec())).collect();
+    let bytes = request(&encoded);
     assert_eq!(bytes, prost_request(items).encode_to_vec(), "the request prost would have sent");
     let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("a request");
     let groups: Vec<Vec<&str>> =

@@ -41,13 +41,18 @@ pub fn bytes(buf: &mut Vec<u8>, field: u32, v: &[u8]) {
     buf.extend_from_slice(v);
 }
 
+/// The one-byte key of length-delimited field `field` (below 16).
+const fn tag(field: u32) -> u8 {
+    (field << 3 | LEN) as u8
+}
+
 /// The key and length of a length-delimited field whose `len` bytes follow.
 #[inline(always)]
 pub fn bytes_header(buf: &mut Vec<u8>, field: u32, len: usize) {
     if field < 16 && len < 0x80 {
         // Both one byte (most attributes and their parts): one two-byte write, in line (a
         // call per header cost more than the write).
-        buf.extend_from_slice(&[(field << 3 | LEN) as u8, len as u8]);
+        buf.extend_from_slice(&[tag(field), len as u8]);
     } else {
         long_header(buf, field, len);
     }
@@ -140,9 +145,17 @@ impl WireAttrs<'_> {
     fn kv(&mut self, k: &str, any_len: usize, any: impl FnOnce(&mut Vec<u8>)) {
         let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
         let body = key_len + field_len(any_len);
-        bytes_header(self.buf, self.field, body);
-        opt_bytes(self.buf, 1, k.as_bytes());
-        bytes_header(self.buf, 2, any_len);
+        if self.field < 16 && body < 0x80 && !k.is_empty() {
+            // Every length one byte (most attributes): the KeyValue's and its key's headers in
+            // one write, then the value's.
+            self.buf.extend_from_slice(&[tag(self.field), body as u8, tag(1), k.len() as u8]);
+            self.buf.extend_from_slice(k.as_bytes());
+            self.buf.extend_from_slice(&[tag(2), any_len as u8]);
+        } else {
+            bytes_header(self.buf, self.field, body);
+            opt_bytes(self.buf, 1, k.as_bytes());
+            bytes_header(self.buf, 2, any_len);
+        }
         any(self.buf);
     }
 }

@@ -142,6 +142,7 @@ pub struct WireAttrs<'a> {
 impl WireAttrs<'_> {
     /// `KeyValue { key = 1, value = 2 }` whose `AnyValue` is `any_len` bytes that `any`
     /// writes: every length is known before its bytes, so headers are written once, in place.
+    #[inline(always)]
     fn kv(&mut self, k: &str, any_len: usize, any: impl FnOnce(&mut Vec<u8>)) {
         let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
         let body = key_len + field_len(any_len);
@@ -162,6 +163,7 @@ impl WireAttrs<'_> {
 
 // AnyValue's oneof: string_value = 1, bool_value = 2, int_value = 3, array_value = 5.
 impl Attrs for WireAttrs<'_> {
+    #[inline(always)]
     fn str(&mut self, k: &str, v: &str) {
         self.kv(k, field_len(v.len()), |b| bytes(b, 1, v.as_bytes()));
     }
@@ -171,6 +173,7 @@ impl Attrs for WireAttrs<'_> {
         self.kv(k, field_len(len), |b| str_parts(b, 1, len, parts));
     }
 
+    #[inline(always)]
     fn int(&mut self, k: &str, v: impl Into<i64>) {
         let v = v.into() as u64;
         self.kv(k, 1 + varint_len(v), |b| {
@@ -179,6 +182,7 @@ impl Attrs for WireAttrs<'_> {
         });
     }
 
+    #[inline(always)]
     fn bool(&mut self, k: &str, v: bool) {
         self.kv(k, 2, |b| {
             key(b, 2, VARINT);

@@ -134,7 +134,9 @@ impl Addr {
     }
 }
 
-/// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span).
+/// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span); in
+/// line, so the keys are constants where written.
+#[inline(always)]
 pub fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<&Addr>) {
     if let Some(a) = addr {
         out.str(keys[0], a.text.as_str());

@@ -47,11 +47,13 @@ pub struct SpanBuilder {
     /// By pid, then service (a process may serve several): looked up without a key String.
     resources: HashMap<u32, Vec<Arc<ResourceEntry>>>,
     cached: usize,
+    /// The one returned last: consecutive spans mostly share it, found without hashing.
+    last: Option<Arc<ResourceEntry>>,
 }
 
 impl SpanBuilder {
     pub fn new(clock: WallClock, host: HostFacts) -> SpanBuilder {
-        SpanBuilder { clock, host, resources: HashMap::new(), cached: 0 }
+        SpanBuilder { clock, host, resources: HashMap::new(), cached: 0, last: None }
     }
 
     /// The span of an exchange the correlation stage gave ids to, appended to `buf`, and
@@ -62,10 +64,20 @@ impl SpanBuilder {
     }
 
     pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
+        if let Some(r) = self.last.as_ref().filter(|r| r.pid == pid && r.service == service) {
+            return r.clone();
+        }
+        let r = self.lookup(service, pid);
+        self.last = Some(r.clone());
+        r
+    }
+
+    fn lookup(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
         if let Some(r) = self.resources.get(&pid).and_then(|rs| rs.iter().find(|r| r.service == service)) {
             return r.clone();
         }
         if self.cached >= MAX_RESOURCES {
+            // `last` is replaced by the caller with the entry made below.
             self.resources.clear();
             self.cached = 0;
         }

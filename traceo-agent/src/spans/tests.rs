@@ -301,4 +301,7 @@ fn resources_are_cached_per_process_and_service() {
     let (a, again, other) = (b.resource("engine", 1), b.resource("engine", 1), b.resource("admin", 1));
     assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &other));
     assert_eq!((other.service.as_str(), other.pid), ("admin", 1));
+    // Back to the first after another: the cached one, not a new one.
+    assert!(Arc::ptr_eq(&a, &b.resource("engine", 1)));
+    assert_eq!(b.resource("engine", 2).pid, 2);
 }

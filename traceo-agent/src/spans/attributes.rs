@@ -373,11 +373,10 @@ mod tests {
         assert_eq!(path_and_query("http://h:8/p?q"), ("/p", Some("q")));
         assert_eq!(path_and_query("http://h:8"), ("", None));
         assert_eq!(path_and_query("*"), ("*", None));
-        // Only `://` makes an absolute form, wherever the first one is.
-        assert_eq!(path_and_query("/a?u=http://x/y"), ("/a", Some("u=http://x/y")));
-        assert_eq!(path_and_query("/a:b:/c?d"), ("/a:b:/c", Some("d")));
-        assert_eq!(path_and_query("h:x://k/p:"), ("/p:", None));
-        assert_eq!(path_and_query("/p:"), ("/p:", None));
+        // The first `://`, as `str::find` finds it.
+        for t in ["/a?u=http://x/y", "/a:b:/c?d", "h:x://k/p:", "/p:", ":", "://", "a:/", "a::/", "x:/:/:://", ""] {
+            assert_eq!(scheme_end(t), t.find("://"), "{t}");
+        }
     }
 
     #[test]

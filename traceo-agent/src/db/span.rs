@@ -5,7 +5,7 @@
 //! operation has error.type and an error status.
 
 use crate::http::Exchange;
-use crate::spans::Attrs;
+use crate::spans::{Addr, Attrs, SERVER, address};
 
 use super::DbOp;
 
@@ -28,10 +28,7 @@ pub fn attributes(ex: &Exchange, op: &DbOp, out: &mut impl Attrs) {
     if let Some(rows) = op.rows {
         out.int("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX));
     }
-    if let Some(peer) = ex.peer {
-        out.str("server.address", &peer.ip().to_canonical().to_string());
-        out.int("server.port", peer.port());
-    }
+    address(out, SERVER, ex.peer.map(Addr::new).as_ref());
     if let Some(e) = op.error_type() {
         out.str("error.type", &e);
     }

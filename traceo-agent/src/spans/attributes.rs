@@ -2,6 +2,7 @@
 //! reaches here (secret headers are never kept, bodies never leave the exchange); header
 //! attributes are filtered once more so a secret can never be exported.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
@@ -20,6 +21,8 @@ pub fn string(key: &str, v: impl Into<String>) -> KeyValue {
 /// (`wire::WireAttrs`, the export path), from the one description of each.
 pub trait Attrs {
     fn str(&mut self, key: &str, v: &str);
+    /// A string that is `parts` joined (`url.full`): the wire writes them without joining.
+    fn str_parts(&mut self, key: &str, parts: &[&str]);
     fn int(&mut self, key: &str, v: impl Into<i64>);
     fn bool(&mut self, key: &str, v: bool);
     /// A one-string array (a kept header's value).
@@ -29,6 +32,10 @@ pub trait Attrs {
 impl Attrs for Vec<KeyValue> {
     fn str(&mut self, key: &str, v: &str) {
         self.push(string(key, v));
+    }
+
+    fn str_parts(&mut self, key: &str, parts: &[&str]) {
+        self.push(string(key, parts.concat()));
     }
 
     fn int(&mut self, key: &str, v: impl Into<i64>) {
@@ -50,7 +57,7 @@ const KNOWN_METHODS: [&str; 9] = ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS",
 
 /// (path, query) of a request target: origin form `/p?q`, absolute form `http://h/p?q`.
 pub fn path_and_query(target: &str) -> (&str, Option<&str>) {
-    let after_authority = match target.find("://") {
+    let after_authority = match scheme_end(target) {
         Some(i) => {
             let rest = &target[i + 3..];
             rest.find(['/', '?']).map_or("", |j| &rest[j..])
@@ -63,6 +70,21 @@ pub fn path_and_query(target: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Where `://` first occurs: each ':' (memchr) checked for the two bytes after it. Per span,
+/// `str::find` with a three-byte needle set up a searcher costing more than the whole scan.
+fn scheme_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b':', &b[from..]) {
+        let at = from + i;
+        if b[at + 1..].starts_with(b"//") {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// `host[:port]` from a Host header (`[v6]:port` too).
 fn host_port(host: &str) -> (&str, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[') {
@@ -70,38 +92,55 @@ fn host_port(host: &str) -> (&str, Option<u16>) {
             return (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
         }
     }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+    // `host:port` has one ':' (an IPv6 address without brackets has several): by memchr, as
+    // `rsplit_once` and `contains` with a char pattern cost several times more per span.
+    let b = host.as_bytes();
+    match memchr::memchr(b':', b) {
+        Some(i) if memchr::memchr(b':', &b[i + 1..]).is_none() => (&host[..i], host[i + 1..].parse().ok()),
         _ => (host, None),
     }
 }
 
 /// The low-cardinality reason an exchange failed, if it did: a 5xx status, or no (parseable)
-/// response.
-pub fn error_type(ex: &Exchange) -> Option<String> {
+/// response. Borrowed but for a bare status code: nothing allocated per span otherwise.
+pub fn error_type(ex: &Exchange) -> Option<Cow<'_, str>> {
     // A traceback written while serving it names the error better than its status does.
-    let exception = ex.exception.as_ref().map(|e| e.kind.clone());
+    let exception = ex.exception.as_ref().map(|e| Cow::Borrowed(e.kind.as_str()));
     match ex.status {
-        Some(s) if s >= 500 => Some(exception.unwrap_or_else(|| s.to_string())),
+        Some(s) if s >= 500 => Some(exception.unwrap_or_else(|| Cow::Owned(s.to_string()))),
         // An MCP call that failed inside a 2xx answer (isError, or a JSON-RPC error object).
         Some(_) => ex.mcp.as_ref().and_then(|m| {
             m.messages
                 .iter()
                 .find(|msg| matches!(msg.outcome, crate::mcp::Outcome::ToolError | crate::mcp::Outcome::RpcError))
-                .map(|msg| msg.outcome.as_str().to_owned())
+                .map(|msg| Cow::Borrowed(msg.outcome.as_str()))
         }),
-        None if ex.flags.parse_error => Some("parse_error".to_owned()),
-        None => Some(exception.unwrap_or_else(|| "no_response".to_owned())),
+        None if ex.flags.parse_error => Some(Cow::Borrowed("parse_error")),
+        None => Some(exception.unwrap_or(Cow::Borrowed("no_response"))),
     }
 }
 
-/// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span).
-fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<SocketAddr>) {
-    if let Some(a) = addr {
+/// A socket address's IP as text (once, though a span may name it twice) and its port.
+pub struct Addr {
+    text: IpText,
+    port: u16,
+}
+
+impl Addr {
+    pub fn new(a: SocketAddr) -> Addr {
         let mut text = IpText::default();
         text.put(a.ip().to_canonical());
-        out.str(keys[0], text.as_str());
-        out.int(keys[1], i64::from(a.port()));
+        Addr { text, port: a.port() }
+    }
+}
+
+/// `{prefix}.address` and `{prefix}.port`, keys given whole (no string built per span); in
+/// line, so the keys are constants where written.
+#[inline(always)]
+pub fn address(out: &mut impl Attrs, keys: [&str; 2], addr: Option<&Addr>) {
+    if let Some(a) = addr {
+        out.str(keys[0], a.text.as_str());
+        out.int(keys[1], i64::from(a.port));
     }
 }
 
@@ -163,7 +202,7 @@ impl std::fmt::Write for IpText {
     }
 }
 
-const SERVER: [&str; 2] = ["server.address", "server.port"];
+pub const SERVER: [&str; 2] = ["server.address", "server.port"];
 const CLIENT: [&str; 2] = ["client.address", "client.port"];
 const PEER: [&str; 2] = ["network.peer.address", "network.peer.port"];
 
@@ -193,6 +232,7 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
         out.int("http.response.status_code", s);
     }
     // The server's name: the Host header, else the socket address it was reached at.
+    let peer = ex.peer.map(Addr::new);
     let server_socket = match ex.role {
         Role::Server => ex.local,
         Role::Client => ex.peer,
@@ -204,28 +244,30 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
                 out.int("server.port", p);
             }
         }
-        None => address(out, SERVER, server_socket),
+        None => match ex.role {
+            Role::Server => address(out, SERVER, ex.local.map(Addr::new).as_ref()),
+            Role::Client => address(out, SERVER, peer.as_ref()),
+        },
     }
     match ex.role {
         Role::Server => {
             out.str("http.route", &ex.route);
-            address(out, CLIENT, ex.peer);
+            address(out, CLIENT, peer.as_ref());
         }
         Role::Client => {
-            let authority = ex.host().map(str::to_owned).or(ex.peer.map(|a| a.to_string()));
+            let authority = ex.host().map(Cow::Borrowed).or(ex.peer.map(|a| Cow::Owned(a.to_string())));
             if let Some(authority) = authority {
                 // A proxy request's target is already absolute.
-                let full = if ex.target.contains("://") {
-                    ex.target.clone()
+                if scheme_end(&ex.target).is_some() {
+                    out.str("url.full", &ex.target);
                 } else {
-                    format!("{scheme}://{authority}{}", ex.target)
-                };
-                out.str("url.full", &full);
+                    out.str_parts("url.full", &[scheme, "://", &authority, &ex.target]);
+                }
             }
             out.str("url.template", &ex.route);
         }
     }
-    address(out, PEER, ex.peer);
+    address(out, PEER, peer.as_ref());
     if let Some(ua) = ex.user_agent() {
         out.str("user_agent.original", ua);
     }
@@ -331,6 +373,10 @@ mod tests {
         assert_eq!(path_and_query("http://h:8/p?q"), ("/p", Some("q")));
         assert_eq!(path_and_query("http://h:8"), ("", None));
         assert_eq!(path_and_query("*"), ("*", None));
+        // The first `://`, as `str::find` finds it.
+        for t in ["/a?u=http://x/y", "/a:b:/c?d", "h:x://k/p:", "/p:", ":", "://", "a:/", "a::/", "x:/:/:://", ""] {
+            assert_eq!(scheme_end(t), t.find("://"), "{t}");
+        }
     }
 
     #[test]
@@ -339,5 +385,8 @@ mod tests {
         assert_eq!(host_port("example.com:8080"), ("example.com", Some(8080)));
         assert_eq!(host_port("[::1]:9"), ("::1", Some(9)));
         assert_eq!(host_port("::1"), ("::1", None));
+        assert_eq!(host_port("a:b:c"), ("a:b:c", None));
+        assert_eq!(host_port("h:"), ("h", None));
+        assert_eq!(host_port(":80"), ("", Some(80)));
     }
 }

@@ -1,6 +1,7 @@
 //! One span per exchange (SERVER for inbound, CLIENT for outbound), and one resource per
 //! traced process of a service.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,25 +47,37 @@ pub struct SpanBuilder {
     /// By pid, then service (a process may serve several): looked up without a key String.
     resources: HashMap<u32, Vec<Arc<ResourceEntry>>>,
     cached: usize,
+    /// The one returned last: consecutive spans mostly share it, found without hashing.
+    last: Option<Arc<ResourceEntry>>,
 }
 
 impl SpanBuilder {
     pub fn new(clock: WallClock, host: HostFacts) -> SpanBuilder {
-        SpanBuilder { clock, host, resources: HashMap::new(), cached: 0 }
+        SpanBuilder { clock, host, resources: HashMap::new(), cached: 0, last: None }
     }
 
-    /// The encoded span of an exchange the correlation stage gave ids to (`None` otherwise).
-    pub fn build(&mut self, ex: &Exchange) -> Option<(Arc<ResourceEntry>, Vec<u8>)> {
-        let mut buf = Vec::with_capacity(1024);
-        encode_span(ex, &self.clock, &mut buf).then_some(())?;
-        Some((self.resource(&ex.service, ex.pid), buf))
+    /// The span of an exchange the correlation stage gave ids to, appended to `buf`, and
+    /// its resource (`None` without ids).
+    pub fn build(&mut self, ex: &Exchange, buf: &mut Vec<u8>) -> Option<Arc<ResourceEntry>> {
+        encode_span(ex, &self.clock, buf).then_some(())?;
+        Some(self.resource(&ex.service, ex.pid))
     }
 
     pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
+        if let Some(r) = self.last.as_ref().filter(|r| r.pid == pid && r.service == service) {
+            return r.clone();
+        }
+        let r = self.lookup(service, pid);
+        self.last = Some(r.clone());
+        r
+    }
+
+    fn lookup(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {
         if let Some(r) = self.resources.get(&pid).and_then(|rs| rs.iter().find(|r| r.service == service)) {
             return r.clone();
         }
         if self.cached >= MAX_RESOURCES {
+            // `last` is replaced by the caller with the entry made below.
             self.resources.clear();
             self.cached = 0;
         }
@@ -114,23 +127,43 @@ fn nanos(clock: &WallClock, mono_ns: u64) -> u64 {
 
 /// `METHOD route`, per the conventions' `{method} {target}` with the low-cardinality route.
 pub fn span_name(ex: &Exchange) -> String {
+    name(ex).pieces().concat()
+}
+
+/// A span's name, kept in pieces (the export path writes them without joining them first).
+enum Name<'a> {
+    Text(String),
+    Http { method: &'a str, route: &'a str },
+}
+
+impl Name<'_> {
+    fn pieces(&self) -> [&str; 3] {
+        match self {
+            Name::Text(s) => [s, "", ""],
+            Name::Http { method, route: "" } => [method, "", ""],
+            Name::Http { method, route } => [method, " ", route],
+        }
+    }
+}
+
+fn name(ex: &Exchange) -> Name<'_> {
     // An MCP exchange is named for what it did: `tools/call upload_csv`, `initialize`.
     if let Some(mcp) = &ex.mcp {
-        return mcp.name();
+        return Name::Text(mcp.name());
     }
     let method = if ex.method.is_empty() { "HTTP" } else { ex.method.as_str() };
-    if ex.route.is_empty() { method.to_owned() } else { format!("{method} {}", ex.route) }
+    Name::Http { method, route: &ex.route }
 }
 
 /// What a span is made of besides its attributes, worked out once for either encoding.
 struct Parts<'a> {
     trace: &'a TraceContext,
-    name: String,
+    name: Name<'a>,
     kind: SpanKind,
     start: u64,
     end: u64,
     /// `error.type`: an error status with this message.
-    error: Option<String>,
+    error: Option<Cow<'a, str>>,
 }
 
 fn parts<'a>(ex: &'a Exchange, clock: &WallClock) -> Option<Parts<'a>> {
@@ -138,13 +171,13 @@ fn parts<'a>(ex: &'a Exchange, clock: &WallClock) -> Option<Parts<'a>> {
     let end_ns = ex.response_last_ns.unwrap_or(ex.request_last_ns).max(ex.request_first_ns);
     // A database operation is a CLIENT span with the database conventions' name and attributes.
     let (name, kind, error) = match &ex.db {
-        Some(op) => (op.span_name(), SpanKind::Client, op.error_type()),
+        Some(op) => (Name::Text(op.span_name()), SpanKind::Client, op.error_type().map(Cow::Owned)),
         None => {
             let kind = match ex.role {
                 Role::Server => SpanKind::Server,
                 Role::Client => SpanKind::Client,
             };
-            (span_name(ex), kind, error_type(ex))
+            (name(ex), kind, error_type(ex))
         }
     };
     let (start, end) = (nanos(clock, ex.request_first_ns), nanos(clock, end_ns));
@@ -214,7 +247,7 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         .into_iter()
         .collect();
     let status = match p.error {
-        Some(e) => Status { code: StatusCode::Error as i32, message: e },
+        Some(e) => Status { code: StatusCode::Error as i32, message: e.into_owned() },
         None => Status::default(),
     };
     Some(Span {
@@ -223,7 +256,7 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
         trace_state: trace.trace_state.clone().unwrap_or_default(),
         parent_span_id: trace.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
         flags: SAMPLED,
-        name: p.name,
+        name: p.name.pieces().concat(),
         kind: p.kind as i32,
         start_time_unix_nano: p.start,
         end_time_unix_nano: p.end,
@@ -244,7 +277,7 @@ pub fn encode_span(ex: &Exchange, clock: &WallClock, buf: &mut Vec<u8>) -> bool 
     wire::opt_bytes(buf, 2, &t.span_id.0);
     wire::opt_bytes(buf, 3, t.trace_state.as_deref().unwrap_or_default().as_bytes());
     wire::opt_bytes(buf, 4, t.parent.as_ref().map_or(&[][..], |p| &p.0[..]));
-    wire::opt_bytes(buf, 5, p.name.as_bytes());
+    wire::opt_str_parts(buf, 5, &p.name.pieces());
     wire::opt_varint(buf, 6, p.kind as u64);
     wire::opt_fixed64(buf, 7, p.start);
     wire::opt_fixed64(buf, 8, p.end);
@@ -265,12 +298,16 @@ pub fn encode_span(ex: &Exchange, clock: &WallClock, buf: &mut Vec<u8>) -> bool 
         });
     }
     // Status { message = 2, code = 3 }, always present.
-    wire::message(buf, 15, |b| {
-        if let Some(e) = &p.error {
-            wire::opt_bytes(b, 2, e.as_bytes());
-            wire::opt_varint(b, 3, StatusCode::Error as u64);
+    match &p.error {
+        Some(e) => {
+            let code = StatusCode::Error as u64;
+            let message = if e.is_empty() { 0 } else { wire::field_len(e.len()) };
+            wire::bytes_header(buf, 15, message + 1 + wire::varint_len(code));
+            wire::opt_bytes(buf, 2, e.as_bytes());
+            wire::opt_varint(buf, 3, code);
         }
-    });
+        None => wire::bytes_header(buf, 15, 0),
+    }
     wire::opt_fixed32(buf, 16, SAMPLED);
     true
 }

@@ -85,11 +85,12 @@ pub trait Signal: Send + 'static {
     type Item: Send + 'static;
     /// For the agent's log: "spans", "log records".
     const WHAT: &'static str;
-    /// Send one batch; how many items the endpoint rejected.
+    /// Send one batch; how many items the endpoint rejected. Items left in `items` are
+    /// handed back to the pipeline to be filled again (span buffers).
     fn export(
         channel: Channel,
-        items: Vec<(Arc<ResourceEntry>, Self::Item)>,
-    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>>;
+        items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>,
+    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static;
 }
 
 /// OTLP traces, each span already encoded (`build::encode_span`).
@@ -98,9 +99,16 @@ pub struct Spans;
 impl Signal for Spans {
     type Item = Vec<u8>;
     const WHAT: &'static str = "spans";
-    async fn export(channel: Channel, items: Vec<Item>) -> Result<u64, tonic::Status> {
-        let resp = super::grpc::export_traces(channel, request(items)).await?;
-        Ok(resp.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
+    fn export(
+        channel: Channel,
+        items: &mut Vec<Item>,
+    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static {
+        // Copied into the request: the buffers stay in `items`, to be reused.
+        let req = request(items);
+        async move {
+            let resp = super::grpc::export_traces(channel, req).await?;
+            Ok(resp.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
+        }
     }
 }
 
@@ -110,9 +118,15 @@ pub struct Logs;
 impl Signal for Logs {
     type Item = LogRecord;
     const WHAT: &'static str = "log records";
-    async fn export(channel: Channel, items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> Result<u64, tonic::Status> {
-        let resp = LogsServiceClient::new(channel).export(logs_request(items)).await?;
-        Ok(resp.into_inner().partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
+    fn export(
+        channel: Channel,
+        items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>,
+    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static {
+        let req = logs_request(std::mem::take(items));
+        async move {
+            let resp = LogsServiceClient::new(channel).export(req).await?;
+            Ok(resp.into_inner().partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
+        }
     }
 }
 
@@ -126,6 +140,10 @@ const DRAIN: Duration = Duration::from_millis(50);
 /// Items queued for the exporter thread, and whether the pipeline is done with them.
 struct Inbox<I> {
     items: Vec<(Arc<ResourceEntry>, I)>,
+    /// Items the exporter thread is done with (span buffers), for the pipeline to fill again:
+    /// a buffer allocated by one thread and freed by the other per span cost more than
+    /// encoding a third of its attributes. At most one batch's worth is kept.
+    spare: Vec<I>,
     closed: bool,
 }
 
@@ -144,6 +162,8 @@ impl<I> Queue<I> {
 
 pub struct Exporter<S: Signal = Spans> {
     queue: Option<Arc<Queue<S::Item>>>,
+    /// Spare items taken from the inbox (all at once, under a lock taken anyway).
+    stash: Vec<S::Item>,
     max_queue: usize,
     counts: Arc<ExportCounts>,
     thread: Option<JoinHandle<()>>,
@@ -169,8 +189,10 @@ pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
 impl<S: Signal> Exporter<S> {
     pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter<S>> {
         let endpoint = parse_endpoint(&cfg.endpoint)?.connect_timeout(Duration::from_secs(2)).timeout(cfg.timeout);
-        let queue =
-            Arc::new(Queue { inbox: Mutex::new(Inbox { items: Vec::new(), closed: false }), wake: Notify::new() });
+        let queue = Arc::new(Queue {
+            inbox: Mutex::new(Inbox { items: Vec::new(), spare: Vec::new(), closed: false }),
+            wake: Notify::new(),
+        });
         let rx = queue.clone();
         let counts = Arc::new(ExportCounts::default());
         let (done_tx, finished) = std::sync::mpsc::channel();
@@ -189,6 +211,7 @@ impl<S: Signal> Exporter<S> {
         log::info!("exporting {} over OTLP/gRPC to {}", S::WHAT, cfg.endpoint);
         Ok(Exporter {
             queue: Some(queue),
+            stash: Vec::new(),
             max_queue: cfg.max_queue.max(1),
             counts,
             thread: Some(thread),
@@ -201,10 +224,18 @@ impl<S: Signal> Exporter<S> {
         &self.counts
     }
 
+    /// An item the exporter thread is done with, to fill again (a span buffer), if any.
+    pub fn spare(&mut self) -> Option<S::Item> {
+        self.stash.pop()
+    }
+
     /// Queue a span; never waits (a full queue drops it, counted).
     pub fn send(&mut self, resource: Arc<ResourceEntry>, span: S::Item) {
         let Some(queue) = &self.queue else { return };
         let mut inbox = queue.lock();
+        if self.stash.is_empty() {
+            std::mem::swap(&mut inbox.spare, &mut self.stash);
+        }
         if inbox.items.len() >= self.max_queue {
             drop(inbox);
             self.counts.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +306,7 @@ impl<S: Signal> Worker<S> {
                 _ = drain.tick() => {}
                 _ = timer.tick() => {
                     if !batch.is_empty() {
-                        self.export(&mut client, &mut batch).await;
+                        self.export(&mut client, &mut batch, &queue).await;
                     }
                     continue;
                 }
@@ -288,7 +319,7 @@ impl<S: Signal> Worker<S> {
             batch.append(&mut taken);
             while batch.len() >= self.cfg.max_batch {
                 let rest = batch.split_off(self.cfg.max_batch);
-                self.export(&mut client, &mut batch).await;
+                self.export(&mut client, &mut batch, &queue).await;
                 batch = rest;
             }
             if closed {
@@ -297,14 +328,26 @@ impl<S: Signal> Worker<S> {
         }
         while !batch.is_empty() {
             let rest = batch.split_off(batch.len().min(self.cfg.max_batch));
-            self.export(&mut client, &mut batch).await;
+            self.export(&mut client, &mut batch, &queue).await;
             batch = rest;
         }
     }
 
-    async fn export(&mut self, client: &mut Channel, batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>) {
+    async fn export(
+        &mut self,
+        client: &mut Channel,
+        batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>,
+        queue: &Queue<S::Item>,
+    ) {
         let n = batch.len() as u64;
-        match S::export(client.clone(), std::mem::take(batch)).await {
+        let sent = S::export(client.clone(), batch);
+        if !batch.is_empty() {
+            let mut inbox = queue.lock();
+            let room = self.cfg.max_batch.saturating_sub(inbox.spare.len());
+            inbox.spare.extend(batch.drain(..).take(room).map(|(_, item)| item));
+        }
+        batch.clear();
+        match sent.await {
             Ok(rejected) => {
                 self.counts.dropped_rejected.fetch_add(rejected, Ordering::Relaxed);
                 self.counts.exported.fetch_add(n.saturating_sub(rejected), Ordering::Relaxed);
@@ -335,32 +378,40 @@ fn scope() -> InstrumentationScope {
 }
 
 /// Items grouped under their resources, in the order each resource first came.
-fn group<I>(items: Vec<(Arc<ResourceEntry>, I)>) -> Vec<(Arc<ResourceEntry>, Vec<I>)> {
+fn group<I>(items: impl IntoIterator<Item = (Arc<ResourceEntry>, I)>) -> Vec<(Arc<ResourceEntry>, Vec<I>)> {
     let mut groups: Vec<(Arc<ResourceEntry>, Vec<I>)> = Vec::new();
     // By pid, then the few services of that pid compared: no key String per item.
     let mut by_pid: HashMap<u32, Vec<usize>> = HashMap::new();
+    let mut last = None;
     for (resource, item) in items {
-        let same = by_pid.entry(resource.pid).or_default();
-        let i = match same.iter().copied().find(|&i| groups[i].0.service == resource.service) {
+        // The very resource of the item before (most are): its group, without a lookup.
+        let i = match last.filter(|&i: &usize| Arc::ptr_eq(&groups[i].0, &resource)) {
             Some(i) => i,
             None => {
-                same.push(groups.len());
-                groups.push((resource, Vec::new()));
-                groups.len() - 1
+                let same = by_pid.entry(resource.pid).or_default();
+                match same.iter().copied().find(|&i| groups[i].0.service == resource.service) {
+                    Some(i) => i,
+                    None => {
+                        same.push(groups.len());
+                        groups.push((resource, Vec::new()));
+                        groups.len() - 1
+                    }
+                }
             }
         };
         groups[i].1.push(item);
+        last = Some(i);
     }
     groups
 }
 
 /// One encoded `ExportTraceServiceRequest`, spans grouped under their resources:
 /// `resource_spans = 1 { resource = 1, scope_spans = 2 { scope = 1, spans = 2 } }`.
-pub fn request(items: Vec<Item>) -> Vec<u8> {
+pub fn request(items: &[Item]) -> Vec<u8> {
     let scope = scope().encode_to_vec();
     let field = |len: usize| 1 + wire::varint_len(len as u64) + len;
     let mut out = Vec::new();
-    for (r, spans) in group(items) {
+    for (r, spans) in group(items.iter().map(|(r, s)| (r.clone(), s.as_slice()))) {
         let resource = r.resource.encode_to_vec();
         let scope_spans = field(scope.len()) + spans.iter().map(|s| field(s.len())).sum::<usize>();
         let resource_spans = field(resource.len()) + field(scope_spans);

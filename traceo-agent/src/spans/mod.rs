@@ -11,7 +11,7 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use attributes::{Attrs, error_type, kv, path_and_query, span_attributes, string};
+pub use attributes::{Addr, Attrs, SERVER, address, error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
 pub use export::{ExportConfig, ExportCounts, Exporter, Logs, Spans, logs_request, parse_endpoint, request};
 
@@ -40,6 +40,9 @@ fn endpoint_from<'a>(
 pub struct SpanOutput {
     builder: SpanBuilder,
     exporter: Exporter,
+    /// The buffer the next span is encoded into: one the exporter is done with when it has
+    /// one, else a new one.
+    next: Vec<u8>,
 }
 
 impl SpanOutput {
@@ -47,11 +50,17 @@ impl SpanOutput {
         Ok(SpanOutput {
             builder: SpanBuilder::new(clock, host),
             exporter: Exporter::start(ExportConfig::new(endpoint))?,
+            next: Vec::new(),
         })
     }
 
     pub fn send(&mut self, ex: &Exchange) {
-        if let Some((resource, span)) = self.builder.build(ex) {
+        if self.next.capacity() == 0 {
+            self.next = self.exporter.spare().unwrap_or_else(|| Vec::with_capacity(1024));
+        }
+        self.next.clear();
+        if let Some(resource) = self.builder.build(ex, &mut self.next) {
+            let span = std::mem::take(&mut self.next);
             self.exporter.send(resource, span);
         }
     }

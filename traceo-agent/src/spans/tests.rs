@@ -200,7 +200,8 @@ fn one_resource_per_traced_process_and_spans_grouped_under_it() {
     let c = entry("admin", 1);
     let items =
         vec![(a.clone(), named("1")), (b, named("2")), (c.clone(), named("4")), (a, named("3")), (c, named("5"))];
-    let bytes = request(items.iter().map(|(r, s)| (r.clone(), s.encode_to_vec())).collect());
+    let encoded: Vec<_> = items.iter().map(|(r, s)| (r.clone(), s.encode_to_vec())).collect();
+    let bytes = request(&encoded);
     assert_eq!(bytes, prost_request(items).encode_to_vec(), "the request prost would have sent");
     let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("a request");
     let groups: Vec<Vec<&str>> =
@@ -300,4 +301,38 @@ fn resources_are_cached_per_process_and_service() {
     let (a, again, other) = (b.resource("engine", 1), b.resource("engine", 1), b.resource("admin", 1));
     assert!(Arc::ptr_eq(&a, &again) && !Arc::ptr_eq(&a, &other));
     assert_eq!((other.service.as_str(), other.pid), ("admin", 1));
+    // Back to the first after another: the cached one, not a new one.
+    assert!(Arc::ptr_eq(&a, &b.resource("engine", 1)));
+    assert_eq!(b.resource("engine", 2).pid, 2);
+}
+
+#[test]
+fn lengths_either_side_of_one_byte_and_ipv6_peers_encode_as_prost_does() {
+    // A KeyValue, its AnyValue or an array crossing 127 bytes while what it holds does not,
+    // server and client spans, with and without a Host header, an absolute (proxy) target.
+    let v6: std::net::SocketAddr = "[2001:db8::8a2e:370:7334]:8443".parse().expect("an address");
+    let mapped: std::net::SocketAddr = "[::ffff:10.1.2.3]:80".parse().expect("an address");
+    let mut spans = 0;
+    for n in [1, 90, 100, 105, 110, 115, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 130, 200, 20_000] {
+        let t = "t".repeat(n);
+        for host in [format!("Host: {t}:81\r\n"), format!("Host: [::1]:{}\r\n", n % 60_000), String::new()] {
+            for target in [format!("/{t}?q={t}"), format!("http://{t}/p?q")] {
+                let req = format!("GET {target} HTTP/1.1\r\n{host}User-Agent: {t}\r\nX-Tenant: {t}\r\n\r\n");
+                let cfg = || TrackerConfig { extra_headers: vec!["X-Tenant".into()], ..Default::default() };
+                let mut server = Script::accepted(1);
+                server.recv(req.as_bytes()).send(&ok(&t));
+                let mut client = Script::connected(2);
+                client.send(req.as_bytes()).recv(&ok(&t));
+                for mut x in [exchanges(cfg(), &server.take()), exchanges(cfg(), &client.take())].concat() {
+                    for peer in [x.peer, Some(v6), Some(mapped)] {
+                        x.peer = peer;
+                        x.local = peer;
+                        span(&x, &CLOCK).expect("ids");
+                        spans += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(spans, 20 * 3 * 2 * 2 * 3);
 }

@@ -11,7 +11,13 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
+#[inline]
 pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    if v < 0x80 {
+        // Most are (keys, lengths of attributes): one byte, no loop.
+        buf.push(v as u8);
+        return;
+    }
     while v >= 0x80 {
         buf.push(v as u8 | 0x80);
         v >>= 7;
@@ -24,6 +30,7 @@ pub fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+#[inline]
 fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
@@ -34,8 +41,25 @@ pub fn bytes(buf: &mut Vec<u8>, field: u32, v: &[u8]) {
     buf.extend_from_slice(v);
 }
 
+/// The one-byte key of length-delimited field `field` (below 16).
+const fn tag(field: u32) -> u8 {
+    (field << 3 | LEN) as u8
+}
+
 /// The key and length of a length-delimited field whose `len` bytes follow.
+#[inline(always)]
 pub fn bytes_header(buf: &mut Vec<u8>, field: u32, len: usize) {
+    if field < 16 && len < 0x80 {
+        // Both one byte (most attributes and their parts): one two-byte write, in line (a
+        // call per header cost more than the write).
+        buf.extend_from_slice(&[tag(field), len as u8]);
+    } else {
+        long_header(buf, field, len);
+    }
+}
+
+#[inline(never)]
+fn long_header(buf: &mut Vec<u8>, field: u32, len: usize) {
     key(buf, field, LEN);
     varint(buf, len as u64);
 }
@@ -70,7 +94,8 @@ pub fn opt_fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
 }
 
 /// A message field whose body `body` writes; its length is patched in afterwards (one byte
-/// reserved: most are short, a longer one moves its body once).
+/// reserved: most are short, a longer one moves its body once). For bodies whose length is
+/// not known up front (an exception event, a link); attributes know theirs (`WireAttrs`).
 pub fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     buf.push(0);
@@ -86,6 +111,27 @@ pub fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     }
 }
 
+/// The encoded size of a length-delimited field of `len` bytes (fields 1 to 15: a one-byte key).
+pub fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// A string field whose value is `parts` one after the other (no String joined first); left
+/// out when empty, as `opt_bytes`.
+pub fn opt_str_parts(buf: &mut Vec<u8>, field: u32, parts: &[&str]) {
+    let len = parts.iter().map(|p| p.len()).sum();
+    if len > 0 {
+        str_parts(buf, field, len, parts);
+    }
+}
+
+fn str_parts(buf: &mut Vec<u8>, field: u32, len: usize, parts: &[&str]) {
+    bytes_header(buf, field, len);
+    for p in parts {
+        buf.extend_from_slice(p.as_bytes());
+    }
+}
+
 /// Attributes as repeated `KeyValue` messages of field `field` (9 in a span, 3 in an event,
 /// 4 in a link).
 pub struct WireAttrs<'a> {
@@ -94,31 +140,51 @@ pub struct WireAttrs<'a> {
 }
 
 impl WireAttrs<'_> {
-    /// `KeyValue { key, value: AnyValue { <oneof> } }`.
-    fn kv(&mut self, k: &str, value: impl FnOnce(&mut Vec<u8>)) {
-        message(self.buf, self.field, |b| {
-            opt_bytes(b, 1, k.as_bytes());
-            message(b, 2, value);
-        });
+    /// `KeyValue { key = 1, value = 2 }` whose `AnyValue` is `any_len` bytes that `any`
+    /// writes: every length is known before its bytes, so headers are written once, in place.
+    #[inline(always)]
+    fn kv(&mut self, k: &str, any_len: usize, any: impl FnOnce(&mut Vec<u8>)) {
+        let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
+        let body = key_len + field_len(any_len);
+        if self.field < 16 && body < 0x80 && !k.is_empty() {
+            // Every length one byte (most attributes): the KeyValue's and its key's headers in
+            // one write, then the value's.
+            self.buf.extend_from_slice(&[tag(self.field), body as u8, tag(1), k.len() as u8]);
+            self.buf.extend_from_slice(k.as_bytes());
+            self.buf.extend_from_slice(&[tag(2), any_len as u8]);
+        } else {
+            bytes_header(self.buf, self.field, body);
+            opt_bytes(self.buf, 1, k.as_bytes());
+            bytes_header(self.buf, 2, any_len);
+        }
+        any(self.buf);
     }
 }
 
 // AnyValue's oneof: string_value = 1, bool_value = 2, int_value = 3, array_value = 5.
 impl Attrs for WireAttrs<'_> {
+    #[inline(always)]
     fn str(&mut self, k: &str, v: &str) {
-        self.kv(k, |b| bytes(b, 1, v.as_bytes()));
+        self.kv(k, field_len(v.len()), |b| bytes(b, 1, v.as_bytes()));
     }
 
+    fn str_parts(&mut self, k: &str, parts: &[&str]) {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.kv(k, field_len(len), |b| str_parts(b, 1, len, parts));
+    }
+
+    #[inline(always)]
     fn int(&mut self, k: &str, v: impl Into<i64>) {
-        let v: i64 = v.into();
-        self.kv(k, |b| {
+        let v = v.into() as u64;
+        self.kv(k, 1 + varint_len(v), |b| {
             key(b, 3, VARINT);
-            varint(b, v as u64);
+            varint(b, v);
         });
     }
 
+    #[inline(always)]
     fn bool(&mut self, k: &str, v: bool) {
-        self.kv(k, |b| {
+        self.kv(k, 2, |b| {
             key(b, 2, VARINT);
             varint(b, u64::from(v));
         });
@@ -126,7 +192,13 @@ impl Attrs for WireAttrs<'_> {
 
     fn str_array(&mut self, k: &str, v: &str) {
         // ArrayValue { values: [AnyValue { string_value }] }
-        self.kv(k, |b| message(b, 5, |b| message(b, 1, |b| bytes(b, 1, v.as_bytes()))));
+        let one = field_len(v.len());
+        let array = field_len(one);
+        self.kv(k, field_len(array), |b| {
+            bytes_header(b, 5, array);
+            bytes_header(b, 1, one);
+            bytes(b, 1, v.as_bytes());
+        });
     }
 }
 

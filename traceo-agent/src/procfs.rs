@@ -2,6 +2,8 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
+mod sock_diag;
+
 /// All process ids, skipping threads.
 pub fn pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -42,14 +44,14 @@ pub fn tgid(id: u32) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
-/// Listening TCP sockets of every network namespace: inode -> port. Each namespace's tables
-/// are read through one of its processes (/proc/PID/net/tcp{,6} shows the namespace of PID),
-/// so `port:N` finds servers in containers too; socket inodes are unique host-wide, so the
-/// namespaces' tables merge without clashes.
+/// Listening TCP sockets of every network namespace: inode -> port. Each other namespace's
+/// tables are read through one of its processes (/proc/PID/net/tcp{,6} shows the namespace of
+/// PID), so `port:N` finds servers in containers too; socket inodes are unique host-wide, so
+/// the namespaces' tables merge without clashes.
 pub fn listening_sockets() -> HashMap<u64, u16> {
-    let mut out = HashMap::new();
+    let mut out = own_namespace_listening_sockets();
     let mut namespaces = std::collections::HashSet::new();
-    let mut tables = vec!["/proc/net".to_owned()];
+    let mut tables = vec![];
     if let Ok(own) = fs::read_link("/proc/self/ns/net") {
         namespaces.insert(own);
     }
@@ -85,13 +87,24 @@ fn read_listening(path: &str, out: &mut HashMap<u64, u16>) {
     }
 }
 
-/// Listening TCP sockets of the agent's own network namespace: inode -> port.
+/// Listening TCP sockets of the agent's own network namespace: inode -> port. Asked of the
+/// kernel (only listeners are walked); /proc, which walks every connection, if that fails.
 pub fn own_namespace_listening_sockets() -> HashMap<u64, u16> {
     let mut out = HashMap::new();
-    for table in ["tcp", "tcp6"] {
-        read_listening(&format!("/proc/self/net/{table}"), &mut out);
+    if let Err(e) = sock_diag::own_listening(&mut out) {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("listening sockets are read from /proc (slower): sock_diag failed ({e})");
+        }
+        read_own_namespace_tables(&mut out);
     }
     out
+}
+
+fn read_own_namespace_tables(out: &mut HashMap<u64, u16>) {
+    for table in ["tcp", "tcp6"] {
+        read_listening(&format!("/proc/self/net/{table}"), out);
+    }
 }
 
 /// Rows after the header: `sl local_address rem_address st ... inode`; LISTEN is state 0A.

@@ -131,6 +131,10 @@ struct Outputs {
     log_export: Option<crate::logs::otlp::LogExport>,
     /// The first failure to write a line (reported by the next call into the pipeline).
     failed: Option<anyhow::Error>,
+    /// The process (and its service's very string) whose container facts were looked up
+    /// last: a process's exchanges come in runs, and the shared table's lock and lookup per
+    /// exchange were most of observing them.
+    last_process: Option<(u32, Arc<str>)>,
 }
 
 impl HttpPipeline {
@@ -162,6 +166,7 @@ impl HttpPipeline {
                     records: LineSink::off(),
                     log_export: None,
                     failed: None,
+                    last_process: None,
                 },
             },
             in_flight_services: HashSet::new(),
@@ -341,7 +346,11 @@ impl Outputs {
     fn measure(&mut self, ex: &Exchange, joined: Option<JoinEvent>) {
         if let Some(m) = &self.metrics {
             // Metrics exist only live: the pid is a process on this host now.
-            m.containers.observe(&ex.service, ex.pid);
+            let same = self.last_process.as_ref().is_some_and(|(pid, s)| *pid == ex.pid && Arc::ptr_eq(s, &ex.service));
+            if !same {
+                m.containers.observe(&ex.service, ex.pid);
+                self.last_process = Some((ex.pid, ex.service.clone()));
+            }
             match &ex.db {
                 Some(op) => m.db.observe(&ex.service, op, ex.duration_ns().map(|ns| ns as f64 / 1e9)),
                 None => m.http.observe(&observation(ex)),

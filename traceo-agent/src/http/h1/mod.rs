@@ -62,6 +62,7 @@ enum Gate {
     Dropped,
 }
 
+#[derive(Clone, Debug)]
 pub struct Http1Parser {
     lim: Limits,
     midstream: bool,
@@ -139,11 +140,12 @@ impl Http1Parser {
             if self.queues[i].is_empty() {
                 return progress;
             }
-            if self.readers[i].at_boundary() {
-                match self.gate(d, out) {
+            if let Some(front) = self.queues[i].front() {
+                match self.gate(d, front, out) {
                     Gate::Go => {}
                     Gate::Hold => return progress,
                     Gate::Dropped => {
+                        self.queues[i].pop_front();
                         progress = true;
                         continue;
                     }
@@ -164,6 +166,35 @@ impl Http1Parser {
             if let Some(ev) = ev {
                 self.on_event(d, ev, out);
             }
+        }
+    }
+
+    /// `pump_dir` for a segment not queued, with the roles known and nothing queued: what
+    /// `pump` does with it as the only segment held (checked in tests), less the
+    /// queueing. Stops when `seg` is spent or must wait.
+    fn read_now(&mut self, d: Direction, seg: &mut Segment, out: &mut Vec<Output>) {
+        let i = idx(d);
+        while !self.stopped() && !seg.is_spent() {
+            match self.gate(d, seg, out) {
+                Gate::Go => {}
+                Gate::Hold => return,
+                Gate::Dropped => {
+                    seg.consume_all();
+                    return;
+                }
+            }
+            if let Some(ev) = self.readers[i].step(seg, &self.lim) {
+                self.on_event(d, ev, out);
+            }
+        }
+    }
+
+    /// `parse` through the queue: any state.
+    fn parse_queued(&mut self, dir: Direction, seg: Segment, out: &mut Vec<Output>) {
+        self.queues[idx(dir)].push(seg);
+        self.pump(out);
+        if !self.stopped() {
+            self.check_overflow(dir, out);
         }
     }
 
@@ -195,11 +226,10 @@ impl Http1Parser {
         self.readers[idx(other(requests))].set_kind(Kind::Response);
     }
 
-    fn gate(&mut self, d: Direction, out: &mut Vec<Output>) -> Gate {
-        let Some(front) = self.queues[idx(d)].front() else {
-            return Gate::Hold;
-        };
-        if front.kind == SegKind::Eof {
+    /// May `d`'s reader go on with `front`, its next segment? A reader inside a message
+    /// always may; `Dropped`: the caller drops `front`.
+    fn gate(&self, d: Direction, front: &Segment, out: &mut Vec<Output>) -> Gate {
+        if !self.readers[idx(d)].at_boundary() || front.kind == SegKind::Eof {
             return Gate::Go;
         }
         match self.readers[idx(d)].kind() {
@@ -222,7 +252,6 @@ impl Http1Parser {
                 if looks_like_response {
                     out.push(Output::UnpairedResponse);
                 }
-                self.queues[idx(d)].pop_front();
                 Gate::Dropped
             }
         }
@@ -378,14 +407,34 @@ impl ProtocolParser for Http1Parser {
         }
     }
 
-    fn parse(&mut self, dir: Direction, seg: Segment, out: &mut Vec<Output>) {
+    fn parse(&mut self, dir: Direction, mut seg: Segment, out: &mut Vec<Output>) {
         if self.stopped() {
             return;
         }
-        self.queues[idx(dir)].push(seg);
-        self.pump(out);
-        if !self.stopped() {
-            self.check_overflow(dir, out);
+        if self.requests.is_some() && self.queues.iter().all(SegQueue::is_empty) {
+            // Nothing queued on either side (nearly every segment): `pump` would step only
+            // `dir` on this segment; read it in place and queue just what has to wait.
+            // Tests check that against the queued path on a copy, for every segment.
+            #[cfg(test)]
+            let queued = {
+                let (mut p, mut o) = (self.clone(), out.clone());
+                p.parse_queued(dir, seg.clone(), &mut o);
+                (p, o)
+            };
+            self.read_now(dir, &mut seg, out);
+            if !seg.is_spent() && !self.stopped() {
+                self.queues[idx(dir)].push(seg);
+            }
+            if !self.stopped() {
+                self.check_overflow(dir, out);
+            }
+            #[cfg(test)]
+            {
+                assert_eq!(queued.1, *out, "read in place: other outputs than queued");
+                assert_eq!(format!("{:?}", queued.0), format!("{self:?}"), "read in place: other state than queued");
+            }
+        } else {
+            self.parse_queued(dir, seg, out);
         }
     }
 

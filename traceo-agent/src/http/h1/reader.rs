@@ -166,7 +166,7 @@ impl Reader {
     /// Consume part of `seg` (never nothing unless the state changed).
     pub fn step(&mut self, seg: &mut Segment, lim: &Limits) -> Option<ReaderEvent> {
         match std::mem::replace(&mut self.state, State::Stopped) {
-            State::Boundary => self.at_boundary_step(seg),
+            State::Boundary => self.at_boundary_step(seg, lim),
             State::Head { buf, line_ok } => self.head_step(seg, buf, line_ok, lim),
             State::Body(body) => self.body_step(seg, body),
             State::Resync(want) => self.resync_step(seg, want),
@@ -182,7 +182,7 @@ impl Reader {
         }
     }
 
-    fn at_boundary_step(&mut self, seg: &mut Segment) -> Option<ReaderEvent> {
+    fn at_boundary_step(&mut self, seg: &mut Segment, lim: &Limits) -> Option<ReaderEvent> {
         self.state = State::Boundary;
         match &seg.kind {
             SegKind::Eof => {
@@ -198,8 +198,8 @@ impl Reader {
             SegKind::Gap(_) => None,
             SegKind::Bytes(_) => {
                 self.msg = Some(self.new_message(seg));
-                self.state = State::Head { buf: Vec::new(), line_ok: false };
-                None
+                // The head starts in this segment: read it now, as the next step would.
+                self.head_step(seg, Vec::new(), false, lim)
             }
         }
     }

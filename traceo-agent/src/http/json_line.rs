@@ -21,9 +21,12 @@ pub struct WallClock {
 impl WallClock {
     /// Wall-clock time of a monotonic timestamp; `None` before 1970.
     pub fn wall(&self, mono_ns: u64) -> Option<SystemTime> {
-        let wall = i128::from(mono_ns) + i128::from(self.offset_ns);
-        let ns = u64::try_from(wall).ok()?;
-        UNIX_EPOCH.checked_add(Duration::from_nanos(ns))
+        UNIX_EPOCH.checked_add(Duration::from_nanos(self.unix_nanos(mono_ns)?))
+    }
+
+    /// Nanoseconds since 1970 of a monotonic timestamp (what OTLP takes); `None` before 1970.
+    pub fn unix_nanos(&self, mono_ns: u64) -> Option<u64> {
+        u64::try_from(i128::from(mono_ns) + i128::from(self.offset_ns)).ok()
     }
 
     /// RFC 3339 with microseconds, UTC.
@@ -226,6 +229,17 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_nanos_is_the_wall_time_since_1970() {
+        for (mono, offset) in [(5, 1_700_000_000_123_456_789), (u64::MAX, 0), (1_000, -999), (1_000, -1_001)] {
+            let clock = WallClock { offset_ns: offset };
+            let via_wall =
+                clock.wall(mono).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64);
+            assert_eq!(clock.unix_nanos(mono), via_wall, "{mono} {offset}");
+        }
+        assert_eq!(WallClock { offset_ns: -1_001 }.unix_nanos(1_000), None);
+    }
 
     /// What a field printed as when it was built as a `Value` first.
     fn as_value(key: &str, v: Value) -> String {

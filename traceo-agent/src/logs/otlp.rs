@@ -62,10 +62,7 @@ fn severity_number(s: &str) -> i32 {
 }
 
 pub fn otlp_record(r: &LogRecord, owner: Option<&Owner>, clock: &WallClock) -> OtlpRecord {
-    let ns = clock
-        .wall(r.ts_ns)
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let ns = clock.unix_nanos(r.ts_ns).unwrap_or(0);
     let mut attributes = vec![string("log.iostream", r.stream), string("thread.id", &r.tid.to_string())];
     if let Some(l) = &r.logger {
         attributes.push(string("log.logger", l));

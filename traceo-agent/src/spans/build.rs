@@ -118,13 +118,6 @@ pub fn resource(service: &str, pid: u32, exe: Option<&str>, host: Option<&str>) 
     Resource { attributes, ..Resource::default() }
 }
 
-fn nanos(clock: &WallClock, mono_ns: u64) -> u64 {
-    clock
-        .wall(mono_ns)
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// `METHOD route`, per the conventions' `{method} {target}` with the low-cardinality route.
 pub fn span_name(ex: &Exchange) -> String {
     name(ex).pieces().concat()
@@ -180,7 +173,8 @@ fn parts<'a>(ex: &'a Exchange, clock: &WallClock) -> Option<Parts<'a>> {
             (name(ex), kind, error_type(ex))
         }
     };
-    let (start, end) = (nanos(clock, ex.request_first_ns), nanos(clock, end_ns));
+    let nanos = |mono| clock.unix_nanos(mono).unwrap_or(0);
+    let (start, end) = (nanos(ex.request_first_ns), nanos(end_ns));
     Some(Parts { trace, name, kind, start, end, error })
 }
 

@@ -182,7 +182,12 @@ fn parse(mut data: &[u8], seq: u32, found: &mut Vec<(u64, u16)>) -> io::Result<b
         let body = &data[size_of::<NlMsgHdr>()..len];
         if h.seq == seq {
             match h.kind {
-                NLMSG_DONE => return Ok(true),
+                // A dump that failed in the kernel ends in a DONE carrying the negative errno
+                // (not an NLMSG_ERROR): an empty answer then is no answer.
+                NLMSG_DONE => match read::<i32>(body) {
+                    Some(errno) if errno < 0 => return Err(io::Error::from_raw_os_error(errno.saturating_neg())),
+                    _ => return Ok(true),
+                },
                 NLMSG_ERROR => {
                     let errno: i32 = read(body).ok_or_else(|| bad("a short error"))?;
                     return Err(io::Error::from_raw_os_error(errno.saturating_neg()));
@@ -246,5 +251,12 @@ mod tests {
         msg[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
         assert!(parse(&msg, 1, &mut found).expect("parses"));
         assert!(found.is_empty());
+        // A dump the kernel failed ends in a DONE carrying -errno: an error, not "no listeners".
+        msg[..4].copy_from_slice(&20u32.to_ne_bytes());
+        msg.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        let err = parse(&msg, 1, &mut found).expect_err("a failed dump");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        msg[16..20].copy_from_slice(&0i32.to_ne_bytes());
+        assert!(parse(&msg, 1, &mut found).expect("a DONE with status 0"));
     }
 }

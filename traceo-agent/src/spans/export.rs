@@ -96,6 +96,15 @@ pub trait Signal: Send + 'static {
 /// OTLP traces, each span already encoded (`build::encode_span`).
 pub struct Spans;
 
+/// A span buffer larger than this is not reused (most spans take well under 1 KiB).
+const MAX_SPARE_BYTES: usize = 4096;
+
+/// The sent span buffers worth reusing: a buffer keeps its largest span's capacity for good,
+/// so one grown by a large span (a long target, a stack trace) is let go, not pinned.
+fn keep_reusable(items: &mut Vec<Item>) {
+    items.retain(|(_, span)| span.capacity() <= MAX_SPARE_BYTES);
+}
+
 impl Signal for Spans {
     type Item = Vec<u8>;
     const WHAT: &'static str = "spans";
@@ -105,6 +114,7 @@ impl Signal for Spans {
     ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static {
         // Copied into the request: the buffers stay in `items`, to be reused.
         let req = request(items);
+        keep_reusable(items);
         async move {
             let resp = super::grpc::export_traces(channel, req).await?;
             Ok(resp.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
@@ -444,6 +454,15 @@ pub fn logs_request(items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> ExportLogsSe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ordinary_span_buffers_are_kept_for_reuse() {
+        let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });
+        let mut items = vec![(r.clone(), Vec::with_capacity(1024)), (r, Vec::with_capacity(64 * 1024))];
+        keep_reusable(&mut items);
+        assert_eq!(items.len(), 1);
+        assert!(items[0].1.capacity() <= MAX_SPARE_BYTES);
+    }
 
     #[test]
     fn endpoints_need_plain_http() {

@@ -56,7 +56,10 @@ type FastHash = foldhash::fast::RandomState;
 
 /// Births per (process, context), bounded: the oldest are forgotten first.
 pub struct TaskLineage {
-    births: HashMap<(u32, u64), Vec<Birth>, FastHash>,
+    /// Oldest first. A deque: an address the allocator keeps handing out (a busy server's
+    /// few task slots) holds a large share of all births, and forgetting its oldest from a
+    /// Vec moved the rest on every task created.
+    births: HashMap<(u32, u64), VecDeque<Birth>, FastHash>,
     order: VecDeque<(u32, u64)>,
     /// Threads seen creating tasks: event loops' (bounded by [`MAX_LOOP_THREADS`]).
     loop_threads: HashSet<(u32, u32), FastHash>,
@@ -101,7 +104,7 @@ impl TaskLineage {
         while self.order.len() >= self.cap {
             let Some(key) = self.order.pop_front() else { break };
             if let Some(list) = self.births.get_mut(&key) {
-                list.remove(0);
+                list.pop_front();
                 if list.is_empty() {
                     self.births.remove(&key);
                 }
@@ -112,7 +115,7 @@ impl TaskLineage {
             self.loop_threads.insert((pid, tid));
         }
         let birth = Birth { entry_ns: entry_ns.min(ts_ns), created_ns: ts_ns, tid, parent_ctx: parent, copy };
-        self.births.entry((pid, child)).or_default().push(birth);
+        self.births.entry((pid, child)).or_default().push_back(birth);
         self.order.push_back((pid, child));
     }
 
@@ -252,5 +255,19 @@ mod tests {
         l.created(1, T, 0xC, 0xB, (3, 3));
         assert_eq!(l.forgotten, 1);
         assert_eq!(l.ancestry(1, 0xC, 5, T), vec![(0xC, 3), (0xB, 2), (0xA, 0)]);
+    }
+
+    #[test]
+    fn one_address_reused_forgets_its_oldest_first() {
+        // A busy server's allocator hands one address to task after task.
+        let mut l = TaskLineage::new(3);
+        for n in 1..=5 {
+            l.created(1, T, 0xA, 0x1, (n * 10, n * 10));
+        }
+        assert_eq!(l.forgotten, 2);
+        // The three latest remain: each answers for its own time, the forgotten ones not.
+        assert_eq!(l.incarnation(1, 0xA, 35, T), (0xA, 30));
+        assert_eq!(l.incarnation(1, 0xA, 55, T), (0xA, 50));
+        assert_eq!(l.incarnation(1, 0xA, 25, T), (0xA, 0));
     }
 }

@@ -32,7 +32,7 @@ use super::node::{Done, Id, Node, Parent, Resolved, State, Wait};
 use super::nodes::Nodes;
 use super::pairs::{ConnPairs, PairKey, client_key, server_key};
 use super::parent::{Answered, Inbound, Pick, Signal, pick_at_start, task_match};
-use super::tasks::{Incarnation, TaskLineage};
+use super::tasks::TaskLineage;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorrelateConfig {
@@ -110,9 +110,6 @@ pub struct Correlator {
     deadlines: VecDeque<(u64, Id)>,
     /// (forget-after time, request), in completion order.
     linger: VecDeque<(u64, Id)>,
-    /// The latest inbound request each task incarnation (whose creation was seen) answered,
-    /// while it lingers: for the calls that task makes after answering (`after_answer`).
-    answered: HashMap<(u32, Incarnation), Id, FastHash>,
     // Exchanges are boxed once and handed through the stages: moves are pointer-sized.
     #[allow(clippy::vec_box)]
     ready: Vec<Box<Exchange>>,
@@ -140,7 +137,6 @@ impl Correlator {
             outbound_by_value: HashMap::new(),
             deadlines: VecDeque::new(),
             linger: VecDeque::new(),
-            answered: HashMap::default(),
             ready: Vec::new(),
             stack: Vec::new(),
             now_ns: 0,
@@ -382,8 +378,9 @@ impl Correlator {
             let (parent, link) = self.server_fallback(id);
             self.decide(id, parent, link);
         }
+        // For the calls that task makes after answering (`after_answer`).
         if let Some(by) = answered_by.filter(|by| role == Role::Server && by.1 != 0) {
-            self.answered.insert((pid, by), id);
+            self.lineage.set_answered(pid, by, id);
         }
         let done = Done { end_ns: end, answered_by };
         if let Some(ex) = self.nodes.get_mut(&id).and_then(|n| n.complete(ex, done)) {
@@ -488,7 +485,7 @@ impl Correlator {
             if inc.1 == 0 {
                 break;
             }
-            let Some(&r) = self.answered.get(&(n.pid, *inc)) else { continue };
+            let Some(r) = self.lineage.answered(n.pid, *inc) else { continue };
             let Some((start, done)) = self.nodes.get(&r).and_then(|rn| Some((rn.start_ns, rn.state.done()?))) else {
                 continue;
             };
@@ -673,11 +670,6 @@ impl Correlator {
         // Unreachable after `force`, but never lose an exchange.
         let held = n.take_held();
         self.nodes.remove(&id);
-        if let Some(by) = done.and_then(|d| d.answered_by) {
-            if self.answered.get(&(pid, by)) == Some(&id) {
-                self.answered.remove(&(pid, by));
-            }
-        }
         if done.is_some() {
             // `completed` dropped it from `by_request` and the indexes, all but a pair still
             // awaited (nothing indexes a request again once completed).

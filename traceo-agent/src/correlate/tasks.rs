@@ -25,6 +25,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::node::Id;
+
 /// (context address, creation time or 0 when not seen).
 pub type Incarnation = (u64, u64);
 
@@ -37,11 +39,19 @@ struct Birth {
     entry_ns: u64,
     /// `Task.__init__` returned: names the incarnation.
     created_ns: u64,
-    tid: u32,
     parent_ctx: u64,
+    /// The birth before this one at the same (process, address): its sequence number, or
+    /// [`NONE`].
+    prev: u64,
+    /// The latest inbound request this incarnation answered, or [`NONE`] (the correlator's
+    /// id: that request may be forgotten by now, which the correlator checks).
+    answered: Id,
+    tid: u32,
     /// A context copy rather than a task's context.
     copy: bool,
 }
+
+const NONE: u64 = u64::MAX;
 
 impl Birth {
     /// Whether the incarnation exists for code running on `tid` at `at_ns`.
@@ -54,13 +64,19 @@ impl Birth {
 /// every task event and every answered request: a fast hash, seeded per map.
 type FastHash = foldhash::fast::RandomState;
 
-/// Births per (process, context), bounded: the oldest are forgotten first.
+/// Births in one ring, oldest first and forgotten first, each (process, address)'s linked
+/// newest to oldest through `prev`.
+///
+/// One ring rather than a list per address: a birth costs one hash probe (the address's
+/// newest) and a write at the ring's hot end; forgetting the oldest touches nothing else.
+/// An address whose births are all forgotten keeps its stale entry in `latest` (a sequence
+/// number below `base` reads as none) until a sweep once `latest` doubles the cap.
 pub struct TaskLineage {
-    /// Oldest first. A deque: an address the allocator keeps handing out (a busy server's
-    /// few task slots) holds a large share of all births, and forgetting its oldest from a
-    /// Vec moved the rest on every task created.
-    births: HashMap<(u32, u64), VecDeque<Birth>, FastHash>,
-    order: VecDeque<(u32, u64)>,
+    births: VecDeque<Birth>,
+    /// The sequence number of `births[0]`.
+    base: u64,
+    /// Each (process, address)'s newest birth, by sequence number.
+    latest: HashMap<(u32, u64), u64, FastHash>,
     /// Threads seen creating tasks: event loops' (bounded by [`MAX_LOOP_THREADS`]).
     loop_threads: HashSet<(u32, u32), FastHash>,
     cap: usize,
@@ -74,8 +90,9 @@ const MAX_LOOP_THREADS: usize = 4096;
 impl TaskLineage {
     pub fn new(cap: usize) -> TaskLineage {
         TaskLineage {
-            births: HashMap::default(),
-            order: VecDeque::new(),
+            births: VecDeque::new(),
+            base: 0,
+            latest: HashMap::default(),
             loop_threads: HashSet::default(),
             cap: cap.max(1),
             forgotten: 0,
@@ -101,22 +118,40 @@ impl TaskLineage {
     }
 
     fn born(&mut self, pid: u32, tid: u32, child: u64, parent: u64, (entry_ns, ts_ns): (u64, u64), copy: bool) {
-        while self.order.len() >= self.cap {
-            let Some(key) = self.order.pop_front() else { break };
-            if let Some(list) = self.births.get_mut(&key) {
-                list.pop_front();
-                if list.is_empty() {
-                    self.births.remove(&key);
-                }
-            }
+        while self.births.len() >= self.cap {
+            self.births.pop_front();
+            self.base += 1;
             self.forgotten += 1;
+        }
+        if self.latest.len() >= 2 * self.cap {
+            let base = self.base;
+            self.latest.retain(|_, seq| *seq >= base);
         }
         if !copy && self.loop_threads.len() < MAX_LOOP_THREADS {
             self.loop_threads.insert((pid, tid));
         }
-        let birth = Birth { entry_ns: entry_ns.min(ts_ns), created_ns: ts_ns, tid, parent_ctx: parent, copy };
-        self.births.entry((pid, child)).or_default().push_back(birth);
-        self.order.push_back((pid, child));
+        let seq = self.base + self.births.len() as u64;
+        let prev = self.latest.insert((pid, child), seq).unwrap_or(NONE);
+        self.births.push_back(Birth {
+            entry_ns: entry_ns.min(ts_ns),
+            created_ns: ts_ns,
+            parent_ctx: parent,
+            prev,
+            answered: NONE,
+            tid,
+            copy,
+        });
+    }
+
+    /// The births remembered at (`pid`, `ctx`), newest first, with their ring positions.
+    fn at(&self, pid: u32, ctx: u64) -> impl Iterator<Item = (usize, &Birth)> {
+        let mut seq = self.latest.get(&(pid, ctx)).copied().unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+            let b = self.births.get(i)?;
+            seq = b.prev;
+            Some((i, b))
+        })
     }
 
     /// The incarnation of `ctx` running on thread `tid` at `at_ns`: its latest birth seen
@@ -126,7 +161,28 @@ impl TaskLineage {
     }
 
     fn latest(&self, pid: u32, ctx: u64, at_ns: u64, tid: u32) -> Option<Birth> {
-        self.births.get(&(pid, ctx))?.iter().rev().find(|b| b.seen_from(at_ns, tid)).copied()
+        self.at(pid, ctx).map(|(_, b)| b).find(|b| b.seen_from(at_ns, tid)).copied()
+    }
+
+    /// The ring position of a task incarnation's birth, if remembered.
+    fn position(&self, pid: u32, (ctx, created_ns): Incarnation) -> Option<usize> {
+        if created_ns == 0 {
+            return None;
+        }
+        self.at(pid, ctx).find(|(_, b)| b.created_ns == created_ns && !b.copy).map(|(i, _)| i)
+    }
+
+    /// Incarnation `inc` (whose birth was seen) answered inbound request `id`: its latest.
+    pub fn set_answered(&mut self, pid: u32, inc: Incarnation, id: Id) {
+        if let Some(i) = self.position(pid, inc) {
+            self.births[i].answered = id;
+        }
+    }
+
+    /// The latest inbound request incarnation `inc` answered, while its birth is remembered.
+    pub fn answered(&self, pid: u32, inc: Incarnation) -> Option<Id> {
+        let i = self.position(pid, inc)?;
+        Some(self.births[i].answered).filter(|&id| id != NONE)
     }
 
     /// Whether a copy's birth names what runs on `tid` at its address: made on a loop
@@ -269,5 +325,43 @@ mod tests {
         assert_eq!(l.incarnation(1, 0xA, 35, T), (0xA, 30));
         assert_eq!(l.incarnation(1, 0xA, 55, T), (0xA, 50));
         assert_eq!(l.incarnation(1, 0xA, 25, T), (0xA, 0));
+    }
+
+    #[test]
+    fn an_answer_belongs_to_the_incarnation_that_gave_it() {
+        let mut l = TaskLineage::new(10);
+        l.created(1, T, 0xA, 0x1, (10, 10));
+        l.set_answered(1, (0xA, 10), 7);
+        l.created(1, T, 0xA, 0x1, (20, 20));
+        assert_eq!(l.answered(1, (0xA, 10)), Some(7));
+        assert_eq!(l.answered(1, (0xA, 20)), None);
+        // The latest answer counts; an unseen creation and another process answer nothing.
+        l.set_answered(1, (0xA, 10), 8);
+        assert_eq!(l.answered(1, (0xA, 10)), Some(8));
+        l.set_answered(1, (0xA, 0), 9);
+        assert_eq!(l.answered(1, (0xA, 0)), None);
+        assert_eq!(l.answered(2, (0xA, 10)), None);
+        // A copy answers nothing, even at a task's time.
+        l.copied(1, T, 0xB, 0xA, 30);
+        l.set_answered(1, (0xB, 30), 9);
+        assert_eq!(l.answered(1, (0xB, 30)), None);
+    }
+
+    #[test]
+    fn forgotten_births_take_their_answers_and_addresses_with_them() {
+        let mut l = TaskLineage::new(4);
+        l.created(1, T, 0xA, 0x1, (1, 1));
+        l.set_answered(1, (0xA, 1), 5);
+        // Many one-off addresses: the oldest births go, and the index of addresses stays
+        // within twice the cap.
+        for n in 2..100u64 {
+            l.created(1, T, 0x100 + n, 0x1, (n, n));
+            assert!(l.latest.len() <= 8, "{}", l.latest.len());
+        }
+        assert_eq!(l.forgotten, 95);
+        assert_eq!(l.answered(1, (0xA, 1)), None);
+        assert_eq!(l.incarnation(1, 0xA, 50, T), (0xA, 0));
+        assert_eq!(l.incarnation(1, 0x100 + 99, 99, T), (0x100 + 99, 99));
+        assert_eq!(l.ancestry(1, 0x100 + 98, 99, T), vec![(0x100 + 98, 98), (0x1, 0)]);
     }
 }

@@ -238,7 +238,10 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                     }
                     match source.ready() {
                         Some(next) => event = next,
-                        None => break,
+                        None => {
+                            lp.sink.caught_up();
+                            break;
+                        }
                     }
                 }
             }

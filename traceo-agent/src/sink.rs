@@ -32,6 +32,8 @@ pub trait EventSink {
     }
     /// Add this stage's counters for the agent's metrics.
     fn counts(&self, _counts: &mut PipelineCounts) {}
+    /// The source has no more events for now: hand on what waits to fill a batch.
+    fn caught_up(&mut self) {}
     /// The end of the events: flush what is pending.
     fn finish(&mut self) -> anyhow::Result<()>;
 }
@@ -476,9 +478,18 @@ impl EventSink for HttpPipeline {
             *in_flight_services = now.into_keys().map(str::to_owned).collect();
             m.jobs.update(&emitter.joins.stats);
         }
-        emitter.outputs.out.flush()?;
-        emitter.outputs.records.flush()?;
-        emitter.outputs.result()
+        // What the hold and the joins let go of on this tick.
+        self.caught_up();
+        let outputs = &mut self.emitter.outputs;
+        outputs.out.flush()?;
+        outputs.records.flush()?;
+        outputs.result()
+    }
+
+    fn caught_up(&mut self) {
+        if let Some(spans) = &mut self.emitter.outputs.spans {
+            spans.flush();
+        }
     }
 
     fn counts(&self, counts: &mut PipelineCounts) {

@@ -85,6 +85,13 @@ pub trait Signal: Send + 'static {
     type Item: Send + 'static;
     /// For the agent's log: "spans", "log records".
     const WHAT: &'static str;
+    /// Sent items handed back to the pipeline to be filled again, at most.
+    const MAX_SPARE: usize;
+    /// How many spans or records `item` holds: what the queue's bound, the batch size and
+    /// the counts are in.
+    fn weight(_item: &Self::Item) -> usize {
+        1
+    }
     /// Send one batch; how many items the endpoint rejected. Items left in `items` are
     /// handed back to the pipeline to be filled again (span buffers).
     fn export(
@@ -93,21 +100,48 @@ pub trait Signal: Send + 'static {
     ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static;
 }
 
-/// OTLP traces, each span already encoded (`build::encode_span`).
+/// OTLP traces, each span already encoded (`build::encode_span`), in blocks.
 pub struct Spans;
 
-/// A span buffer larger than this is not reused (most spans take well under 1 KiB).
-const MAX_SPARE_BYTES: usize = 4096;
+/// Spans of one resource encoded one after another as `ScopeSpans.spans` fields: what the
+/// pipeline hands the exporter thread. A block of spans rather than a buffer per span: one
+/// hand-over (a lock) per block, and the request is made of a few long copies.
+#[derive(Debug, Default)]
+pub struct SpanBlock {
+    pub bytes: Vec<u8>,
+    pub spans: usize,
+}
 
-/// The sent span buffers worth reusing: a buffer keeps its largest span's capacity for good,
-/// so one grown by a large span (a long target, a stack trace) is let go, not pinned.
+impl SpanBlock {
+    /// Add one encoded span.
+    pub fn push(&mut self, span: &[u8]) {
+        wire::bytes(&mut self.bytes, 2, span);
+        self.spans += 1;
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans = 0;
+    }
+}
+
+/// A block buffer larger than this is not reused (a full block of ordinary spans is about
+/// half of it).
+const MAX_SPARE_BYTES: usize = 64 * 1024;
+
+/// The sent blocks worth reusing: a buffer keeps its largest capacity for good, so one grown
+/// by a large span (a long target, a stack trace) is let go, not pinned.
 fn keep_reusable(items: &mut Vec<Item>) {
-    items.retain(|(_, span)| span.capacity() <= MAX_SPARE_BYTES);
+    items.retain(|(_, block)| block.bytes.capacity() <= MAX_SPARE_BYTES);
 }
 
 impl Signal for Spans {
-    type Item = Vec<u8>;
+    type Item = SpanBlock;
     const WHAT: &'static str = "spans";
+    const MAX_SPARE: usize = 16;
+    fn weight(block: &SpanBlock) -> usize {
+        block.spans
+    }
     fn export(
         channel: Channel,
         items: &mut Vec<Item>,
@@ -128,6 +162,7 @@ pub struct Logs;
 impl Signal for Logs {
     type Item = LogRecord;
     const WHAT: &'static str = "log records";
+    const MAX_SPARE: usize = 0;
     fn export(
         channel: Channel,
         items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>,
@@ -140,7 +175,7 @@ impl Signal for Logs {
     }
 }
 
-type Item = (Arc<ResourceEntry>, Vec<u8>);
+type Item = (Arc<ResourceEntry>, SpanBlock);
 
 /// The exporter thread is woken once this many items wait (woken per span, the two threads
 /// spent more on it than on encoding), and takes what waits at least this often otherwise.
@@ -150,6 +185,8 @@ const DRAIN: Duration = Duration::from_millis(50);
 /// Items queued for the exporter thread, and whether the pipeline is done with them.
 struct Inbox<I> {
     items: Vec<(Arc<ResourceEntry>, I)>,
+    /// Their weight ([`Signal::weight`]).
+    queued: usize,
     /// Items the exporter thread is done with (span buffers), for the pipeline to fill again:
     /// a buffer allocated by one thread and freed by the other per span cost more than
     /// encoding a third of its attributes. At most one batch's worth is kept.
@@ -200,7 +237,7 @@ impl<S: Signal> Exporter<S> {
     pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter<S>> {
         let endpoint = parse_endpoint(&cfg.endpoint)?.connect_timeout(Duration::from_secs(2)).timeout(cfg.timeout);
         let queue = Arc::new(Queue {
-            inbox: Mutex::new(Inbox { items: Vec::new(), spare: Vec::new(), closed: false }),
+            inbox: Mutex::new(Inbox { items: Vec::new(), queued: 0, spare: Vec::new(), closed: false }),
             wake: Notify::new(),
         });
         let rx = queue.clone();
@@ -239,20 +276,22 @@ impl<S: Signal> Exporter<S> {
         self.stash.pop()
     }
 
-    /// Queue a span; never waits (a full queue drops it, counted).
-    pub fn send(&mut self, resource: Arc<ResourceEntry>, span: S::Item) {
+    /// Queue an item; never waits (past the queue's bound it is dropped, counted).
+    pub fn send(&mut self, resource: Arc<ResourceEntry>, item: S::Item) {
         let Some(queue) = &self.queue else { return };
+        let weight = S::weight(&item);
         let mut inbox = queue.lock();
         if self.stash.is_empty() {
             std::mem::swap(&mut inbox.spare, &mut self.stash);
         }
-        if inbox.items.len() >= self.max_queue {
+        if inbox.queued + weight > self.max_queue {
             drop(inbox);
-            self.counts.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            self.counts.dropped_queue_full.fetch_add(weight as u64, Ordering::Relaxed);
             return;
         }
-        inbox.items.push((resource, span));
-        let wake = inbox.items.len() == WAKE_AT;
+        inbox.items.push((resource, item));
+        let wake = inbox.queued < WAKE_AT && inbox.queued + weight >= WAKE_AT;
+        inbox.queued += weight;
         drop(inbox);
         if wake {
             queue.wake.notify_one();
@@ -265,7 +304,7 @@ impl<S: Signal> Exporter<S> {
         let pending = {
             let mut inbox = queue.lock();
             inbox.closed = true;
-            inbox.items.len()
+            inbox.queued
         };
         queue.wake.notify_one();
         match self.finished.recv_timeout(timeout) {
@@ -324,11 +363,12 @@ impl<S: Signal> Worker<S> {
             let closed = {
                 let mut inbox = queue.lock();
                 std::mem::swap(&mut inbox.items, &mut taken);
+                inbox.queued = 0;
                 inbox.closed
             };
             batch.append(&mut taken);
-            while batch.len() >= self.cfg.max_batch {
-                let rest = batch.split_off(self.cfg.max_batch);
+            while let Some(at) = full_batch::<S>(&batch, self.cfg.max_batch) {
+                let rest = batch.split_off(at);
                 self.export(&mut client, &mut batch, &queue).await;
                 batch = rest;
             }
@@ -337,7 +377,8 @@ impl<S: Signal> Worker<S> {
             }
         }
         while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(self.cfg.max_batch));
+            let at = full_batch::<S>(&batch, self.cfg.max_batch).unwrap_or(batch.len());
+            let rest = batch.split_off(at);
             self.export(&mut client, &mut batch, &queue).await;
             batch = rest;
         }
@@ -349,11 +390,11 @@ impl<S: Signal> Worker<S> {
         batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>,
         queue: &Queue<S::Item>,
     ) {
-        let n = batch.len() as u64;
+        let n = batch.iter().map(|(_, item)| S::weight(item) as u64).sum::<u64>();
         let sent = S::export(client.clone(), batch);
         if !batch.is_empty() {
             let mut inbox = queue.lock();
-            let room = self.cfg.max_batch.saturating_sub(inbox.spare.len());
+            let room = S::MAX_SPARE.saturating_sub(inbox.spare.len());
             inbox.spare.extend(batch.drain(..).take(room).map(|(_, item)| item));
         }
         batch.clear();
@@ -381,6 +422,19 @@ impl<S: Signal> Worker<S> {
             }
         }
     }
+}
+
+/// Where a batch of at least `max` spans or records ends, when `items` make one (items are
+/// not split: a batch may pass `max` by less than one item).
+fn full_batch<S: Signal>(items: &[(Arc<ResourceEntry>, S::Item)], max: usize) -> Option<usize> {
+    let mut weight = 0;
+    items
+        .iter()
+        .position(|(_, item)| {
+            weight += S::weight(item);
+            weight >= max
+        })
+        .map(|i| i + 1)
 }
 
 fn scope() -> InstrumentationScope {
@@ -416,22 +470,23 @@ fn group<I>(items: impl IntoIterator<Item = (Arc<ResourceEntry>, I)>) -> Vec<(Ar
 }
 
 /// One encoded `ExportTraceServiceRequest`, spans grouped under their resources:
-/// `resource_spans = 1 { resource = 1, scope_spans = 2 { scope = 1, spans = 2 } }`.
+/// `resource_spans = 1 { resource = 1, scope_spans = 2 { scope = 1, spans = 2 } }` (a
+/// block's bytes are its spans' fields already).
 pub fn request(items: &[Item]) -> Vec<u8> {
     let scope = scope().encode_to_vec();
     let field = |len: usize| 1 + wire::varint_len(len as u64) + len;
     let mut out = Vec::new();
-    for (r, spans) in group(items.iter().map(|(r, s)| (r.clone(), s.as_slice()))) {
+    for (r, blocks) in group(items.iter().map(|(r, b)| (r.clone(), b.bytes.as_slice()))) {
         let resource = r.resource.encode_to_vec();
-        let scope_spans = field(scope.len()) + spans.iter().map(|s| field(s.len())).sum::<usize>();
+        let scope_spans = field(scope.len()) + blocks.iter().map(|b| b.len()).sum::<usize>();
         let resource_spans = field(resource.len()) + field(scope_spans);
         out.reserve(field(resource_spans));
         wire::bytes_header(&mut out, 1, resource_spans);
         wire::bytes(&mut out, 1, &resource);
         wire::bytes_header(&mut out, 2, scope_spans);
         wire::bytes(&mut out, 1, &scope);
-        for span in &spans {
-            wire::bytes(&mut out, 2, span);
+        for block in &blocks {
+            out.extend_from_slice(block);
         }
     }
     out
@@ -455,13 +510,26 @@ pub fn logs_request(items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> ExportLogsSe
 mod tests {
     use super::*;
 
+    fn block(capacity: usize, spans: usize) -> SpanBlock {
+        SpanBlock { bytes: Vec::with_capacity(capacity), spans }
+    }
+
     #[test]
-    fn only_ordinary_span_buffers_are_kept_for_reuse() {
+    fn only_ordinary_span_blocks_are_kept_for_reuse() {
         let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });
-        let mut items = vec![(r.clone(), Vec::with_capacity(1024)), (r, Vec::with_capacity(64 * 1024))];
+        let mut items = vec![(r.clone(), block(16 * 1024, 1)), (r, block(1024 * 1024, 1))];
         keep_reusable(&mut items);
         assert_eq!(items.len(), 1);
-        assert!(items[0].1.capacity() <= MAX_SPARE_BYTES);
+        assert!(items[0].1.bytes.capacity() <= MAX_SPARE_BYTES);
+    }
+
+    #[test]
+    fn batches_count_spans_not_blocks() {
+        let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });
+        let items: Vec<Item> = [30, 30, 30, 5].into_iter().map(|n| (r.clone(), block(0, n))).collect();
+        assert_eq!(full_batch::<Spans>(&items, 60), Some(2));
+        assert_eq!(full_batch::<Spans>(&items, 61), Some(3));
+        assert_eq!(full_batch::<Spans>(&items, 96), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub use attributes::{Addr, Attrs, SERVER, address, error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
-pub use export::{ExportConfig, ExportCounts, Exporter, Logs, Spans, logs_request, parse_endpoint, request};
+pub use export::{ExportConfig, ExportCounts, Exporter, Logs, SpanBlock, Spans, logs_request, parse_endpoint, request};
 
 use crate::http::{Exchange, WallClock};
 
@@ -36,13 +36,21 @@ fn endpoint_from<'a>(
     (!chosen.is_empty() && chosen != "off").then(|| chosen.to_owned())
 }
 
-/// Spans built from exchanges and handed to the exporter.
+/// A block goes to the exporter once it holds this many spans or bytes.
+const BLOCK_SPANS: usize = 32;
+const BLOCK_BYTES: usize = 32 * 1024;
+/// Resources with a block open at most (more are rare: a host's traced processes' spans
+/// come mixed only as their exchanges end together).
+const MAX_OPEN: usize = 8;
+
+/// Spans built from exchanges and handed to the exporter, in blocks.
 pub struct SpanOutput {
     builder: SpanBuilder,
     exporter: Exporter,
-    /// The buffer the next span is encoded into: one the exporter is done with when it has
-    /// one, else a new one.
-    next: Vec<u8>,
+    /// The span being encoded: this thread's own buffer, kept (it stays in cache).
+    scratch: Vec<u8>,
+    /// Spans not yet handed over, a block per resource.
+    open: Vec<(Arc<ResourceEntry>, SpanBlock)>,
 }
 
 impl SpanOutput {
@@ -50,18 +58,39 @@ impl SpanOutput {
         Ok(SpanOutput {
             builder: SpanBuilder::new(clock, host),
             exporter: Exporter::start(ExportConfig::new(endpoint))?,
-            next: Vec::new(),
+            scratch: Vec::with_capacity(1024),
+            open: Vec::new(),
         })
     }
 
     pub fn send(&mut self, ex: &Exchange) {
-        if self.next.capacity() == 0 {
-            self.next = self.exporter.spare().unwrap_or_else(|| Vec::with_capacity(1024));
+        self.scratch.clear();
+        let Some(resource) = self.builder.build(ex, &mut self.scratch) else { return };
+        let i = match self.open.iter().position(|(r, _)| Arc::ptr_eq(r, &resource)) {
+            Some(i) => i,
+            None => {
+                if self.open.len() >= MAX_OPEN {
+                    self.flush();
+                }
+                let mut block = self.exporter.spare().unwrap_or_default();
+                block.clear();
+                self.open.push((resource, block));
+                self.open.len() - 1
+            }
+        };
+        let block = &mut self.open[i].1;
+        block.push(&self.scratch);
+        if block.spans >= BLOCK_SPANS || block.bytes.len() >= BLOCK_BYTES {
+            let (resource, block) = self.open.swap_remove(i);
+            self.exporter.send(resource, block);
         }
-        self.next.clear();
-        if let Some(resource) = self.builder.build(ex, &mut self.next) {
-            let span = std::mem::take(&mut self.next);
-            self.exporter.send(resource, span);
+    }
+
+    /// Hand over the spans encoded so far (the pipeline has caught up with its events: they
+    /// would otherwise wait for more to fill their block).
+    pub fn flush(&mut self) {
+        for (resource, block) in self.open.drain(..) {
+            self.exporter.send(resource, block);
         }
     }
 
@@ -71,6 +100,7 @@ impl SpanOutput {
 
     /// Send what is queued (bounded wait).
     pub fn finish(&mut self) {
+        self.flush();
         self.exporter.shutdown(Duration::from_secs(10));
     }
 }

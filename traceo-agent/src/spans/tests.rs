@@ -14,7 +14,7 @@ use crate::events::Event;
 use crate::http::tests::script::{Script, get, ok};
 use crate::http::{ConnTracker, Exchange, TrackerConfig, WallClock};
 
-use super::{ResourceEntry, request, resource};
+use super::{ResourceEntry, SpanBlock, request, resource};
 
 /// The prost span of an exchange, checked against the export path's bytes for it: the
 /// same message, byte for byte.
@@ -198,9 +198,26 @@ fn one_resource_per_traced_process_and_spans_grouped_under_it() {
     let named = |n: &str| Span { name: n.into(), ..Span::default() };
     // A process serving two services has a resource for each.
     let c = entry("admin", 1);
-    let items =
-        vec![(a.clone(), named("1")), (b, named("2")), (c.clone(), named("4")), (a, named("3")), (c, named("5"))];
-    let encoded: Vec<_> = items.iter().map(|(r, s)| (r.clone(), s.encode_to_vec())).collect();
+    let items = vec![
+        (a.clone(), named("1")),
+        (b, named("2")),
+        (c.clone(), named("4")),
+        (a.clone(), named("3")),
+        (c, named("5")),
+    ];
+    let block = |spans: &[&Span]| {
+        let mut b = SpanBlock::default();
+        spans.iter().for_each(|s| b.push(&s.encode_to_vec()));
+        b
+    };
+    let encoded: Vec<_> = items.iter().map(|(r, s)| (r.clone(), block(&[s]))).collect();
+    // Blocks of several spans are their spans in order.
+    let (one, two) = (named("6"), named("7"));
+    let blocked = [(a.clone(), block(&[&one, &two])), (a.clone(), block(&[&one]))];
+    assert_eq!(
+        request(&blocked),
+        prost_request(vec![(a.clone(), one.clone()), (a.clone(), two), (a.clone(), one)]).encode_to_vec()
+    );
     let bytes = request(&encoded);
     assert_eq!(bytes, prost_request(items).encode_to_vec(), "the request prost would have sent");
     let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("a request");

@@ -27,6 +27,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use super::build::ResourceEntry;
@@ -243,8 +244,13 @@ impl<S: Signal> Exporter<S> {
         let rx = queue.clone();
         let counts = Arc::new(ExportCounts::default());
         let (done_tx, finished) = std::sync::mpsc::channel();
-        let worker =
-            Worker::<S> { cfg: cfg.clone(), counts: counts.clone(), failing: false, signal: Default::default() };
+        let worker = Worker::<S> {
+            cfg: cfg.clone(),
+            counts: counts.clone(),
+            failing: false,
+            in_flight: Vec::new(),
+            signal: Default::default(),
+        };
         let thread = std::thread::Builder::new()
             .name("traceo-otlp".into())
             .spawn(move || {
@@ -331,11 +337,21 @@ impl<S: Signal> Drop for Exporter<S> {
     }
 }
 
+/// Export requests in flight at most. One at a time could not keep up with nginx's full load
+/// on two cores: the thread waited for each answer (a collector sharing those cores answers
+/// in milliseconds) while the queue overflowed.
+const IN_FLIGHT: usize = 4;
+
+/// An export request's outcome: how many spans or records the endpoint rejected.
+type Sent = Result<u64, tonic::Status>;
+
 struct Worker<S: Signal> {
     cfg: ExportConfig,
     counts: Arc<ExportCounts>,
     /// The last export failed (log once per outage, and its end).
     failing: bool,
+    /// The weight of each request in flight.
+    in_flight: Vec<(tokio::task::Id, u64)>,
     signal: std::marker::PhantomData<S>,
 }
 
@@ -349,14 +365,19 @@ impl<S: Signal> Worker<S> {
         let mut drain = tokio::time::interval(DRAIN);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut taken = Vec::new();
+        let mut sending = JoinSet::new();
         loop {
             tokio::select! {
                 _ = queue.wake.notified() => {}
                 _ = drain.tick() => {}
                 _ = timer.tick() => {
                     if !batch.is_empty() {
-                        self.export(&mut client, &mut batch, &queue).await;
+                        self.export(&mut client, &mut batch, &queue, &mut sending).await;
                     }
+                    continue;
+                }
+                Some(done) = sending.join_next_with_id(), if !sending.is_empty() => {
+                    self.finished(done);
                     continue;
                 }
             }
@@ -369,7 +390,7 @@ impl<S: Signal> Worker<S> {
             batch.append(&mut taken);
             while let Some(at) = full_batch::<S>(&batch, self.cfg.max_batch) {
                 let rest = batch.split_off(at);
-                self.export(&mut client, &mut batch, &queue).await;
+                self.export(&mut client, &mut batch, &queue, &mut sending).await;
                 batch = rest;
             }
             if closed {
@@ -379,17 +400,27 @@ impl<S: Signal> Worker<S> {
         while !batch.is_empty() {
             let at = full_batch::<S>(&batch, self.cfg.max_batch).unwrap_or(batch.len());
             let rest = batch.split_off(at);
-            self.export(&mut client, &mut batch, &queue).await;
+            self.export(&mut client, &mut batch, &queue, &mut sending).await;
             batch = rest;
+        }
+        while let Some(done) = sending.join_next_with_id().await {
+            self.finished(done);
         }
     }
 
+    /// Start sending `batch` (once fewer than [`IN_FLIGHT`] requests are).
     async fn export(
         &mut self,
         client: &mut Channel,
         batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>,
         queue: &Queue<S::Item>,
+        sending: &mut JoinSet<Sent>,
     ) {
+        while sending.len() >= IN_FLIGHT {
+            if let Some(done) = sending.join_next_with_id().await {
+                self.finished(done);
+            }
+        }
         let n = batch.iter().map(|(_, item)| S::weight(item) as u64).sum::<u64>();
         let sent = S::export(client.clone(), batch);
         if !batch.is_empty() {
@@ -398,7 +429,20 @@ impl<S: Signal> Worker<S> {
             inbox.spare.extend(batch.drain(..).take(room).map(|(_, item)| item));
         }
         batch.clear();
-        match sent.await {
+        let id = sending.spawn(sent).id();
+        self.in_flight.push((id, n));
+    }
+
+    /// Count what a request sent, or lost.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Sent), tokio::task::JoinError>) {
+        let (id, sent) = match done {
+            Ok(done) => done,
+            // A panic inside the client: that request's spans are lost, the rest goes on.
+            Err(e) => (e.id(), Err(tonic::Status::internal(format!("the request ended abnormally: {e}")))),
+        };
+        let at = self.in_flight.iter().position(|(i, _)| *i == id);
+        let n = at.map_or(0, |at| self.in_flight.swap_remove(at).1);
+        match sent {
             Ok(rejected) => {
                 self.counts.dropped_rejected.fetch_add(rejected, Ordering::Relaxed);
                 self.counts.exported.fetch_add(n.saturating_sub(rejected), Ordering::Relaxed);
@@ -530,6 +574,73 @@ mod tests {
         assert_eq!(full_batch::<Spans>(&items, 60), Some(2));
         assert_eq!(full_batch::<Spans>(&items, 61), Some(3));
         assert_eq!(full_batch::<Spans>(&items, 96), None);
+    }
+
+    /// A collector that answers a request only once another one arrives (or after 2 s), and
+    /// counts the most requests it held at once.
+    #[derive(Clone, Default)]
+    struct Slow {
+        active: Arc<AtomicU64>,
+        most: Arc<AtomicU64>,
+    }
+
+    #[tonic::async_trait]
+    impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Slow {
+        async fn export(
+            &self,
+            _request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+        ) -> Result<
+            tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+            tonic::Status,
+        > {
+            let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.most.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            Ok(tonic::Response::new(Default::default()))
+        }
+    }
+
+    #[test]
+    fn requests_overlap_while_the_collector_is_slow_to_answer() {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        listener.set_nonblocking(true).expect("non-blocking");
+        let slow = Slow::default();
+        let service = TraceServiceServer::new(slow.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("the collector failed");
+            });
+        });
+        // A batch per span: four requests, each held until another one comes.
+        let mut cfg = ExportConfig::new(&format!("127.0.0.1:{port}"));
+        cfg.max_batch = 1;
+        let mut exporter = Exporter::<Spans>::start(cfg).expect("exporter");
+        let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });
+        for _ in 0..4 {
+            let mut b = SpanBlock::default();
+            b.push(&[]);
+            exporter.send(r.clone(), b);
+        }
+        exporter.shutdown(Duration::from_secs(20));
+        let _ = stop.send(());
+        server.join().expect("collector thread");
+        assert_eq!(exporter.counts().exported.load(Ordering::Relaxed), 4);
+        assert!(slow.most.load(Ordering::SeqCst) >= 2, "the exporter sent one request at a time");
     }
 
     #[test]

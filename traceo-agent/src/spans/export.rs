@@ -249,6 +249,8 @@ impl<S: Signal> Exporter<S> {
             counts: counts.clone(),
             failing: false,
             in_flight: Vec::new(),
+            started: 0,
+            changed_by: 0,
             signal: Default::default(),
         };
         let thread = std::thread::Builder::new()
@@ -320,7 +322,7 @@ impl<S: Signal> Exporter<S> {
                 }
             }
             Err(_) => log::warn!(
-                "OTLP export to {} did not finish within {timeout:?}; up to {pending} {} were not sent",
+                "OTLP export to {} did not finish within {timeout:?}; {pending} queued {} and those of the requests still in flight were not sent",
                 self.endpoint,
                 S::WHAT
             ),
@@ -350,8 +352,12 @@ struct Worker<S: Signal> {
     counts: Arc<ExportCounts>,
     /// The last export failed (log once per outage, and its end).
     failing: bool,
-    /// The weight of each request in flight.
-    in_flight: Vec<(tokio::task::Id, u64)>,
+    /// Each request in flight: its weight and send number.
+    in_flight: Vec<(tokio::task::Id, u64, u64)>,
+    /// Requests started so far, and the one whose outcome last changed `failing`: requests
+    /// end out of order, and an older one's timeout does not mean a new outage.
+    started: u64,
+    changed_by: u64,
     signal: std::marker::PhantomData<S>,
 }
 
@@ -430,7 +436,8 @@ impl<S: Signal> Worker<S> {
         }
         batch.clear();
         let id = sending.spawn(sent).id();
-        self.in_flight.push((id, n));
+        self.started += 1;
+        self.in_flight.push((id, n, self.started));
     }
 
     /// Count what a request sent, or lost.
@@ -440,20 +447,27 @@ impl<S: Signal> Worker<S> {
             // A panic inside the client: that request's spans are lost, the rest goes on.
             Err(e) => (e.id(), Err(tonic::Status::internal(format!("the request ended abnormally: {e}")))),
         };
-        let at = self.in_flight.iter().position(|(i, _)| *i == id);
-        let n = at.map_or(0, |at| self.in_flight.swap_remove(at).1);
+        let at = self.in_flight.iter().position(|(i, ..)| *i == id);
+        let (n, number) = at.map_or((0, 0), |at| {
+            let (_, n, number) = self.in_flight.swap_remove(at);
+            (n, number)
+        });
+        // Only a request started after the last change of state says what the endpoint does now.
+        let news = number > self.changed_by;
         match sent {
             Ok(rejected) => {
                 self.counts.dropped_rejected.fetch_add(rejected, Ordering::Relaxed);
                 self.counts.exported.fetch_add(n.saturating_sub(rejected), Ordering::Relaxed);
-                if self.failing {
+                if self.failing && news {
+                    self.changed_by = number;
                     log::info!("OTLP export to {} works again", self.cfg.endpoint);
                     self.failing = false;
                 }
             }
             Err(status) => {
                 self.counts.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-                if !self.failing {
+                if !self.failing && news {
+                    self.changed_by = number;
                     log::warn!(
                         "OTLP export to {} failed ({}: {}); {} are dropped until it recovers",
                         self.cfg.endpoint,

@@ -39,9 +39,10 @@ fn endpoint_from<'a>(
 /// A block goes to the exporter once it holds this many spans or bytes.
 const BLOCK_SPANS: usize = 32;
 const BLOCK_BYTES: usize = 32 * 1024;
-/// Resources with a block open at most (more are rare: a host's traced processes' spans
-/// come mixed only as their exchanges end together).
-const MAX_OPEN: usize = 8;
+/// Resources with a block open at most (a resource is a traced process's service: a server's
+/// worker processes each have one, and their spans come interleaved). Past it, the fullest
+/// block goes.
+const MAX_OPEN: usize = 32;
 
 /// Spans built from exchanges and handed to the exporter, in blocks.
 pub struct SpanOutput {
@@ -51,6 +52,8 @@ pub struct SpanOutput {
     scratch: Vec<u8>,
     /// Spans not yet handed over, a block per resource.
     open: Vec<(Arc<ResourceEntry>, SpanBlock)>,
+    /// The block the last span went to (most spans follow one of the same process).
+    last: usize,
 }
 
 impl SpanOutput {
@@ -60,27 +63,41 @@ impl SpanOutput {
             exporter: Exporter::start(ExportConfig::new(endpoint))?,
             scratch: Vec::with_capacity(1024),
             open: Vec::new(),
+            last: 0,
         })
     }
 
     pub fn send(&mut self, ex: &Exchange) {
         self.scratch.clear();
         let Some(resource) = self.builder.build(ex, &mut self.scratch) else { return };
-        let i = match self.open.iter().position(|(r, _)| Arc::ptr_eq(r, &resource)) {
-            Some(i) => i,
-            None => {
-                if self.open.len() >= MAX_OPEN {
-                    self.flush();
+        let same = |(r, _): &(Arc<ResourceEntry>, SpanBlock)| Arc::ptr_eq(r, &resource);
+        let i = match self.open.get(self.last).filter(|o| same(o)) {
+            Some(_) => self.last,
+            None => match self.open.iter().position(same) {
+                Some(i) => i,
+                None => {
+                    if self.open.len() >= MAX_OPEN {
+                        self.send_fullest();
+                    }
+                    let mut block = self.exporter.spare().unwrap_or_default();
+                    block.clear();
+                    self.open.push((resource, block));
+                    self.open.len() - 1
                 }
-                let mut block = self.exporter.spare().unwrap_or_default();
-                block.clear();
-                self.open.push((resource, block));
-                self.open.len() - 1
-            }
+            },
         };
+        self.last = i;
         let block = &mut self.open[i].1;
         block.push(&self.scratch);
         if block.spans >= BLOCK_SPANS || block.bytes.len() >= BLOCK_BYTES {
+            let (resource, block) = self.open.swap_remove(i);
+            self.exporter.send(resource, block);
+        }
+    }
+
+    fn send_fullest(&mut self) {
+        let fullest = self.open.iter().enumerate().max_by_key(|(_, (_, b))| b.spans).map(|(i, _)| i);
+        if let Some(i) = fullest {
             let (resource, block) = self.open.swap_remove(i);
             self.exporter.send(resource, block);
         }
@@ -102,6 +119,14 @@ impl SpanOutput {
     pub fn finish(&mut self) {
         self.flush();
         self.exporter.shutdown(Duration::from_secs(10));
+    }
+}
+
+impl Drop for SpanOutput {
+    /// An agent ending on an error sends (or counts) its open blocks too: before the exporter,
+    /// a field, is dropped and shut down.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

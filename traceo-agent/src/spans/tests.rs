@@ -353,3 +353,22 @@ fn lengths_either_side_of_one_byte_and_ipv6_peers_encode_as_prost_does() {
     }
     assert_eq!(spans, 20 * 3 * 2 * 2 * 3);
 }
+
+#[test]
+fn spans_in_open_blocks_are_sent_or_counted_when_the_output_is_dropped() {
+    let mut s = Script::connected(2);
+    s.send(&get("/down"));
+    s.recv(&ok("fine"));
+    s.close();
+    let xs = exchanges(TrackerConfig::default(), &s.take());
+    // Nothing listens on port 1: the export fails and is counted.
+    let host = super::HostFacts { host_name: None, live: false };
+    let mut out = super::SpanOutput::start("127.0.0.1:1", CLOCK, host).expect("output");
+    let counts = out.counts().clone();
+    out.send(&xs[0]);
+    // An agent ending on an error drops its output without `finish`.
+    drop(out);
+    let handed: u64 = counts.exported.load(std::sync::atomic::Ordering::Relaxed)
+        + counts.dropped().iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(handed, 1, "the span in the open block was neither sent nor counted");
+}

@@ -124,14 +124,18 @@ fn a_server_span_carries_the_http_conventions_and_never_a_secret() {
     }
 }
 
-#[test]
-fn a_client_span_names_the_server_it_called() {
+/// A client's `GET target` answered 200.
+fn client_exchange(target: &str) -> Exchange {
     let mut s = Script::connected(2);
-    s.send(&get("/down?page=1"));
+    s.send(&get(target));
     s.recv(&ok("fine"));
     s.close();
-    let xs = exchanges(TrackerConfig::default(), &s.take());
-    let sp = span(&xs[0], &CLOCK).expect("ids");
+    exchanges(TrackerConfig::default(), &s.take()).remove(0)
+}
+
+#[test]
+fn a_client_span_names_the_server_it_called() {
+    let sp = span(&client_exchange("/down?page=1"), &CLOCK).expect("ids");
     assert_eq!((sp.kind, sp.name.as_str()), (SpanKind::Client as i32, "GET /down"));
     assert_eq!(text(&sp, "url.full").as_deref(), Some("http://svc/down?page=1"));
     assert_eq!(text(&sp, "server.address").as_deref(), Some("svc"));
@@ -356,16 +360,12 @@ fn lengths_either_side_of_one_byte_and_ipv6_peers_encode_as_prost_does() {
 
 #[test]
 fn spans_in_open_blocks_are_sent_or_counted_when_the_output_is_dropped() {
-    let mut s = Script::connected(2);
-    s.send(&get("/down"));
-    s.recv(&ok("fine"));
-    s.close();
-    let xs = exchanges(TrackerConfig::default(), &s.take());
+    let ex = client_exchange("/down");
     // Nothing listens on port 1: the export fails and is counted.
     let host = super::HostFacts { host_name: None, live: false };
     let mut out = super::SpanOutput::start("127.0.0.1:1", CLOCK, host).expect("output");
     let counts = out.counts().clone();
-    out.send(&xs[0]);
+    out.send(&ex);
     // An agent ending on an error drops its output without `finish`.
     drop(out);
     let handed: u64 = counts.exported.load(std::sync::atomic::Ordering::Relaxed)

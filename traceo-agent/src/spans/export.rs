@@ -94,7 +94,7 @@ pub trait Signal: Send + 'static {
         1
     }
     /// Send one batch; how many items the endpoint rejected. Items left in `items` are
-    /// handed back to the pipeline to be filled again (span buffers).
+    /// handed back to the pipeline to be filled again (span blocks).
     fn export(
         channel: Channel,
         items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>,
@@ -178,8 +178,8 @@ impl Signal for Logs {
 
 type Item = (Arc<ResourceEntry>, SpanBlock);
 
-/// The exporter thread is woken once this many items wait (woken per span, the two threads
-/// spent more on it than on encoding), and takes what waits at least this often otherwise.
+/// The exporter thread is woken once this many spans or records wait (woken per span, the two
+/// threads spent more on it than on encoding), and takes what waits at least this often otherwise.
 const WAKE_AT: usize = 64;
 const DRAIN: Duration = Duration::from_millis(50);
 
@@ -188,9 +188,9 @@ struct Inbox<I> {
     items: Vec<(Arc<ResourceEntry>, I)>,
     /// Their weight ([`Signal::weight`]).
     queued: usize,
-    /// Items the exporter thread is done with (span buffers), for the pipeline to fill again:
-    /// a buffer allocated by one thread and freed by the other per span cost more than
-    /// encoding a third of its attributes. At most one batch's worth is kept.
+    /// Items the exporter thread is done with (span blocks), for the pipeline to fill again:
+    /// a buffer allocated by one thread and freed by the other cost more than encoding a
+    /// third of a span's attributes. At most [`Signal::MAX_SPARE`] are kept.
     spare: Vec<I>,
     closed: bool,
 }

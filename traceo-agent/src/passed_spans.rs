@@ -1,58 +1,46 @@
-//! Which spans passed recently: a fixed table the joins ask whether a joined exchange's
-//! parent already came. Every exchange writes to it, so it is built for that write: one
-//! cache line touched, no allocation, no eviction queue (a hash map with an order queue
-//! took about three cache misses per exchange under load), and small enough to stay in
-//! cache beside a busy service (a 512 KiB table missed on nearly every write: 8% of the
-//! agent's CPU under uvicorn).
+//! Which spans passed recently: the joins ask it whether a joined exchange's parent already
+//! came. Every exchange writes to it and only joined exchanges read it, so it is built for
+//! the write: the newest ids in a ring, written in order (the line written is always in
+//! cache). Tables hashed by span id missed cache on nearly every write beside a busy
+//! service: 8% of the agent's CPU under uvicorn at 512 KiB, 3.6% at 64 KiB.
 //!
-//! The table forgets: a newer span whose set is full pushes the oldest of that set out. A
-//! forgotten parent only makes its child wait for the hold (`HOLD_NS`) before it passes,
-//! unchanged; an answer of "passed" is always exact (whole ids are compared).
+//! A read scans the ring (1.2 us here), paid only by joined exchanges with a parent. The ring forgets all but the newest
+//! `KEPT` spans; a forgotten parent only makes its child wait for the hold (`HOLD_NS`)
+//! before it passes, unchanged. An answer of "passed" is always exact (whole ids compared).
 
 use crate::correlate::SpanId;
 
-/// Sets of eight slots, one cache line each: 64 KiB, and a span is forgotten only when eight
-/// newer ones share its set (after a thousand spans, about one chance in 100,000; after
-/// 4,000, one in 20). A child comes within milliseconds of its parent, or before it.
-const SETS: usize = 1 << 10;
-const WAYS: usize = 8;
-
-/// `WAYS` span ids, newest first; 0 is empty (no valid span id is all zeros).
-#[repr(align(64))]
-#[derive(Clone, Copy, Default)]
-struct Set([u64; WAYS]);
+/// A child comes within milliseconds of its parent, or before it: 8,192 spans are 0.1 s
+/// at 80,000 exchanges a second.
+const KEPT: usize = 1 << 13;
+/// Ids compared at once by a read (the compiler turns a lane into vector compares).
+const LANE: usize = 32;
 
 pub struct PassedSpans {
-    sets: Box<[Set]>,
+    /// 0 is empty (no valid span id is all zeros).
+    ring: Box<[u64]>,
+    /// Where the next id goes.
+    next: usize,
 }
 
 impl Default for PassedSpans {
     fn default() -> Self {
-        PassedSpans { sets: vec![Set::default(); SETS].into_boxed_slice() }
+        PassedSpans { ring: vec![0; KEPT].into_boxed_slice(), next: 0 }
     }
 }
 
 impl PassedSpans {
     pub fn insert(&mut self, span: SpanId) {
-        let id = u64::from_ne_bytes(span.0);
-        if let Some(Set(set)) = self.sets.get_mut(set_of(id))
-            && !set.contains(&id)
-        {
-            set.rotate_right(1);
-            set[0] = id;
+        if let Some(slot) = self.ring.get_mut(self.next) {
+            *slot = u64::from_ne_bytes(span.0);
         }
+        self.next = (self.next + 1) % KEPT;
     }
 
     pub fn contains(&self, span: SpanId) -> bool {
         let id = u64::from_ne_bytes(span.0);
-        id != 0 && self.sets.get(set_of(id)).is_some_and(|Set(set)| set.contains(&id))
+        id != 0 && self.ring.chunks_exact(LANE).any(|lane| lane.iter().fold(false, |hit, &x| hit | (x == id)))
     }
-}
-
-/// `id`'s set. Span ids are random (the agent's own or a caller's), so their low bits
-/// spread evenly.
-fn set_of(id: u64) -> usize {
-    id as usize % SETS
 }
 
 #[cfg(test)]
@@ -74,17 +62,14 @@ mod tests {
     }
 
     #[test]
-    fn a_set_keeps_its_newest() {
+    fn the_newest_are_kept() {
         let mut p = PassedSpans::default();
-        let same_set = |k: usize| span(5 + (k * SETS) as u64);
-        for k in 0..WAYS {
-            p.insert(same_set(k));
+        for n in 1..=KEPT as u64 {
+            p.insert(span(n));
         }
-        p.insert(same_set(0));
-        assert!((0..WAYS).all(|k| p.contains(same_set(k))), "a full set keeps all, once each");
-        p.insert(same_set(WAYS));
-        assert!(!p.contains(same_set(0)), "the oldest of a full set goes");
-        assert!((1..=WAYS).all(|k| p.contains(same_set(k))));
-        assert!(!p.contains(span(6)), "other sets are untouched");
+        assert!((1..=KEPT as u64).all(|n| p.contains(span(n))), "a full ring keeps all");
+        p.insert(span(KEPT as u64 + 1));
+        assert!(!p.contains(span(1)), "the oldest goes");
+        assert!((2..=KEPT as u64 + 1).all(|n| p.contains(span(n))));
     }
 }

@@ -4,9 +4,9 @@
 //! cache). Tables hashed by span id missed cache on nearly every write beside a busy
 //! service: 8% of the agent's CPU under uvicorn at 512 KiB, 3.6% at 64 KiB.
 //!
-//! A read scans the ring (1.2 us here), paid only by joined exchanges with a parent. The ring forgets all but the newest
-//! `KEPT` spans; a forgotten parent only makes its child wait for the hold (`HOLD_NS`)
-//! before it passes, unchanged. An answer of "passed" is always exact (whole ids compared).
+//! A read scans the ring (1.2 us here), paid only by joined exchanges with a parent. The
+//! ring forgets all but the newest `KEPT` spans; a forgotten parent only makes its child
+//! wait for the hold (`HOLD_NS`) before it passes, unchanged. An answer of "passed" is always exact (whole ids compared).
 
 use crate::correlate::SpanId;
 

@@ -28,9 +28,15 @@ pub struct RingSource {
     empty_polls: u32,
     /// The last wait ended by the poll timer (not by a wake-up from the kernel).
     timer_woke: bool,
+    /// Records read since the live loop's last turn began ([`Self::next_event`]).
+    turn_read: usize,
 }
 
-/// Records drained per wake-up before yielding to the rest of the pipeline.
+/// Records decoded at a time. Decoded events wait in `pending` until handled: a few dozen
+/// stay in cache (4,096 of 160 bytes were 640 KiB written and read back, about 3% of the
+/// agent's CPU under uvicorn).
+const FILL: usize = 64;
+/// Records handed over per turn of the live loop before it looks at its other inputs.
 const BATCH: usize = 4096;
 
 impl RingSource {
@@ -41,16 +47,21 @@ impl RingSource {
         Ok(RingSource {
             ring,
             decoder: Decoder::default(),
-            pending: VecDeque::with_capacity(BATCH),
+            pending: VecDeque::with_capacity(FILL),
             read: 0,
             decode_errors: 0,
             empty_polls: 0,
             timer_woke: false,
+            turn_read: 0,
         })
     }
 
-    /// The next event already read from the ring buffer, if any (without reading more).
+    /// The next event in the ring buffer, if any (without waiting), until [`BATCH`] were
+    /// handed over in this turn of the live loop.
     pub fn ready(&mut self) -> Option<Event> {
+        if self.pending.is_empty() && self.turn_read < BATCH {
+            self.fill();
+        }
         self.pending.pop_front()
     }
 
@@ -65,12 +76,13 @@ impl RingSource {
         }
     }
 
-    /// Move up to a batch of records from the ring buffer into `pending`.
+    /// Move up to [`FILL`] records from the ring buffer into `pending`.
     fn fill(&mut self) {
         let ring = self.ring.get_mut();
-        while self.pending.len() < BATCH {
+        while self.pending.len() < FILL {
             let Some(item) = ring.next() else { break };
             self.read += 1;
+            self.turn_read += 1;
             match self.decoder.decode(&item) {
                 Ok(event) => self.pending.push_back(event),
                 Err(e) => {
@@ -108,6 +120,7 @@ fn poll_interval(empty: u32) -> std::time::Duration {
 
 impl EventSource for RingSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
+        self.turn_read = 0;
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(Some(event));

@@ -1,8 +1,9 @@
 //! OpenTelemetry spans from exchanges: `attributes` (HTTP semantic conventions), `build`
-//! (span, kind, ids, timestamps, resource), `wire` (the span's protobuf bytes), `export`
-//! (bounded queue, batches, OTLP/gRPC).
+//! (span, kind, ids, timestamps, resource), `wire` (the span's protobuf bytes), `blocks`
+//! (encoded spans gathered per resource), `export` (bounded queue, batches, OTLP/gRPC).
 
 mod attributes;
+mod blocks;
 mod build;
 mod export;
 mod grpc;
@@ -36,14 +37,6 @@ fn endpoint_from<'a>(
     (!chosen.is_empty() && chosen != "off").then(|| chosen.to_owned())
 }
 
-/// A block goes to the exporter once it holds this many spans or bytes.
-const BLOCK_SPANS: usize = 32;
-const BLOCK_BYTES: usize = 32 * 1024;
-/// Resources with a block open at most (a resource is a traced process's service: a server's
-/// worker processes each have one, and their spans come interleaved). Past it, the fullest
-/// block goes.
-const MAX_OPEN: usize = 32;
-
 /// Spans built from exchanges and handed to the exporter, in blocks.
 pub struct SpanOutput {
     builder: SpanBuilder,
@@ -51,9 +44,7 @@ pub struct SpanOutput {
     /// The span being encoded: this thread's own buffer, kept (it stays in cache).
     scratch: Vec<u8>,
     /// Spans not yet handed over, a block per resource.
-    open: Vec<(Arc<ResourceEntry>, SpanBlock)>,
-    /// The block the last span went to (most spans follow one of the same process).
-    last: usize,
+    blocks: blocks::OpenBlocks,
 }
 
 impl SpanOutput {
@@ -62,53 +53,20 @@ impl SpanOutput {
             builder: SpanBuilder::new(clock, host),
             exporter: Exporter::start(ExportConfig::new(endpoint))?,
             scratch: Vec::with_capacity(1024),
-            open: Vec::new(),
-            last: 0,
+            blocks: blocks::OpenBlocks::default(),
         })
     }
 
     pub fn send(&mut self, ex: &Exchange) {
         self.scratch.clear();
         let Some(resource) = self.builder.build(ex, &mut self.scratch) else { return };
-        let same = |(r, _): &(Arc<ResourceEntry>, SpanBlock)| Arc::ptr_eq(r, &resource);
-        let i = match self.open.get(self.last).filter(|o| same(o)) {
-            Some(_) => self.last,
-            None => match self.open.iter().position(same) {
-                Some(i) => i,
-                None => {
-                    if self.open.len() >= MAX_OPEN {
-                        self.send_fullest();
-                    }
-                    let mut block = self.exporter.spare().unwrap_or_default();
-                    block.clear();
-                    self.open.push((resource, block));
-                    self.open.len() - 1
-                }
-            },
-        };
-        self.last = i;
-        let block = &mut self.open[i].1;
-        block.push(&self.scratch);
-        if block.spans >= BLOCK_SPANS || block.bytes.len() >= BLOCK_BYTES {
-            let (resource, block) = self.open.swap_remove(i);
-            self.exporter.send(resource, block);
-        }
-    }
-
-    fn send_fullest(&mut self) {
-        let fullest = self.open.iter().enumerate().max_by_key(|(_, (_, b))| b.spans).map(|(i, _)| i);
-        if let Some(i) = fullest {
-            let (resource, block) = self.open.swap_remove(i);
-            self.exporter.send(resource, block);
-        }
+        self.blocks.push(resource, &self.scratch, &mut self.exporter);
     }
 
     /// Hand over the spans encoded so far (the pipeline has caught up with its events: they
     /// would otherwise wait for more to fill their block).
     pub fn flush(&mut self) {
-        for (resource, block) in self.open.drain(..) {
-            self.exporter.send(resource, block);
-        }
+        self.blocks.flush(&mut self.exporter);
     }
 
     pub fn counts(&self) -> &Arc<ExportCounts> {

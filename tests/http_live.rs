@@ -310,6 +310,8 @@ fn a_reader_that_stops_reading_never_freezes_the_agent() {
             .stderr(Stdio::null()),
     );
     let ready = format!("http://127.0.0.1:{metrics_port}/ready");
+    // The endpoint listens a moment after the process starts (a loaded machine lost that race).
+    wait_for_addr("127.0.0.1", metrics_port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !curl(&["--max-time", "2", &ready]).starts_with("ready") {
         assert!(Instant::now() < deadline, "the agent did not get ready");

@@ -247,10 +247,9 @@ impl<S: Signal> Exporter<S> {
         let worker = Worker::<S> {
             cfg: cfg.clone(),
             counts: counts.clone(),
-            failing: false,
+            health: Health::default(),
             in_flight: Vec::new(),
             started: 0,
-            changed_by: 0,
             signal: Default::default(),
         };
         let thread = std::thread::Builder::new()
@@ -347,17 +346,37 @@ const IN_FLIGHT: usize = 4;
 /// An export request's outcome: how many spans or records the endpoint rejected.
 type Sent = Result<u64, tonic::Status>;
 
+/// Whether the endpoint is failing, as the requests' outcomes tell it (logged once per
+/// outage, and its end). Requests end out of order: only one started after the request that
+/// last changed the state says what the endpoint does now (an older one's timeout is not a
+/// new outage, nor an older success its end).
+#[derive(Default)]
+struct Health {
+    failing: bool,
+    /// The send number of the request whose outcome last changed `failing`.
+    changed_by: u64,
+}
+
+impl Health {
+    /// Request `number` (in start order, from 1) ended; `Some(failing)` when the state changes.
+    fn outcome(&mut self, number: u64, ok: bool) -> Option<bool> {
+        if number <= self.changed_by || ok != self.failing {
+            return None;
+        }
+        self.changed_by = number;
+        self.failing = !ok;
+        Some(self.failing)
+    }
+}
+
 struct Worker<S: Signal> {
     cfg: ExportConfig,
     counts: Arc<ExportCounts>,
-    /// The last export failed (log once per outage, and its end).
-    failing: bool,
+    health: Health,
     /// Each request in flight: its weight and send number.
     in_flight: Vec<(tokio::task::Id, u64, u64)>,
-    /// Requests started so far, and the one whose outcome last changed `failing`: requests
-    /// end out of order, and an older one's timeout does not mean a new outage.
+    /// Requests started so far.
     started: u64,
-    changed_by: u64,
     signal: std::marker::PhantomData<S>,
 }
 
@@ -452,22 +471,17 @@ impl<S: Signal> Worker<S> {
             let (_, n, number) = self.in_flight.swap_remove(at);
             (n, number)
         });
-        // Only a request started after the last change of state says what the endpoint does now.
-        let news = number > self.changed_by;
         match sent {
             Ok(rejected) => {
                 self.counts.dropped_rejected.fetch_add(rejected, Ordering::Relaxed);
                 self.counts.exported.fetch_add(n.saturating_sub(rejected), Ordering::Relaxed);
-                if self.failing && news {
-                    self.changed_by = number;
+                if self.health.outcome(number, true).is_some() {
                     log::info!("OTLP export to {} works again", self.cfg.endpoint);
-                    self.failing = false;
                 }
             }
             Err(status) => {
                 self.counts.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
-                if !self.failing && news {
-                    self.changed_by = number;
+                if self.health.outcome(number, false).is_some() {
                     log::warn!(
                         "OTLP export to {} failed ({}: {}); {} are dropped until it recovers",
                         self.cfg.endpoint,
@@ -475,7 +489,6 @@ impl<S: Signal> Worker<S> {
                         status.message(),
                         S::WHAT
                     );
-                    self.failing = true;
                 }
             }
         }
@@ -567,6 +580,19 @@ pub fn logs_request(items: Vec<(Arc<ResourceEntry>, LogRecord)>) -> ExportLogsSe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_request_started_after_the_last_change_changes_the_health() {
+        let mut h = Health::default();
+        assert_eq!(h.outcome(1, true), None, "working, and still working");
+        // Requests 2 to 6 in flight; 3 times out first: an outage.
+        assert_eq!(h.outcome(3, false), Some(true));
+        assert_eq!(h.outcome(2, true), None, "2 was sent before 3 failed: no news");
+        assert_eq!(h.outcome(4, false), None, "failing already");
+        assert_eq!(h.outcome(6, true), Some(false), "sent after the change and answered: works again");
+        assert_eq!(h.outcome(5, false), None, "sent before 6: an older failure is no new outage");
+        assert_eq!(h.outcome(7, false), Some(true));
+    }
 
     fn block(capacity: usize, spans: usize) -> SpanBlock {
         SpanBlock { bytes: Vec::with_capacity(capacity), spans }

@@ -29,24 +29,22 @@ struct Chain {
 
 impl Chain {
     fn start(dir: &std::path::Path, endpoint: &str) -> Chain {
+        Chain::start_with(dir, endpoint, &[])
+    }
+
+    /// With more agent arguments (`--otlp-protocol`).
+    fn start_with(dir: &std::path::Path, endpoint: &str, extra: &[&str]) -> Chain {
         let (app1, app2) = (free_port(), free_port());
         let downstream = format!("http://127.0.0.1:{app2}");
         let p2 = uvicorn_app("chain_app:app", app2, 1, &[]);
         let p1 = uvicorn_app("chain_app:app", app1, 1, &[("DOWNSTREAM", &downstream)]);
         let metrics = free_port();
         let log = dir.join("exchanges.jsonl");
-        let agent = Agent::run(&[
-            "--service",
-            &format!("app1=port:{app1}"),
-            "--service",
-            &format!("app2=port:{app2}"),
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics}"),
-            "--otlp-endpoint",
-            endpoint,
-            "--log",
-            log.to_str().expect("utf-8 path"),
-        ]);
+        let (s1, s2, m) = (format!("app1=port:{app1}"), format!("app2=port:{app2}"), format!("127.0.0.1:{metrics}"));
+        let mut args = vec!["--service", &s1, "--service", &s2, "--metrics-addr", &m, "--otlp-endpoint", endpoint];
+        args.extend(["--log", log.to_str().expect("utf-8 path")]);
+        args.extend(extra);
+        let agent = Agent::run(&args);
         Chain { app1, metrics, log, agent, _apps: [p1, p2] }
     }
 
@@ -179,6 +177,46 @@ fn a_chain_without_headers_is_one_trace_through_a_real_collector() {
     assert!(sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 3.0), "{text}");
     assert!(text.contains(&format!("trace_id=\"{}\"", server.trace_id())), "no exemplar with the trace id:\n{text}");
     chain.agent.stop();
+}
+
+#[test]
+fn spans_reach_a_real_collector_over_otlp_http_too() {
+    if !ready("spans_otlp_http") {
+        return;
+    }
+    let dir = temp_dir("spans-otlp-http");
+    let receiver = Receiver::start();
+    let rotel = Rotel::forwarding(&dir, &receiver.endpoint());
+    let mut chain = Chain::start_with(&dir, &rotel.http_endpoint(), &["--otlp-protocol", "http/protobuf"]);
+    // More than one request on the kept-alive connection: three chains, one after another.
+    for i in 1..=3 {
+        chain.call(i, &[]);
+        let what = format!("chain {i}'s three spans");
+        receiver.wait_for(&what, Duration::from_secs(30), |s| chain_spans(s, i).is_some());
+    }
+    let spans = receiver.spans();
+    for i in 1..=3 {
+        let (server, client, far) = chain_spans(&spans, i).expect("three spans");
+        assert_parent(client, server, "task");
+        assert_parent(far, client, "connection");
+        assert_eq!(server.resource.get("service.name").map(String::as_str), Some("app1"));
+        assert_eq!(far.attr("http.route"), Some("/leaf/{id}"), "{}", far.describe());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = chain.metrics_text();
+        if sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 9.0) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 9.0), "{text}");
+    assert!(
+        text.lines().filter(|l| l.starts_with("traceo_agent_spans_dropped_total")).all(|l| l.ends_with(" 0")),
+        "{text}"
+    );
+    let log = chain.agent.stop().join("\n");
+    assert!(log.contains("exporting spans over OTLP/HTTP"), "{log}");
 }
 
 #[test]

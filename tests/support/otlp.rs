@@ -270,10 +270,12 @@ pub fn require_rotel(test: &str) -> bool {
     false
 }
 
-/// rotel receiving OTLP/gRPC on a free port and forwarding to `to` over OTLP/gRPC.
+/// rotel receiving OTLP/gRPC and OTLP/HTTP on free ports and forwarding to `to` over
+/// OTLP/gRPC.
 pub struct Rotel {
     _proc: Proc,
     pub grpc_port: u16,
+    pub http_port: u16,
 }
 
 impl Rotel {
@@ -295,10 +297,16 @@ impl Rotel {
                 .stderr(log_err),
         );
         wait_for_port(grpc_port);
-        Rotel { _proc: proc, grpc_port }
+        wait_for_port(http_port);
+        Rotel { _proc: proc, grpc_port, http_port }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// The OTLP/HTTP base URL (`/v1/traces` is added by the exporter).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 }

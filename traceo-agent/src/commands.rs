@@ -67,7 +67,7 @@ struct Exports {
     /// one file gives the same ids every time (and a backend deduplicates a re-export).
     ids: IdGen,
     /// The OTLP endpoint, if any.
-    otlp: Option<String>,
+    otlp: Option<spans::OtlpTarget>,
     host: HostFacts,
     /// `--shared-state`: the other hosts' agents, through Redis (live only).
     shared: Option<crate::shared_state::SharedState>,
@@ -91,10 +91,10 @@ fn output_sink(
     }
     let clock = WallClock { offset_ns: clock_offset_ns };
     let log_export = match (&exports.otlp, records.is_off()) {
-        (Some(endpoint), false) => Some(LogExport::start(endpoint, clock, exports.host.clone())?),
+        (Some(target), false) => Some(LogExport::start(target, clock, exports.host.clone())?),
         _ => None,
     };
-    let spans = exports.otlp.map(|endpoint| SpanOutput::start(&endpoint, clock, exports.host)).transpose()?;
+    let spans = exports.otlp.map(|target| SpanOutput::start(&target, clock, exports.host)).transpose()?;
     let config = tracker_config(services.clone(), http);
     let mut pipeline =
         HttpPipeline::new(config, joins(http), clock_offset_ns, exports.metrics, out, spans, exports.ids);
@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let exports = Exports {
         metrics: Some(metrics.clone()),
         ids: IdGen::from_entropy(),
-        otlp: spans::endpoint(args.otlp.endpoint.as_deref(), sel.otlp_endpoint.as_deref()),
+        otlp: spans::target(&args.otlp, sel.otlp_endpoint.as_deref(), sel.otlp_protocol.as_deref())?,
         host: HostFacts { host_name: Some(crate::procfs::hostname()), live: true },
         shared: match args.shared_state.as_deref().or(sel.shared_state.as_deref()) {
             None | Some("off") => None,
@@ -190,7 +190,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let exports = Exports {
         metrics: None,
         ids: IdGen::seeded(recording_seed(&meta)),
-        otlp: spans::endpoint(args.otlp.endpoint.as_deref(), None),
+        otlp: spans::target(&args.otlp, None, None)?,
         host: HostFacts { host_name: Some(meta.hostname.clone()), live: false },
         shared: None,
         node_sink: None,

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use crate::http::WallClock;
-use crate::spans::{ExportConfig, ExportCounts, Exporter, HostFacts, Logs, SpanBuilder};
+use crate::spans::{ExportConfig, ExportCounts, Exporter, HostFacts, Logs, OtlpTarget, SpanBuilder};
 
 use super::{LogRecord, Owner};
 
@@ -19,11 +19,11 @@ pub struct LogExport {
 }
 
 impl LogExport {
-    pub fn start(endpoint: &str, clock: WallClock, host: HostFacts) -> anyhow::Result<LogExport> {
+    pub fn start(target: &OtlpTarget, clock: WallClock, host: HostFacts) -> anyhow::Result<LogExport> {
         Ok(LogExport {
             clock,
             resources: SpanBuilder::new(clock, host),
-            exporter: Exporter::start(ExportConfig::new(endpoint))?,
+            exporter: Exporter::start(ExportConfig::new(target))?,
         })
     }
 

@@ -1,5 +1,5 @@
-//! OTLP/gRPC export: a bounded queue the pipeline fills without waiting, drained by a thread
-//! of the agent's own that sends batches with tonic.
+//! OTLP export: a bounded queue the pipeline fills without waiting, drained by a thread of
+//! the agent's own that sends batches over OTLP/gRPC (tonic) or OTLP/HTTP (`otlp_http`).
 //!
 //! Why OTLP messages built here rather than the OpenTelemetry SDK (`opentelemetry_sdk` +
 //! `opentelemetry-otlp` 0.33 build here too): the SDK ties one resource to a tracer
@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+    collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
+    collector::trace::v1::ExportTraceServiceResponse,
     common::v1::InstrumentationScope,
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
 };
@@ -31,12 +32,15 @@ use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use super::build::ResourceEntry;
+use super::otlp_http::HttpCollector;
 use super::wire;
+use super::{OtlpTarget, Protocol};
 
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
     /// `http://host:port` (a bare `host:port` gets `http://`).
     pub endpoint: String,
+    pub protocol: Protocol,
     /// Spans waiting for export at most; more are dropped and counted.
     pub max_queue: usize,
     /// Spans per export request at most.
@@ -48,9 +52,10 @@ pub struct ExportConfig {
 }
 
 impl ExportConfig {
-    pub fn new(endpoint: &str) -> ExportConfig {
+    pub fn new(target: &OtlpTarget) -> ExportConfig {
         ExportConfig {
-            endpoint: endpoint.to_owned(),
+            endpoint: target.endpoint.clone(),
+            protocol: target.protocol,
             max_queue: 4096,
             max_batch: 512,
             interval: Duration::from_millis(500),
@@ -84,21 +89,25 @@ impl ExportCounts {
 /// What an exporter sends, each item under its resource: spans, or log records.
 pub trait Signal: Send + 'static {
     type Item: Send + 'static;
+    /// The export call's answer.
+    type Response: prost::Message + Default + Send + 'static;
     /// For the agent's log: "spans", "log records".
     const WHAT: &'static str;
     /// Sent items handed back to the pipeline to be filled again, at most.
     const MAX_SPARE: usize;
+    /// The export call's gRPC method and OTLP/HTTP path.
+    const GRPC_PATH: &'static str;
+    const HTTP_PATH: &'static str;
     /// How many spans or records `item` holds: what the queue's bound, the batch size and
     /// the counts are in.
     fn weight(_item: &Self::Item) -> usize {
         1
     }
-    /// Send one batch; how many items the endpoint rejected. Items left in `items` are
-    /// handed back to the pipeline to be filled again (span blocks).
-    fn export(
-        channel: Channel,
-        items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>,
-    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static;
+    /// One batch's export request, encoded. Items left in `items` are handed back to the
+    /// pipeline to be filled again (span blocks).
+    fn body(items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>) -> Vec<u8>;
+    /// How many spans or records the endpoint rejected.
+    fn rejected(response: &Self::Response) -> u64;
 }
 
 /// OTLP traces, each span already encoded (`build::encode_span`), in blocks.
@@ -138,22 +147,22 @@ fn keep_reusable(items: &mut Vec<Item>) {
 
 impl Signal for Spans {
     type Item = SpanBlock;
+    type Response = ExportTraceServiceResponse;
     const WHAT: &'static str = "spans";
     const MAX_SPARE: usize = 16;
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const HTTP_PATH: &'static str = "/v1/traces";
     fn weight(block: &SpanBlock) -> usize {
         block.spans
     }
-    fn export(
-        channel: Channel,
-        items: &mut Vec<Item>,
-    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static {
+    fn body(items: &mut Vec<Item>) -> Vec<u8> {
         // Copied into the request: the buffers stay in `items`, to be reused.
-        let req = request(items);
+        let body = request(items);
         keep_reusable(items);
-        async move {
-            let resp = super::grpc::export_traces(channel, req).await?;
-            Ok(resp.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
-        }
+        body
+    }
+    fn rejected(response: &ExportTraceServiceResponse) -> u64 {
+        response.partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64)
     }
 }
 
@@ -162,19 +171,80 @@ pub struct Logs;
 
 impl Signal for Logs {
     type Item = LogRecord;
+    type Response = ExportLogsServiceResponse;
     const WHAT: &'static str = "log records";
     const MAX_SPARE: usize = 0;
-    fn export(
-        channel: Channel,
-        items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>,
-    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static {
-        let req = logs_request(std::mem::take(items));
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const HTTP_PATH: &'static str = "/v1/logs";
+    fn body(items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>) -> Vec<u8> {
+        logs_request(std::mem::take(items)).encode_to_vec()
+    }
+    fn rejected(response: &ExportLogsServiceResponse) -> u64 {
+        response.partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64)
+    }
+}
+
+/// How export requests travel: OTLP/gRPC through tonic, or OTLP/HTTP posts.
+#[derive(Clone)]
+enum Transport {
+    Grpc(Channel),
+    Http(Arc<HttpCollector>),
+}
+
+/// A transport's settings, checked before the exporter thread starts (a mistake is the
+/// agent's error at startup, not a log line later).
+enum Target {
+    Grpc(Box<Endpoint>),
+    Http(HttpCollector),
+}
+
+impl Target {
+    fn new(cfg: &ExportConfig) -> anyhow::Result<Target> {
+        Ok(match cfg.protocol {
+            Protocol::Grpc => Target::Grpc(Box::new(
+                parse_endpoint(&cfg.endpoint)?.connect_timeout(CONNECT_TIMEOUT).timeout(cfg.timeout),
+            )),
+            Protocol::HttpProtobuf => Target::Http(HttpCollector::new(&cfg.endpoint, CONNECT_TIMEOUT)?),
+        })
+    }
+}
+
+impl Transport {
+    /// Inside the exporter's runtime (tonic's channel starts a task of its own).
+    fn open(target: Target) -> Transport {
+        match target {
+            // Lazy: the endpoint may be down now and come up later; tonic reconnects.
+            Target::Grpc(endpoint) => Transport::Grpc(endpoint.connect_lazy()),
+            Target::Http(collector) => Transport::Http(Arc::new(collector)),
+        }
+    }
+
+    /// Send one encoded request; how many items the endpoint rejected.
+    fn send<S: Signal>(
+        &self,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Sent> + Send + 'static {
+        let transport = self.clone();
         async move {
-            let resp = LogsServiceClient::new(channel).export(req).await?;
-            Ok(resp.into_inner().partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
+            let response: S::Response = match transport {
+                Transport::Grpc(channel) => super::grpc::export(channel, S::GRPC_PATH, body)
+                    .await
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))?,
+                Transport::Http(collector) => {
+                    let answer = tokio::time::timeout(timeout, collector.post(S::HTTP_PATH, &body))
+                        .await
+                        .map_err(|_| format!("no answer within {timeout:?}"))?
+                        .map_err(|f| f.0)?;
+                    S::Response::decode(answer.as_slice()).map_err(|e| format!("unreadable export response: {e}"))?
+                }
+            };
+            Ok(S::rejected(&response))
         }
     }
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Item = (Arc<ResourceEntry>, SpanBlock);
 
@@ -236,7 +306,7 @@ pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
 
 impl<S: Signal> Exporter<S> {
     pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter<S>> {
-        let endpoint = parse_endpoint(&cfg.endpoint)?.connect_timeout(Duration::from_secs(2)).timeout(cfg.timeout);
+        let target = Target::new(&cfg)?;
         let queue = Arc::new(Queue {
             inbox: Mutex::new(Inbox { items: Vec::new(), queued: 0, spare: Vec::new(), closed: false }),
             wake: Notify::new(),
@@ -256,13 +326,13 @@ impl<S: Signal> Exporter<S> {
             .name("traceo-otlp".into())
             .spawn(move || {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(worker.run(endpoint, rx)),
+                    Ok(rt) => rt.block_on(worker.run(target, rx)),
                     Err(e) => log::error!("OTLP export disabled: cannot start its runtime: {e}"),
                 }
                 let _ = done_tx.send(());
             })
             .context("cannot start the OTLP export thread")?;
-        log::info!("exporting {} over OTLP/gRPC to {}", S::WHAT, cfg.endpoint);
+        log::info!("exporting {} over OTLP/{} to {}", S::WHAT, cfg.protocol.transport(), cfg.endpoint);
         Ok(Exporter {
             queue: Some(queue),
             stash: Vec::new(),
@@ -343,8 +413,9 @@ impl<S: Signal> Drop for Exporter<S> {
 /// in milliseconds) while the queue overflowed.
 const IN_FLIGHT: usize = 4;
 
-/// An export request's outcome: how many spans or records the endpoint rejected.
-type Sent = Result<u64, tonic::Status>;
+/// An export request's outcome: how many spans or records the endpoint rejected, or why it
+/// failed.
+type Sent = Result<u64, String>;
 
 /// Whether the endpoint is failing, as the requests' outcomes tell it (logged once per
 /// outage, and its end). Requests end out of order: only one started after the request that
@@ -381,9 +452,8 @@ struct Worker<S: Signal> {
 }
 
 impl<S: Signal> Worker<S> {
-    async fn run(mut self, endpoint: Endpoint, queue: Arc<Queue<S::Item>>) {
-        // Lazy: the endpoint may be down now and come up later; tonic reconnects.
-        let mut client = endpoint.connect_lazy();
+    async fn run(mut self, target: Target, queue: Arc<Queue<S::Item>>) {
+        let transport = Transport::open(target);
         let mut batch: Vec<(Arc<ResourceEntry>, S::Item)> = Vec::with_capacity(self.cfg.max_batch);
         let mut timer = tokio::time::interval(self.cfg.interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -397,7 +467,7 @@ impl<S: Signal> Worker<S> {
                 _ = drain.tick() => {}
                 _ = timer.tick() => {
                     if !batch.is_empty() {
-                        self.export(&mut client, &mut batch, &queue, &mut sending).await;
+                        self.export(&transport, &mut batch, &queue, &mut sending).await;
                     }
                     continue;
                 }
@@ -415,7 +485,7 @@ impl<S: Signal> Worker<S> {
             batch.append(&mut taken);
             while let Some(at) = full_batch::<S>(&batch, self.cfg.max_batch) {
                 let rest = batch.split_off(at);
-                self.export(&mut client, &mut batch, &queue, &mut sending).await;
+                self.export(&transport, &mut batch, &queue, &mut sending).await;
                 batch = rest;
             }
             if closed {
@@ -425,7 +495,7 @@ impl<S: Signal> Worker<S> {
         while !batch.is_empty() {
             let at = full_batch::<S>(&batch, self.cfg.max_batch).unwrap_or(batch.len());
             let rest = batch.split_off(at);
-            self.export(&mut client, &mut batch, &queue, &mut sending).await;
+            self.export(&transport, &mut batch, &queue, &mut sending).await;
             batch = rest;
         }
         while let Some(done) = sending.join_next_with_id().await {
@@ -436,7 +506,7 @@ impl<S: Signal> Worker<S> {
     /// Start sending `batch` (once fewer than [`IN_FLIGHT`] requests are).
     async fn export(
         &mut self,
-        client: &mut Channel,
+        transport: &Transport,
         batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>,
         queue: &Queue<S::Item>,
         sending: &mut JoinSet<Sent>,
@@ -447,7 +517,7 @@ impl<S: Signal> Worker<S> {
             }
         }
         let n = batch.iter().map(|(_, item)| S::weight(item) as u64).sum::<u64>();
-        let sent = S::export(client.clone(), batch);
+        let sent = transport.send::<S>(S::body(batch), self.cfg.timeout);
         if !batch.is_empty() {
             let mut inbox = queue.lock();
             let room = S::MAX_SPARE.saturating_sub(inbox.spare.len());
@@ -464,7 +534,7 @@ impl<S: Signal> Worker<S> {
         let (id, sent) = match done {
             Ok(done) => done,
             // A panic inside the client: that request's spans are lost, the rest goes on.
-            Err(e) => (e.id(), Err(tonic::Status::internal(format!("the request ended abnormally: {e}")))),
+            Err(e) => (e.id(), Err(format!("the request ended abnormally: {e}"))),
         };
         let at = self.in_flight.iter().position(|(i, ..)| *i == id);
         let (n, number) = at.map_or((0, 0), |at| {
@@ -479,14 +549,12 @@ impl<S: Signal> Worker<S> {
                     log::info!("OTLP export to {} works again", self.cfg.endpoint);
                 }
             }
-            Err(status) => {
+            Err(why) => {
                 self.counts.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
                 if self.health.outcome(number, false).is_some() {
                     log::warn!(
-                        "OTLP export to {} failed ({}: {}); {} are dropped until it recovers",
+                        "OTLP export to {} failed ({why}); {} are dropped until it recovers",
                         self.cfg.endpoint,
-                        status.code(),
-                        status.message(),
                         S::WHAT
                     );
                 }
@@ -667,7 +735,8 @@ mod tests {
             });
         });
         // A batch per span: four requests, each held until another one comes.
-        let mut cfg = ExportConfig::new(&format!("127.0.0.1:{port}"));
+        let mut cfg =
+            ExportConfig::new(&OtlpTarget { endpoint: format!("127.0.0.1:{port}"), protocol: Protocol::Grpc });
         cfg.max_batch = 1;
         let mut exporter = Exporter::<Spans>::start(cfg).expect("exporter");
         let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });

@@ -1,31 +1,27 @@
-//! The trace service's Export call with a request already encoded (`export::request`): the
-//! generated client would take prost structs only. Same path, method and framing as it.
+//! An OTLP service's Export call with a request already encoded (`Signal::body`): the
+//! generated clients would take prost structs only. Same path, method and framing as they.
 
 use bytes::BufMut as _;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic_prost::{ProstCodec, ProstDecoder};
 
-const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
-const PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// Encoded request bytes out, the prost-decoded response `R` in.
+struct RawRequest<R>(std::marker::PhantomData<R>);
 
-/// Encoded request bytes out, the prost-decoded response in.
-struct RawRequest;
-
-impl Codec for RawRequest {
+impl<R: prost::Message + Default + Send + 'static> Codec for RawRequest<R> {
     type Encode = Vec<u8>;
-    type Decode = ExportTraceServiceResponse;
+    type Decode = R;
     type Encoder = RawEncoder;
-    type Decoder = ProstDecoder<ExportTraceServiceResponse>;
+    type Decoder = ProstDecoder<R>;
 
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<ExportTraceServiceResponse, ExportTraceServiceResponse>::raw_decoder(BufferSettings::default())
+        ProstCodec::<R, R>::raw_decoder(BufferSettings::default())
     }
 }
 
@@ -41,10 +37,17 @@ impl Encoder for RawEncoder {
     }
 }
 
-pub async fn export_traces(channel: Channel, request: Vec<u8>) -> Result<ExportTraceServiceResponse, tonic::Status> {
+/// Call `path` (`/package.Service/Method`) with `request` encoded.
+pub async fn export<R: prost::Message + Default + Send + 'static>(
+    channel: Channel,
+    path: &'static str,
+    request: Vec<u8>,
+) -> Result<R, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     let mut req = tonic::Request::new(request);
-    req.extensions_mut().insert(tonic::GrpcMethod::new(SERVICE, "Export"));
-    Ok(grpc.unary(req, PathAndQuery::from_static(PATH), RawRequest).await?.into_inner())
+    req.extensions_mut().insert(tonic::GrpcMethod::new(service, method));
+    let codec = RawRequest::<R>(std::marker::PhantomData);
+    Ok(grpc.unary(req, PathAndQuery::from_static(path), codec).await?.into_inner())
 }

@@ -1,12 +1,14 @@
 //! OpenTelemetry spans from exchanges: `attributes` (HTTP semantic conventions), `build`
 //! (span, kind, ids, timestamps, resource), `wire` (the span's protobuf bytes), `blocks`
-//! (encoded spans gathered per resource), `export` (bounded queue, batches, OTLP/gRPC).
+//! (encoded spans gathered per resource), `export` (bounded queue, batches), `grpc` and
+//! `otlp_http` (the two OTLP transports).
 
 mod attributes;
 mod blocks;
 mod build;
 mod export;
 mod grpc;
+mod otlp_http;
 mod wire;
 
 use std::sync::Arc;
@@ -20,12 +22,63 @@ use crate::http::{Exchange, WallClock};
 
 /// The standard variables, the traces-specific one first.
 const ENDPOINT_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+const PROTOCOL_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"];
+
+/// How spans and log records travel to the collector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (the collector's port 4317).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318): cheaper for the agent per span.
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The names OTEL_EXPORTER_OTLP_PROTOCOL uses.
+    pub fn parse(name: &str) -> anyhow::Result<Protocol> {
+        match name.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => anyhow::bail!("OTLP protocol http/json is not supported; use http/protobuf or grpc"),
+            other => anyhow::bail!("unknown OTLP protocol {other:?}: expected grpc or http/protobuf"),
+        }
+    }
+
+    /// For the agent's log: "gRPC", "HTTP".
+    pub fn transport(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "gRPC",
+            Protocol::HttpProtobuf => "HTTP",
+        }
+    }
+}
+
+/// Where spans (and log records) go, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpTarget {
+    pub endpoint: String,
+    pub protocol: Protocol,
+}
 
 /// Where spans go: `--otlp-endpoint`, else the config file's `otlp-endpoint`, else the
 /// standard environment variables. `off` (or empty) anywhere in that order means nowhere.
-pub fn endpoint(flag: Option<&str>, config: Option<&str>) -> Option<String> {
-    let env: Vec<String> = ENDPOINT_VARS.iter().filter_map(|v| std::env::var(v).ok()).collect();
-    endpoint_from(flag, config, env.iter().map(String::as_str))
+/// The protocol likewise: `--otlp-protocol`, the config file's, the variables, else gRPC.
+pub fn target(
+    flags: &crate::cli::OtlpArgs,
+    config_endpoint: Option<&str>,
+    config_protocol: Option<&str>,
+) -> anyhow::Result<Option<OtlpTarget>> {
+    let vars = |names: [&str; 2]| -> Vec<String> { names.iter().filter_map(|v| std::env::var(v).ok()).collect() };
+    let env = vars(ENDPOINT_VARS);
+    let Some(endpoint) = endpoint_from(flags.endpoint.as_deref(), config_endpoint, env.iter().map(String::as_str))
+    else {
+        return Ok(None);
+    };
+    let env = vars(PROTOCOL_VARS);
+    let name = flags.protocol.as_deref().or(config_protocol).or(env.iter().map(String::as_str).find(|v| !v.is_empty()));
+    let protocol = name.map(Protocol::parse).transpose()?.unwrap_or_default();
+    Ok(Some(OtlpTarget { endpoint, protocol }))
 }
 
 fn endpoint_from<'a>(
@@ -48,10 +101,10 @@ pub struct SpanOutput {
 }
 
 impl SpanOutput {
-    pub fn start(endpoint: &str, clock: WallClock, host: HostFacts) -> anyhow::Result<SpanOutput> {
+    pub fn start(target: &OtlpTarget, clock: WallClock, host: HostFacts) -> anyhow::Result<SpanOutput> {
         Ok(SpanOutput {
             builder: SpanBuilder::new(clock, host),
-            exporter: Exporter::start(ExportConfig::new(endpoint))?,
+            exporter: Exporter::start(ExportConfig::new(target))?,
             scratch: Vec::with_capacity(1024),
             blocks: blocks::OpenBlocks::default(),
         })
@@ -93,7 +146,17 @@ mod tests;
 
 #[cfg(test)]
 mod endpoint_tests {
-    use super::endpoint_from;
+    use super::{Protocol, endpoint_from};
+
+    #[test]
+    fn protocols_by_their_standard_names_and_a_clear_error_otherwise() {
+        assert_eq!(Protocol::parse("grpc").ok(), Some(Protocol::Grpc));
+        assert_eq!(Protocol::parse(" http/protobuf").ok(), Some(Protocol::HttpProtobuf));
+        let e = Protocol::parse("http/json").expect_err("not built").to_string();
+        assert!(e.contains("use http/protobuf or grpc"), "{e}");
+        let e = Protocol::parse("http").expect_err("unknown").to_string();
+        assert!(e.contains("expected grpc or http/protobuf"), "{e}");
+    }
 
     #[test]
     fn flag_then_config_then_environment_and_off_disables() {

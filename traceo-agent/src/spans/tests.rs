@@ -363,7 +363,12 @@ fn spans_in_open_blocks_are_sent_or_counted_when_the_output_is_dropped() {
     let ex = client_exchange("/down");
     // Nothing listens on port 1: the export fails and is counted.
     let host = super::HostFacts { host_name: None, live: false };
-    let mut out = super::SpanOutput::start("127.0.0.1:1", CLOCK, host).expect("output");
+    let mut out = super::SpanOutput::start(
+        &super::OtlpTarget { endpoint: "127.0.0.1:1".into(), protocol: super::Protocol::Grpc },
+        CLOCK,
+        host,
+    )
+    .expect("output");
     let counts = out.counts().clone();
     out.send(&ex);
     // An agent ending on an error drops its output without `finish`.

@@ -6,7 +6,8 @@
 //! 2. OpenSSL probe cost per SSL_write + SSL_read pair (a Python loop over memory BIOs): no
 //!    agent, agent running (probes on every libssl) but not selecting it, traced.
 //! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced, with only the
-//!    floor's empty programs, traced, and traced with OTLP export to a rotel collector, alternated,
+//!    floor's empty programs, traced, and traced with OTLP export (gRPC, then HTTP) to a rotel
+//!    collector, alternated,
 //!    with the server's own CPU per request (nginx's worker, uvicorn).
 //!    Then the runtime options (issue #12): uvicorn with calls on a thread pool (uvloop,
 //!    asyncio) without and with `--thread-pools`, a Node.js front without and with
@@ -463,9 +464,10 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         // A real OTLP receiver for the export arms, up through both servers' runs.
         let (grpc_port, http_port) = (free_port()?, free_port()?);
         let collector = procs::rotel(python, &dir, grpc_port, http_port)?;
-        let otlp = format!("http://127.0.0.1:{grpc_port}");
+        let (otlp, otlp_http) = (format!("http://127.0.0.1:{grpc_port}"), format!("http://127.0.0.1:{http_port}"));
         let with_otlp: &[&str] = &["--otlp-endpoint", &otlp];
-        let arms = Arms { floor: true, traced: &[("traced", &[]), ("otlp", with_otlp)] };
+        let with_otlp_http: &[&str] = &["--otlp-endpoint", &otlp_http, "--otlp-protocol", "http/protobuf"];
+        let arms = Arms { floor: true, traced: &[("traced", &[]), ("otlp", with_otlp), ("otlp_http", with_otlp_http)] };
         let shared = |name, url: &str, port, pid| Server {
             name,
             serving: Serving::Shared { url: url.to_owned(), port, pid },

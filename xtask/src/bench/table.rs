@@ -176,17 +176,20 @@ fn server_arms(s: &Value, key: &str, server: &str) {
         "<= 3 (#16)",
         f(&s["agent_cpu_us_per_exchange"]) <= 3.0,
     );
-    let o = &s["otlp"];
-    if o.is_object() {
+    for (arm, how) in [("otlp", "OTLP/gRPC"), ("otlp_http", "OTLP/HTTP")] {
+        let o = &s[arm];
+        if !o.is_object() {
+            continue;
+        }
         row(
-            &format!("{server}: agent CPU per exchange, OTLP export on (us)"),
+            &format!("{server}: agent CPU per exchange, {how} export on (us)"),
             format!("{:.1}", f(&o["agent_cpu_us_per_exchange"])),
             "<= 3 (#16)",
             f(&o["agent_cpu_us_per_exchange"]) <= 3.0,
         );
         println!(
             "{:<58} {:>12}",
-            format!("{server}: OTLP on: traced / untraced, spans out / dropped"),
+            format!("{server}: {how} on: traced / untraced, spans out / dropped"),
             format!("{:.3}, {:.0} / {:.0}", f(&o["throughput_ratio"]), f(&o["spans_exported"]), f(&o["spans_dropped"]))
         );
     }

@@ -38,7 +38,21 @@ pub struct OpenBlocks {
 
 impl OpenBlocks {
     /// Add one encoded span to its resource's block, and send what is full.
+    #[cfg(test)]
     pub fn push(&mut self, resource: Arc<ResourceEntry>, span: &[u8], sink: &mut impl BlockSink) {
+        self.push_with(resource, sink, |b| {
+            b.extend_from_slice(span);
+            true
+        });
+    }
+
+    /// Add the span `encode` writes (if any) to its resource's block, and send what is full.
+    pub fn push_with(
+        &mut self,
+        resource: Arc<ResourceEntry>,
+        sink: &mut impl BlockSink,
+        encode: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) {
         let same = |(r, _): &(Arc<ResourceEntry>, SpanBlock)| Arc::ptr_eq(r, &resource);
         let i = match self.open.get(self.last).filter(|o| same(o)) {
             Some(_) => self.last,
@@ -57,7 +71,7 @@ impl OpenBlocks {
         };
         self.last = i;
         let Some((_, block)) = self.open.get_mut(i) else { return };
-        block.push(span);
+        block.push_with(encode);
         if block.spans >= BLOCK_SPANS || block.bytes.len() >= BLOCK_BYTES {
             let (resource, block) = self.open.swap_remove(i);
             sink.send(resource, block);
@@ -72,9 +86,9 @@ impl OpenBlocks {
         }
     }
 
-    /// Send every open block.
+    /// Send every open block (one opened for a span that was not written holds none).
     pub fn flush(&mut self, sink: &mut impl BlockSink) {
-        for (resource, block) in self.open.drain(..) {
+        for (resource, block) in self.open.drain(..).filter(|(_, b)| b.spans > 0) {
             sink.send(resource, block);
         }
     }

@@ -56,11 +56,8 @@ impl SpanBuilder {
         SpanBuilder { clock, host, resources: HashMap::new(), cached: 0, last: None }
     }
 
-    /// The span of an exchange the correlation stage gave ids to, appended to `buf`, and
-    /// its resource (`None` without ids).
-    pub fn build(&mut self, ex: &Exchange, buf: &mut Vec<u8>) -> Option<Arc<ResourceEntry>> {
-        encode_span(ex, &self.clock, buf).then_some(())?;
-        Some(self.resource(&ex.service, ex.pid))
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
     }
 
     pub fn resource(&mut self, service: &str, pid: u32) -> Arc<ResourceEntry> {

@@ -125,8 +125,18 @@ pub struct SpanBlock {
 impl SpanBlock {
     /// Add one encoded span.
     pub fn push(&mut self, span: &[u8]) {
-        wire::bytes(&mut self.bytes, 2, span);
-        self.spans += 1;
+        self.push_with(|b| {
+            b.extend_from_slice(span);
+            true
+        });
+    }
+
+    /// Add the span `encode` writes, if it writes one (`true`): in place, not copied in.
+    pub fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> bool) {
+        // Spans are 128 bytes to 16 KiB long: a two-byte length.
+        if wire::message_reserving(&mut self.bytes, 2, 2, encode) {
+            self.spans += 1;
+        }
     }
 
     pub fn clear(&mut self) {

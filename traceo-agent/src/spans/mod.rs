@@ -94,8 +94,6 @@ fn endpoint_from<'a>(
 pub struct SpanOutput {
     builder: SpanBuilder,
     exporter: Exporter,
-    /// The span being encoded: this thread's own buffer, kept (it stays in cache).
-    scratch: Vec<u8>,
     /// Spans not yet handed over, a block per resource.
     blocks: blocks::OpenBlocks,
 }
@@ -105,15 +103,15 @@ impl SpanOutput {
         Ok(SpanOutput {
             builder: SpanBuilder::new(clock, host),
             exporter: Exporter::start(ExportConfig::new(target))?,
-            scratch: Vec::with_capacity(1024),
             blocks: blocks::OpenBlocks::default(),
         })
     }
 
     pub fn send(&mut self, ex: &Exchange) {
-        self.scratch.clear();
-        let Some(resource) = self.builder.build(ex, &mut self.scratch) else { return };
-        self.blocks.push(resource, &self.scratch, &mut self.exporter);
+        // Encoded straight into its resource's block (an exchange without ids has no span).
+        let resource = self.builder.resource(&ex.service, ex.pid);
+        let clock = *self.builder.clock();
+        self.blocks.push_with(resource, &mut self.exporter, |buf| encode_span(ex, &clock, buf));
     }
 
     /// Hand over the spans encoded so far (the pipeline has caught up with its events: they

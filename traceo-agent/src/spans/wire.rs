@@ -97,18 +97,38 @@ pub fn opt_fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
 /// reserved: most are short, a longer one moves its body once). For bodies whose length is
 /// not known up front (an exception event, a link); attributes know theirs (`WireAttrs`).
 pub fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    message_reserving(buf, field, 1, |b| {
+        body(b);
+        true
+    });
+}
+
+/// [`message`] with `reserve` bytes kept for the length (2 for bodies of 128 bytes to 16 KiB,
+/// as spans are: written in place, no move), and nothing left when `body` says there is no
+/// message (`false`).
+pub fn message_reserving(
+    buf: &mut Vec<u8>,
+    field: u32,
+    reserve: usize,
+    body: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> bool {
+    let at = buf.len();
     key(buf, field, LEN);
-    buf.push(0);
+    buf.resize(buf.len() + reserve, 0);
     let start = buf.len();
-    body(buf);
-    let len = buf.len() - start;
-    if len < 0x80 {
-        buf[start - 1] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        buf.splice(start - 1..start, prefix);
+    if !body(buf) {
+        buf.truncate(at);
+        return false;
     }
+    let len = buf.len() - start;
+    let mut prefix = Vec::with_capacity(10);
+    varint(&mut prefix, len as u64);
+    if prefix.len() == reserve {
+        buf[start - reserve..start].copy_from_slice(&prefix);
+    } else {
+        buf.splice(start - reserve..start, prefix);
+    }
+    true
 }
 
 /// The encoded size of a length-delimited field of `len` bytes (fields 1 to 15: a one-byte key).
@@ -216,12 +236,24 @@ mod tests {
             prost::encoding::encode_varint(v, &mut theirs);
             assert_eq!(ours, theirs);
         }
-        let long = "x".repeat(300);
-        let mut ours = Vec::new();
-        message(&mut ours, 7, |b| bytes(b, 1, long.as_bytes()));
-        let mut theirs = Vec::new();
-        prost::encoding::message::encode(7, &long_msg(&long), &mut theirs);
-        assert_eq!(ours, theirs);
+        // Lengths below, in and above the bytes reserved for them.
+        for (n, reserve) in [(300, 1), (5, 2), (300, 2), (20_000, 2)] {
+            let long = "x".repeat(n);
+            let mut ours = vec![9];
+            assert!(message_reserving(&mut ours, 7, reserve, |b| {
+                bytes(b, 1, long.as_bytes());
+                true
+            }));
+            let mut theirs = vec![9];
+            prost::encoding::message::encode(7, &long_msg(&long), &mut theirs);
+            assert_eq!(ours, theirs, "{n} bytes, {reserve} reserved");
+        }
+        let mut ours = vec![9];
+        assert!(!message_reserving(&mut ours, 7, 2, |b| {
+            b.push(1);
+            false
+        }));
+        assert_eq!(ours, [9], "no message, nothing left");
     }
 
     fn long_msg(s: &str) -> opentelemetry_proto::tonic::common::v1::AnyValue {

@@ -258,10 +258,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Item = (Arc<ResourceEntry>, SpanBlock);
 
-/// The exporter thread is woken once this many spans or records wait (woken per span, the two
-/// threads spent more on it than on encoding), and takes what waits at least this often otherwise.
-const WAKE_AT: usize = 64;
-const DRAIN: Duration = Duration::from_millis(50);
+/// The exporter thread is woken once a batch's worth of spans or records waits (the default
+/// `max_batch`), and takes what waits at least every `DRAIN` otherwise. Each wake-up cost the
+/// pipeline thread a syscall and often its CPU (the woken thread ran in its place): woken
+/// every 64 spans, the exporter thread took 0.60 us per span under uvicorn, 0.49 woken at 512.
+const WAKE_AT: usize = 512;
+const DRAIN: Duration = Duration::from_millis(100);
 
 /// Items queued for the exporter thread, and whether the pipeline is done with them.
 struct Inbox<I> {

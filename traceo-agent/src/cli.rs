@@ -393,7 +393,7 @@ mod tests {
         let path = dir.join("agent.toml");
         std::fs::write(
             &path,
-            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4317\"\ndb-keys = true\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\nshared-state = \"redis://r:6379/2\"\n",
+            "service = [\"engine=port:8000\"]\ncapture-bytes = 4096\nlog = \"off\"\nmax-series = 5\nseries-ttl = 60\notlp-endpoint = \"http://c:4318\"\notlp-protocol = \"http/protobuf\"\ndb-keys = true\nlog-records = \"-\"\nlog-file = [\"/var/log/app/*.log\"]\nshared-state = \"redis://r:6379/2\"\n",
         )
         .unwrap();
         let args = SelectionArgs { config: Some(path.clone()), ..Default::default() };
@@ -403,7 +403,8 @@ mod tests {
         assert_eq!((sel.max_series, sel.series_ttl), (Some(5), Some(60)));
 
         assert_eq!(sel.ring_buffer_mib, 4, "the default");
-        assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(sel.otlp_endpoint.as_deref(), Some("http://c:4318"));
+        assert_eq!(sel.otlp_protocol.as_deref(), Some("http/protobuf"));
         assert!(sel.db_keys);
         assert_eq!(sel.shared_state.as_deref(), Some("redis://r:6379/2"));
         assert_eq!(

@@ -14,6 +14,8 @@ mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 pub use attributes::{Addr, Attrs, SERVER, address, error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
 pub use export::{ExportConfig, ExportCounts, Exporter, Logs, SpanBlock, Spans, logs_request, parse_endpoint, request};
@@ -69,15 +71,25 @@ pub fn target(
     config_endpoint: Option<&str>,
     config_protocol: Option<&str>,
 ) -> anyhow::Result<Option<OtlpTarget>> {
-    let vars = |names: [&str; 2]| -> Vec<String> { names.iter().filter_map(|v| std::env::var(v).ok()).collect() };
-    let env = vars(ENDPOINT_VARS);
+    let env: Vec<String> = ENDPOINT_VARS.iter().filter_map(|v| std::env::var(v).ok()).collect();
     let Some(endpoint) = endpoint_from(flags.endpoint.as_deref(), config_endpoint, env.iter().map(String::as_str))
     else {
         return Ok(None);
     };
-    let env = vars(PROTOCOL_VARS);
-    let name = flags.protocol.as_deref().or(config_protocol).or(env.iter().map(String::as_str).find(|v| !v.is_empty()));
-    let protocol = name.map(Protocol::parse).transpose()?.unwrap_or_default();
+    // The first set, and where it came from (a mistake's error names it).
+    let env = PROTOCOL_VARS.iter().filter_map(|v| Some((*v, std::env::var(v).ok().filter(|s| !s.is_empty())?)));
+    let chosen = [
+        ("--otlp-protocol", flags.protocol.clone()),
+        ("the config file's otlp-protocol", config_protocol.map(str::to_owned)),
+    ]
+    .into_iter()
+    .filter_map(|(from, v)| Some((from, v?)))
+    .chain(env)
+    .next();
+    let protocol = match chosen {
+        Some((from, name)) => Protocol::parse(&name).with_context(|| format!("{from}"))?,
+        None => Protocol::default(),
+    };
     Ok(Some(OtlpTarget { endpoint, protocol }))
 }
 

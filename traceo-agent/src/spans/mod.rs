@@ -87,7 +87,7 @@ pub fn target(
     .chain(env)
     .next();
     let protocol = match chosen {
-        Some((from, name)) => Protocol::parse(&name).with_context(|| format!("{from}"))?,
+        Some((from, name)) => Protocol::parse(&name).context(from)?,
         None => Protocol::default(),
     };
     Ok(Some(OtlpTarget { endpoint, protocol }))

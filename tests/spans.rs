@@ -56,6 +56,20 @@ impl Chain {
         curl(&["-H", "Accept: application/openmetrics-text; version=1.0.0", &self.metric_url()])
     }
 
+    /// The metrics once at least `spans` are counted exported (the agent refreshes its own
+    /// counters on a 1 s tick); fails after 5 s.
+    fn metrics_once_exported(&self, spans: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.metrics_text();
+            if sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= spans) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "fewer than {spans} spans exported:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn metric_url(&self) -> String {
         format!("http://127.0.0.1:{}/metrics", self.metrics)
     }
@@ -163,18 +177,8 @@ fn a_chain_without_headers_is_one_trace_through_a_real_collector() {
         let parent = s.parent_id();
         assert_eq!(line["parent_span_id"], if parent.is_empty() { Value::Null } else { Value::from(parent) });
     }
-    // The agent refreshes its own counters on a 1 s tick: wait for the exported spans.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let text = chain.metrics_text();
-        let exported = sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 3.0);
-        if exported || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let text = chain.metrics_once_exported(3.0);
     assert_eq!(sample(&text, "traceo_propagation_total{service=\"app1\",outcome=\"absent\"}"), Some(1.0), "{text}");
-    assert!(sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 3.0), "{text}");
     assert!(text.contains(&format!("trace_id=\"{}\"", server.trace_id())), "no exemplar with the trace id:\n{text}");
     chain.agent.stop();
 }
@@ -202,15 +206,7 @@ fn spans_reach_a_real_collector_over_otlp_http_too() {
         assert_eq!(server.resource.get("service.name").map(String::as_str), Some("app1"));
         assert_eq!(far.attr("http.route"), Some("/leaf/{id}"), "{}", far.describe());
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let text = chain.metrics_text();
-        if sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 9.0) || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(sample(&text, "traceo_agent_spans_exported_total").is_some_and(|n| n >= 9.0), "{text}");
+    let text = chain.metrics_once_exported(9.0);
     assert!(
         text.lines().filter(|l| l.starts_with("traceo_agent_spans_dropped_total")).all(|l| l.ends_with(" 0")),
         "{text}"

@@ -1,6 +1,7 @@
 //! OpenTelemetry spans from exchanges: `attributes` (HTTP semantic conventions), `build`
 //! (span, kind, ids, timestamps, resource), `wire` (the span's protobuf bytes), `blocks`
-//! (encoded spans gathered per resource), `export` (bounded queue, batches), `grpc` and
+//! (encoded spans gathered per resource), `signals` (what is sent, as export requests),
+//! `export` (bounded queue, batches, the exporter thread), `transport` with `grpc` and
 //! `otlp_http` (the two OTLP transports).
 
 mod attributes;
@@ -9,6 +10,8 @@ mod build;
 mod export;
 mod grpc;
 mod otlp_http;
+mod signals;
+mod transport;
 mod wire;
 
 use std::sync::Arc;
@@ -18,7 +21,9 @@ use anyhow::Context as _;
 
 pub use attributes::{Addr, Attrs, SERVER, address, error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
-pub use export::{ExportConfig, ExportCounts, Exporter, Logs, SpanBlock, Spans, logs_request, parse_endpoint, request};
+pub use export::{ExportConfig, ExportCounts, Exporter};
+pub use signals::{Logs, SpanBlock, Spans, logs_request, request};
+pub use transport::parse_endpoint;
 
 use crate::http::{Exchange, WallClock};
 

@@ -1,0 +1,111 @@
+//! How export requests travel: OTLP/gRPC through tonic (`grpc`), or OTLP/HTTP posts
+//! (`otlp_http`), chosen by `--otlp-protocol`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+
+use super::Protocol;
+use super::export::ExportConfig;
+use super::otlp_http::HttpCollector;
+use super::signals::Signal;
+
+/// How export requests travel: OTLP/gRPC through tonic, or OTLP/HTTP posts.
+#[derive(Clone)]
+pub(super) enum Transport {
+    Grpc(Channel),
+    Http(Arc<HttpCollector>),
+}
+
+/// A transport's settings, checked before the exporter thread starts (a mistake is the
+/// agent's error at startup, not a log line later).
+pub(super) enum Target {
+    Grpc(Box<Endpoint>),
+    Http(HttpCollector),
+}
+
+impl Target {
+    pub(super) fn new(cfg: &ExportConfig) -> anyhow::Result<Target> {
+        Ok(match cfg.protocol {
+            Protocol::Grpc => Target::Grpc(Box::new(
+                parse_endpoint(&cfg.endpoint)?.connect_timeout(CONNECT_TIMEOUT).timeout(cfg.timeout),
+            )),
+            Protocol::HttpProtobuf => Target::Http(HttpCollector::new(&cfg.endpoint, CONNECT_TIMEOUT)?),
+        })
+    }
+}
+
+impl Transport {
+    /// Inside the exporter's runtime (tonic's channel starts a task of its own).
+    pub(super) fn open(target: Target) -> Transport {
+        match target {
+            // Lazy: the endpoint may be down now and come up later; tonic reconnects.
+            Target::Grpc(endpoint) => Transport::Grpc(endpoint.connect_lazy()),
+            Target::Http(collector) => Transport::Http(Arc::new(collector)),
+        }
+    }
+
+    /// Send one encoded request; how many items the endpoint rejected.
+    pub(super) fn send<S: Signal>(
+        &self,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Sent> + Send + 'static {
+        let transport = self.clone();
+        async move {
+            let response: S::Response = match transport {
+                Transport::Grpc(channel) => super::grpc::export(channel, S::GRPC_PATH, body)
+                    .await
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))?,
+                Transport::Http(collector) => {
+                    let answer = tokio::time::timeout(timeout, collector.post(S::HTTP_PATH, &body))
+                        .await
+                        .map_err(|_| format!("no answer within {timeout:?}"))?
+                        .map_err(|f| f.0)?;
+                    // A 2xx says the collector took the batch; a body that is not the
+                    // response message (some gateways answer `{}`) rejects nothing.
+                    S::Response::decode(answer.as_slice()).unwrap_or_default()
+                }
+            };
+            Ok(S::rejected(&response))
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An export request's outcome: how many spans or records the endpoint rejected, or why it
+/// failed.
+pub(super) type Sent = Result<u64, String>;
+
+/// The endpoint as tonic takes it; refuses what this build cannot reach.
+pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    let url = url.trim();
+    let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+    if url.starts_with("https://") {
+        anyhow::bail!(
+            "OTLP endpoint {url}: TLS is not supported yet; use an http:// endpoint (e.g. a local collector)"
+        );
+    }
+    if !url.starts_with("http://") {
+        anyhow::bail!("OTLP endpoint {url}: expected http://HOST:PORT");
+    }
+    Endpoint::from_shared(url.clone()).with_context(|| format!("invalid OTLP endpoint {url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_plain_http() {
+        assert!(parse_endpoint("127.0.0.1:4317").is_ok());
+        assert!(parse_endpoint("http://collector:4317").is_ok());
+        let err = format!("{:#}", parse_endpoint("https://collector:4317").unwrap_err());
+        assert!(err.contains("TLS is not supported"), "{err}");
+        assert!(parse_endpoint("ftp://x").is_err());
+    }
+}

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use super::build::ResourceEntry;
 use super::signals::{Signal, Spans};
-use super::transport::{Sent, Target, Transport};
+use super::transport::{Done, Target, Transport};
 use super::{OtlpTarget, Protocol};
 
 #[derive(Clone, Debug)]
@@ -284,7 +284,7 @@ impl<S: Signal> Worker<S> {
                     continue;
                 }
                 Some(done) = sending.join_next_with_id(), if !sending.is_empty() => {
-                    self.finished(done);
+                    self.finished(done, &queue);
                     continue;
                 }
             }
@@ -311,7 +311,7 @@ impl<S: Signal> Worker<S> {
             batch = rest;
         }
         while let Some(done) = sending.join_next_with_id().await {
-            self.finished(done);
+            self.finished(done, &queue);
         }
     }
 
@@ -321,30 +321,28 @@ impl<S: Signal> Worker<S> {
         transport: &Transport,
         batch: &mut Vec<(Arc<ResourceEntry>, S::Item)>,
         queue: &Queue<S::Item>,
-        sending: &mut JoinSet<Sent>,
+        sending: &mut JoinSet<Done>,
     ) {
         while sending.len() >= IN_FLIGHT {
             if let Some(done) = sending.join_next_with_id().await {
-                self.finished(done);
+                self.finished(done, queue);
             }
         }
         let n = batch.iter().map(|(_, item)| S::weight(item) as u64).sum::<u64>();
         let sent = transport.send::<S>(S::body(batch), self.cfg.timeout);
-        if !batch.is_empty() {
-            let mut inbox = queue.lock();
-            let room = S::MAX_SPARE.saturating_sub(inbox.spare.len());
-            inbox.spare.extend(batch.drain(..).take(room).map(|(_, item)| item));
-        }
         batch.clear();
         let id = sending.spawn(sent).id();
         self.started += 1;
         self.in_flight.push((id, n, self.started));
     }
 
-    /// Count what a request sent, or lost.
-    fn finished(&mut self, done: Result<(tokio::task::Id, Sent), tokio::task::JoinError>) {
+    /// Count what a request sent, or lost, and hand its chunks back to be filled again.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>, queue: &Queue<S::Item>) {
         let (id, sent) = match done {
-            Ok(done) => done,
+            Ok((id, (sent, chunks))) => {
+                recycle::<S>(queue, chunks);
+                (id, sent)
+            }
             // A panic inside the client: that request's spans are lost, the rest goes on.
             Err(e) => (e.id(), Err(format!("the request ended abnormally: {e}"))),
         };
@@ -373,6 +371,16 @@ impl<S: Signal> Worker<S> {
             }
         }
     }
+}
+
+/// Hand the chunks worth reusing (span blocks) back to the pipeline, up to [`Signal::MAX_SPARE`].
+fn recycle<S: Signal>(queue: &Queue<S::Item>, chunks: Vec<Vec<u8>>) {
+    if S::MAX_SPARE == 0 || chunks.is_empty() {
+        return;
+    }
+    let mut inbox = queue.lock();
+    let room = S::MAX_SPARE.saturating_sub(inbox.spare.len());
+    inbox.spare.extend(chunks.into_iter().filter_map(S::reuse).take(room));
 }
 
 /// Where a batch of at least `max` spans or records ends, when `items` make one (items are

@@ -22,7 +22,9 @@ use anyhow::Context as _;
 pub use attributes::{Addr, Attrs, SERVER, address, error_type, kv, path_and_query, span_attributes, string};
 pub use build::{HostFacts, ResourceEntry, SpanBuilder, encode_span, resource, span, span_name};
 pub use export::{ExportConfig, ExportCounts, Exporter};
-pub use signals::{Logs, SpanBlock, Spans, logs_request, request};
+#[cfg(test)]
+use signals::request;
+pub use signals::{Logs, SpanBlock, Spans, logs_request};
 pub use transport::parse_endpoint;
 
 use crate::http::{Exchange, WallClock};

@@ -4,6 +4,7 @@
 //! frames through 64 KiB flow-control windows the collector reopens, each a wake-up of the
 //! exporter thread; here the request is one write of the head and the body.
 
+use std::io::IoSlice;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,13 +66,14 @@ impl HttpCollector {
         })
     }
 
-    /// POST `body` to the signal's `path` (`/v1/traces`); the response body of a 2xx answer.
-    pub async fn post(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, Failure> {
+    /// POST `body` (its chunks one after another) to the signal's `path` (`/v1/traces`); the
+    /// response body of a 2xx answer.
+    pub async fn post(&self, path: &str, body: &[Vec<u8>]) -> Result<Vec<u8>, Failure> {
         let head = format!(
             "POST {}{path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
             self.prefix,
             self.authority,
-            body.len()
+            body.iter().map(Vec::len).sum::<usize>()
         );
         // A kept connection whose sending failed goes once more on a new connection: the
         // collector cannot have taken a request it did not get whole. Once sent, a request is
@@ -153,7 +155,7 @@ struct Answer {
 }
 
 /// Send one request and read its response; an error says whether the request was sent.
-async fn exchange(mut conn: TcpStream, head: &[u8], body: &[u8]) -> Result<Answer, (Failure, Sent)> {
+async fn exchange(mut conn: TcpStream, head: &[u8], body: &[Vec<u8>]) -> Result<Answer, (Failure, Sent)> {
     if let Err(e) = write_all_vectored(&mut conn, head, body).await {
         return Err((Failure::io("send", e), Sent::NotWhole));
     }
@@ -221,18 +223,22 @@ async fn exchange(mut conn: TcpStream, head: &[u8], body: &[u8]) -> Result<Answe
     Ok(Answer { status, body: body_bytes, reusable: reusable.then_some(conn) })
 }
 
-async fn write_all_vectored(conn: &mut TcpStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    let (mut head, mut body) = (head, body);
-    while !head.is_empty() {
-        let n = conn.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)]).await?;
+/// The head and the body's chunks, written from where they are (the kernel copies each
+/// byte once, straight from the pipeline's span blocks).
+async fn write_all_vectored(conn: &mut TcpStream, head: &[u8], body: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> =
+        std::iter::once(head).chain(body.iter().map(Vec::as_slice)).map(IoSlice::new).collect();
+    let mut rest = &mut slices[..];
+    // Empty chunks are skipped, so an empty `rest` is all written.
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        let n = conn.write_vectored(rest).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
+        IoSlice::advance_slices(&mut rest, n);
     }
-    conn.write_all(body).await
+    Ok(())
 }
 
 /// Read what is there into `buf`, up to `limit` bytes in all.
@@ -384,16 +390,74 @@ mod tests {
                 seen
             });
             let c = HttpCollector::new(&format!("http://127.0.0.1:{port}/otlp/"), Duration::from_secs(1)).expect("url");
-            assert_eq!(c.post("/v1/traces", b"body").await.expect("first"), b"no");
+            assert_eq!(c.post("/v1/traces", &[b"bo".to_vec(), b"dy".to_vec()]).await.expect("first"), b"no");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(c.post("/v1/traces", b"body").await.expect("second, on a new connection"), b"no");
+            assert_eq!(
+                c.post("/v1/traces", &[b"bo".to_vec(), b"dy".to_vec()]).await.expect("second, on a new connection"),
+                b"no"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let e = c.post("/v1/logs", b"body").await.expect_err("a 400 is a failure");
+            let e = c.post("/v1/logs", &[b"body".to_vec()]).await.expect_err("a 400 is a failure");
             assert!(e.0.starts_with("HTTP 400"), "{}", e.0);
             let seen = server.await.expect("server");
             assert!(seen[0].starts_with("POST /otlp/v1/traces HTTP/1.1\r\n"), "{}", seen[0]);
             assert!(seen[0].contains("Content-Type: application/x-protobuf\r\nContent-Length: 4\r\n"), "{}", seen[0]);
             assert!(seen[2].starts_with("POST /otlp/v1/logs "), "{}", seen[2]);
+        });
+    }
+
+    /// A body of many chunks, larger than the socket takes at once (so writes end part-way
+    /// through a chunk), with an empty chunk among them: the collector gets it whole, in order.
+    #[test]
+    fn a_body_of_many_chunks_arrives_whole_and_in_order() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let chunks: Vec<Vec<u8>> =
+                (0..40u8)
+                    .map(|i| {
+                        if i == 7 {
+                            Vec::new()
+                        } else {
+                            (0..64 * 1024 + usize::from(i)).map(|k| (k as u8) ^ i).collect()
+                        }
+                    })
+                    .collect();
+            let expected = chunks.concat();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("address").port();
+            let server = tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.expect("accept");
+                let mut got = Vec::new();
+                let mut buf = vec![0; 64 * 1024];
+                let body_at = loop {
+                    if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    let n = conn.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "the client closed early");
+                    got.extend_from_slice(&buf[..n]);
+                };
+                let head = String::from_utf8_lossy(&got[..body_at]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("a length");
+                while got.len() < body_at + length {
+                    // Slowly at first: the client's writes fill the socket and resume.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let n = conn.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "the client closed mid-body");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.expect("answer");
+                got.split_off(body_at)
+            });
+            let c = HttpCollector::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(1)).expect("url");
+            assert_eq!(c.post("/v1/traces", &chunks).await.expect("posted"), b"");
+            let body = server.await.expect("server");
+            assert_eq!(body.len(), expected.len());
+            assert!(body == expected, "the chunks arrived out of order or altered");
         });
     }
 

@@ -32,9 +32,13 @@ pub trait Signal: Send + 'static {
     fn weight(_item: &Self::Item) -> usize {
         1
     }
-    /// One batch's export request, encoded. Items left in `items` are handed back to the
-    /// pipeline to be filled again (span blocks).
-    fn body(items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>) -> Vec<u8>;
+    /// One batch's export request, encoded: the chunks sent one after another (`items` is
+    /// emptied). Span blocks are chunks themselves, moved in rather than copied.
+    fn body(items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>) -> Vec<Vec<u8>>;
+    /// A sent chunk worth handing back to the pipeline to be filled again (a span block).
+    fn reuse(_chunk: Vec<u8>) -> Option<Self::Item> {
+        None
+    }
     /// How many spans or records the endpoint rejected.
     fn rejected(response: &Self::Response) -> u64;
 }
@@ -74,31 +78,31 @@ impl SpanBlock {
     }
 }
 
-/// A block buffer larger than this is not reused (a full block of ordinary spans is about
-/// half of it).
-const MAX_SPARE_BYTES: usize = 64 * 1024;
-
-/// The sent blocks worth reusing: a buffer keeps its largest capacity for good, so one grown
-/// by a large span (a long target, a stack trace) is let go, not pinned.
-fn keep_reusable(items: &mut Vec<Item>) {
-    items.retain(|(_, block)| block.bytes.capacity() <= MAX_SPARE_BYTES);
-}
+/// A sent chunk is reused as a block buffer when its capacity is in this range: a buffer
+/// keeps its largest capacity for good, so one grown by a large span (a long target, a stack
+/// trace) is let go, not pinned (a full block of ordinary spans is about half the most); the
+/// small chunks (a resource's header, a block flushed nearly empty) would only grow again.
+const SPARE_BYTES: std::ops::RangeInclusive<usize> = 4 * 1024..=64 * 1024;
 
 impl Signal for Spans {
     type Item = SpanBlock;
     type Response = ExportTraceServiceResponse;
     const WHAT: &'static str = "spans";
-    const MAX_SPARE: usize = 16;
+    /// A batch's blocks (16 of 32 spans) for each request in flight, and one batch more.
+    const MAX_SPARE: usize = 80;
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const HTTP_PATH: &'static str = "/v1/traces";
     fn weight(block: &SpanBlock) -> usize {
         block.spans
     }
-    fn body(items: &mut Vec<Item>) -> Vec<u8> {
-        // Copied into the request: the buffers stay in `items`, to be reused.
-        let body = request(items);
-        keep_reusable(items);
-        body
+    fn body(items: &mut Vec<Item>) -> Vec<Vec<u8>> {
+        request_chunks(std::mem::take(items))
+    }
+    fn reuse(mut chunk: Vec<u8>) -> Option<SpanBlock> {
+        SPARE_BYTES.contains(&chunk.capacity()).then(|| {
+            chunk.clear();
+            SpanBlock { bytes: chunk, spans: 0 }
+        })
     }
     fn rejected(response: &ExportTraceServiceResponse) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_spans.max(0) as u64)
@@ -115,8 +119,8 @@ impl Signal for Logs {
     const MAX_SPARE: usize = 0;
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     const HTTP_PATH: &'static str = "/v1/logs";
-    fn body(items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>) -> Vec<u8> {
-        logs_request(std::mem::take(items)).encode_to_vec()
+    fn body(items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>) -> Vec<Vec<u8>> {
+        vec![logs_request(std::mem::take(items)).encode_to_vec()]
     }
     fn rejected(response: &ExportLogsServiceResponse) -> u64 {
         response.partial_success.as_ref().map_or(0, |p| p.rejected_log_records.max(0) as u64)
@@ -160,22 +164,29 @@ fn group<I>(items: impl IntoIterator<Item = (Arc<ResourceEntry>, I)>) -> Vec<(Ar
 /// One encoded `ExportTraceServiceRequest`, spans grouped under their resources:
 /// `resource_spans = 1 { resource = 1, scope_spans = 2 { scope = 1, spans = 2 } }` (a
 /// block's bytes are its spans' fields already).
-pub fn request(items: &[Item]) -> Vec<u8> {
+#[cfg(test)]
+pub fn request(items: Vec<Item>) -> Vec<u8> {
+    request_chunks(items).concat()
+}
+
+/// [`request`] as chunks to send one after another: each resource's header, then the
+/// buffers of its blocks themselves (the exporter writes them from where the pipeline
+/// encoded them: a copy of every span fewer).
+pub fn request_chunks(items: Vec<Item>) -> Vec<Vec<u8>> {
     let scope = scope().encode_to_vec();
     let field = |len: usize| 1 + wire::varint_len(len as u64) + len;
     let mut out = Vec::new();
-    for (r, blocks) in group(items.iter().map(|(r, b)| (r.clone(), b.bytes.as_slice()))) {
+    for (r, blocks) in group(items.into_iter().map(|(r, b)| (r, b.bytes))) {
         let resource = r.resource.encode_to_vec();
-        let scope_spans = field(scope.len()) + blocks.iter().map(|b| b.len()).sum::<usize>();
+        let scope_spans = field(scope.len()) + blocks.iter().map(Vec::len).sum::<usize>();
         let resource_spans = field(resource.len()) + field(scope_spans);
-        out.reserve(field(resource_spans));
-        wire::bytes_header(&mut out, 1, resource_spans);
-        wire::bytes(&mut out, 1, &resource);
-        wire::bytes_header(&mut out, 2, scope_spans);
-        wire::bytes(&mut out, 1, &scope);
-        for block in &blocks {
-            out.extend_from_slice(block);
-        }
+        let mut header = Vec::with_capacity(32 + resource.len() + scope.len());
+        wire::bytes_header(&mut header, 1, resource_spans);
+        wire::bytes(&mut header, 1, &resource);
+        wire::bytes_header(&mut header, 2, scope_spans);
+        wire::bytes(&mut header, 1, &scope);
+        out.push(header);
+        out.extend(blocks);
     }
     out
 }
@@ -206,10 +217,13 @@ mod tests {
 
     #[test]
     fn only_ordinary_span_blocks_are_kept_for_reuse() {
-        let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });
-        let mut items = vec![(r.clone(), block(16 * 1024, 1)), (r, block(1024 * 1024, 1))];
-        keep_reusable(&mut items);
-        assert_eq!(items.len(), 1);
-        assert!(items[0].1.bytes.capacity() <= MAX_SPARE_BYTES);
+        let reused = |capacity| Spans::reuse(Vec::with_capacity(capacity)).map(|b| b.bytes.capacity());
+        assert_eq!(reused(32 * 1024), Some(32 * 1024));
+        assert_eq!(reused(1024 * 1024), None, "grown by a large span");
+        assert_eq!(reused(200), None, "a resource's header");
+        let mut chunk = Vec::with_capacity(16 * 1024);
+        chunk.extend_from_slice(b"sent");
+        let block = Spans::reuse(chunk).expect("reused");
+        assert!(block.bytes.is_empty() && block.spans == 0, "emptied");
     }
 }

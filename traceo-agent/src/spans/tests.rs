@@ -219,10 +219,10 @@ fn one_resource_per_traced_process_and_spans_grouped_under_it() {
     let (one, two) = (named("6"), named("7"));
     let blocked = [(a.clone(), block(&[&one, &two])), (a.clone(), block(&[&one]))];
     assert_eq!(
-        request(&blocked),
+        request(blocked.into()),
         prost_request(vec![(a.clone(), one.clone()), (a.clone(), two), (a.clone(), one)]).encode_to_vec()
     );
-    let bytes = request(&encoded);
+    let bytes = request(encoded);
     assert_eq!(bytes, prost_request(items).encode_to_vec(), "the request prost would have sent");
     let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("a request");
     let groups: Vec<Vec<&str>> =

@@ -48,29 +48,36 @@ impl Transport {
         }
     }
 
-    /// Send one encoded request; how many items the endpoint rejected.
+    /// Send one encoded request (its chunks one after another); how many items the
+    /// endpoint rejected, and the chunks back for reuse (once written; none if the gRPC
+    /// client still held them).
     pub(super) fn send<S: Signal>(
         &self,
-        body: Vec<u8>,
+        chunks: Vec<Vec<u8>>,
         timeout: Duration,
-    ) -> impl std::future::Future<Output = Sent> + Send + 'static {
+    ) -> impl std::future::Future<Output = Done> + Send + 'static {
         let transport = self.clone();
         async move {
-            let response: S::Response = match transport {
-                Transport::Grpc(channel) => super::grpc::export(channel, S::GRPC_PATH, body)
-                    .await
-                    .map_err(|s| format!("{}: {}", s.code(), s.message()))?,
-                Transport::Http(collector) => {
-                    let answer = tokio::time::timeout(timeout, collector.post(S::HTTP_PATH, &body))
+            match transport {
+                Transport::Grpc(channel) => {
+                    let chunks = Arc::new(chunks);
+                    let sent = super::grpc::export::<S::Response>(channel, S::GRPC_PATH, chunks.clone())
                         .await
-                        .map_err(|_| format!("no answer within {timeout:?}"))?
-                        .map_err(|f| f.0)?;
-                    // A 2xx says the collector took the batch; a body that is not the
-                    // response message (some gateways answer `{}`) rejects nothing.
-                    S::Response::decode(answer.as_slice()).unwrap_or_default()
+                        .map(|r| S::rejected(&r))
+                        .map_err(|s| format!("{}: {}", s.code(), s.message()));
+                    (sent, Arc::try_unwrap(chunks).unwrap_or_default())
                 }
-            };
-            Ok(S::rejected(&response))
+                Transport::Http(collector) => {
+                    let sent = match tokio::time::timeout(timeout, collector.post(S::HTTP_PATH, &chunks)).await {
+                        Err(_) => Err(format!("no answer within {timeout:?}")),
+                        Ok(Err(f)) => Err(f.0),
+                        // A 2xx says the collector took the batch; a body that is not the
+                        // response message (some gateways answer `{}`) rejects nothing.
+                        Ok(Ok(answer)) => Ok(S::rejected(&S::Response::decode(answer.as_slice()).unwrap_or_default())),
+                    };
+                    (sent, chunks)
+                }
+            }
         }
     }
 }
@@ -80,6 +87,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// An export request's outcome: how many spans or records the endpoint rejected, or why it
 /// failed.
 pub(super) type Sent = Result<u64, String>;
+
+/// A finished request: its outcome, and its chunks back for reuse.
+pub(super) type Done = (Sent, Vec<Vec<u8>>);
 
 /// The endpoint as tonic takes it; refuses what this build cannot reach.
 pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {

@@ -218,7 +218,7 @@ impl DbConn {
 fn exchange(op: Box<DbOp>, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) -> Exchange {
     let req = HttpMessage {
         kind: Kind::Request,
-        method: Some(op.operation.clone().unwrap_or_else(|| op.system.as_str().to_owned())),
+        method: Some(op.operation.clone().unwrap_or_else(|| op.system.as_str().to_owned()).into()),
         target: Some(String::new()),
         pid: op.start.pid,
         tid: op.start.tid,

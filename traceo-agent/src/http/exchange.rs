@@ -1,5 +1,6 @@
 //! The record that crosses the rest of the pipeline: one request and its response.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -180,7 +181,8 @@ pub struct Exchange {
     /// TCP sequence numbers of the request's and the response's first bytes, when the kernel
     /// read both (`--shared-state`): the same at both ends of the connection, through NAT.
     pub tcp_seq: Option<[u32; 2]>,
-    pub method: String,
+    /// Borrowed when it is one the parser knows (most): no allocation per exchange.
+    pub method: Cow<'static, str>,
     /// Redacted.
     pub target: String,
     /// Shared with the route normaliser's cache (most exchanges repeat a few routes).

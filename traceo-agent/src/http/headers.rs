@@ -48,7 +48,7 @@ impl HeaderSelection {
     /// secret is ever kept: `new` leaves them out, and the check is case-blind too.
     /// Inlined: the filter turns most fields away at the call, without a call.
     #[inline]
-    pub fn wanted(&self, name: &[u8]) -> Option<&Arc<str>> {
+    pub fn wanted(&self, name: &[u8]) -> Option<Wanted<'_>> {
         if self.slots & (1u64 << slot(name)) == 0 {
             return None;
         }
@@ -56,8 +56,10 @@ impl HeaderSelection {
     }
 
     #[inline(never)]
-    fn find(&self, name: &[u8]) -> Option<&Arc<str>> {
-        self.names.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(name))
+    fn find(&self, name: &[u8]) -> Option<Wanted<'_>> {
+        let i = self.names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(name))?;
+        // The defaults come first (`new`).
+        Some(Wanted { name: &self.names[i], extra: i >= DEFAULT_HEADERS.len() })
     }
 
     /// Keep a header called `name` (any case)? (The parser asks [`Self::wanted`].)
@@ -70,6 +72,14 @@ impl HeaderSelection {
     pub fn is_extra(name: &str) -> bool {
         !DEFAULT_HEADERS.iter().any(|d| d.eq_ignore_ascii_case(name))
     }
+}
+
+/// A header [`HeaderSelection::wanted`] keeps: its lower-case name, and whether it is one of
+/// the user's extras (`--header`) rather than a default.
+#[derive(Clone, Copy, Debug)]
+pub struct Wanted<'a> {
+    pub name: &'a Arc<str>,
+    pub extra: bool,
 }
 
 /// A name's bit in [`HeaderSelection`]'s filter: from its length and first letter (any
@@ -98,18 +108,30 @@ pub fn utf8_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// Kept headers of one message, names lower case, in arrival order. The names are shared
 /// with the selection (no allocation per field).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeptHeaders(Vec<(Arc<str>, String)>);
+pub struct KeptHeaders(Vec<Kept>);
+
+/// One kept header; `extra` if the user asked for it (spans and JSON lines show only those
+/// by name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept {
+    name: Arc<str>,
+    value: String,
+    extra: bool,
+}
 
 impl KeptHeaders {
     /// Keep `value` under `name` (any case); a repeated name keeps its first value.
     pub fn push(&mut self, name: &str, value: &[u8]) {
-        self.push_kept(&Arc::from(name.to_ascii_lowercase()), value);
+        let name = Arc::from(name.to_ascii_lowercase());
+        let extra = HeaderSelection::is_extra(&name);
+        self.push_kept(Wanted { name: &name, extra }, value);
     }
 
     /// [`Self::push`] with the name as [`HeaderSelection::wanted`] gave it (lower case).
-    pub fn push_kept(&mut self, name: &Arc<str>, value: &[u8]) {
+    pub fn push_kept(&mut self, wanted: Wanted<'_>, value: &[u8]) {
+        let name = wanted.name;
         // Kept names are lower case already: compared as they are.
-        if self.0.len() >= MAX_KEPT || self.0.iter().any(|(n, _)| n == name) {
+        if self.0.len() >= MAX_KEPT || self.0.iter().any(|k| k.name == *name) {
             return;
         }
         let text = utf8_lossy(value);
@@ -121,16 +143,22 @@ impl KeptHeaders {
             }
             text = text.get(..cut).unwrap_or_default();
         }
-        self.0.push((Arc::clone(name), super::redact::redact_header_value(text)));
+        let value = super::redact::redact_header_value(text);
+        self.0.push(Kept { name: Arc::clone(name), value, extra: wanted.extra });
     }
 
     /// The value of `name` (any case).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.0.iter().find(|k| k.name.eq_ignore_ascii_case(name)).map(|k| k.value.as_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (&**n, v.as_str()))
+        self.0.iter().map(|k| (&*k.name, k.value.as_str()))
+    }
+
+    /// The user's extras among them (`--header`).
+    pub fn extras(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().filter(|k| k.extra).map(|k| (&*k.name, k.value.as_str()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,12 +190,13 @@ mod tests {
     fn names_of_any_length_are_matched_case_blind() {
         let long = format!("x-{}", "a".repeat(70));
         let sel = HeaderSelection::new(&[long.to_uppercase(), "X-Tenant".to_string()]);
-        assert_eq!(sel.wanted(long.as_bytes()).map(|n| &**n), Some(long.as_str()));
-        assert_eq!(sel.wanted(b"X-TENANT").map(|n| &**n), Some("x-tenant"));
-        assert_eq!(sel.wanted(b"Content-Type").map(|n| &**n), Some("content-type"));
+        let wanted = |name: &[u8]| sel.wanted(name).map(|w| (w.name.to_string(), w.extra));
+        assert_eq!(wanted(long.as_bytes()), Some((long.clone(), true)));
+        assert_eq!(wanted(b"X-TENANT"), Some(("x-tenant".to_owned(), true)));
+        assert_eq!(wanted(b"Content-Type"), Some(("content-type".to_owned(), false)));
         // Same length as a kept name, not kept.
-        assert_eq!(sel.wanted(b"x-tenanT2"), None);
-        assert_eq!(sel.wanted(b"x-tenans"), None);
+        assert_eq!(wanted(b"x-tenanT2"), None);
+        assert_eq!(wanted(b"x-tenans"), None);
     }
 
     #[test]

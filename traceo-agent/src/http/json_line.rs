@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::exchange::Exchange;
-use super::headers::HeaderSelection;
 
 /// Maps CLOCK_MONOTONIC to wall-clock time: `wall_ns = mono_ns + offset_ns`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -173,7 +172,7 @@ impl Exchange {
         o.field("direction", self.role.as_str());
         o.field("pid", self.pid);
         o.field("tid", self.tid);
-        o.field("method", self.method.as_str());
+        o.field("method", &*self.method);
         o.field("target", self.target.as_str());
         o.field("route", &*self.route);
         o.field("status", self.status);
@@ -201,10 +200,9 @@ impl Exchange {
         o.field("kind", "exchange");
         let extras: serde_json::Map<String, Value> = self
             .response_headers
-            .iter()
+            .extras()
             // Later entries win: the request's value over the response's.
-            .chain(self.request_headers.iter())
-            .filter(|(name, _)| HeaderSelection::is_extra(name))
+            .chain(self.request_headers.extras())
             .map(|(n, v)| (n.to_string(), Value::from(v)))
             .collect();
         if !extras.is_empty() {

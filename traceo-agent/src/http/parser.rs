@@ -221,7 +221,7 @@ impl ParseErrorKind {
 pub struct HttpMessage {
     pub kind: Kind,
     /// Requests only.
-    pub method: Option<String>,
+    pub method: Option<std::borrow::Cow<'static, str>>,
     /// Requests only; already redacted.
     pub target: Option<String>,
     /// Responses only; `None` when the status line was lost.

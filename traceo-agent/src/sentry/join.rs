@@ -80,7 +80,7 @@ struct Pending {
 /// What identifies a candidate, for held and passed exchanges alike.
 struct Shape {
     pid: u32,
-    method: String,
+    method: std::borrow::Cow<'static, str>,
     path: String,
     exception: Option<String>,
     start_ns: u64,

@@ -141,7 +141,7 @@ fn name(ex: &Exchange) -> Name<'_> {
     if let Some(mcp) = &ex.mcp {
         return Name::Text(mcp.name());
     }
-    let method = if ex.method.is_empty() { "HTTP" } else { ex.method.as_str() };
+    let method = if ex.method.is_empty() { "HTTP" } else { &*ex.method };
     Name::Http { method, route: &ex.route }
 }
 

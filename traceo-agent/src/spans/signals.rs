@@ -72,6 +72,10 @@ impl SpanBlock {
         }
     }
 
+    pub fn with_capacity(bytes: usize) -> SpanBlock {
+        SpanBlock { bytes: Vec::with_capacity(bytes), spans: 0 }
+    }
+
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.spans = 0;

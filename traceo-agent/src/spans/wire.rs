@@ -12,17 +12,26 @@ const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
 #[inline]
-pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
+pub fn varint(buf: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         // Most are (keys, lengths of attributes): one byte, no loop.
         buf.push(v as u8);
         return;
     }
+    let (bytes, n) = varint_array(v);
+    buf.extend_from_slice(&bytes[..n]);
+}
+
+/// `v`'s varint bytes (the first `n` of the array), on the stack.
+fn varint_array(mut v: u64) -> ([u8; 10], usize) {
+    let (mut bytes, mut n) = ([0u8; 10], 0);
     while v >= 0x80 {
-        buf.push(v as u8 | 0x80);
+        bytes[n] = v as u8 | 0x80;
         v >>= 7;
+        n += 1;
     }
-    buf.push(v as u8);
+    bytes[n] = v as u8;
+    (bytes, n + 1)
 }
 
 pub fn varint_len(v: u64) -> usize {
@@ -121,12 +130,13 @@ pub fn message_reserving(
         return false;
     }
     let len = buf.len() - start;
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, len as u64);
+    // On the stack: a buffer allocated for it cost a malloc per span.
+    let (prefix, n) = varint_array(len as u64);
+    let prefix = &prefix[..n];
     if prefix.len() == reserve {
-        buf[start - reserve..start].copy_from_slice(&prefix);
+        buf[start - reserve..start].copy_from_slice(prefix);
     } else {
-        buf.splice(start - reserve..start, prefix);
+        buf.splice(start - reserve..start, prefix.iter().copied());
     }
     true
 }

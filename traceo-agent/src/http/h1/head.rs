@@ -1,6 +1,7 @@
 //! Parsing a complete HTTP/1.x head (start line + header fields) into what framing needs
 //! and what the exchange keeps.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
@@ -19,7 +20,7 @@ const MAX_STORED_TARGET: usize = 4096;
 pub enum Start {
     /// `target` is already redacted.
     Request {
-        method: String,
+        method: Cow<'static, str>,
         target: String,
         version: Version,
     },
@@ -77,7 +78,7 @@ pub fn parse_start(buf: &[u8], kind: Kind) -> Line<(Start, usize)> {
         Kind::Request => match request_line(buf) {
             Line::Yes(l) => {
                 let start = Start::Request {
-                    method: l.method.to_string(),
+                    method: Cow::Borrowed(l.method),
                     target: stored_target(l.target),
                     version: l.version,
                 };
@@ -148,7 +149,7 @@ fn stored_target(raw: &[u8]) -> String {
 /// is not known; 1.1 is assumed).
 pub fn overlong_start(buf: &[u8]) -> Option<Start> {
     let (method, target) = overlong_request_line(buf)?;
-    Some(Start::Request { method: method.to_owned(), target: stored_target(target), version: Version::Http11 })
+    Some(Start::Request { method: Cow::Borrowed(method), target: stored_target(target), version: Version::Http11 })
 }
 
 /// The error for a start line that is not one.
@@ -183,8 +184,8 @@ pub fn parse_head(buf: &[u8], kind: Kind, sel: &HeaderSelection) -> Result<Head,
             return Err(fail(ParseErrorKind::BadHeader));
         };
         apply_framing(&mut framing, name, value).map_err(fail)?;
-        if let Some(kept) = sel.wanted(name) {
-            headers.push_kept(kept, value);
+        if let Some(wanted) = sel.wanted(name) {
+            headers.push_kept(wanted, value);
         }
     }
     if kind == Kind::Request && framing.transfer_encoding && !framing.chunked {

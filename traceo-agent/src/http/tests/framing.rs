@@ -89,7 +89,7 @@ fn head_204_304_have_no_body_even_with_content_length() {
     s.send(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n");
     s.recv(&get("/after")).send(&ok("done"));
     let (xs, stats) = run(&s.take());
-    let statuses: Vec<_> = xs.iter().map(|x| (x.method.as_str(), x.status, x.response_body_bytes)).collect();
+    let statuses: Vec<_> = xs.iter().map(|x| (&*x.method, x.status, x.response_body_bytes)).collect();
     assert_eq!(
         statuses,
         vec![

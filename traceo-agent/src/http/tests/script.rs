@@ -219,7 +219,7 @@ pub type Summary = (String, String, Option<u16>, u64, Option<u64>);
 
 pub fn summary(xs: &[Exchange]) -> Vec<Summary> {
     xs.iter()
-        .map(|x| (x.method.clone(), x.target.clone(), x.status, x.request_body_bytes, x.response_body_bytes))
+        .map(|x| (x.method.to_string(), x.target.clone(), x.status, x.request_body_bytes, x.response_body_bytes))
         .collect()
 }
 

@@ -32,6 +32,8 @@ pub trait Signal: Send + 'static {
     fn weight(_item: &Self::Item) -> usize {
         1
     }
+    /// About how many bytes `item` adds to a request (bounds a batch's size).
+    fn size(item: &Self::Item) -> usize;
     /// One batch's export request, encoded: the chunks sent one after another (`items` is
     /// emptied). Span blocks are chunks themselves, moved in rather than copied.
     fn body(items: &mut Vec<(Arc<ResourceEntry>, Self::Item)>) -> Vec<Vec<u8>>;
@@ -99,6 +101,9 @@ impl Signal for Spans {
     fn weight(block: &SpanBlock) -> usize {
         block.spans
     }
+    fn size(block: &SpanBlock) -> usize {
+        block.bytes.len()
+    }
     fn body(items: &mut Vec<Item>) -> Vec<Vec<u8>> {
         request_chunks(std::mem::take(items))
     }
@@ -123,6 +128,9 @@ impl Signal for Logs {
     const MAX_SPARE: usize = 0;
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     const HTTP_PATH: &'static str = "/v1/logs";
+    fn size(record: &LogRecord) -> usize {
+        record.encoded_len()
+    }
     fn body(items: &mut Vec<(Arc<ResourceEntry>, LogRecord)>) -> Vec<Vec<u8>> {
         vec![logs_request(std::mem::take(items)).encode_to_vec()]
     }

@@ -348,7 +348,7 @@ fn an_operation_is_a_client_span_named_per_the_conventions_with_its_line() {
     let clock = WallClock::default();
     let span = crate::spans::span(ex, &clock).expect("a span");
     let mut wire = Vec::new();
-    assert!(crate::spans::encode_span(ex, &clock, &mut wire));
+    assert!(crate::spans::encode_span(ex, &clock, &mut crate::spans::ConnRuns::default(), &mut wire));
     assert_eq!(wire, prost::Message::encode_to_vec(&span), "the export path's bytes are prost's");
     assert_eq!(span.name, "INSERT users");
     assert_eq!(span.kind, 3, "CLIENT");

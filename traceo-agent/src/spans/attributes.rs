@@ -27,6 +27,71 @@ pub trait Attrs {
     fn bool(&mut self, key: &str, v: bool);
     /// A one-string array (a kept header's value).
     fn str_array(&mut self, key: &str, v: &str);
+    /// The attributes of the connection an exchange came on, which `write` writes: the same
+    /// for every exchange of a connection with the same `key` (the wire reuses them).
+    fn connection(&mut self, _key: &ConnKey<'_>, write: impl FnOnce(&mut Self)) {
+        write(self);
+    }
+}
+
+/// Everything [`connection_attributes`] reads: equal keys, equal attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnKey<'a> {
+    pub conn_id: u64,
+    role: Role,
+    tls: bool,
+    version: Option<crate::http::Version>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    host: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    tid: u32,
+}
+
+impl ConnKey<'_> {
+    fn of(ex: &Exchange) -> ConnKey<'_> {
+        ConnKey {
+            conn_id: ex.conn_id,
+            role: ex.role,
+            tls: ex.tls,
+            version: ex.version,
+            local: ex.local,
+            peer: ex.peer,
+            host: ex.host(),
+            user_agent: ex.user_agent(),
+            tid: ex.tid,
+        }
+    }
+}
+
+/// A [`ConnKey`] kept (its strings owned, their room reused).
+#[derive(Debug, Default)]
+pub struct OwnedConnKey {
+    key: Option<ConnKey<'static>>,
+    host: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl OwnedConnKey {
+    pub fn matches(&self, k: &ConnKey<'_>) -> bool {
+        let Some(mine) = &self.key else { return false };
+        let plain = |k: &ConnKey<'_>| ConnKey { host: None, user_agent: None, ..*k };
+        plain(mine) == plain(k) && self.host.as_deref() == k.host && self.user_agent.as_deref() == k.user_agent
+    }
+
+    pub fn set(&mut self, k: &ConnKey<'_>) {
+        self.key = Some(ConnKey { host: None, user_agent: None, ..*k });
+        let keep = |kept: &mut Option<String>, v: Option<&str>| match v {
+            Some(v) => {
+                let s = kept.get_or_insert_default();
+                s.clear();
+                s.push_str(v);
+            }
+            None => *kept = None,
+        };
+        keep(&mut self.host, k.host);
+        keep(&mut self.user_agent, k.user_agent);
+    }
 }
 
 impl Attrs for Vec<KeyValue> {
@@ -227,40 +292,11 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
         // The target was redacted by the parser (`http::redact_target`).
         out.str("url.query", q);
     }
-    let scheme = if ex.tls { "https" } else { "http" };
-    out.str("url.scheme", scheme);
-    if ex.tls {
-        out.bool("tls.established", true);
-    }
-    if let Some(v) = ex.version {
-        out.str("network.protocol.version", v.as_str());
-    }
     if let Some(s) = ex.status {
         out.int("http.response.status_code", s);
     }
-    // The server's name: the Host header, else the socket address it was reached at.
-    let peer = ex.peer.map(Addr::new);
-    let server_socket = match ex.role {
-        Role::Server => ex.local,
-        Role::Client => ex.peer,
-    };
-    match ex.host().map(host_port) {
-        Some((host, port)) => {
-            out.str("server.address", host);
-            if let Some(p) = port.or(server_socket.map(|a| a.port())) {
-                out.int("server.port", p);
-            }
-        }
-        None => match ex.role {
-            Role::Server => address(out, SERVER, ex.local.map(Addr::new).as_ref()),
-            Role::Client => address(out, SERVER, peer.as_ref()),
-        },
-    }
     match ex.role {
-        Role::Server => {
-            out.str("http.route", &ex.route);
-            address(out, CLIENT, peer.as_ref());
-        }
+        Role::Server => out.str("http.route", &ex.route),
         Role::Client => {
             let authority = ex.host().map(Cow::Borrowed).or(ex.peer.map(|a| Cow::Owned(a.to_string())));
             if let Some(authority) = authority {
@@ -268,16 +304,13 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
                 if scheme_end(&ex.target).is_some() {
                     out.str("url.full", &ex.target);
                 } else {
-                    out.str_parts("url.full", &[scheme, "://", &authority, &ex.target]);
+                    out.str_parts("url.full", &[scheme(ex), "://", &authority, &ex.target]);
                 }
             }
             out.str("url.template", &ex.route);
         }
     }
-    address(out, PEER, peer.as_ref());
-    if let Some(ua) = ex.user_agent() {
-        out.str("user_agent.original", ua);
-    }
+    out.connection(&ConnKey::of(ex), |out| connection_attributes(ex, out));
     out.int("http.request.body.size", i64::try_from(ex.request_body_bytes).unwrap_or(i64::MAX));
     if let Some(n) = ex.response_body_bytes {
         out.int("http.response.body.size", i64::try_from(n).unwrap_or(i64::MAX));
@@ -285,7 +318,6 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
     if let Some(e) = error_type(ex) {
         out.str("error.type", &e);
     }
-    out.int("thread.id", ex.tid);
     if let Some(id) = ex.correlation_id() {
         out.str("traceo.correlation_id", id);
     }
@@ -309,6 +341,48 @@ pub fn span_attributes(ex: &Exchange, out: &mut impl Attrs) {
     }
     header_attributes(out, "http.request.header", ex.request_headers.extras());
     header_attributes(out, "http.response.header", ex.response_headers.extras());
+}
+
+fn scheme(ex: &Exchange) -> &'static str {
+    if ex.tls { "https" } else { "http" }
+}
+
+/// What an exchange's connection says (its ends, its protocol) and what a connection's
+/// requests nearly always repeat (Host, User-Agent, the thread): all of it from [`ConnKey`].
+fn connection_attributes(ex: &Exchange, out: &mut impl Attrs) {
+    out.str("url.scheme", scheme(ex));
+    if ex.tls {
+        out.bool("tls.established", true);
+    }
+    if let Some(v) = ex.version {
+        out.str("network.protocol.version", v.as_str());
+    }
+    // The server's name: the Host header, else the socket address it was reached at.
+    let peer = ex.peer.map(Addr::new);
+    let server_socket = match ex.role {
+        Role::Server => ex.local,
+        Role::Client => ex.peer,
+    };
+    match ex.host().map(host_port) {
+        Some((host, port)) => {
+            out.str("server.address", host);
+            if let Some(p) = port.or(server_socket.map(|a| a.port())) {
+                out.int("server.port", p);
+            }
+        }
+        None => match ex.role {
+            Role::Server => address(out, SERVER, ex.local.map(Addr::new).as_ref()),
+            Role::Client => address(out, SERVER, peer.as_ref()),
+        },
+    }
+    if ex.role == Role::Server {
+        address(out, CLIENT, peer.as_ref());
+    }
+    address(out, PEER, peer.as_ref());
+    if let Some(ua) = ex.user_agent() {
+        out.str("user_agent.original", ua);
+    }
+    out.int("thread.id", ex.tid);
 }
 
 /// MCP JSON-RPC facts (the first message of a batch; `mcp.batch.size` says there were more).

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
 use crate::http::{Exchange, Role, SpanRef, TraceContext, WallClock};
 
 use super::attributes::{Attrs, error_type, kv, span_attributes};
-use super::wire::{self, WireAttrs};
+use super::wire::{self, ConnRuns, WireAttrs};
 
 /// W3C "sampled": every exchange is recorded.
 const SAMPLED: u32 = 0x01;
@@ -261,7 +261,7 @@ pub fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
 
 /// The span as an encoded `Span` message, the bytes prost would write for `span`'s struct
 /// (fields in tag order, as prost-derive sorts them; see `wire`).
-pub fn encode_span(ex: &Exchange, clock: &WallClock, buf: &mut Vec<u8>) -> bool {
+pub fn encode_span(ex: &Exchange, clock: &WallClock, runs: &mut ConnRuns, buf: &mut Vec<u8>) -> bool {
     let Some(p) = parts(ex, clock) else { return false };
     let t = p.trace;
     wire::opt_bytes(buf, 1, &t.trace_id.0);
@@ -272,19 +272,19 @@ pub fn encode_span(ex: &Exchange, clock: &WallClock, buf: &mut Vec<u8>) -> bool 
     wire::opt_varint(buf, 6, p.kind as u64);
     wire::opt_fixed64(buf, 7, p.start);
     wire::opt_fixed64(buf, 8, p.end);
-    attributes(ex, &mut WireAttrs { buf, field: 9 });
+    attributes(ex, &mut WireAttrs { buf, field: 9, runs: Some(runs) });
     if ex.exception.is_some() {
         wire::message(buf, 11, |b| {
             wire::opt_fixed64(b, 1, p.end);
             wire::opt_bytes(b, 2, b"exception");
-            exception_attributes(ex, &mut WireAttrs { buf: b, field: 3 });
+            exception_attributes(ex, &mut WireAttrs::new(b, 3));
         });
     }
     for (to, candidate) in links(ex) {
         wire::message(buf, 13, |b| {
             wire::opt_bytes(b, 1, &to.trace_id.0);
             wire::opt_bytes(b, 2, &to.span_id.0);
-            link_attributes(candidate, &mut WireAttrs { buf: b, field: 4 });
+            link_attributes(candidate, &mut WireAttrs::new(b, 4));
             wire::opt_fixed32(b, 6, SAMPLED);
         });
     }

@@ -26,6 +26,7 @@ pub use export::{ExportConfig, ExportCounts, Exporter};
 use signals::request;
 pub use signals::{Logs, SpanBlock, Spans, logs_request};
 pub use transport::parse_endpoint;
+pub use wire::ConnRuns;
 
 use crate::http::{Exchange, WallClock};
 
@@ -115,6 +116,7 @@ pub struct SpanOutput {
     exporter: Exporter,
     /// Spans not yet handed over, a block per resource.
     blocks: blocks::OpenBlocks,
+    runs: wire::ConnRuns,
 }
 
 impl SpanOutput {
@@ -123,6 +125,7 @@ impl SpanOutput {
             builder: SpanBuilder::new(clock, host),
             exporter: Exporter::start(ExportConfig::new(target))?,
             blocks: blocks::OpenBlocks::default(),
+            runs: wire::ConnRuns::default(),
         })
     }
 
@@ -130,7 +133,8 @@ impl SpanOutput {
         // Encoded straight into its resource's block (an exchange without ids has no span).
         let resource = self.builder.resource(&ex.service, ex.pid);
         let clock = *self.builder.clock();
-        self.blocks.push_with(resource, &mut self.exporter, |buf| encode_span(ex, &clock, buf));
+        let runs = &mut self.runs;
+        self.blocks.push_with(resource, &mut self.exporter, |buf| encode_span(ex, &clock, runs, buf));
     }
 
     /// Hand over the spans encoded so far (the pipeline has caught up with its events: they

@@ -14,17 +14,24 @@ use crate::events::Event;
 use crate::http::tests::script::{Script, get, ok};
 use crate::http::{ConnTracker, Exchange, TrackerConfig, WallClock};
 
+use super::ConnRuns;
 use super::{ResourceEntry, SpanBlock, request, resource};
 
 /// The prost span of an exchange, checked against the export path's bytes for it: the
 /// same message, byte for byte.
+/// Encoded twice: the second time its connection attributes are the ones kept from the
+/// first (`ConnRuns`), and must be the same bytes.
 fn span(ex: &Exchange, clock: &WallClock) -> Option<Span> {
-    let mut wire = Vec::new();
-    let encoded = super::encode_span(ex, clock, &mut wire);
+    let (mut wire, mut runs) = (Vec::new(), ConnRuns::default());
+    let encoded = super::encode_span(ex, clock, &mut runs, &mut wire);
     let sp = super::span(ex, clock);
     assert_eq!(encoded, sp.is_some());
     if let Some(sp) = &sp {
         assert_eq!(wire, sp.encode_to_vec(), "encode_span differs from prost for {sp:?}");
+        let mut again = Vec::new();
+        assert!(super::encode_span(ex, clock, &mut runs, &mut again));
+        assert_eq!(again, wire, "encoded again with its connection's kept attributes");
+        assert_eq!(runs.hits, u64::from(ex.db.is_none()));
     }
     sp
 }
@@ -376,4 +383,36 @@ fn spans_in_open_blocks_are_sent_or_counted_when_the_output_is_dropped() {
     let handed: u64 = counts.exported.load(std::sync::atomic::Ordering::Relaxed)
         + counts.dropped().iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(handed, 1, "the span in the open block was neither sent nor counted");
+}
+
+/// Requests of one connection whose Host or User-Agent differ, or two connections on one
+/// slot, never take each other's connection attributes.
+#[test]
+fn kept_connection_attributes_are_reused_only_for_the_same_connection_facts() {
+    let mut s = Script::accepted(1);
+    s.recv(b"GET /a HTTP/1.1\r\nHost: one:80\r\nUser-Agent: x/1\r\n\r\n");
+    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.recv(b"GET /b HTTP/1.1\r\nHost: one:80\r\nUser-Agent: x/1\r\n\r\n");
+    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.recv(b"GET /c HTTP/1.1\r\nHost: two:81\r\nUser-Agent: x/1\r\n\r\n");
+    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.recv(b"GET /d HTTP/1.1\r\nHost: two:81\r\nUser-Agent: y/2\r\n\r\n");
+    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    s.close();
+    let mut xs = exchanges(TrackerConfig::default(), &s.take());
+    assert_eq!(xs.len(), 4);
+    // A fifth on another connection that shares the first's slot, with another peer.
+    let mut other = xs[0].clone();
+    other.conn_id += 256;
+    other.peer = Some("10.1.2.3:4444".parse().expect("address"));
+    xs.push(other);
+    let mut runs = ConnRuns::default();
+    for ex in &xs {
+        let mut wire = Vec::new();
+        assert!(super::encode_span(ex, &CLOCK, &mut runs, &mut wire));
+        let sp = super::span(ex, &CLOCK).expect("a span");
+        assert_eq!(wire, sp.encode_to_vec(), "{}", ex.target);
+    }
+    // /b repeats /a's; /c, /d and the other connection each differ from the span before.
+    assert_eq!((runs.hits, runs.misses), (1, 4));
 }

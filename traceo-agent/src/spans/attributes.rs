@@ -132,8 +132,9 @@ pub fn path_and_query(target: &str) -> (&str, Option<&str>) {
         }
         None => target,
     };
-    match after_authority.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    // By memchr: `split_once` with a char pattern cost more than the rest of this per span.
+    match memchr::memchr(b'?', after_authority.as_bytes()) {
+        Some(i) => (&after_authority[..i], Some(&after_authority[i + 1..])),
         None => (after_authority, None),
     }
 }

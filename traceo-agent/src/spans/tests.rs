@@ -390,14 +390,12 @@ fn spans_in_open_blocks_are_sent_or_counted_when_the_output_is_dropped() {
 #[test]
 fn kept_connection_attributes_are_reused_only_for_the_same_connection_facts() {
     let mut s = Script::accepted(1);
-    s.recv(b"GET /a HTTP/1.1\r\nHost: one:80\r\nUser-Agent: x/1\r\n\r\n");
-    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    s.recv(b"GET /b HTTP/1.1\r\nHost: one:80\r\nUser-Agent: x/1\r\n\r\n");
-    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    s.recv(b"GET /c HTTP/1.1\r\nHost: two:81\r\nUser-Agent: x/1\r\n\r\n");
-    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    s.recv(b"GET /d HTTP/1.1\r\nHost: two:81\r\nUser-Agent: y/2\r\n\r\n");
-    s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    for (path, host, agent) in
+        [("/a", "one:80", "x/1"), ("/b", "one:80", "x/1"), ("/c", "two:81", "x/1"), ("/d", "two:81", "y/2")]
+    {
+        s.recv(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\n\r\n").as_bytes());
+        s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
     s.close();
     let mut xs = exchanges(TrackerConfig::default(), &s.take());
     assert_eq!(xs.len(), 4);

@@ -259,8 +259,9 @@ impl IpText {
     fn as_str(&self) -> &str {
         let text = self.buf.get(..self.len).unwrap_or_default();
         debug_assert!(text.is_ascii());
-        // SAFETY: only ASCII is ever written (digits and dots, or `Ipv6Addr`'s text), so any
-        // prefix is UTF-8. Validating it cost more than formatting the address.
+        // SAFETY: `push` writes ASCII digits and dots only, and `write_str` appends a whole
+        // `&str` or nothing: the bytes so far are UTF-8. Validating them again cost more than
+        // formatting the address.
         unsafe { std::str::from_utf8_unchecked(text) }
     }
 }

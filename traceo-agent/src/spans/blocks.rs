@@ -8,8 +8,10 @@ use super::{Exporter, ResourceEntry, SpanBlock};
 /// A block goes once it holds this many spans or bytes.
 const BLOCK_SPANS: usize = 32;
 const BLOCK_BYTES: usize = 32 * 1024;
-/// A new block buffer's capacity: a full block and an ordinary span past it.
-const BLOCK_CAPACITY: usize = BLOCK_BYTES + 4 * 1024;
+/// A new block buffer's capacity: a quarter of a full block, so it grows at most twice (from
+/// nothing it was copied a dozen times), while a block handed over nearly empty (the pipeline
+/// caught up with a quiet stream) holds little room idle.
+const BLOCK_CAPACITY: usize = 8 * 1024;
 /// Resources with a block open at most (a resource is a traced process's service: a server's
 /// worker processes each have one, and their spans come interleaved). Past it, the fullest
 /// block goes: the others keep filling.
@@ -64,7 +66,6 @@ impl OpenBlocks {
                     if self.open.len() >= MAX_OPEN {
                         self.send_fullest(sink);
                     }
-                    // A new buffer is made the size a block reaches (no copies as it grows).
                     let mut block = sink.spare().unwrap_or_else(|| SpanBlock::with_capacity(BLOCK_CAPACITY));
                     block.clear();
                     self.open.push((resource, block));

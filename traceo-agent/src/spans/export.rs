@@ -34,7 +34,7 @@ pub struct ExportConfig {
     pub protocol: Protocol,
     /// Spans waiting for export at most; more are dropped and counted.
     pub max_queue: usize,
-    /// Spans per export request at most.
+    /// Spans per export request at most; also how many queued wake the exporter thread.
     pub max_batch: usize,
     /// A partial batch is sent after this long.
     pub interval: Duration,
@@ -90,8 +90,9 @@ impl ExportCounts {
 /// flight (58 at 512), past issue #16's 64. A batch also ends at [`MAX_BATCH_BYTES`].
 const MAX_BATCH_HTTP: usize = 2048;
 const MAX_BATCH_GRPC: usize = 512;
-/// Encoded bytes per export request at most (a batch ends at its first item past it): half
-/// the 4 MiB a gRPC server takes by default, so a batch of long spans is not refused whole.
+/// Encoded bytes a batch ends at (at the first item that reaches it; the resources' headers
+/// add a little): half the 4 MiB a gRPC server takes by default, so a batch of long spans is
+/// not refused whole.
 const MAX_BATCH_BYTES: usize = 2 << 20;
 
 /// The exporter thread is woken once a batch's worth of spans or records waits

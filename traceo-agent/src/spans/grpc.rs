@@ -37,6 +37,9 @@ impl Encoder for RawEncoder {
     type Error = tonic::Status;
 
     fn encode(&mut self, item: Chunks, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        // Room for the whole request first: put chunk by chunk, the buffer grew (and was
+        // copied) several times over, ending up to twice the request's size.
+        dst.reserve(item.iter().map(Vec::len).sum());
         for chunk in item.iter() {
             dst.put_slice(chunk);
         }

@@ -2,7 +2,8 @@
 //! one HTTP/1.1 POST on a kept-alive connection. Measured beside OTLP/gRPC under load, gRPC
 //! cost the agent more per span than encoding it: HTTP/2 sends a 256 KiB request in 16 KiB
 //! frames through 64 KiB flow-control windows the collector reopens, each a wake-up of the
-//! exporter thread; here the request is one write of the head and the body.
+//! exporter thread; here the request is one `writev` of the head and the span blocks as they
+//! are (more only when the socket takes less, or past 1,024 buffers in one call).
 
 use std::io::IoSlice;
 use std::sync::Mutex;

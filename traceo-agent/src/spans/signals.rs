@@ -94,7 +94,8 @@ impl Signal for Spans {
     type Item = SpanBlock;
     type Response = ExportTraceServiceResponse;
     const WHAT: &'static str = "spans";
-    /// A batch's blocks (16 of 32 spans) for each request in flight, and one batch more.
+    /// A gRPC batch's blocks (16 of 32 spans) for each request in flight, and one batch more;
+    /// an OTLP/HTTP batch is 64 blocks or more, and those past this are freed.
     const MAX_SPARE: usize = 80;
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const HTTP_PATH: &'static str = "/v1/traces";
@@ -105,7 +106,8 @@ impl Signal for Spans {
         block.bytes.len()
     }
     fn body(items: &mut Vec<Item>) -> Vec<Vec<u8>> {
-        request_chunks(std::mem::take(items))
+        // Drained: the batch's own vector keeps its room for the next batch.
+        request_chunks(items.drain(..))
     }
     fn reuse(mut chunk: Vec<u8>) -> Option<SpanBlock> {
         SPARE_BYTES.contains(&chunk.capacity()).then(|| {
@@ -184,7 +186,7 @@ pub fn request(items: Vec<Item>) -> Vec<u8> {
 /// [`request`] as chunks to send one after another: each resource's header, then the
 /// buffers of its blocks themselves (the exporter writes them from where the pipeline
 /// encoded them: a copy of every span fewer).
-pub fn request_chunks(items: Vec<Item>) -> Vec<Vec<u8>> {
+pub fn request_chunks(items: impl IntoIterator<Item = Item>) -> Vec<Vec<u8>> {
     let scope = scope().encode_to_vec();
     let field = |len: usize| 1 + wire::varint_len(len as u64) + len;
     let mut out = Vec::new();

@@ -195,6 +195,8 @@ pub struct ConnRuns {
 #[derive(Default)]
 struct Run {
     key: OwnedConnKey,
+    /// The `KeyValue`s' field number in `bytes` (9: a span's attributes).
+    field: u32,
     bytes: Vec<u8>,
 }
 
@@ -228,7 +230,7 @@ impl Attrs for WireAttrs<'_> {
             runs.slots.resize_with(RUN_SLOTS, Run::default);
         }
         let run = &mut runs.slots[(key.conn_id % RUN_SLOTS as u64) as usize];
-        if run.key.matches(key) {
+        if run.field == self.field && run.key.matches(key) {
             runs.hits += 1;
             self.buf.extend_from_slice(&run.bytes);
         } else {
@@ -236,6 +238,7 @@ impl Attrs for WireAttrs<'_> {
             let start = self.buf.len();
             write(self);
             run.key.set(key);
+            run.field = self.field;
             run.bytes.clear();
             run.bytes.extend_from_slice(&self.buf[start..]);
         }

@@ -236,12 +236,9 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                             }
                         }
                     }
-                    match source.ready() {
-                        Some(next) => event = next,
-                        None => {
-                            lp.sink.caught_up();
-                            break;
-                        }
+                    if !source.ready_into(&mut event) {
+                        lp.sink.caught_up();
+                        break;
                     }
                 }
             }

@@ -38,13 +38,12 @@ impl RingSource {
         Ok(RingSource { ring, decoder: Decoder::default(), read: 0, decode_errors: 0, turn_read: 0 })
     }
 
-    /// The next event in the ring buffer, if any (without waiting), until [`BATCH`] were
-    /// handed over in this turn of the live loop.
-    pub fn ready(&mut self) -> Option<Event> {
-        if self.turn_read >= BATCH {
-            return None;
-        }
-        self.decode_next()
+    /// The next event in the ring buffer, if any (without waiting), into `slot`, until
+    /// [`BATCH`] were handed over in this turn of the live loop. Into the caller's slot: an
+    /// event returned by value was copied twice more on its way (a few percent of the
+    /// pipeline thread).
+    pub fn ready_into(&mut self, slot: &mut Event) -> bool {
+        self.turn_read < BATCH && self.decode_into(slot)
     }
 
     /// Hand over everything already in the ring buffer, without waiting.
@@ -59,13 +58,24 @@ impl RingSource {
     /// decoded in batches into a queue first (64, earlier 4,096), each 160-byte event was
     /// copied in and out of the queue, a tenth of the pipeline thread's time in copies.
     fn decode_next(&mut self) -> Option<Event> {
+        self.decode_with(|event| event)
+    }
+
+    /// [`Self::decode_next`] into `slot`; false (and `slot` as it was) when the ring is empty.
+    fn decode_into(&mut self, slot: &mut Event) -> bool {
+        self.decode_with(|event| *slot = event).is_some()
+    }
+
+    /// The next event decoded, handed to `put`.
+    #[inline(always)]
+    fn decode_with<T>(&mut self, put: impl FnOnce(Event) -> T) -> Option<T> {
         let ring = self.ring.get_mut();
         loop {
             let item = ring.next()?;
             self.read += 1;
             self.turn_read += 1;
             match self.decoder.decode(&item) {
-                Ok(event) => return Some(event),
+                Ok(event) => return Some(put(event)),
                 Err(e) => {
                     if self.decode_errors == 0 {
                         log::warn!(

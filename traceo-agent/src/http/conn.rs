@@ -276,14 +276,21 @@ impl Conn {
         (ctx.out)(Tracked::Request(seen));
     }
 
-    fn emit(&mut self, role: Role, req: HttpMessage, resp: Option<HttpMessage>, ctx: &mut Ctx<'_>) {
+    fn emit(&mut self, role: Role, req: Box<HttpMessage>, resp: Option<Box<HttpMessage>>, ctx: &mut Ctx<'_>) {
         if resp.is_none() {
             ctx.stats.unpaired_requests += 1;
         }
         ctx.stats.exchanges += 1;
         let seq = self.exchanges_out;
         self.exchanges_out += 1;
-        (ctx.out)(Tracked::Exchange(Box::new(Exchange::build(&self.info, role, seq, req, resp, ctx.routes))));
+        (ctx.out)(Tracked::Exchange(Box::new(Exchange::build(
+            &self.info,
+            role,
+            seq,
+            *req,
+            resp.map(|r| *r),
+            ctx.routes,
+        ))));
         // After a loss: the flushed exchanges and the first one parsed afresh are flagged.
         if self.info.lossy && self.resynced_after_loss {
             self.info.lossy = false;

@@ -12,7 +12,7 @@ use super::parser::{HttpMessage, Kind};
 const MAX_QUEUED: usize = 128;
 
 /// A request and its response, or a request given up without one.
-pub type Pair = (HttpMessage, Option<HttpMessage>);
+pub type Pair = (Box<HttpMessage>, Option<Box<HttpMessage>>);
 
 #[derive(Debug, Default)]
 pub struct Pairing {
@@ -22,8 +22,8 @@ pub struct Pairing {
 
 #[derive(Debug, Default)]
 struct Queues {
-    requests: VecDeque<HttpMessage>,
-    responses: VecDeque<HttpMessage>,
+    requests: VecDeque<Box<HttpMessage>>,
+    responses: VecDeque<Box<HttpMessage>>,
     /// Responses dropped for lack of room.
     dropped: usize,
 }
@@ -43,7 +43,7 @@ impl Pairing {
         }
     }
 
-    pub fn push(&mut self, msg: HttpMessage) -> Option<Pair> {
+    pub fn push(&mut self, msg: Box<HttpMessage>) -> Option<Pair> {
         let q = self.queues.get_or_insert_with(Box::default);
         let (mine, theirs) = match msg.kind {
             Kind::Request => (&mut q.requests, &mut q.responses),
@@ -87,7 +87,7 @@ impl Pairing {
     }
 
     /// The connection ended: requests left unanswered, and how many responses had no request.
-    pub fn flush(&mut self) -> (Vec<HttpMessage>, usize) {
+    pub fn flush(&mut self) -> (Vec<Box<HttpMessage>>, usize) {
         let Some(mut q) = self.queues.take() else { return (Vec::new(), 0) };
         let unpaired = q.responses.len() + q.dropped;
         (q.requests.drain(..).collect(), unpaired)
@@ -98,8 +98,8 @@ impl Pairing {
 mod tests {
     use super::*;
 
-    fn msg(kind: Kind, n: u64) -> HttpMessage {
-        HttpMessage { kind, body_size: n, ..HttpMessage::default() }
+    fn msg(kind: Kind, n: u64) -> Box<HttpMessage> {
+        Box::new(HttpMessage { kind, body_size: n, ..HttpMessage::default() })
     }
 
     #[test]

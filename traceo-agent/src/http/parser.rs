@@ -251,7 +251,9 @@ pub struct HttpMessage {
 /// What a parser reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Message(HttpMessage),
+    /// Boxed: a message moves through the connection's queues and pairing (160 bytes
+    /// copied a dozen times per exchange, inline).
+    Message(Box<HttpMessage>),
     Error(ParseErrorKind),
     /// A stream found a start line again after losing its place (or after a midstream join).
     Resynced,

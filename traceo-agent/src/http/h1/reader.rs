@@ -73,7 +73,7 @@ pub struct Reader {
     /// `None` until the connection's role is known.
     kind: Option<Kind>,
     state: State,
-    msg: Option<HttpMessage>,
+    msg: Option<Box<HttpMessage>>,
     scanner: Scanner,
 }
 
@@ -136,7 +136,7 @@ impl Reader {
     }
 
     /// The message a `Complete` or `Failed` event announced.
-    pub fn take_message(&mut self) -> Option<HttpMessage> {
+    pub fn take_message(&mut self) -> Option<Box<HttpMessage>> {
         self.msg.take()
     }
 
@@ -368,8 +368,8 @@ impl Reader {
         }
     }
 
-    fn new_message(&self, seg: &Segment) -> HttpMessage {
-        HttpMessage {
+    fn new_message(&self, seg: &Segment) -> Box<HttpMessage> {
+        Box::new(HttpMessage {
             kind: self.kind.unwrap_or_default(),
             pid: seg.pid,
             tid: seg.tid,
@@ -379,7 +379,7 @@ impl Reader {
             end_ns: seg.end_ns,
             truncated: matches!(seg.kind, SegKind::Gap(_)),
             ..HttpMessage::default()
-        }
+        })
     }
 
     fn touch(&mut self, seg: &Segment) {

@@ -227,21 +227,21 @@ impl Correlator {
             Role::Server => (server_key(seen.local, seen.peer), true),
             Role::Client => (client_key(seen.local, seen.peer), false),
         };
-        let node = Node {
+        let span_id = self.ids.span_id();
+        self.nodes.insert_with(id, || Node {
             request,
             role: seen.role,
             pid: seen.pid,
             tid: seen.tid,
             pair,
             start_ns: seen.start_ns,
-            span_id: self.ids.span_id(),
+            span_id,
             carried: seen.carried,
             task_ctx: seen.task_ctx,
             state: State::Waiting(Wait::New),
             dependents: Vec::new(),
             watchers: Vec::new(),
-        };
-        self.nodes.insert(id, node);
+        });
         self.deadlines.push_back((self.now_ns.saturating_add(self.cfg.hold_ns), id));
         if server {
             self.server_seen(id)

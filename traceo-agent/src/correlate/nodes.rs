@@ -34,23 +34,31 @@ impl Nodes {
     }
 
     /// Add request `id`, newer than any added before.
+    #[cfg(test)]
     pub(super) fn insert(&mut self, id: Id, node: Node) {
+        self.insert_with(id, || node);
+    }
+
+    /// [`Self::insert`] of the node `make` builds, built where it is kept (built first and
+    /// moved in, each request's few hundred bytes were copied twice).
+    #[inline(always)]
+    pub(super) fn insert_with(&mut self, id: Id, make: impl FnOnce() -> Node) {
         if self.slots.is_empty() {
             self.base = id;
         }
         let Some(at) = id.checked_sub(self.base).and_then(|i| usize::try_from(i).ok()) else {
             // Not newer than the window's start: kept, in order, with the old ones.
-            self.len += usize::from(self.old.insert(id, node).is_none());
+            self.len += usize::from(self.old.insert(id, make()).is_none());
             return;
         };
         if at < self.slots.len() {
             let slot = &mut self.slots[at];
             self.len += usize::from(slot.is_none());
-            *slot = Some(node);
+            *slot = Some(make());
             return;
         }
         self.slots.resize_with(at, || None);
-        self.slots.push_back(Some(node));
+        self.slots.push_back(Some(make()));
         self.len += 1;
         while self.slots.len() > self.span {
             if let Some(Some(n)) = self.slots.pop_front() {

@@ -117,19 +117,22 @@ impl TlsBinder {
             Event::Data(d) if d.syscall.is_tls() => self.plaintext(d, out),
             Event::Data(d) => {
                 self.socket_io(d, out);
-                if !self.conns.contains_key(&d.conn_id) && is_tls_handshake(&d.payload) {
-                    self.mark_tls(d.conn_id, d.meta.pid);
-                    if let Some(c) = self.conns.get_mut(&d.conn_id) {
-                        c.hello = Some(d.direction);
+                // One lookup for the plaintext connections nearly every event is on.
+                match self.conns.get_mut(&d.conn_id) {
+                    Some(c) => {
+                        if c.answer.is_none() && c.hello.is_some_and(|h| h != d.direction) && !d.payload.is_empty() {
+                            c.answer = Some(is_tls_record(&d.payload));
+                        }
+                        self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                     }
-                }
-                if let Some(c) = self.conns.get_mut(&d.conn_id) {
-                    if c.answer.is_none() && c.hello.is_some_and(|h| h != d.direction) && !d.payload.is_empty() {
-                        c.answer = Some(is_tls_record(&d.payload));
+                    None if is_tls_handshake(&d.payload) => {
+                        self.mark_tls(d.conn_id, d.meta.pid);
+                        if let Some(c) = self.conns.get_mut(&d.conn_id) {
+                            c.hello = Some(d.direction);
+                        }
+                        self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                     }
-                    self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
-                } else {
-                    out(ev);
+                    None => out(ev),
                 }
             }
             Event::ConnClose(c) => {

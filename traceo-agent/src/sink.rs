@@ -448,14 +448,15 @@ impl EventSink for HttpPipeline {
                 }
             }
             emitter.poll_shared();
-            tracker.handle(event, &mut |t| {
-                if let Tracked::Request(seen) = &t {
+            tracker.handle(event, &mut |t| match t {
+                Tracked::Request(mut seen) => {
                     if let Some(logs) = &mut emitter.logs {
-                        logs.request_seen(seen);
+                        logs.request_seen(&seen);
                     }
-                    emitter.outputs.sentry.request_seen(seen);
+                    emitter.outputs.sentry.request_seen(&seen);
+                    correlator.push_request(&mut seen, &mut |ex| emitter.emit(ex))
                 }
-                correlator.push(t, &mut |ex| emitter.emit(ex))
+                Tracked::Exchange(ex) => correlator.push_exchange(ex, &mut |ex| emitter.emit(ex)),
             });
         });
         emitter.outputs.result()

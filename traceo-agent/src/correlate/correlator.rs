@@ -165,11 +165,22 @@ impl Correlator {
     /// Take what the tracker reports; exchanges come out through `out` once resolved.
     pub fn push(&mut self, tracked: Tracked, out: &mut impl FnMut(Box<Exchange>)) {
         match tracked {
-            Tracked::Request(seen) => {
-                self.seen(seen);
-            }
-            Tracked::Exchange(ex) => self.completed(ex),
+            Tracked::Request(mut seen) => self.push_request(&mut seen, out),
+            Tracked::Exchange(ex) => self.push_exchange(ex, out),
         }
+    }
+
+    /// [`Self::push`] of a request seen; its carried context is taken. (Callers that match
+    /// first pass references and the exchange's box alone: a `Tracked` or a `RequestSeen`
+    /// moved whole is a memory copy of a few hundred bytes.)
+    pub fn push_request(&mut self, seen: &mut RequestSeen, out: &mut impl FnMut(Box<Exchange>)) {
+        self.seen(seen);
+        self.ready.drain(..).for_each(&mut *out);
+    }
+
+    /// [`Self::push`] of a completed exchange.
+    pub fn push_exchange(&mut self, ex: Box<Exchange>, out: &mut impl FnMut(Box<Exchange>)) {
+        self.completed(ex);
         self.ready.drain(..).for_each(&mut *out);
     }
 
@@ -203,7 +214,7 @@ impl Correlator {
     }
 
     /// Taken by value: its carried context moves into the node (no string copies).
-    fn seen(&mut self, seen: RequestSeen) -> Id {
+    fn seen(&mut self, seen: &mut RequestSeen) -> Id {
         self.now_ns = self.now_ns.max(seen.start_ns);
         let request = (seen.conn_id, seen.seq);
         let id = self.next_id;
@@ -236,7 +247,7 @@ impl Correlator {
             pair,
             start_ns: seen.start_ns,
             span_id,
-            carried: seen.carried,
+            carried: std::mem::take(&mut seen.carried),
             task_ctx: seen.task_ctx,
             state: State::Waiting(Wait::New),
             dependents: Vec::new(),
@@ -356,7 +367,7 @@ impl Correlator {
             Some(id) if self.nodes.contains_key(&id) => id,
             _ => {
                 self.stats.unannounced += 1;
-                let id = self.seen(RequestSeen::of(&ex));
+                let id = self.seen(&mut RequestSeen::of(&ex));
                 self.by_request.remove(&(ex.conn_id, ex.request_seq));
                 id
             }

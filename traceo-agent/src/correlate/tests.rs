@@ -121,8 +121,8 @@ impl Req {
             &info,
             self.role,
             0,
-            request,
-            Some(response),
+            Box::new(request),
+            Some(Box::new(response)),
             &RouteNormalizer::new(&[]),
         )))
     }

@@ -236,7 +236,7 @@ fn exchange(op: Box<DbOp>, seq: u64, info: &ConnInfo, routes: &RouteNormalizer) 
         task_ctx: r.task_ctx,
         ..HttpMessage::default()
     });
-    let mut ex = Exchange::build(info, Role::Client, seq, req, resp, routes);
+    let mut ex = Exchange::build(info, Role::Client, seq, Box::new(req), resp.map(Box::new), routes);
     ex.route = "".into();
     ex.db = Some(op);
     ex

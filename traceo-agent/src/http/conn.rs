@@ -283,14 +283,7 @@ impl Conn {
         ctx.stats.exchanges += 1;
         let seq = self.exchanges_out;
         self.exchanges_out += 1;
-        (ctx.out)(Tracked::Exchange(Box::new(Exchange::build(
-            &self.info,
-            role,
-            seq,
-            *req,
-            resp.map(|r| *r),
-            ctx.routes,
-        ))));
+        (ctx.out)(Tracked::Exchange(Box::new(Exchange::build(&self.info, role, seq, req, resp, ctx.routes))));
         // After a loss: the flushed exchanges and the first one parsed afresh are flagged.
         if self.info.lossy && self.resynced_after_loss {
             self.info.lossy = false;

@@ -296,13 +296,14 @@ impl Tracked {
 }
 
 impl Exchange {
-    /// Join a request with its response (if any).
+    /// Join a request with its response (if any). The messages' fields are moved out of
+    /// their boxes one by one (unboxed whole first, each was copied again).
     pub fn build(
         conn: &ConnInfo,
         role: Role,
         request_seq: u64,
-        req: HttpMessage,
-        resp: Option<HttpMessage>,
+        req: Box<HttpMessage>,
+        resp: Option<Box<HttpMessage>>,
         routes: &RouteNormalizer,
     ) -> Exchange {
         let target = req.target.unwrap_or_default();

@@ -82,7 +82,8 @@ impl Pipeline {
 
     pub fn event(&mut self, event: &Event) {
         let Pipeline { tls, tracker, correlator, emitter } = self;
-        tls.process(event, &mut |event| {
+        // The stages take a data event's payload: the caller keeps its own.
+        tls.process(&mut event.clone(), &mut |event| {
             correlator.observe(event);
             tracker.handle(event, &mut |t| correlator.push(t, &mut |ex| emitter.emit(ex)));
         });

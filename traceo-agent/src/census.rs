@@ -75,7 +75,7 @@ fn fold(pids: &mut BTreeMap<u32, (Option<u32>, u8)>, c: &ConnSeen) {
 }
 
 impl EventSink for Census {
-    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+    fn event(&mut self, event: &mut Event) -> anyhow::Result<()> {
         let Census { tls, tracker, conns, pids, .. } = self;
         match event {
             Event::Data(d) => {
@@ -90,9 +90,10 @@ impl EventSink for Census {
             }
             Event::ConnClose(c) => {
                 // Its last exchange comes out of the tracker below, before it is folded.
+                let conn_id = c.conn_id;
                 let mut found = 0;
                 tls.process(event, &mut |ev| tracker.handle(ev, &mut |t| found |= protocol(&t)));
-                if let Some(mut seen) = conns.remove(&c.conn_id) {
+                if let Some(mut seen) = conns.remove(&conn_id) {
                     seen.found |= found;
                     fold(pids, &seen);
                 }
@@ -151,7 +152,7 @@ mod tests {
         let mut o = Script::connected(3);
         o.send(b"hello there, unknown protocol\n").recv(b"ok\n").close();
         for ev in s.take().iter().chain(r.take().iter()).chain(o.take().iter()) {
-            census.event(ev).unwrap();
+            census.event(&mut ev.clone()).unwrap();
         }
         census.finish().unwrap();
         let report = census.report();

@@ -207,7 +207,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 async fn replay_into(source: &mut FileSource, sink: &mut dyn EventSink) -> anyhow::Result<u64> {
     let mut count = 0u64;
     let mut last_tick = 0u64;
-    while let Some(event) = source.next_event().await? {
+    while let Some(mut event) = source.next_event().await? {
         count += 1;
         let now = event.meta().ts_ns;
         if now >= last_tick + 1_000_000_000 {
@@ -216,7 +216,7 @@ async fn replay_into(source: &mut FileSource, sink: &mut dyn EventSink) -> anyho
             }
             last_tick = now;
         }
-        sink.event(&event)?;
+        sink.event(&mut event)?;
     }
     sink.finish()?;
     Ok(count)

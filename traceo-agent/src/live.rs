@@ -89,7 +89,7 @@ struct Loop<'a, M: PidMap, S: EventSink + ?Sized> {
 
 impl<M: PidMap, S: EventSink + ?Sized> Loop<'_, M, S> {
     /// Let the tracker see every event; pass on those about traced processes.
-    fn deliver(&mut self, event: &Event) -> anyhow::Result<()> {
+    fn deliver(&mut self, event: &mut Event) -> anyhow::Result<()> {
         self.counters.count(event);
         if self.tracker.on_event(event) {
             self.summary.events += 1;
@@ -200,7 +200,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
                 // Events the source already holds are handled here, not through another turn
                 // of this select (each turn polls every branch and arms its timers).
                 loop {
-                    lp.deliver(&event)?;
+                    lp.deliver(&mut event)?;
                     // A process that just became traced gets the system's OpenSSL probes before its
                     // first call (cached offsets: only the attach syscalls); what needs files read
                     // (its own libraries, its runtime) is planned on the attach worker.
@@ -322,7 +322,7 @@ pub async fn trace<S: EventSink + ?Sized>(sel: &Selection, opts: LiveOptions, si
     }
     probes.detach();
     // What the kernel wrote before the detach is still in the ring buffer.
-    source.drain(|event| lp.deliver(&event))?;
+    source.drain(|mut event| lp.deliver(&mut event))?;
     lp.sink.finish()?;
     let kernel = stats.read();
     let mut summary = lp.summary;

@@ -25,7 +25,7 @@ use crate::{
 };
 
 pub trait EventSink {
-    fn event(&mut self, event: &Event) -> anyhow::Result<()>;
+    fn event(&mut self, event: &mut Event) -> anyhow::Result<()>;
     /// Called about once a second with the current monotonic time (event time in replay).
     fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {
         Ok(())
@@ -45,7 +45,7 @@ pub struct EventLines {
 }
 
 impl EventSink for EventLines {
-    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+    fn event(&mut self, event: &mut Event) -> anyhow::Result<()> {
         self.out.line(&self.printer.to_json(event).to_string())
     }
     fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {
@@ -66,7 +66,7 @@ pub struct Recorder {
 }
 
 impl EventSink for Recorder {
-    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+    fn event(&mut self, event: &mut Event) -> anyhow::Result<()> {
         self.writer.as_mut().map_or(Ok(()), |w| w.write(event))
     }
     fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {
@@ -426,16 +426,16 @@ pub fn observation(ex: &Exchange) -> Observation<'_> {
 }
 
 impl EventSink for HttpPipeline {
-    fn event(&mut self, event: &Event) -> anyhow::Result<()> {
+    fn event(&mut self, event: &mut Event) -> anyhow::Result<()> {
         use crate::runtime::node_marks::Pass;
-        let marked = match self.node.as_mut().map(|n| n.pass(event)) {
+        let mut marked = match self.node.as_mut().map(|n| n.pass(event)) {
             Some(Pass::Drop) => return self.emitter.outputs.result(),
             Some(Pass::Replace(event)) => Some(event),
             Some(Pass::Keep) | None => None,
         };
-        let event = marked.as_ref().unwrap_or(event);
-        let as_log = self.stdio.as_mut().and_then(|s| s.log_write(event));
-        let event = as_log.as_ref().unwrap_or(event);
+        let event = marked.as_mut().unwrap_or(event);
+        let mut as_log = self.stdio.as_mut().and_then(|s| s.log_write(event));
+        let event = as_log.as_mut().unwrap_or(event);
         let HttpPipeline { tls, tracker, correlator, emitter, .. } = self;
         tls.process(event, &mut |event| {
             correlator.observe(event);

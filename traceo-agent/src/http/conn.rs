@@ -96,9 +96,10 @@ impl Conn {
         self.pairing = Pairing::default();
     }
 
-    pub fn on_data(&mut self, d: &Data, ctx: &mut Ctx<'_>) {
-        Segment::from_data(d, |seg| self.on_segment(d.direction, seg, ctx));
+    pub fn on_data(&mut self, d: &mut Data, ctx: &mut Ctx<'_>) {
         let peer_eof = d.direction == Direction::Ingress && d.total_len == 0 && d.payload.is_empty();
+        let direction = d.direction;
+        Segment::from_data(d, |seg| self.on_segment(direction, seg, ctx));
         let responses_ended = self.request_direction() == Some(Direction::Egress);
         // A client whose peer closed can get no more responses: flush now. A server may
         // still answer what it read, so it waits for close.

@@ -298,6 +298,7 @@ impl Tracked {
 impl Exchange {
     /// Join a request with its response (if any). The messages' fields are moved out of
     /// their boxes one by one (unboxed whole first, each was copied again).
+    #[allow(clippy::boxed_local)]
     pub fn build(
         conn: &ConnInfo,
         role: Role,

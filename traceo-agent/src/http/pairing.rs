@@ -87,6 +87,8 @@ impl Pairing {
     }
 
     /// The connection ended: requests left unanswered, and how many responses had no request.
+    // Boxed as the parser made them: each goes on to its exchange as it is.
+    #[allow(clippy::vec_box)]
     pub fn flush(&mut self) -> (Vec<Box<HttpMessage>>, usize) {
         let Some(mut q) = self.queues.take() else { return (Vec::new(), 0) };
         let unpaired = q.responses.len() + q.dropped;

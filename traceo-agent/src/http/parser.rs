@@ -78,8 +78,9 @@ pub struct Segment {
 impl Segment {
     /// The captured bytes and the uncaptured rest of one data event, each to `each` in
     /// stream order (not returned: two segments by value were copied twice per event).
-    /// An ingress event that moved nothing is the peer's EOF.
-    pub fn from_data(d: &Data, mut each: impl FnMut(Segment)) {
+    /// An ingress event that moved nothing is the peer's EOF. The payload is taken from the
+    /// event (a slice of it would count a reference more, and drop it, per event).
+    pub fn from_data(d: &mut Data, mut each: impl FnMut(Segment)) {
         let start_ns = match d.direction {
             Direction::Egress => d.enter_ns,
             Direction::Ingress => d.exit_ns,
@@ -104,7 +105,8 @@ impl Segment {
         // A payload longer than what moved would be a decoder bug; trust the length.
         let moved = if d.total_len == 0 { captured } else { d.total_len };
         let keep = usize::try_from(moved.min(captured)).unwrap_or(usize::MAX);
-        let bytes = d.payload.slice(..keep.min(d.payload.len()));
+        let mut bytes = std::mem::take(&mut d.payload);
+        bytes.truncate(keep);
         let missing = moved.saturating_sub(bytes.len() as u64);
         let upto = bytes.len() as u64;
         if !bytes.is_empty() {

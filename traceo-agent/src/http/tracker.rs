@@ -102,8 +102,9 @@ impl ConnTracker {
         &self.stats
     }
 
-    /// Consume one event, in order, reporting requests as they complete and exchanges.
-    pub fn handle(&mut self, ev: &Event, out: &mut impl FnMut(Tracked)) {
+    /// Consume one event, in order, reporting requests as they complete and exchanges. A
+    /// data event's payload is taken (shared bytes handed on, not counted again).
+    pub fn handle(&mut self, ev: &mut Event, out: &mut impl FnMut(Tracked)) {
         match ev {
             Event::ConnOpen(c) => self.open(c, out),
             Event::ConnClose(c) => {
@@ -139,7 +140,7 @@ impl ConnTracker {
     }
 
     /// Data on a connection first seen now, or that needs setting up first (TLS, a loss).
-    fn data(&mut self, d: &Data, out: &mut impl FnMut(Tracked)) {
+    fn data(&mut self, d: &mut Data, out: &mut impl FnMut(Tracked)) {
         if self.conns.get_mut(d.conn_id).is_none() {
             // Never saw it open: it was open before we looked.
             let info = self.info(d.conn_id, &d.meta, None, true);
@@ -158,7 +159,7 @@ impl ConnTracker {
         }
     }
 
-    fn feed(conn: &mut Conn, d: &Data, ctx: &mut Ctx<'_>) {
+    fn feed(conn: &mut Conn, d: &mut Data, ctx: &mut Ctx<'_>) {
         conn.last_ns = conn.last_ns.max(d.meta.ts_ns);
         conn.on_data(d, ctx);
     }

@@ -44,7 +44,7 @@ fn exchanges(cfg: TrackerConfig, events: &[Event]) -> Vec<Exchange> {
     let mut out = Vec::new();
     for ev in events {
         correlator.observe(ev);
-        tracker.handle(ev, &mut |t| correlator.push(t, &mut |x| out.push(*x)));
+        tracker.handle(&mut ev.clone(), &mut |t| correlator.push(t, &mut |x| out.push(*x)));
     }
     tracker.finish(&mut |t| correlator.push(t, &mut |x| out.push(*x)));
     correlator.finish(&mut |x| out.push(*x));
@@ -192,7 +192,7 @@ fn without_ids_there_is_no_span() {
     let mut tracker = ConnTracker::new(TrackerConfig::default());
     let mut xs = Vec::new();
     for ev in &s.take() {
-        tracker.handle(ev, &mut |t| xs.extend(t.into_exchange()));
+        tracker.handle(&mut ev.clone(), &mut |t| xs.extend(t.into_exchange()));
     }
     assert!(span(&xs[0], &CLOCK).is_none());
 }

@@ -112,7 +112,7 @@ pub fn is_tls_record(bytes: &[u8]) -> bool {
 
 impl TlsBinder {
     /// Consume one event in order and pass on what the HTTP layer should see.
-    pub fn process(&mut self, ev: &Event, out: &mut impl FnMut(&Event)) {
+    pub fn process(&mut self, ev: &mut Event, out: &mut impl FnMut(&mut Event)) {
         match ev {
             Event::Data(d) if d.syscall.is_tls() => self.plaintext(d, out),
             Event::Data(d) => {
@@ -179,7 +179,7 @@ impl TlsBinder {
     }
 
     /// A socket read or write: remember it for the thread; a write may carry held plaintext.
-    fn socket_io(&mut self, d: &Data, out: &mut impl FnMut(&Event)) {
+    fn socket_io(&mut self, d: &Data, out: &mut impl FnMut(&mut Event)) {
         let t = self.threads.entry(d.meta.tid).or_default();
         let io = SocketIo { conn_id: d.conn_id, enter_ns: d.enter_ns };
         t.pid = d.meta.pid;
@@ -196,7 +196,7 @@ impl TlsBinder {
         }
     }
 
-    fn plaintext(&mut self, d: &Data, out: &mut impl FnMut(&Event)) {
+    fn plaintext(&mut self, d: &Data, out: &mut impl FnMut(&mut Event)) {
         let key = (d.meta.pid, d.conn_id);
         let t = self.threads.entry(d.meta.tid).or_default();
         t.pid = d.meta.pid;
@@ -227,7 +227,7 @@ impl TlsBinder {
     }
 
     /// Pass on this thread's held writes of `key`, now that their connection is known.
-    fn release(&mut self, tid: u32, key: (u32, u64), conn: u64, out: &mut impl FnMut(&Event)) {
+    fn release(&mut self, tid: u32, key: (u32, u64), conn: u64, out: &mut impl FnMut(&mut Event)) {
         let Some(t) = self.threads.get_mut(&tid) else { return };
         if t.pending.is_empty() {
             return;
@@ -240,9 +240,9 @@ impl TlsBinder {
         }
     }
 
-    fn forward(&mut self, d: &Data, conn: u64, out: &mut impl FnMut(&Event)) {
+    fn forward(&mut self, d: &Data, conn: u64, out: &mut impl FnMut(&mut Event)) {
         self.stats.plaintext_events += 1;
-        out(&Event::Data(Data { conn_id: conn, ..d.clone() }));
+        out(&mut Event::Data(Data { conn_id: conn, ..d.clone() }));
     }
 
     fn mark_tls(&mut self, conn: u64, pid: u32) {

@@ -16,9 +16,9 @@ impl Run {
         Run { binder: TlsBinder::default(), now: 1_000, out: Vec::new() }
     }
 
-    fn feed(&mut self, ev: Event) {
+    fn feed(&mut self, mut ev: Event) {
         let out = &mut self.out;
-        self.binder.process(&ev, &mut |e| out.push(e.clone()));
+        self.binder.process(&mut ev, &mut |e| out.push(e.clone()));
     }
 
     fn data(&mut self, tid: u32, conn_id: u64, syscall: Syscall, dir: Direction, payload: &[u8]) -> Data {

@@ -71,7 +71,7 @@ fn client_response_without_length_ends_at_peer_eof() {
     let mut tracker = crate::http::ConnTracker::new(Default::default());
     let mut xs = Vec::new();
     for ev in &events {
-        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
+        tracker.handle(&mut ev.clone(), &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     }
     let x = one(&xs);
     assert_eq!((x.status, x.response_body_bytes), (Some(200), Some(10)));

@@ -171,7 +171,7 @@ fn idle_connections_expire_and_exit_flushes() {
     dying.recv(&get("/dying"));
     dying.exit();
     for ev in idle.take().iter().chain(dying.take().iter()) {
-        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
+        tracker.handle(&mut ev.clone(), &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     }
     assert_eq!(xs.iter().map(|x| x.target.as_str()).collect::<Vec<_>>(), vec!["/dying"]);
     tracker.expire(idle.now_ns + 500_000_000, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
@@ -191,7 +191,7 @@ fn a_keep_alive_connection_quiet_between_and_during_exchanges_parses_the_same() 
     let mut xs = Vec::new();
     for events in &steps {
         for ev in events {
-            tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
+            tracker.handle(&mut ev.clone(), &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
         }
         // Quiet past RELEASE_AFTER_NS (the second time with /b waiting for its answer).
         tracker.expire(s.now_ns + 2_000_000_000, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
@@ -214,7 +214,7 @@ fn lru_cap_evicts_and_flushes_the_oldest_connection() {
     let mut tracker = ConnTracker::new(cfg);
     let mut xs = Vec::new();
     for ev in &events {
-        tracker.handle(ev, &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
+        tracker.handle(&mut ev.clone(), &mut |x| xs.extend(x.into_exchange().map(|x| *x)));
     }
     assert_eq!(tracker.stats().evicted_connections, 1);
     assert_eq!(tracker.stats().active_connections, 2);
@@ -246,13 +246,13 @@ fn in_flight_counts_read_but_unanswered_server_requests() {
     let mut cli = Script::connected(2);
     cli.send(&get("/b"));
     for ev in srv.take().iter().chain(cli.take().iter()) {
-        tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
+        tracker.handle(&mut ev.clone(), &mut |x| out.extend(x.into_exchange()));
     }
     // The client's request is in flight too, but it is not a server request.
     assert_eq!(tracker.in_flight_by_service().get("engine"), Some(&1));
     srv.send(&ok("done"));
     for ev in srv.take().iter() {
-        tracker.handle(ev, &mut |x| out.extend(x.into_exchange()));
+        tracker.handle(&mut ev.clone(), &mut |x| out.extend(x.into_exchange()));
     }
     assert_eq!(tracker.in_flight_by_service().get("engine"), Some(&0));
     assert_eq!(out.len(), 1);
@@ -270,7 +270,7 @@ fn requests_are_announced_before_their_exchanges_with_matching_numbers() {
     let mut tracker = ConnTracker::new(TrackerConfig::default());
     let mut seen = Vec::new();
     for ev in s.take().iter() {
-        tracker.handle(ev, &mut |t| {
+        tracker.handle(&mut ev.clone(), &mut |t| {
             seen.push(match t {
                 crate::http::Tracked::Request(r) => {
                     format!("request {} {}", r.seq, r.role == Role::Server)

@@ -197,7 +197,7 @@ pub fn run_with(cfg: TrackerConfig, events: &[Event]) -> (Vec<Exchange>, Tracker
         let mut tracker = ConnTracker::new(cfg);
         let mut out = Vec::new();
         for ev in events {
-            tracker.handle(ev, &mut |x| out.extend(x.into_exchange().map(|x| *x)));
+            tracker.handle(&mut ev.clone(), &mut |x| out.extend(x.into_exchange().map(|x| *x)));
             if rest {
                 tracker.release_all_idle();
             }

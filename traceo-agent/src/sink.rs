@@ -25,6 +25,8 @@ use crate::{
 };
 
 pub trait EventSink {
+    /// One event, in order. A sink may take what it consumes (the HTTP stage takes a data
+    /// event's payload): the caller is done with the event once this returns.
     fn event(&mut self, event: &mut Event) -> anyhow::Result<()>;
     /// Called about once a second with the current monotonic time (event time in replay).
     fn tick(&mut self, _now_ns: u64) -> anyhow::Result<()> {

@@ -213,7 +213,7 @@ impl Correlator {
         self.ready.drain(..).for_each(&mut *out);
     }
 
-    /// Taken by value: its carried context moves into the node (no string copies).
+    /// Its carried context is taken into the node (no string copies).
     fn seen(&mut self, seen: &mut RequestSeen) -> Id {
         self.now_ns = self.now_ns.max(seen.start_ns);
         let request = (seen.conn_id, seen.seq);

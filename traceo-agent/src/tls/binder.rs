@@ -123,17 +123,16 @@ impl TlsBinder {
                         if c.answer.is_none() && c.hello.is_some_and(|h| h != d.direction) && !d.payload.is_empty() {
                             c.answer = Some(is_tls_record(&d.payload));
                         }
-                        self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                     }
                     None if is_tls_handshake(&d.payload) => {
                         self.mark_tls(d.conn_id, d.meta.pid);
                         if let Some(c) = self.conns.get_mut(&d.conn_id) {
                             c.hello = Some(d.direction);
                         }
-                        self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
                     }
-                    None => out(ev),
+                    None => return out(ev),
                 }
+                self.stats.ciphertext_bytes = self.stats.ciphertext_bytes.saturating_add(d.total_len);
             }
             Event::ConnClose(c) => {
                 if let Some(conn) = self.conns.remove(&c.conn_id) {

@@ -44,16 +44,12 @@ pub struct ExportConfig {
 
 impl ExportConfig {
     pub fn new(target: &OtlpTarget) -> ExportConfig {
-        let max_batch = match target.protocol {
-            Protocol::HttpProtobuf => MAX_BATCH_HTTP,
-            Protocol::Grpc => MAX_BATCH_GRPC,
-        };
         ExportConfig {
             endpoint: target.endpoint.clone(),
             protocol: target.protocol,
-            // Four batches, and no fewer than 4,096 (what gRPC's batches of 512 keep up with).
-            max_queue: (4 * max_batch).max(4096),
-            max_batch,
+            // Four batches.
+            max_queue: 4 * MAX_BATCH,
+            max_batch: MAX_BATCH,
             interval: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
         }
@@ -85,11 +81,9 @@ impl ExportCounts {
 /// Spans or records per export request at most, by default. Each request costs the exporter
 /// thread two wake-ups (the batch, the answer) and a connection's round trip, whatever its
 /// size: over OTLP/HTTP under uvicorn its thread took 0.43 us per span in batches of 512, 0.31
-/// in batches of 2,048 (3 paired rounds). Over gRPC tonic copies a request into its own buffer
-/// and frames it: at 2,048 the agent held 65 MiB at nginx's full load with four requests in
-/// flight (58 at 512), past issue #16's 64. A batch also ends at [`MAX_BATCH_BYTES`].
-const MAX_BATCH_HTTP: usize = 2048;
-const MAX_BATCH_GRPC: usize = 512;
+/// in batches of 2,048 (3 paired rounds); over gRPC 0.70 -> 0.52. A batch also ends at
+/// [`MAX_BATCH_BYTES`].
+const MAX_BATCH: usize = 2048;
 /// Encoded bytes a batch ends at (at the first item that reaches it; the resources' headers
 /// add a little): half the 4 MiB a gRPC server takes by default, so a batch of long spans is
 /// not refused whole.
@@ -449,7 +443,7 @@ mod tests {
             b
         };
         let items: Vec<Item> = (0..4).map(|_| (r.clone(), long())).collect();
-        assert_eq!(full_batch::<Spans>(&items, MAX_BATCH_HTTP), Some(2));
+        assert_eq!(full_batch::<Spans>(&items, MAX_BATCH), Some(2));
     }
 
     /// A collector that answers a request only once another one arrives (or after 2 s), and

@@ -100,6 +100,8 @@ struct Inbox<I> {
     items: Vec<(Arc<ResourceEntry>, I)>,
     /// Their weight ([`Signal::weight`]).
     queued: usize,
+    /// Their size ([`Signal::size`]): a batch's bytes wake the exporter thread too.
+    queued_bytes: usize,
     /// Items the exporter thread is done with (span blocks), for the pipeline to fill again:
     /// a buffer allocated by one thread and freed by the other cost more than encoding a
     /// third of a span's attributes. At most [`Signal::MAX_SPARE`] are kept.
@@ -137,7 +139,13 @@ impl<S: Signal> Exporter<S> {
     pub fn start(cfg: ExportConfig) -> anyhow::Result<Exporter<S>> {
         let target = Target::new(&cfg)?;
         let queue = Arc::new(Queue {
-            inbox: Mutex::new(Inbox { items: Vec::new(), queued: 0, spare: Vec::new(), closed: false }),
+            inbox: Mutex::new(Inbox {
+                items: Vec::new(),
+                queued: 0,
+                queued_bytes: 0,
+                spare: Vec::new(),
+                closed: false,
+            }),
             wake: Notify::new(),
         });
         let rx = queue.clone();
@@ -196,9 +204,13 @@ impl<S: Signal> Exporter<S> {
             self.counts.dropped_queue_full.fetch_add(weight as u64, Ordering::Relaxed);
             return;
         }
+        let size = S::size(&item);
         inbox.items.push((resource, item));
-        let wake = inbox.queued < self.wake_at && inbox.queued + weight >= self.wake_at;
+        // On crossing a batch's weight or bytes (long spans make a batch by bytes first).
+        let wake = (inbox.queued < self.wake_at && inbox.queued + weight >= self.wake_at)
+            || (inbox.queued_bytes < MAX_BATCH_BYTES && inbox.queued_bytes + size >= MAX_BATCH_BYTES);
         inbox.queued += weight;
+        inbox.queued_bytes += size;
         drop(inbox);
         if wake {
             queue.wake.notify_one();
@@ -306,6 +318,7 @@ impl<S: Signal> Worker<S> {
                 let mut inbox = queue.lock();
                 std::mem::swap(&mut inbox.items, &mut taken);
                 inbox.queued = 0;
+                inbox.queued_bytes = 0;
                 inbox.closed
             };
             batch.append(&mut taken);

@@ -94,8 +94,8 @@ impl Signal for Spans {
     type Item = SpanBlock;
     type Response = ExportTraceServiceResponse;
     const WHAT: &'static str = "spans";
-    /// A gRPC batch's blocks (16 of 32 spans) for each request in flight, and one batch more;
-    /// an OTLP/HTTP batch is 64 blocks or more, and those past this are freed.
+    /// A batch's blocks (64 or more, of up to 32 spans each) and a quarter more: those of a
+    /// second request answered before the pipeline took the first's back are freed.
     const MAX_SPARE: usize = 80;
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const HTTP_PATH: &'static str = "/v1/traces";

@@ -44,14 +44,7 @@ impl HttpCollector {
     /// `http://host:port[/prefix]`; `https` is refused (no TLS in this build).
     pub fn new(url: &str, connect_timeout: Duration) -> anyhow::Result<HttpCollector> {
         let url = url.trim();
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => anyhow::bail!(
-                "OTLP endpoint {url}: TLS is not supported yet; use an http:// endpoint (e.g. a local collector)"
-            ),
-            Some(_) => anyhow::bail!("OTLP endpoint {url}: expected http://HOST:PORT"),
-            None => url,
-        };
+        let rest = super::transport::without_http_scheme(url)?;
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
         if authority.is_empty() || !authority.contains(':') {
             anyhow::bail!("OTLP endpoint {url}: expected http://HOST:PORT (OTLP/HTTP's usual port is 4318)");

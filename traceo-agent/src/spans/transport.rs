@@ -93,17 +93,22 @@ pub(super) type Done = (Sent, Vec<Vec<u8>>);
 
 /// The endpoint as tonic takes it; refuses what this build cannot reach.
 pub fn parse_endpoint(url: &str) -> anyhow::Result<Endpoint> {
-    let url = url.trim();
-    let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
-    if url.starts_with("https://") {
-        anyhow::bail!(
-            "OTLP endpoint {url}: TLS is not supported yet; use an http:// endpoint (e.g. a local collector)"
-        );
-    }
-    if !url.starts_with("http://") {
-        anyhow::bail!("OTLP endpoint {url}: expected http://HOST:PORT");
-    }
+    let url = format!("http://{}", without_http_scheme(url)?);
     Endpoint::from_shared(url.clone()).with_context(|| format!("invalid OTLP endpoint {url}"))
+}
+
+/// An OTLP endpoint's URL after `http://` (which it may leave out); any other scheme is
+/// refused, `https` with the way out (no TLS in this build).
+pub(super) fn without_http_scheme(url: &str) -> anyhow::Result<&str> {
+    let url = url.trim();
+    match url.split_once("://") {
+        Some(("http", rest)) => Ok(rest),
+        Some(("https", _)) => anyhow::bail!(
+            "OTLP endpoint {url}: TLS is not supported yet; use an http:// endpoint (e.g. a local collector)"
+        ),
+        Some(_) => anyhow::bail!("OTLP endpoint {url}: expected http://HOST:PORT"),
+        None => Ok(url),
+    }
 }
 
 #[cfg(test)]

@@ -142,6 +142,43 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// A process's CPU time, thread by thread (`/proc/PID/task/*/schedstat`, nanoseconds) and in
+/// all (`/proc/PID/stat`, clock ticks, which also keeps the time of threads that exited).
+pub struct ThreadCpu {
+    threads: Vec<(u32, u64)>,
+    seconds: f64,
+}
+
+impl ThreadCpu {
+    pub fn read(pid: u32) -> ThreadCpu {
+        let mut threads = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for e in dir.flatten() {
+                let tid = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok());
+                let ns = std::fs::read_to_string(e.path().join("schedstat"))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()));
+                if let (Some(tid), Some(ns)) = (tid, ns) {
+                    threads.push((tid, ns));
+                }
+            }
+        }
+        ThreadCpu { threads, seconds: cpu_seconds(pid) }
+    }
+
+    /// CPU seconds from `before` to this reading: to the nanosecond when every thread read then
+    /// still runs (a thread started since counts whole), else from the clock ticks (a 10 ms
+    /// grain), since an exited thread's time is no longer listed by thread.
+    pub fn since(&self, before: &ThreadCpu) -> f64 {
+        let now = |tid: u32| self.threads.iter().find(|t| t.0 == tid).map(|t| t.1);
+        if before.threads.is_empty() || before.threads.iter().any(|&(tid, ns)| now(tid).is_none_or(|n| n < ns)) {
+            return self.seconds - before.seconds;
+        }
+        let sum = |v: &[(u32, u64)]| v.iter().map(|t| t.1).sum::<u64>();
+        sum(&self.threads).saturating_sub(sum(&before.threads)) as f64 / 1e9
+    }
+}
+
 /// A `VmRSS` / `VmHWM`-style field of /proc/PID/status, in bytes.
 pub fn status_bytes(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

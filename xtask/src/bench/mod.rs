@@ -32,7 +32,7 @@ use std::{
 };
 
 use crate::procs::{
-    self, Proc, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wrk, wrk_with,
+    self, Proc, ThreadCpu, WrkResult, agent, cpu_seconds, free_port, metric_sum, scrape, status_bytes, wrk, wrk_with,
 };
 use anyhow::bail;
 use serde_json::{Value, json};
@@ -126,6 +126,14 @@ fn load(target: &Target, (conns, secs): (u32, u32)) -> anyhow::Result<(WrkResult
 }
 
 /// What the agent paid over the traced wrk runs of one arm.
+///
+/// Each run starts a fresh agent, loads the server for `WARM_UP` seconds, then measures: the
+/// steady cost (`cpu`, `exchanges`, `served`) is the agent's CPU over the measured wrk run
+/// against the exchanges it counted meanwhile, the load running before and after (in steady
+/// state the spans exported in the window stand for those held at its end). The whole arm's
+/// (`whole_*`) runs from the warm-up's start until the last span is exported: it adds the
+/// one-time costs of an agent's first seconds under load (its tables' first growth, the first
+/// touches of its correlation window) and its idle cost while the last spans wait.
 #[derive(Default)]
 struct AgentCost {
     cpu: f64,
@@ -133,6 +141,12 @@ struct AgentCost {
     exchanges: f64,
     /// Server-side exchanges seen (one per request served).
     served: f64,
+    whole_cpu: f64,
+    whole_exchanges: f64,
+    /// Server-side exchanges over the whole arm, for `missed` and the tasks per request.
+    whole_served: f64,
+    /// The warm-up's seconds.
+    warm_up: u32,
     lost: f64,
     missed: f64,
     peak_rss: u64,
@@ -150,6 +164,7 @@ impl AgentCost {
         agent_bin: &Path,
         target: &Target,
         shape: (u32, u32),
+        warm_up: u32,
         extra: &[&str],
     ) -> anyhow::Result<(WrkResult, f64)> {
         let name = target.name;
@@ -169,7 +184,19 @@ impl AgentCost {
         let text = scrape(metrics_port);
         let (before, served0, spans0, tasks0) =
             (requests(&text, ""), requests(&text, server), spans(&text), tasks(&text));
+        self.warm_up = warm_up;
+        let warm = wrk_with(&target.url, shape.0, warm_up, target.script)?;
+        // Scraped before the CPU is read at the start and after it at the end, so that the
+        // scrapes' own cost stays out of the window.
+        let text = scrape(metrics_port);
+        let (steady0, served_steady0) = (requests(&text, ""), requests(&text, server));
+        let threads0 = ThreadCpu::read(a.pid());
         let (r, server_cpu) = load(target, shape)?;
+        let threads1 = ThreadCpu::read(a.pid());
+        let text = scrape(metrics_port);
+        self.cpu += threads1.since(&threads0);
+        self.exchanges += requests(&text, "") - steady0;
+        self.served += requests(&text, server) - served_steady0;
         std::thread::sleep(Duration::from_millis(1500));
         let mut text = scrape(metrics_port);
         // With export on, spans leave after their correlation hold and the exporter's batch
@@ -191,12 +218,12 @@ impl AgentCost {
         let seen = requests(&text, "") - before;
         let served = requests(&text, server) - served0;
         let (out, dropped) = spans(&text);
-        self.cpu += cpu_seconds(a.pid()) - cpu0;
+        self.whole_cpu += cpu_seconds(a.pid()) - cpu0;
         self.peak_rss = self.peak_rss.max(status_bytes(a.pid(), "VmHWM:"));
         self.lost += metric_sum(&text, "traceo_agent_kernel_drops_total", "reason=\"ring_full");
-        self.exchanges += seen;
-        self.served += served;
-        self.missed += (r.requests as f64 - served).max(0.0);
+        self.whole_exchanges += seen;
+        self.whole_served += served;
+        self.missed += ((warm.requests + r.requests) as f64 - served).max(0.0);
         self.spans_exported += out - spans0.0;
         self.spans_dropped += dropped - spans0.1;
         self.tasks += tasks(&text) - tasks0;
@@ -205,15 +232,17 @@ impl AgentCost {
     }
 
     fn json(&self) -> Value {
-        let per = |n: f64, scale: f64| if n > 0.0 { self.cpu / n * scale } else { f64::NAN };
+        let per = |cpu: f64, n: f64, scale: f64| if n > 0.0 { cpu / n * scale } else { f64::NAN };
         json!({
-            "agent_cpu_us_per_exchange": per(self.exchanges, 1e6),
-            "agent_cpu_us_per_request": per(self.served, 1e6),
-            "agent_cpu_s_per_1000_exchanges": per(self.exchanges, 1000.0),
+            "agent_cpu_us_per_exchange": per(self.cpu, self.exchanges, 1e6),
+            "agent_cpu_us_per_request": per(self.cpu, self.served, 1e6),
+            "agent_cpu_s_per_1000_exchanges": per(self.cpu, self.exchanges, 1000.0),
+            "agent_cpu_us_per_exchange_whole_arm": per(self.whole_cpu, self.whole_exchanges, 1e6),
+            "warm_up_seconds": self.warm_up,
             "agent_peak_rss_mib": self.peak_rss as f64 / (1 << 20) as f64,
             "events_lost": self.lost, "exchanges_missed": self.missed, "exchanges_seen": self.exchanges,
             "spans_exported": self.spans_exported, "spans_dropped": self.spans_dropped,
-            "tasks_per_request": if self.served > 0.0 { self.tasks / self.served } else { 0.0 },
+            "tasks_per_request": if self.whole_served > 0.0 { self.tasks / self.whole_served } else { 0.0 },
         })
     }
 }
@@ -300,7 +329,7 @@ impl Server<'_> {
 /// Untraced, floor-only and the traced arms' wrk runs alternated (one of each a round, so
 /// drift on a shared machine hits every arm alike); agent cost from the traced ones.
 fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms) -> anyhow::Result<Value> {
-    let (rounds, secs, conns) = if s.quick { (1, 2, 16) } else { (3, 5, 32) };
+    let (rounds, secs, conns, warm_up) = if s.quick { (1, 2, 16, 1) } else { (3, 5, 32, 3) };
     let shape = (conns, secs);
     let (mut plain, mut floor) = (ArmRuns::default(), ArmRuns::default());
     let mut traced: Vec<ArmRuns> = arms.traced.iter().map(|_| ArmRuns::default()).collect();
@@ -321,7 +350,7 @@ fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms)
         for ((key, extra), runs) in arms.traced.iter().zip(&mut traced) {
             let (target, _fresh) = server.arm(conns)?;
             let served = runs.cost.served;
-            let run = runs.cost.traced_wrk(agent_bin, &target, shape, extra)?;
+            let run = runs.cost.traced_wrk(agent_bin, &target, shape, warm_up, extra)?;
             let rps = runs.add(run);
             let label = if *key == "traced" { "traced".to_owned() } else { format!("traced with {key}") };
             let requests = runs.wrk[round].requests;

@@ -12,7 +12,8 @@
 //!    Then the runtime options (issue #12): uvicorn with calls on a thread pool (uvloop,
 //!    asyncio) without and with `--thread-pools`, a Node.js front without and with
 //!    `--node-inject`, with the agent's CPU per exchange and the front's per request.
-//! 4. Agent cost at that load, OTLP export off and on: CPU per exchange, peak RSS, kernel
+//! 4. Agent cost at that load, OTLP export off and on: CPU per exchange in steady state (a
+//!    fresh agent warmed up under the load first) and over the whole arm, peak RSS, kernel
 //!    losses, missed exchanges (and spans exported or dropped).
 //! 5. Capacity: the highest exchange rate (over a few wrk loads) with nothing lost or missed.
 //! 6. Memory at scale: agent RSS with 10,000 idle keep-alive connections to a traced nginx.

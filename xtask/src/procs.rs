@@ -359,3 +359,39 @@ pub fn postgres(dir: &Path, port: u16) -> anyhow::Result<Result<Proc, String>> {
     wait_for_port(port)?;
     Ok(Ok(server))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ThreadCpu;
+
+    fn reading(threads: &[(u32, u64)], seconds: f64) -> ThreadCpu {
+        ThreadCpu { threads: threads.to_vec(), seconds }
+    }
+
+    #[test]
+    fn cpu_since_counts_by_thread_unless_a_thread_left() {
+        let before = reading(&[(1, 1_000_000_000), (2, 500_000_000)], 1.5);
+        // Both still there, a third started since: every nanosecond since, the new thread's all.
+        let now = reading(&[(1, 1_250_000_000), (2, 600_000_000), (3, 50_000_000)], 1.9);
+        assert!((now.since(&before) - 0.4).abs() < 1e-9, "{}", now.since(&before));
+        // Thread 2 exited: its time is only in the process's ticks.
+        let now = reading(&[(1, 1_250_000_000)], 1.93);
+        assert!((now.since(&before) - 0.43).abs() < 1e-9, "{}", now.since(&before));
+        // A tid reused by a new thread reads lower than before: the ticks again.
+        let now = reading(&[(1, 1_250_000_000), (2, 10)], 1.8);
+        assert!((now.since(&before) - 0.3).abs() < 1e-9, "{}", now.since(&before));
+    }
+
+    #[test]
+    fn cpu_of_this_process_moves_forward() {
+        let pid = std::process::id();
+        let before = ThreadCpu::read(pid);
+        assert!(!before.threads.is_empty(), "no thread read from /proc/{pid}/task");
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(ThreadCpu::read(pid).since(&before) > 0.0);
+    }
+}

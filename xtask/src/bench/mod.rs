@@ -6,8 +6,9 @@
 //! 2. OpenSSL probe cost per SSL_write + SSL_read pair (a Python loop over memory BIOs): no
 //!    agent, agent running (probes on every libssl) but not selecting it, traced.
 //! 3. Server overhead: nginx (static file) and uvicorn under wrk, untraced, with only the
-//!    floor's empty programs, traced, and traced with OTLP export (gRPC, then HTTP) to a rotel
-//!    collector, alternated,
+//!    floor's empty programs, with the least capturing program on the server's syscalls (its
+//!    records read by a thread, nothing else: the bound), traced, and traced with OTLP export
+//!    (gRPC, then HTTP) to a rotel collector, alternated,
 //!    with the server's own CPU per request (nginx's worker, uvicorn).
 //!    Then the runtime options (issue #12): uvicorn with calls on a thread pool (uvloop,
 //!    asyncio) without and with `--thread-pools`, a Node.js front without and with
@@ -283,6 +284,10 @@ struct Arms<'a> {
     /// Only the floor's empty programs attached (`bench-floor`): what any syscall-tracepoint
     /// design costs the server on this kernel, the base issue #16's throughput target is set on.
     floor: bool,
+    /// Also the least capturing program at syscall exit for the server's process, its
+    /// records drained and read by a thread and nothing else (`bench-floor --bound-pid`):
+    /// what any design that captures the bytes at the syscall costs the server at best.
+    bound: bool,
     /// The traced arms: a name and the agent's options. The server's top-level figures
     /// (`traced_rps`, `throughput_ratio`, the agent's cost) are the first's; each other is an
     /// object of its own under its name, compared with untraced and with the first.
@@ -332,7 +337,9 @@ impl Server<'_> {
 fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms) -> anyhow::Result<Value> {
     let (rounds, secs, conns, warm_up) = if s.quick { (1, 2, 16, 1) } else { (3, 5, 32, 3) };
     let shape = (conns, secs);
-    let (mut plain, mut floor) = (ArmRuns::default(), ArmRuns::default());
+    let (mut plain, mut floor, mut bound) = (ArmRuns::default(), ArmRuns::default(), ArmRuns::default());
+    // The bound's reader thread: its CPU seconds and the requests of its runs.
+    let (mut reader_cpu, mut reader_requests) = (0.0, 0u64);
     let mut traced: Vec<ArmRuns> = arms.traced.iter().map(|_| ArmRuns::default()).collect();
     for round in 0..rounds {
         let mut line = format!("bench: {} round {round}:", server.name);
@@ -347,6 +354,17 @@ fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms)
             let rps = floor.add(load(&target, shape)?);
             a.interrupt();
             line.push_str(&format!(" floor-only {rps:.0} req/s,"));
+        }
+        if arms.bound {
+            let (target, _fresh) = server.arm(conns)?;
+            let pid = target.pid.ok_or_else(|| anyhow::anyhow!("the bound arm needs the server's pid"))?;
+            let mut a = agent(agent_bin, &["bench-floor", "--bound-pid", &pid.to_string()])?;
+            let cpu0 = cpu_seconds(a.pid());
+            let rps = bound.add(load(&target, shape)?);
+            reader_cpu += cpu_seconds(a.pid()) - cpu0;
+            reader_requests += bound.wrk[round].requests;
+            a.interrupt();
+            line.push_str(&format!(" least capturing {rps:.0} req/s,"));
         }
         for ((key, extra), runs) in arms.traced.iter().zip(&mut traced) {
             let (target, _fresh) = server.arm(conns)?;
@@ -386,6 +404,20 @@ fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms)
                 "floor_p50_ms": floor.median(p50), "floor_p99_ms": floor.median(p99),
             }),
         );
+    }
+    if arms.bound {
+        merge(
+            &mut out,
+            json!({
+                "bound_rps": bound.rps(),
+                "bound_over_floor": bound.rps() / floor.rps(),
+                "bound_over_untraced": bound.rps() / plain.rps(),
+                "bound_reader_cpu_us_per_request": reader_cpu / reader_requests.max(1) as f64 * 1e6,
+            }),
+        );
+        if server.measures_cpu() {
+            out["server_cpu_us_per_request"]["bound"] = json!(bound.server_cpu_us());
+        }
     }
     for ((key, _), runs) in arms.traced.iter().zip(&traced).skip(1) {
         let mut o = json!({
@@ -497,7 +529,11 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
         let (otlp, otlp_http) = (format!("http://127.0.0.1:{grpc_port}"), format!("http://127.0.0.1:{http_port}"));
         let with_otlp: &[&str] = &["--otlp-endpoint", &otlp];
         let with_otlp_http: &[&str] = &["--otlp-endpoint", &otlp_http, "--otlp-protocol", "http/protobuf"];
-        let arms = Arms { floor: true, traced: &[("traced", &[]), ("otlp", with_otlp), ("otlp_http", with_otlp_http)] };
+        let arms = Arms {
+            floor: true,
+            bound: true,
+            traced: &[("traced", &[]), ("otlp", with_otlp), ("otlp_http", with_otlp_http)],
+        };
         let shared = |name, url: &str, port, pid| Server {
             name,
             serving: Serving::Shared { url: url.to_owned(), port, pid },
@@ -525,7 +561,7 @@ pub fn run(agent_bin: &Path, python: &Path, s: &Settings) -> anyhow::Result<()> 
             let pid = Some(uv.pid());
             report["uvicorn"] = server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port, pid), s, &arms)?;
             // The same with runtime tracking off: what the asyncio task contexts and lineage cost.
-            let no_runtime = Arms { floor: false, traced: &[("traced", &["--no-runtime"])] };
+            let no_runtime = Arms { floor: false, bound: false, traced: &[("traced", &["--no-runtime"])] };
             report["uvicorn_no_runtime"] =
                 server_overhead(agent_bin, &shared("uvicorn", &uv_url, uv_port, pid), s, &no_runtime)?;
             drop(uv);

@@ -43,7 +43,7 @@ pub(super) fn runtime_options(agent_bin: &Path, python: &Path, dir: &Path, s: &S
     let backend = format!("http://127.0.0.1:{leaf_port}");
     let env = [("FIDELITY_NO_SLEEP", "1"), ("FIDELITY_BACKEND", &backend)];
     let apps = crate::root().join("tests/apps/fidelity");
-    let pools = Arms { floor: false, traced: &[("traced", &[]), ("thread_pools", &["--thread-pools"])] };
+    let pools = Arms { floor: false, bound: false, traced: &[("traced", &[]), ("thread_pools", &["--thread-pools"])] };
     let mut out = vec![];
     for (name, event_loop) in [("uvicorn-pool-uvloop", "uvloop"), ("uvicorn-pool-asyncio", "asyncio")] {
         let port = free_port()?;
@@ -60,7 +60,7 @@ pub(super) fn runtime_options(agent_bin: &Path, python: &Path, dir: &Path, s: &S
         Ok((node(&[front_js, &port.to_string()], &env, port)?, port))
     };
     let serving = Serving::Fresh { start: &start, path: "/call?req=0" };
-    let inject = Arms { floor: false, traced: &[("traced", &[]), ("node_inject", &["--node-inject"])] };
+    let inject = Arms { floor: false, bound: false, traced: &[("traced", &[]), ("node_inject", &["--node-inject"])] };
     out.push(server_overhead(agent_bin, &Server { name: "node-front", serving, script: Some(&script) }, s, &inject)?);
     Ok(out.try_into().expect("three servers"))
 }

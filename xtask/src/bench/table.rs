@@ -161,6 +161,16 @@ fn server_arms(s: &Value, key: &str, server: &str) {
             key != "nginx" || over_floor >= 0.90,
         );
     }
+    if s.get("bound_rps").is_some() {
+        info(
+            &format!("  {server}: least capturing program / floor-only throughput"),
+            format!("{:.3}", f(&s["bound_over_floor"])),
+        );
+        info(
+            &format!("  {server}: its reader's CPU per request (us)"),
+            format!("{:.2}", f(&s["bound_reader_cpu_us_per_request"])),
+        );
+    }
     println!(
         "{:<58} {:>12}",
         format!("{server}: p50 / p99 latency delta (ms)"),
@@ -189,7 +199,18 @@ fn server_arms(s: &Value, key: &str, server: &str) {
         format!("{:.4}", f(&s["agent_cpu_s_per_1000_exchanges"]))
     );
     let cpu = &s["server_cpu_us_per_request"];
-    if cpu.get("floor").is_some() {
+    if cpu.get("bound").is_some() {
+        info(
+            &format!("{server}: server CPU per request, untraced / floor / least capturing / traced (us)"),
+            format!(
+                "{:.1} / {:.1} / {:.1} / {:.1}",
+                f(&cpu["untraced"]),
+                f(&cpu["floor"]),
+                f(&cpu["bound"]),
+                f(&cpu["traced"])
+            ),
+        );
+    } else if cpu.get("floor").is_some() {
         info(
             &format!("{server}: server CPU per request, untraced / floor / traced (us)"),
             format!("{:.1} / {:.1} / {:.1}", f(&cpu["untraced"]), f(&cpu["floor"]), f(&cpu["traced"])),

@@ -147,7 +147,10 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(c, n)| format!("{c}:{n}"))
             .chain(loader::programs::RAW_PROGRAMS.iter().map(|(tp, _)| format!("raw_tracepoint:{tp}")))
-            .chain(loader::programs::SSL_FUNCTIONS.iter().map(|(f, _)| format!("uprobe+uretprobe:libssl:{f}")))
+            .chain(loader::programs::SSL_CALLS.iter().map(|c| {
+                // The internal function when found, else the public ones.
+                format!("uprobe+uretprobe:libssl:{}|{}+{}", c.internal, c.plain.0, c.ex.0)
+            }))
             .chain([format!("uprobe+uretprobe:_asyncio:{}", crate::runtime::python::TASK_INIT_SYMBOL)])
             .collect::<Vec<_>>()
             .join(" ")

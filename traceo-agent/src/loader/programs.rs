@@ -28,17 +28,25 @@ pub const RAW_FLOOR: &str = "floor_sys_exit";
 /// loaded only when attached (`Probes::attach_floor`), not by `load`.
 pub const RAW_BOUND: &str = "bound_sys_exit";
 
-/// OpenSSL functions probed in each libssl file: (symbol, entry program). `SSL_RETURN` is
-/// attached to every one of them as a uretprobe. The first two are required: a library
-/// without them is not OpenSSL's libssl.
-pub const SSL_FUNCTIONS: &[(&str, &str)] = &[
-    ("SSL_write", "ssl_write"),
-    ("SSL_read", "ssl_read"),
-    ("SSL_write_ex", "ssl_write_ex"),
-    ("SSL_read_ex", "ssl_read_ex"),
+/// One direction of OpenSSL's I/O in a libssl file: its public functions with their entry
+/// programs, and the internal function both call (see `tls::callee`), probed in their place
+/// when found, with the `_ex` form's entry program (the count comes back through the fourth
+/// argument in both). `SSL_RETURN` is attached as a uretprobe wherever an entry program is.
+pub struct SslCall {
+    /// Required: a library without it is not OpenSSL's libssl.
+    pub plain: (&'static str, &'static str),
+    /// OpenSSL 1.1.1 and later.
+    pub ex: (&'static str, &'static str),
+    /// OpenSSL's name for the function both call (not exported: found by the call).
+    pub internal: &'static str,
+}
+
+pub const SSL_CALLS: [SslCall; 2] = [
+    SslCall { plain: ("SSL_write", "ssl_write"), ex: ("SSL_write_ex", "ssl_write_ex"), internal: "ssl_write_internal" },
+    SslCall { plain: ("SSL_read", "ssl_read"), ex: ("SSL_read_ex", "ssl_read_ex"), internal: "ssl_read_internal" },
 ];
 
-/// The uretprobe program shared by every `SSL_FUNCTIONS` entry.
+/// The uretprobe program shared by every OpenSSL entry program's function.
 pub const SSL_RETURN: &str = "ssl_return";
 
 /// asyncio task creation in a CPython `_asyncio` module: the programs on
@@ -55,5 +63,5 @@ pub const NGINX_UPSTREAM_INIT: &[&str] = &["ngx_upstream_init_return", "ngx_upst
 /// Every uprobe program, for loading.
 pub fn uprobe_programs() -> impl Iterator<Item = &'static str> {
     let runtime = [TASK_INIT, CONTEXT_COPY, NGINX_UPSTREAM_INIT].into_iter().flatten().copied();
-    SSL_FUNCTIONS.iter().map(|(_, program)| *program).chain([SSL_RETURN]).chain(runtime)
+    SSL_CALLS.iter().flat_map(|c| [c.plain.1, c.ex.1]).chain([SSL_RETURN]).chain(runtime)
 }

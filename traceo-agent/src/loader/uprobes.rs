@@ -72,34 +72,56 @@ impl SharedUprobes {
 }
 
 impl Probes {
-    /// Probe OpenSSL's functions in `library` for `user` (a traced pid; `None`: every
-    /// process, for the agent's life). Attaches once per file; later users only join.
-    /// Returns the functions probed; an error when the file lacks `SSL_write` or `SSL_read`
-    /// or the kernel refuses.
+    /// Probe OpenSSL's reads and writes in `library` for `user` (a traced pid; `None`: every
+    /// process, for the agent's life): the internal functions behind the public ones when
+    /// found (see `tls::callee`), else `SSL_write`, `SSL_read` and their `_ex` forms.
+    /// Attaches once per file; later users only join. Returns the functions probed; an error
+    /// when the file lacks `SSL_write` or `SSL_read` or the kernel refuses.
     pub fn hold_ssl(&mut self, library: &Path, user: Option<u32>) -> anyhow::Result<Vec<&'static str>> {
+        let symbols = self.symbols.clone();
         self.hold(library, ProbeSet::Ssl, user, |probes, links| {
             let mut probed = Vec::new();
-            for (i, (symbol, entry)) in programs::SSL_FUNCTIONS.iter().enumerate() {
-                // The return probe first: a return without its entry is ignored, an entry
-                // without its return would leave parked arguments behind.
-                let attached = probes.attach_uprobe(programs::SSL_RETURN, symbol, library).and_then(|ret| {
-                    links.push(ret);
-                    probes.attach_uprobe(entry, symbol, library)
-                });
-                match attached {
-                    Ok(link) => {
-                        links.push(link);
-                        probed.push(*symbol);
+            for call in &programs::SSL_CALLS {
+                let probe = |probes: &mut Probes, links: &mut Vec<_>, (entry, offset)| {
+                    probes.attach_with_return(entry, offset, library, links)
+                };
+                match symbols.shared_callee(library, call.plain.0, call.ex.0) {
+                    Ok(offset) => {
+                        probe(probes, links, (call.ex.1, offset))
+                            .with_context(|| format!("probing {} in {}", call.internal, library.display()))?;
+                        probed.push(call.internal);
                     }
-                    Err(e) if i < 2 => {
-                        return Err(e).with_context(|| format!("probing {symbol} in {}", library.display()));
+                    Err(e) => {
+                        log::debug!("{}: {e:#}; probing the public functions instead", call.internal);
+                        symbols
+                            .offset(library, call.plain.0)
+                            .and_then(|offset| probe(probes, links, (call.plain.1, offset)))
+                            .with_context(|| format!("probing {} in {}", call.plain.0, library.display()))?;
+                        probed.push(call.plain.0);
+                        // The _ex forms appeared in OpenSSL 1.1.1.
+                        match symbols.offset(library, call.ex.0).and_then(|o| probe(probes, links, (call.ex.1, o))) {
+                            Ok(()) => probed.push(call.ex.0),
+                            Err(e) => log::debug!("{} not probed in {}: {e:#}", call.ex.0, library.display()),
+                        }
                     }
-                    // The _ex forms appeared in OpenSSL 1.1.1.
-                    Err(e) => log::debug!("{symbol} not probed in {}: {e:#}", library.display()),
                 }
             }
             Ok(probed)
         })
+    }
+
+    /// `SSL_RETURN`, then `entry`, at `offset` in `file`: a return without its entry is
+    /// ignored, an entry without its return would leave parked arguments behind.
+    fn attach_with_return(
+        &mut self,
+        entry: &'static str,
+        offset: u64,
+        file: &Path,
+        links: &mut Vec<(&'static str, UProbeLinkId)>,
+    ) -> anyhow::Result<()> {
+        links.push(self.attach_uprobe(programs::SSL_RETURN, offset, file)?);
+        links.push(self.attach_uprobe(entry, offset, file)?);
+        Ok(())
     }
 
     /// Probe `symbol` in `file` for traced process `user` with `programs`, in that order
@@ -113,10 +135,11 @@ impl Probes {
         user: u32,
     ) -> anyhow::Result<()> {
         self.hold(file, ProbeSet::Runtime(symbol), Some(user), |probes, links| {
+            let offset = probes.symbols.offset(file, symbol)?;
             for program in programs {
                 links.push(
                     probes
-                        .attach_uprobe(program, symbol, file)
+                        .attach_uprobe(program, offset, file)
                         .with_context(|| format!("probing {symbol} in {}", file.display()))?,
                 );
             }
@@ -198,10 +221,9 @@ impl Probes {
     fn attach_uprobe(
         &mut self,
         program: &'static str,
-        symbol: &str,
+        offset: u64,
         file: &Path,
     ) -> anyhow::Result<(&'static str, UProbeLinkId)> {
-        let offset = self.symbols.offset(file, symbol)?;
         let p: &mut UProbe = self.ebpf.program_mut(program).expect("loaded at start").try_into()?;
         let link = p.attach(UProbeAttachLocation::AbsoluteOffset(offset), file, UProbeScope::AllProcesses)?;
         Ok((program, link))

@@ -1,7 +1,8 @@
-//! TLS plaintext: finding and probing OpenSSL (`libraries`, `probes`) and tying the
+//! TLS plaintext: finding and probing OpenSSL (`libraries`, `probes`, where in it: `callee`) and tying the
 //! plaintext the probes report to its connection (`binder`).
 
 pub mod binder;
+pub mod callee;
 pub mod libraries;
 pub mod probes;
 

@@ -59,12 +59,21 @@ pub fn classify(
     });
     if let Visibility::OpenSsl(files) = &visibility {
         for f in files {
-            for (symbol, _) in crate::loader::programs::SSL_FUNCTIONS {
-                let _ = symbols.offset(f, symbol);
-            }
+            resolve_offsets(symbols, f);
         }
     }
     Some(visibility)
+}
+
+/// Resolve (and cache) what `Probes::hold_ssl` attaches in `lib`: the internal functions,
+/// or the public ones where those are not found.
+fn resolve_offsets(symbols: &crate::loader::symbols::SymbolOffsets, lib: &Path) {
+    for call in &crate::loader::programs::SSL_CALLS {
+        if symbols.shared_callee(lib, call.plain.0, call.ex.0).is_err() {
+            let _ = symbols.offset(lib, call.plain.0);
+            let _ = symbols.offset(lib, call.ex.0);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,9 +127,7 @@ impl TlsProbes {
         // ring's thread: its offsets are resolved here, once, so that attach parses nothing.
         let symbols = probes.symbol_offsets();
         for lib in &tls.system {
-            for (symbol, _) in crate::loader::programs::SSL_FUNCTIONS {
-                let _ = symbols.offset(lib, symbol);
-            }
+            resolve_offsets(&symbols, lib);
         }
         if tls.system.is_empty() {
             log::info!("no system libssl found: TLS plaintext is seen only in processes that map one");

@@ -1,7 +1,9 @@
-//! OpenSSL plaintext: uprobes on `SSL_read`, `SSL_write` and their `_ex` forms in libssl.
+//! OpenSSL plaintext: uprobes on OpenSSL's `ssl_read_internal` and `ssl_write_internal`
+//! (behind `SSL_read`, `SSL_write` and their `_ex` forms, with the `_ex` forms' arguments and
+//! return; the agent finds them) or, where they are not found, on the four public functions.
 //!
 //! The entry probe parks the call's arguments per thread; the single
-//! return probe, attached to all four functions, copies what the call moved and emits a
+//! return probe, attached to every probed function, copies what the call moved and emits a
 //! `DataEvent` with syscall `SSL_READ`/`SSL_WRITE` and the `SSL *` as its `conn_id`. Which
 //! socket that SSL object talks over is the agent's business: it sees the thread's socket
 //! I/O in the same ordered stream.

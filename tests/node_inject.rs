@@ -16,16 +16,6 @@ use std::{
 use support::*;
 use traceo_agent::runtime::node;
 
-fn require_node(test: &str) -> bool {
-    if Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    let why = format!("{test} needs node (Node.js) on PATH");
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("SKIPPED: {why}");
-    false
-}
-
 /// TCP sockets of this network namespace: inode -> (state, local port, remote port).
 fn tcp_sockets() -> HashMap<u64, (String, u16, u16)> {
     let mut out = HashMap::new();

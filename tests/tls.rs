@@ -379,3 +379,61 @@ fn a_libssl_loaded_late_from_elsewhere_is_probed_at_the_next_rescan() {
         "the system's libssl and the copy are both probed:\n{metrics}"
     );
 }
+
+/// Node.js links OpenSSL into its executable, built with `ssl_read_internal` inlined into
+/// `SSL_read_ex`: no thin wrapper, so the agent probes its public functions instead (and says
+/// so). Its HTTPS requests over a keep-alive connection are traced on both ends all the same.
+#[test]
+fn node_with_openssl_linked_in_is_traced_through_its_public_functions() {
+    if !require_root("node_https") || !require_python("node_https") || !require_node("node_https") {
+        return;
+    }
+    let dir = temp_dir("tls-node");
+    let (cert, key) = self_signed(&dir);
+    let port = free_port();
+    let _server = uvicorn_https(port, &cert, &key);
+    const CLIENT: &str = r#"
+        const https = require('https');
+        const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+        const get = (path) => new Promise((ok, fail) => https.get(
+            { host: '127.0.0.1', port: +process.argv[1], path, agent, rejectUnauthorized: false },
+            (r) => { let b = ''; r.on('data', (d) => b += d); r.on('end', () => ok(`${r.statusCode} ${b}`)); },
+        ).on('error', fail));
+        process.stdin.once('data', async () => {
+            for (const p of ['/hello', '/items/7']) console.log(await get(p));
+            agent.destroy();
+            process.exit(0);
+        });
+        console.log('ready');
+    "#;
+    let mut client = Proc::spawn(
+        Command::new("node").args(["-e", CLIENT, &port.to_string()]).stdin(Stdio::piped()).stdout(Stdio::piped()),
+    );
+    let mut out = None;
+    assert_eq!(client.read_line(&mut out), "ready");
+    let (mut agent, log, metrics_port) =
+        start_agent(&dir, &[format!("api=port:{port}"), format!("node=pid:{}", client.pid())]);
+    // The node executable is probed once the agent has read the process's memory map.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&scrape(metrics_port), &["traceo_tls_probed_libraries"]).unwrap_or(0.0) < 2.0 {
+        assert!(Instant::now() < deadline, "node's executable was never probed:\n{}", scrape(metrics_port));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    client.send_line("go");
+    let said: Vec<String> = (0..2).map(|_| client.read_line(&mut out)).collect();
+    assert_eq!(said[0], "200 hello", "{said:?}");
+    let x = wait_for_exchanges(&log, 4);
+    let agent_log = agent.stop().join("\n");
+
+    assert!(
+        agent_log.lines().any(|l| l.contains("ssl_read_internal not found") && l.contains("probing SSL_read")),
+        "the fallback to node's public functions is logged:\n{agent_log}"
+    );
+    let want = vec!["\"GET\" \"/hello\" 200", "\"GET\" \"/items/7\" 200"];
+    let (server, clientx) = (side(&x, "api", "server"), side(&x, "node", "client"));
+    assert_eq!(summary(&clientx), want, "node's side (its own OpenSSL, public functions): {x:#?}");
+    assert_eq!(summary(&server), want, "uvicorn's side (the system's libssl, internal functions): {x:#?}");
+    assert_all_tls(&clientx, true, "node");
+    assert_all_tls(&server, true, "api");
+    assert_parented(&server, &clientx, "connection", "node -> uvicorn over TLS");
+}

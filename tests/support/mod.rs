@@ -64,6 +64,16 @@ pub fn require_python(test: &str) -> bool {
     ok
 }
 
+pub fn require_node(test: &str) -> bool {
+    if Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    let why = format!("{test} needs node (Node.js) on PATH: run `cargo xtask setup`");
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

@@ -92,7 +92,13 @@ impl Probes {
                         probed.push(call.internal);
                     }
                     Err(e) => {
-                        log::debug!("{}: {e:#}; probing the public functions instead", call.internal);
+                        log::info!(
+                            "TLS: {}: {} not found ({e:#}); probing {} and {}",
+                            library.display(),
+                            call.internal,
+                            call.plain.0,
+                            call.ex.0
+                        );
                         symbols
                             .offset(library, call.plain.0)
                             .and_then(|offset| probe(probes, links, (call.plain.1, offset)))

@@ -91,12 +91,14 @@ impl RingSource {
 }
 
 /// How often the ring buffer is read without a wake-up. The kernel submits events silently
-/// until 512 KiB wait (then it wakes the agent), and wakes it at once for what must be seen
-/// at once (an exec, a listen), so this bounds the delay of a quiet stream's events. Each
-/// read starts with cold caches (the traced services ran meanwhile): the fewer, the more
-/// events each handles warm. Under a uvicorn at 10,000 requests/s the agent's CPU per
-/// exchange was 3.3 us reading every 20 ms, 2.9 us every 50 ms, 2.6 us every 100 ms.
-const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// until a quarter of the ring waits (then it wakes the agent), and wakes it at once for what
+/// must be seen at once (an exec, a listen), so this bounds the delay of a quiet stream's
+/// events. Each read starts with cold caches (the traced services ran meanwhile): the fewer,
+/// the more events each handles warm. Under a uvicorn at 10,000 requests/s the agent's CPU
+/// per exchange was 3.3 us reading every 20 ms, 2.9 us every 50 ms, 2.6 us every 100 ms
+/// (waking at 512 KiB) on a faster machine; on session 21's, 3.24 us every 100 ms against
+/// 2.99 every 250 ms waking at 1 MiB (paired 10 s runs), and 500 ms / 2 MiB gained no more.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl EventSource for RingSource {
     async fn next_event(&mut self) -> anyhow::Result<Option<Event>> {

@@ -11,11 +11,15 @@ use traceo_ebpf_common::{DataEvent, ENTRY_SLOTS, MAX_CAPTURE, PID_FLAGS_BLOCK, R
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Waking the agent for every event costs more than the event (an IPI and a wake-up, a VM
-/// exit on virtual machines): events are submitted silently, the agent polls every few
-/// milliseconds, and a wake-up is forced only once this much is waiting.
-const WAKEUP_BYTES: u64 = 512 * 1024;
+/// exit on virtual machines): events are submitted silently, the agent polls every 250 ms
+/// (`source::POLL`), and a wake-up is forced only once a quarter of the ring is waiting
+/// (1 MiB of the default 4): the rest absorbs what comes while the agent wakes and drains.
+#[inline(always)]
+fn wakeup_bytes() -> u64 {
+    crate::globals::setting!(ring_bytes) as u64 / 4
+}
 
-/// Flags for submitting an event: wake the agent only past `WAKEUP_BYTES` of backlog.
+/// Flags for submitting an event: wake the agent only past [`wakeup_bytes`] of backlog.
 #[inline(always)]
 pub fn submit_flags() -> u64 {
     submit_flags_for(EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64))
@@ -24,7 +28,7 @@ pub fn submit_flags() -> u64 {
 /// [`submit_flags`] when the caller already queried the bytes `waiting`.
 #[inline(always)]
 pub fn submit_flags_for(waiting: u64) -> u64 {
-    if waiting >= WAKEUP_BYTES {
+    if waiting >= wakeup_bytes() {
         aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64
     } else {
         aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64

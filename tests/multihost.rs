@@ -208,6 +208,20 @@ fn counters(port: u16) -> HashMap<&'static str, f64> {
         .collect()
 }
 
+/// Both agents' counters once no lookup is in flight (every one counted as begun has ended in
+/// a hit or a miss), or after 15 s.
+fn settled_counters(e: u16, m: u16) -> (HashMap<&'static str, f64>, HashMap<&'static str, f64>) {
+    let settled = |c: &HashMap<&'static str, f64>| c["hits"] + c["misses"] >= c["lookups"];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ec, mc) = (counters(e), counters(m));
+        if (settled(&ec) && settled(&mc)) || Instant::now() > deadline {
+            return (ec, mc);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Lines of both agents once `n` webhooks' far ends of `jobs` are written.
 fn wait_lines(elog: &std::path::Path, mlog: &std::path::Path, jobs: &[String]) -> (Vec<Value>, Vec<Value>) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -375,9 +389,10 @@ fn two_hosts_one_trace_through_redis() {
     assert!(mdown["misses"] - up["misses"] >= 5.0, "{mdown:?}");
     assert!(edown["errors"] > 0.0 && mdown["errors"] > 0.0, "{edown:?} {mdown:?}");
     let warned = |a: &Agent| a.log.iter().filter(|l| l.contains("shared state:") && l.contains("WARN")).count();
-    // Wait for the late job lookups of phase 2 to end, so phase 3 counts only its own.
-    std::thread::sleep(Duration::from_secs(2));
-    let (edown, mdown) = (counters(emetrics), counters(mmetrics));
+    // Wait for the late job lookups of phases 2 and 3 to end (each ends in a hit or a miss,
+    // at most its hold after it began, and the agents begin them as they read the events),
+    // so that phase 4 counts only its own.
+    let (edown, mdown) = settled_counters(emetrics, mmetrics);
 
     // 4. Redis back: cross-host traces resume.
     redis = Some(redis_server(redis_port));

@@ -69,20 +69,19 @@ pub fn shared_callee_offset(path: &Path, plain: &str, ex: &str) -> anyhow::Resul
     let (section, ex_at) = code_of(&elf, path, ex)?;
     let (plain_section, plain_at) = code_of(&elf, path, plain)?;
     anyhow::ensure!(plain_section.index() == section.index(), "{plain} and {ex} are in different sections");
+    // A malformed file's section may claim any size: nothing here may overflow.
+    let end = section.address().saturating_add(section.size());
     // The thin wrapper's call comes within its first bytes; the plain form checks its
     // argument (and sets a stack guard) first.
     let bytes = |at: u64, want: u64| {
-        let len = want.min(section.address() + section.size() - at);
+        let len = want.min(end.saturating_sub(at));
         section.data_range(at, len).ok().flatten().unwrap_or_default()
     };
     let Some(target) = crate::tls::callee::shared_callee((bytes(ex_at, 24), ex_at), (bytes(plain_at, 96), plain_at))
     else {
         bail!("{ex} is not a thin wrapper around a function {plain} also calls");
     };
-    anyhow::ensure!(
-        (section.address()..section.address() + section.size()).contains(&target),
-        "{ex} calls outside its section"
-    );
+    anyhow::ensure!((section.address()..end).contains(&target), "{ex} calls outside its section");
     anyhow::ensure!(
         !elf.dynamic_symbols().any(|s| s.is_definition() && s.address() == target),
         "{ex} calls an exported function"

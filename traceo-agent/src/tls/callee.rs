@@ -23,7 +23,7 @@ pub fn thin_wrapper_call(code: &[u8], at: u64) -> Option<u64> {
     // A prologue is a few instructions: more means this is not a thin wrapper.
     for _ in 0..8 {
         i += match code.get(i..)? {
-            [0xe8, rel @ ..] => return call_target(rel, at + i as u64),
+            [0xe8, rel @ ..] => return call_target(rel, at.wrapping_add(i as u64)),
             [0xf3, 0x0f, 0x1e, 0xfa, ..] => 4, // endbr64
             [0x50..=0x57, ..] => 1,            // push %rax..%rdi
             [0x41, 0x50..=0x57, ..] => 2,      // push %r8..%r15
@@ -38,14 +38,14 @@ pub fn thin_wrapper_call(code: &[u8], at: u64) -> Option<u64> {
 /// The address a `call rel32` at `call_at` reaches, from the four bytes after its opcode.
 fn call_target(rel: &[u8], call_at: u64) -> Option<u64> {
     let rel = i32::from_le_bytes(rel.get(..4)?.try_into().ok()?);
-    Some((call_at + 5).wrapping_add_signed(rel as i64))
+    Some(call_at.wrapping_add(5).wrapping_add_signed(rel as i64))
 }
 
 /// Whether `code` (at address `at`) holds a `call rel32` to `target` at any byte. Without an
 /// instruction decoder a match could in principle be inside another instruction; the odds
 /// that one lands on the exact address the other wrapper calls are nil.
 pub fn calls(code: &[u8], at: u64, target: u64) -> bool {
-    (0..code.len()).any(|i| code[i] == 0xe8 && call_target(&code[i + 1..], at + i as u64) == Some(target))
+    (0..code.len()).any(|i| code[i] == 0xe8 && call_target(&code[i + 1..], at.wrapping_add(i as u64)) == Some(target))
 }
 
 /// The function both wrappers call: the `_ex` form's first call (it must be a thin wrapper),

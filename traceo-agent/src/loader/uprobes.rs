@@ -82,12 +82,10 @@ impl Probes {
         self.hold(library, ProbeSet::Ssl, user, |probes, links| {
             let mut probed = Vec::new();
             for call in &programs::SSL_CALLS {
-                let probe = |probes: &mut Probes, links: &mut Vec<_>, (entry, offset)| {
-                    probes.attach_with_return(entry, offset, library, links)
-                };
                 match symbols.shared_callee(library, call.plain.0, call.ex.0) {
                     Ok(offset) => {
-                        probe(probes, links, (call.ex.1, offset))
+                        probes
+                            .attach_with_return(call.ex.1, offset, library, links)
                             .with_context(|| format!("probing {} in {}", call.internal, library.display()))?;
                         probed.push(call.internal);
                     }
@@ -101,11 +99,12 @@ impl Probes {
                         );
                         symbols
                             .offset(library, call.plain.0)
-                            .and_then(|offset| probe(probes, links, (call.plain.1, offset)))
+                            .and_then(|offset| probes.attach_with_return(call.plain.1, offset, library, links))
                             .with_context(|| format!("probing {} in {}", call.plain.0, library.display()))?;
                         probed.push(call.plain.0);
                         // The _ex forms appeared in OpenSSL 1.1.1.
-                        match symbols.offset(library, call.ex.0).and_then(|o| probe(probes, links, (call.ex.1, o))) {
+                        let ex = symbols.offset(library, call.ex.0);
+                        match ex.and_then(|offset| probes.attach_with_return(call.ex.1, offset, library, links)) {
                             Ok(()) => probed.push(call.ex.0),
                             Err(e) => log::debug!("{} not probed in {}: {e:#}", call.ex.0, library.display()),
                         }

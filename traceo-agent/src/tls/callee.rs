@@ -18,7 +18,7 @@
 
 /// The target of `code`'s first `call rel32` when only prologue instructions come before it
 /// (`endbr64`, pushes, `mov %rsp,%rbp`, `sub $imm8,%rsp`); `at` is `code[0]`'s address.
-pub fn thin_wrapper_call(code: &[u8], at: u64) -> Option<u64> {
+fn thin_wrapper_call(code: &[u8], at: u64) -> Option<u64> {
     let mut i = 0;
     // A prologue is a few instructions: more means this is not a thin wrapper.
     for _ in 0..8 {
@@ -44,7 +44,7 @@ fn call_target(rel: &[u8], call_at: u64) -> Option<u64> {
 /// Whether `code` (at address `at`) holds a `call rel32` to `target` at any byte. Without an
 /// instruction decoder a match could in principle be inside another instruction; the odds
 /// that one lands on the exact address the other wrapper calls are nil.
-pub fn calls(code: &[u8], at: u64, target: u64) -> bool {
+fn calls(code: &[u8], at: u64, target: u64) -> bool {
     (0..code.len()).any(|i| code[i] == 0xe8 && call_target(&code[i + 1..], at.wrapping_add(i as u64)) == Some(target))
 }
 

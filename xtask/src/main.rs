@@ -164,6 +164,12 @@ fn build_ebpf() -> anyhow::Result<()> {
             "bpfel-unknown-none",
             "-Z",
             "build-std=core",
+            // The workspace's release LTO and single codegen unit are for the agent;
+            // bpf-linker links the object as before.
+            "--config",
+            "profile.release.lto=false",
+            "--config",
+            "profile.release.codegen-units=16",
         ])
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTC", &tools.rustc)

@@ -2,9 +2,6 @@
 //! and what the exchange keeps.
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
-
-use memchr::memmem::Finder;
 
 use crate::http::headers::{HeaderSelection, KeptHeaders, utf8_lossy};
 use crate::http::parser::{Kind, ParseErrorKind, Version};
@@ -56,20 +53,19 @@ pub struct HeadError {
 }
 
 /// Index just past the blank line ending a head or trailer section in `buf`, searching
-/// from `from` (callers back up over bytes that may start a terminator). One vector search
-/// for the CRLF form finds most; the bare-LF form is looked for only before it.
+/// from `from` (callers back up over bytes that may start a terminator): the first `\n`
+/// followed by `\n` or `\r\n`. One memchr per line; a head has a few lines, so this costs
+/// less than setting up two substring searches per head.
 pub fn find_blank_line(buf: &[u8], from: usize) -> Option<usize> {
-    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\r\n"));
-    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
     let hay = buf.get(from..)?;
-    let crlf = CRLF.find(hay);
-    // A `\n\n` at or past a `\n\r\n` would come later.
-    let before = crlf.map_or(hay, |at| hay.get(..=at).unwrap_or(hay));
-    match (LF.find(before), crlf) {
-        (Some(at), _) => Some(from + at + 2),
-        (None, Some(at)) => Some(from + at + 3),
-        (None, None) => None,
+    for nl in memchr::memchr_iter(b'\n', hay) {
+        match (hay.get(nl + 1), hay.get(nl + 2)) {
+            (Some(b'\n'), _) => return Some(from + nl + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(from + nl + 3),
+            _ => {}
+        }
     }
+    None
 }
 
 /// The start line alone, for early validation and for heads that fail later.
@@ -315,5 +311,30 @@ mod tests {
         assert_eq!(find_blank_line(b"a\r\n\r\nb\n\n", 0), Some(5));
         assert_eq!(find_blank_line(b"a\r\n\r\nb\n\n", 4), Some(8));
         assert_eq!(find_blank_line(b"ab", 5), None);
+    }
+
+    /// Against the definition, on every string of up to 7 bytes over `a`, `\r`, `\n`.
+    #[test]
+    fn blank_line_matches_its_definition() {
+        fn reference(buf: &[u8], from: usize) -> Option<usize> {
+            let hay = buf.get(from..)?;
+            (0..hay.len()).find_map(|i| {
+                if hay[i..].starts_with(b"\n\n") {
+                    Some(from + i + 2)
+                } else if hay[i..].starts_with(b"\n\r\n") {
+                    Some(from + i + 3)
+                } else {
+                    None
+                }
+            })
+        }
+        for len in 0..=7u32 {
+            for code in 0..3usize.pow(len) {
+                let buf: Vec<u8> = (0..len).map(|i| [b'a', b'\r', b'\n'][code / 3usize.pow(i) % 3]).collect();
+                for from in 0..=buf.len() + 1 {
+                    assert_eq!(find_blank_line(&buf, from), reference(&buf, from), "{buf:?} from {from}");
+                }
+            }
+        }
     }
 }

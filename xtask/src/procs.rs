@@ -145,7 +145,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// A process's CPU time, thread by thread (`/proc/PID/task/*/schedstat`, nanoseconds) and in
 /// all (`/proc/PID/stat`, clock ticks, which also keeps the time of threads that exited).
 pub struct ThreadCpu {
-    threads: Vec<(u32, u64)>,
+    /// (tid, nanoseconds, the thread's name).
+    threads: Vec<(u32, u64, String)>,
     seconds: f64,
 }
 
@@ -158,8 +159,9 @@ impl ThreadCpu {
                 let ns = std::fs::read_to_string(e.path().join("schedstat"))
                     .ok()
                     .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()));
+                let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_owned();
                 if let (Some(tid), Some(ns)) = (tid, ns) {
-                    threads.push((tid, ns));
+                    threads.push((tid, ns, name));
                 }
             }
         }
@@ -170,12 +172,31 @@ impl ThreadCpu {
     /// still runs (a thread started since counts whole), else from the clock ticks (a 10 ms
     /// grain), since an exited thread's time is no longer listed by thread.
     pub fn since(&self, before: &ThreadCpu) -> f64 {
-        let now = |tid: u32| self.threads.iter().find(|t| t.0 == tid).map(|t| t.1);
-        if before.threads.is_empty() || before.threads.iter().any(|&(tid, ns)| now(tid).is_none_or(|n| n < ns)) {
+        if !self.by_thread_since(before) {
             return self.seconds - before.seconds;
         }
-        let sum = |v: &[(u32, u64)]| v.iter().map(|t| t.1).sum::<u64>();
+        let sum = |v: &[(u32, u64, String)]| v.iter().map(|t| t.1).sum::<u64>();
         sum(&self.threads).saturating_sub(sum(&before.threads)) as f64 / 1e9
+    }
+
+    /// Whether every thread read in `before` is still listed, so the difference is exact.
+    fn by_thread_since(&self, before: &ThreadCpu) -> bool {
+        let now = |tid: u32| self.threads.iter().find(|t| t.0 == tid).map(|t| t.1);
+        !before.threads.is_empty() && before.threads.iter().all(|&(tid, ns, _)| now(tid).is_some_and(|n| n >= ns))
+    }
+
+    /// CPU seconds from `before` to this reading by thread name (the agent names its threads:
+    /// `traceo-otlp` exports, the main thread runs the pipeline); empty when a thread exited.
+    pub fn by_name_since(&self, before: &ThreadCpu) -> std::collections::BTreeMap<String, f64> {
+        let mut names = std::collections::BTreeMap::new();
+        if !self.by_thread_since(before) {
+            return names;
+        }
+        for (tid, ns, name) in &self.threads {
+            let then = before.threads.iter().find(|t| t.0 == *tid).map_or(0, |t| t.1);
+            *names.entry(name.clone()).or_insert(0.0) += ns.saturating_sub(then) as f64 / 1e9;
+        }
+        names
     }
 }
 

@@ -139,6 +139,8 @@ fn load(target: &Target, (conns, secs): (u32, u32)) -> anyhow::Result<(WrkResult
 #[derive(Default)]
 struct AgentCost {
     cpu: f64,
+    /// `cpu` by thread name.
+    cpu_by_thread: std::collections::BTreeMap<String, f64>,
     /// Exchanges seen, server and client side (a front's call to its backend is one).
     exchanges: f64,
     /// Server-side exchanges seen (one per request served).
@@ -197,6 +199,9 @@ impl AgentCost {
         let threads1 = ThreadCpu::read(a.pid());
         let text = scrape(metrics_port);
         self.cpu += threads1.since(&threads0);
+        for (name, cpu) in threads1.by_name_since(&threads0) {
+            *self.cpu_by_thread.entry(name).or_insert(0.0) += cpu;
+        }
         self.exchanges += requests(&text, "") - steady0;
         self.served += requests(&text, server) - served_steady0;
         std::thread::sleep(Duration::from_millis(1500));
@@ -240,6 +245,9 @@ impl AgentCost {
             "agent_cpu_us_per_request": per(self.cpu, self.served, 1e6),
             "agent_cpu_s_per_1000_exchanges": per(self.cpu, self.exchanges, 1000.0),
             "agent_cpu_us_per_exchange_whole_arm": per(self.whole_cpu, self.whole_exchanges, 1e6),
+            "agent_cpu_us_per_exchange_by_thread": self.cpu_by_thread.iter()
+                .map(|(name, cpu)| (name.clone(), json!(per(*cpu, self.exchanges, 1e6))))
+                .collect::<serde_json::Map<_, _>>(),
             "warm_up_seconds": self.warm_up,
             "agent_peak_rss_mib": self.peak_rss as f64 / (1 << 20) as f64,
             "events_lost": self.lost, "exchanges_missed": self.missed, "exchanges_seen": self.exchanges,

@@ -237,6 +237,11 @@ fn agent_cpu(arm: &Value, what: &str) {
     let steady = f(&arm["agent_cpu_us_per_exchange"]);
     row(&format!("{what} (us)"), format!("{steady:.2}"), "<= 3 (#16)", steady <= 3.0);
     info("  whole arm, from a fresh agent (us)", format!("{:.2}", f(&arm["agent_cpu_us_per_exchange_whole_arm"])));
+    if let Some(threads) = arm["agent_cpu_us_per_exchange_by_thread"].as_object() {
+        let parts: Vec<String> =
+            threads.iter().filter(|(_, v)| f(v) >= 0.005).map(|(name, v)| format!("{name} {:.2}", f(v))).collect();
+        info("  by thread (us)", parts.join(", "));
+    }
 }
 
 /// A runtime option's arm beside the plain traced one.

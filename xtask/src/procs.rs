@@ -386,7 +386,8 @@ mod tests {
     use super::ThreadCpu;
 
     fn reading(threads: &[(u32, u64)], seconds: f64) -> ThreadCpu {
-        ThreadCpu { threads: threads.to_vec(), seconds }
+        let named = |&(tid, ns): &(u32, u64)| (tid, ns, if tid == 1 { "main" } else { "worker" }.to_owned());
+        ThreadCpu { threads: threads.iter().map(named).collect(), seconds }
     }
 
     #[test]
@@ -395,9 +396,14 @@ mod tests {
         // Both still there, a third started since: every nanosecond since, the new thread's all.
         let now = reading(&[(1, 1_250_000_000), (2, 600_000_000), (3, 50_000_000)], 1.9);
         assert!((now.since(&before) - 0.4).abs() < 1e-9, "{}", now.since(&before));
+        // By name: thread 1 is "main", 2 and 3 "worker".
+        let names = now.by_name_since(&before);
+        assert_eq!(names.len(), 2);
+        assert!((names["main"] - 0.25).abs() < 1e-9 && (names["worker"] - 0.15).abs() < 1e-9, "{names:?}");
         // Thread 2 exited: its time is only in the process's ticks.
         let now = reading(&[(1, 1_250_000_000)], 1.93);
         assert!((now.since(&before) - 0.43).abs() < 1e-9, "{}", now.since(&before));
+        assert!(now.by_name_since(&before).is_empty(), "no split by thread when one left");
         // A tid reused by a new thread reads lower than before: the ticks again.
         let now = reading(&[(1, 1_250_000_000), (2, 10)], 1.8);
         assert!((now.since(&before) - 0.3).abs() < 1e-9, "{}", now.since(&before));

@@ -482,16 +482,17 @@ mod tests {
         assert_eq!(full_batch::<Spans>(&items, MAX_BATCH), Some(2));
     }
 
-    /// A collector that answers a request only once another one arrives (or after 2 s), and
-    /// counts the most requests it held at once.
+    /// A collector counting the most requests it held at once; `slow`, it answers a request
+    /// only once another one arrives (or after 2 s), else at once.
     #[derive(Clone, Default)]
-    struct Slow {
+    struct Collector {
+        slow: bool,
         active: Arc<AtomicU64>,
         most: Arc<AtomicU64>,
     }
 
     #[tonic::async_trait]
-    impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Slow {
+    impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
         async fn export(
             &self,
             _request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
@@ -502,27 +503,10 @@ mod tests {
             let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while self.most.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+            while self.slow && self.most.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             self.active.fetch_sub(1, Ordering::SeqCst);
-            Ok(tonic::Response::new(Default::default()))
-        }
-    }
-
-    /// A collector that answers every request at once.
-    #[derive(Clone, Default)]
-    struct Quick;
-
-    #[tonic::async_trait]
-    impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Quick {
-        async fn export(
-            &self,
-            _request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
-        ) -> Result<
-            tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
-            tonic::Status,
-        > {
             Ok(tonic::Response::new(Default::default()))
         }
     }
@@ -570,7 +554,7 @@ mod tests {
 
     #[test]
     fn an_idle_exporter_sleeps_until_the_next_span() {
-        let (port, stop, server) = collector(Quick);
+        let (port, stop, server) = collector(Collector::default());
         let cfg = ExportConfig::new(&OtlpTarget { endpoint: format!("127.0.0.1:{port}"), protocol: Protocol::Grpc });
         let mut exporter = Exporter::<Spans>::start(cfg).expect("exporter");
         let r = Arc::new(ResourceEntry { service: "s".into(), pid: 1, resource: Default::default() });
@@ -593,7 +577,7 @@ mod tests {
 
     #[test]
     fn requests_overlap_while_the_collector_is_slow_to_answer() {
-        let slow = Slow::default();
+        let slow = Collector { slow: true, ..Collector::default() };
         let (port, stop, server) = collector(slow.clone());
         // A batch per span: four requests, each held until another one comes.
         let mut cfg =

@@ -38,6 +38,18 @@ impl SymbolOffsets {
         self.cached(path, &format!("the callee of {plain} and {ex}"), || shared_callee_offset(path, plain, ex))
     }
 
+    /// Where one direction of OpenSSL's I/O is probed in `path`: the internal function both
+    /// public ones call when found, else the public functions themselves (`hold_ssl` attaches
+    /// what this says; the TLS planner calls it ahead to warm the cache).
+    pub fn ssl_targets(&self, path: &Path, call: &super::programs::SslCall) -> SslTargets {
+        match self.shared_callee(path, call.plain.0, call.ex.0) {
+            Ok(offset) => SslTargets::Internal(offset),
+            Err(why) => {
+                SslTargets::Public { why, plain: self.offset(path, call.plain.0), ex: self.offset(path, call.ex.0) }
+            }
+        }
+    }
+
     /// `key`'s offset in `path`, computed by `find` on a miss. The file is parsed outside the
     /// lock: a parse never holds up a lookup of another file.
     fn cached(&self, path: &Path, key: &str, find: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<u64> {
@@ -50,6 +62,15 @@ impl SymbolOffsets {
         self.found.lock().unwrap_or_else(|e| e.into_inner()).insert(key, found.clone());
         found.map_err(anyhow::Error::msg)
     }
+}
+
+/// See [`SymbolOffsets::ssl_targets`].
+pub enum SslTargets {
+    /// The internal function's offset.
+    Internal(u64),
+    /// Why the internal function was not found, and the public functions' offsets (the `_ex`
+    /// form is missing before OpenSSL 1.1.1).
+    Public { why: anyhow::Error, plain: anyhow::Result<u64>, ex: anyhow::Result<u64> },
 }
 
 /// A defined symbol's address translated to a file offset through its section.

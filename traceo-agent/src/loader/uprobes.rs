@@ -23,7 +23,7 @@ use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
 };
 
-use super::{Probes, programs};
+use super::{Probes, programs, symbols::SslTargets};
 use crate::tls::libraries::FileId;
 
 /// A file's probes stay this long after its last traced user is gone: a service restarting
@@ -82,28 +82,26 @@ impl Probes {
         self.hold(library, ProbeSet::Ssl, user, |probes, links| {
             let mut probed = Vec::new();
             for call in &programs::SSL_CALLS {
-                match symbols.shared_callee(library, call.plain.0, call.ex.0) {
-                    Ok(offset) => {
+                match symbols.ssl_targets(library, call) {
+                    SslTargets::Internal(offset) => {
                         probes
                             .attach_with_return(call.ex.1, offset, library, links)
                             .with_context(|| format!("probing {} in {}", call.internal, library.display()))?;
                         probed.push(call.internal);
                     }
-                    Err(e) => {
+                    SslTargets::Public { why, plain, ex } => {
                         log::info!(
-                            "TLS: {}: {} not found ({e:#}); probing {} and {}",
+                            "TLS: {}: {} not found ({why:#}); probing {} and {}",
                             library.display(),
                             call.internal,
                             call.plain.0,
                             call.ex.0
                         );
-                        symbols
-                            .offset(library, call.plain.0)
+                        plain
                             .and_then(|offset| probes.attach_with_return(call.plain.1, offset, library, links))
                             .with_context(|| format!("probing {} in {}", call.plain.0, library.display()))?;
                         probed.push(call.plain.0);
                         // The _ex forms appeared in OpenSSL 1.1.1.
-                        let ex = symbols.offset(library, call.ex.0);
                         match ex.and_then(|offset| probes.attach_with_return(call.ex.1, offset, library, links)) {
                             Ok(()) => probed.push(call.ex.0),
                             Err(e) => log::debug!("{} not probed in {}: {e:#}", call.ex.0, library.display()),

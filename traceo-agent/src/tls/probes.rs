@@ -69,10 +69,7 @@ pub fn classify(
 /// or the public ones where those are not found.
 fn resolve_offsets(symbols: &crate::loader::symbols::SymbolOffsets, lib: &Path) {
     for call in &crate::loader::programs::SSL_CALLS {
-        if symbols.shared_callee(lib, call.plain.0, call.ex.0).is_err() {
-            let _ = symbols.offset(lib, call.plain.0);
-            let _ = symbols.offset(lib, call.ex.0);
-        }
+        let _ = symbols.ssl_targets(lib, call);
     }
 }
 

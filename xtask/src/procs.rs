@@ -175,8 +175,7 @@ impl ThreadCpu {
         if !self.by_thread_since(before) {
             return self.seconds - before.seconds;
         }
-        let sum = |v: &[(u32, u64, String)]| v.iter().map(|t| t.1).sum::<u64>();
-        sum(&self.threads).saturating_sub(sum(&before.threads)) as f64 / 1e9
+        self.by_name_since(before).values().sum()
     }
 
     /// Whether every thread read in `before` is still listed, so the difference is exact.

@@ -310,23 +310,22 @@ impl<S: Signal> Worker<S> {
         let mut sending = JoinSet::new();
         let mut idle = false;
         loop {
+            // Each pass but the first follows a wake-up.
+            self.counts.wakeups.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = queue.wake.notified() => {}
                 _ = drain.tick(), if !idle => {}
                 _ = timer.tick(), if !idle => {
-                    self.counts.wakeups.fetch_add(1, Ordering::Relaxed);
                     if !batch.is_empty() {
                         self.export(&transport, &mut batch, &queue, &mut sending).await;
                     }
                     continue;
                 }
                 Some(done) = sending.join_next_with_id(), if !sending.is_empty() => {
-                    self.counts.wakeups.fetch_add(1, Ordering::Relaxed);
                     self.finished(done, &queue);
                     continue;
                 }
             }
-            self.counts.wakeups.fetch_add(1, Ordering::Relaxed);
             let closed = {
                 let mut inbox = queue.lock();
                 std::mem::swap(&mut inbox.items, &mut taken);

@@ -15,7 +15,10 @@ use aya_ebpf::{
 use traceo_ebpf_common::{stat, syscall};
 
 use super::{conn, data, data::Call};
-use crate::{filter::traced, maps::count};
+use crate::{
+    filter::{Current, traced},
+    maps::count,
+};
 
 /// x86-64 `struct pt_regs` from `r10` (byte 56) to `orig_ax` (byte 120): one read.
 #[repr(C)]
@@ -52,7 +55,18 @@ pub(super) mod nr {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
-    let Some(cur) = traced() else { return 0 };
+    // The filter stays in the program itself: every syscall of every process passes here, and
+    // a call to a BPF function costs an untraced syscall ~5 ns more (a return goes through the
+    // kernel's return thunk where the CPU needs the SRSO mitigation).
+    match traced() {
+        Some(cur) => on_traced_exit(&cur, &ctx),
+        None => 0,
+    }
+}
+
+/// A traced process's syscall: which one, and what it did.
+#[inline(never)]
+fn on_traced_exit(cur: &Current, ctx: &RawTracePointContext) -> u32 {
     let regs: u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     // SAFETY: probe reads of kernel memory fail cleanly on a bad pointer.
@@ -63,12 +77,12 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
     let plain = |syscall| Call { fd: r.di as i32 as i64, buf: r.si, count: r.dx, syscall, vectored: 0 };
     let vectored = |syscall| Call { vectored: 1, ..plain(syscall) };
     match r.orig_ax {
-        nr::READ => data::on_exit(&cur, &plain(syscall::READ), ret),
-        nr::WRITE => data::on_exit(&cur, &plain(syscall::WRITE), ret),
-        nr::SENDTO => data::on_exit(&cur, &plain(syscall::SENDTO), ret),
-        nr::RECVFROM => data::on_exit(&cur, &plain(syscall::RECVFROM), ret),
-        nr::READV => data::on_exit(&cur, &vectored(syscall::READV), ret),
-        nr::WRITEV => data::on_exit(&cur, &vectored(syscall::WRITEV), ret),
+        nr::READ => data::on_exit(cur, &plain(syscall::READ), ret),
+        nr::WRITE => data::on_exit(cur, &plain(syscall::WRITE), ret),
+        nr::SENDTO => data::on_exit(cur, &plain(syscall::SENDTO), ret),
+        nr::RECVFROM => data::on_exit(cur, &plain(syscall::RECVFROM), ret),
+        nr::READV => data::on_exit(cur, &vectored(syscall::READV), ret),
+        nr::WRITEV => data::on_exit(cur, &vectored(syscall::WRITEV), ret),
         nr::SENDMSG | nr::RECVMSG => {
             let syscall = if r.orig_ax == nr::SENDMSG { syscall::SENDMSG } else { syscall::RECVMSG };
             if data::moved_nothing(syscall, ret) {
@@ -79,14 +93,14 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
             // SAFETY: probe reads of user memory fail cleanly on a bad pointer.
             let iov = unsafe { bpf_probe_read_user((r.si + 16) as *const [u64; 2]) };
             match iov {
-                Ok([iov, iovlen]) => data::on_exit(&cur, &Call { buf: iov, count: iovlen, ..vectored(syscall) }, ret),
+                Ok([iov, iovlen]) => data::on_exit(cur, &Call { buf: iov, count: iovlen, ..vectored(syscall) }, ret),
                 Err(_) => count(stat::READ_USER_FAILED),
             }
         }
         // sendfile64(out_fd, in_fd, offset, count): only the length is ever known.
-        nr::SENDFILE => data::on_exit(&cur, &Call { buf: 0, count: r.r10, ..plain(syscall::SENDFILE) }, ret),
-        nr::ACCEPT | nr::ACCEPT4 => conn::on_accept(&cur, ret),
-        nr::CONNECT => conn::on_connect(&cur, r.di as i32 as i64, ret),
+        nr::SENDFILE => data::on_exit(cur, &Call { buf: 0, count: r.r10, ..plain(syscall::SENDFILE) }, ret),
+        nr::ACCEPT | nr::ACCEPT4 => conn::on_accept(cur, ret),
+        nr::CONNECT => conn::on_connect(cur, r.di as i32 as i64, ret),
         _ => {}
     }
     0

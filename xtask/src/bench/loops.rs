@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::{Settings, median};
+use super::{
+    Settings, median,
+    prog_stats::{self, ProgRuns, StatsOn},
+};
 use crate::procs::{Proc, agent, cpu_seconds, free_port, metric_sum, scrape};
 
 /// A loop program started and waiting: it has printed `ready` and times its loop, printing ns
@@ -55,12 +58,16 @@ fn mode_agent(agent_bin: &Path, mode: &str, pid: u32, metrics: &str) -> anyhow::
         "floor" => Some(agent(agent_bin, &["bench-floor"])?),
         // The least capturing program in place of the real ones (see probes/floor.rs).
         "bound" => Some(agent(agent_bin, &["bench-floor", "--bound-pid", &pid.to_string()])?),
+        // The least any per-process filter must do, for a process it does not select: the
+        // bound program tracing pid 0 (the idle task, which makes no syscalls).
+        "bound_unselected" => Some(agent(agent_bin, &["bench-floor", "--bound-pid", "0"])?),
         other => bail!("unknown mode {other}"),
     })
 }
 
-/// One timed run of the syscall loop under `mode`; ns per syscall.
-fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<f64> {
+/// One timed run of the syscall loop under `mode`: ns per syscall, and the programs the agent
+/// held when the loop ended (their run statistics, when those are on).
+fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<(f64, Vec<ProgRuns>)> {
     let lp = LoopProc::start(Command::new(std::env::current_exe()?).args([
         "bench-loop",
         "--size",
@@ -70,10 +77,12 @@ fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyh
     ]))?;
     let mut running = mode_agent(agent_bin, mode, lp.proc.pid(), "off")?;
     let ns = lp.go()?;
+    let mut progs = vec![];
     if let Some(a) = running.as_mut() {
+        progs = prog_stats::programs_of(a.pid())?;
         a.interrupt();
     }
-    Ok(ns)
+    Ok((ns, progs))
 }
 
 pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
@@ -87,11 +96,12 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
         ("none", 1024),
         ("bound", 64),
         ("bound", 1024),
+        ("bound_unselected", 64),
     ];
     let mut samples: Vec<Vec<f64>> = vec![vec![]; cases.len()];
     for round in 0..rounds {
         for (i, (mode, size)) in cases.iter().enumerate() {
-            let ns = loop_once(agent_bin, mode, *size, iterations)?;
+            let (ns, _) = loop_once(agent_bin, mode, *size, iterations)?;
             eprintln!("bench: syscall loop round {round} {mode} {size} B: {ns:.0} ns/syscall");
             samples[i].push(ns);
         }
@@ -108,9 +118,34 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
             "traced_1kib": m[4] - m[5],
             "bound_64b": m[6] - m[0],
             "bound_1kib": m[7] - m[5],
+            "bound_unselected": m[8] - m[0],
         },
+        "ns_per_program_run": program_costs(agent_bin, s)?,
         "rounds": rounds, "iterations": iterations,
     }))
+}
+
+/// The programs' own ns per run (kernel run-time statistics) in the 64 B syscall loop: the
+/// empty programs, the real ones for a process they do not select (the filter alone) and for
+/// the traced loop. At syscall exit (every syscall) and at the busiest entry tracepoint (the
+/// loop's sendto). Medians of the rounds.
+fn program_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
+    let (rounds, iterations) = if s.quick { (1, 30_000) } else { (3, 200_000) };
+    let _stats = StatsOn::new()?;
+    let mut out = json!({});
+    for mode in ["floor", "unselected", "traced"] {
+        let (mut exit, mut entry) = (vec![], vec![]);
+        for _ in 0..rounds {
+            let (_, progs) = loop_once(agent_bin, mode, 64, iterations)?;
+            let per_run = |prog_type| prog_stats::busiest(&progs, prog_type).map_or(f64::NAN, |p| p.ns_per_run());
+            exit.push(per_run(prog_stats::RAW_TRACEPOINT));
+            entry.push(per_run(prog_stats::TRACEPOINT));
+        }
+        let (exit, entry) = (median(exit), median(entry));
+        eprintln!("bench: program run time, {mode}: {exit:.1} ns at syscall exit, {entry:.1} ns at entry");
+        out[mode] = json!({"exit": exit, "entry": entry});
+    }
+    Ok(out)
 }
 
 /// One timed run of the write loop (`bench-loop --write TARGET`, its stderr to `stderr`)

@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 
 mod loops;
 mod options;
+mod prog_stats;
 mod table;
 
 pub struct Settings {

@@ -73,6 +73,20 @@ fn syscalls(sc: &Value) {
     }
     let unselected = f(&added["unselected"]) / floor;
     row("untraced process, added / the floor's", format!("{unselected:.2}"), "<= 1.10 (#16)", unselected <= 1.10);
+    // What filtering by process costs at least: one pid read and flag test, at exit only.
+    if let Some(least) = added.get("bound_unselected") {
+        info("  least filtering program: added / the floor's", format!("{:.2} ({:.0} ns)", f(least) / floor, f(least)));
+    }
+    // The programs' own time per run, from the kernel's statistics (not the loop's noise).
+    if let Some(runs) = sc.get("ns_per_program_run") {
+        for at in ["exit", "entry"] {
+            let ns = |mode: &str| f(&runs[mode][at]);
+            info(
+                &format!("  one program run at syscall {at}: empty / untraced / traced (ns)"),
+                format!("{:.0} / {:.0} / {:.0}", ns("floor"), ns("unselected"), ns("traced")),
+            );
+        }
+    }
     for (key, what, bound) in [("traced_64b", "64 B", 2.0), ("traced_1kib", "1 KiB", 2.5)] {
         let ratio = f(&added[key]) / floor;
         row(

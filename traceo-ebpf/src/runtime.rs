@@ -7,12 +7,13 @@
 //! `context` is the `contextvars.Context` being run, and every asyncio task runs its steps
 //! in a context of its own. So the context's address names the task at the syscall.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use aya_ebpf::helpers::bpf_probe_read_user;
 use traceo_ebpf_common::{BASE_CTX, runtime_kind, stat};
 
 use crate::{
     filter::Current,
     globals::offset,
+    kmem::{current_task, load},
     maps::{RUNTIME_PROCS, THREAD_CTX, count},
 };
 
@@ -51,9 +52,8 @@ pub fn current_context(cur: &Current) -> u64 {
 /// `task_struct.thread.fsbase` of the current task.
 #[inline(always)]
 pub fn thread_pointer() -> Option<u64> {
-    // SAFETY: probe reads of kernel memory fail cleanly.
-    let task = unsafe { bpf_get_current_task() };
-    let fs = unsafe { bpf_probe_read_kernel((task + offset!(task_fsbase)) as *const u64) }.ok()?;
+    // SAFETY: a member of the typed task (`thread` is embedded in it).
+    let fs: u64 = unsafe { load(current_task(), offset!(task_fsbase)) };
     (fs != 0).then_some(fs)
 }
 

@@ -6,10 +6,13 @@
 //! Offsets come from the agent (BTF). Probe reads never fault, but nothing is pinned: a racing
 //! close can give stale values, which the agent tolerates.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use traceo_ebpf_common::{ConnEvent, family};
 
-use crate::globals::offset;
+use crate::{
+    globals::offset,
+    kmem::{current_task, load},
+};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -55,20 +58,16 @@ fn file_of_fd(fd: i64) -> Result<u64, WalkError> {
     if fd < 0 {
         return Err(WalkError::NotSocket);
     }
-    // SAFETY: a helper call without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task + offset!(task_files))?;
+    // Task, files and fdtable are typed pointers (see `load`); the fd array holds untyped ones.
+    // SAFETY: each pointer is typed by the verifier, each offset a member of its type.
+    let files: u64 = unsafe { load(current_task(), offset!(task_files)) };
     if files == 0 {
         return Err(WalkError::NotSocket);
     }
-    let fdt: u64 = read(files + offset!(files_fdt))?;
-    // `struct fdtable { unsigned int max_fds; struct file **fd; ... }` in every kernel: one
-    // read for both when the offsets say so.
-    let (max_fds, fd_array) = if offset!(fdt_fd) == offset!(fdt_max_fds) + 8 {
-        let pair: [u64; 2] = read(fdt + offset!(fdt_max_fds))?;
-        (pair[0] as u32, pair[1])
-    } else {
-        (read::<u32>(fdt + offset!(fdt_max_fds))?, read(fdt + offset!(fdt_fd))?)
+    // SAFETY: as above (a null `fdt` reads as zeros: no fd passes the bound).
+    let (max_fds, fd_array): (u32, u64) = unsafe {
+        let fdt: u64 = load(files, offset!(files_fdt));
+        (load(fdt, offset!(fdt_max_fds)), load(fdt, offset!(fdt_fd)))
     };
     if fd as u64 >= max_fds as u64 {
         return Err(WalkError::NotSocket);

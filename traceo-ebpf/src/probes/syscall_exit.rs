@@ -56,7 +56,7 @@ pub(super) mod nr {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
     // The filter stays in the program itself: every syscall of every process passes here, and
-    // a call to a BPF function costs an untraced syscall ~5 ns more (a return goes through the
+    // a call to a BPF function costs an untraced syscall ~7 ns more (a return goes through the
     // kernel's return thunk where the CPU needs the SRSO mitigation).
     match traced() {
         Some(cur) => on_traced_exit(&cur, &ctx),

@@ -127,13 +127,13 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
 
 /// The programs' own ns per run (kernel run-time statistics) in the 64 B syscall loop: the
 /// empty programs, the real ones for a process they do not select (the filter alone) and for
-/// the traced loop. At syscall exit (every syscall) and at the busiest entry tracepoint (the
+/// the traced loop, and the least capturing program. At syscall exit (every syscall) and at the busiest entry tracepoint (the
 /// loop's sendto). Medians of the rounds.
 fn program_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
     let (rounds, iterations) = if s.quick { (1, 30_000) } else { (3, 200_000) };
     let _stats = StatsOn::new()?;
     let mut out = json!({});
-    for mode in ["floor", "unselected", "traced"] {
+    for mode in ["floor", "unselected", "traced", "bound"] {
         let (mut exit, mut entry) = (vec![], vec![]);
         for _ in 0..rounds {
             let (_, progs) = loop_once(agent_bin, mode, 64, iterations)?;

@@ -82,8 +82,8 @@ fn syscalls(sc: &Value) {
         for at in ["exit", "entry"] {
             let ns = |mode: &str| f(&runs[mode][at]);
             info(
-                &format!("  one program run at syscall {at}: empty / untraced / traced (ns)"),
-                format!("{:.0} / {:.0} / {:.0}", ns("floor"), ns("unselected"), ns("traced")),
+                &format!("  one run at {at}: empty / untraced / traced / least (ns)"),
+                format!("{:.0} / {:.0} / {:.0} / {:.0}", ns("floor"), ns("unselected"), ns("traced"), ns("bound")),
             );
         }
     }

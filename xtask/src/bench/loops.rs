@@ -127,24 +127,43 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
 
 /// The programs' own ns per run (kernel run-time statistics) in the 64 B syscall loop: the
 /// empty programs, the real ones for a process they do not select (the filter alone) and for
-/// the traced loop, and the least capturing program. At syscall exit (every syscall) and at the busiest entry tracepoint (the
-/// loop's sendto). Medians of the rounds.
+/// the traced loop, and the least capturing program. At syscall exit (every syscall) and at
+/// the busiest entry tracepoint (the loop's sendto, every other syscall). Medians of the
+/// rounds. From them, what the filter adds to an untraced process's syscall: its cost per run
+/// over the empty program's, at exit and, weighted by how many syscalls have one, at entry.
+/// The loop's own arms cannot resolve that: they move by ±100 ns between runs.
 fn program_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
     let (rounds, iterations) = if s.quick { (1, 30_000) } else { (3, 200_000) };
     let _stats = StatsOn::new()?;
     let mut out = json!({});
+    let mut entries_per_exit = vec![];
     for mode in ["floor", "unselected", "traced", "bound"] {
         let (mut exit, mut entry) = (vec![], vec![]);
         for _ in 0..rounds {
             let (_, progs) = loop_once(agent_bin, mode, 64, iterations)?;
-            let per_run = |prog_type| prog_stats::busiest(&progs, prog_type).map_or(f64::NAN, |p| p.ns_per_run());
-            exit.push(per_run(prog_stats::RAW_TRACEPOINT));
-            entry.push(per_run(prog_stats::TRACEPOINT));
+            let (at_exit, at_entry) = (
+                prog_stats::busiest(&progs, prog_stats::RAW_TRACEPOINT),
+                prog_stats::busiest(&progs, prog_stats::TRACEPOINT),
+            );
+            exit.push(at_exit.map_or(f64::NAN, |p| p.ns_per_run()));
+            entry.push(at_entry.map_or(f64::NAN, |p| p.ns_per_run()));
+            // The real entry programs are one per hook (the floor's one program is on all).
+            if let (Some(x), Some(n), "unselected") = (at_exit, at_entry, mode) {
+                entries_per_exit.push(n.runs as f64 / x.runs.max(1) as f64);
+            }
         }
         let (exit, entry) = (median(exit), median(entry));
         eprintln!("bench: program run time, {mode}: {exit:.1} ns at syscall exit, {entry:.1} ns at entry");
         out[mode] = json!({"exit": exit, "entry": entry});
     }
+    let ns = |mode: &str, at: &str| out[mode][at].as_f64().unwrap_or(f64::NAN);
+    let entries_per_exit = median(entries_per_exit);
+    let at_exit = ns("unselected", "exit") - ns("floor", "exit");
+    let filter = at_exit + (ns("unselected", "entry") - ns("floor", "entry")) * entries_per_exit;
+    out["entries_per_syscall"] = json!(entries_per_exit);
+    out["untraced_filter_per_syscall"] = json!(filter);
+    // The least any filter by process can cost: the same test, at exit only.
+    out["least_filter_per_syscall"] = json!(at_exit);
     Ok(out)
 }
 

@@ -342,9 +342,10 @@ impl Server<'_> {
 }
 
 /// Untraced, floor-only and the traced arms' wrk runs alternated (one of each a round, so
-/// drift on a shared machine hits every arm alike); agent cost from the traced ones.
+/// drift on a shared machine hits every arm alike); agent cost from the traced ones. Medians
+/// of five rounds: of three, the agent's CPU per exchange moved by ±0.3 us between runs.
 fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms) -> anyhow::Result<Value> {
-    let (rounds, secs, conns, warm_up) = if s.quick { (1, 2, 16, 1) } else { (3, 5, 32, 3) };
+    let (rounds, secs, conns, warm_up) = if s.quick { (1, 2, 16, 1) } else { (5, 5, 32, 3) };
     let shape = (conns, secs);
     let (mut plain, mut floor, mut bound) = (ArmRuns::default(), ArmRuns::default(), ArmRuns::default());
     // The bound's reader thread: its CPU seconds and the requests of its runs.

@@ -43,7 +43,10 @@ fn exists(p: &str) -> bool {
 pub async fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let mut r = Report { failed: false };
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    r.line(None, "kernel", release.trim());
+    match loader::require_kernel(&release) {
+        Ok(()) => r.line(Some(true), "kernel", release.trim()),
+        Err(e) => r.line(Some(false), "kernel", e.to_string()),
+    }
     let privileged = loader::require_privileges();
     r.line(
         Some(privileged.is_ok()),

@@ -3,7 +3,8 @@
 //! Walk: task_struct.files -> files_struct.fdt -> fdtable.fd[fd] (struct file *)
 //!   -> file.f_inode (identity, S_IFSOCK test) and file.private_data (struct socket *)
 //!   -> socket.sk (struct sock *) -> sock.__sk_common (family, addresses, ports).
-//! Offsets come from the agent (BTF). Probe reads never fault, but nothing is pinned: a racing
+//! Offsets come from the agent (BTF). The first hops are direct loads through typed pointers
+//! (`kmem::load`), the rest probe reads: neither faults, but nothing is pinned, so a racing
 //! close can give stale values, which the agent tolerates.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
@@ -21,7 +22,8 @@ const S_IFREG: u16 = 0o100000;
 pub enum WalkError {
     /// The fd is not open or is not a socket: nothing to trace.
     NotSocket,
-    /// A kernel read failed (counted).
+    /// A probe read failed (counted). A direct load that faults reads zeros instead, which
+    /// the walk takes for "no socket".
     Failed,
 }
 
@@ -39,8 +41,9 @@ fn read<T>(addr: u64) -> Result<T, WalkError> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(|_| WalkError::Failed)
 }
 
-/// The socket behind `fd`, or `NotSocket` for anything else. Six kernel reads: each costs
-/// tens of nanoseconds, so neighbouring fields are read together.
+/// The socket behind `fd`, or `NotSocket` for anything else. Four direct loads, then three
+/// probe reads (the fd's file, its inode, the inode's mode and number in one): each helper
+/// call costs tens of nanoseconds, so neighbouring fields are read together.
 #[inline(always)]
 pub fn socket_of_fd(fd: i64) -> Result<SocketFile, WalkError> {
     let file = file_of_fd(fd)?;
@@ -64,11 +67,15 @@ fn file_of_fd(fd: i64) -> Result<u64, WalkError> {
     if files == 0 {
         return Err(WalkError::NotSocket);
     }
-    // SAFETY: as above (a null `fdt` reads as zeros: no fd passes the bound).
-    let (max_fds, fd_array): (u32, u64) = unsafe {
-        let fdt: u64 = load(files, offset!(files_fdt));
-        (load(fdt, offset!(fdt_max_fds)), load(fdt, offset!(fdt_fd)))
-    };
+    // SAFETY: as above.
+    let fdt: u64 = unsafe { load(files, offset!(files_fdt)) };
+    // `fdt` is `__rcu`: where the kernel's BTF carries that tag the verifier holds it may be
+    // null and refuses a load through it before this test.
+    if fdt == 0 {
+        return Err(WalkError::NotSocket);
+    }
+    // SAFETY: as above.
+    let (max_fds, fd_array): (u32, u64) = unsafe { (load(fdt, offset!(fdt_max_fds)), load(fdt, offset!(fdt_fd))) };
     if fd as u64 >= max_fds as u64 {
         return Err(WalkError::NotSocket);
     }

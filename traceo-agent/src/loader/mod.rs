@@ -48,6 +48,30 @@ pub fn object() -> anyhow::Result<&'static [u8]> {
     Ok(OBJECT)
 }
 
+/// The oldest kernel the programs load on: `bpf_get_current_task_btf` (the typed task the
+/// socket walk starts from) came in 5.11; the ring buffer (5.8) and BTF before it.
+pub const MIN_KERNEL: (u32, u32) = (5, 11);
+
+/// (major, minor) of a kernel release string (`6.18.44-fc-v1252`).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Refuse, naming the requirement, a kernel older than [`MIN_KERNEL`] (the verifier would
+/// refuse the programs with an unknown-function error). An unreadable release is let through.
+pub fn require_kernel(release: &str) -> anyhow::Result<()> {
+    match kernel_version(release) {
+        Some(v) if v < MIN_KERNEL => bail!(
+            "this kernel is {}: traceo needs Linux {}.{} or later (BPF-typed task pointers)",
+            release.trim(),
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Refuse early, with the fix, when the process cannot load BPF programs.
 pub fn require_privileges() -> anyhow::Result<()> {
     // SAFETY: plain syscall without arguments.
@@ -114,6 +138,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Probes> {
         bail!("this build reads syscall arguments with the x86-64 register layout: run it on x86-64");
     }
     let object = object()?;
+    require_kernel(&std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default())?;
     require_privileges()?;
     raise_memlock();
     let tracefs = tracefs::ensure_mounted()?;
@@ -475,5 +500,24 @@ impl KernelStats {
     /// Events the kernel had to drop because the ring buffer was full.
     pub fn lost(values: &[u64; stat::COUNT as usize]) -> u64 {
         stat::RING_FULL.iter().map(|&i| values[i as usize]).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_older_than_the_minimum_are_refused_by_name() {
+        assert_eq!(kernel_version("6.18.44-fc-v1252\n"), Some((6, 18)));
+        assert_eq!(kernel_version("5.10-rc1"), Some((5, 10)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(require_kernel("5.11.0").is_ok());
+        assert!(require_kernel("6.1.0-13-amd64").is_ok());
+        let err = require_kernel("5.10.0-28-amd64").unwrap_err().to_string();
+        assert!(err.contains("5.10.0-28-amd64") && err.contains("5.11 or later"), "{err}");
+        assert!(require_kernel("4.19.0").is_err());
+        // Unreadable: the load itself will say what is wrong.
+        assert!(require_kernel("").is_ok());
     }
 }

@@ -65,9 +65,20 @@ fn mode_agent(agent_bin: &Path, mode: &str, pid: u32, metrics: &str) -> anyhow::
     })
 }
 
-/// One timed run of the syscall loop under `mode`: ns per syscall, and the programs the agent
-/// held when the loop ended (their run statistics, when those are on).
-fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<(f64, Vec<ProgRuns>)> {
+/// One timed run of the syscall loop under `mode`; ns per syscall.
+fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyhow::Result<f64> {
+    loop_with_programs(agent_bin, mode, size, iterations, false).map(|(ns, _)| ns)
+}
+
+/// [`loop_once`], also reading the programs the agent held when the loop ended (their run
+/// statistics, when those are on) if `programs`.
+fn loop_with_programs(
+    agent_bin: &Path,
+    mode: &str,
+    size: usize,
+    iterations: u64,
+    programs: bool,
+) -> anyhow::Result<(f64, Vec<ProgRuns>)> {
     let lp = LoopProc::start(Command::new(std::env::current_exe()?).args([
         "bench-loop",
         "--size",
@@ -79,7 +90,9 @@ fn loop_once(agent_bin: &Path, mode: &str, size: usize, iterations: u64) -> anyh
     let ns = lp.go()?;
     let mut progs = vec![];
     if let Some(a) = running.as_mut() {
-        progs = prog_stats::programs_of(a.pid())?;
+        if programs {
+            progs = prog_stats::programs_of(a.pid())?;
+        }
         a.interrupt();
     }
     Ok((ns, progs))
@@ -101,7 +114,7 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
     let mut samples: Vec<Vec<f64>> = vec![vec![]; cases.len()];
     for round in 0..rounds {
         for (i, (mode, size)) in cases.iter().enumerate() {
-            let (ns, _) = loop_once(agent_bin, mode, *size, iterations)?;
+            let ns = loop_once(agent_bin, mode, *size, iterations)?;
             eprintln!("bench: syscall loop round {round} {mode} {size} B: {ns:.0} ns/syscall");
             samples[i].push(ns);
         }
@@ -127,43 +140,38 @@ pub(super) fn syscall_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Va
 
 /// The programs' own ns per run (kernel run-time statistics) in the 64 B syscall loop: the
 /// empty programs, the real ones for a process they do not select (the filter alone) and for
-/// the traced loop, and the least capturing program. At syscall exit (every syscall) and at
-/// the busiest entry tracepoint (the loop's sendto, every other syscall). Medians of the
-/// rounds. From them, what the filter adds to an untraced process's syscall: its cost per run
-/// over the empty program's, at exit and, weighted by how many syscalls have one, at entry.
-/// The loop's own arms cannot resolve that: they move by ±100 ns between runs.
+/// the traced loop, and the least capturing program; at syscall exit (every syscall) and at
+/// the busiest entry tracepoint (the loop's sendto, every other syscall). Arms alternated,
+/// medians of the rounds. From them, what the filter adds to an untraced process's syscall:
+/// all the real programs' run time per syscall over the empty ones'. The loop's own arms
+/// cannot resolve that: they move by ±100 ns between runs.
 fn program_costs(agent_bin: &Path, s: &Settings) -> anyhow::Result<Value> {
     let (rounds, iterations) = if s.quick { (1, 30_000) } else { (3, 200_000) };
     let _stats = StatsOn::new()?;
-    let mut out = json!({});
-    let mut entries_per_exit = vec![];
-    for mode in ["floor", "unselected", "traced", "bound"] {
-        let (mut exit, mut entry) = (vec![], vec![]);
-        for _ in 0..rounds {
-            let (_, progs) = loop_once(agent_bin, mode, 64, iterations)?;
-            let (at_exit, at_entry) = (
-                prog_stats::busiest(&progs, prog_stats::RAW_TRACEPOINT),
-                prog_stats::busiest(&progs, prog_stats::TRACEPOINT),
-            );
-            exit.push(at_exit.map_or(f64::NAN, |p| p.ns_per_run()));
-            entry.push(at_entry.map_or(f64::NAN, |p| p.ns_per_run()));
-            // The real entry programs are one per hook (the floor's one program is on all).
-            if let (Some(x), Some(n), "unselected") = (at_exit, at_entry, mode) {
-                entries_per_exit.push(n.runs as f64 / x.runs.max(1) as f64);
-            }
+    const MODES: [&str; 4] = ["floor", "unselected", "traced", "bound"];
+    // Per mode: ns per run at exit, at entry, and all programs' ns per syscall.
+    let mut samples: Vec<[Vec<f64>; 3]> = vec![Default::default(); MODES.len()];
+    for _ in 0..rounds {
+        for (mode, [exit, entry, per_syscall]) in MODES.iter().zip(&mut samples) {
+            let (_, progs) = loop_with_programs(agent_bin, mode, 64, iterations, true)?;
+            let per_run = |prog_type| prog_stats::busiest(&progs, prog_type).map_or(f64::NAN, |p| p.ns_per_run());
+            exit.push(per_run(prog_stats::RAW_TRACEPOINT));
+            entry.push(per_run(prog_stats::TRACEPOINT));
+            per_syscall.push(prog_stats::ns_per_syscall(&progs));
         }
-        let (exit, entry) = (median(exit), median(entry));
+    }
+    let mut out = json!({"rounds": rounds, "iterations": iterations});
+    for (mode, [exit, entry, per_syscall]) in MODES.iter().zip(samples) {
+        let (exit, entry, per_syscall) = (median(exit), median(entry), median(per_syscall));
         eprintln!("bench: program run time, {mode}: {exit:.1} ns at syscall exit, {entry:.1} ns at entry");
-        out[mode] = json!({"exit": exit, "entry": entry});
+        out[*mode] = json!({"exit": exit, "entry": entry, "per_syscall": per_syscall});
     }
     let ns = |mode: &str, at: &str| out[mode][at].as_f64().unwrap_or(f64::NAN);
-    let entries_per_exit = median(entries_per_exit);
+    let filter = ns("unselected", "per_syscall") - ns("floor", "per_syscall");
+    // At exit alone: one test per syscall, the least a filter by process pays.
     let at_exit = ns("unselected", "exit") - ns("floor", "exit");
-    let filter = at_exit + (ns("unselected", "entry") - ns("floor", "entry")) * entries_per_exit;
-    out["entries_per_syscall"] = json!(entries_per_exit);
     out["untraced_filter_per_syscall"] = json!(filter);
-    // The least any filter by process can cost: the same test, at exit only.
-    out["least_filter_per_syscall"] = json!(at_exit);
+    out["exit_filter_per_syscall"] = json!(at_exit);
     Ok(out)
 }
 

@@ -59,7 +59,9 @@ impl Settings {
     }
 }
 
+/// The median of the figures that are numbers (NaN stands for one not measured).
 fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
@@ -342,8 +344,9 @@ impl Server<'_> {
 }
 
 /// Untraced, floor-only and the traced arms' wrk runs alternated (one of each a round, so
-/// drift on a shared machine hits every arm alike); agent cost from the traced ones. Medians
-/// of five rounds: of three, the agent's CPU per exchange moved by ±0.3 us between runs.
+/// drift on a shared machine hits every arm alike); agent cost from the traced ones. Five
+/// rounds (throughput and latency their medians, CPU per exchange pooled over them): with
+/// three, the agent's CPU per exchange moved by ±0.3 us between runs.
 fn server_overhead(agent_bin: &Path, server: &Server, s: &Settings, arms: &Arms) -> anyhow::Result<Value> {
     let (rounds, secs, conns, warm_up) = if s.quick { (1, 2, 16, 1) } else { (5, 5, 32, 3) };
     let shape = (conns, secs);

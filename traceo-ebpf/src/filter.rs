@@ -5,7 +5,10 @@ use traceo_ebpf_common::{EventHeader, NO_SERVICE};
 
 use traceo_ebpf_common::PID_FLAGS_BLOCK;
 
-use crate::{globals::setting, maps::PID_FLAGS};
+use crate::{
+    globals::setting,
+    maps::{EXIT_MEMO, FLAGS_GENERATION, PID_FLAGS, exit_memo},
+};
 
 /// The current thread, when its process is traced.
 #[derive(Clone, Copy)]
@@ -65,4 +68,66 @@ pub fn traced() -> Option<Current> {
     }
     let service = flagged_service(pid)?;
     Some(Current { pid, tid, service })
+}
+
+/// The flags generation (see `FLAGS_GENERATION`).
+#[inline(always)]
+pub fn generation() -> u64 {
+    match FLAGS_GENERATION.get_ptr(0) {
+        // SAFETY: a map value; an 8-byte aligned load is atomic.
+        Some(g) => unsafe { core::ptr::read_volatile(g) },
+        None => 0,
+    }
+}
+
+/// An `EXIT_MEMO` answer may have gone wrong: none computed before is used again.
+#[inline(always)]
+pub fn bump_generation() {
+    if let Some(g) = FLAGS_GENERATION.get_ptr_mut(0) {
+        // SAFETY: a map value, aligned; an atomic add (BPF_XADD, a locked add on x86-64: the
+        // flag store before it is visible first).
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(g, 1) };
+    }
+}
+
+/// `traced()` at syscall exit, where the raw tracepoint hands over `regs`, the address of
+/// the task's saved user registers: the top of its kernel stack, so one address per live
+/// task. This CPU remembers its last answer with that address and the flags generation;
+/// the same task's next syscall here reuses it (two loads and a compare) instead of asking
+/// the task (a helper call: ~20 ns a run on this class of CPU, each kernel return going
+/// through the SRSO return thunk). Another task, or a newer generation (see
+/// `FLAGS_GENERATION`: a new task that got a dead one's stack was forked since), asks the
+/// task and remembers. The program runs with preemption off, so the memo is not shared
+/// with another task mid-way.
+#[inline(always)]
+pub fn exit_traced(regs: u64) -> Option<Current> {
+    let Some(memo) = EXIT_MEMO.get_ptr_mut(0) else { return traced() };
+    let generation = generation();
+    // SAFETY: this CPU's map value; aligned 8-byte loads and stores.
+    unsafe {
+        let answer = core::ptr::read_volatile(&(*memo).answer);
+        let state = (answer >> 16) & 0xff;
+        if (*memo).regs == regs && state != exit_memo::EMPTY && answer >> 32 == generation & 0xffff_ffff {
+            if state != exit_memo::TRACED {
+                return None;
+            }
+            let ids = (*memo).ids;
+            let service = match answer & 0xffff {
+                0xffff => NO_SERVICE,
+                s => s as u32,
+            };
+            return Some(Current { pid: (ids >> 32) as u32, tid: ids as u32, service });
+        }
+        // The generation was read before the flags `traced` reads: a flag written since
+        // bumped it past what is stored here.
+        let cur = traced();
+        let (state, service, ids) = match cur {
+            Some(c) => (exit_memo::TRACED, c.service.min(0xffff) as u64, ((c.pid as u64) << 32) | c.tid as u64),
+            None => (exit_memo::UNTRACED, 0, 0),
+        };
+        (*memo).regs = regs;
+        (*memo).ids = ids;
+        (*memo).answer = (generation << 32) | (state << 16) | service;
+        cur
+    }
 }

@@ -3,6 +3,9 @@
 //! `cargo clippy` keep working.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// For `atomic_xadd`: the BPF target has no atomic read-modify-write types (the build sets
+// RUSTC_BOOTSTRAP, as `-Z build-std` needs).
+#![cfg_attr(target_arch = "bpf", allow(internal_features), feature(core_intrinsics))]
 
 #[cfg(target_arch = "bpf")]
 mod filter;

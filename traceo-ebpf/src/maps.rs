@@ -61,6 +61,37 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 #[map]
 pub static PID_FLAGS: Array<[u8; PID_FLAGS_BLOCK]> = Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
+/// What the exit program last answered on this CPU (`filter::exit_traced`): for the task
+/// whose saved user registers are at `regs` (the top of its kernel stack: one address per
+/// live task), `answer` packs the flags generation it was computed at (high 32 bits), a
+/// state (bits 16-23: `exit_memo::*`) and the service (low 16); `ids` the pid (high 32) and
+/// thread id (low 32).
+#[repr(C)]
+pub struct ExitMemo {
+    pub regs: u64,
+    pub answer: u64,
+    pub ids: u64,
+}
+
+pub mod exit_memo {
+    /// Nothing remembered on this CPU yet.
+    pub const EMPTY: u64 = 0;
+    pub const UNTRACED: u64 = 1;
+    pub const TRACED: u64 = 2;
+}
+
+#[map]
+pub static EXIT_MEMO: PerCpuArray<ExitMemo> = PerCpuArray::with_max_entries(1, 0);
+
+/// Changes whenever an `EXIT_MEMO` answer may have gone wrong: a flag write that can change
+/// a live task's answer (the agent's, a traced process's leader exiting), any exec (a
+/// thread that execs takes the pid as its thread id) and any fork (a new task may get a
+/// dead task's kernel stack, and so its `regs` address). An answer computed at an older
+/// generation is not used. Written by the agent through a shared mapping, by the probes
+/// with atomic adds.
+#[map]
+pub static FLAGS_GENERATION: Array<u64> = Array::with_max_entries(1, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
 /// Sockets already announced with a CONN_OPEN event (key: inode number).
 #[map]
 pub static KNOWN_CONNS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);

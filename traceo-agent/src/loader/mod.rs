@@ -359,11 +359,16 @@ impl Probes {
 
     /// The traced processes as the probes see them: a flag byte per pid.
     pub fn take_traced_pids(&mut self) -> anyhow::Result<KernelPids> {
-        let map = match self.ebpf.take_map("PID_FLAGS").context("PID_FLAGS map missing")? {
-            aya::maps::Map::Array(data) => data,
-            _ => bail!("PID_FLAGS is not an array map: rebuild the kernel object with `cargo xtask build-ebpf`"),
-        };
-        KernelPids::map(map)
+        let flags = self.take_array("PID_FLAGS")?;
+        let generation = self.take_array("FLAGS_GENERATION")?;
+        KernelPids::map(flags, generation)
+    }
+
+    fn take_array(&mut self, name: &str) -> anyhow::Result<MapData> {
+        match self.ebpf.take_map(name).with_context(|| format!("{name} map missing"))? {
+            aya::maps::Map::Array(data) => Ok(data),
+            _ => bail!("{name} is not an array map: rebuild the kernel object with `cargo xtask build-ebpf`"),
+        }
     }
 
     pub fn take_log_files(&mut self) -> anyhow::Result<LogFiles> {
@@ -411,53 +416,28 @@ impl LogFiles {
 /// The kernel's record of traced processes, a flag byte per pid. The probes write flags too
 /// (forked children, exits), so the agent never rewrites a block through the map-update
 /// syscall (that would undo a probe's concurrent store to a neighbouring pid): it stores
-/// single bytes through a shared mapping of the array.
+/// single bytes through a shared mapping of the array. After each store it bumps the flags
+/// generation (`FLAGS_GENERATION`, shared the same way), so that no CPU keeps using an
+/// answer its exit program remembered from the old flag (`filter::exit_traced`).
 pub struct KernelPids {
-    flags: std::ptr::NonNull<std::sync::atomic::AtomicU8>,
-    len: usize,
-    /// Owns the map's fd (the mapping stays valid while it is open).
-    _map: MapData,
+    flags: SharedArray<std::sync::atomic::AtomicU8>,
+    generation: SharedArray<std::sync::atomic::AtomicU64>,
 }
 
-// SAFETY: the mapping is owned by this value and only written through atomics.
-unsafe impl Send for KernelPids {}
-
 impl KernelPids {
-    fn map(map: MapData) -> anyhow::Result<KernelPids> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let info = map.info()?;
-        anyhow::ensure!(
-            info.value_size() as usize == PID_FLAGS_BLOCK,
-            "PID_FLAGS holds blocks of {} bytes, not {PID_FLAGS_BLOCK}: rebuild the kernel object with `cargo xtask build-ebpf`",
-            info.value_size()
-        );
-        let len = info.max_entries() as usize * PID_FLAGS_BLOCK;
-        // SAFETY: a shared mapping of the whole array, which the kernel allows for
-        // BPF_F_MMAPABLE arrays; its length is the array's size.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context(
-                "mapping PID_FLAGS failed (the kernel object must declare it BPF_F_MMAPABLE: rebuild it with `cargo xtask build-ebpf`)",
-            );
-        }
-        let flags = std::ptr::NonNull::new(ptr.cast()).context("mmap returned null")?;
-        Ok(KernelPids { flags, len, _map: map })
+    fn map(flags: MapData, generation: MapData) -> anyhow::Result<KernelPids> {
+        let flags = SharedArray::map(flags, "PID_FLAGS", PID_FLAGS_BLOCK)?;
+        let generation = SharedArray::map(generation, "FLAGS_GENERATION", 8)?;
+        Ok(KernelPids { flags, generation })
     }
 
     /// Set `pid`'s flag byte: 0 = untraced, else the service index + 1.
     fn set_flag(&mut self, pid: u32, flag: u8) -> anyhow::Result<()> {
-        anyhow::ensure!((pid as usize) < self.len, "pid {pid} is above pid_max");
-        // SAFETY: in bounds of the mapping, which lives as long as self.
-        unsafe { (*self.flags.as_ptr().add(pid as usize)).store(flag, std::sync::atomic::Ordering::Relaxed) };
+        let slot = self.flags.get(pid as usize).with_context(|| format!("pid {pid} is above pid_max"))?;
+        slot.store(flag, std::sync::atomic::Ordering::SeqCst);
+        // After the store (a locked add orders them): an answer computed from the old flag
+        // carries an older generation.
+        self.generation.get(0).expect("one slot").fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -471,10 +451,61 @@ impl KernelPids {
     }
 }
 
-impl Drop for KernelPids {
+/// A `BPF_F_MMAPABLE` array map mapped into the agent, read and written through atomics.
+struct SharedArray<T> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    bytes: usize,
+    /// Owns the map's fd (the mapping stays valid while it is open).
+    _map: MapData,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through atomics.
+unsafe impl<T> Send for SharedArray<T> {}
+
+impl<T> SharedArray<T> {
+    /// Map `map` (named `name`), whose values must be `value_size` bytes.
+    fn map(map: MapData, name: &str, value_size: usize) -> anyhow::Result<SharedArray<T>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let info = map.info()?;
+        anyhow::ensure!(
+            info.value_size() as usize == value_size,
+            "{name} holds values of {} bytes, not {value_size}: rebuild the kernel object with `cargo xtask build-ebpf`",
+            info.value_size()
+        );
+        let bytes = info.max_entries() as usize * value_size;
+        // SAFETY: a shared mapping of the whole array, which the kernel allows for
+        // BPF_F_MMAPABLE arrays; its length is the array's size.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!("mapping {name} failed (the kernel object must declare it BPF_F_MMAPABLE: rebuild it with `cargo xtask build-ebpf`)")
+            });
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).context("mmap returned null")?;
+        Ok(SharedArray { ptr, len: bytes / std::mem::size_of::<T>(), bytes, _map: map })
+    }
+
+    fn get(&self, index: usize) -> Option<&T> {
+        // SAFETY: in bounds of the mapping, which lives as long as self; page-aligned, so
+        // every element is aligned.
+        (index < self.len).then(|| unsafe { &*self.ptr.as_ptr().add(index) })
+    }
+}
+
+impl<T> Drop for SharedArray<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.flags.as_ptr().cast(), self.len) };
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
 }
 
@@ -502,6 +533,9 @@ impl KernelStats {
         stat::RING_FULL.iter().map(|&i| values[i as usize]).sum()
     }
 }
+
+#[cfg(test)]
+mod exit_memo_tests;
 
 #[cfg(test)]
 mod tests {

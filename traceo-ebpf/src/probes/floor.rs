@@ -17,7 +17,7 @@ use super::{
     syscall_exit::{REGS_AT, Regs, nr},
 };
 use crate::{
-    filter::traced,
+    filter::exit_traced,
     globals::setting,
     maps::{DATA_SCRATCH, EVENTS},
     socket::socket_of_fd,
@@ -35,12 +35,12 @@ pub fn floor_sys_exit(_ctx: RawTracePointContext) -> u32 {
 }
 
 /// The bound: for a traced process's successful read, write, sendto or recvfrom on a socket,
-/// copy up to `capture_bytes` into one ring buffer record. Only the process flag, the
-/// syscall number and `ret` are tested before the socket walk, as in `sys_exit`.
+/// copy up to `capture_bytes` into one ring buffer record. Only the process (as `sys_exit`
+/// asks), the syscall number and `ret` are tested before the socket walk.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn bound_sys_exit(ctx: RawTracePointContext) -> u32 {
-    let Some(cur) = traced() else { return 0 };
     let regs: u64 = ctx.arg(0);
+    let Some(cur) = exit_traced(regs) else { return 0 };
     let ret: i64 = ctx.arg(1);
     // SAFETY: probe reads of kernel memory fail cleanly on a bad pointer.
     let Ok(r) = (unsafe { bpf_probe_read_kernel((regs + REGS_AT) as *const Regs) }) else { return 0 };

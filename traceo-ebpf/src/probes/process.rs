@@ -10,7 +10,7 @@ use aya_log_ebpf::debug;
 use traceo_ebpf_common::{ProcEvent, kind, stat};
 
 use crate::{
-    filter::{Current, pid_flag, traced},
+    filter::{Current, bump_generation, pid_flag, traced},
     globals::setting,
     maps::{EVENTS, count, submit_flags},
 };
@@ -38,6 +38,9 @@ fn emit(header_of: &Current, event_kind: u32, parent_pid: u32) {
 /// here too; the agent removes thread ids it is told about.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    // The child may have a dead task's kernel stack: no exit program may take it for that
+    // task by its saved registers' address (`filter::exit_traced`).
+    bump_generation();
     if setting!(trace_all) != 0 {
         return 0;
     }
@@ -59,6 +62,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 /// Every exec is reported (execs are rare) unless everything is traced anyway.
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    // A thread that execs takes its process's pid as its thread id: answers remembered with
+    // the old one must not be used.
+    bump_generation();
     if setting!(trace_all) != 0 {
         return 0;
     }
@@ -84,6 +90,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         unsafe { *flag = 0 };
     }
     if cur.tid == cur.pid {
+        // The process's flag: its other threads are untraced now, whatever the CPUs remember.
+        bump_generation();
         emit(&cur, kind::PROC_EXIT, 0);
     }
     0

@@ -4,8 +4,9 @@
 //! and the return value. The arguments are still in those registers at exit (the kernel
 //! does not write them back), so no enter program parks them: only the egress syscalls'
 //! entries note the time (`data::egress_entry`). The program runs at every syscall of every
-//! process: the per-process flag is its first test (an inlined array lookup), the syscall
-//! number its second. A failed call (an event loop's EAGAIN reads) stops there, before any
+//! process: whether the process is traced is its first test (the answer this CPU remembers
+//! for the task, else the per-process flag: `filter::exit_traced`), the syscall number its
+//! second. A failed call (an event loop's EAGAIN reads) stops there, before any
 //! walk.
 
 use aya_ebpf::{
@@ -16,7 +17,7 @@ use traceo_ebpf_common::{stat, syscall};
 
 use super::{conn, data, data::Call};
 use crate::{
-    filter::{Current, traced},
+    filter::{Current, exit_traced},
     maps::count,
 };
 
@@ -58,7 +59,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
     // The filter stays in the program itself: every syscall of every process passes here, and
     // a call to a BPF function costs an untraced syscall ~7 ns more (a return goes through the
     // kernel's return thunk where the CPU needs the SRSO mitigation).
-    match traced() {
+    match exit_traced(ctx.arg(0)) {
         Some(cur) => on_traced_exit(&cur, &ctx),
         None => 0,
     }
